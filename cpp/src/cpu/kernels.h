@@ -1,0 +1,61 @@
+// The CPU kernel table. Each ISA level (generic, AVX2, AVX-512, NEON) fills one table in its
+// own translation unit compiled with that level's flags; dispatch.cpp picks one at run time
+// from the CPU's features (SPARSEINFER_ISA forces a level). Kernels know nothing of models.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tensor/dtype.h"
+
+namespace si {
+
+// Matrix-vector products quantise the activation once into the weight type's "dot format",
+// then each weight row is dotted with it:
+//   F32, F16, BF16 weights  -> F32 activation
+//   Q4_0, Q8_0 weights      -> Q8_0 blocks
+//   Q4_1 weights            -> Q8_1 blocks
+DType activation_format(DType weight);
+// Bytes of an activation of n elements in the format for `weight`.
+size_t activation_bytes(DType weight, int64_t n);
+
+using RowDotFn = float (*)(int64_t n, const void* weight_row, const void* activation);
+
+struct KernelTable {
+    const char* isa;
+    // Dot of one weight row with an activation in activation_format(type); index by DType.
+    RowDotFn dot_f32;
+    RowDotFn dot_f16;
+    RowDotFn dot_bf16;
+    RowDotFn dot_q4_0;
+    RowDotFn dot_q4_1;
+    RowDotFn dot_q8_0;
+    void (*quantize_q8_0)(const float* x, void* dst, int64_t n);
+    void (*quantize_q8_1)(const float* x, void* dst, int64_t n);
+    // Dequantise a weight row to F32 (embedding lookups).
+    void (*dequantize_row)(DType type, const void* src, float* dst, int64_t n);
+    // F32 helpers for attention.
+    float (*dot_f32_f32)(int64_t n, const float* a, const float* b);
+    void (*axpy_f32)(int64_t n, float a, const float* x, float* y);  // y += a * x
+};
+
+RowDotFn row_dot(const KernelTable& k, DType weight);
+// Prepares x (n floats) in the activation format of `weight` into dst.
+void prepare_activation(const KernelTable& k, DType weight, const float* x, void* dst, int64_t n);
+
+// The table in use (chosen once; SPARSEINFER_ISA=generic|avx2|avx512|neon forces one and
+// throws ArgumentError if this CPU cannot run it).
+const KernelTable& active_kernels();
+// A specific level, or nullptr if this build or CPU lacks it (tests compare every level).
+const KernelTable* kernels_for(const std::string& isa);
+// Levels this build has and this CPU can run, best last.
+std::vector<std::string> available_isas();
+
+// Per-ISA tables (each defined in its own file; nullptr where not compiled in).
+const KernelTable* kernels_generic();
+const KernelTable* kernels_avx2();
+const KernelTable* kernels_avx512();
+const KernelTable* kernels_neon();
+
+}  // namespace si

@@ -1,0 +1,1 @@
+"""sparseinfer: PowerInfer-style sparse LLM inference for GGUF models."""

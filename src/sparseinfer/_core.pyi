@@ -1,0 +1,65 @@
+"""The native module: thin bindings over the C++ engine. Private; use sparseinfer.Model."""
+
+from typing import Sequence, Union
+
+import numpy as np
+
+def system_info() -> dict[str, object]:
+    """{'isa': level in use, 'available_isas': [...], 'hardware_threads': int}."""
+
+def read_gguf_info(path: str) -> dict[str, object]:
+    """Header summary without loading weights: {'version', 'powerinfer', 'metadata': dict,
+    'tensors': [(name, type_name, shape tuple), ...]}."""
+
+class Tokenizer:
+    def __init__(self, path: str) -> None: ...  # vocabulary of a GGUF file, no weights
+    n_vocab: int
+    bos_id: int  # -1 when absent
+    eos_id: int
+    add_bos: bool
+    def encode(self, text: Union[str, bytes], add_bos: bool = True, parse_special: bool = False) -> list[int]: ...
+    def token_to_bytes(self, token: int, render_special: bool = False) -> bytes: ...
+    def decode(self, tokens: Sequence[int], render_special: bool = False) -> bytes: ...
+    def is_end_of_generation(self, token: int) -> bool: ...
+
+class StreamDecoder:
+    def __init__(self, tokenizer: Tokenizer) -> None: ...
+    def feed(self, token: int) -> str: ...
+    def flush(self) -> str: ...
+
+class Model:
+    """Immutable after load; shared by sessions. The GIL is released while loading."""
+    def __init__(self, path: str) -> None: ...
+    path: str
+    arch: str
+    n_vocab: int
+    n_embd: int
+    n_layer: int
+    n_ctx_train: int
+    is_powerinfer: bool
+    tokenizer: Tokenizer
+    def metadata(self) -> dict[str, object]: ...
+    def close(self) -> None: ...  # drops the mapping once no session uses it
+
+class Session:
+    """KV cache, scratch buffers and a thread pool for one sequence."""
+    def __init__(self, model: Model, n_ctx: int, n_threads: int) -> None: ...
+    n_ctx: int
+    n_past: int  # tokens in the KV cache
+    def eval(self, tokens: Sequence[int], all_logits: bool = False) -> None:
+        """Appends tokens to the sequence (GIL released). Raises ContextOverflowError when
+        n_past + len(tokens) > n_ctx, ValueError for an id outside the vocabulary."""
+    def logits(self) -> np.ndarray:
+        """float32 copy of the last eval's logits: (len(tokens), n_vocab) if all_logits else (1, n_vocab)."""
+    def sample(self, sampler: "Sampler") -> int:
+        """Samples from the last row of the last eval's logits."""
+    def reset(self) -> None: ...
+    def truncate(self, n_past: int) -> None: ...
+
+class Sampler:
+    def __init__(self, temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
+                 min_p: float = 0.05, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
+                 seed: int = 0) -> None: ...
+    def sample(self, logits: np.ndarray) -> int: ...  # 1-D float32 logits
+    def accept(self, token: int) -> None: ...
+    def reset(self) -> None: ...

@@ -1,7 +1,175 @@
+// Model, Session, file inspection and kernel test hooks.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <thread>
+
 #include "bindings.h"
+#include "common/errors.h"
+#include "cpu/kernels.h"
+#include "gguf/gguf_file.h"
+#include "model/model.h"
+#include "model/session.h"
+#include "sample/sampler.h"
+#include "tensor/dtype.h"
+
+namespace py = pybind11;
 
 namespace si::python {
 
-void bind_model(pybind11::module_&) {}
+namespace {
+
+py::str utf8(std::string_view s) {
+    // Metadata strings come from the file: decode leniently rather than fail on bad bytes.
+    PyObject* o = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "replace");
+    if (!o) throw py::error_already_set();
+    return py::reinterpret_steal<py::str>(o);
+}
+
+py::object to_python(const GgufValue& v) {
+    switch (v.type) {
+        case GgufType::UINT8: case GgufType::UINT16: case GgufType::UINT32: case GgufType::UINT64:
+            return py::int_(v.u64);
+        case GgufType::INT8: case GgufType::INT16: case GgufType::INT32: case GgufType::INT64:
+            return py::int_(v.i64);
+        case GgufType::FLOAT32: case GgufType::FLOAT64:
+            return py::float_(v.f64);
+        case GgufType::BOOL:
+            return py::bool_(v.u64 != 0);
+        case GgufType::STRING:
+            return utf8(v.str);
+        case GgufType::ARRAY: {
+            py::list out;
+            if (v.elem_type == GgufType::STRING || v.elem_type == GgufType::ARRAY) {
+                for (const GgufValue& item : v.items) out.append(to_python(item));
+            } else {
+                for (uint64_t i = 0; i < v.count; ++i) out.append(to_python(v.element(i)));
+            }
+            return std::move(out);
+        }
+    }
+    return py::none();
+}
+
+py::dict metadata_dict(const GgufFile& f) {
+    py::dict d;
+    for (const auto& [key, value] : f.metadata()) d[utf8(key)] = to_python(value);
+    return d;
+}
+
+py::list tensor_list(const GgufFile& f) {
+    py::list out;
+    for (const GgufTensor& t : f.tensors()) {
+        py::tuple shape(t.shape.size());
+        for (size_t i = 0; i < t.shape.size(); ++i) shape[i] = py::int_(t.shape[i]);
+        out.append(py::make_tuple(utf8(t.name), dtype_name(t.ggml_type), shape));
+    }
+    return out;
+}
+
+// The kernel test hook: one row dot of raw weight bytes (ggml layout) with float x, using
+// the named ISA level, so tests can compare every level with the generic one.
+float kernel_row_dot(const std::string& isa, uint32_t ggml_type, py::bytes weight,
+                     py::array_t<float, py::array::c_style | py::array::forcecast> x) {
+    const KernelTable* k = kernels_for(isa);
+    if (!k) throw ArgumentError("ISA level '" + isa + "' is not available here");
+    const DType type = static_cast<DType>(ggml_type);
+    const int64_t n = static_cast<int64_t>(x.size());
+    uint64_t need = 0;
+    if (!dtype_info(ggml_type) || !row_bytes(type, n, &need)) {
+        throw ArgumentError("bad type or length for a row dot");
+    }
+    std::string w = weight;
+    if (w.size() != need) throw ArgumentError("weight row has the wrong number of bytes");
+    std::vector<uint8_t> act(activation_bytes(type, n));
+    prepare_activation(*k, type, x.data(), act.data(), n);
+    return row_dot(*k, type)(n, w.data(), act.data());
+}
+
+}  // namespace
+
+void bind_model(py::module_& m) {
+    m.def("system_info", [] {
+        py::dict d;
+        d["isa"] = active_kernels().isa;
+        d["available_isas"] = available_isas();
+        d["hardware_threads"] = std::thread::hardware_concurrency();
+        return d;
+    });
+    m.def("read_gguf_info", [](const std::string& path) {
+        std::shared_ptr<GgufFile> f;
+        {
+            py::gil_scoped_release release;
+            f = GgufFile::open(path);
+        }
+        py::dict d;
+        d["version"] = f->version();
+        d["powerinfer"] = f->is_powerinfer();
+        d["metadata"] = metadata_dict(*f);
+        d["tensors"] = tensor_list(*f);
+        return d;
+    }, py::arg("path"));
+    m.def("_kernel_row_dot", &kernel_row_dot, py::arg("isa"), py::arg("ggml_type"),
+          py::arg("weight"), py::arg("x"));
+
+    py::class_<Model, std::shared_ptr<Model>>(m, "Model")
+        .def(py::init([](const std::string& path) {
+                 py::gil_scoped_release release;
+                 return std::const_pointer_cast<Model>(Model::load(path));
+             }),
+             py::arg("path"))
+        .def_property_readonly("path", [](const Model& self) { return self.file().path(); })
+        .def_property_readonly("arch", [](const Model& self) { return self.config().arch; })
+        .def_property_readonly("n_vocab", [](const Model& self) { return self.config().n_vocab; })
+        .def_property_readonly("n_embd", [](const Model& self) { return self.config().n_embd; })
+        .def_property_readonly("n_layer", [](const Model& self) { return self.config().n_layer; })
+        .def_property_readonly("n_ctx_train",
+                               [](const Model& self) { return self.config().n_ctx_train; })
+        .def_property_readonly("is_powerinfer",
+                               [](const Model& self) { return self.file().is_powerinfer(); })
+        .def_property_readonly("tokenizer", [](const Model& self) {
+            return std::const_pointer_cast<Tokenizer>(self.shared_tokenizer());
+        })
+        .def("metadata", [](const Model& self) { return metadata_dict(self.file()); });
+
+    py::class_<Session>(m, "Session")
+        .def(py::init([](std::shared_ptr<Model> model, int64_t n_ctx, int n_threads) {
+                 if (n_threads < 1) throw ArgumentError("n_threads must be at least 1");
+                 py::gil_scoped_release release;
+                 return new Session(std::move(model), n_ctx, n_threads);
+             }),
+             py::arg("model"), py::arg("n_ctx"), py::arg("n_threads"))
+        .def_property_readonly("n_ctx", &Session::n_ctx)
+        .def_property_readonly("n_past", &Session::n_past)
+        .def("eval",
+             [](Session& self, std::vector<int32_t> tokens, bool all_logits) {
+                 py::gil_scoped_release release;
+                 self.eval(tokens, all_logits);
+             },
+             py::arg("tokens"), py::arg("all_logits") = false)
+        .def("logits",
+             [](const Session& self) {
+                 const int64_t rows = self.logit_rows(), cols = self.model().config().n_vocab;
+                 py::array_t<float> out({rows, cols});
+                 if (rows > 0) {
+                     std::memcpy(out.mutable_data(), self.logits().data(),
+                                 static_cast<size_t>(rows * cols) * sizeof(float));
+                 }
+                 return out;
+             })
+        .def("sample",
+             [](Session& self, Sampler& sampler) {
+                 if (self.logit_rows() == 0) throw ArgumentError("sample before any eval");
+                 const int64_t n_vocab = self.model().config().n_vocab;
+                 const float* last = self.logits().data() + (self.logit_rows() - 1) * n_vocab;
+                 py::gil_scoped_release release;
+                 return sampler.sample(last, static_cast<int32_t>(n_vocab));
+             },
+             py::arg("sampler"))
+        .def("reset", &Session::reset)
+        .def("truncate", &Session::truncate, py::arg("n_past"));
+}
 
 }  // namespace si::python

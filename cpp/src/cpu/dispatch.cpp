@@ -1,1 +1,168 @@
-// placeholder
+// Picks the kernel table for this CPU once, from its features; SPARSEINFER_ISA overrides.
+#include <cstdlib>
+#include <cstring>
+
+#include "common/errors.h"
+#include "cpu/kernels.h"
+
+#if defined(SPARSEINFER_X86)
+#if defined(_MSC_VER)
+#include <intrin.h>
+#else
+#include <cpuid.h>
+#endif
+#endif
+
+namespace si {
+
+#if !defined(SPARSEINFER_X86)
+const KernelTable* kernels_avx2() { return nullptr; }
+const KernelTable* kernels_avx512() { return nullptr; }
+#endif
+#if !defined(SPARSEINFER_ARM64)
+const KernelTable* kernels_neon() { return nullptr; }
+#endif
+
+namespace {
+
+#if defined(SPARSEINFER_X86)
+void cpuid(int leaf, int subleaf, unsigned regs[4]) {
+#if defined(_MSC_VER)
+    int r[4];
+    __cpuidex(r, leaf, subleaf);
+    for (int i = 0; i < 4; ++i) regs[i] = static_cast<unsigned>(r[i]);
+#else
+    __cpuid_count(leaf, subleaf, regs[0], regs[1], regs[2], regs[3]);
+#endif
+}
+
+unsigned long long xgetbv0() {
+#if defined(_MSC_VER)
+    return _xgetbv(0);
+#else
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (static_cast<unsigned long long>(hi) << 32) | lo;
+#endif
+}
+
+struct X86Features {
+    bool avx2 = false;    // AVX2 + FMA + F16C, with the OS saving YMM state
+    bool avx512 = false;  // AVX-512 F/BW/VL/DQ, with the OS saving ZMM state
+};
+
+X86Features detect_x86() {
+    X86Features f;
+    unsigned r[4];
+    cpuid(0, 0, r);
+    unsigned max_leaf = r[0];
+    if (max_leaf < 7) return f;
+    cpuid(1, 0, r);
+    bool osxsave = (r[2] >> 27) & 1, avx = (r[2] >> 28) & 1, fma = (r[2] >> 12) & 1,
+         f16c = (r[2] >> 29) & 1;
+    if (!osxsave || !avx) return f;
+    unsigned long long xcr0 = xgetbv0();
+    bool ymm_state = (xcr0 & 0x6) == 0x6;
+    bool zmm_state = (xcr0 & 0xe6) == 0xe6;
+    cpuid(7, 0, r);
+    bool avx2 = (r[1] >> 5) & 1;
+    bool avx512f = (r[1] >> 16) & 1, avx512dq = (r[1] >> 17) & 1, avx512bw = (r[1] >> 30) & 1,
+         avx512vl = (r[1] >> 31) & 1;
+    f.avx2 = ymm_state && avx2 && fma && f16c;
+    f.avx512 = f.avx2 && zmm_state && avx512f && avx512dq && avx512bw && avx512vl;
+    return f;
+}
+#endif
+
+bool cpu_runs(const std::string& isa) {
+    if (isa == "generic") return true;
+#if defined(SPARSEINFER_X86)
+    static const X86Features features = detect_x86();
+    if (isa == "avx2") return features.avx2;
+    if (isa == "avx512") return features.avx512;
+#endif
+#if defined(SPARSEINFER_ARM64)
+    if (isa == "neon") return true;  // Advanced SIMD is mandatory on AArch64
+#endif
+    return false;
+}
+
+const KernelTable* compiled(const std::string& isa) {
+    if (isa == "generic") return kernels_generic();
+    if (isa == "avx2") return kernels_avx2();
+    if (isa == "avx512") return kernels_avx512();
+    if (isa == "neon") return kernels_neon();
+    return nullptr;
+}
+
+const KernelTable* choose() {
+    const char* forced = std::getenv("SPARSEINFER_ISA");
+    if (forced && *forced) {
+        const KernelTable* k = kernels_for(forced);
+        if (!k) {
+            throw ArgumentError(std::string("SPARSEINFER_ISA=") + forced +
+                                " is not available on this CPU or build");
+        }
+        return k;
+    }
+    return kernels_for(available_isas().back());
+}
+
+}  // namespace
+
+const KernelTable* kernels_for(const std::string& isa) {
+    const KernelTable* k = compiled(isa);
+    return k && cpu_runs(isa) ? k : nullptr;
+}
+
+std::vector<std::string> available_isas() {
+    std::vector<std::string> out;
+    for (const char* isa : {"generic", "neon", "avx2", "avx512"}) {
+        if (kernels_for(isa)) out.emplace_back(isa);
+    }
+    return out;
+}
+
+const KernelTable& active_kernels() {
+    static const KernelTable* table = choose();
+    return *table;
+}
+
+DType activation_format(DType weight) {
+    switch (weight) {
+        case DType::Q4_0:
+        case DType::Q8_0: return DType::Q8_0;
+        case DType::Q4_1: return DType::Q8_1;
+        default: return DType::F32;
+    }
+}
+
+size_t activation_bytes(DType weight, int64_t n) {
+    switch (activation_format(weight)) {
+        case DType::Q8_0: return static_cast<size_t>(n / kQK) * sizeof(BlockQ8_0);
+        case DType::Q8_1: return static_cast<size_t>(n / kQK) * sizeof(BlockQ8_1);
+        default: return static_cast<size_t>(n) * sizeof(float);
+    }
+}
+
+RowDotFn row_dot(const KernelTable& k, DType weight) {
+    switch (weight) {
+        case DType::F32: return k.dot_f32;
+        case DType::F16: return k.dot_f16;
+        case DType::BF16: return k.dot_bf16;
+        case DType::Q4_0: return k.dot_q4_0;
+        case DType::Q4_1: return k.dot_q4_1;
+        case DType::Q8_0: return k.dot_q8_0;
+        default: throw UnsupportedError("no dot kernel for this weight type");
+    }
+}
+
+void prepare_activation(const KernelTable& k, DType weight, const float* x, void* dst, int64_t n) {
+    switch (activation_format(weight)) {
+        case DType::Q8_0: k.quantize_q8_0(x, dst, n); return;
+        case DType::Q8_1: k.quantize_q8_1(x, dst, n); return;
+        default: std::memcpy(dst, x, static_cast<size_t>(n) * sizeof(float)); return;
+    }
+}
+
+}  // namespace si

@@ -47,6 +47,8 @@ struct GgufValue {
     double as_float(std::string_view key) const;
     bool as_bool(std::string_view key) const;
     std::string_view as_string(std::string_view key) const;
+    // Element i of an array of fixed-size elements (numbers, bools), as a scalar value.
+    GgufValue element(uint64_t i) const;
     // Arrays of numbers / strings, converted element by element.
     std::vector<float> as_float_array(std::string_view key) const;
     std::vector<int32_t> as_int_array(std::string_view key) const;

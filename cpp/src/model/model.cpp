@@ -1,1 +1,154 @@
-// placeholder
+#include "model/model.h"
+
+#include <cmath>
+
+#include "common/errors.h"
+
+namespace si {
+
+namespace {
+
+// Bounds on hyperparameters; far beyond any real model, they stop absurd values before
+// they size an allocation.
+constexpr int64_t kMaxDimension = 1 << 20;
+constexpr int64_t kMaxLayers = 4096;
+
+}  // namespace
+
+std::shared_ptr<const Model> Model::load(const std::string& path) {
+    std::shared_ptr<Model> model(new Model());
+    model->file_ = GgufFile::open(path);
+    model->read_config();
+    model->tokenizer_ = Tokenizer::create(VocabData::from_gguf(*model->file_));
+    if (model->tokenizer_->n_vocab() != model->config_.n_vocab) {
+        throw FormatError(model->file_->describe(
+            "the tokenizer has " + std::to_string(model->tokenizer_->n_vocab()) +
+            " tokens but token_embd.weight has " + std::to_string(model->config_.n_vocab) + " rows"));
+    }
+    model->bind_weights();
+    return model;
+}
+
+void Model::read_config() {
+    const GgufFile& f = *file_;
+    ModelConfig& c = config_;
+    c.arch = f.get_string("general.architecture", "");
+    if (c.arch.empty()) throw FormatError(f.describe("general.architecture is missing"));
+    if (c.arch != "llama") {
+        throw UnsupportedError(f.describe("architecture '" + c.arch +
+                                          "' is not supported (supported: llama)"));
+    }
+    const std::string p = c.arch + ".";
+    auto required = [&](const std::string& key) {
+        const GgufValue* v = f.find(key);
+        if (!v) throw FormatError(f.describe("metadata key '" + key + "' is missing"));
+        int64_t x = f.get_int(key, 0);
+        if (x <= 0 || x > kMaxDimension) {
+            throw FormatError(f.describe("metadata key '" + key + "' has a bad value " +
+                                         std::to_string(x)));
+        }
+        return x;
+    };
+    c.n_embd = required(p + "embedding_length");
+    c.n_layer = required(p + "block_count");
+    if (c.n_layer > kMaxLayers) throw FormatError(f.describe("absurd block_count"));
+    c.n_head = required(p + "attention.head_count");
+    c.n_head_kv = f.find(p + "attention.head_count_kv") ? required(p + "attention.head_count_kv")
+                                                         : c.n_head;
+    c.n_ff = required(p + "feed_forward_length");
+    c.n_ctx_train = f.find(p + "context_length") ? required(p + "context_length") : 4096;
+    if (c.n_embd % c.n_head != 0) {
+        throw FormatError(f.describe("embedding_length " + std::to_string(c.n_embd) +
+                                     " is not a multiple of head_count " + std::to_string(c.n_head)));
+    }
+    if (c.n_head % c.n_head_kv != 0) {
+        throw FormatError(f.describe("head_count " + std::to_string(c.n_head) +
+                                     " is not a multiple of head_count_kv " +
+                                     std::to_string(c.n_head_kv)));
+    }
+    c.head_dim = c.n_embd / c.n_head;
+    c.rope_dim = f.find(p + "rope.dimension_count") ? required(p + "rope.dimension_count")
+                                                     : c.head_dim;
+    if (c.rope_dim > c.head_dim || c.rope_dim % 2 != 0) {
+        throw FormatError(f.describe("rope.dimension_count " + std::to_string(c.rope_dim) +
+                                     " does not fit head size " + std::to_string(c.head_dim)));
+    }
+    c.rope_base = static_cast<float>(f.get_float(p + "rope.freq_base", 10000.0));
+    c.rms_eps = static_cast<float>(f.get_float(p + "attention.layer_norm_rms_epsilon", 1e-5));
+    if (!(c.rope_base > 0.0f) || !std::isfinite(c.rope_base)) {
+        throw FormatError(f.describe("rope.freq_base must be a positive number"));
+    }
+    if (!(c.rms_eps > 0.0f) || !std::isfinite(c.rms_eps)) {
+        throw FormatError(f.describe("attention.layer_norm_rms_epsilon must be a positive number"));
+    }
+    if (f.find(p + "rope.scaling.type")) {
+        std::string scaling = f.get_string(p + "rope.scaling.type", "none");
+        if (scaling != "none") {
+            throw UnsupportedError(f.describe("RoPE scaling '" + scaling + "' is not supported"));
+        }
+    }
+    c.relu_ffn = f.is_powerinfer();
+    const GgufTensor* embd = f.find_tensor("token_embd.weight");
+    if (!embd || embd->shape.size() != 2) {
+        throw FormatError(f.describe("tensor 'token_embd.weight' is missing or not 2-D"));
+    }
+    c.n_vocab = embd->shape[1];
+}
+
+Matrix Model::matrix(const std::string& name, int64_t cols, int64_t rows) const {
+    const GgufTensor* t = file_->find_tensor(name);
+    if (!t) throw FormatError(file_->describe("tensor '" + name + "' is missing"));
+    bool shape_ok = (t->shape.size() == 2 && t->shape[0] == cols && t->shape[1] == rows) ||
+                    (t->shape.size() == 1 && rows == 1 && t->shape[0] == cols);
+    if (!shape_ok) {
+        std::string shape;
+        for (int64_t d : t->shape) shape += (shape.empty() ? "" : " x ") + std::to_string(d);
+        throw FormatError(file_->describe("tensor '" + name + "' has shape [" + shape +
+                                          "], expected [" + std::to_string(cols) + " x " +
+                                          std::to_string(rows) + "]"));
+    }
+    Matrix m;
+    m.type = static_cast<DType>(t->ggml_type);
+    m.rows = rows;
+    m.cols = cols;
+    uint64_t bytes = 0;
+    if (!row_bytes(m.type, cols, &bytes)) {
+        throw FormatError(file_->describe("tensor '" + name + "' has a bad row length"));
+    }
+    m.row_bytes = static_cast<size_t>(bytes);
+    m.data = t->data;
+    return m;
+}
+
+std::vector<float> Model::vector(const std::string& name, int64_t n) const {
+    Matrix m = matrix(name, n, 1);
+    std::vector<float> out(static_cast<size_t>(n));
+    dequantize_row_ref(m.type, m.data, out.data(), n);
+    return out;
+}
+
+void Model::bind_weights() {
+    const ModelConfig& c = config_;
+    const int64_t kv_dim = c.n_head_kv * c.head_dim;
+    token_embd_ = matrix("token_embd.weight", c.n_embd, c.n_vocab);
+    output_norm_ = vector("output_norm.weight", c.n_embd);
+    // Models with tied embeddings (SmolLM2, ...) have no output.weight and reuse token_embd.
+    output_ = file_->find_tensor("output.weight") ? matrix("output.weight", c.n_embd, c.n_vocab)
+                                                  : token_embd_;
+    layers_.resize(static_cast<size_t>(c.n_layer));
+    for (int64_t i = 0; i < c.n_layer; ++i) {
+        const std::string b = "blk." + std::to_string(i) + ".";
+        LayerWeights& l = layers_[static_cast<size_t>(i)];
+        l.attn_norm = vector(b + "attn_norm.weight", c.n_embd);
+        l.wq = matrix(b + "attn_q.weight", c.n_embd, c.n_embd);
+        l.wk = matrix(b + "attn_k.weight", c.n_embd, kv_dim);
+        l.wv = matrix(b + "attn_v.weight", c.n_embd, kv_dim);
+        l.wo = matrix(b + "attn_output.weight", c.n_embd, c.n_embd);
+        l.ffn_norm = vector(b + "ffn_norm.weight", c.n_embd);
+        l.ffn_gate = matrix(b + "ffn_gate.weight", c.n_embd, c.n_ff);
+        l.ffn_up = matrix(b + "ffn_up.weight", c.n_embd, c.n_ff);
+        l.ffn_down = matrix(b + "ffn_down.weight", c.n_ff, c.n_embd);
+    }
+}
+
+}  // namespace si

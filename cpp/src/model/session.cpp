@@ -1,1 +1,277 @@
-// placeholder
+#include "model/session.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "common/errors.h"
+
+namespace si {
+
+namespace {
+
+// Prompts are evaluated in chunks of at most this many tokens, which bounds the scratch
+// buffers while keeping each weight row's reuse across tokens.
+constexpr int64_t kMaxBatch = 256;
+// Bound on a session's context: far above any model here, it stops absurd requests.
+constexpr int64_t kMaxContext = 1 << 20;
+
+void rms_norm(const float* x, const float* weight, int64_t n, float eps, float* out) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * x[i];
+    const float scale = static_cast<float>(1.0 / std::sqrt(sum / static_cast<double>(n) + eps));
+    for (int64_t i = 0; i < n; ++i) out[i] = x[i] * scale * weight[i];
+}
+
+// RoPE as GGML's "normal" mode, which llama GGUF files are converted for: each adjacent
+// pair (x[2i], x[2i+1]) of a head's first rope_dim values turns by the angle whose cosine
+// and sine are cos[i], sin[i] (see Session::rope_angles).
+void rope(float* head, int64_t rope_dim, const float* cos, const float* sin) {
+    for (int64_t i = 0; i < rope_dim / 2; ++i) {
+        const float x0 = head[2 * i], x1 = head[2 * i + 1];
+        head[2 * i] = x0 * cos[i] - x1 * sin[i];
+        head[2 * i + 1] = x0 * sin[i] + x1 * cos[i];
+    }
+}
+
+}  // namespace
+
+Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_threads)
+    : model_(std::move(model)), kernels_(active_kernels()), pool_(n_threads), n_ctx_(n_ctx) {
+    const ModelConfig& c = model_->config();
+    if (n_ctx <= 0 || n_ctx > kMaxContext) {
+        throw ArgumentError("n_ctx must be between 1 and " + std::to_string(kMaxContext) +
+                            ", got " + std::to_string(n_ctx));
+    }
+    const uint64_t kv_dim = static_cast<uint64_t>(c.n_head_kv * c.head_dim);
+    const uint64_t cache_floats = static_cast<uint64_t>(c.n_layer) * static_cast<uint64_t>(n_ctx) * kv_dim;
+    // Two caches of 4-byte floats; refuse before allocating what cannot fit an address space.
+    if (cache_floats > (std::numeric_limits<size_t>::max() / 8) ||
+        cache_floats * 8 > (uint64_t{1} << 40)) {
+        throw OutOfMemoryError("a KV cache for n_ctx=" + std::to_string(n_ctx) + " needs " +
+                               std::to_string(cache_floats * 8) + " bytes");
+    }
+    k_cache_.resize(static_cast<size_t>(cache_floats));
+    for (int64_t i = 0; i < c.rope_dim / 2; ++i) {
+        rope_inv_freq_.push_back(std::pow(static_cast<double>(c.rope_base),
+                                          -2.0 * static_cast<double>(i) / static_cast<double>(c.rope_dim)));
+    }
+    v_cache_.resize(static_cast<size_t>(cache_floats));
+}
+
+void Session::ensure_batch_capacity(int64_t n) {
+    if (n <= batch_capacity_) return;
+    const ModelConfig& c = model_->config();
+    const int64_t kv_dim = c.n_head_kv * c.head_dim;
+    const int64_t widest = std::max(c.n_embd, c.n_ff);
+    auto sized = [](std::vector<float>& v, int64_t count) { v.assign(static_cast<size_t>(count), 0.0f); };
+    sized(x_, n * c.n_embd);
+    sized(xn_, n * c.n_embd);
+    sized(q_, n * c.n_embd);
+    sized(k_, n * kv_dim);
+    sized(v_, n * kv_dim);
+    sized(attn_out_, n * c.n_embd);
+    sized(gate_, n * c.n_ff);
+    sized(up_, n * c.n_ff);
+    sized(rope_cos_, n * (c.rope_dim / 2));
+    sized(rope_sin_, n * (c.rope_dim / 2));
+    sized(scores_, static_cast<int64_t>(pool_.size()) * n_ctx_);
+    // One slot per dot format a matmul may need at once; F32 (4 bytes) is the widest.
+    activation_.assign(static_cast<size_t>(kMaxMatmulOutputs * n * widest * 4), 0);
+    batch_capacity_ = n;
+}
+
+void Session::truncate(int64_t n_past) {
+    if (n_past < 0 || n_past > n_past_) {
+        throw ArgumentError("truncate: n_past must be between 0 and " + std::to_string(n_past_));
+    }
+    n_past_ = n_past;
+}
+
+void Session::matmul(std::initializer_list<MatmulOutput> outputs, const float* x, int64_t n) {
+    // Quantise x once per dot format the weights need (the formats differ only when the
+    // matrices' types do), then split the rows of all matrices across the threads.
+    struct Prepared {
+        const Matrix* w;
+        float* y;
+        const uint8_t* act;
+        size_t stride;
+        RowDotFn dot;
+        int64_t first_row;  // of this matrix in the combined row range
+    };
+    Prepared jobs[kMaxMatmulOutputs];
+    DType prepared_formats[kMaxMatmulOutputs];
+    int n_jobs = 0, n_formats = 0;
+    int64_t total_rows = 0;
+    const int64_t cols = outputs.begin()->w->cols;
+    const size_t slot_bytes = activation_.size() / kMaxMatmulOutputs;
+    for (const MatmulOutput& out : outputs) {
+        const DType format = activation_format(out.w->type);
+        int slot = 0;
+        while (slot < n_formats && prepared_formats[slot] != format) ++slot;
+        const size_t stride = activation_bytes(out.w->type, cols);
+        uint8_t* act = activation_.data() + static_cast<size_t>(slot) * slot_bytes;
+        if (slot == n_formats) {
+            prepared_formats[n_formats++] = format;
+            for (int64_t t = 0; t < n; ++t) {
+                prepare_activation(kernels_, out.w->type, x + t * cols, act + t * stride, cols);
+            }
+        }
+        jobs[n_jobs++] = {out.w, out.y, act, stride, row_dot(kernels_, out.w->type), total_rows};
+        total_rows += out.w->rows;
+    }
+    pool_.run([&](int ith, int nth) {
+        int64_t begin, end;
+        ThreadPool::split(total_rows, ith, nth, &begin, &end);
+        for (int j = 0; j < n_jobs; ++j) {
+            const Prepared& job = jobs[j];
+            const int64_t lo = std::max(begin, job.first_row) - job.first_row;
+            const int64_t hi = std::min(end, job.first_row + job.w->rows) - job.first_row;
+            for (int64_t r = lo; r < hi; ++r) {
+                const void* row = job.w->row(r);
+                for (int64_t t = 0; t < n; ++t) {
+                    job.y[t * job.w->rows + r] = job.dot(cols, row, job.act + t * job.stride);
+                }
+            }
+        }
+    });
+}
+
+void Session::attention(int layer, int64_t n_tokens) {
+    const ModelConfig& c = model_->config();
+    const int64_t hd = c.head_dim, kv_dim = c.n_head_kv * hd, group = c.n_head / c.n_head_kv;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    const float* kc = k_cache_.data() + static_cast<size_t>(layer) * n_ctx_ * kv_dim;
+    const float* vc = v_cache_.data() + static_cast<size_t>(layer) * n_ctx_ * kv_dim;
+    const int64_t jobs = n_tokens * c.n_head;
+    pool_.run([&](int ith, int nth) {
+        float* scores = scores_.data() + static_cast<size_t>(ith) * n_ctx_;
+        int64_t begin, end;
+        ThreadPool::split(jobs, ith, nth, &begin, &end);
+        for (int64_t job = begin; job < end; ++job) {
+            const int64_t t = job / c.n_head, h = job % c.n_head, kvh = h / group;
+            const int64_t n_keys = n_past_ + t + 1;  // causal: positions up to this token's own
+            const float* q = q_.data() + t * c.n_embd + h * hd;
+            float max_score = -std::numeric_limits<float>::infinity();
+            for (int64_t p = 0; p < n_keys; ++p) {
+                scores[p] = kernels_.dot_f32_f32(hd, q, kc + p * kv_dim + kvh * hd) * scale;
+                max_score = std::max(max_score, scores[p]);
+            }
+            float total = 0.0f;
+            for (int64_t p = 0; p < n_keys; ++p) {
+                scores[p] = std::exp(scores[p] - max_score);
+                total += scores[p];
+            }
+            float* out = attn_out_.data() + t * c.n_embd + h * hd;
+            std::fill(out, out + hd, 0.0f);
+            const float inv_total = 1.0f / total;
+            for (int64_t p = 0; p < n_keys; ++p) {
+                kernels_.axpy_f32(hd, scores[p] * inv_total, vc + p * kv_dim + kvh * hd, out);
+            }
+        }
+    });
+}
+
+void Session::eval(const std::vector<int32_t>& tokens, bool all_logits) {
+    const ModelConfig& c = model_->config();
+    const int64_t n_total = static_cast<int64_t>(tokens.size());
+    if (n_total == 0) throw ArgumentError("eval needs at least one token");
+    if (n_past_ + n_total > n_ctx_) {
+        throw ContextOverflowError("context overflow: " + std::to_string(n_past_) +
+                                   " tokens in the cache + " + std::to_string(n_total) +
+                                   " new > n_ctx " + std::to_string(n_ctx_));
+    }
+    for (int32_t id : tokens) {
+        if (id < 0 || id >= c.n_vocab) {
+            throw ArgumentError("token id " + std::to_string(id) + " is outside the vocabulary (0.." +
+                                std::to_string(c.n_vocab - 1) + ")");
+        }
+    }
+    logit_rows_ = all_logits ? n_total : 1;
+    logits_.assign(static_cast<size_t>(logit_rows_ * c.n_vocab), 0.0f);
+
+    const int64_t kv_dim = c.n_head_kv * c.head_dim;
+    for (int64_t start = 0; start < n_total; start += kMaxBatch) {
+        const int64_t n = std::min(kMaxBatch, n_total - start);
+        ensure_batch_capacity(n);
+
+        for (int64_t t = 0; t < n; ++t) {
+            const Matrix& e = model_->token_embd();
+            kernels_.dequantize_row(e.type, e.row(tokens[static_cast<size_t>(start + t)]),
+                                    x_.data() + t * c.n_embd, c.n_embd);
+        }
+
+        // The rotation angles depend on the position alone: compute them once per token,
+        // theta_i = pos * base^(-2i / rope_dim), in double for large positions.
+        const int64_t half_rope = c.rope_dim / 2;
+        for (int64_t t = 0; t < n; ++t) {
+            const double pos = static_cast<double>(n_past_ + t);
+            for (int64_t i = 0; i < half_rope; ++i) {
+                const double theta = pos * rope_inv_freq_[static_cast<size_t>(i)];
+                rope_cos_[static_cast<size_t>(t * half_rope + i)] = static_cast<float>(std::cos(theta));
+                rope_sin_[static_cast<size_t>(t * half_rope + i)] = static_cast<float>(std::sin(theta));
+            }
+        }
+
+        for (int64_t il = 0; il < c.n_layer; ++il) {
+            const LayerWeights& l = model_->layers()[static_cast<size_t>(il)];
+            // Attention block: x += Wo * attention(rope(Wq xn), rope(Wk xn), Wv xn).
+            for (int64_t t = 0; t < n; ++t) {
+                rms_norm(x_.data() + t * c.n_embd, l.attn_norm.data(), c.n_embd, c.rms_eps,
+                         xn_.data() + t * c.n_embd);
+            }
+            matmul({{&l.wq, q_.data()}, {&l.wk, k_.data()}, {&l.wv, v_.data()}}, xn_.data(), n);
+            float* kc = k_cache_.data() + static_cast<size_t>(il) * n_ctx_ * kv_dim;
+            float* vc = v_cache_.data() + static_cast<size_t>(il) * n_ctx_ * kv_dim;
+            for (int64_t t = 0; t < n; ++t) {
+                const int64_t pos = n_past_ + t;
+                const float* cos = rope_cos_.data() + t * half_rope;
+                const float* sin = rope_sin_.data() + t * half_rope;
+                for (int64_t h = 0; h < c.n_head; ++h) {
+                    rope(q_.data() + t * c.n_embd + h * c.head_dim, c.rope_dim, cos, sin);
+                }
+                for (int64_t h = 0; h < c.n_head_kv; ++h) {
+                    rope(k_.data() + t * kv_dim + h * c.head_dim, c.rope_dim, cos, sin);
+                }
+                std::copy_n(k_.data() + t * kv_dim, kv_dim, kc + pos * kv_dim);
+                std::copy_n(v_.data() + t * kv_dim, kv_dim, vc + pos * kv_dim);
+            }
+            attention(static_cast<int>(il), n);
+            matmul({{&l.wo, xn_.data()}}, attn_out_.data(), n);
+            for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] += xn_[i];
+
+            // Feed-forward block: x += W_down (act(W_gate xn) * W_up xn).
+            for (int64_t t = 0; t < n; ++t) {
+                rms_norm(x_.data() + t * c.n_embd, l.ffn_norm.data(), c.n_embd, c.rms_eps,
+                         xn_.data() + t * c.n_embd);
+            }
+            matmul({{&l.ffn_gate, gate_.data()}, {&l.ffn_up, up_.data()}}, xn_.data(), n);
+            const int64_t hidden = n * c.n_ff;
+            if (c.relu_ffn) {
+                for (int64_t i = 0; i < hidden; ++i) gate_[i] = std::max(gate_[i], 0.0f) * up_[i];
+            } else {
+                for (int64_t i = 0; i < hidden; ++i) {
+                    const float g = gate_[i];
+                    gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];  // SiLU(g) * up
+                }
+            }
+            matmul({{&l.ffn_down, xn_.data()}}, gate_.data(), n);
+            for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] += xn_[i];
+        }
+
+        // Output head for the rows whose logits are kept.
+        const int64_t first_kept = all_logits ? 0 : n - 1;
+        if (all_logits || start + n == n_total) {
+            for (int64_t t = first_kept; t < n; ++t) {
+                rms_norm(x_.data() + t * c.n_embd, model_->output_norm().data(), c.n_embd,
+                         c.rms_eps, xn_.data() + (t - first_kept) * c.n_embd);
+            }
+            float* dst = logits_.data() + (all_logits ? start * c.n_vocab : 0);
+            matmul({{&model_->output(), dst}}, xn_.data(), n - first_kept);
+        }
+        n_past_ += n;
+    }
+}
+
+}  // namespace si

@@ -1,1 +1,192 @@
-// placeholder
+#include "tensor/dtype.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+#include "common/checked_math.h"
+
+namespace si {
+
+const DTypeInfo* dtype_info(uint32_t ggml_type) {
+    static const DTypeInfo f32{"F32", 1, 4};
+    static const DTypeInfo f16{"F16", 1, 2};
+    static const DTypeInfo bf16{"BF16", 1, 2};
+    static const DTypeInfo q4_0{"Q4_0", kQK, sizeof(BlockQ4_0)};
+    static const DTypeInfo q4_1{"Q4_1", kQK, sizeof(BlockQ4_1)};
+    static const DTypeInfo q8_0{"Q8_0", kQK, sizeof(BlockQ8_0)};
+    switch (static_cast<DType>(ggml_type)) {
+        case DType::F32: return &f32;
+        case DType::F16: return &f16;
+        case DType::BF16: return &bf16;
+        case DType::Q4_0: return &q4_0;
+        case DType::Q4_1: return &q4_1;
+        case DType::Q8_0: return &q8_0;
+        default: return nullptr;
+    }
+}
+
+const char* dtype_name(uint32_t ggml_type) {
+    if (const DTypeInfo* info = dtype_info(ggml_type)) return info->name;
+    // Names of ggml types we can recognise but not run, for clearer messages.
+    switch (ggml_type) {
+        case 6: return "Q5_0";
+        case 7: return "Q5_1";
+        case 10: return "Q2_K";
+        case 11: return "Q3_K";
+        case 12: return "Q4_K";
+        case 13: return "Q5_K";
+        case 14: return "Q6_K";
+        case 15: return "Q8_K";
+        default: break;
+    }
+    static thread_local char buf[32];
+    std::snprintf(buf, sizeof(buf), "type %u", ggml_type);
+    return buf;
+}
+
+bool row_bytes(DType type, int64_t n, uint64_t* bytes) {
+    const DTypeInfo* info = dtype_info(static_cast<uint32_t>(type));
+    if (!info || n < 0 || n % info->block_elems != 0) return false;
+    return checked_mul(static_cast<uint64_t>(n / info->block_elems), info->block_bytes, bytes);
+}
+
+float fp16_to_fp32(uint16_t h) {
+    uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+    uint32_t exponent = (h >> 10) & 0x1f;
+    uint32_t mantissa = h & 0x3ff;
+    uint32_t bits;
+    if (exponent == 0x1f) {
+        bits = sign | 0x7f800000u | (mantissa << 13);  // inf / nan
+    } else if (exponent != 0) {
+        bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+    } else if (mantissa == 0) {
+        bits = sign;
+    } else {
+        // Subnormal half: value = mantissa * 2^-24, exact in float.
+        float v = std::ldexp(static_cast<float>(mantissa), -24);
+        std::memcpy(&bits, &v, 4);
+        bits |= sign;
+    }
+    float out;
+    std::memcpy(&out, &bits, 4);
+    return out;
+}
+
+uint16_t fp32_to_fp16(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000;
+    uint32_t abs = x & 0x7fffffff;
+    if (abs >= 0x7f800000u) {  // inf or nan
+        return static_cast<uint16_t>(sign | 0x7c00 | (abs > 0x7f800000u ? 0x200 : 0));
+    }
+    if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00);  // rounds past max half
+    if (abs < 0x38800000u) {
+        // Result is subnormal (or zero) in half: scale to units of 2^-24 and round to even.
+        float a;
+        std::memcpy(&a, &abs, 4);
+        float scaled = a * 16777216.0f;  // 2^24, exact
+        auto q = static_cast<uint32_t>(std::nearbyint(scaled));
+        return static_cast<uint16_t>(sign | q);
+    }
+    // Normal: drop 13 mantissa bits with round-to-nearest-even.
+    uint32_t rounded = abs + 0xfff + ((abs >> 13) & 1);
+    uint32_t half = (rounded >> 13) - (112u << 10);
+    return static_cast<uint16_t>(sign | half);
+}
+
+float bf16_to_fp32(uint16_t h) {
+    uint32_t bits = static_cast<uint32_t>(h) << 16;
+    float out;
+    std::memcpy(&out, &bits, 4);
+    return out;
+}
+
+void dequantize_row_ref(DType type, const void* src, float* dst, int64_t n) {
+    switch (type) {
+        case DType::F32:
+            std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+            return;
+        case DType::F16: {
+            auto s = static_cast<const uint16_t*>(src);
+            for (int64_t i = 0; i < n; ++i) dst[i] = fp16_to_fp32(s[i]);
+            return;
+        }
+        case DType::BF16: {
+            auto s = static_cast<const uint16_t*>(src);
+            for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_fp32(s[i]);
+            return;
+        }
+        case DType::Q4_0: {
+            auto b = static_cast<const BlockQ4_0*>(src);
+            for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
+                float d = fp16_to_fp32(b[i].d);
+                for (int j = 0; j < kQK / 2; ++j) {
+                    dst[j] = d * static_cast<float>((b[i].qs[j] & 0x0f) - 8);
+                    dst[j + kQK / 2] = d * static_cast<float>((b[i].qs[j] >> 4) - 8);
+                }
+            }
+            return;
+        }
+        case DType::Q4_1: {
+            auto b = static_cast<const BlockQ4_1*>(src);
+            for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
+                float d = fp16_to_fp32(b[i].d), m = fp16_to_fp32(b[i].m);
+                for (int j = 0; j < kQK / 2; ++j) {
+                    dst[j] = d * static_cast<float>(b[i].qs[j] & 0x0f) + m;
+                    dst[j + kQK / 2] = d * static_cast<float>(b[i].qs[j] >> 4) + m;
+                }
+            }
+            return;
+        }
+        case DType::Q8_0: {
+            auto b = static_cast<const BlockQ8_0*>(src);
+            for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
+                float d = fp16_to_fp32(b[i].d);
+                for (int j = 0; j < kQK; ++j) dst[j] = d * static_cast<float>(b[i].qs[j]);
+            }
+            return;
+        }
+        case DType::Q8_1: {
+            auto b = static_cast<const BlockQ8_1*>(src);
+            for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
+                for (int j = 0; j < kQK; ++j) dst[j] = b[i].d * static_cast<float>(b[i].qs[j]);
+            }
+            return;
+        }
+    }
+}
+
+namespace {
+
+// Quantises one block of 32 to int8 with scale amax/127; returns the scale.
+float quantize_block_q8(const float* x, int8_t* q) {
+    float amax = 0.0f;
+    for (int j = 0; j < kQK; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+    float d = amax / 127.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < kQK; ++j) q[j] = static_cast<int8_t>(std::lrintf(x[j] * id));
+    return d;
+}
+
+}  // namespace
+
+void quantize_row_q8_0_ref(const float* x, BlockQ8_0* dst, int64_t n) {
+    for (int64_t i = 0; i < n / kQK; ++i) {
+        float d = quantize_block_q8(x + i * kQK, dst[i].qs);
+        dst[i].d = fp32_to_fp16(d);
+    }
+}
+
+void quantize_row_q8_1_ref(const float* x, BlockQ8_1* dst, int64_t n) {
+    for (int64_t i = 0; i < n / kQK; ++i) {
+        float d = quantize_block_q8(x + i * kQK, dst[i].qs);
+        int sum = 0;
+        for (int j = 0; j < kQK; ++j) sum += dst[i].qs[j];
+        dst[i].d = d;
+        dst[i].s = d * static_cast<float>(sum);
+    }
+}
+
+}  // namespace si

@@ -1,0 +1,84 @@
+// A loaded model: hyperparameters, typed views of the weights inside the file mapping, and
+// the tokenizer. Immutable after load, so any number of sessions can share one.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gguf/gguf_file.h"
+#include "tensor/dtype.h"
+#include "tokenizer/tokenizer.h"
+
+namespace si {
+
+// Hyperparameters of the llama family (llama, SmolLM2, TinyLlama, ReLU-llama, MiniCPM-S
+// as PowerInfer converts it).
+struct ModelConfig {
+    std::string arch;
+    int64_t n_vocab = 0;
+    int64_t n_embd = 0;
+    int64_t n_layer = 0;
+    int64_t n_head = 0;
+    int64_t n_head_kv = 0;
+    int64_t head_dim = 0;
+    int64_t n_ff = 0;
+    int64_t n_ctx_train = 0;
+    int64_t rope_dim = 0;  // leading dimensions of each head that RoPE rotates
+    float rope_base = 10000.0f;
+    float rms_eps = 1e-5f;
+    // PowerInfer files (magic PWRI) hold ReLU models: relu(gate) * up, in every mode.
+    bool relu_ffn = false;
+};
+
+// A 2-D weight in the mapping: `rows` rows of `cols` elements, each row `row_bytes` long.
+struct Matrix {
+    DType type = DType::F32;
+    int64_t rows = 0;
+    int64_t cols = 0;
+    size_t row_bytes = 0;
+    const uint8_t* data = nullptr;
+
+    const void* row(int64_t i) const { return data + static_cast<size_t>(i) * row_bytes; }
+};
+
+struct LayerWeights {
+    std::vector<float> attn_norm;
+    Matrix wq, wk, wv, wo;
+    std::vector<float> ffn_norm;
+    Matrix ffn_gate, ffn_up, ffn_down;
+};
+
+class Model {
+public:
+    // Loads and validates every tensor the architecture needs (shapes, types) from `path`.
+    static std::shared_ptr<const Model> load(const std::string& path);
+
+    const GgufFile& file() const { return *file_; }
+    const ModelConfig& config() const { return config_; }
+    const Tokenizer& tokenizer() const { return *tokenizer_; }
+    std::shared_ptr<const Tokenizer> shared_tokenizer() const { return tokenizer_; }
+
+    const Matrix& token_embd() const { return token_embd_; }
+    const std::vector<float>& output_norm() const { return output_norm_; }
+    const Matrix& output() const { return output_; }  // token_embd when tied
+    const std::vector<LayerWeights>& layers() const { return layers_; }
+
+private:
+    Model() = default;
+    void read_config();
+    void bind_weights();
+    Matrix matrix(const std::string& name, int64_t cols, int64_t rows) const;
+    std::vector<float> vector(const std::string& name, int64_t n) const;
+
+    std::shared_ptr<GgufFile> file_;
+    ModelConfig config_;
+    std::shared_ptr<const Tokenizer> tokenizer_;
+    Matrix token_embd_;
+    std::vector<float> output_norm_;
+    Matrix output_;
+    std::vector<LayerWeights> layers_;
+};
+
+}  // namespace si

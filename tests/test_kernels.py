@@ -1,0 +1,102 @@
+"""Every CPU kernel level this machine runs, against NumPy and against the generic level.
+
+The oracle for quantised rows emulates the engine's documented arithmetic exactly: the
+activation is quantised to 8-bit blocks (scale max|x|/127, round half to even), the weights
+are dequantised by the `gguf` package, and the integer block sums are scaled in float64.
+"""
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+from gguf import quants
+
+from sparseinfer import _core
+
+ISAS = _core.system_info()["available_isas"]
+QUANTISED = [T.Q4_0, T.Q4_1, T.Q8_0]
+FLOATS = [T.F32, T.F16, T.BF16]
+
+
+def weight_bytes(w: np.ndarray, qtype) -> bytes:
+    if qtype == T.F32:
+        return w.astype(np.float32).tobytes()
+    if qtype == T.F16:
+        return w.astype(np.float16).tobytes()
+    return quants.quantize(w.reshape(1, -1).astype(np.float32), qtype).tobytes()
+
+
+def dequantised(raw: bytes, qtype, n: int) -> np.ndarray:
+    data = np.frombuffer(raw, dtype=np.uint8).reshape(1, -1)
+    return quants.dequantize(data, qtype).reshape(-1)[:n].astype(np.float64)
+
+
+def q8_activation(x: np.ndarray, scale_as_half: bool):
+    """Blocks of 32: (scale, int8 values) as the engine quantises activations."""
+    blocks = x.astype(np.float32).reshape(-1, 32)
+    amax = np.abs(blocks).max(axis=1)
+    d = (amax / np.float32(127)).astype(np.float32)
+    inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
+    q = np.rint(blocks * inv[:, None]).astype(np.int64)
+    scale = d.astype(np.float16).astype(np.float64) if scale_as_half else d.astype(np.float64)
+    return scale, q
+
+
+def expected_dot(raw: bytes, qtype, x: np.ndarray) -> float:
+    n = x.size
+    w = dequantised(raw, qtype, n)
+    if qtype in FLOATS:
+        return float(w @ x.astype(np.float64))
+    scale, q = q8_activation(x, scale_as_half=qtype != T.Q4_1)
+    # Dequantised weights times dequantised activation: equal to the engine's integer
+    # block sums up to float rounding.
+    return float(np.sum(w.reshape(-1, 32) * (scale[:, None] * q)))
+
+
+def make_row(rng, qtype, n):
+    w = rng.standard_normal(n).astype(np.float32)
+    if qtype == T.BF16:
+        bits = (w.view(np.uint32) >> 16).astype(np.uint16)  # truncate to bfloat16
+        return bits.tobytes()
+    return weight_bytes(w, qtype)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("qtype", QUANTISED + FLOATS, ids=lambda t: t.name)
+def test_row_dot_matches_numpy_for_every_length(isa, qtype):
+    rng = np.random.default_rng(int(qtype) + 7)
+    lengths = [32 * b for b in range(1, 10)] if qtype in QUANTISED else list(range(1, 70)) + [576, 1000]
+    for n in lengths:
+        raw = make_row(rng, qtype, n)
+        x = rng.standard_normal(n).astype(np.float32)
+        got = _core._kernel_row_dot(isa, int(qtype), raw, x)
+        want = expected_dot(raw, qtype, x)
+        bound = 1e-5 * (np.sqrt(n) * 4 + 1) * (1 + np.abs(dequantised(raw, qtype, n)).max() * np.abs(x).max())
+        assert abs(got - want) <= bound, (isa, qtype.name, n, got, want)
+
+
+@pytest.mark.parametrize("isa", [i for i in ISAS if i != "generic"])
+@pytest.mark.parametrize("qtype", QUANTISED + FLOATS, ids=lambda t: t.name)
+def test_simd_level_agrees_with_generic(isa, qtype):
+    rng = np.random.default_rng(1234)
+    for n in [32, 64, 96, 576, 1536]:
+        raw = make_row(rng, qtype, n)
+        x = (rng.standard_normal(n) * rng.uniform(0.01, 100)).astype(np.float32)
+        a = _core._kernel_row_dot(isa, int(qtype), raw, x)
+        b = _core._kernel_row_dot("generic", int(qtype), raw, x)
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-4 * np.abs(x).max()), (n, a, b)
+
+
+def test_zero_activation_block_gives_zero():
+    rng = np.random.default_rng(3)
+    raw = make_row(rng, T.Q4_0, 64)
+    for isa in ISAS:
+        assert _core._kernel_row_dot(isa, int(T.Q4_0), raw, np.zeros(64, np.float32)) == 0.0
+
+
+def test_unknown_isa_and_bad_lengths_raise():
+    with pytest.raises(ValueError):
+        _core._kernel_row_dot("no-such-isa", int(T.F32), b"\0" * 4, np.zeros(1, np.float32))
+    with pytest.raises(ValueError):
+        _core._kernel_row_dot("generic", int(T.Q4_0), b"\0" * 18, np.zeros(31, np.float32))
+    with pytest.raises(ValueError):
+        _core._kernel_row_dot("generic", int(T.F32), b"\0" * 3, np.zeros(1, np.float32))

@@ -18,6 +18,8 @@ namespace {
 // How long an idle worker spins before it sleeps: long enough to bridge the gaps between
 // the jobs of one forward pass, short enough not to burn a core between user calls.
 constexpr auto kSpinTime = std::chrono::milliseconds(2);
+// Pause instructions between yields while spinning.
+constexpr unsigned kSpinsBeforeYield = 256;
 
 }  // namespace
 
@@ -53,7 +55,15 @@ void ThreadPool::run(const std::function<void(int, int)>& job) {
         wake_.notify_all();
     }
     job(0, n_threads_);
-    while (unfinished_.load(std::memory_order_acquire) != 0) SI_CPU_RELAX();
+    // Spin for the stragglers, but give the core away now and then: when the machine is
+    // oversubscribed a worker may be waiting for exactly this core.
+    for (unsigned spins = 1; unfinished_.load(std::memory_order_acquire) != 0; ++spins) {
+        if (spins % kSpinsBeforeYield == 0) {
+            std::this_thread::yield();
+        } else {
+            SI_CPU_RELAX();
+        }
+    }
     job_ = nullptr;
 }
 
@@ -63,8 +73,12 @@ void ThreadPool::worker_loop(int index) {
         auto spin_start = std::chrono::steady_clock::now();
         unsigned spins = 0;
         while (generation_.load(std::memory_order_acquire) == seen && !stopping_.load()) {
-            SI_CPU_RELAX();
-            if (++spins % 1024 == 0 && std::chrono::steady_clock::now() - spin_start > kSpinTime) {
+            if (++spins % kSpinsBeforeYield == 0) {
+                std::this_thread::yield();
+            } else {
+                SI_CPU_RELAX();
+            }
+            if (spins % 1024 == 0 && std::chrono::steady_clock::now() - spin_start > kSpinTime) {
                 std::unique_lock<std::mutex> lock(mutex_);
                 sleeping_.fetch_add(1);  // seq_cst: run() sees it, or we see its generation
                 wake_.wait(lock, [&] { return generation_.load() != seen || stopping_.load(); });

@@ -100,3 +100,17 @@ def test_unknown_isa_and_bad_lengths_raise():
         _core._kernel_row_dot("generic", int(T.Q4_0), b"\0" * 18, np.zeros(31, np.float32))
     with pytest.raises(ValueError):
         _core._kernel_row_dot("generic", int(T.F32), b"\0" * 3, np.zeros(1, np.float32))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("qtype", QUANTISED + FLOATS, ids=lambda t: t.name)
+def test_row_axpy_matches_numpy(isa, qtype):
+    rng = np.random.default_rng(int(qtype) + 11)
+    lengths = [32 * b for b in range(1, 10)] if qtype in QUANTISED else list(range(1, 70)) + [576]
+    for n in lengths:
+        raw = make_row(rng, qtype, n)
+        y = rng.standard_normal(n).astype(np.float32)
+        a = float(rng.uniform(-2, 2))
+        got = _core._kernel_row_axpy(isa, int(qtype), raw, a, y)
+        want = y.astype(np.float64) + a * dequantised(raw, qtype, n)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{isa} {qtype.name} n={n}")

@@ -88,6 +88,25 @@ float kernel_row_dot(const std::string& isa, uint32_t ggml_type, py::bytes weigh
     return row_dot(*k, type)(n, w.data(), act.data());
 }
 
+// y + a * row for a raw weight row, with the named ISA level (kernel tests).
+py::array_t<float> kernel_row_axpy(const std::string& isa, uint32_t ggml_type, py::bytes weight,
+                                   float a, py::array_t<float, py::array::c_style | py::array::forcecast> y) {
+    const KernelTable* k = kernels_for(isa);
+    if (!k) throw ArgumentError("ISA level '" + isa + "' is not available here");
+    const DType type = static_cast<DType>(ggml_type);
+    const int64_t n = static_cast<int64_t>(y.size());
+    uint64_t need = 0;
+    if (!dtype_info(ggml_type) || !row_bytes(type, n, &need)) {
+        throw ArgumentError("bad type or length for a row axpy");
+    }
+    std::string w = weight;
+    if (w.size() != need) throw ArgumentError("weight row has the wrong number of bytes");
+    py::array_t<float> out(n);
+    std::memcpy(out.mutable_data(), y.data(), static_cast<size_t>(n) * sizeof(float));
+    row_axpy(*k, type)(n, a, w.data(), out.mutable_data());
+    return out;
+}
+
 }  // namespace
 
 void bind_model(py::module_& m) {
@@ -113,6 +132,8 @@ void bind_model(py::module_& m) {
     }, py::arg("path"));
     m.def("_kernel_row_dot", &kernel_row_dot, py::arg("isa"), py::arg("ggml_type"),
           py::arg("weight"), py::arg("x"));
+    m.def("_kernel_row_axpy", &kernel_row_axpy, py::arg("isa"), py::arg("ggml_type"),
+          py::arg("weight"), py::arg("a"), py::arg("y"));
 
     py::class_<Model, std::shared_ptr<Model>>(m, "Model")
         .def(py::init([](const std::string& path) {

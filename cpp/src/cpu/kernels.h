@@ -21,6 +21,9 @@ DType activation_format(DType weight);
 size_t activation_bytes(DType weight, int64_t n);
 
 using RowDotFn = float (*)(int64_t n, const void* weight_row, const void* activation);
+// y[0..n) += a * row[0..n), the row in its stored type (sparse down projections, attention
+// over an F16 KV cache). For block types n and the row start are whole blocks.
+using RowAxpyFn = void (*)(int64_t n, float a, const void* row, float* y);
 
 struct KernelTable {
     const char* isa;
@@ -35,12 +38,16 @@ struct KernelTable {
     void (*quantize_q8_1)(const float* x, void* dst, int64_t n);
     // Dequantise a weight row to F32 (embedding lookups).
     void (*dequantize_row)(DType type, const void* src, float* dst, int64_t n);
-    // F32 helpers for attention.
-    float (*dot_f32_f32)(int64_t n, const float* a, const float* b);
-    void (*axpy_f32)(int64_t n, float a, const float* x, float* y);  // y += a * x
+    RowAxpyFn axpy_f32;
+    RowAxpyFn axpy_f16;
+    RowAxpyFn axpy_bf16;
+    RowAxpyFn axpy_q4_0;
+    RowAxpyFn axpy_q4_1;
+    RowAxpyFn axpy_q8_0;
 };
 
 RowDotFn row_dot(const KernelTable& k, DType weight);
+RowAxpyFn row_axpy(const KernelTable& k, DType weight);
 // Prepares x (n floats) in the activation format of `weight` into dst.
 void prepare_activation(const KernelTable& k, DType weight, const float* x, void* dst, int64_t n);
 

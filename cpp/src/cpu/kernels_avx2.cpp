@@ -15,11 +15,26 @@ namespace {
 }  // namespace
 
 const KernelTable* kernels_avx2() {
-    static const KernelTable table{
-        "avx2",        avx2_dot_f32,       avx2_dot_f16,       avx2_dot_bf16,
-        avx2_dot_q4_0, avx2_dot_q4_1,      avx2_dot_q8_0,      avx2_quantize_q8_0,
-        avx2_quantize_q8_1, scalar_dequantize_row, avx2_dot_f32_f32, avx2_axpy_f32,
-    };
+    static const KernelTable table = [] {
+        KernelTable t{};
+        t.isa = "avx2";
+        t.dot_f32 = avx2_dot_f32;
+        t.dot_f16 = avx2_dot_f16;
+        t.dot_bf16 = avx2_dot_bf16;
+        t.dot_q4_0 = avx2_dot_q4_0;
+        t.dot_q4_1 = avx2_dot_q4_1;
+        t.dot_q8_0 = avx2_dot_q8_0;
+        t.quantize_q8_0 = avx2_quantize_q8_0;
+        t.quantize_q8_1 = avx2_quantize_q8_1;
+        t.dequantize_row = scalar_dequantize_row;
+        t.axpy_f32 = avx2_axpy_f32;
+        t.axpy_f16 = avx2_axpy_f16;
+        t.axpy_bf16 = scalar_axpy_bf16;
+        t.axpy_q4_0 = avx2_axpy_q4_0;
+        t.axpy_q4_1 = avx2_axpy_q4_1;
+        t.axpy_q8_0 = avx2_axpy_q8_0;
+        return t;
+    }();
     return &table;
 }
 

@@ -126,8 +126,6 @@ float avx512_dot_f32(int64_t n, const void* w, const void* x) {
     return sum;
 }
 
-float avx512_dot_f32_f32(int64_t n, const float* a, const float* b) { return avx512_dot_f32(n, a, b); }
-
 float avx512_dot_f16(int64_t n, const void* w, const void* x) {
     auto a = static_cast<const uint16_t*>(w);
     auto b = static_cast<const float*>(x);
@@ -144,23 +142,50 @@ float avx512_dot_f16(int64_t n, const void* w, const void* x) {
     return sum;
 }
 
-void avx512_axpy_f32(int64_t n, float alpha, const float* x, float* y) {
-    __m512 a = _mm512_set1_ps(alpha);
+void avx512_axpy_f32(int64_t n, float a, const void* row, float* y) {
+    auto x = static_cast<const float*>(row);
+    const __m512 va = _mm512_set1_ps(a);
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(a, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
     }
-    if (i < n) avx2_axpy_f32(n - i, alpha, x + i, y + i);
+    if (i < n) avx2_axpy_f32(n - i, a, x + i, y + i);
+}
+
+void avx512_axpy_f16(int64_t n, float a, const void* row, float* y) {
+    auto x = static_cast<const uint16_t*>(row);
+    const __m512 va = _mm512_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 xf = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)));
+        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, xf, _mm512_loadu_ps(y + i)));
+    }
+    if (i < n) avx2_axpy_f16(n - i, a, x + i, y + i);
 }
 
 }  // namespace
 
 const KernelTable* kernels_avx512() {
-    static const KernelTable table{
-        "avx512",        avx512_dot_f32,     avx512_dot_f16,     avx2_dot_bf16,
-        avx512_dot_q4_0, avx512_dot_q4_1,    avx512_dot_q8_0,    avx2_quantize_q8_0,
-        avx2_quantize_q8_1, scalar_dequantize_row, avx512_dot_f32_f32, avx512_axpy_f32,
-    };
+    static const KernelTable table = [] {
+        KernelTable t{};
+        t.isa = "avx512";
+        t.dot_f32 = avx512_dot_f32;
+        t.dot_f16 = avx512_dot_f16;
+        t.dot_bf16 = avx2_dot_bf16;
+        t.dot_q4_0 = avx512_dot_q4_0;
+        t.dot_q4_1 = avx512_dot_q4_1;
+        t.dot_q8_0 = avx512_dot_q8_0;
+        t.quantize_q8_0 = avx2_quantize_q8_0;
+        t.quantize_q8_1 = avx2_quantize_q8_1;
+        t.dequantize_row = scalar_dequantize_row;
+        t.axpy_f32 = avx512_axpy_f32;
+        t.axpy_f16 = avx512_axpy_f16;
+        t.axpy_bf16 = scalar_axpy_bf16;
+        t.axpy_q4_0 = avx2_axpy_q4_0;
+        t.axpy_q4_1 = avx2_axpy_q4_1;
+        t.axpy_q8_0 = avx2_axpy_q8_0;
+        return t;
+    }();
     return &table;
 }
 

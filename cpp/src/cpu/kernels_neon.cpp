@@ -11,11 +11,26 @@ namespace {
 }  // namespace
 
 const KernelTable* kernels_neon() {
-    static const KernelTable table{
-        "neon",            scalar_dot_f32,       scalar_dot_f16,       scalar_dot_bf16,
-        scalar_dot_q4_0,   scalar_dot_q4_1,      scalar_dot_q8_0,      scalar_quantize_q8_0,
-        scalar_quantize_q8_1, scalar_dequantize_row, scalar_dot_f32_f32, scalar_axpy_f32,
-    };
+    static const KernelTable table = [] {
+        KernelTable t{};
+        t.isa = "neon";
+        t.dot_f32 = scalar_dot_f32;
+        t.dot_f16 = scalar_dot_f16;
+        t.dot_bf16 = scalar_dot_bf16;
+        t.dot_q4_0 = scalar_dot_q4_0;
+        t.dot_q4_1 = scalar_dot_q4_1;
+        t.dot_q8_0 = scalar_dot_q8_0;
+        t.quantize_q8_0 = scalar_quantize_q8_0;
+        t.quantize_q8_1 = scalar_quantize_q8_1;
+        t.dequantize_row = scalar_dequantize_row;
+        t.axpy_f32 = scalar_axpy_f32;
+        t.axpy_f16 = scalar_axpy_f16;
+        t.axpy_bf16 = scalar_axpy_bf16;
+        t.axpy_q4_0 = scalar_axpy_q4_0;
+        t.axpy_q4_1 = scalar_axpy_q4_1;
+        t.axpy_q8_0 = scalar_axpy_q8_0;
+        return t;
+    }();
     return &table;
 }
 

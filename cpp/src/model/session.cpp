@@ -155,7 +155,7 @@ void Session::attention(int layer, int64_t n_tokens) {
             const float* q = q_.data() + t * c.n_embd + h * hd;
             float max_score = -std::numeric_limits<float>::infinity();
             for (int64_t p = 0; p < n_keys; ++p) {
-                scores[p] = kernels_.dot_f32_f32(hd, q, kc + p * kv_dim + kvh * hd) * scale;
+                scores[p] = kernels_.dot_f32(hd, kc + p * kv_dim + kvh * hd, q) * scale;
                 max_score = std::max(max_score, scores[p]);
             }
             float total = 0.0f;

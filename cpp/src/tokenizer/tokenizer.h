@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 namespace si {
@@ -55,13 +56,39 @@ public:
     bool is_end_of_generation(int32_t id) const;
 
 protected:
-    explicit Tokenizer(VocabData vocab) : vocab_(std::move(vocab)) {}
+    // Builds the lookups below; `vocab` must already be validated (create() does that).
+    explicit Tokenizer(VocabData vocab);
+
+    // A run of the input: plain text for the model's algorithm, or one special token.
+    struct Fragment {
+        std::string_view text;  // empty for a special token
+        int32_t token = -1;     // >= 0 for a special token
+    };
+    // Cuts the special tokens' texts out of `text`, as llama.cpp's tokenizer_st_partition
+    // does: the longest special text first, each occurrence left to right. User-defined
+    // tokens are always recognised; control and unknown tokens only with parse_special.
+    std::vector<Fragment> split_special_tokens(std::string_view text, bool parse_special) const;
+
+    TokenType token_type(int32_t id) const;
+    // Id of the token whose text is exactly `text`, or -1.
+    int32_t find_token(std::string_view text) const;
+    // Throws ArgumentError unless 0 <= id < n_vocab().
+    void check_token_id(int32_t id) const;
+
     VocabData vocab_;
-    std::vector<int32_t> end_of_generation_ids_;
+    std::vector<int32_t> end_of_generation_ids_;  // sorted
+
+private:
+    // Keys view the strings in vocab_.tokens, which never change after construction.
+    std::unordered_map<std::string_view, int32_t> token_ids_;
+    std::vector<int32_t> special_token_ids_;  // longest text first
 };
 
 // Turns a stream of token ids into text without ever emitting part of a UTF-8 character:
-// bytes of an incomplete character are held back until it completes (or flush()).
+// bytes of an incomplete character are held back until it completes (or flush()); bytes
+// that can never form a character come out as U+FFFD. Control tokens give "". Meant for
+// generated tokens, which are printed as they are: the only space dropped is the one SPM's
+// add_space_prefix puts after a BOS that starts the stream (as decode() drops it).
 class StreamDecoder {
 public:
     explicit StreamDecoder(std::shared_ptr<const Tokenizer> tokenizer);
@@ -72,6 +99,7 @@ private:
     std::shared_ptr<const Tokenizer> tokenizer_;
     std::string pending_;
     bool first_ = true;
+    bool strip_next_leading_space_ = false;  // set by a leading BOS (see above)
 };
 
 }  // namespace si

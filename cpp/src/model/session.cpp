@@ -46,11 +46,11 @@ Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_thread
     }
     const uint64_t kv_dim = static_cast<uint64_t>(c.n_head_kv * c.head_dim);
     const uint64_t cache_floats = static_cast<uint64_t>(c.n_layer) * static_cast<uint64_t>(n_ctx) * kv_dim;
-    // Two caches of 4-byte floats; refuse before allocating what cannot fit an address space.
-    if (cache_floats > (std::numeric_limits<size_t>::max() / 8) ||
-        cache_floats * 8 > (uint64_t{1} << 40)) {
+    // Two caches of 2-byte halves; refuse before allocating what cannot fit an address space.
+    if (cache_floats > (std::numeric_limits<size_t>::max() / 4) ||
+        cache_floats * 4 > (uint64_t{1} << 40)) {
         throw OutOfMemoryError("a KV cache for n_ctx=" + std::to_string(n_ctx) + " needs " +
-                               std::to_string(cache_floats * 8) + " bytes");
+                               std::to_string(cache_floats * 4) + " bytes");
     }
     k_cache_.resize(static_cast<size_t>(cache_floats));
     for (int64_t i = 0; i < c.rope_dim / 2; ++i) {
@@ -142,8 +142,8 @@ void Session::attention(int layer, int64_t n_tokens) {
     const ModelConfig& c = model_->config();
     const int64_t hd = c.head_dim, kv_dim = c.n_head_kv * hd, group = c.n_head / c.n_head_kv;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    const float* kc = k_cache_.data() + static_cast<size_t>(layer) * n_ctx_ * kv_dim;
-    const float* vc = v_cache_.data() + static_cast<size_t>(layer) * n_ctx_ * kv_dim;
+    const uint16_t* kc = k_cache_.data() + static_cast<size_t>(layer) * n_ctx_ * kv_dim;
+    const uint16_t* vc = v_cache_.data() + static_cast<size_t>(layer) * n_ctx_ * kv_dim;
     const int64_t jobs = n_tokens * c.n_head;
     pool_.run([&](int ith, int nth) {
         float* scores = scores_.data() + static_cast<size_t>(ith) * n_ctx_;
@@ -155,7 +155,7 @@ void Session::attention(int layer, int64_t n_tokens) {
             const float* q = q_.data() + t * c.n_embd + h * hd;
             float max_score = -std::numeric_limits<float>::infinity();
             for (int64_t p = 0; p < n_keys; ++p) {
-                scores[p] = kernels_.dot_f32(hd, kc + p * kv_dim + kvh * hd, q) * scale;
+                scores[p] = kernels_.dot_f16(hd, kc + p * kv_dim + kvh * hd, q) * scale;
                 max_score = std::max(max_score, scores[p]);
             }
             float total = 0.0f;
@@ -167,7 +167,7 @@ void Session::attention(int layer, int64_t n_tokens) {
             std::fill(out, out + hd, 0.0f);
             const float inv_total = 1.0f / total;
             for (int64_t p = 0; p < n_keys; ++p) {
-                kernels_.axpy_f32(hd, scores[p] * inv_total, vc + p * kv_dim + kvh * hd, out);
+                kernels_.axpy_f16(hd, scores[p] * inv_total, vc + p * kv_dim + kvh * hd, out);
             }
         }
     });
@@ -222,8 +222,8 @@ void Session::eval(const std::vector<int32_t>& tokens, bool all_logits) {
                          xn_.data() + t * c.n_embd);
             }
             matmul({{&l.wq, q_.data()}, {&l.wk, k_.data()}, {&l.wv, v_.data()}}, xn_.data(), n);
-            float* kc = k_cache_.data() + static_cast<size_t>(il) * n_ctx_ * kv_dim;
-            float* vc = v_cache_.data() + static_cast<size_t>(il) * n_ctx_ * kv_dim;
+            uint16_t* kc = k_cache_.data() + static_cast<size_t>(il) * n_ctx_ * kv_dim;
+            uint16_t* vc = v_cache_.data() + static_cast<size_t>(il) * n_ctx_ * kv_dim;
             for (int64_t t = 0; t < n; ++t) {
                 const int64_t pos = n_past_ + t;
                 const float* cos = rope_cos_.data() + t * half_rope;
@@ -234,8 +234,10 @@ void Session::eval(const std::vector<int32_t>& tokens, bool all_logits) {
                 for (int64_t h = 0; h < c.n_head_kv; ++h) {
                     rope(k_.data() + t * kv_dim + h * c.head_dim, c.rope_dim, cos, sin);
                 }
-                std::copy_n(k_.data() + t * kv_dim, kv_dim, kc + pos * kv_dim);
-                std::copy_n(v_.data() + t * kv_dim, kv_dim, vc + pos * kv_dim);
+                for (int64_t i = 0; i < kv_dim; ++i) {
+                    kc[pos * kv_dim + i] = fp32_to_fp16(k_[static_cast<size_t>(t * kv_dim + i)]);
+                    vc[pos * kv_dim + i] = fp32_to_fp16(v_[static_cast<size_t>(t * kv_dim + i)]);
+                }
             }
             attention(static_cast<int>(il), n);
             matmul({{&l.wo, xn_.data()}}, attn_out_.data(), n);

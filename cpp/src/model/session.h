@@ -50,8 +50,9 @@ private:
     int64_t n_ctx_;
     int64_t n_past_ = 0;
 
-    // KV cache: per layer, n_ctx rows of kv_dim floats for K and for V.
-    std::vector<float> k_cache_, v_cache_;
+    // KV cache: per layer, n_ctx rows of kv_dim IEEE halves for K and for V (half the
+    // memory and bandwidth of floats, as llama.cpp's default).
+    std::vector<uint16_t> k_cache_, v_cache_;
 
     // Scratch for a batch of up to batch_capacity_ tokens.
     int64_t batch_capacity_ = 0;

@@ -150,18 +150,22 @@ void bind_model(py::module_& m) {
                                [](const Model& self) { return self.config().n_ctx_train; })
         .def_property_readonly("is_powerinfer",
                                [](const Model& self) { return self.file().is_powerinfer(); })
+        .def_property_readonly("sparse_threshold",
+                               [](const Model& self) { return self.config().sparse_threshold; })
         .def_property_readonly("tokenizer", [](const Model& self) {
             return std::const_pointer_cast<Tokenizer>(self.shared_tokenizer());
         })
         .def("metadata", [](const Model& self) { return metadata_dict(self.file()); });
 
     py::class_<Session>(m, "Session")
-        .def(py::init([](std::shared_ptr<Model> model, int64_t n_ctx, int n_threads) {
+        .def(py::init([](std::shared_ptr<Model> model, int64_t n_ctx, int n_threads, bool sparse) {
                  if (n_threads < 1) throw ArgumentError("n_threads must be at least 1");
                  py::gil_scoped_release release;
-                 return new Session(std::move(model), n_ctx, n_threads);
+                 return new Session(std::move(model), n_ctx, n_threads, sparse);
              }),
-             py::arg("model"), py::arg("n_ctx"), py::arg("n_threads"))
+             py::arg("model"), py::arg("n_ctx"), py::arg("n_threads"), py::arg("sparse") = false)
+        .def_property_readonly("sparse", &Session::sparse)
+        .def("active_fractions", &Session::active_fractions)
         .def_property_readonly("n_ctx", &Session::n_ctx)
         .def_property_readonly("n_past", &Session::n_past)
         .def("eval",

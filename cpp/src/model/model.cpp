@@ -1,6 +1,7 @@
 #include "model/model.h"
 
 #include <cmath>
+#include <cstdlib>
 
 #include "common/errors.h"
 
@@ -34,10 +35,13 @@ void Model::read_config() {
     ModelConfig& c = config_;
     c.arch = f.get_string("general.architecture", "");
     if (c.arch.empty()) throw FormatError(f.describe("general.architecture is missing"));
-    if (c.arch != "llama") {
-        throw UnsupportedError(f.describe("architecture '" + c.arch +
-                                          "' is not supported (supported: llama)"));
+    c.powerinfer = f.is_powerinfer();
+    const bool supported = c.arch == "llama" || (c.powerinfer && c.arch == "bamboo");
+    if (!supported) {
+        throw UnsupportedError(f.describe("architecture '" + c.arch + "' is not supported " +
+                                          "(supported: llama; bamboo in PowerInfer files)"));
     }
+    c.relu_up = c.arch == "bamboo";
     const std::string p = c.arch + ".";
     auto required = [&](const std::string& key) {
         const GgufValue* v = f.find(key);
@@ -87,7 +91,23 @@ void Model::read_config() {
             throw UnsupportedError(f.describe("RoPE scaling '" + scaling + "' is not supported"));
         }
     }
-    c.relu_ffn = f.is_powerinfer();
+    if (c.powerinfer) {
+        // As PowerInfer: the key is read only from PWRI files, and the environment variable
+        // LLAMA_SPARSE_PRED_THRESHOLD overrides it.
+        c.sparse_threshold = static_cast<float>(f.get_float("powerinfer.sparse_threshold", 0.0));
+        if (const char* env = std::getenv("LLAMA_SPARSE_PRED_THRESHOLD"); env && *env) {
+            char* end = nullptr;
+            const double v = std::strtod(env, &end);
+            if (end == env || *end != '\0' || !std::isfinite(v)) {
+                throw ArgumentError(std::string("LLAMA_SPARSE_PRED_THRESHOLD='") + env +
+                                    "' is not a number");
+            }
+            c.sparse_threshold = static_cast<float>(v);
+        }
+        if (!std::isfinite(c.sparse_threshold)) {
+            throw FormatError(f.describe("powerinfer.sparse_threshold is not finite"));
+        }
+    }
     const GgufTensor* embd = f.find_tensor("token_embd.weight");
     if (!embd || embd->shape.size() != 2) {
         throw FormatError(f.describe("tensor 'token_embd.weight' is missing or not 2-D"));
@@ -147,7 +167,19 @@ void Model::bind_weights() {
         l.ffn_norm = vector(b + "ffn_norm.weight", c.n_embd);
         l.ffn_gate = matrix(b + "ffn_gate.weight", c.n_embd, c.n_ff);
         l.ffn_up = matrix(b + "ffn_up.weight", c.n_embd, c.n_ff);
-        l.ffn_down = matrix(b + "ffn_down.weight", c.n_ff, c.n_embd);
+        if (!c.powerinfer) {
+            l.ffn_down = matrix(b + "ffn_down.weight", c.n_ff, c.n_embd);
+            continue;
+        }
+        l.ffn_down_t = matrix(b + "ffn_down_t.weight", c.n_embd, c.n_ff);
+        // The predictor's rank is whatever fc1 says, and may differ from layer to layer.
+        const GgufTensor* fc1 = file_->find_tensor(b + "fc1.weight");
+        if (!fc1 || fc1->shape.size() != 2) {
+            throw FormatError(file_->describe("tensor '" + b + "fc1.weight' is missing or not 2-D"));
+        }
+        const int64_t rank = fc1->shape[1];
+        l.fc1 = matrix(b + "fc1.weight", c.n_embd, rank);
+        l.fc2 = matrix(b + "fc2.weight", rank, c.n_ff);
     }
 }
 

@@ -28,8 +28,13 @@ struct ModelConfig {
     int64_t rope_dim = 0;  // leading dimensions of each head that RoPE rotates
     float rope_base = 10000.0f;
     float rms_eps = 1e-5f;
-    // PowerInfer files (magic PWRI) hold ReLU models: relu(gate) * up, in every mode.
-    bool relu_ffn = false;
+    // PowerInfer files (magic PWRI) hold ReLU models in every mode: relu(gate) * up, or
+    // relu(gate) * relu(up) for bamboo. Their down projection is stored transposed
+    // (ffn_down_t) and each layer has an activation predictor (fc1, fc2).
+    bool powerinfer = false;
+    bool relu_up = false;  // bamboo
+    // A neuron is active when its predictor score is >= this (powerinfer.sparse_threshold).
+    float sparse_threshold = 0.0f;
 };
 
 // A 2-D weight in the mapping: `rows` rows of `cols` elements, each row `row_bytes` long.
@@ -47,7 +52,10 @@ struct LayerWeights {
     std::vector<float> attn_norm;
     Matrix wq, wk, wv, wo;
     std::vector<float> ffn_norm;
-    Matrix ffn_gate, ffn_up, ffn_down;
+    Matrix ffn_gate, ffn_up;
+    Matrix ffn_down;    // dense files: n_embd rows of n_ff
+    Matrix ffn_down_t;  // PowerInfer files: n_ff rows of n_embd, row j = neuron j's output
+    Matrix fc1, fc2;    // PowerInfer predictor: score = fc2 relu(fc1 x), x before ffn_norm
 };
 
 class Model {

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "common/errors.h"
+#include "model/norm.h"
 
 namespace si {
 
@@ -17,16 +18,9 @@ constexpr int64_t kMaxBatch = 256;
 // Bound on a session's context: far above any model here, it stops absurd requests.
 constexpr int64_t kMaxContext = 1 << 20;
 
-void rms_norm(const float* x, const float* weight, int64_t n, float eps, float* out) {
-    double sum = 0.0;
-    for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * x[i];
-    const float scale = static_cast<float>(1.0 / std::sqrt(sum / static_cast<double>(n) + eps));
-    for (int64_t i = 0; i < n; ++i) out[i] = x[i] * scale * weight[i];
-}
-
 // RoPE as GGML's "normal" mode, which llama GGUF files are converted for: each adjacent
 // pair (x[2i], x[2i+1]) of a head's first rope_dim values turns by the angle whose cosine
-// and sine are cos[i], sin[i] (see Session::rope_angles).
+// and sine are cos[i], sin[i] (computed once per token in Session::eval).
 void rope(float* head, int64_t rope_dim, const float* cos, const float* sin) {
     for (int64_t i = 0; i < rope_dim / 2; ++i) {
         const float x0 = head[2 * i], x1 = head[2 * i + 1];
@@ -37,9 +31,16 @@ void rope(float* head, int64_t rope_dim, const float* cos, const float* sin) {
 
 }  // namespace
 
-Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_threads)
-    : model_(std::move(model)), kernels_(active_kernels()), pool_(n_threads), n_ctx_(n_ctx) {
+Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_threads, bool sparse)
+    : model_(std::move(model)), kernels_(active_kernels()), pool_(n_threads), n_ctx_(n_ctx),
+      sparse_(sparse) {
     const ModelConfig& c = model_->config();
+    if (sparse && !c.powerinfer) {
+        throw UnsupportedError(model_->file().describe(
+            "sparse inference needs a PowerInfer file with activation predictors (magic PWRI)"));
+    }
+    for (const LayerWeights& l : model_->layers()) max_rank_ = std::max(max_rank_, l.fc1.rows);
+    layer_active_.assign(static_cast<size_t>(c.n_layer), 0);
     if (n_ctx <= 0 || n_ctx > kMaxContext) {
         throw ArgumentError("n_ctx must be between 1 and " + std::to_string(kMaxContext) +
                             ", got " + std::to_string(n_ctx));
@@ -64,7 +65,7 @@ void Session::ensure_batch_capacity(int64_t n) {
     if (n <= batch_capacity_) return;
     const ModelConfig& c = model_->config();
     const int64_t kv_dim = c.n_head_kv * c.head_dim;
-    const int64_t widest = std::max(c.n_embd, c.n_ff);
+    const int64_t widest = std::max({c.n_embd, c.n_ff, max_rank_});
     auto sized = [](std::vector<float>& v, int64_t count) { v.assign(static_cast<size_t>(count), 0.0f); };
     sized(x_, n * c.n_embd);
     sized(xn_, n * c.n_embd);
@@ -73,6 +74,9 @@ void Session::ensure_batch_capacity(int64_t n) {
     sized(v_, n * kv_dim);
     sized(attn_out_, n * c.n_embd);
     sized(gate_, n * c.n_ff);
+    sized(predictor_hidden_, n * max_rank_);
+    active_.resize(static_cast<size_t>(n));
+    for (std::vector<int32_t>& a : active_) a.reserve(static_cast<size_t>(c.n_ff));
     sized(up_, n * c.n_ff);
     sized(rope_cos_, n * (c.rope_dim / 2));
     sized(rope_sin_, n * (c.rope_dim / 2));
@@ -87,6 +91,19 @@ void Session::truncate(int64_t n_past) {
         throw ArgumentError("truncate: n_past must be between 0 and " + std::to_string(n_past_));
     }
     n_past_ = n_past;
+}
+
+Session::PreparedInput Session::prepare_input(const Matrix& w, const float* x, int64_t n, int slot,
+                                              bool convert) {
+    const size_t slot_bytes = activation_.size() / kMaxMatmulOutputs;
+    PreparedInput in{activation_.data() + static_cast<size_t>(slot) * slot_bytes,
+                     activation_bytes(w.type, w.cols)};
+    if (convert) {
+        for (int64_t t = 0; t < n; ++t) {
+            prepare_activation(kernels_, w.type, x + t * w.cols, in.data + t * in.stride, w.cols);
+        }
+    }
+    return in;
 }
 
 void Session::matmul(std::initializer_list<MatmulOutput> outputs, const float* x, int64_t n) {
@@ -105,20 +122,14 @@ void Session::matmul(std::initializer_list<MatmulOutput> outputs, const float* x
     int n_jobs = 0, n_formats = 0;
     int64_t total_rows = 0;
     const int64_t cols = outputs.begin()->w->cols;
-    const size_t slot_bytes = activation_.size() / kMaxMatmulOutputs;
     for (const MatmulOutput& out : outputs) {
         const DType format = activation_format(out.w->type);
         int slot = 0;
         while (slot < n_formats && prepared_formats[slot] != format) ++slot;
-        const size_t stride = activation_bytes(out.w->type, cols);
-        uint8_t* act = activation_.data() + static_cast<size_t>(slot) * slot_bytes;
-        if (slot == n_formats) {
-            prepared_formats[n_formats++] = format;
-            for (int64_t t = 0; t < n; ++t) {
-                prepare_activation(kernels_, out.w->type, x + t * cols, act + t * stride, cols);
-            }
-        }
-        jobs[n_jobs++] = {out.w, out.y, act, stride, row_dot(kernels_, out.w->type), total_rows};
+        const bool fresh = slot == n_formats;
+        if (fresh) prepared_formats[n_formats++] = format;
+        const PreparedInput in = prepare_input(*out.w, x, n, slot, fresh);
+        jobs[n_jobs++] = {out.w, out.y, in.data, in.stride, row_dot(kernels_, out.w->type), total_rows};
         total_rows += out.w->rows;
     }
     pool_.run([&](int ith, int nth) {
@@ -189,6 +200,8 @@ void Session::eval(const std::vector<int32_t>& tokens, bool all_logits) {
         }
     }
     logit_rows_ = all_logits ? n_total : 1;
+    std::fill(layer_active_.begin(), layer_active_.end(), 0);
+    stats_tokens_ = n_total;
     logits_.assign(static_cast<size_t>(logit_rows_ * c.n_vocab), 0.0f);
 
     const int64_t kv_dim = c.n_head_kv * c.head_dim;
@@ -217,10 +230,7 @@ void Session::eval(const std::vector<int32_t>& tokens, bool all_logits) {
         for (int64_t il = 0; il < c.n_layer; ++il) {
             const LayerWeights& l = model_->layers()[static_cast<size_t>(il)];
             // Attention block: x += Wo * attention(rope(Wq xn), rope(Wk xn), Wv xn).
-            for (int64_t t = 0; t < n; ++t) {
-                rms_norm(x_.data() + t * c.n_embd, l.attn_norm.data(), c.n_embd, c.rms_eps,
-                         xn_.data() + t * c.n_embd);
-            }
+            rms_norm_rows(x_.data(), l.attn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
             matmul({{&l.wq, q_.data()}, {&l.wk, k_.data()}, {&l.wv, v_.data()}}, xn_.data(), n);
             uint16_t* kc = k_cache_.data() + static_cast<size_t>(il) * n_ctx_ * kv_dim;
             uint16_t* vc = v_cache_.data() + static_cast<size_t>(il) * n_ctx_ * kv_dim;
@@ -243,32 +253,14 @@ void Session::eval(const std::vector<int32_t>& tokens, bool all_logits) {
             matmul({{&l.wo, xn_.data()}}, attn_out_.data(), n);
             for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] += xn_[i];
 
-            // Feed-forward block: x += W_down (act(W_gate xn) * W_up xn).
-            for (int64_t t = 0; t < n; ++t) {
-                rms_norm(x_.data() + t * c.n_embd, l.ffn_norm.data(), c.n_embd, c.rms_eps,
-                         xn_.data() + t * c.n_embd);
-            }
-            matmul({{&l.ffn_gate, gate_.data()}, {&l.ffn_up, up_.data()}}, xn_.data(), n);
-            const int64_t hidden = n * c.n_ff;
-            if (c.relu_ffn) {
-                for (int64_t i = 0; i < hidden; ++i) gate_[i] = std::max(gate_[i], 0.0f) * up_[i];
-            } else {
-                for (int64_t i = 0; i < hidden; ++i) {
-                    const float g = gate_[i];
-                    gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];  // SiLU(g) * up
-                }
-            }
-            matmul({{&l.ffn_down, xn_.data()}}, gate_.data(), n);
-            for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] += xn_[i];
+            feed_forward(static_cast<int>(il), n);
         }
 
         // Output head for the rows whose logits are kept.
         const int64_t first_kept = all_logits ? 0 : n - 1;
         if (all_logits || start + n == n_total) {
-            for (int64_t t = first_kept; t < n; ++t) {
-                rms_norm(x_.data() + t * c.n_embd, model_->output_norm().data(), c.n_embd,
-                         c.rms_eps, xn_.data() + (t - first_kept) * c.n_embd);
-            }
+            rms_norm_rows(x_.data() + first_kept * c.n_embd, model_->output_norm().data(),
+                          n - first_kept, c.n_embd, c.rms_eps, xn_.data());
             float* dst = logits_.data() + (all_logits ? start * c.n_vocab : 0);
             matmul({{&model_->output(), dst}}, xn_.data(), n - first_kept);
         }

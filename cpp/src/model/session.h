@@ -16,7 +16,9 @@ namespace si {
 class Session {
 public:
     // Allocates the KV cache for n_ctx positions (checked against sane bounds first).
-    Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_threads);
+    // sparse: compute only the FFN neurons the predictor marks active (PowerInfer files
+    // only; UnsupportedError otherwise).
+    Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_threads, bool sparse);
 
     const Model& model() const { return *model_; }
     int64_t n_ctx() const { return n_ctx_; }
@@ -28,6 +30,11 @@ public:
     // Logits of the last eval: rows() x n_vocab.
     const std::vector<float>& logits() const { return logits_; }
     int64_t logit_rows() const { return logit_rows_; }
+
+    bool sparse() const { return sparse_; }
+    // Per layer, the fraction of FFN neurons computed for the last eval's tokens (1 for
+    // every layer when not sparse).
+    std::vector<double> active_fractions() const;
 
     void reset() { n_past_ = 0; logit_rows_ = 0; }
     void truncate(int64_t n_past);  // forget positions >= n_past
@@ -43,6 +50,18 @@ private:
     static constexpr int kMaxMatmulOutputs = 3;
     void matmul(std::initializer_list<MatmulOutput> outputs, const float* x, int64_t n);
     void attention(int layer, int64_t n_tokens);
+    // x += FFN(x) for the batch: dense SiLU, dense ReLU, or the sparse PowerInfer path.
+    void feed_forward(int layer, int64_t n_tokens);
+    void predict_active_neurons(const LayerWeights& l, int64_t n_tokens);
+    void down_projection_transposed(const Matrix& down_t, int64_t n_tokens, bool only_active);
+
+    // x in the dot format of w, one row of `stride` bytes per token, in scratch slot `slot`
+    // (converted only when `convert`; a slot already holding that format is reused).
+    struct PreparedInput {
+        uint8_t* data;
+        size_t stride;
+    };
+    PreparedInput prepare_input(const Matrix& w, const float* x, int64_t n, int slot, bool convert);
 
     std::shared_ptr<const Model> model_;
     const KernelTable& kernels_;
@@ -60,6 +79,15 @@ private:
     std::vector<float> rope_cos_, rope_sin_;  // per token of the batch, rope_dim / 2 each
     std::vector<double> rope_inv_freq_;       // base^(-2i / rope_dim)
     std::vector<uint8_t> activation_;  // activations in a weight type's dot format
+
+    // Sparse FFN state: predictor hidden layer, per-token active neuron ids, and the
+    // number of neurons computed per layer over the last eval (for stats).
+    bool sparse_ = false;
+    int64_t max_rank_ = 0;
+    std::vector<float> predictor_hidden_;
+    std::vector<std::vector<int32_t>> active_;
+    std::vector<int64_t> layer_active_;
+    int64_t stats_tokens_ = 0;
 
     std::vector<float> logits_;
     int64_t logit_rows_ = 0;

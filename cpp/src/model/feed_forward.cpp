@@ -1,0 +1,137 @@
+// The feed-forward block of a layer, in its three forms:
+//   dense llama files:  x += W_down (silu(W_gate xn) * W_up xn)
+//   PowerInfer files, dense:  every neuron j: h_j = relu(gate_j . xn) * up_j . xn
+//                             (relu on up too for bamboo), x += sum_j h_j down_t[j]
+//   PowerInfer files, sparse: the same sum over the neurons the predictor marks active,
+//                             score = fc2 relu(fc1 x) >= threshold, x taken before ffn_norm;
+//                             gate and up rows of the others are never read.
+// (FACTS.md: PowerInfer's llm_build_ffn_sparse and its CPU kernels.)
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "model/norm.h"
+#include "model/session.h"
+
+namespace si {
+
+void Session::feed_forward(int layer, int64_t n) {
+    const ModelConfig& c = model_->config();
+    const LayerWeights& l = model_->layers()[static_cast<size_t>(layer)];
+    const int64_t hidden = n * c.n_ff;
+
+    if (!c.powerinfer) {
+        rms_norm_rows(x_.data(), l.ffn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
+        matmul({{&l.ffn_gate, gate_.data()}, {&l.ffn_up, up_.data()}}, xn_.data(), n);
+        for (int64_t i = 0; i < hidden; ++i) {
+            const float g = gate_[i];
+            gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];  // SiLU(g) * up
+        }
+        matmul({{&l.ffn_down, xn_.data()}}, gate_.data(), n);
+        for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] += xn_[i];
+        layer_active_[static_cast<size_t>(layer)] += hidden;
+        return;
+    }
+
+    // The predictor reads x before the norm, so it runs first.
+    if (sparse_) predict_active_neurons(l, n);
+    rms_norm_rows(x_.data(), l.ffn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
+
+    const bool relu_up = c.relu_up;
+    auto activation = [relu_up](float g, float u) {
+        return std::max(g, 0.0f) * (relu_up ? std::max(u, 0.0f) : u);
+    };
+    if (!sparse_) {
+        matmul({{&l.ffn_gate, gate_.data()}, {&l.ffn_up, up_.data()}}, xn_.data(), n);
+        for (int64_t i = 0; i < hidden; ++i) gate_[i] = activation(gate_[i], up_[i]);
+        layer_active_[static_cast<size_t>(layer)] += hidden;
+    } else {
+        // gate_ holds h for every neuron: zero except where computed.
+        std::fill(gate_.begin(), gate_.begin() + hidden, 0.0f);
+        const bool same_format = activation_format(l.ffn_gate.type) == activation_format(l.ffn_up.type);
+        const PreparedInput gate_in = prepare_input(l.ffn_gate, xn_.data(), n, 0, true);
+        const PreparedInput up_in = prepare_input(l.ffn_up, xn_.data(), n, same_format ? 0 : 1, !same_format);
+        const RowDotFn gate_dot = row_dot(kernels_, l.ffn_gate.type);
+        const RowDotFn up_dot = row_dot(kernels_, l.ffn_up.type);
+        pool_.run([&](int ith, int nth) {
+            for (int64_t t = 0; t < n; ++t) {
+                const std::vector<int32_t>& active = active_[static_cast<size_t>(t)];
+                int64_t begin, end;
+                ThreadPool::split(static_cast<int64_t>(active.size()), ith, nth, &begin, &end);
+                for (int64_t k = begin; k < end; ++k) {
+                    const int32_t j = active[static_cast<size_t>(k)];
+                    const float g = gate_dot(c.n_embd, l.ffn_gate.row(j), gate_in.data + t * gate_in.stride);
+                    if (g <= 0.0f) continue;  // relu(g) = 0: up is not needed
+                    const float u = up_dot(c.n_embd, l.ffn_up.row(j), up_in.data + t * up_in.stride);
+                    gate_[static_cast<size_t>(t * c.n_ff + j)] = activation(g, u);
+                }
+            }
+        });
+        for (int64_t t = 0; t < n; ++t) {
+            layer_active_[static_cast<size_t>(layer)] += static_cast<int64_t>(active_[static_cast<size_t>(t)].size());
+        }
+    }
+    down_projection_transposed(l.ffn_down_t, n, sparse_);
+}
+
+void Session::predict_active_neurons(const LayerWeights& l, int64_t n) {
+    const ModelConfig& c = model_->config();
+    const int64_t rank = l.fc1.rows;
+    // score = fc2 relu(fc1 x); up_ is free until gate/up run, so the scores land there.
+    matmul({{&l.fc1, predictor_hidden_.data()}}, x_.data(), n);
+    for (int64_t i = 0; i < n * rank; ++i) predictor_hidden_[i] = std::max(predictor_hidden_[i], 0.0f);
+    matmul({{&l.fc2, up_.data()}}, predictor_hidden_.data(), n);
+    for (int64_t t = 0; t < n; ++t) {
+        std::vector<int32_t>& active = active_[static_cast<size_t>(t)];
+        active.clear();
+        const float* score = up_.data() + t * c.n_ff;
+        for (int64_t j = 0; j < c.n_ff; ++j) {
+            if (score[j] >= c.sparse_threshold) active.push_back(static_cast<int32_t>(j));
+        }
+    }
+}
+
+void Session::down_projection_transposed(const Matrix& down_t, int64_t n, bool only_active) {
+    // out[t] = sum_j h[t][j] down_t[j]. Each thread owns a slice of the output columns and
+    // walks the neurons in order, so every output element has one writer and a fixed
+    // summation order: the same bits for any thread count (PowerInfer's own axpy lets
+    // threads race on one buffer; FACTS.md, Determinism).
+    const ModelConfig& c = model_->config();
+    const DTypeInfo* info = dtype_info(static_cast<uint32_t>(down_t.type));
+    const int64_t unit = info->block_elems;           // a slice must be whole blocks
+    const int64_t units = c.n_embd / unit;
+    const RowAxpyFn axpy = row_axpy(kernels_, down_t.type);
+    pool_.run([&](int ith, int nth) {
+        int64_t begin, end;
+        ThreadPool::split(units, ith, nth, &begin, &end);
+        if (begin == end) return;
+        const int64_t col0 = begin * unit, cols = (end - begin) * unit;
+        const size_t byte_offset = static_cast<size_t>(begin) * info->block_bytes;
+        for (int64_t t = 0; t < n; ++t) {
+            float* out = xn_.data() + t * c.n_embd + col0;
+            std::fill(out, out + cols, 0.0f);
+            const float* h = gate_.data() + t * c.n_ff;
+            auto accumulate = [&](int64_t j) {
+                if (h[j] != 0.0f) axpy(cols, h[j], static_cast<const uint8_t*>(down_t.row(j)) + byte_offset, out);
+            };
+            if (only_active) {
+                for (int32_t j : active_[static_cast<size_t>(t)]) accumulate(j);
+            } else {
+                for (int64_t j = 0; j < c.n_ff; ++j) accumulate(j);
+            }
+        }
+    });
+    for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] += xn_[i];
+}
+
+std::vector<double> Session::active_fractions() const {
+    const ModelConfig& c = model_->config();
+    std::vector<double> out;
+    for (int64_t count : layer_active_) {
+        const double total = static_cast<double>(stats_tokens_) * static_cast<double>(c.n_ff);
+        out.push_back(total > 0 ? static_cast<double>(count) / total : 0.0);
+    }
+    return out;
+}
+
+}  // namespace si

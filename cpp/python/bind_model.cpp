@@ -69,23 +69,35 @@ py::list tensor_list(const GgufFile& f) {
     return out;
 }
 
-// The kernel test hook: one row dot of raw weight bytes (ggml layout) with float x, using
-// the named ISA level, so tests can compare every level with the generic one.
-float kernel_row_dot(const std::string& isa, uint32_t ggml_type, py::bytes weight,
-                     py::array_t<float, py::array::c_style | py::array::forcecast> x) {
+// The kernel test hook: one row of raw weight bytes (ggml layout) dotted with one float
+// activation x (n,) or four (4, n) through the four-token kernel, using the named ISA
+// level, so tests can compare every level with the generic one.
+py::array_t<float> kernel_row_dot(const std::string& isa, uint32_t ggml_type, py::bytes weight,
+                                  py::array_t<float, py::array::c_style | py::array::forcecast> x) {
     const KernelTable* k = kernels_for(isa);
     if (!k) throw ArgumentError("ISA level '" + isa + "' is not available here");
+    if (x.ndim() != 1 && !(x.ndim() == 2 && x.shape(0) == 4)) {
+        throw ArgumentError("x must be one activation or four (shape (4, n))");
+    }
     const DType type = static_cast<DType>(ggml_type);
-    const int64_t n = static_cast<int64_t>(x.size());
+    const int64_t n = static_cast<int64_t>(x.shape(x.ndim() - 1));
     uint64_t need = 0;
     if (!dtype_info(ggml_type) || !row_bytes(type, n, &need)) {
         throw ArgumentError("bad type or length for a row dot");
     }
     std::string w = weight;
     if (w.size() != need) throw ArgumentError("weight row has the wrong number of bytes");
-    std::vector<uint8_t> act(activation_bytes(type, n));
-    prepare_activation(*k, type, x.data(), act.data(), n);
-    return row_dot(*k, type)(n, w.data(), act.data());
+    const int64_t rows = x.ndim() == 2 ? 4 : 1;
+    const size_t stride = activation_bytes(type, n);
+    std::vector<uint8_t> act(stride * static_cast<size_t>(rows));
+    for (int64_t r = 0; r < rows; ++r) prepare_activation(*k, type, x.data() + r * n, act.data() + r * stride, n);
+    py::array_t<float> out(rows);
+    if (rows == 4) {
+        row_dot4(*k, type)(n, w.data(), act.data(), stride, out.mutable_data());
+    } else {
+        out.mutable_data()[0] = row_dot(*k, type)(n, w.data(), act.data());
+    }
+    return out;
 }
 
 // y + a * row for a raw weight row, with the named ISA level (kernel tests).

@@ -157,6 +157,18 @@ RowDotFn row_dot(const KernelTable& k, DType weight) {
     }
 }
 
+RowDot4Fn row_dot4(const KernelTable& k, DType weight) {
+    switch (weight) {
+        case DType::F32: return k.dot4_f32;
+        case DType::F16: return k.dot4_f16;
+        case DType::BF16: return k.dot4_bf16;
+        case DType::Q4_0: return k.dot4_q4_0;
+        case DType::Q4_1: return k.dot4_q4_1;
+        case DType::Q8_0: return k.dot4_q8_0;
+        default: throw UnsupportedError("no dot kernel for this weight type");
+    }
+}
+
 RowAxpyFn row_axpy(const KernelTable& k, DType weight) {
     switch (weight) {
         case DType::F32: return k.axpy_f32;

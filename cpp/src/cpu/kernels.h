@@ -21,6 +21,10 @@ DType activation_format(DType weight);
 size_t activation_bytes(DType weight, int64_t n);
 
 using RowDotFn = float (*)(int64_t n, const void* weight_row, const void* activation);
+// out[k] = dot(row, activation k) for k < 4, the activations `stride` bytes apart: a weight
+// row is unpacked once for four tokens (prompt processing).
+using RowDot4Fn = void (*)(int64_t n, const void* weight_row, const void* activations,
+                           size_t stride, float* out);
 // y[0..n) += a * row[0..n), the row in its stored type (sparse down projections, attention
 // over an F16 KV cache). For block types n and the row start are whole blocks.
 using RowAxpyFn = void (*)(int64_t n, float a, const void* row, float* y);
@@ -34,6 +38,12 @@ struct KernelTable {
     RowDotFn dot_q4_0;
     RowDotFn dot_q4_1;
     RowDotFn dot_q8_0;
+    RowDot4Fn dot4_f32;
+    RowDot4Fn dot4_f16;
+    RowDot4Fn dot4_bf16;
+    RowDot4Fn dot4_q4_0;
+    RowDot4Fn dot4_q4_1;
+    RowDot4Fn dot4_q8_0;
     void (*quantize_q8_0)(const float* x, void* dst, int64_t n);
     void (*quantize_q8_1)(const float* x, void* dst, int64_t n);
     // Dequantise a weight row to F32 (embedding lookups).
@@ -47,6 +57,7 @@ struct KernelTable {
 };
 
 RowDotFn row_dot(const KernelTable& k, DType weight);
+RowDot4Fn row_dot4(const KernelTable& k, DType weight);
 RowAxpyFn row_axpy(const KernelTable& k, DType weight);
 // Prepares x (n floats) in the activation format of `weight` into dst.
 void prepare_activation(const KernelTable& k, DType weight, const float* x, void* dst, int64_t n);

@@ -24,6 +24,12 @@ const KernelTable* kernels_avx2() {
         t.dot_q4_0 = avx2_dot_q4_0;
         t.dot_q4_1 = avx2_dot_q4_1;
         t.dot_q8_0 = avx2_dot_q8_0;
+        t.dot4_f32 = avx2_dot4_f32;
+        t.dot4_f16 = avx2_dot4_f16;
+        t.dot4_bf16 = scalar_dot4_bf16;
+        t.dot4_q4_0 = avx2_dot4_q4_0;
+        t.dot4_q4_1 = avx2_dot4_q4_1;
+        t.dot4_q8_0 = avx2_dot4_q8_0;
         t.quantize_q8_0 = avx2_quantize_q8_0;
         t.quantize_q8_1 = avx2_quantize_q8_1;
         t.dequantize_row = scalar_dequantize_row;

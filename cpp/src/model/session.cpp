@@ -115,6 +115,7 @@ void Session::matmul(std::initializer_list<MatmulOutput> outputs, const float* x
         const uint8_t* act;
         size_t stride;
         RowDotFn dot;
+        RowDot4Fn dot4;
         int64_t first_row;  // of this matrix in the combined row range
     };
     Prepared jobs[kMaxMatmulOutputs];
@@ -129,7 +130,8 @@ void Session::matmul(std::initializer_list<MatmulOutput> outputs, const float* x
         const bool fresh = slot == n_formats;
         if (fresh) prepared_formats[n_formats++] = format;
         const PreparedInput in = prepare_input(*out.w, x, n, slot, fresh);
-        jobs[n_jobs++] = {out.w, out.y, in.data, in.stride, row_dot(kernels_, out.w->type), total_rows};
+        jobs[n_jobs++] = {out.w,  out.y, in.data, in.stride, row_dot(kernels_, out.w->type),
+                          row_dot4(kernels_, out.w->type), total_rows};
         total_rows += out.w->rows;
     }
     pool_.run([&](int ith, int nth) {
@@ -141,7 +143,13 @@ void Session::matmul(std::initializer_list<MatmulOutput> outputs, const float* x
             const int64_t hi = std::min(end, job.first_row + job.w->rows) - job.first_row;
             for (int64_t r = lo; r < hi; ++r) {
                 const void* row = job.w->row(r);
-                for (int64_t t = 0; t < n; ++t) {
+                int64_t t = 0;
+                for (; t + 4 <= n; t += 4) {
+                    float out[4];
+                    job.dot4(cols, row, job.act + t * job.stride, job.stride, out);
+                    for (int k = 0; k < 4; ++k) job.y[(t + k) * job.w->rows + r] = out[k];
+                }
+                for (; t < n; ++t) {
                     job.y[t * job.w->rows + r] = job.dot(cols, row, job.act + t * job.stride);
                 }
             }

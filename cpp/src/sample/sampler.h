@@ -2,6 +2,7 @@
 // then a draw from a seeded RNG. temperature <= 0 is greedy (argmax of the penalised logits).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <random>
@@ -30,10 +31,27 @@ public:
     const SamplerParams& params() const { return params_; }
 
 private:
+    using Candidate = std::pair<float, int32_t>;  // (logit, token id)
+
+    void load_candidates(const float* logits, int32_t n_vocab);
+    void apply_repeat_penalty();
+    int32_t argmax() const;
+    // Given candidates_[0, from) are the best, sorted, puts the next best in [from, to),
+    // sorted best first (ties: lower id first); the rest follow in no particular order.
+    void order_best(size_t from, size_t to);
+    void keep_top_k();
+    void keep_top_p();
+    void keep_min_p();
+    int32_t draw();
+    double uniform01();
+
     SamplerParams params_;
     std::mt19937_64 rng_;
     std::deque<int32_t> recent_;
-    std::vector<std::pair<float, int32_t>> candidates_;  // scratch, reused
+    std::vector<Candidate> candidates_;  // scratch, reused
+    std::vector<int32_t> penalised_;     // scratch: distinct recent tokens
+    std::vector<double> weights_;        // scratch: unnormalised probabilities
+    bool sorted_ = false;                // candidates_ is in best-first order
 };
 
 }  // namespace si

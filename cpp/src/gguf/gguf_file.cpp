@@ -1,5 +1,6 @@
 #include "gguf/gguf_file.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -374,7 +375,7 @@ void GgufFile::parse() {
 
     if (const GgufValue* a = find("general.alignment")) {
         if (!a->is_integer()) throw FormatError(describe("general.alignment is not an integer"));
-        int64_t align = a->as_int("general.alignment");
+        const int64_t align = get_int("general.alignment", 32);
         if (align <= 0 || (align & (align - 1)) != 0 || align > (1 << 20)) {
             throw FormatError(describe("general.alignment " + std::to_string(align) +
                                        " is not a power of two"));
@@ -454,6 +455,20 @@ void GgufFile::parse() {
         }
         t.offset = begin;
         t.data = base_ + begin;
+    }
+
+    // Tensors must not share bytes: a file whose tensors overlap is corrupt or crafted.
+    std::vector<const GgufTensor*> by_offset;
+    by_offset.reserve(tensors_.size());
+    for (const GgufTensor& t : tensors_) by_offset.push_back(&t);
+    std::sort(by_offset.begin(), by_offset.end(),
+              [](const GgufTensor* a, const GgufTensor* b) { return a->offset < b->offset; });
+    for (size_t i = 1; i < by_offset.size(); ++i) {
+        const GgufTensor& prev = *by_offset[i - 1];
+        if (prev.offset + prev.nbytes > by_offset[i]->offset) {
+            throw FormatError(describe("tensors '" + prev.name + "' and '" + by_offset[i]->name +
+                                       "' overlap"));
+        }
     }
 }
 

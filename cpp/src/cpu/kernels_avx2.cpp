@@ -2,6 +2,7 @@
 // alone; dispatch.cpp only calls in here after checking the CPU supports them.
 #include <immintrin.h>
 
+#include <cfloat>
 #include <cstdint>
 
 #include "cpu/kernels.h"

@@ -3,6 +3,7 @@
 // dispatch.cpp only calls in here after checking the CPU and OS support them.
 #include <immintrin.h>
 
+#include <cfloat>
 #include <cstdint>
 
 #include "cpu/kernels.h"

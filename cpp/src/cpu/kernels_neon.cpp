@@ -1,5 +1,18 @@
-// Arm64 level. Until hand-written NEON kernels land, it runs the portable kernels compiled
-// for AArch64 (where Advanced SIMD is baseline and the compiler vectorises the float loops).
+// Arm64 level: AArch64 Advanced SIMD kernels (ARMv8.0 baseline only: no dotprod, i8mm or
+// fp16 arithmetic; FCVTL half -> float conversion is baseline). dispatch.cpp always offers
+// this level on AArch64. BF16 and dequantize_row stay on the portable kernels.
+//
+// The quantised dot4 kernels run, per token, exactly the arithmetic of the single dots, so
+// their results equal four single dots bit for bit; the float dot4 kernels use fewer
+// accumulators per token than the single dots (registers), so they agree only to rounding.
+// quantize_q8_0/q8_1 produce the same bytes as the reference (round half to even via FCVTNS,
+// maxNum for max|x| as std::fmax, and the reference itself for the degenerate blocks where
+// max|x| or 1/d is not finite).
+#include <arm_neon.h>
+
+#include <cfloat>
+#include <cmath>
+#include <cstddef>
 #include <cstdint>
 
 #include "cpu/kernels.h"
@@ -7,34 +20,488 @@
 
 namespace si {
 namespace {
+// Only some of the portable kernels are used here (BF16, dequantize_row, fallbacks).
 #include "cpu/kernels_scalar.inc"
+
+// ---- helpers ------------------------------------------------------------------------------
+
+#if defined(__GNUC__)
+#define SI_NEON_INLINE inline __attribute__((always_inline))
+#else
+#define SI_NEON_INLINE inline
+#endif
+
+// One IEEE half from memory, converted exactly and broadcast to four lanes.
+inline float32x4_t half_dup(const uint16_t* p) {
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_dup_u16(p)));
+}
+
+inline float half_one(uint16_t h) {
+    return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
+}
+
+// Float -> IEEE half with FCVTN: round to nearest even (the default FPCR mode, which the
+// reference's lrintf also assumes), overflow to infinity, subnormal halves kept; for the
+// finite values used here this is bit for bit si::fp32_to_fp16, without the call.
+inline uint16_t to_half(float f) {
+    return vget_lane_u16(vreinterpret_u16_f16(vcvt_f16_f32(vdupq_n_f32(f))), 0);
+}
+
+// Activation k of a four-token call, `stride` bytes after activation k - 1.
+template <typename T>
+inline const T* token(const void* x, size_t stride, int k) {
+    return reinterpret_cast<const T*>(static_cast<const uint8_t*>(x) + k * stride);
+}
+
+// ---- float weights (F32, F16) -------------------------------------------------------------
+
+struct F32Row {
+    using Weight = float;
+    static inline float32x4_t load4(const float* p) { return vld1q_f32(p); }
+    static inline void load8(const float* p, float32x4_t* w0, float32x4_t* w1) {
+        *w0 = vld1q_f32(p);
+        *w1 = vld1q_f32(p + 4);
+    }
+    static inline float load1(const float* p) { return *p; }
+};
+
+struct F16Row {
+    using Weight = uint16_t;
+    static inline float32x4_t load4(const uint16_t* p) {
+        return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)));
+    }
+    static inline void load8(const uint16_t* p, float32x4_t* w0, float32x4_t* w1) {
+        const float16x8_t h = vreinterpretq_f16_u16(vld1q_u16(p));
+        *w0 = vcvt_f32_f16(vget_low_f16(h));
+        *w1 = vcvt_high_f32_f16(h);
+    }
+    static inline float load1(const uint16_t* p) { return half_one(*p); }
+};
+
+// One row, one activation: eight accumulators (32 elements a step) so that the fma latency
+// is hidden on wide cores, then steps of 4 and a scalar tail.
+template <typename Row>
+inline float dot_floats(int64_t n, const void* w, const void* x) {
+    const typename Row::Weight* a = static_cast<const typename Row::Weight*>(w);
+    const float* b = static_cast<const float*>(x);
+    const float32x4_t zero = vdupq_n_f32(0.0f);
+    float32x4_t acc0 = zero, acc1 = zero, acc2 = zero, acc3 = zero;
+    float32x4_t acc4 = zero, acc5 = zero, acc6 = zero, acc7 = zero;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        float32x4_t w0, w1, w2, w3, w4, w5, w6, w7;
+        Row::load8(a + i, &w0, &w1);
+        Row::load8(a + i + 8, &w2, &w3);
+        Row::load8(a + i + 16, &w4, &w5);
+        Row::load8(a + i + 24, &w6, &w7);
+        acc0 = vfmaq_f32(acc0, w0, vld1q_f32(b + i));
+        acc1 = vfmaq_f32(acc1, w1, vld1q_f32(b + i + 4));
+        acc2 = vfmaq_f32(acc2, w2, vld1q_f32(b + i + 8));
+        acc3 = vfmaq_f32(acc3, w3, vld1q_f32(b + i + 12));
+        acc4 = vfmaq_f32(acc4, w4, vld1q_f32(b + i + 16));
+        acc5 = vfmaq_f32(acc5, w5, vld1q_f32(b + i + 20));
+        acc6 = vfmaq_f32(acc6, w6, vld1q_f32(b + i + 24));
+        acc7 = vfmaq_f32(acc7, w7, vld1q_f32(b + i + 28));
+    }
+    for (; i + 8 <= n; i += 8) {
+        float32x4_t w0, w1;
+        Row::load8(a + i, &w0, &w1);
+        acc0 = vfmaq_f32(acc0, w0, vld1q_f32(b + i));
+        acc1 = vfmaq_f32(acc1, w1, vld1q_f32(b + i + 4));
+    }
+    if (i + 4 <= n) {
+        acc2 = vfmaq_f32(acc2, Row::load4(a + i), vld1q_f32(b + i));
+        i += 4;
+    }
+    acc0 = vaddq_f32(vaddq_f32(acc0, acc4), vaddq_f32(acc1, acc5));
+    acc2 = vaddq_f32(vaddq_f32(acc2, acc6), vaddq_f32(acc3, acc7));
+    float sum = vaddvq_f32(vaddq_f32(acc0, acc2));
+    for (; i < n; ++i) sum = std::fma(Row::load1(a + i), b[i], sum);
+    return sum;
+}
+
+// One token's state in a four-token float dot.
+struct FloatToken {
+    const float* x;
+    float32x4_t acc0, acc1;
+};
+
+// One row, four activations: the row is widened once per 8 elements; two accumulators per
+// token (eight independent chains in all).
+template <typename Row>
+inline void dot4_floats(int64_t n, const void* w, const void* x, size_t stride, float* out) {
+    const typename Row::Weight* a = static_cast<const typename Row::Weight*>(w);
+    const float32x4_t zero = vdupq_n_f32(0.0f);
+    FloatToken t0{token<float>(x, stride, 0), zero, zero};
+    FloatToken t1{token<float>(x, stride, 1), zero, zero};
+    FloatToken t2{token<float>(x, stride, 2), zero, zero};
+    FloatToken t3{token<float>(x, stride, 3), zero, zero};
+    auto step8 = [](FloatToken& t, float32x4_t w0, float32x4_t w1, int64_t i) {
+        t.acc0 = vfmaq_f32(t.acc0, w0, vld1q_f32(t.x + i));
+        t.acc1 = vfmaq_f32(t.acc1, w1, vld1q_f32(t.x + i + 4));
+    };
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        float32x4_t w0, w1;
+        Row::load8(a + i, &w0, &w1);
+        step8(t0, w0, w1, i);
+        step8(t1, w0, w1, i);
+        step8(t2, w0, w1, i);
+        step8(t3, w0, w1, i);
+    }
+    if (i + 4 <= n) {
+        const float32x4_t w0 = Row::load4(a + i);
+        t0.acc1 = vfmaq_f32(t0.acc1, w0, vld1q_f32(t0.x + i));
+        t1.acc1 = vfmaq_f32(t1.acc1, w0, vld1q_f32(t1.x + i));
+        t2.acc1 = vfmaq_f32(t2.acc1, w0, vld1q_f32(t2.x + i));
+        t3.acc1 = vfmaq_f32(t3.acc1, w0, vld1q_f32(t3.x + i));
+        i += 4;
+    }
+    auto finish = [&](const FloatToken& t) {
+        float sum = vaddvq_f32(vaddq_f32(t.acc0, t.acc1));
+        for (int64_t j = i; j < n; ++j) sum = std::fma(Row::load1(a + j), t.x[j], sum);
+        return sum;
+    };
+    out[0] = finish(t0);
+    out[1] = finish(t1);
+    out[2] = finish(t2);
+    out[3] = finish(t3);
+}
+
+float neon_dot_f32(int64_t n, const void* w, const void* x) { return dot_floats<F32Row>(n, w, x); }
+float neon_dot_f16(int64_t n, const void* w, const void* x) { return dot_floats<F16Row>(n, w, x); }
+
+void neon_dot4_f32(int64_t n, const void* w, const void* x, size_t stride, float* out) {
+    dot4_floats<F32Row>(n, w, x, stride, out);
+}
+
+void neon_dot4_f16(int64_t n, const void* w, const void* x, size_t stride, float* out) {
+    dot4_floats<F16Row>(n, w, x, stride, out);
+}
+
+// ---- quantised weights --------------------------------------------------------------------
+//
+// Each block's integer dot goes into an int32x4 (widening multiplies, pairwise adds), is
+// converted to float and accumulated with the block's scale. Two float accumulators per token
+// (even and odd blocks) keep the fma chains independent; the lanes are summed at the end.
+// dot4 runs per token exactly the arithmetic of the single dot, so its results equal four
+// single dots bit for bit.
+
+// 16 bytes of packed nibbles -> elements 0..15 (low nibbles) and 16..31 (high nibbles).
+inline void unpack_nibbles(const uint8_t* qs, uint8x16_t* lo, uint8x16_t* hi) {
+    const uint8x16_t v = vld1q_u8(qs);
+    *lo = vandq_u8(v, vdupq_n_u8(0x0f));
+    *hi = vshrq_n_u8(v, 4);
+}
+
+// Sum of products of 32 small signed bytes (|lo|, |hi| <= 15; lo = elements 0..15, hi =
+// 16..31) with 32 signed bytes at b. Two products per int16 lane stay below 2 * 15 * 128.
+inline int32x4_t dot_small_i8(int8x16_t lo, int8x16_t hi, const int8_t* b) {
+    const int8x16_t b0 = vld1q_s8(b), b1 = vld1q_s8(b + 16);
+    int16x8_t p0 = vmull_s8(vget_low_s8(lo), vget_low_s8(b0));
+    p0 = vmlal_s8(p0, vget_low_s8(hi), vget_low_s8(b1));
+    int16x8_t p1 = vmull_high_s8(lo, b0);
+    p1 = vmlal_high_s8(p1, hi, b1);
+    return vpadalq_s16(vpaddlq_s16(p0), p1);
+}
+
+// Sum of products of 32 arbitrary signed bytes: each int16 product (up to 128 * 128) is
+// widened into the int32 lanes before another is added, so nothing can overflow.
+inline int32x4_t dot_full_i8(int8x16_t a0, int8x16_t a1, const int8_t* b) {
+    const int8x16_t b0 = vld1q_s8(b), b1 = vld1q_s8(b + 16);
+    int32x4_t s0 = vpaddlq_s16(vmull_s8(vget_low_s8(a0), vget_low_s8(b0)));
+    int32x4_t s1 = vpaddlq_s16(vmull_s8(vget_low_s8(a1), vget_low_s8(b1)));
+    s0 = vpadalq_s16(s0, vmull_high_s8(a0, b0));
+    s1 = vpadalq_s16(s1, vmull_high_s8(a1, b1));
+    return vaddq_s32(s0, s1);
+}
+
+// A weight block unpacked once; step() adds its dot with one activation block into acc (and,
+// for Q4_1, the m * s term into off).
+struct Q4_0Weights {
+    using Act = BlockQ8_0;
+    int8x16_t lo, hi;
+    float32x4_t d;
+    explicit Q4_0Weights(const BlockQ4_0* blk) {
+        uint8x16_t ulo, uhi;
+        unpack_nibbles(blk->qs, &ulo, &uhi);
+        const int8x16_t eight = vdupq_n_s8(8);
+        lo = vsubq_s8(vreinterpretq_s8_u8(ulo), eight);
+        hi = vsubq_s8(vreinterpretq_s8_u8(uhi), eight);
+        d = half_dup(&blk->d);
+    }
+    inline void step(float32x4_t& acc, float& /*off*/, const Act* b) const {
+        const int32x4_t s = dot_small_i8(lo, hi, b->qs);
+        acc = vfmaq_f32(acc, vcvtq_f32_s32(s), vmulq_f32(d, half_dup(&b->d)));
+    }
+};
+
+struct Q4_1Weights {
+    using Act = BlockQ8_1;
+    int8x16_t lo, hi;
+    float32x4_t d;
+    float m;
+    explicit Q4_1Weights(const BlockQ4_1* blk) {
+        uint8x16_t ulo, uhi;
+        unpack_nibbles(blk->qs, &ulo, &uhi);
+        lo = vreinterpretq_s8_u8(ulo);
+        hi = vreinterpretq_s8_u8(uhi);
+        d = half_dup(&blk->d);
+        m = half_one(blk->m);
+    }
+    inline void step(float32x4_t& acc, float& off, const Act* b) const {
+        const int32x4_t s = dot_small_i8(lo, hi, b->qs);
+        acc = vfmaq_f32(acc, vcvtq_f32_s32(s), vmulq_f32(d, vld1q_dup_f32(&b->d)));
+        off = std::fma(m, b->s, off);
+    }
+};
+
+struct Q8_0Weights {
+    using Act = BlockQ8_0;
+    int8x16_t q0, q1;
+    float32x4_t d;
+    explicit Q8_0Weights(const BlockQ8_0* blk)
+        : q0(vld1q_s8(blk->qs)), q1(vld1q_s8(blk->qs + 16)), d(half_dup(&blk->d)) {}
+    inline void step(float32x4_t& acc, float& /*off*/, const Act* b) const {
+        const int32x4_t s = dot_full_i8(q0, q1, b->qs);
+        acc = vfmaq_f32(acc, vcvtq_f32_s32(s), vmulq_f32(d, half_dup(&b->d)));
+    }
+};
+
+// One token's state in a quantised dot: accumulators for even and odd blocks.
+template <typename W>
+struct QuantToken {
+    const typename W::Act* x;
+    float32x4_t even, odd;
+    float off_even, off_odd;
+    float result() const {
+        return vaddvq_f32(vaddq_f32(even, odd)) + (off_even + off_odd);
+    }
+};
+
+template <typename W, typename Block>
+inline float dot_quant(int64_t n, const void* w, const void* x) {
+    auto a = static_cast<const Block*>(w);
+    const float32x4_t zero = vdupq_n_f32(0.0f);
+    QuantToken<W> t{static_cast<const typename W::Act*>(x), zero, zero, 0.0f, 0.0f};
+    const int64_t nb = n / kQK;
+    // Even and odd blocks in turn; the exit test between them also keeps the compiler from
+    // interleaving (and spilling) the two halves in the four-token form.
+    for (int64_t i = 0; i < nb;) {
+        W(a + i).step(t.even, t.off_even, t.x + i);
+        if (++i == nb) break;
+        W(a + i).step(t.odd, t.off_odd, t.x + i);
+        ++i;
+    }
+    return t.result();
+}
+
+template <typename W, typename Block>
+inline void dot4_quant(int64_t n, const void* w, const void* x, size_t stride, float* out) {
+    using Act = typename W::Act;
+    auto a = static_cast<const Block*>(w);
+    const float32x4_t zero = vdupq_n_f32(0.0f);
+    QuantToken<W> t0{token<Act>(x, stride, 0), zero, zero, 0.0f, 0.0f};
+    QuantToken<W> t1{token<Act>(x, stride, 1), zero, zero, 0.0f, 0.0f};
+    QuantToken<W> t2{token<Act>(x, stride, 2), zero, zero, 0.0f, 0.0f};
+    QuantToken<W> t3{token<Act>(x, stride, 3), zero, zero, 0.0f, 0.0f};
+    const int64_t nb = n / kQK;
+    for (int64_t i = 0; i < nb;) {
+        const W w0(a + i);
+        w0.step(t0.even, t0.off_even, t0.x + i);
+        w0.step(t1.even, t1.off_even, t1.x + i);
+        w0.step(t2.even, t2.off_even, t2.x + i);
+        w0.step(t3.even, t3.off_even, t3.x + i);
+        if (++i == nb) break;
+        const W w1(a + i);
+        w1.step(t0.odd, t0.off_odd, t0.x + i);
+        w1.step(t1.odd, t1.off_odd, t1.x + i);
+        w1.step(t2.odd, t2.off_odd, t2.x + i);
+        w1.step(t3.odd, t3.off_odd, t3.x + i);
+        ++i;
+    }
+    out[0] = t0.result();
+    out[1] = t1.result();
+    out[2] = t2.result();
+    out[3] = t3.result();
+}
+
+float neon_dot_q4_0(int64_t n, const void* w, const void* x) { return dot_quant<Q4_0Weights, BlockQ4_0>(n, w, x); }
+float neon_dot_q4_1(int64_t n, const void* w, const void* x) { return dot_quant<Q4_1Weights, BlockQ4_1>(n, w, x); }
+float neon_dot_q8_0(int64_t n, const void* w, const void* x) { return dot_quant<Q8_0Weights, BlockQ8_0>(n, w, x); }
+
+void neon_dot4_q4_0(int64_t n, const void* w, const void* x, size_t stride, float* out) {
+    dot4_quant<Q4_0Weights, BlockQ4_0>(n, w, x, stride, out);
+}
+
+void neon_dot4_q4_1(int64_t n, const void* w, const void* x, size_t stride, float* out) {
+    dot4_quant<Q4_1Weights, BlockQ4_1>(n, w, x, stride, out);
+}
+
+void neon_dot4_q8_0(int64_t n, const void* w, const void* x, size_t stride, float* out) {
+    dot4_quant<Q8_0Weights, BlockQ8_0>(n, w, x, stride, out);
+}
+
+// ---- activation quantisation --------------------------------------------------------------
+
+// Quantises 32 floats as the reference does: d = max|x| / 127, q = round-half-even(x * 1/d).
+// Returns false (writing nothing) for a block whose max|x| or 1/d is not finite (NaN input,
+// or d so small that 1/d overflows); the caller then runs the reference on that block, so the
+// bytes match the reference for every input.
+SI_NEON_INLINE bool quantize_block(const float* x, int8_t* q, float* d_out, int* sum_out) {
+    float32x4_t v[8];
+    for (int k = 0; k < 8; ++k) v[k] = vld1q_f32(x + 4 * k);
+    // maxNum ignores quiet NaNs as std::fmax does.
+    const float32x4_t m01 = vmaxnmq_f32(vabsq_f32(v[0]), vabsq_f32(v[1]));
+    const float32x4_t m23 = vmaxnmq_f32(vabsq_f32(v[2]), vabsq_f32(v[3]));
+    const float32x4_t m45 = vmaxnmq_f32(vabsq_f32(v[4]), vabsq_f32(v[5]));
+    const float32x4_t m67 = vmaxnmq_f32(vabsq_f32(v[6]), vabsq_f32(v[7]));
+    const float amax = vmaxnmvq_f32(vmaxnmq_f32(vmaxnmq_f32(m01, m23), vmaxnmq_f32(m45, m67)));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    if (!(amax <= FLT_MAX) || !(id <= FLT_MAX)) return false;
+    const float32x4_t vid = vdupq_n_f32(id);
+    int32x4_t i32[8];
+    for (int k = 0; k < 8; ++k) i32[k] = vcvtnq_s32_f32(vmulq_f32(v[k], vid));  // ties to even
+    const int16x8_t h0 = vqmovn_high_s32(vqmovn_s32(i32[0]), i32[1]);
+    const int16x8_t h1 = vqmovn_high_s32(vqmovn_s32(i32[2]), i32[3]);
+    const int16x8_t h2 = vqmovn_high_s32(vqmovn_s32(i32[4]), i32[5]);
+    const int16x8_t h3 = vqmovn_high_s32(vqmovn_s32(i32[6]), i32[7]);
+    vst1q_s8(q, vqmovn_high_s16(vqmovn_s16(h0), h1));
+    vst1q_s8(q + 16, vqmovn_high_s16(vqmovn_s16(h2), h3));
+    if (sum_out) *sum_out = vaddlvq_s16(vaddq_s16(vaddq_s16(h0, h1), vaddq_s16(h2, h3)));
+    *d_out = d;
+    return true;
+}
+
+void neon_quantize_q8_0(const float* x, void* dst, int64_t n) {
+    auto out = static_cast<BlockQ8_0*>(dst);
+    for (int64_t i = 0; i < n / kQK; ++i) {
+        float d;
+        if (quantize_block(x + i * kQK, out[i].qs, &d, nullptr)) {
+            out[i].d = to_half(d);
+        } else {
+            ::si::quantize_row_q8_0_ref(x + i * kQK, out + i, kQK);
+        }
+    }
+}
+
+void neon_quantize_q8_1(const float* x, void* dst, int64_t n) {
+    auto out = static_cast<BlockQ8_1*>(dst);
+    for (int64_t i = 0; i < n / kQK; ++i) {
+        float d;
+        int sum;
+        if (quantize_block(x + i * kQK, out[i].qs, &d, &sum)) {
+            out[i].d = d;
+            out[i].s = d * static_cast<float>(sum);
+        } else {
+            ::si::quantize_row_q8_1_ref(x + i * kQK, out + i, kQK);
+        }
+    }
+}
+
+// ---- axpy ---------------------------------------------------------------------------------
+
+template <typename Row>
+inline void axpy_floats(int64_t n, float a, const void* r, float* y) {
+    const typename Row::Weight* row = static_cast<const typename Row::Weight*>(r);
+    const float32x4_t va = vdupq_n_f32(a);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        float32x4_t x0, x1, x2, x3;
+        Row::load8(row + i, &x0, &x1);
+        Row::load8(row + i + 8, &x2, &x3);
+        const float32x4_t y0 = vld1q_f32(y + i), y1 = vld1q_f32(y + i + 4);
+        const float32x4_t y2 = vld1q_f32(y + i + 8), y3 = vld1q_f32(y + i + 12);
+        vst1q_f32(y + i, vfmaq_f32(y0, va, x0));
+        vst1q_f32(y + i + 4, vfmaq_f32(y1, va, x1));
+        vst1q_f32(y + i + 8, vfmaq_f32(y2, va, x2));
+        vst1q_f32(y + i + 12, vfmaq_f32(y3, va, x3));
+    }
+    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_f32(vld1q_f32(y + i), va, Row::load4(row + i)));
+    for (; i < n; ++i) y[i] = std::fma(a, Row::load1(row + i), y[i]);
+}
+
+void neon_axpy_f32(int64_t n, float a, const void* row, float* y) { axpy_floats<F32Row>(n, a, row, y); }
+void neon_axpy_f16(int64_t n, float a, const void* row, float* y) { axpy_floats<F16Row>(n, a, row, y); }
+
+// y[0..16) += scale * q[0..16) + offset, q as 16 signed bytes.
+inline void axpy_16_i8(int8x16_t q, float32x4_t scale, float32x4_t offset, float* y) {
+    const int16x8_t w0 = vmovl_s8(vget_low_s8(q)), w1 = vmovl_high_s8(q);
+    const float32x4_t f0 = vcvtq_f32_s32(vmovl_s16(vget_low_s16(w0)));
+    const float32x4_t f1 = vcvtq_f32_s32(vmovl_high_s16(w0));
+    const float32x4_t f2 = vcvtq_f32_s32(vmovl_s16(vget_low_s16(w1)));
+    const float32x4_t f3 = vcvtq_f32_s32(vmovl_high_s16(w1));
+    vst1q_f32(y, vaddq_f32(vld1q_f32(y), vfmaq_f32(offset, scale, f0)));
+    vst1q_f32(y + 4, vaddq_f32(vld1q_f32(y + 4), vfmaq_f32(offset, scale, f1)));
+    vst1q_f32(y + 8, vaddq_f32(vld1q_f32(y + 8), vfmaq_f32(offset, scale, f2)));
+    vst1q_f32(y + 12, vaddq_f32(vld1q_f32(y + 12), vfmaq_f32(offset, scale, f3)));
+}
+
+void neon_axpy_q4_0(int64_t n, float a, const void* row, float* y) {
+    auto b = static_cast<const BlockQ4_0*>(row);
+    const int8x16_t eight = vdupq_n_s8(8);
+    const float32x4_t zero = vdupq_n_f32(0.0f);
+    for (int64_t i = 0; i < n / kQK; ++i, y += kQK) {
+        uint8x16_t lo, hi;
+        unpack_nibbles(b[i].qs, &lo, &hi);
+        const float32x4_t scale = vmulq_n_f32(half_dup(&b[i].d), a);
+        axpy_16_i8(vsubq_s8(vreinterpretq_s8_u8(lo), eight), scale, zero, y);
+        axpy_16_i8(vsubq_s8(vreinterpretq_s8_u8(hi), eight), scale, zero, y + 16);
+    }
+}
+
+void neon_axpy_q4_1(int64_t n, float a, const void* row, float* y) {
+    auto b = static_cast<const BlockQ4_1*>(row);
+    for (int64_t i = 0; i < n / kQK; ++i, y += kQK) {
+        uint8x16_t lo, hi;
+        unpack_nibbles(b[i].qs, &lo, &hi);
+        const float32x4_t scale = vmulq_n_f32(half_dup(&b[i].d), a);
+        const float32x4_t offset = vmulq_n_f32(half_dup(&b[i].m), a);
+        axpy_16_i8(vreinterpretq_s8_u8(lo), scale, offset, y);
+        axpy_16_i8(vreinterpretq_s8_u8(hi), scale, offset, y + 16);
+    }
+}
+
+void neon_axpy_q8_0(int64_t n, float a, const void* row, float* y) {
+    auto b = static_cast<const BlockQ8_0*>(row);
+    const float32x4_t zero = vdupq_n_f32(0.0f);
+    for (int64_t i = 0; i < n / kQK; ++i, y += kQK) {
+        const float32x4_t scale = vmulq_n_f32(half_dup(&b[i].d), a);
+        axpy_16_i8(vld1q_s8(b[i].qs), scale, zero, y);
+        axpy_16_i8(vld1q_s8(b[i].qs + 16), scale, zero, y + 16);
+    }
+}
+
+#undef SI_NEON_INLINE
+
 }  // namespace
 
 const KernelTable* kernels_neon() {
     static const KernelTable table = [] {
         KernelTable t{};
         t.isa = "neon";
-        t.dot_f32 = scalar_dot_f32;
-        t.dot_f16 = scalar_dot_f16;
+        t.dot_f32 = neon_dot_f32;
+        t.dot_f16 = neon_dot_f16;
         t.dot_bf16 = scalar_dot_bf16;
-        t.dot_q4_0 = scalar_dot_q4_0;
-        t.dot_q4_1 = scalar_dot_q4_1;
-        t.dot_q8_0 = scalar_dot_q8_0;
-        t.dot4_f32 = scalar_dot4_f32;
-        t.dot4_f16 = scalar_dot4_f16;
+        t.dot_q4_0 = neon_dot_q4_0;
+        t.dot_q4_1 = neon_dot_q4_1;
+        t.dot_q8_0 = neon_dot_q8_0;
+        t.dot4_f32 = neon_dot4_f32;
+        t.dot4_f16 = neon_dot4_f16;
         t.dot4_bf16 = scalar_dot4_bf16;
-        t.dot4_q4_0 = scalar_dot4_q4_0;
-        t.dot4_q4_1 = scalar_dot4_q4_1;
-        t.dot4_q8_0 = scalar_dot4_q8_0;
-        t.quantize_q8_0 = scalar_quantize_q8_0;
-        t.quantize_q8_1 = scalar_quantize_q8_1;
+        t.dot4_q4_0 = neon_dot4_q4_0;
+        t.dot4_q4_1 = neon_dot4_q4_1;
+        t.dot4_q8_0 = neon_dot4_q8_0;
+        t.quantize_q8_0 = neon_quantize_q8_0;
+        t.quantize_q8_1 = neon_quantize_q8_1;
         t.dequantize_row = scalar_dequantize_row;
-        t.axpy_f32 = scalar_axpy_f32;
-        t.axpy_f16 = scalar_axpy_f16;
+        t.axpy_f32 = neon_axpy_f32;
+        t.axpy_f16 = neon_axpy_f16;
         t.axpy_bf16 = scalar_axpy_bf16;
-        t.axpy_q4_0 = scalar_axpy_q4_0;
-        t.axpy_q4_1 = scalar_axpy_q4_1;
-        t.axpy_q8_0 = scalar_axpy_q8_0;
+        t.axpy_q4_0 = neon_axpy_q4_0;
+        t.axpy_q4_1 = neon_axpy_q4_1;
+        t.axpy_q8_0 = neon_axpy_q8_0;
         return t;
     }();
     return &table;

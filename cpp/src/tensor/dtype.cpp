@@ -165,7 +165,10 @@ float quantize_block_q8(const float* x, int8_t* q) {
     float amax = 0.0f;
     for (int j = 0; j < kQK; ++j) amax = std::fmax(amax, std::fabs(x[j]));
     float d = amax / 127.0f;
+    // A block of (near) zeros: 1/d would overflow, and the values round to 0 anyway. Every
+    // ISA level uses this same rule so they all produce the same bytes.
     float id = d != 0.0f ? 1.0f / d : 0.0f;
+    if (!std::isfinite(id)) id = 0.0f;
     for (int j = 0; j < kQK; ++j) q[j] = static_cast<int8_t>(std::lrintf(x[j] * id));
     return d;
 }

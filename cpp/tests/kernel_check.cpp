@@ -1,0 +1,453 @@
+// Standalone check of every CPU kernel level against the generic (portable) level: no Python,
+// no test framework. Built and run by tools/check_kernels.sh (natively, and for AArch64 under
+// qemu when a cross compiler is installed).
+//
+// For each ISA level this build and CPU can run, and each weight type:
+//   * dot agrees with generic within a rounding tolerance (relative to sum |w_i x_i|);
+//   * dot4 agrees with four single dots of the same level (exactly where the level promises
+//     it: generic everywhere, neon for the block types) and with generic;
+//   * quantize_q8_0 / quantize_q8_1 write the same bytes as generic;
+//   * axpy agrees with generic element by element and writes nothing outside y[0..n).
+// Float rows are tried at every length 0..70 and some longer ones, starting 0..15 bytes past a
+// 64-byte boundary; block rows at 1..9 and 48 blocks, also at odd byte offsets. Data come from
+// a fixed-seed std::mt19937, so a failure reproduces.
+//
+// Prints one line per failure (the first 40), a NOTE line per known platform-dependent corner
+// (not counted), then "N passed, M failed"; exits 1 if anything failed.
+#include <cfloat>
+#include <cmath>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cpu/kernels.h"
+#include "tensor/dtype.h"
+
+namespace {
+
+using si::DType;
+using si::KernelTable;
+using si::kQK;
+
+long g_passed = 0, g_failed = 0;
+
+void record(bool ok, const char* fmt, ...) {
+    if (ok) {
+        ++g_passed;
+        return;
+    }
+    ++g_failed;
+    if (g_failed <= 40) {
+        std::va_list args;
+        va_start(args, fmt);
+        std::fputs("FAIL ", stdout);
+        std::vprintf(fmt, args);
+        std::fputc('\n', stdout);
+        va_end(args);
+    }
+}
+
+std::mt19937 g_rng(20240611u);
+
+float normal(float sigma = 1.0f) { return std::normal_distribution<float>(0.0f, sigma)(g_rng); }
+float uniform(float lo, float hi) { return std::uniform_real_distribution<float>(lo, hi)(g_rng); }
+int uniform_int(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(g_rng); }
+
+// A byte buffer whose usable area starts `offset` bytes past a 64-byte boundary, with guard
+// bytes either side to catch out-of-bounds writes.
+class Buffer {
+public:
+    static constexpr size_t kGuard = 64;
+    static constexpr uint8_t kFill = 0xA5;
+    Buffer(size_t bytes, size_t offset) : bytes_(bytes), storage_(bytes + offset + 3 * kGuard + 64, kFill) {
+        uintptr_t base = reinterpret_cast<uintptr_t>(storage_.data()) + kGuard;
+        base = (base + 63) & ~static_cast<uintptr_t>(63);
+        start_ = reinterpret_cast<uint8_t*>(base) + offset;
+    }
+    uint8_t* data() { return start_; }
+    size_t size() const { return bytes_; }
+    bool guards_intact() const {
+        const uint8_t* begin = storage_.data();
+        const uint8_t* end = begin + storage_.size();
+        for (const uint8_t* p = begin; p < start_; ++p) if (*p != kFill) return false;
+        for (const uint8_t* p = start_ + bytes_; p < end; ++p) if (*p != kFill) return false;
+        return true;
+    }
+
+private:
+    size_t bytes_;
+    std::vector<uint8_t> storage_;
+    uint8_t* start_;
+};
+
+// Random weight row of n elements in `type` into dst (row_bytes(type, n) bytes).
+void fill_weights(DType type, int64_t n, uint8_t* dst) {
+    switch (type) {
+        case DType::F32:
+            for (int64_t i = 0; i < n; ++i) {
+                float v = normal();
+                std::memcpy(dst + 4 * i, &v, 4);
+            }
+            return;
+        case DType::F16:
+            for (int64_t i = 0; i < n; ++i) {
+                // Mostly normal halves, some subnormal and some zero, to exercise conversion.
+                int pick = uniform_int(0, 15);
+                float v = pick == 0 ? normal(1e-6f) : pick == 1 ? 0.0f : normal();
+                uint16_t h = si::fp32_to_fp16(v);
+                std::memcpy(dst + 2 * i, &h, 2);
+            }
+            return;
+        case DType::BF16:
+            for (int64_t i = 0; i < n; ++i) {
+                float v = normal();
+                uint32_t bits;
+                std::memcpy(&bits, &v, 4);
+                uint16_t h = static_cast<uint16_t>(bits >> 16);
+                std::memcpy(dst + 2 * i, &h, 2);
+            }
+            return;
+        case DType::Q4_0:
+            for (int64_t b = 0; b < n / kQK; ++b) {
+                si::BlockQ4_0 blk;
+                blk.d = si::fp32_to_fp16(normal(0.05f));
+                for (auto& q : blk.qs) q = static_cast<uint8_t>(uniform_int(0, 255));
+                std::memcpy(dst + b * sizeof blk, &blk, sizeof blk);
+            }
+            return;
+        case DType::Q4_1:
+            for (int64_t b = 0; b < n / kQK; ++b) {
+                si::BlockQ4_1 blk;
+                blk.d = si::fp32_to_fp16(std::fabs(normal(0.02f)));
+                blk.m = si::fp32_to_fp16(normal(0.1f));
+                for (auto& q : blk.qs) q = static_cast<uint8_t>(uniform_int(0, 255));
+                std::memcpy(dst + b * sizeof blk, &blk, sizeof blk);
+            }
+            return;
+        case DType::Q8_0:
+            for (int64_t b = 0; b < n / kQK; ++b) {
+                si::BlockQ8_0 blk;
+                blk.d = si::fp32_to_fp16(normal(0.01f));
+                for (auto& q : blk.qs) q = static_cast<int8_t>(uniform_int(-128, 127));  // -128 too
+                std::memcpy(dst + b * sizeof blk, &blk, sizeof blk);
+            }
+            return;
+        default:
+            return;
+    }
+}
+
+void fill_floats(float* x, int64_t n, float sigma = 1.0f) {
+    for (int64_t i = 0; i < n; ++i) x[i] = normal(sigma);
+}
+
+template <typename T>
+T load(const uint8_t* p) {
+    T v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+// sum |w_i * x_i| in double for a weight row and an activation in its dot format: the scale
+// of the rounding error any summation order can make. For Q4_1 it also covers |m * s|.
+double magnitude(DType type, int64_t n, const uint8_t* w, const uint8_t* x) {
+    double mag = 0.0;
+    switch (type) {
+        case DType::F32:
+        case DType::F16:
+        case DType::BF16: {
+            std::vector<float> wf(static_cast<size_t>(n));
+            si::dequantize_row_ref(type, w, wf.data(), n);
+            for (int64_t i = 0; i < n; ++i) mag += std::fabs(double(wf[i]) * load<float>(x + 4 * i));
+            return mag;
+        }
+        case DType::Q4_0:
+            for (int64_t b = 0; b < n / kQK; ++b) {
+                auto wa = load<si::BlockQ4_0>(w + b * sizeof(si::BlockQ4_0));
+                auto xb = load<si::BlockQ8_0>(x + b * sizeof(si::BlockQ8_0));
+                double s = 0.0;
+                for (int j = 0; j < kQK / 2; ++j) {
+                    s += std::abs((wa.qs[j] & 15) - 8) * std::abs(int(xb.qs[j]));
+                    s += std::abs((wa.qs[j] >> 4) - 8) * std::abs(int(xb.qs[j + 16]));
+                }
+                mag += std::fabs(double(si::fp16_to_fp32(wa.d)) * si::fp16_to_fp32(xb.d)) * s;
+            }
+            return mag;
+        case DType::Q4_1:
+            for (int64_t b = 0; b < n / kQK; ++b) {
+                auto wa = load<si::BlockQ4_1>(w + b * sizeof(si::BlockQ4_1));
+                auto xb = load<si::BlockQ8_1>(x + b * sizeof(si::BlockQ8_1));
+                double s = 0.0, sy = 0.0;
+                for (int j = 0; j < kQK / 2; ++j) {
+                    s += (wa.qs[j] & 15) * std::abs(int(xb.qs[j]));
+                    s += (wa.qs[j] >> 4) * std::abs(int(xb.qs[j + 16]));
+                }
+                for (int j = 0; j < kQK; ++j) sy += std::abs(int(xb.qs[j]));
+                mag += std::fabs(double(si::fp16_to_fp32(wa.d)) * xb.d) * s +
+                       std::fabs(double(si::fp16_to_fp32(wa.m)) * xb.d) * sy;
+            }
+            return mag;
+        case DType::Q8_0:
+            for (int64_t b = 0; b < n / kQK; ++b) {
+                auto wa = load<si::BlockQ8_0>(w + b * sizeof(si::BlockQ8_0));
+                auto xb = load<si::BlockQ8_0>(x + b * sizeof(si::BlockQ8_0));
+                double s = 0.0;
+                for (int j = 0; j < kQK; ++j) s += std::abs(int(wa.qs[j])) * std::abs(int(xb.qs[j]));
+                mag += std::fabs(double(si::fp16_to_fp32(wa.d)) * si::fp16_to_fp32(xb.d)) * s;
+            }
+            return mag;
+        default:
+            return 0.0;
+    }
+}
+
+// Allowed |a - b| for two float summations of `terms` rounded terms of total size `mag`.
+double dot_tolerance(double mag, int64_t terms) {
+    return (16.0 + 2.0 * std::sqrt(double(terms))) * FLT_EPSILON * mag + 1e-30;
+}
+
+bool is_block_type(DType t) { return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q8_0; }
+
+const char* type_name(DType t) { return si::dtype_name(static_cast<uint32_t>(t)); }
+
+// Activation for `type` from floats x (n elements) via the generic level.
+void make_activation(const KernelTable& generic, DType type, const float* x, uint8_t* dst, int64_t n) {
+    si::prepare_activation(generic, type, x, dst, n);
+}
+
+void check_dots(const KernelTable& level, const KernelTable& generic, DType type, int64_t n,
+                size_t w_offset, size_t x_offset) {
+    const std::string isa = level.isa;
+    uint64_t wbytes = 0;
+    si::row_bytes(type, n, &wbytes);
+    const size_t abytes = si::activation_bytes(type, n);
+    // Four activations `stride` bytes apart; an odd padding keeps later ones unaligned too.
+    const size_t stride = abytes + (x_offset % 3 == 0 ? 0 : x_offset % 2 == 0 ? 8 : 20);
+
+    Buffer wbuf(static_cast<size_t>(wbytes), w_offset);
+    fill_weights(type, n, wbuf.data());
+    Buffer xbuf(3 * stride + abytes, x_offset);
+    std::vector<float> xf(static_cast<size_t>(n));
+    for (int k = 0; k < 4; ++k) {
+        fill_floats(xf.data(), n, k == 3 ? 1e3f : 1.0f);
+        make_activation(generic, type, xf.data(), xbuf.data() + k * stride, n);
+    }
+
+    const si::RowDotFn dot = si::row_dot(level, type), dot_ref = si::row_dot(generic, type);
+    const si::RowDot4Fn dot4 = si::row_dot4(level, type);
+    const int64_t terms = is_block_type(type) ? n / kQK + 4 : n;
+    float single[4];
+    for (int k = 0; k < 4; ++k) {
+        const uint8_t* xk = xbuf.data() + k * stride;
+        single[k] = dot(n, wbuf.data(), xk);
+        const float ref = dot_ref(n, wbuf.data(), xk);
+        const double tol = dot_tolerance(magnitude(type, n, wbuf.data(), xk), terms);
+        record(std::fabs(double(single[k]) - ref) <= tol,
+               "%s dot_%s n=%lld woff=%zu xoff=%zu tok=%d: got %.9g want %.9g (tol %.3g)",
+               isa.c_str(), type_name(type), (long long)n, w_offset, x_offset, k, single[k], ref, tol);
+    }
+    float four[4] = {NAN, NAN, NAN, NAN};
+    dot4(n, wbuf.data(), xbuf.data(), stride, four);
+    const bool exact = isa == "generic" || (isa == "neon" && is_block_type(type));
+    for (int k = 0; k < 4; ++k) {
+        const uint8_t* xk = xbuf.data() + k * stride;
+        const double tol = exact ? 0.0 : dot_tolerance(magnitude(type, n, wbuf.data(), xk), terms);
+        const bool same = exact ? std::memcmp(&four[k], &single[k], 4) == 0
+                                : std::fabs(double(four[k]) - single[k]) <= tol;
+        record(same, "%s dot4_%s n=%lld woff=%zu xoff=%zu stride=%zu tok=%d: dot4 %.9g dot %.9g%s",
+               isa.c_str(), type_name(type), (long long)n, w_offset, x_offset, stride, k, four[k],
+               single[k], exact ? " (must be identical)" : "");
+    }
+    record(wbuf.guards_intact() && xbuf.guards_intact(), "%s dot_%s n=%lld: wrote to its inputs",
+           isa.c_str(), type_name(type), (long long)n);
+}
+
+void check_axpy(const KernelTable& level, const KernelTable& generic, DType type, int64_t n,
+                size_t w_offset, size_t y_offset) {
+    uint64_t wbytes = 0;
+    si::row_bytes(type, n, &wbytes);
+    Buffer wbuf(static_cast<size_t>(wbytes), w_offset);
+    fill_weights(type, n, wbuf.data());
+    std::vector<float> w(static_cast<size_t>(n)), y0(static_cast<size_t>(n));
+    si::dequantize_row_ref(type, wbuf.data(), w.data(), n);
+    // Size of the terms of each element's update: |w| but, for Q4_1, |d q| + |m| (w = d q + m
+    // may cancel while a * d * q and a * m are rounded separately).
+    std::vector<double> wmag(w.begin(), w.end());
+    if (type == DType::Q4_1) {
+        for (int64_t b = 0; b < n / kQK; ++b) {
+            auto blk = load<si::BlockQ4_1>(wbuf.data() + b * sizeof(si::BlockQ4_1));
+            const double d = si::fp16_to_fp32(blk.d), m = si::fp16_to_fp32(blk.m);
+            for (int j = 0; j < kQK / 2; ++j) {
+                wmag[b * kQK + j] = std::fabs(d * (blk.qs[j] & 15)) + std::fabs(m);
+                wmag[b * kQK + j + 16] = std::fabs(d * (blk.qs[j] >> 4)) + std::fabs(m);
+            }
+        }
+    }
+    fill_floats(y0.data(), n);
+    const float a = normal();
+
+    Buffer yref(static_cast<size_t>(n) * 4, y_offset), ygot(static_cast<size_t>(n) * 4, y_offset);
+    if (n > 0) {
+        std::memcpy(yref.data(), y0.data(), static_cast<size_t>(n) * 4);
+        std::memcpy(ygot.data(), y0.data(), static_cast<size_t>(n) * 4);
+    }
+    si::row_axpy(generic, type)(n, a, wbuf.data(), reinterpret_cast<float*>(yref.data()));
+    si::row_axpy(level, type)(n, a, wbuf.data(), reinterpret_cast<float*>(ygot.data()));
+    int64_t bad = -1;
+    for (int64_t i = 0; i < n && bad < 0; ++i) {
+        const float got = load<float>(ygot.data() + 4 * i), want = load<float>(yref.data() + 4 * i);
+        const double tol = 4.0 * FLT_EPSILON * (std::fabs(y0[i]) + std::fabs(double(a)) * std::fabs(wmag[i])) + 1e-37;
+        if (!(std::fabs(double(got) - want) <= tol)) bad = i;
+    }
+    record(bad < 0, "%s axpy_%s n=%lld woff=%zu yoff=%zu: first mismatch at %lld", level.isa,
+           type_name(type), (long long)n, w_offset, y_offset, (long long)bad);
+    record(ygot.guards_intact() && wbuf.guards_intact(), "%s axpy_%s n=%lld: wrote outside y[0..n)",
+           level.isa, type_name(type), (long long)n);
+}
+
+// Floats for quantisation tests: block b gets its own scale (1e-30 .. 1e30) and some blocks
+// are special (zeros, exact ties, one spike, max|x| on a negative value, powers of two).
+void fill_quantize_input(float* x, int64_t nblocks) {
+    for (int64_t b = 0; b < nblocks; ++b) {
+        float* blk = x + b * kQK;
+        switch (uniform_int(0, 9)) {
+            case 0:
+                for (int j = 0; j < kQK; ++j) blk[j] = 0.0f;
+                break;
+            case 1: {
+                // max|x| = 127 * 2^e, so d = 2^e and 1/d is exact: x = (k + 0.5) * 2^e are ties.
+                const float p = std::ldexp(1.0f, uniform_int(-20, 20));
+                for (int j = 0; j < kQK; ++j) blk[j] = (float(uniform_int(-127, 126)) + 0.5f) * p;
+                blk[uniform_int(0, kQK - 1)] = (uniform_int(0, 1) ? 127.0f : -127.0f) * p;
+                break;
+            }
+            case 2:
+                for (int j = 0; j < kQK; ++j) blk[j] = normal(1e-3f);
+                blk[uniform_int(0, kQK - 1)] = normal(1e3f);
+                break;
+            case 3:
+                for (int j = 0; j < kQK; ++j) blk[j] = std::ldexp(1.0f, uniform_int(-30, 30)) * (uniform_int(0, 1) ? 1 : -1);
+                break;
+            default: {
+                const float scale = std::pow(10.0f, uniform(-30.0f, 30.0f));
+                for (int j = 0; j < kQK; ++j) blk[j] = normal(scale);
+                break;
+            }
+        }
+    }
+}
+
+void check_quantize(const KernelTable& level, const KernelTable& generic, int64_t nblocks,
+                    size_t x_offset, size_t dst_offset) {
+    const int64_t n = nblocks * kQK;
+    Buffer xbuf(static_cast<size_t>(n) * 4, x_offset);
+    std::vector<float> x(static_cast<size_t>(n));
+    fill_quantize_input(x.data(), nblocks);
+    std::memcpy(xbuf.data(), x.data(), x.size() * 4);
+    const float* xp = reinterpret_cast<const float*>(xbuf.data());
+
+    for (int which = 0; which < 2; ++which) {
+        const size_t bytes = static_cast<size_t>(nblocks) * (which == 0 ? sizeof(si::BlockQ8_0) : sizeof(si::BlockQ8_1));
+        Buffer ref(bytes, dst_offset), got(bytes, dst_offset);
+        (which == 0 ? generic.quantize_q8_0 : generic.quantize_q8_1)(xp, ref.data(), n);
+        (which == 0 ? level.quantize_q8_0 : level.quantize_q8_1)(xp, got.data(), n);
+        size_t first = bytes;
+        for (size_t i = 0; i < bytes; ++i) {
+            if (ref.data()[i] != got.data()[i]) {
+                first = i;
+                break;
+            }
+        }
+        record(first == bytes, "%s quantize_q8_%d blocks=%lld xoff=%zu dstoff=%zu: bytes differ from generic at byte %zu",
+               level.isa, which, (long long)nblocks, x_offset, dst_offset, first);
+        record(got.guards_intact() && xbuf.guards_intact(), "%s quantize_q8_%d blocks=%lld: wrote out of bounds",
+               level.isa, which, (long long)nblocks);
+    }
+}
+
+// Inputs where the reference relies on platform behaviour (NaN/inf inputs, or max|x| so small
+// that 1/d overflows and lrintf sees +-inf or NaN): reported, not counted.
+void note_quantize_corners(const KernelTable& level, const KernelTable& generic) {
+    struct Corner {
+        const char* name;
+        float fill;
+        float special;
+    };
+    const Corner corners[] = {
+        {"one NaN", 1.0f, NAN},
+        {"one +inf", 1.0f, INFINITY},
+        {"max|x| = 1e-38 (1/d overflows)", 1e-39f, 1e-38f},
+        {"max|x| = 1e-45 (d underflows to 0)", 0.0f, 1e-45f},
+    };
+    for (const Corner& c : corners) {
+        float x[kQK];
+        for (int j = 0; j < kQK; ++j) x[j] = c.fill * float(j - 16);
+        x[5] = c.special;
+        for (int which = 0; which < 2; ++which) {
+            uint8_t ref[sizeof(si::BlockQ8_1)] = {}, got[sizeof(si::BlockQ8_1)] = {};
+            (which == 0 ? generic.quantize_q8_0 : generic.quantize_q8_1)(x, ref, kQK);
+            (which == 0 ? level.quantize_q8_0 : level.quantize_q8_1)(x, got, kQK);
+            const size_t bytes = which == 0 ? sizeof(si::BlockQ8_0) : sizeof(si::BlockQ8_1);
+            if (std::memcmp(ref, got, bytes) != 0) {
+                std::printf("NOTE %s quantize_q8_%d differs from generic for a block with %s (reference behaviour is platform-defined there)\n",
+                            level.isa, which, c.name);
+            }
+        }
+    }
+}
+
+}  // namespace
+
+int main() {
+    const KernelTable* generic = si::kernels_for("generic");
+    if (!generic) {
+        std::printf("no generic level\n0 passed, 1 failed\n");
+        return 1;
+    }
+    std::vector<std::string> isas = si::available_isas();
+    std::printf("levels:");
+    for (const std::string& isa : isas) std::printf(" %s", isa.c_str());
+    std::printf("\n");
+
+    std::vector<int64_t> float_lengths;
+    for (int64_t n = 0; n <= 70; ++n) float_lengths.push_back(n);
+    for (int64_t n : {95, 96, 97, 127, 128, 129, 255, 256, 257, 1000, 1023, 1024, 4096, 4099}) {
+        float_lengths.push_back(n);
+    }
+    std::vector<int64_t> block_counts = {1, 2, 3, 4, 5, 6, 7, 8, 9, 48};
+
+    for (const std::string& isa : isas) {
+        const KernelTable& level = *si::kernels_for(isa);
+        const long failed_before = g_failed, passed_before = g_passed;
+        for (DType type : {DType::F32, DType::F16, DType::BF16}) {
+            for (int64_t n : float_lengths) {
+                for (size_t off = 0; off < 16; ++off) {
+                    check_dots(level, *generic, type, n, off, (off * 7 + 3) % 16);
+                    check_axpy(level, *generic, type, n, off, (off * 5 + 1) % 16);
+                }
+            }
+        }
+        for (DType type : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) {
+            for (int64_t nb : block_counts) {
+                for (size_t off = 0; off < 16; ++off) {
+                    check_dots(level, *generic, type, nb * kQK, off, (off * 7 + 3) % 16);
+                    check_axpy(level, *generic, type, nb * kQK, off, (off * 5 + 1) % 16);
+                }
+            }
+        }
+        for (int64_t nb : block_counts) {
+            for (size_t off = 0; off < 16; ++off) {
+                for (int rep = 0; rep < 4; ++rep) check_quantize(level, *generic, nb, off, (off * 3 + rep) % 16);
+            }
+        }
+        note_quantize_corners(level, *generic);
+        std::printf("%s: %ld passed, %ld failed\n", isa.c_str(), g_passed - passed_before,
+                    g_failed - failed_before);
+    }
+    std::printf("%ld passed, %ld failed\n", g_passed, g_failed);
+    return g_failed == 0 ? 0 : 1;
+}

@@ -15,3 +15,7 @@ class UnsupportedModelError(SparseInferError, ValueError):
 
 class ContextOverflowError(SparseInferError, ValueError):
     """More tokens than the context window (n_ctx) holds."""
+
+
+class DeviceUnavailableError(SparseInferError, RuntimeError):
+    """The requested device (e.g. "cuda") has no backend in this build or on this machine."""

@@ -84,7 +84,7 @@ void Sampler::load_candidates(const float* logits, int32_t n_vocab) {
 }
 
 // As llama.cpp's repetition penalty: each distinct recent token once, a positive logit
-// divided by the penalty and a negative one multiplied, so a penalty > 1 always lowers it.
+// divided by the penalty and a negative one multiplied, so a penalty > 1 never raises it.
 void Sampler::apply_repeat_penalty() {
     if (params_.repeat_penalty == 1.0f || recent_.empty()) return;
     penalised_.assign(recent_.begin(), recent_.end());

@@ -1,0 +1,425 @@
+"""sparseinfer.Model: load a GGUF model once, then tokenize, score and generate text."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import numbers
+import operator
+import os
+import random
+import threading
+import time
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from . import _core
+from ._stops import StopStringFilter
+from .errors import ContextOverflowError, DeviceUnavailableError, UnsupportedModelError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# More threads than this rarely helps token generation, which is bound by memory bandwidth.
+_MAX_DEFAULT_THREADS = 16
+# A guard against typos such as n_threads=80000, each of which would become an OS thread.
+_MAX_THREADS = 1024
+# How many recent tokens the repetition penalty looks at (llama.cpp's default).
+_REPEAT_LAST_N = 64
+_INT32_MAX = 2**31 - 1
+
+
+@dataclasses.dataclass
+class _CallStats:
+    prompt_tokens: int = 0
+    prompt_seconds: float = 0.0
+    generated_tokens: int = 0
+    decode_seconds: float = 0.0
+
+
+class Model:
+    """A GGUF model loaded for inference, with one context window (KV cache) of n_ctx tokens.
+
+    >>> with Model("SmolLM2-135M-Instruct.Q4_1.gguf", n_ctx=2048) as model:
+    ...     print(model.generate("The capital of France is", max_tokens=16, temperature=0))
+
+    One Model runs one sequence at a time: every generate() or logits() call starts from an
+    empty context, and a call made while a stream is open ends that stream.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        *,
+        n_ctx: int = 4096,
+        n_threads: Optional[int] = None,
+        device: str = "auto",
+        sparse: Union[str, bool] = "auto",
+        vram_budget: Optional[float] = None,
+    ) -> None:
+        """Loads the model file (memory-mapped; the weights are not copied).
+
+        Args:
+            path: a GGUF file (dense llama-family or PowerInfer).
+            n_ctx: context window in tokens: prompt plus generated text.
+            n_threads: CPU threads; None uses the physical cores (at most 16).
+            device: "auto" or "cpu". "cuda" raises DeviceUnavailableError: this build has
+                no CUDA backend yet.
+            sparse: "auto" (sparse FFN when the file supports it), True (require it) or
+                False (always dense; a PowerInfer file then computes every neuron with
+                its ReLU FFN). True on a dense file raises UnsupportedModelError.
+            vram_budget: GiB of GPU memory for hot neurons; ignored without a GPU backend.
+        """
+        self._path = os.fspath(path)
+        self._n_ctx = _require_int("n_ctx", n_ctx, minimum=1)
+        self._n_threads = (_default_thread_count() if n_threads is None
+                           else _require_int("n_threads", n_threads, minimum=1))
+        if self._n_threads > _MAX_THREADS:
+            raise ValueError(f"n_threads must be at most {_MAX_THREADS}, got {self._n_threads}")
+        _check_device(device)
+        if sparse != "auto" and not isinstance(sparse, bool):
+            raise ValueError(f"sparse must be 'auto', True or False, got {sparse!r}")
+        if vram_budget is not None:
+            budget = _require_real("vram_budget", vram_budget)
+            if not (budget >= 0 and math.isfinite(budget)):
+                raise ValueError(f"vram_budget must be a finite number of GiB >= 0, got {vram_budget!r}")
+
+        self._native: Optional[_core.Model] = _core.Model(self._path)
+        if sparse is True and not self._native.is_powerinfer:
+            raise UnsupportedModelError(
+                f"{self._path}: sparse=True needs a PowerInfer model (file magic PWRI, with "
+                f"activation predictors) and this file is a dense model; use sparse='auto' or False")
+        self._sparse = bool(self._native.is_powerinfer) if sparse == "auto" else sparse
+        self._session: Optional[_core.Session] = _core.Session(
+            self._native, self._n_ctx, self._n_threads, sparse=self._sparse)
+        self._tokenizer = self._native.tokenizer
+        self._metadata = self._native.metadata()
+        self._arch, self._n_vocab, self._n_layer = (
+            self._native.arch, self._native.n_vocab, self._native.n_layer)
+        self._lock = threading.Lock()  # the session is used by one native call at a time
+        self._call_id = 0  # bumped by every call that resets the session
+        self._last_stats = _CallStats()
+
+    # ---- properties ---------------------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        """The model file."""
+        return self._path
+
+    @property
+    def n_ctx(self) -> int:
+        """Context window in tokens."""
+        return self._n_ctx
+
+    @property
+    def n_threads(self) -> int:
+        """CPU threads the session uses."""
+        return self._n_threads
+
+    @property
+    def n_vocab(self) -> int:
+        """Vocabulary size: the width of a row of logits."""
+        return self._n_vocab
+
+    @property
+    def arch(self) -> str:
+        """general.architecture of the file, e.g. "llama"."""
+        return self._arch
+
+    @property
+    def is_sparse(self) -> bool:
+        """Whether the sparse (PowerInfer) FFN path is in use: only predicted-active FFN
+        neurons are computed."""
+        return self._sparse
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The file's GGUF metadata (key -> value); a copy, so changing it changes nothing."""
+        return dict(self._metadata)
+
+    # ---- tokens ---------------------------------------------------------------------------
+
+    def tokenize(self, text: Union[str, bytes], *, add_bos: bool = True,
+                 special: bool = False) -> list[int]:
+        """Token ids of `text` (UTF-8 bytes or str).
+
+        add_bos prepends the BOS token when the vocabulary has one; special recognises the
+        text of control tokens such as "<|im_start|>" as those tokens.
+        """
+        self._check_open()
+        if not isinstance(text, (str, bytes)):
+            raise TypeError(f"text must be str or bytes, got {type(text).__name__}")
+        return self._tokenizer.encode(text, add_bos=bool(add_bos), parse_special=bool(special))
+
+    def detokenize(self, tokens: Iterable[int]) -> str:
+        """The text of `tokens`; bytes that are not valid UTF-8 become U+FFFD."""
+        self._check_open()
+        return self._tokenizer.decode(_token_ids(tokens)).decode("utf-8", errors="replace")
+
+    # ---- inference ------------------------------------------------------------------------
+
+    def logits(self, tokens: Iterable[int]) -> np.ndarray:
+        """Logits of every position from one forward pass over `tokens` in a fresh context.
+
+        Returns a float32 array of shape (len(tokens), n_vocab); row i scores the token
+        that would follow tokens[: i + 1].
+        """
+        ids = _token_ids(tokens)
+        if not ids:
+            raise ValueError("tokens must not be empty")
+        if len(ids) > self._n_ctx:
+            raise ContextOverflowError(f"{len(ids)} tokens do not fit in n_ctx={self._n_ctx}")
+        call_id, stats = self._start_call(prompt_tokens=len(ids))
+        started = time.perf_counter()
+        with self._exclusive(call_id) as session:
+            session.reset()
+            session.eval(ids, all_logits=True)
+            out = session.logits()
+        stats.prompt_seconds = time.perf_counter() - started
+        return out
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        max_tokens: Optional[int] = 128,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        seed: Optional[int] = None,
+        stop: Union[str, Sequence[str], None] = None,
+        ignore_eos: bool = False,
+        stream: bool = False,
+    ) -> Union[str, Iterator[str]]:
+        """Continues `prompt` and returns the new text (or, with stream=True, an iterator
+        of text pieces as they are generated).
+
+        The prompt gets BOS when the model's tokenizer asks for it, and the text of special
+        tokens in it (a chat template's "<|im_start|>") becomes those tokens.
+
+        Generation ends at an end-of-generation token (unless ignore_eos), after
+        max_tokens tokens (None: no limit), when the context window is full, or at the first
+        of the `stop` strings (which is not included in the text).
+
+        Sampling: repetition penalty over the last 64 tokens, then top-k (<= 0: off),
+        top-p (1: off), min-p (0: off), then temperature; temperature <= 0 is greedy.
+        The same seed (and arguments) gives the same text; None picks a random seed.
+        """
+        self._check_open()
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        if max_tokens is not None:
+            _require_int("max_tokens", max_tokens, minimum=0)
+        stops = _stop_strings(stop)
+        sampler = _core.Sampler(
+            temperature=_require_real("temperature", temperature),
+            top_k=max(0, min(_require_int("top_k", top_k), _INT32_MAX)),
+            top_p=_require_real("top_p", top_p),
+            min_p=_require_real("min_p", min_p),
+            repeat_penalty=_require_real("repeat_penalty", repeat_penalty),
+            repeat_last_n=_REPEAT_LAST_N,
+            seed=_resolve_seed(seed),
+        )
+        prompt_ids = self._tokenizer.encode(prompt, add_bos=self._tokenizer.add_bos,
+                                            parse_special=True)
+        if not prompt_ids:
+            raise ValueError("the prompt is empty and this model adds no BOS token: "
+                             "there is nothing to continue")
+        if len(prompt_ids) >= self._n_ctx:
+            raise ContextOverflowError(
+                f"the prompt is {len(prompt_ids)} tokens and n_ctx is {self._n_ctx}: no room "
+                f"left to generate; shorten the prompt or load the model with a larger n_ctx")
+        pieces = self._generate(prompt_ids, sampler, max_tokens, stops, bool(ignore_eos))
+        return pieces if stream else "".join(pieces)
+
+    def _generate(self, prompt_ids: list[int], sampler: _core.Sampler,
+                  max_tokens: Optional[int], stops: list[str],
+                  ignore_eos: bool) -> Iterator[str]:
+        call_id, stats = self._start_call(prompt_tokens=len(prompt_ids))
+        decoder = _core.StreamDecoder(self._tokenizer)
+        if prompt_ids == [self._tokenizer.bos_id]:
+            # Text right after BOS drops SentencePiece's leading space, as detokenize() does.
+            decoder.feed(prompt_ids[0])
+        stop_filter = StopStringFilter(stops)
+
+        started = time.perf_counter()
+        with self._exclusive(call_id) as session:
+            session.reset()
+            session.eval(prompt_ids)
+        for token in prompt_ids[-_REPEAT_LAST_N:]:
+            sampler.accept(token)
+        stats.prompt_seconds = time.perf_counter() - started
+
+        while max_tokens is None or stats.generated_tokens < max_tokens:
+            started = time.perf_counter()
+            with self._exclusive(call_id) as session:
+                token = session.sample(sampler)
+                if not ignore_eos and self._tokenizer.is_end_of_generation(token):
+                    break
+                sampler.accept(token)
+                stats.generated_tokens += 1
+                text = stop_filter.feed(decoder.feed(token))
+                go_on = ((max_tokens is None or stats.generated_tokens < max_tokens)
+                         and not stop_filter.stopped
+                         and session.n_past < self._n_ctx)  # a full context stops cleanly
+                if go_on:
+                    session.eval([token])
+            stats.decode_seconds += time.perf_counter() - started
+            if text:
+                yield text
+            if not go_on:
+                break
+        tail = stop_filter.feed(decoder.flush()) + stop_filter.flush()
+        if tail:
+            yield tail
+
+    def stats(self) -> dict[str, Any]:
+        """Timings of the last generate() or logits() call (so far, while it streams).
+
+        Keys: prompt_tokens, prompt_seconds, prompt_tokens_per_second, generated_tokens,
+        decode_seconds, decode_tokens_per_second, and active_fraction / layers: the share
+        of FFN neurons computed, overall and per layer (predicted active on the sparse
+        path; 1.0 on the dense path).
+        """
+        s = self._last_stats
+        with self._lock:
+            layers = self._session.active_fractions() if self._session is not None else []
+        return {
+            "prompt_tokens": s.prompt_tokens,
+            "prompt_seconds": s.prompt_seconds,
+            "prompt_tokens_per_second": _rate(s.prompt_tokens, s.prompt_seconds),
+            "generated_tokens": s.generated_tokens,
+            "decode_seconds": s.decode_seconds,
+            "decode_tokens_per_second": _rate(s.generated_tokens, s.decode_seconds),
+            "active_fraction": sum(layers) / len(layers) if layers else 0.0,
+            "layers": layers,
+        }
+
+    # ---- lifetime -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Frees the context and unmaps the file; the Model cannot be used afterwards."""
+        with self._lock:
+            # The native objects free the KV cache and the mapping when the last reference goes.
+            self._session = None
+            self._native = None
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._session is None else f"n_ctx={self._n_ctx}"
+        return f"<sparseinfer.Model {self._path!r} arch={self.arch!r} {state}>"
+
+    # ---- helpers --------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._session is None:
+            raise ValueError(f"the Model for {self._path} is closed")
+
+    def _start_call(self, *, prompt_tokens: int) -> tuple[int, _CallStats]:
+        """Claims the session for a new call: any stream still open ends at its next step."""
+        self._check_open()
+        with self._lock:
+            self._call_id += 1
+            self._last_stats = _CallStats(prompt_tokens=prompt_tokens)
+            self._session.reset_stats()
+            return self._call_id, self._last_stats
+
+    @contextlib.contextmanager
+    def _exclusive(self, call_id: int) -> Iterator[_core.Session]:
+        """The session, for one step of the call `call_id` while no other thread uses it."""
+        with self._lock:
+            if self._session is None:
+                raise ValueError(f"the Model for {self._path} was closed during the call")
+            if call_id != self._call_id:
+                raise RuntimeError("this generation was ended by a later call on the same "
+                                   "Model (one Model runs one sequence at a time)")
+            yield self._session
+
+
+# ---- argument checking ----------------------------------------------------------------------
+
+def _require_int(name: str, value: object, *, minimum: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _require_real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _token_ids(tokens: Iterable[int]) -> list[int]:
+    try:
+        return [operator.index(token) for token in tokens]
+    except TypeError:
+        raise TypeError("tokens must be a sequence of int token ids") from None
+
+
+def _check_device(device: object) -> None:
+    if device in ("auto", "cpu"):
+        return
+    if isinstance(device, str) and (device == "cuda" or device.startswith("cuda:")):
+        raise DeviceUnavailableError(
+            f"device={device!r}: the CUDA backend is not built yet; use device='cpu' or 'auto'")
+    raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+
+
+def _stop_strings(stop: Union[str, Sequence[str], None]) -> list[str]:
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else list(stop)
+    for s in stops:
+        if not isinstance(s, str):
+            raise TypeError(f"stop must be a str or a sequence of str, got an item {s!r}")
+        if not s:
+            raise ValueError("stop strings must not be empty")
+    return stops
+
+
+def _resolve_seed(seed: Optional[int]) -> int:
+    if seed is None:
+        return random.SystemRandom().getrandbits(64)
+    seed = _require_int("seed", seed, minimum=0)
+    if seed >= 2**64:
+        raise ValueError(f"seed must be below 2**64, got {seed}")
+    return seed
+
+
+def _rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else 0.0
+
+
+def _physical_core_count(cpus: Sequence[int]) -> Optional[int]:
+    """Cores among `cpus`, counting hyper-threads once (Linux sysfs; None elsewhere)."""
+    siblings = set()
+    for cpu in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list") as f:
+                siblings.add(f.read().strip())
+        except OSError:
+            return None
+    return len(siblings) or None
+
+
+def _default_thread_count() -> int:
+    """Physical cores this process may run on, at most _MAX_DEFAULT_THREADS."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = list(range(os.cpu_count() or 1))
+    cores = _physical_core_count(cpus) or len(cpus)
+    return max(1, min(cores, _MAX_DEFAULT_THREADS))

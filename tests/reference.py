@@ -1,0 +1,137 @@
+"""A NumPy float64 reference forward pass for llama-architecture models.
+
+Conventions (llama.cpp for arch "llama", read for facts only):
+- RMSNorm: x / sqrt(mean(x^2) + eps) * w.
+- RoPE in GGML "normal" mode (mode 0): rotates ADJACENT pairs (x[2i], x[2i+1]) of each head
+  by theta_i = pos * base^(-2i/rope_dim), i < rope_dim/2; dims >= rope_dim pass through.
+- Grouped-query attention: query head h reads kv head h // (n_head // n_head_kv).
+- Causal softmax with scale 1/sqrt(head_dim).
+- FFN: down(act(gate(x)) * up(x)), act = SiLU (or ReLU for ReLU models).
+- Output: final RMSNorm, then output.weight (or token_embd.weight when tied).
+Weights are numpy (out, in) arrays as returned by tests/ggufgen.py.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+
+
+def rope_normal(x: np.ndarray, positions: np.ndarray, rope_dim: int, base: float) -> np.ndarray:
+    """x: (n_tokens, n_heads, head_dim). GGML mode 0: adjacent pairs."""
+    out = x.copy()
+    half = rope_dim // 2
+    inv_freq = base ** (-2.0 * np.arange(half, dtype=np.float64) / rope_dim)  # (half,)
+    theta = positions.astype(np.float64)[:, None] * inv_freq[None, :]  # (n, half)
+    cos = np.cos(theta)[:, None, :]
+    sin = np.sin(theta)[:, None, :]
+    x0 = x[:, :, 0:rope_dim:2]
+    x1 = x[:, :, 1:rope_dim:2]
+    out[:, :, 0:rope_dim:2] = x0 * cos - x1 * sin
+    out[:, :, 1:rope_dim:2] = x0 * sin + x1 * cos
+    return out
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+class ReferenceLlama:
+    """Keeps a KV cache so that incremental evaluation can be checked too."""
+
+    def __init__(self, weights: Mapping[str, np.ndarray], hparams: Optional[dict] = None,
+                 kv_f16: bool = False):
+        """kv_f16: round K (after RoPE) and V to IEEE half precision as they enter the KV
+        cache, as an engine with an F16 cache does (queries and softmax stay exact)."""
+        hp = dict(hparams if hparams is not None else getattr(weights, "hparams"))
+        self.kv_f16 = kv_f16
+        self.hp = hp
+        self.w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
+        self.n_head = hp["n_head"]
+        self.n_head_kv = hp["n_head_kv"]
+        self.n_embd = hp["n_embd"]
+        self.head_dim = self.n_embd // self.n_head
+        self.rope_dim = hp.get("rope_dim") or self.head_dim
+        self.rope_base = hp.get("rope_base", 10000.0)
+        self.eps = hp.get("rms_eps", 1e-5)
+        self.act = relu if hp.get("activation", "silu") == "relu" else silu
+        self.n_layer = hp["n_layer"]
+        self.reset()
+
+    def reset(self) -> None:
+        self.k_cache = [np.zeros((0, self.n_head_kv, self.head_dim)) for _ in range(self.n_layer)]
+        self.v_cache = [np.zeros((0, self.n_head_kv, self.head_dim)) for _ in range(self.n_layer)]
+        self.n_past = 0
+
+    def eval(self, tokens: Sequence[int]) -> np.ndarray:
+        """Appends tokens; returns logits (len(tokens), n_vocab) in float64."""
+        w = self.w
+        tokens = np.asarray(tokens, dtype=np.int64)
+        n = len(tokens)
+        hd, nh, nkv = self.head_dim, self.n_head, self.n_head_kv
+        group = nh // nkv
+        pos = np.arange(self.n_past, self.n_past + n)
+        x = w["token_embd.weight"][tokens]  # (n, n_embd)
+        scale = 1.0 / np.sqrt(hd)
+        for il in range(self.n_layer):
+            p = f"blk.{il}."
+            h = rms_norm(x, w[p + "attn_norm.weight"], self.eps)
+            q = (h @ w[p + "attn_q.weight"].T).reshape(n, nh, hd)
+            k = (h @ w[p + "attn_k.weight"].T).reshape(n, nkv, hd)
+            v = (h @ w[p + "attn_v.weight"].T).reshape(n, nkv, hd)
+            q = rope_normal(q, pos, self.rope_dim, self.rope_base)
+            k = rope_normal(k, pos, self.rope_dim, self.rope_base)
+            if self.kv_f16:
+                k = k.astype(np.float16).astype(np.float64)
+                v = v.astype(np.float16).astype(np.float64)
+            K = np.concatenate([self.k_cache[il], k], axis=0)  # (n_past+n, nkv, hd)
+            V = np.concatenate([self.v_cache[il], v], axis=0)
+            self.k_cache[il], self.v_cache[il] = K, V
+            n_kv_tok = K.shape[0]
+            # causal mask: query i (absolute pos n_past+i) sees keys j <= n_past+i
+            mask = np.arange(n_kv_tok)[None, :] > pos[:, None]  # (n, n_kv_tok)
+            attn = np.empty((n, nh, hd))
+            for hh in range(nh):
+                kh = hh // group
+                s = (q[:, hh, :] @ K[:, kh, :].T) * scale
+                s = np.where(mask, -np.inf, s)
+                s = s - s.max(axis=1, keepdims=True)
+                e = np.exp(s)
+                pr = e / e.sum(axis=1, keepdims=True)
+                attn[:, hh, :] = pr @ V[:, kh, :]
+            x = x + attn.reshape(n, nh * hd) @ w[p + "attn_output.weight"].T
+            h = rms_norm(x, w[p + "ffn_norm.weight"], self.eps)
+            g = h @ w[p + "ffn_gate.weight"].T
+            u = h @ w[p + "ffn_up.weight"].T
+            x = x + (self.act(g) * u) @ w[p + "ffn_down.weight"].T
+        h = rms_norm(x, w["output_norm.weight"], self.eps)
+        out_w = w["output.weight"] if "output.weight" in w else w["token_embd.weight"]
+        self.n_past += n
+        return h @ out_w.T
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0.0)
+
+
+def forward(weights: Mapping[str, np.ndarray], tokens: Sequence[int], hparams: Optional[dict] = None,
+            kv_f16: bool = False) -> np.ndarray:
+    """Logits (len(tokens), n_vocab), float64, for a fresh sequence."""
+    return ReferenceLlama(weights, hparams, kv_f16=kv_f16).eval(tokens)
+
+
+def greedy(weights: Mapping[str, np.ndarray], prompt: Sequence[int], n: int, hparams: Optional[dict] = None,
+           kv_f16: bool = False) -> list[int]:
+    ref = ReferenceLlama(weights, hparams, kv_f16=kv_f16)
+    logits = ref.eval(prompt)
+    out = []
+    for _ in range(n):
+        t = int(np.argmax(logits[-1]))
+        out.append(t)
+        logits = ref.eval([t])
+    return out

@@ -178,6 +178,7 @@ void bind_model(py::module_& m) {
              py::arg("model"), py::arg("n_ctx"), py::arg("n_threads"), py::arg("sparse") = false)
         .def_property_readonly("sparse", &Session::sparse)
         .def("active_fractions", &Session::active_fractions)
+        .def("reset_stats", &Session::reset_stats)
         .def_property_readonly("n_ctx", &Session::n_ctx)
         .def_property_readonly("n_past", &Session::n_past)
         .def("eval",

@@ -124,6 +124,11 @@ void Session::down_projection_transposed(const Matrix& down_t, int64_t n, bool o
     for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] += xn_[i];
 }
 
+void Session::reset_stats() {
+    std::fill(layer_active_.begin(), layer_active_.end(), 0);
+    stats_tokens_ = 0;
+}
+
 std::vector<double> Session::active_fractions() const {
     const ModelConfig& c = model_->config();
     std::vector<double> out;

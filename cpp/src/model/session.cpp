@@ -208,8 +208,7 @@ void Session::eval(const std::vector<int32_t>& tokens, bool all_logits) {
         }
     }
     logit_rows_ = all_logits ? n_total : 1;
-    std::fill(layer_active_.begin(), layer_active_.end(), 0);
-    stats_tokens_ = n_total;
+    stats_tokens_ += n_total;
     logits_.assign(static_cast<size_t>(logit_rows_ * c.n_vocab), 0.0f);
 
     const int64_t kv_dim = c.n_head_kv * c.head_dim;

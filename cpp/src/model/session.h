@@ -32,9 +32,10 @@ public:
     int64_t logit_rows() const { return logit_rows_; }
 
     bool sparse() const { return sparse_; }
-    // Per layer, the fraction of FFN neurons computed for the last eval's tokens (1 for
-    // every layer when not sparse).
+    // Per layer, the fraction of FFN neurons computed for the tokens evaluated since the
+    // last reset_stats() (1 for every layer when not sparse).
     std::vector<double> active_fractions() const;
+    void reset_stats();
 
     void reset() { n_past_ = 0; logit_rows_ = 0; }
     void truncate(int64_t n_past);  // forget positions >= n_past

@@ -111,6 +111,14 @@ def test_tokenize_matches_llama_cpp(llm, model):
         assert model.tokenize(text, add_bos=False, special=False) == exp, text[:40]
 
 
+def test_tokenize_add_bos_follows_the_file_like_llama_cpp(llm, model):
+    # SmolLM2's file says tokenizer.ggml.add_bos_token = false: add_bos=True adds nothing,
+    # exactly as llama-cpp-python's tokenize(add_bos=True) does.
+    text = "Hello world"
+    assert model.tokenize(text, add_bos=True) == llm.tokenize(text.encode(), add_bos=True)
+    assert model.tokenize(text, add_bos=True) == model.tokenize(text, add_bos=False)
+
+
 def test_teacher_forced_top1(llm, model):
     toks = llama_tokens(llm, TEXT)
     assert 200 <= len(toks) <= N_CTX, len(toks)

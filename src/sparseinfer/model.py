@@ -145,13 +145,16 @@ class Model:
                  special: bool = False) -> list[int]:
         """Token ids of `text` (UTF-8 bytes or str).
 
-        add_bos prepends the BOS token when the vocabulary has one; special recognises the
-        text of control tokens such as "<|im_start|>" as those tokens.
+        add_bos prepends the BOS token when the model's file asks for one
+        (tokenizer.ggml.add_bos_token, as llama-cpp-python's tokenize does), so the ids are
+        what generate() feeds the model; special recognises the text of control tokens such
+        as "<|im_start|>" as those tokens.
         """
         self._check_open()
         if not isinstance(text, (str, bytes)):
             raise TypeError(f"text must be str or bytes, got {type(text).__name__}")
-        return self._tokenizer.encode(text, add_bos=bool(add_bos), parse_special=bool(special))
+        return self._tokenizer.encode(text, add_bos=bool(add_bos) and self._tokenizer.add_bos,
+                                      parse_special=bool(special))
 
     def detokenize(self, tokens: Iterable[int]) -> str:
         """The text of `tokens`; bytes that are not valid UTF-8 become U+FFFD."""

@@ -83,7 +83,7 @@ def test_simd_level_agrees_with_generic(isa, qtype):
         x = (rng.standard_normal(n) * rng.uniform(0.01, 100)).astype(np.float32)
         a = float(_core._kernel_row_dot(isa, int(qtype), raw, x)[0])
         b = float(_core._kernel_row_dot("generic", int(qtype), raw, x)[0])
-        assert a == pytest.approx(b, rel=1e-4, abs=1e-4 * np.abs(x).max()), (n, a, b)
+        assert a == pytest.approx(b, rel=1e-4, abs=float(1e-4 * np.abs(x).max())), (n, a, b)
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -148,11 +148,13 @@ void bind_model(py::module_& m) {
           py::arg("weight"), py::arg("a"), py::arg("y"));
 
     py::class_<Model, std::shared_ptr<Model>>(m, "Model")
-        .def(py::init([](const std::string& path) {
+        .def(py::init([](const std::string& path, bool predictor_q8) {
                  py::gil_scoped_release release;
-                 return std::const_pointer_cast<Model>(Model::load(path));
+                 LoadOptions options;
+                 options.predictor_q8 = predictor_q8;
+                 return std::const_pointer_cast<Model>(Model::load(path, options));
              }),
-             py::arg("path"))
+             py::arg("path"), py::arg("predictor_q8") = false)
         .def_property_readonly("path", [](const Model& self) { return self.file().path(); })
         .def_property_readonly("arch", [](const Model& self) { return self.config().arch; })
         .def_property_readonly("n_vocab", [](const Model& self) { return self.config().n_vocab; })

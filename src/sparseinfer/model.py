@@ -57,6 +57,7 @@ class Model:
         device: str = "auto",
         sparse: Union[str, bool] = "auto",
         vram_budget: Optional[float] = None,
+        predictor_q8: bool = False,
     ) -> None:
         """Loads the model file (memory-mapped; the weights are not copied).
 
@@ -70,6 +71,10 @@ class Model:
                 False (always dense; a PowerInfer file then computes every neuron with
                 its ReLU FFN). True on a dense file raises UnsupportedModelError.
             vram_budget: GiB of GPU memory for hot neurons; ignored without a GPU backend.
+            predictor_q8: requantise a PowerInfer file's predictors to 8 bits at load. They
+                are read in full for every token, so this speeds up sparse decoding at the
+                cost of a few flipped near-threshold decisions (benchmarks/bench_sparse.py
+                measures how many).
         """
         self._path = os.fspath(path)
         self._n_ctx = _require_int("n_ctx", n_ctx, minimum=1)
@@ -85,7 +90,7 @@ class Model:
             if not (budget >= 0 and math.isfinite(budget)):
                 raise ValueError(f"vram_budget must be a finite number of GiB >= 0, got {vram_budget!r}")
 
-        self._native: Optional[_core.Model] = _core.Model(self._path)
+        self._native: Optional[_core.Model] = _core.Model(self._path, predictor_q8=bool(predictor_q8))
         if sparse is True and not self._native.is_powerinfer:
             raise UnsupportedModelError(
                 f"{self._path}: sparse=True needs a PowerInfer model (file magic PWRI, with "

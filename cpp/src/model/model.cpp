@@ -16,7 +16,7 @@ constexpr int64_t kMaxLayers = 4096;
 
 }  // namespace
 
-std::shared_ptr<const Model> Model::load(const std::string& path) {
+std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOptions& options) {
     std::shared_ptr<Model> model(new Model());
     model->file_ = GgufFile::open(path);
     model->read_config();
@@ -27,6 +27,15 @@ std::shared_ptr<const Model> Model::load(const std::string& path) {
             " tokens but token_embd.weight has " + std::to_string(model->config_.n_vocab) + " rows"));
     }
     model->bind_weights();
+    if (options.predictor_q8) {
+        if (!model->config_.powerinfer) {
+            throw ArgumentError(model->file_->describe("predictor_q8 needs a PowerInfer file with predictors"));
+        }
+        for (LayerWeights& l : model->layers_) {
+            l.fc1 = model->requantize_q8_0(l.fc1);
+            l.fc2 = model->requantize_q8_0(l.fc2);
+        }
+    }
     return model;
 }
 
@@ -145,6 +154,25 @@ std::vector<float> Model::vector(const std::string& name, int64_t n) const {
     std::vector<float> out(static_cast<size_t>(n));
     dequantize_row_ref(m.type, m.data, out.data(), n);
     return out;
+}
+
+Matrix Model::requantize_q8_0(const Matrix& m) {
+    if (m.type == DType::Q8_0) return m;
+    if (m.cols % kQK != 0) {
+        throw UnsupportedError(file_->describe("cannot requantise a predictor with rows of " +
+                                              std::to_string(m.cols) + " values to Q8_0"));
+    }
+    Matrix q = m;
+    q.type = DType::Q8_0;
+    q.row_bytes = static_cast<size_t>(m.cols / kQK) * sizeof(BlockQ8_0);
+    std::vector<uint8_t>& storage = owned_weights_.emplace_back(q.row_bytes * static_cast<size_t>(m.rows));
+    std::vector<float> row(static_cast<size_t>(m.cols));
+    for (int64_t r = 0; r < m.rows; ++r) {
+        dequantize_row_ref(m.type, m.row(r), row.data(), m.cols);
+        quantize_row_q8_0_ref(row.data(), reinterpret_cast<BlockQ8_0*>(storage.data() + r * q.row_bytes), m.cols);
+    }
+    q.data = storage.data();
+    return q;
 }
 
 void Model::bind_weights() {

@@ -58,10 +58,16 @@ struct LayerWeights {
     Matrix fc1, fc2;    // PowerInfer predictor: score = fc2 relu(fc1 x), x before ffn_norm
 };
 
+struct LoadOptions {
+    // Requantise PowerInfer predictors (fc1, fc2) to Q8_0 at load: predictor bytes are read
+    // in full for every token, so halving F16 predictors speeds up sparse decoding.
+    bool predictor_q8 = false;
+};
+
 class Model {
 public:
     // Loads and validates every tensor the architecture needs (shapes, types) from `path`.
-    static std::shared_ptr<const Model> load(const std::string& path);
+    static std::shared_ptr<const Model> load(const std::string& path, const LoadOptions& options = {});
 
     const GgufFile& file() const { return *file_; }
     const ModelConfig& config() const { return config_; }
@@ -79,6 +85,8 @@ private:
     void bind_weights();
     Matrix matrix(const std::string& name, int64_t cols, int64_t rows) const;
     std::vector<float> vector(const std::string& name, int64_t n) const;
+    // A copy of m requantised to Q8_0, owned by the model.
+    Matrix requantize_q8_0(const Matrix& m);
 
     std::shared_ptr<GgufFile> file_;
     ModelConfig config_;
@@ -87,6 +95,7 @@ private:
     std::vector<float> output_norm_;
     Matrix output_;
     std::vector<LayerWeights> layers_;
+    std::vector<std::vector<uint8_t>> owned_weights_;  // weights converted at load
 };
 
 }  // namespace si

@@ -1,0 +1,448 @@
+#!/usr/bin/env python3
+"""Sparse vs dense decode speed on a synthetic model of MiniCPM-S-1B's shape.
+
+Builds (once, cached under ~/.cache/sparseinfer-bench or --cache-dir) two files with the
+same random weights:
+  - a PowerInfer file (magic PWRI): ffn_gate / ffn_up / ffn_down_t per layer and a
+    rank --rank predictor (fc1, fc2; F16 by default, as in published PowerInfer files)
+    tuned so that about --active of the FFN neurons are predicted active;
+  - a plain llama GGUF: ffn_down = ffn_down_t.T, no predictor. Engines run it with SiLU
+    (a plain llama file says nothing about ReLU); that changes no byte read per token,
+    so it is fine for timing.
+Then, in one run, it times token-by-token decoding for
+  sparseinfer sparse   (PWRI file, sparse=True)
+  sparseinfer dense    (PWRI file, sparse=False: dense ReLU over every neuron)
+  llama-cpp-python     (the plain GGUF; skipped when not installed or with --no-llama)
+with the same threads and the same token stream, and prints a Markdown table with the
+measured active fraction and the ideal speedup from bytes read per token:
+  dense:  every weight but the embedding table;
+  sparse: attention, norms, output, predictors, plus the active fraction of ffn_gate,
+          ffn_up and ffn_down.
+(sparseinfer also skips the up and down rows of active neurons whose relu(gate) is 0, so
+its own ceiling can be a little higher; the synthetic predictor is built so that active
+neurons nearly always have a positive gate, as a trained predictor's do.)
+
+The predictor: per layer, with x the residual stream (ffn_inp),
+  fc1 = [A; -A; C],  fc2 = [B, -B, -mu/k 1],   so  score = B A x - mu/k sum relu(C x),
+  ffn_gate = B A diag(1/ffn_norm) + noise,
+where A (r, n_embd), B (n_ff, r), C (k, n_embd), r + r + k = rank. sum relu(C x) is close
+to a fixed multiple of |x|, so "score >= 0" is "(B A x)_j >= about mu |x| / sqrt(n_embd)":
+independent of |x| (so one threshold, 0.0, serves every layer) and, since the gate follows
+B A x, active neurons have positive gates. mu is calibrated on random directions for the
+target active fraction; the fraction measured while decoding is what the table reports.
+
+  python benchmarks/bench_sparse.py --type Q4_0 -t 2          # the full-size model
+  python benchmarks/bench_sparse.py --small                    # a tiny smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+import gguf
+from gguf import GGMLQuantizationType as QT
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+import ggufgen  # noqa: E402  (tests/ggufgen.py: the SentencePiece-style test vocabulary)
+
+FORMAT_VERSION = 1  # bump when the generated weights change, to invalidate caches
+
+FULL_SHAPE = dict(n_vocab=73440, n_embd=1536, n_layer=52, n_head=24, n_head_kv=8, n_ff=3840,
+                  n_ctx=4096, rope_base=10000.0, rms_eps=1e-5)
+SMALL_SHAPE = dict(n_vocab=512, n_embd=128, n_layer=4, n_head=4, n_head_kv=2, n_ff=320,
+                   n_ctx=256, rope_base=10000.0, rms_eps=1e-5)
+
+# ---- weights ------------------------------------------------------------------------------
+
+
+def _rng(seed: int, *parts) -> np.random.Generator:
+    """A generator per tensor, so that any tensor can be made again on its own."""
+    return np.random.default_rng([seed] + [hash_str(str(p)) for p in parts])
+
+
+def hash_str(s: str) -> int:
+    h = 1469598103934665603
+    for b in s.encode():
+        h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFF
+    return h
+
+
+def normal(rng: np.random.Generator, shape, std: float, chunk_rows: int = 1024) -> np.ndarray:
+    """float32 normals, made chunk by chunk (a whole float64 matrix would double the memory)."""
+    out = np.empty(shape, dtype=np.float32)
+    flat = out.reshape(shape[0], -1) if len(shape) > 1 else out.reshape(1, -1)
+    for i in range(0, flat.shape[0], chunk_rows):
+        rng.standard_normal(out=flat[i:i + chunk_rows], dtype=np.float32)
+    out *= np.float32(std)
+    return out
+
+
+def predictor_split(rank: int) -> tuple[int, int]:
+    """(r, k): rank = 2 r + k, k >= 16 rows of C."""
+    r = (rank - max(16, rank // 4)) // 2
+    if r < 1:
+        raise ValueError(f"rank {rank} is too small (need at least 18)")
+    return r, rank - 2 * r
+
+
+def calibrate_mu(n_embd: int, n_ff: int, rank: int, active: float, seed: int) -> float:
+    """The mu that makes `active` of the neurons score >= 0 on random directions."""
+    r, k = predictor_split(rank)
+    rng = np.random.default_rng(seed + 7)
+    n_ff_s = min(n_ff, 2048)
+    a = rng.standard_normal((r, n_embd)) / np.sqrt(n_embd)
+    b = rng.standard_normal((n_ff_s, r)) / np.sqrt(r)
+    c = rng.standard_normal((k, n_embd)) / np.sqrt(n_embd)
+    x = rng.standard_normal((n_embd, 256))
+    lin = b @ (a @ x)                       # (n_ff, samples)
+    pos = np.maximum(c @ x, 0).sum(0) / k   # (samples,)
+    lo, hi = -50.0, 50.0
+    for _ in range(60):
+        mu = 0.5 * (lo + hi)
+        frac = float((lin - mu * pos[None, :] >= 0).mean())
+        lo, hi = (mu, hi) if frac > active else (lo, mu)
+    return 0.5 * (lo + hi)
+
+
+def layer_tensors(shape: dict, il: int, rank: int, mu: float, seed: int):
+    """Yields (name, float32 array) of one layer, numpy (out, in) layout, PWRI names."""
+    e, f = shape["n_embd"], shape["n_ff"]
+    hd = e // shape["n_head"]
+    kv = shape["n_head_kv"] * hd
+    p = f"blk.{il}."
+    g = lambda name: _rng(seed, il, name)  # noqa: E731
+    yield p + "attn_norm.weight", (1.0 + 0.1 * g("an").standard_normal(e)).astype(np.float32)
+    yield p + "attn_q.weight", normal(g("q"), (e, e), 1.5 / np.sqrt(e))
+    yield p + "attn_k.weight", normal(g("k"), (kv, e), 1.5 / np.sqrt(e))
+    yield p + "attn_v.weight", normal(g("v"), (kv, e), 1.0 / np.sqrt(e))
+    yield p + "attn_output.weight", normal(g("o"), (e, e), 0.7 / np.sqrt(e))
+    ffn_norm = (1.0 + 0.1 * g("fn").standard_normal(e)).astype(np.float32)
+    yield p + "ffn_norm.weight", ffn_norm
+    r, k = predictor_split(rank)
+    a = normal(g("A"), (r, e), 1.0 / np.sqrt(e))
+    b = normal(g("B"), (f, r), 1.0 / np.sqrt(r))
+    c = normal(g("C"), (k, e), 1.0 / np.sqrt(e))
+    gate = b @ (a / ffn_norm[None, :])
+    gate += normal(g("E"), (f, e), 0.3 / np.sqrt(e))
+    yield p + "ffn_gate.weight", gate
+    del gate
+    yield p + "ffn_up.weight", normal(g("up"), (f, e), 1.0 / np.sqrt(e))
+    yield p + "ffn_down_t.weight", normal(g("down"), (f, e), 1.0 / np.sqrt(f))
+    yield p + "fc1.weight", np.concatenate([a, -a, c], axis=0)
+    yield p + "fc2.weight", np.concatenate([b, -b, np.full((f, k), -mu / k, np.float32)], axis=1)
+
+
+def encode(arr: np.ndarray, type_name: str) -> np.ndarray:
+    if arr.ndim == 1 or type_name == "F32":
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    if type_name == "F16":
+        return arr.astype(np.float16)
+    return gguf.quants.quantize(np.ascontiguousarray(arr, dtype=np.float32), QT[type_name])
+
+
+def nbytes_of(shape_np: tuple, type_name: str) -> int:
+    if len(shape_np) == 1 or type_name == "F32":
+        return int(np.prod(shape_np)) * 4
+    if type_name == "F16":
+        return int(np.prod(shape_np)) * 2
+    block, size = gguf.GGML_QUANT_SIZES[QT[type_name]]
+    return int(np.prod(shape_np[:-1])) * (shape_np[-1] // block) * size
+
+
+def tensor_plan(shape: dict, rank: int, wtype: str, ptype: str, dense: bool) -> list[tuple[str, tuple, str]]:
+    """(name, numpy shape, type) of every tensor in file order."""
+    e, f, v = shape["n_embd"], shape["n_ff"], shape["n_vocab"]
+    kv = shape["n_head_kv"] * (e // shape["n_head"])
+    plan = [("token_embd.weight", (v, e), wtype)]
+    for il in range(shape["n_layer"]):
+        p = f"blk.{il}."
+        plan += [(p + "attn_norm.weight", (e,), "F32"), (p + "attn_q.weight", (e, e), wtype),
+                 (p + "attn_k.weight", (kv, e), wtype), (p + "attn_v.weight", (kv, e), wtype),
+                 (p + "attn_output.weight", (e, e), wtype), (p + "ffn_norm.weight", (e,), "F32"),
+                 (p + "ffn_gate.weight", (f, e), wtype), (p + "ffn_up.weight", (f, e), wtype)]
+        if dense:
+            plan.append((p + "ffn_down.weight", (e, f), wtype))
+        else:
+            plan += [(p + "ffn_down_t.weight", (f, e), wtype), (p + "fc1.weight", (rank, e), ptype),
+                     (p + "fc2.weight", (f, rank), ptype)]
+    plan += [("output_norm.weight", (e,), "F32"), ("output.weight", (v, e), wtype)]
+    return plan
+
+
+def open_writer(path: Path, shape: dict, plan, threshold: Optional[float]) -> gguf.GGUFWriter:
+    w = gguf.GGUFWriter(str(path), "llama")
+    vocab = ggufgen.default_vocab(shape["n_vocab"])
+    w.add_string("general.name", "sparseinfer-bench-minicpm-s-shape")
+    w.add_uint32("llama.context_length", shape["n_ctx"])
+    w.add_uint32("llama.embedding_length", shape["n_embd"])
+    w.add_uint32("llama.block_count", shape["n_layer"])
+    w.add_uint32("llama.feed_forward_length", shape["n_ff"])
+    w.add_uint32("llama.attention.head_count", shape["n_head"])
+    w.add_uint32("llama.attention.head_count_kv", shape["n_head_kv"])
+    w.add_float32("llama.rope.freq_base", shape["rope_base"])
+    w.add_uint32("llama.rope.dimension_count", shape["n_embd"] // shape["n_head"])
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", shape["rms_eps"])
+    w.add_uint32("llama.vocab_size", shape["n_vocab"])
+    if threshold is not None:
+        w.add_float32("powerinfer.sparse_threshold", threshold)
+    w.add_string("tokenizer.ggml.model", "llama")
+    w.add_array("tokenizer.ggml.tokens", [t for t, _, _ in vocab])
+    w.add_array("tokenizer.ggml.scores", [float(s) for _, s, _ in vocab])
+    w.add_array("tokenizer.ggml.token_type", [int(k) for _, _, k in vocab])
+    w.add_uint32("tokenizer.ggml.unknown_token_id", ggufgen.UNK_ID)
+    w.add_uint32("tokenizer.ggml.bos_token_id", ggufgen.BOS_ID)
+    w.add_uint32("tokenizer.ggml.eos_token_id", ggufgen.EOS_ID)
+    w.add_bool("tokenizer.ggml.add_bos_token", True)
+    w.add_bool("tokenizer.ggml.add_eos_token", False)
+    for name, shp, t in plan:
+        raw = None if t in ("F32", "F16") or len(shp) == 1 else QT[t]
+        dt = np.float16 if (t == "F16" and len(shp) > 1) else np.float32
+        w.add_tensor_info(name, shp, np.dtype(dt), nbytes_of(shp, t), raw_dtype=raw)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    return w
+
+
+def build_models(shape: dict, wtype: str, ptype: str, rank: int, active: float, seed: int,
+                 cache: Path, rebuild: bool = False, log=print) -> tuple[Path, Path, dict]:
+    """Writes (or finds) the PWRI and dense files; returns their paths and build info."""
+    tag = (f"v{FORMAT_VERSION}-e{shape['n_embd']}-l{shape['n_layer']}-f{shape['n_ff']}"
+           f"-v{shape['n_vocab']}-{wtype}-p{ptype}-r{rank}-a{active:g}-s{seed}")
+    cache.mkdir(parents=True, exist_ok=True)
+    pwri, dense, meta = cache / f"{tag}.pwri.gguf", cache / f"{tag}.dense.gguf", cache / f"{tag}.json"
+    if not rebuild and pwri.exists() and dense.exists() and meta.exists():
+        return pwri, dense, json.loads(meta.read_text())
+    t0 = time.perf_counter()
+    mu = calibrate_mu(shape["n_embd"], shape["n_ff"], rank, active, seed)
+    log(f"building {tag} (mu={mu:.3f}) in {cache} ...")
+    tmp_p, tmp_d = pwri.with_suffix(".tmp"), dense.with_suffix(".tmp")
+    wp = open_writer(tmp_p, shape, tensor_plan(shape, rank, wtype, ptype, dense=False), 0.0)
+    wd = open_writer(tmp_d, shape, tensor_plan(shape, rank, wtype, ptype, dense=True), None)
+
+    def put(writer, arr, t):
+        writer.write_tensor_data(encode(arr, t))
+
+    embd = normal(_rng(seed, "embd"), (shape["n_vocab"], shape["n_embd"]), 1.0)
+    put(wp, embd, wtype)
+    put(wd, embd, wtype)
+    del embd
+    for il in range(shape["n_layer"]):
+        for name, arr in layer_tensors(shape, il, rank, mu, seed):
+            if name.endswith(("fc1.weight", "fc2.weight")):
+                put(wp, arr, ptype)
+            elif name.endswith("ffn_down_t.weight"):
+                put(wp, arr, wtype)
+                put(wd, np.ascontiguousarray(arr.T), wtype)
+            else:
+                put(wp, arr, wtype)
+                put(wd, arr, wtype)
+        if il % 8 == 7:
+            log(f"  layer {il + 1}/{shape['n_layer']} ({time.perf_counter() - t0:.0f} s)")
+    onorm = (1.0 + 0.1 * _rng(seed, "onorm").standard_normal(shape["n_embd"])).astype(np.float32)
+    out = normal(_rng(seed, "output"), (shape["n_vocab"], shape["n_embd"]), 3.0 / np.sqrt(shape["n_embd"]))
+    for w in (wp, wd):
+        put(w, onorm, "F32")
+        put(w, out, wtype)
+        w.close()
+    with open(tmp_p, "r+b") as fh:
+        fh.write(b"PWRI")
+    os.replace(tmp_p, pwri)
+    os.replace(tmp_d, dense)
+    info = dict(tag=tag, mu=mu, build_seconds=time.perf_counter() - t0)
+    meta.write_text(json.dumps(info))
+    log(f"built in {info['build_seconds']:.0f} s: {pwri.stat().st_size / 2**30:.2f} GiB + "
+        f"{dense.stat().st_size / 2**30:.2f} GiB")
+    return pwri, dense, info
+
+
+# ---- bytes per token --------------------------------------------------------------------
+
+
+def bytes_per_token(shape: dict, rank: int, wtype: str, ptype: str, active: float) -> dict:
+    attn = norms = ffn = pred = output = 0
+    for name, shp, t in tensor_plan(shape, rank, wtype, ptype, dense=False):
+        b = nbytes_of(shp, t)
+        if name == "token_embd.weight":
+            continue
+        if len(shp) == 1:
+            norms += b
+        elif name == "output.weight":
+            output += b
+        elif ".attn_" in name:
+            attn += b
+        elif ".fc" in name:
+            pred += b
+        else:
+            ffn += b
+    dense = attn + norms + output + ffn
+    sparse = attn + norms + output + pred + active * ffn
+    return dict(attention=attn, norms=norms, output=output, ffn=ffn, predictor=pred,
+                dense=dense, sparse=sparse, ideal_speedup=dense / sparse)
+
+
+# ---- timing -----------------------------------------------------------------------------
+
+
+def time_sparseinfer(path: Path, sparse: bool, prompt: list[int], stream: list[int], warmup: int,
+                     threads: int, n_ctx: int) -> dict:
+    from sparseinfer import _core
+
+    model = _core.Model(str(path))
+    s = _core.Session(model, n_ctx, threads, sparse=sparse)
+    s.eval(prompt, all_logits=False)
+    for t in stream[:warmup]:
+        s.eval([t], all_logits=False)
+    s.reset_stats()  # the session's active fractions then cover the timed tokens only
+    t0 = time.perf_counter()
+    for t in stream[warmup:]:
+        s.eval([t], all_logits=False)
+    dt = time.perf_counter() - t0
+    n = len(stream) - warmup
+    return dict(tokens=n, seconds=dt, tokens_per_second=n / dt,
+                active_fraction=float(np.mean(s.active_fractions())))
+
+
+def time_llama_cpp(path: Path, prompt: list[int], stream: list[int], warmup: int, threads: int,
+                   n_ctx: int) -> dict:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads,
+                          n_threads_batch=threads, n_batch=512, verbose=False)
+    llm.eval(prompt)
+    for t in stream[:warmup]:
+        llm.eval([t])
+    t0 = time.perf_counter()
+    for t in stream[warmup:]:
+        llm.eval([t])
+    dt = time.perf_counter() - t0
+    n = len(stream) - warmup
+    out = dict(tokens=n, seconds=dt, tokens_per_second=n / dt, version=llama_cpp.__version__)
+    llm.close() if hasattr(llm, "close") else None
+    return out
+
+
+# ---- main -------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--type", default="Q4_0", choices=["F16", "Q4_0", "Q8_0", "F32"],
+                    help="weight type of every matrix but the predictor (default Q4_0)")
+    ap.add_argument("--pred-type", default="F16", choices=["F16", "Q4_0", "Q8_0", "F32"],
+                    help="predictor (fc1, fc2) type (default F16, as in PowerInfer's files)")
+    ap.add_argument("--rank", type=int, default=None, help="predictor rank (default 256; 32 with --small)")
+    ap.add_argument("--active", type=float, default=0.12,
+                    help="target fraction of active FFN neurons (default 0.12: MiniCPM-S's ~88%% sparsity)")
+    ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("-n", "--tokens", type=int, default=None, help="decode tokens timed (default 64; 32 with --small)")
+    ap.add_argument("--prompt-tokens", type=int, default=16)
+    ap.add_argument("--warmup", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=1, help="time each engine this many times; report the best")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--small", action="store_true", help="a tiny model: a quick smoke test of this script")
+    ap.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sparseinfer-bench")
+    ap.add_argument("--rebuild", action="store_true", help="write the model files again")
+    ap.add_argument("--no-llama", action="store_true", help="skip llama-cpp-python")
+    ap.add_argument("--save", action="store_true", help="write JSON results to benchmarks/results/")
+    args = ap.parse_args(argv)
+
+    shape = dict(SMALL_SHAPE if args.small else FULL_SHAPE)
+    rank = args.rank or (32 if args.small else 256)
+    n_tok = args.tokens or (32 if args.small else 64)
+    n_ctx = args.prompt_tokens + args.warmup + n_tok + 8
+    log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
+
+    pwri, dense, build = build_models(shape, args.type, args.pred_type, rank, args.active, args.seed,
+                                      args.cache_dir, args.rebuild, log)
+    rng = np.random.default_rng(args.seed + 1)
+    prompt = [ggufgen.BOS_ID] + [int(t) for t in rng.integers(3, shape["n_vocab"], args.prompt_tokens - 1)]
+    stream = [int(t) for t in rng.integers(3, shape["n_vocab"], args.warmup + n_tok)]
+
+    def best(fn, *a):
+        runs = [fn(*a) for _ in range(max(1, args.repeats))]
+        return max(runs, key=lambda r: r["tokens_per_second"])
+
+    results = {}
+    log("timing sparseinfer sparse ...")
+    results["sparseinfer sparse"] = best(time_sparseinfer, pwri, True, prompt, stream, args.warmup, args.threads, n_ctx)
+    log("timing sparseinfer dense ...")
+    results["sparseinfer dense"] = best(time_sparseinfer, pwri, False, prompt, stream, args.warmup, args.threads, n_ctx)
+    llama_note = None
+    if args.no_llama:
+        llama_note = "skipped (--no-llama)"
+    else:
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            llama_note = "skipped (llama-cpp-python not installed)"
+        else:
+            log("timing llama-cpp-python dense ...")
+            results["llama-cpp-python dense"] = best(time_llama_cpp, dense, prompt, stream, args.warmup, args.threads, n_ctx)
+
+    active = results["sparseinfer sparse"]["active_fraction"]
+    bpt = bytes_per_token(shape, rank, args.type, args.pred_type, active)
+    base = results["sparseinfer dense"]["tokens_per_second"]
+
+    title = "tiny smoke-test model" if args.small else "MiniCPM-S-1B-shaped synthetic model"
+    print(f"\n### Decode speed: {title}, {args.type} weights, {args.pred_type} predictors (rank {rank}), "
+          f"{args.threads} threads\n")
+    print(f"shape: hidden {shape['n_embd']}, {shape['n_layer']} layers, {shape['n_head']} heads / "
+          f"{shape['n_head_kv']} KV heads, FFN {shape['n_ff']}, vocab {shape['n_vocab']}; "
+          f"prompt {args.prompt_tokens} tokens, {args.warmup} warm-up + {n_tok} timed decode tokens\n")
+    print("| engine | file | decode tok/s | vs sparseinfer dense |")
+    print("|---|---|---:|---:|")
+    files = {"sparseinfer sparse": "PWRI, sparse=True", "sparseinfer dense": "PWRI, sparse=False (dense ReLU)",
+             "llama-cpp-python dense": "plain GGUF (SiLU; same bytes)"}
+    for name, r in results.items():
+        print(f"| {name} | {files[name]} | {r['tokens_per_second']:.2f} | {r['tokens_per_second'] / base:.2f}x |")
+    if llama_note:
+        print(f"| llama-cpp-python dense | plain GGUF | {llama_note} | |")
+    print()
+    print(f"- measured active fraction (sparse decode, all layers): {active:.4f} "
+          f"(target {args.active:g}; sparsity {1 - active:.2%})")
+    print(f"- bytes read per token: dense {bpt['dense'] / 2**20:.1f} MiB, sparse {bpt['sparse'] / 2**20:.1f} MiB "
+          f"(attention {bpt['attention'] / 2**20:.1f}, output {bpt['output'] / 2**20:.1f}, "
+          f"predictors {bpt['predictor'] / 2**20:.1f}, FFN {bpt['ffn'] / 2**20:.1f} x {active:.3f})")
+    print(f"- ideal sparse speedup from bytes read: {bpt['ideal_speedup']:.2f}x; measured "
+          f"{results['sparseinfer sparse']['tokens_per_second'] / base:.2f}x vs sparseinfer dense"
+          + (f", {results['sparseinfer sparse']['tokens_per_second'] / results['llama-cpp-python dense']['tokens_per_second']:.2f}x vs llama-cpp-python"
+             if "llama-cpp-python dense" in results else ""))
+    print("- the dense GGUF is a plain llama file, so llama.cpp runs SiLU on it: the same bytes "
+          "per token as ReLU, fine for timing, not for comparing outputs")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    if load is not None:
+        busy = load > (os.cpu_count() or 1) * 0.75
+        print(f"- load average at the end: {load:.2f} on {os.cpu_count()} CPUs"
+              + (" -- the machine was busy: these numbers are not reliable (llama.cpp's spinning "
+                 "threads suffer most when cores are oversubscribed)" if busy else ""))
+
+    if args.save:
+        outdir = HERE / "results"
+        outdir.mkdir(exist_ok=True)
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = outdir / f"sparse-{'small' if args.small else 'minicpm-s'}-{args.type}-t{args.threads}-{stamp}.json"
+        out.write_text(json.dumps(dict(
+            benchmark="bench_sparse", when=stamp, machine=platform.machine(), processor=platform.processor(),
+            cpu_count=os.cpu_count(), shape=shape, weight_type=args.type, pred_type=args.pred_type, rank=rank,
+            target_active=args.active, threads=args.threads, prompt_tokens=args.prompt_tokens,
+            decode_tokens=n_tok, warmup=args.warmup, build=build, bytes_per_token=bpt,
+            load_average=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            results=results, llama_note=llama_note), indent=2))
+        log(f"saved {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

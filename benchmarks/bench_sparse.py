@@ -295,11 +295,40 @@ def bytes_per_token(shape: dict, rank: int, wtype: str, ptype: str, active: floa
 # ---- timing -----------------------------------------------------------------------------
 
 
+def predictor_q8_agreement(shape: dict, rank: int, active: float, pred_type: str, seed: int,
+                           n_samples: int = 256) -> dict:
+    """How many active-neuron decisions survive requantising the predictors to Q8_0.
+
+    Regenerates fc1 and fc2 of the first, middle and last layers exactly as the model file
+    holds them (pred_type), scores fc2 relu(fc1 x) for random inputs x (the distribution the
+    predictor was calibrated on) with them and with their Q8_0 round trip, threshold 0 as in
+    the file, and compares the decisions.
+    """
+    mu = calibrate_mu(shape["n_embd"], shape["n_ff"], rank, active, seed)
+    rng = np.random.default_rng(seed + 11)
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    agree = total = kept = n_active = 0
+    for il in sorted({0, shape["n_layer"] // 2, shape["n_layer"] - 1}):
+        fc = {}
+        for name, arr in layer_tensors(shape, il, rank, mu, seed):
+            if name.endswith(("fc1.weight", "fc2.weight")):
+                stored = arr.astype(np.float16).astype(np.float32) if pred_type == "F16" else arr
+                requantised = gguf.quants.dequantize(gguf.quants.quantize(stored, q8), q8)
+                fc[name.split(".")[2]] = (stored, requantised.reshape(stored.shape))
+        x = rng.standard_normal((shape["n_embd"], n_samples)).astype(np.float32)
+        masks = [fc["fc2"][k] @ np.maximum(fc["fc1"][k] @ x, 0) >= 0 for k in (0, 1)]
+        agree += int(np.sum(masks[0] == masks[1]))
+        total += masks[0].size
+        kept += int(np.sum(masks[0] & masks[1]))
+        n_active += int(np.sum(masks[0]))
+    return dict(agreement=agree / total, active_kept=kept / max(n_active, 1))
+
+
 def time_sparseinfer(path: Path, sparse: bool, prompt: list[int], stream: list[int], warmup: int,
-                     threads: int, n_ctx: int) -> dict:
+                     threads: int, n_ctx: int, predictor_q8: bool = False) -> dict:
     from sparseinfer import _core
 
-    model = _core.Model(str(path))
+    model = _core.Model(str(path), predictor_q8=predictor_q8)
     s = _core.Session(model, n_ctx, threads, sparse=sparse)
     s.eval(prompt, all_logits=False)
     for t in stream[:warmup]:
@@ -377,6 +406,14 @@ def main(argv=None) -> int:
     results = {}
     log("timing sparseinfer sparse ...")
     results["sparseinfer sparse"] = best(time_sparseinfer, pwri, True, prompt, stream, args.warmup, args.threads, n_ctx)
+    if args.pred_type in ("F16", "F32"):
+        log("timing sparseinfer sparse with predictors requantised to Q8_0 ...")
+        results["sparseinfer sparse, predictor_q8"] = best(
+            time_sparseinfer, pwri, True, prompt, stream, args.warmup, args.threads, n_ctx, True)
+        log("measuring predictor_q8 decision agreement ...")
+        q8_agreement = predictor_q8_agreement(shape, rank, args.active, args.pred_type, args.seed)
+    else:
+        q8_agreement = None
     log("timing sparseinfer dense ...")
     results["sparseinfer dense"] = best(time_sparseinfer, pwri, False, prompt, stream, args.warmup, args.threads, n_ctx)
     llama_note = None
@@ -403,7 +440,9 @@ def main(argv=None) -> int:
           f"prompt {args.prompt_tokens} tokens, {args.warmup} warm-up + {n_tok} timed decode tokens\n")
     print("| engine | file | decode tok/s | vs sparseinfer dense |")
     print("|---|---|---:|---:|")
-    files = {"sparseinfer sparse": "PWRI, sparse=True", "sparseinfer dense": "PWRI, sparse=False (dense ReLU)",
+    files = {"sparseinfer sparse": "PWRI, sparse=True",
+             "sparseinfer sparse, predictor_q8": "PWRI, sparse=True, predictors as Q8_0",
+             "sparseinfer dense": "PWRI, sparse=False (dense ReLU)",
              "llama-cpp-python dense": "plain GGUF (SiLU; same bytes)"}
     for name, r in results.items():
         print(f"| {name} | {files[name]} | {r['tokens_per_second']:.2f} | {r['tokens_per_second'] / base:.2f}x |")
@@ -419,6 +458,12 @@ def main(argv=None) -> int:
           f"{results['sparseinfer sparse']['tokens_per_second'] / base:.2f}x vs sparseinfer dense"
           + (f", {results['sparseinfer sparse']['tokens_per_second'] / results['llama-cpp-python dense']['tokens_per_second']:.2f}x vs llama-cpp-python"
              if "llama-cpp-python dense" in results else ""))
+    if q8_agreement:
+        q8_bpt = bytes_per_token(shape, rank, args.type, "Q8_0", active)
+        print(f"- predictor_q8: {q8_agreement['agreement']:.2%} of active-neuron decisions unchanged "
+              f"({q8_agreement['active_kept']:.2%} of active neurons kept) on random inputs; "
+              f"ideal speedup {q8_bpt['ideal_speedup']:.2f}x; measured "
+              f"{results['sparseinfer sparse, predictor_q8']['tokens_per_second'] / base:.2f}x vs sparseinfer dense")
     print("- the dense GGUF is a plain llama file, so llama.cpp runs SiLU on it: the same bytes "
           "per token as ReLU, fine for timing, not for comparing outputs")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None

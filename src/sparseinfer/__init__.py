@@ -8,13 +8,19 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from .errors import (
+    AmbiguousModelFileError,
     ContextOverflowError,
     DeviceUnavailableError,
+    FetchError,
     ModelFormatError,
     SparseInferError,
+    TemplateError,
     UnsupportedModelError,
 )
+from .fetch import fetch_model
+from ._cuda import cuda_info
 from .model import Model
+from .prompt import format_prompt
 
 try:
     __version__ = version("sparseinfer")
@@ -22,11 +28,17 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
     __version__ = "0+unknown"
 
 __all__ = [
+    "AmbiguousModelFileError",
     "ContextOverflowError",
     "DeviceUnavailableError",
+    "FetchError",
     "Model",
     "ModelFormatError",
     "SparseInferError",
+    "TemplateError",
     "UnsupportedModelError",
     "__version__",
+    "cuda_info",
+    "fetch_model",
+    "format_prompt",
 ]

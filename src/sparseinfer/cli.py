@@ -1,4 +1,4 @@
-"""Command line: `python -m sparseinfer generate ...` and `python -m sparseinfer info ...`.
+"""Command line: `python -m sparseinfer generate | chat | fetch | info ...`.
 
 The generate flags follow PowerInfer's (llama.cpp's) `main` program where they fit.
 """
@@ -12,8 +12,11 @@ import sys
 from typing import Any, Optional, Sequence, TextIO
 
 from . import _core
-from .errors import SparseInferError
+from ._cuda import cuda_info
+from .errors import ContextOverflowError, SparseInferError
+from .fetch import SOURCES, fetch_model
 from .model import Model
+from .prompt import resolve_template
 
 _PROGRAM = "sparseinfer"
 
@@ -45,33 +48,47 @@ def _parser() -> argparse.ArgumentParser:
         "generate", help="continue a prompt, streaming the text to stdout",
         description="Continue a prompt with a GGUF model, streaming the text to stdout.")
     generate.set_defaults(run=_generate)
-    generate.add_argument("-m", "--model", required=True, help="GGUF model file")
+    _add_model_arguments(generate)
     prompt = generate.add_mutually_exclusive_group(required=True)
     prompt.add_argument("-p", "--prompt", help="the prompt text")
     prompt.add_argument("-f", "--file", help="read the prompt from this file (UTF-8)")
-    generate.add_argument("-n", "--n-predict", type=int, default=128, metavar="N",
-                          help="tokens to generate; -1: until end of text or a full context "
-                               "(default: %(default)s)")
-    generate.add_argument("-t", "--threads", type=int, default=None, metavar="N",
-                          help="CPU threads (default: the physical cores)")
-    generate.add_argument("-c", "--ctx-size", type=int, default=4096, metavar="N",
-                          help="context window in tokens (default: %(default)s)")
-    generate.add_argument("--temp", type=float, default=0.8,
-                          help="temperature; 0: greedy (default: %(default)s)")
-    generate.add_argument("--top-k", type=int, default=40,
-                          help="top-k filter; 0: off (default: %(default)s)")
-    generate.add_argument("--top-p", type=float, default=0.95,
-                          help="top-p (nucleus) filter; 1: off (default: %(default)s)")
-    generate.add_argument("--min-p", type=float, default=0.05,
-                          help="min-p filter; 0: off (default: %(default)s)")
-    generate.add_argument("--repeat-penalty", type=float, default=1.0,
-                          help="penalty on the last 64 tokens; 1: off (default: %(default)s)")
-    generate.add_argument("-s", "--seed", type=int, default=-1,
-                          help="random seed; -1: a random one (default: %(default)s)")
+    _add_sampling_arguments(generate, n_predict=128)
     generate.add_argument("--ignore-eos", action="store_true",
                           help="keep generating past the end-of-text token")
     generate.add_argument("--stats", action="store_true",
                           help="print token counts and speeds to stderr at the end")
+
+    chat = commands.add_parser(
+        "chat", help="talk with a chat model (an interactive, streaming conversation)",
+        description="Talk with a chat model: each line you type is a message, the reply "
+                    "streams back. End a line with \\ to continue the message on the next "
+                    "line; Ctrl-C stops a reply, Ctrl-D quits. Reads messages from a pipe too.")
+    chat.set_defaults(run=_chat)
+    _add_model_arguments(chat)
+    chat.add_argument("--chat-template", default="auto", metavar="NAME",
+                      help="auto (the model's own), gguf, minicpm, chatml, llama-2, llama-3, "
+                           "zephyr, or Jinja2 source (default: %(default)s)")
+    chat.add_argument("--system", default=None, metavar="TEXT",
+                      help="a system message that starts the conversation")
+    chat.add_argument("-f", "--file", default=None, metavar="FILE",
+                      help="read the system message from this file (UTF-8)")
+    _add_sampling_arguments(chat, n_predict=-1)
+
+    fetch = commands.add_parser(
+        "fetch", help="download a model file into the local cache and print its path",
+        description="Download a model file from Hugging Face (or ModelScope) into the local "
+                    "cache, unless it is there already, and print its path.")
+    fetch.set_defaults(run=_fetch)
+    fetch.add_argument("repo", metavar="REPO",
+                       help="repository id (org/name) or a short name such as minicpm-s-1b")
+    fetch.add_argument("file", metavar="FILE", nargs="?", default=None,
+                       help="file in the repository, or a glob such as '*Q4_0.gguf' "
+                            "(default: the repository's one .gguf file)")
+    fetch.add_argument("--revision", default=None, help="branch, tag or commit")
+    fetch.add_argument("--source", choices=SOURCES, default="huggingface",
+                       help="where to download from (default: %(default)s)")
+    fetch.add_argument("--cache-dir", default=None, metavar="DIR",
+                       help="cache folder (default: the source's own, e.g. $HF_HOME/hub)")
 
     info = commands.add_parser(
         "info", help="describe a GGUF file (without loading its weights) and the system",
@@ -83,6 +100,46 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-m", "--model", required=True,
+                        help="GGUF model file, or a repository id (org/name) or short name "
+                             "(minicpm-s-1b) to fetch")
+    parser.add_argument("-t", "--threads", type=int, default=None, metavar="N",
+                        help="CPU threads (default: the physical cores)")
+    parser.add_argument("-c", "--ctx-size", type=int, default=4096, metavar="N",
+                        help="context window in tokens (default: %(default)s)")
+
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser, *, n_predict: int) -> None:
+    parser.add_argument("-n", "--n-predict", type=int, default=n_predict, metavar="N",
+                        help="tokens to generate; -1: until end of text or a full context "
+                             "(default: %(default)s)")
+    parser.add_argument("--temp", type=float, default=0.8,
+                        help="temperature; 0: greedy (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=40,
+                        help="top-k filter; 0: off (default: %(default)s)")
+    parser.add_argument("--top-p", type=float, default=0.95,
+                        help="top-p (nucleus) filter; 1: off (default: %(default)s)")
+    parser.add_argument("--min-p", type=float, default=0.05,
+                        help="min-p filter; 0: off (default: %(default)s)")
+    parser.add_argument("--repeat-penalty", type=float, default=1.0,
+                        help="penalty on the last 64 tokens; 1: off (default: %(default)s)")
+    parser.add_argument("-s", "--seed", type=int, default=-1,
+                        help="random seed; -1: a random one (default: %(default)s)")
+
+
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    """Model.generate / Model.chat keyword arguments from the sampling flags."""
+    if args.n_predict < -1:
+        raise ValueError(f"-n/--n-predict must be -1 or >= 0, got {args.n_predict}")
+    if args.seed < -1:
+        raise ValueError(f"-s/--seed must be -1 or >= 0, got {args.seed}")
+    return {"max_tokens": None if args.n_predict == -1 else args.n_predict,
+            "temperature": args.temp, "top_k": args.top_k, "top_p": args.top_p,
+            "min_p": args.min_p, "repeat_penalty": args.repeat_penalty,
+            "seed": None if args.seed == -1 else args.seed}
+
+
 # ---- generate -------------------------------------------------------------------------------
 
 def _generate(args: argparse.Namespace) -> None:
@@ -91,24 +148,10 @@ def _generate(args: argparse.Namespace) -> None:
             prompt = f.read()
     else:
         prompt = args.prompt
-    if args.n_predict < -1:
-        raise ValueError(f"-n/--n-predict must be -1 or >= 0, got {args.n_predict}")
-    if args.seed < -1:
-        raise ValueError(f"-s/--seed must be -1 or >= 0, got {args.seed}")
+    sampling = _sampling(args)
     out = _utf8(sys.stdout)
     with Model(args.model, n_ctx=args.ctx_size, n_threads=args.threads) as model:
-        pieces = model.generate(
-            prompt,
-            max_tokens=None if args.n_predict == -1 else args.n_predict,
-            temperature=args.temp,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            min_p=args.min_p,
-            repeat_penalty=args.repeat_penalty,
-            seed=None if args.seed == -1 else args.seed,
-            ignore_eos=args.ignore_eos,
-            stream=True,
-        )
+        pieces = model.generate(prompt, ignore_eos=args.ignore_eos, stream=True, **sampling)
         for piece in pieces:
             out.write(piece)
             out.flush()
@@ -133,6 +176,84 @@ def _utf8(stream: TextIO) -> TextIO:
     return stream
 
 
+# ---- chat -----------------------------------------------------------------------------------
+
+def _chat(args: argparse.Namespace) -> None:
+    sampling = _sampling(args)
+    system = args.system
+    if args.file is not None:
+        with open(args.file, encoding="utf-8") as f:
+            system = f.read()
+    interactive = sys.stdin.isatty()
+    out = _utf8(sys.stdout)
+    with Model(args.model, n_ctx=args.ctx_size, n_threads=args.threads) as model:
+        template = resolve_template(args.chat_template, model)  # a bad name fails here
+        messages = [{"role": "system", "content": system}] if system else []
+        if interactive:
+            print(f"chatting with {model.path} (template {template.name}): end a line with \\ "
+                  f"to go on, Ctrl-C stops a reply, Ctrl-D quits", file=sys.stderr)
+        while True:
+            text = _read_message(interactive)
+            if text is None:
+                break
+            if not text.strip():
+                continue
+            messages.append({"role": "user", "content": text})
+            try:
+                pieces = model.chat(messages, template=args.chat_template, stream=True,
+                                    **sampling)
+            except ContextOverflowError as error:
+                messages.pop()
+                print(f"{_PROGRAM}: {error}; this message was dropped", file=sys.stderr)
+                continue
+            reply = []
+            try:
+                for piece in pieces:
+                    out.write(piece)
+                    out.flush()
+                    reply.append(piece)
+            except KeyboardInterrupt:  # stops this reply only; what was shown is kept
+                if not interactive:
+                    raise
+            finally:
+                pieces.close()
+            out.write("\n")
+            out.flush()
+            messages.append({"role": "assistant", "content": "".join(reply)})
+
+
+def _read_message(interactive: bool) -> Optional[str]:
+    """One message from stdin: lines that end with a backslash go on on the next line.
+    None at the end of input (Ctrl-D); Ctrl-C at the prompt starts the message anew."""
+    lines: list[str] = []
+    while True:
+        try:
+            line = input(("... " if lines else "> ") if interactive else "")
+        except EOFError:
+            if interactive:
+                print(file=sys.stderr)
+            return "\n".join(lines) if lines else None
+        except KeyboardInterrupt:
+            if not interactive:
+                raise
+            print(file=sys.stderr)
+            lines = []
+            continue
+        if line.endswith("\\"):
+            lines.append(line[:-1])
+            continue
+        lines.append(line)
+        return "\n".join(lines)
+
+
+# ---- fetch ----------------------------------------------------------------------------------
+
+def _fetch(args: argparse.Namespace) -> None:
+    path = fetch_model(args.repo, args.file, revision=args.revision, source=args.source,
+                       cache_dir=args.cache_dir)
+    print(path)
+
+
 # ---- info -----------------------------------------------------------------------------------
 
 def _info(args: argparse.Namespace) -> None:
@@ -149,6 +270,25 @@ def _info(args: argparse.Namespace) -> None:
         out.write(f"{'isa:':<16}{system['isa']}\n")
         out.write(f"{'available isas:':<16}{', '.join(map(str, system['available_isas']))}\n")
         out.write(f"{'hw threads:':<16}{system['hardware_threads']}\n")
+        _write_cuda(out)
+
+
+def _write_cuda(out: TextIO) -> None:
+    """The CUDA part of `info --system`: the plugin, runtime, driver and GPUs, or why not."""
+    info = cuda_info()
+    fallback = "" if info["available"] else "; the CPU is used"
+    out.write(f"{'cuda:':<16}{info['reason']}{fallback}\n")
+    for label, key in (("cuda plugin:", "plugin"), ("cuda build:", "build"),
+                       ("cuda runtime:", "runtime_version"), ("cudart loaded:", "runtime"),
+                       ("cuda driver:", "driver_version")):
+        if info[key]:
+            out.write(f"{label:<16}{info[key]}\n")
+    for device in info["devices"]:
+        if "error" in device:
+            out.write(f"{'gpu ' + str(device['index']) + ':':<16}{device['error']}\n")
+        else:
+            out.write(f"{'gpu ' + str(device['index']) + ':':<16}{device['name']} (compute "
+                      f"{device['compute_capability']}, {device['total_memory'] / 2**30:.1f} GiB)\n")
 
 
 def _describe_model(path: str, info: dict[str, Any]) -> list[tuple[str, str]]:

@@ -19,3 +19,22 @@ class ContextOverflowError(SparseInferError, ValueError):
 
 class DeviceUnavailableError(SparseInferError, RuntimeError):
     """The requested device (e.g. "cuda") has no backend in this build or on this machine."""
+
+
+class FetchError(SparseInferError, OSError):
+    """A model file could not be found or downloaded: unknown repository, revision or file,
+    no network and no cached copy, or a download that failed its checksum."""
+
+
+class AmbiguousModelFileError(SparseInferError, ValueError):
+    """More than one file of a repository matches the requested name or pattern; `choices`
+    lists them so that the caller can name one."""
+
+    def __init__(self, message: str, choices: "list[str]") -> None:
+        super().__init__(message)
+        self.choices = list(choices)
+
+
+class TemplateError(SparseInferError, ValueError):
+    """A chat template is unknown, fails to render, or tries to reach Python internals
+    (templates inside GGUF files are untrusted and run in a sandbox)."""

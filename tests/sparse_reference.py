@@ -16,8 +16,8 @@ grouped-query attention, causal softmax), reused from there.
 
 `emulate=True` (the default) rounds what the engine rounds, so that the predictor's
 scores, and with them the masks, land within float32 noise of the engine's:
-  - the input of each matrix-vector product with Q4_0 / Q8_0 weights is quantised to
-    Q8_0 blocks (d = amax / 127 in float32, q = rint(x / d), d stored as IEEE half), Q4_1
+  - the input of each matrix-vector product with Q8_0 weights is quantised to Q8_0 blocks
+    (d = amax / 127 in float32, q = rint(x / d), d stored as IEEE half), with Q4_0 / Q4_1
     weights to Q8_1 blocks (d kept in float32); F32 / F16 / BF16 weights see float inputs;
   - K (after RoPE) and V are stored in the KV cache as IEEE halves;
   - the down projection is an axpy of float h over ffn_down_t rows: h is not rounded.
@@ -48,7 +48,7 @@ def round_activation(x: np.ndarray, weight_type: str) -> np.ndarray:
     with np.errstate(divide="ignore"):
         inv = np.where(d != 0, np.float32(1.0) / np.where(d != 0, d, np.float32(1.0)), np.float32(0.0)).astype(np.float32)
     q = np.rint((x32 * inv).astype(np.float32))
-    if weight_type == "Q4_1":
+    if weight_type in ("Q4_0", "Q4_1"):  # Q8_1 blocks: the scale stays a float
         scale = d.astype(np.float64)
     else:
         scale = d.astype(np.float16).astype(np.float64)

@@ -46,7 +46,7 @@ def expected_dot(raw: bytes, qtype, x: np.ndarray) -> float:
     w = dequantised(raw, qtype, n)
     if qtype in FLOATS:
         return float(w @ x.astype(np.float64))
-    scale, q = q8_activation(x, scale_as_half=qtype != T.Q4_1)
+    scale, q = q8_activation(x, scale_as_half=qtype == T.Q8_0)
     # Dequantised weights times dequantised activation: equal to the engine's integer
     # block sums up to float rounding.
     return float(np.sum(w.reshape(-1, 32) * (scale[:, None] * q)))

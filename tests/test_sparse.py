@@ -4,7 +4,7 @@ Models are tiny PowerInfer files (magic PWRI) built by tests/sparsegen.py; the o
 tests/sparse_reference.py, a float64 model that applies the predictor's mask the way
 FACTS.md says (score = fc2 relu(fc1 ffn_inp) >= threshold; relu(gate) * up, or
 relu(gate) * relu(up) for bamboo; down projection from ffn_down_t) and rounds what the
-engine rounds (Q8_0 inputs for quantised weights, the IEEE-half KV cache), so that its
+engine rounds (8-bit block inputs for quantised weights, the IEEE-half KV cache), so that its
 scores, and with them its masks, sit within float32 noise of the engine's.
 
 Tolerances (relative to the reference logits' std, about 3):

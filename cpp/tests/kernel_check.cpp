@@ -167,14 +167,16 @@ double magnitude(DType type, int64_t n, const uint8_t* w, const uint8_t* x) {
         }
         case DType::Q4_0:
             for (int64_t b = 0; b < n / kQK; ++b) {
+                // Computed as d dy sum q y - 8 d s (Q8_1 activation): both terms count.
                 auto wa = load<si::BlockQ4_0>(w + b * sizeof(si::BlockQ4_0));
-                auto xb = load<si::BlockQ8_0>(x + b * sizeof(si::BlockQ8_0));
-                double s = 0.0;
+                auto xb = load<si::BlockQ8_1>(x + b * sizeof(si::BlockQ8_1));
+                double s = 0.0, sy = 0.0;
                 for (int j = 0; j < kQK / 2; ++j) {
-                    s += std::abs((wa.qs[j] & 15) - 8) * std::abs(int(xb.qs[j]));
-                    s += std::abs((wa.qs[j] >> 4) - 8) * std::abs(int(xb.qs[j + 16]));
+                    s += (wa.qs[j] & 15) * std::abs(int(xb.qs[j]));
+                    s += (wa.qs[j] >> 4) * std::abs(int(xb.qs[j + 16]));
                 }
-                mag += std::fabs(double(si::fp16_to_fp32(wa.d)) * si::fp16_to_fp32(xb.d)) * s;
+                for (int j = 0; j < kQK; ++j) sy += std::abs(int(xb.qs[j]));
+                mag += std::fabs(double(si::fp16_to_fp32(wa.d)) * xb.d) * (s + 8.0 * sy);
             }
             return mag;
         case DType::Q4_1:

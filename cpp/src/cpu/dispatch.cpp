@@ -130,8 +130,8 @@ const KernelTable& active_kernels() {
 
 DType activation_format(DType weight) {
     switch (weight) {
-        case DType::Q4_0:
         case DType::Q8_0: return DType::Q8_0;
+        case DType::Q4_0:
         case DType::Q4_1: return DType::Q8_1;
         default: return DType::F32;
     }

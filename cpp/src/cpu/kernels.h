@@ -14,8 +14,10 @@ namespace si {
 // Matrix-vector products quantise the activation once into the weight type's "dot format",
 // then each weight row is dotted with it:
 //   F32, F16, BF16 weights  -> F32 activation
-//   Q4_0, Q8_0 weights      -> Q8_0 blocks
-//   Q4_1 weights            -> Q8_1 blocks
+//   Q8_0 weights            -> Q8_0 blocks
+//   Q4_0, Q4_1 weights      -> Q8_1 blocks: the 4-bit values stay unsigned (0..15), one
+//     multiply-add of unsigned by signed bytes per pair, and Q4_0's offset of -8 (Q4_1's m)
+//     comes back through s = d * sum(q): d_w (sum q_w q_x) d_x + m s, m = -8 d_w for Q4_0
 DType activation_format(DType weight);
 // Bytes of an activation of n elements in the format for `weight`.
 size_t activation_bytes(DType weight, int64_t n);

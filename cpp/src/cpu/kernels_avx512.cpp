@@ -42,34 +42,22 @@ inline __m512 scales_x2(float s0, float s1) {
 
 inline float hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
 
-float avx512_dot_q4_0(int64_t n, const void* w, const void* x) {
-    auto a = static_cast<const BlockQ4_0*>(w);
-    auto b = static_cast<const BlockQ8_0*>(x);
-    const int64_t nb = n / kQK;
-    __m512 acc = _mm512_setzero_ps();
-    const __m512i eight = _mm512_set1_epi8(8);
-    int64_t i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        __m512i qa = _mm512_sub_epi8(unpack_nibbles_x2(a[i].qs, a[i + 1].qs), eight);
-        __m512i qb = _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qs))),
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i + 1].qs)), 1);
-        __m512 prod = _mm512_cvtepi32_ps(dot_i8_i8_x2(qa, qb));
-        __m512 scale = scales_x2(half_scalar(a[i].d) * half_scalar(b[i].d),
-                                 half_scalar(a[i + 1].d) * half_scalar(b[i + 1].d));
-        acc = _mm512_fmadd_ps(scale, prod, acc);
-    }
-    float sum = hsum512(acc);
-    if (i < nb) sum += avx2_dot_q4_0(kQK, a + i, b + i);
-    return sum;
-}
-
-float avx512_dot_q4_1(int64_t n, const void* w, const void* x) {
-    auto a = static_cast<const BlockQ4_1*>(w);
+// Q4_0 and Q4_1 against Q8_1 activations, two blocks a step: unsigned 4-bit values times
+// signed bytes, plus the offset term m s (Q4_0's m is -8 d).
+template <typename Block, bool kHasMin>
+float avx512_dot_q4(int64_t n, const void* w, const void* x) {
+    auto a = static_cast<const Block*>(w);
     auto b = static_cast<const BlockQ8_1*>(x);
     const int64_t nb = n / kQK;
     __m512 acc = _mm512_setzero_ps();
     float offsets = 0.0f;
+    auto offset_scale = [&](int64_t i) {
+        if constexpr (kHasMin) {
+            return half_scalar(a[i].m);
+        } else {
+            return -8.0f * half_scalar(a[i].d);
+        }
+    };
     int64_t i = 0;
     for (; i + 2 <= nb; i += 2) {
         __m512i qa = unpack_nibbles_x2(a[i].qs, a[i + 1].qs);
@@ -80,11 +68,21 @@ float avx512_dot_q4_1(int64_t n, const void* w, const void* x) {
         __m512 prod = _mm512_cvtepi32_ps(_mm512_madd_epi16(pairs, _mm512_set1_epi16(1)));
         __m512 scale = scales_x2(half_scalar(a[i].d) * b[i].d, half_scalar(a[i + 1].d) * b[i + 1].d);
         acc = _mm512_fmadd_ps(scale, prod, acc);
-        offsets += half_scalar(a[i].m) * b[i].s + half_scalar(a[i + 1].m) * b[i + 1].s;
+        offsets += offset_scale(i) * b[i].s + offset_scale(i + 1) * b[i + 1].s;
     }
     float sum = hsum512(acc) + offsets;
-    if (i < nb) sum += avx2_dot_q4_1(kQK, a + i, b + i);
+    if (i < nb) {
+        sum += kHasMin ? avx2_dot_q4_1(kQK, a + i, b + i) : avx2_dot_q4_0(kQK, a + i, b + i);
+    }
     return sum;
+}
+
+float avx512_dot_q4_0(int64_t n, const void* w, const void* x) {
+    return avx512_dot_q4<BlockQ4_0, false>(n, w, x);
+}
+
+float avx512_dot_q4_1(int64_t n, const void* w, const void* x) {
+    return avx512_dot_q4<BlockQ4_1, true>(n, w, x);
 }
 
 float avx512_dot_q8_0(int64_t n, const void* w, const void* x) {

@@ -218,21 +218,25 @@ inline int32x4_t dot_full_i8(int8x16_t a0, int8x16_t a1, const int8_t* b) {
 
 // A weight block unpacked once; step() adds its dot with one activation block into acc (and,
 // for Q4_1, the m * s term into off).
+// Q4_0 against Q8_1: the 4-bit values stay unsigned and the -8 offset comes back as
+// m s with m = -8 d, as for Q4_1 (kernels.h).
 struct Q4_0Weights {
-    using Act = BlockQ8_0;
+    using Act = BlockQ8_1;
     int8x16_t lo, hi;
     float32x4_t d;
+    float m;
     explicit Q4_0Weights(const BlockQ4_0* blk) {
         uint8x16_t ulo, uhi;
         unpack_nibbles(blk->qs, &ulo, &uhi);
-        const int8x16_t eight = vdupq_n_s8(8);
-        lo = vsubq_s8(vreinterpretq_s8_u8(ulo), eight);
-        hi = vsubq_s8(vreinterpretq_s8_u8(uhi), eight);
+        lo = vreinterpretq_s8_u8(ulo);
+        hi = vreinterpretq_s8_u8(uhi);
         d = half_dup(&blk->d);
+        m = -8.0f * half_one(blk->d);
     }
-    inline void step(float32x4_t& acc, float& /*off*/, const Act* b) const {
+    inline void step(float32x4_t& acc, float& off, const Act* b) const {
         const int32x4_t s = dot_small_i8(lo, hi, b->qs);
-        acc = vfmaq_f32(acc, vcvtq_f32_s32(s), vmulq_f32(d, half_dup(&b->d)));
+        acc = vfmaq_f32(acc, vcvtq_f32_s32(s), vmulq_f32(d, vld1q_dup_f32(&b->d)));
+        off = std::fma(m, b->s, off);
     }
 };
 

@@ -404,3 +404,36 @@ def test_builder_writes_powerinfer_layout(tmp_path):
         assert w[f"blk.{i}.ffn_down_t.weight"].shape == (n_ff, n_embd)
     assert "output.weight" in shapes
     assert info["metadata"]["powerinfer.sparse_threshold"] == pytest.approx(0.25)
+
+
+# ---- 9. Command line ------------------------------------------------------------------
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "sparseinfer", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_stats_report_the_same_fraction_as_the_api(tmp_path):
+    w = sparsegen.write_pwri_model(tmp_path / "cli.gguf", weight_type="F32", threshold=0.1, seed=4)
+    common = ["-p", "hello world", "-n", 6, "--temp", 0, "--ignore-eos", "-t", 2, "-c", 64]
+    run = _cli("generate", "-m", w.path, *common, "--stats")
+    assert run.returncode == 0, run.stderr
+    line = next(l for l in run.stderr.splitlines() if l.startswith("sparse:"))
+
+    with sparseinfer.Model(str(w.path), n_ctx=64, n_threads=2) as m:
+        text = m.generate("hello world", max_tokens=6, temperature=0, ignore_eos=True)
+        fraction = m.stats()["active_fraction"]
+    assert run.stdout.rstrip("\n") == text
+    assert f"{fraction:.1%} of FFN neurons computed" in line
+
+    dense = _cli("generate", "-m", w.path, *common, "--stats", "--sparse", "off")
+    assert dense.returncode == 0 and "sparse:" not in dense.stderr
+
+
+def test_cli_sparse_on_a_dense_file_is_a_clean_error(tmp_path):
+    path = tmp_path / "dense.gguf"
+    ggufgen.write_llama_model(path)
+    run = _cli("generate", "-m", path, "-p", "hi", "-n", 2, "--sparse", "on")
+    assert run.returncode == 1
+    assert "PowerInfer" in run.stderr and "Traceback" not in run.stderr

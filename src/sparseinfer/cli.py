@@ -108,6 +108,17 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads (default: the physical cores)")
     parser.add_argument("-c", "--ctx-size", type=int, default=4096, metavar="N",
                         help="context window in tokens (default: %(default)s)")
+    parser.add_argument("--sparse", choices=["auto", "on", "off"], default="auto",
+                        help="sparse FFN: auto (when the file has predictors), on, or off "
+                             "(default: %(default)s)")
+    parser.add_argument("--predictor-q8", action="store_true",
+                        help="store a sparse model's predictors as 8-bit at load (faster)")
+
+
+def _open_model(args: argparse.Namespace) -> Model:
+    sparse = {"auto": "auto", "on": True, "off": False}[args.sparse]
+    return Model(args.model, n_ctx=args.ctx_size, n_threads=args.threads, sparse=sparse,
+                 predictor_q8=args.predictor_q8)
 
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser, *, n_predict: int) -> None:
@@ -150,7 +161,7 @@ def _generate(args: argparse.Namespace) -> None:
         prompt = args.prompt
     sampling = _sampling(args)
     out = _utf8(sys.stdout)
-    with Model(args.model, n_ctx=args.ctx_size, n_threads=args.threads) as model:
+    with _open_model(args) as model:
         pieces = model.generate(prompt, ignore_eos=args.ignore_eos, stream=True, **sampling)
         for piece in pieces:
             out.write(piece)
@@ -158,14 +169,18 @@ def _generate(args: argparse.Namespace) -> None:
         out.write("\n")
         out.flush()
         if args.stats:
-            _print_stats(model.stats())
+            _print_stats(model.stats(), model.is_sparse)
 
 
-def _print_stats(stats: dict[str, Any]) -> None:
+def _print_stats(stats: dict[str, Any], sparse: bool) -> None:
     print(f"prompt:    {stats['prompt_tokens']} tokens in {stats['prompt_seconds']:.3f} s "
           f"({stats['prompt_tokens_per_second']:.1f} tokens/s)", file=sys.stderr)
     print(f"generated: {stats['generated_tokens']} tokens in {stats['decode_seconds']:.3f} s "
           f"({stats['decode_tokens_per_second']:.1f} tokens/s)", file=sys.stderr)
+    if sparse:
+        layers = stats["layers"]
+        print(f"sparse:    {stats['active_fraction']:.1%} of FFN neurons computed "
+              f"(layers {min(layers):.1%} to {max(layers):.1%})", file=sys.stderr)
 
 
 def _utf8(stream: TextIO) -> TextIO:
@@ -186,7 +201,7 @@ def _chat(args: argparse.Namespace) -> None:
             system = f.read()
     interactive = sys.stdin.isatty()
     out = _utf8(sys.stdout)
-    with Model(args.model, n_ctx=args.ctx_size, n_threads=args.threads) as model:
+    with _open_model(args) as model:
         template = resolve_template(args.chat_template, model)  # a bad name fails here
         messages = [{"role": "system", "content": system}] if system else []
         if interactive:

@@ -99,6 +99,20 @@ def roundtrip(arr: np.ndarray, weight_type: str) -> tuple[np.ndarray, np.ndarray
     return q, back, qt
 
 
+def add_spm_vocab(writer, vocab: Sequence[tuple[str, float, int]]) -> None:
+    """Writes a SentencePiece-style vocabulary (text, score, token type) as llama.cpp's
+    converter does: <unk>, <s>, </s> at UNK_ID, BOS_ID, EOS_ID, BOS added, EOS not."""
+    writer.add_string("tokenizer.ggml.model", "llama")
+    writer.add_array("tokenizer.ggml.tokens", [t for t, _, _ in vocab])
+    writer.add_array("tokenizer.ggml.scores", [float(s) for _, s, _ in vocab])
+    writer.add_array("tokenizer.ggml.token_type", [int(k) for _, _, k in vocab])
+    writer.add_uint32("tokenizer.ggml.unknown_token_id", UNK_ID)
+    writer.add_uint32("tokenizer.ggml.bos_token_id", BOS_ID)
+    writer.add_uint32("tokenizer.ggml.eos_token_id", EOS_ID)
+    writer.add_bool("tokenizer.ggml.add_bos_token", True)
+    writer.add_bool("tokenizer.ggml.add_eos_token", False)
+
+
 def write_llama_model(
     path: os.PathLike | str,
     *,
@@ -219,15 +233,7 @@ def write_llama_model(
     writer.add_uint32("llama.rope.dimension_count", rope_dim)
     writer.add_float32("llama.attention.layer_norm_rms_epsilon", rms_eps)
     writer.add_uint32("llama.vocab_size", n_vocab)
-    writer.add_string("tokenizer.ggml.model", "llama")
-    writer.add_array("tokenizer.ggml.tokens", [t for t, _, _ in vocab])
-    writer.add_array("tokenizer.ggml.scores", [float(s) for _, s, _ in vocab])
-    writer.add_array("tokenizer.ggml.token_type", [int(k) for _, _, k in vocab])
-    writer.add_uint32("tokenizer.ggml.unknown_token_id", UNK_ID)
-    writer.add_uint32("tokenizer.ggml.bos_token_id", BOS_ID)
-    writer.add_uint32("tokenizer.ggml.eos_token_id", EOS_ID)
-    writer.add_bool("tokenizer.ggml.add_bos_token", True)
-    writer.add_bool("tokenizer.ggml.add_eos_token", False)
+    add_spm_vocab(writer, vocab)
     for k, v in (extra_kv or {}).items():
         # extra keys override the builder's own (which the wrapper skipped)
         if isinstance(v, bool):

@@ -40,7 +40,7 @@ import gguf
 from gguf import GGUFValueType as VT
 
 import ggufgen
-from ggufgen import BOS_ID, EOS_ID, UNK_ID, default_vocab, roundtrip
+from ggufgen import BOS_ID, default_vocab, roundtrip
 
 PWRI_MAGIC = b"PWRI"
 GGUF_MAGIC = b"GGUF"
@@ -218,15 +218,7 @@ def write_pwri_model(
     writer.add_uint32(k + "vocab_size", n_vocab)
     if threshold is not None:
         writer.add_float32("powerinfer.sparse_threshold", float(threshold))
-    writer.add_string("tokenizer.ggml.model", "llama")
-    writer.add_array("tokenizer.ggml.tokens", [t for t, _, _ in vocab])
-    writer.add_array("tokenizer.ggml.scores", [float(s) for _, s, _ in vocab])
-    writer.add_array("tokenizer.ggml.token_type", [int(kind) for _, _, kind in vocab])
-    writer.add_uint32("tokenizer.ggml.unknown_token_id", UNK_ID)
-    writer.add_uint32("tokenizer.ggml.bos_token_id", BOS_ID)
-    writer.add_uint32("tokenizer.ggml.eos_token_id", EOS_ID)
-    writer.add_bool("tokenizer.ggml.add_bos_token", True)
-    writer.add_bool("tokenizer.ggml.add_eos_token", False)
+    ggufgen.add_spm_vocab(writer, vocab)
 
     w = SparseWeights()
     types: dict[str, str] = {}

@@ -118,9 +118,15 @@ def fake_plugins(tmp_path_factory):
         lib = out / f"abi{abi}" / LIB_NAME
         lib.parent.mkdir()
         subprocess.run([cc, "-shared", "-fPIC", "-O1", f"-DFAKE_ABI={abi}", "-o", str(lib), str(src)],
-                       check=True, capture_output=True, timeout=120)
+                       check=True, capture_output=True, timeout=120, env=compiler_env())
         libs[abi] = str(lib)
     return libs
+
+
+def compiler_env():
+    """The environment for a compiler run: without a sanitizer runtime that the test run may
+    preload (tools/run_sanitized_tests.sh), which crashes nvcc."""
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
 
 
 def find_nvcc():
@@ -142,7 +148,8 @@ def real_plugin_site(tmp_path_factory):
     nvcc = find_nvcc()
     if nvcc is None or sys.platform != "linux":
         pytest.skip("nvcc not found (the CUDA plugin is built only where a CUDA toolkit is)")
-    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60,
+                             env=compiler_env()).stdout
     major = int(re.search(r"release (\d+)\.", version).group(1))
     site = tmp_path_factory.mktemp("site")
     package = site / f"sparseinfer_cuda{major}"
@@ -153,7 +160,7 @@ def real_plugin_site(tmp_path_factory):
         [nvcc, "-O2", "-std=c++17", "-shared", "-Xcompiler", "-fPIC,-fvisibility=hidden",
          "-arch=sm_75", "-cudart", "shared", '-DSI_CUDA_ARCHS="75"',
          "-o", str(package / LIB_NAME), os.path.join(CUDA_SOURCES, "device_info.cu")],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=300, env=compiler_env())
     assert proc.returncode == 0, proc.stderr
     toolkit = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
     runtime = None

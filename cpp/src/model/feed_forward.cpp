@@ -10,10 +10,19 @@
 #include <cmath>
 #include <cstring>
 
+#include "cpu/prefetch.h"
 #include "model/norm.h"
 #include "model/session.h"
 
 namespace si {
+
+namespace {
+
+// How many active neurons ahead the sparse loops start loading weight rows: far enough to
+// hide a memory access behind the dot products in between.
+constexpr int64_t kPrefetchAhead = 4;
+
+}  // namespace
 
 void Session::feed_forward(int layer, int64_t n) {
     const ModelConfig& c = model_->config();
@@ -59,6 +68,11 @@ void Session::feed_forward(int layer, int64_t n) {
                 int64_t begin, end;
                 ThreadPool::split(static_cast<int64_t>(active.size()), ith, nth, &begin, &end);
                 for (int64_t k = begin; k < end; ++k) {
+                    if (k + kPrefetchAhead < end) {
+                        const int32_t ahead = active[static_cast<size_t>(k + kPrefetchAhead)];
+                        prefetch_bytes(l.ffn_gate.row(ahead), l.ffn_gate.row_bytes);
+                        prefetch_bytes(l.ffn_up.row(ahead), l.ffn_up.row_bytes);
+                    }
                     const int32_t j = active[static_cast<size_t>(k)];
                     const float g = gate_dot(c.n_embd, l.ffn_gate.row(j), gate_in.data + t * gate_in.stride);
                     if (g <= 0.0f) continue;  // relu(g) = 0: up is not needed
@@ -115,7 +129,15 @@ void Session::down_projection_transposed(const Matrix& down_t, int64_t n, bool o
                 if (h[j] != 0.0f) axpy(cols, h[j], static_cast<const uint8_t*>(down_t.row(j)) + byte_offset, out);
             };
             if (only_active) {
-                for (int32_t j : active_[static_cast<size_t>(t)]) accumulate(j);
+                const std::vector<int32_t>& active = active_[static_cast<size_t>(t)];
+                const size_t slice_bytes = static_cast<size_t>(end - begin) * info->block_bytes;
+                for (size_t k = 0; k < active.size(); ++k) {
+                    if (k + kPrefetchAhead < active.size()) {
+                        prefetch_bytes(static_cast<const uint8_t*>(down_t.row(active[k + kPrefetchAhead])) +
+                                           byte_offset, slice_bytes);
+                    }
+                    accumulate(active[k]);
+                }
             } else {
                 for (int64_t j = 0; j < c.n_ff; ++j) accumulate(j);
             }

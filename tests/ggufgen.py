@@ -24,6 +24,8 @@ from gguf import GGMLQuantizationType as QT
 from gguf import GGUFValueType as VT
 
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+# Types the engine stores but has no kernels for: it runs them as Q8_0 copies made at load.
+STORAGE_TYPES = ("Q5_0", "Q5_1", "Q6_K")
 
 # token types (llama.cpp's llama_token_type / gguf.TokenType)
 TT_NORMAL, TT_UNKNOWN, TT_CONTROL, TT_USER_DEFINED, TT_UNUSED, TT_BYTE = 1, 2, 3, 4, 5, 6
@@ -94,9 +96,36 @@ def roundtrip(arr: np.ndarray, weight_type: str) -> tuple[np.ndarray, np.ndarray
         h = arr.astype(np.float16)
         return h, h.astype(np.float32), None
     qt = QT[weight_type]
-    q = gguf.quants.quantize(arr, qt)
+    q = quantize_q6_k(arr) if weight_type == "Q6_K" else gguf.quants.quantize(arr, qt)
     back = gguf.quants.dequantize(q, qt).astype(np.float32).reshape(arr.shape)
     return q, back, qt
+
+
+def quantize_q6_k(arr: np.ndarray) -> np.ndarray:
+    """Q6_K blocks (the gguf package has no quantizer for it): per 256 values, 16 groups of
+    16 with an int8 scale each, w = d * scale * (q - 32), q 6 bits; bytes ql[128] (low
+    nibbles), qh[64] (2-bit high parts), scales[16], d (fp16). The tests' oracle for what
+    the file holds is gguf.quants.dequantize of these bytes, not this function."""
+    rows, cols = arr.shape
+    x = arr.reshape(-1, 256).astype(np.float32)
+    groups = x.reshape(-1, 16, 16)
+    group_scale = np.abs(groups).max(axis=2) / 31.0                      # (blocks, 16)
+    d = (group_scale.max(axis=1) / 127.0).astype(np.float16)             # (blocks,)
+    d32 = d.astype(np.float32)
+    safe_d = np.where(d32 > 0, d32, 1.0)
+    scales = np.clip(np.rint(group_scale / safe_d[:, None]), -128, 127).astype(np.int8)
+    step = d32[:, None] * scales.astype(np.float32)                      # (blocks, 16)
+    safe_step = np.where(step != 0, step, 1.0)
+    q = np.where(step[:, :, None] != 0, np.rint(groups / safe_step[:, :, None]), 0)
+    q6 = (np.clip(q, -32, 31) + 32).astype(np.uint8).reshape(-1, 2, 4, 32)  # [block, half, quarter, l]
+    ql = np.empty((x.shape[0], 2, 64), np.uint8)
+    ql[:, :, :32] = (q6[:, :, 0] & 0xF) | ((q6[:, :, 2] & 0xF) << 4)
+    ql[:, :, 32:] = (q6[:, :, 1] & 0xF) | ((q6[:, :, 3] & 0xF) << 4)
+    qh = ((q6[:, :, 0] >> 4) | ((q6[:, :, 1] >> 4) << 2) | ((q6[:, :, 2] >> 4) << 4)
+          | ((q6[:, :, 3] >> 4) << 6)).astype(np.uint8)
+    blocks = np.concatenate([ql.reshape(-1, 128), qh.reshape(-1, 64), scales.view(np.uint8),
+                             d.view(np.uint8).reshape(-1, 2)], axis=1)
+    return blocks.reshape(rows, cols // 256 * 210)
 
 
 def add_spm_vocab(writer, vocab: Sequence[tuple[str, float, int]]) -> None:
@@ -151,8 +180,9 @@ def write_llama_model(
     stay), `skip_keys` / `skip_tensors` are left out of the file, and `reshape_tensors`
     maps a tensor name to a new numpy shape (same element count) written instead.
     """
-    if weight_type not in WEIGHT_TYPES:
-        raise ValueError(f"unknown weight_type {weight_type!r}")
+    for t in (weight_type, embd_type, output_type):
+        if t is not None and t not in WEIGHT_TYPES + STORAGE_TYPES:
+            raise ValueError(f"unknown weight type {t!r}")
     if n_embd % n_head:
         raise ValueError("n_embd must be a multiple of n_head")
     if n_head % n_head_kv:

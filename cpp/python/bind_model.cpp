@@ -119,6 +119,19 @@ py::array_t<float> kernel_row_axpy(const std::string& isa, uint32_t ggml_type, p
     return out;
 }
 
+// The reference dequantisation of raw blocks (tests of the storage-only types).
+py::array_t<float> dequantize_row(uint32_t ggml_type, py::bytes data, int64_t n) {
+    uint64_t need = 0;
+    if (!dtype_info(ggml_type) || !row_bytes(static_cast<DType>(ggml_type), n, &need)) {
+        throw ArgumentError("bad type or length to dequantise");
+    }
+    std::string raw = data;
+    if (raw.size() != need) throw ArgumentError("the data has the wrong number of bytes");
+    py::array_t<float> out(n);
+    dequantize_row_ref(static_cast<DType>(ggml_type), raw.data(), out.mutable_data(), n);
+    return out;
+}
+
 }  // namespace
 
 void bind_model(py::module_& m) {
@@ -144,6 +157,7 @@ void bind_model(py::module_& m) {
     }, py::arg("path"));
     m.def("_kernel_row_dot", &kernel_row_dot, py::arg("isa"), py::arg("ggml_type"),
           py::arg("weight"), py::arg("x"));
+    m.def("_dequantize_row", &dequantize_row, py::arg("ggml_type"), py::arg("data"), py::arg("n"));
     m.def("_kernel_row_axpy", &kernel_row_axpy, py::arg("isa"), py::arg("ggml_type"),
           py::arg("weight"), py::arg("a"), py::arg("y"));
 

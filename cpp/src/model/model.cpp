@@ -156,6 +156,13 @@ std::vector<float> Model::vector(const std::string& name, int64_t n) const {
     return out;
 }
 
+Matrix Model::weight(const std::string& name, int64_t cols, int64_t rows) {
+    Matrix m = matrix(name, cols, rows);
+    // Types the kernels do not implement (Q5_0, Q5_1, Q6_K: PowerInfer's Q4_0 files keep
+    // output.weight and the predictors in them) run as Q8_0 copies made here.
+    return dtype_info(static_cast<uint32_t>(m.type))->has_kernels ? m : requantize_q8_0(m);
+}
+
 Matrix Model::requantize_q8_0(const Matrix& m) {
     if (m.type == DType::Q8_0) return m;
     if (m.cols % kQK != 0) {
@@ -178,36 +185,36 @@ Matrix Model::requantize_q8_0(const Matrix& m) {
 void Model::bind_weights() {
     const ModelConfig& c = config_;
     const int64_t kv_dim = c.n_head_kv * c.head_dim;
-    token_embd_ = matrix("token_embd.weight", c.n_embd, c.n_vocab);
+    token_embd_ = weight("token_embd.weight", c.n_embd, c.n_vocab);
     output_norm_ = vector("output_norm.weight", c.n_embd);
     // Models with tied embeddings (SmolLM2, ...) have no output.weight and reuse token_embd.
-    output_ = file_->find_tensor("output.weight") ? matrix("output.weight", c.n_embd, c.n_vocab)
+    output_ = file_->find_tensor("output.weight") ? weight("output.weight", c.n_embd, c.n_vocab)
                                                   : token_embd_;
     layers_.resize(static_cast<size_t>(c.n_layer));
     for (int64_t i = 0; i < c.n_layer; ++i) {
         const std::string b = "blk." + std::to_string(i) + ".";
         LayerWeights& l = layers_[static_cast<size_t>(i)];
         l.attn_norm = vector(b + "attn_norm.weight", c.n_embd);
-        l.wq = matrix(b + "attn_q.weight", c.n_embd, c.n_embd);
-        l.wk = matrix(b + "attn_k.weight", c.n_embd, kv_dim);
-        l.wv = matrix(b + "attn_v.weight", c.n_embd, kv_dim);
-        l.wo = matrix(b + "attn_output.weight", c.n_embd, c.n_embd);
+        l.wq = weight(b + "attn_q.weight", c.n_embd, c.n_embd);
+        l.wk = weight(b + "attn_k.weight", c.n_embd, kv_dim);
+        l.wv = weight(b + "attn_v.weight", c.n_embd, kv_dim);
+        l.wo = weight(b + "attn_output.weight", c.n_embd, c.n_embd);
         l.ffn_norm = vector(b + "ffn_norm.weight", c.n_embd);
-        l.ffn_gate = matrix(b + "ffn_gate.weight", c.n_embd, c.n_ff);
-        l.ffn_up = matrix(b + "ffn_up.weight", c.n_embd, c.n_ff);
+        l.ffn_gate = weight(b + "ffn_gate.weight", c.n_embd, c.n_ff);
+        l.ffn_up = weight(b + "ffn_up.weight", c.n_embd, c.n_ff);
         if (!c.powerinfer) {
-            l.ffn_down = matrix(b + "ffn_down.weight", c.n_ff, c.n_embd);
+            l.ffn_down = weight(b + "ffn_down.weight", c.n_ff, c.n_embd);
             continue;
         }
-        l.ffn_down_t = matrix(b + "ffn_down_t.weight", c.n_embd, c.n_ff);
+        l.ffn_down_t = weight(b + "ffn_down_t.weight", c.n_embd, c.n_ff);
         // The predictor's rank is whatever fc1 says, and may differ from layer to layer.
         const GgufTensor* fc1 = file_->find_tensor(b + "fc1.weight");
         if (!fc1 || fc1->shape.size() != 2) {
             throw FormatError(file_->describe("tensor '" + b + "fc1.weight' is missing or not 2-D"));
         }
         const int64_t rank = fc1->shape[1];
-        l.fc1 = matrix(b + "fc1.weight", c.n_embd, rank);
-        l.fc2 = matrix(b + "fc2.weight", rank, c.n_ff);
+        l.fc1 = weight(b + "fc1.weight", c.n_embd, rank);
+        l.fc2 = weight(b + "fc2.weight", rank, c.n_ff);
     }
 }
 

@@ -85,6 +85,8 @@ private:
     void bind_weights();
     Matrix matrix(const std::string& name, int64_t cols, int64_t rows) const;
     std::vector<float> vector(const std::string& name, int64_t n) const;
+    // matrix(), converted to Q8_0 when its type has no kernels.
+    Matrix weight(const std::string& name, int64_t cols, int64_t rows);
     // A copy of m requantised to Q8_0, owned by the model.
     Matrix requantize_q8_0(const Matrix& m);
 

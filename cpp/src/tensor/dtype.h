@@ -12,6 +12,9 @@ enum class DType : uint32_t {
     F16 = 1,
     Q4_0 = 2,
     Q4_1 = 3,
+    Q5_0 = 6,  // storage only: converted to Q8_0 at load
+    Q5_1 = 7,  // storage only
+    Q6_K = 14, // storage only (PowerInfer's Q4_0 files keep output.weight in it)
     Q8_0 = 8,
     Q8_1 = 9,  // activations only: never a weight type here
     BF16 = 30,
@@ -50,10 +53,40 @@ struct BlockQ8_1 {
 };
 static_assert(sizeof(BlockQ8_1) == 40, "Q8_1 block layout");
 
+// Q5_0: 32 weights = d * (q - 16), q in 0..31: low 4 bits as in Q4_0, bit 4 of element j
+// in bit j of qh (little-endian u32).
+struct BlockQ5_0 {
+    uint16_t d;
+    uint8_t qh[4];
+    uint8_t qs[kQK / 2];
+};
+static_assert(sizeof(BlockQ5_0) == 22, "Q5_0 block layout");
+
+// Q5_1: 32 weights = d * q + m, q in 0..31, bits as in Q5_0.
+struct BlockQ5_1 {
+    uint16_t d;
+    uint16_t m;
+    uint8_t qh[4];
+    uint8_t qs[kQK / 2];
+};
+static_assert(sizeof(BlockQ5_1) == 24, "Q5_1 block layout");
+
+// Q6_K: 256 weights in 16 groups of 16, each with an int8 scale: w = d * scale * (q - 32),
+// q 6 bits: low 4 in ql, high 2 in qh (layout in dequantize_row_ref).
+constexpr int kQK_K = 256;
+struct BlockQ6_K {
+    uint8_t ql[kQK_K / 2];
+    uint8_t qh[kQK_K / 4];
+    int8_t scales[kQK_K / 16];
+    uint16_t d;
+};
+static_assert(sizeof(BlockQ6_K) == 210, "Q6_K block layout");
+
 struct DTypeInfo {
     const char* name;
     int64_t block_elems;  // elements per block (1 for plain floats)
     size_t block_bytes;   // bytes per block
+    bool has_kernels;     // false: storage only, converted to Q8_0 when a model loads it
 };
 
 // nullptr for a type id this engine does not implement.

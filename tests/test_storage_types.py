@@ -1,0 +1,43 @@
+"""Types stored in real files that the kernels do not implement (Q5_0, Q5_1, Q6_K: PowerInfer's
+Q4_0 files keep output.weight and the predictors in them). The engine dequantises them with
+its reference code and runs them as Q8_0 copies made at load.
+
+Oracles: the `gguf` package's dequantisation of the same bytes, and the NumPy reference
+forward pass over the values the file holds.
+"""
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+from gguf import quants
+
+import ggufgen
+import reference
+from sparseinfer import _core
+import sparseinfer
+
+from test_forward import assert_close
+
+
+@pytest.mark.parametrize("qtype", [T.Q5_0, T.Q5_1, T.Q6_K], ids=lambda t: t.name)
+def test_reference_dequantisation_matches_gguf(qtype):
+    rng = np.random.default_rng(int(qtype))
+    x = (rng.standard_normal((1, 1024)) * rng.uniform(0.01, 10)).astype(np.float32)
+    raw = ggufgen.quantize_q6_k(x) if qtype == T.Q6_K else quants.quantize(x, qtype)
+    want = quants.dequantize(raw, qtype).reshape(-1)
+    got = _core._dequantize_row(int(qtype), raw.tobytes(), x.size)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("types", [
+    dict(weight_type="Q4_0", output_type="Q6_K"),               # PowerInfer's Q4_0 files
+    dict(weight_type="Q5_0", embd_type="Q5_1", output_type="Q6_K"),
+], ids=["q4_0+q6_k", "q5"])
+def test_models_with_storage_types_match_the_reference(tmp_path, types):
+    path = tmp_path / "m.gguf"
+    w = ggufgen.write_llama_model(path, n_embd=256, n_head=4, n_head_kv=2, n_ff=256, seed=3, **types)
+    toks = [1] + list(range(10, 33))
+    with sparseinfer.Model(str(path), n_ctx=64, n_threads=2) as m:
+        got = m.logits(toks)
+    assert_close(got, reference.forward(w, toks), "Q8_0", "storage types")
+

@@ -387,12 +387,11 @@ private:
         }
 
         for (int32_t i = symbols.empty() ? -1 : 0; i >= 0; i = symbols[static_cast<size_t>(i)].next) {
+            // A byte whose symbol the vocabulary lacks (SmolLM2 has none for 0x04) is
+            // dropped, as llama.cpp does: its unknown id is often <|endoftext|>, which
+            // must not appear in a prompt because of a stray control character.
             const int32_t id = symbols[static_cast<size_t>(i)].id;
-            if (id >= 0) {
-                ids.push_back(id);
-            } else if (vocab_.unk_id >= 0) {
-                ids.push_back(vocab_.unk_id);
-            }
+            if (id >= 0) ids.push_back(id);
         }
     }
 

@@ -26,7 +26,8 @@ for target in gguf_fuzzer tokenizer_fuzzer; do
         -lpthread -o "$out/$target"
 done
 
-python3 fuzz/make_seeds.py "$out/seeds-gguf" "$out/seeds-text" "$out/vocab"
+# The seeds are written by the test builders: a Python with the `gguf` package.
+"${FUZZ_PYTHON:-python3}" fuzz/make_seeds.py "$out/seeds-gguf" "$out/seeds-text" "$out/vocab"
 export SPARSEINFER_ISA=generic
 export ASAN_OPTIONS=detect_leaks=1
 status=0

@@ -410,3 +410,29 @@ def test_stop_filter_cuts_like_str_find_for_any_split():
 def test_stop_filter_without_stops_passes_text_through():
     stop_filter = StopStringFilter([])
     assert stop_filter.feed("abc") == "abc" and stop_filter.flush() == ""
+
+
+def test_cancel_from_another_thread_ends_generation_and_keeps_the_model_usable(tmp_path):
+    path = tmp_path / "cancel.gguf"
+    ggufgen.write_llama_model(path, n_ctx=4096, seed=5)
+    with si.Model(str(path), n_ctx=4096, n_threads=1) as m:
+        pieces = []
+        first_piece = threading.Event()
+
+        def consume():
+            for piece in m.generate("hello", max_tokens=4000, temperature=0, ignore_eos=True, stream=True):
+                pieces.append(piece)
+                first_piece.set()
+
+        worker = threading.Thread(target=consume)
+        worker.start()
+        assert first_piece.wait(timeout=60)
+        m.cancel()
+        worker.join(timeout=60)
+        assert not worker.is_alive()
+        generated = m.stats()["generated_tokens"]
+        assert 0 < generated < 4000
+        # The cancelled text is a prefix of the uncancelled one, and the model still works.
+        full = m.generate("hello", max_tokens=generated, temperature=0, ignore_eos=True)
+        assert full == "".join(pieces)
+        assert m.generate("hello", max_tokens=4, temperature=0, ignore_eos=True)

@@ -115,6 +115,7 @@ class Model:
             self._native.arch, self._native.n_vocab, self._native.n_layer)
         self._lock = threading.Lock()  # the session is used by one native call at a time
         self._call_id = 0  # bumped by every call that resets the session
+        self._cancelled_call = -1  # the call that cancel() ended
         self._last_stats = _CallStats()
 
     @classmethod
@@ -344,6 +345,8 @@ class Model:
         stats.prompt_seconds = time.perf_counter() - started
 
         while max_tokens is None or stats.generated_tokens < max_tokens:
+            if self._cancelled_call == call_id:
+                break
             started = time.perf_counter()
             with self._exclusive(call_id) as session:
                 token = session.sample(sampler)
@@ -366,6 +369,13 @@ class Model:
         tail = stop_filter.feed(decoder.flush()) + stop_filter.flush()
         if tail:
             yield tail
+
+    def cancel(self) -> None:
+        """Ends the generate() or chat() in progress, from any thread: it stops before its
+        next token and returns (or its stream yields) the text so far. The prompt being
+        evaluated, if any, finishes first. The Model stays usable; a later call is unaffected.
+        """
+        self._cancelled_call = self._call_id
 
     def stats(self) -> dict[str, Any]:
         """Timings of the last generate() or logits() call (so far, while it streams).

@@ -165,30 +165,17 @@ void avx512_axpy_f16(int64_t n, float a, const void* row, float* y) {
 }  // namespace
 
 const KernelTable* kernels_avx512() {
+    // The AVX2 table (this CPU runs it too), with the kernels that pay for widening replaced.
     static const KernelTable table = [] {
-        KernelTable t{};
+        KernelTable t = *kernels_avx2();
         t.isa = "avx512";
         t.dot_f32 = avx512_dot_f32;
         t.dot_f16 = avx512_dot_f16;
-        t.dot_bf16 = avx2_dot_bf16;
         t.dot_q4_0 = avx512_dot_q4_0;
         t.dot_q4_1 = avx512_dot_q4_1;
         t.dot_q8_0 = avx512_dot_q8_0;
-        t.dot4_f32 = avx2_dot4_f32;
-        t.dot4_f16 = avx2_dot4_f16;
-        t.dot4_bf16 = scalar_dot4_bf16;
-        t.dot4_q4_0 = avx2_dot4_q4_0;
-        t.dot4_q4_1 = avx2_dot4_q4_1;
-        t.dot4_q8_0 = avx2_dot4_q8_0;
-        t.quantize_q8_0 = avx2_quantize_q8_0;
-        t.quantize_q8_1 = avx2_quantize_q8_1;
-        t.dequantize_row = scalar_dequantize_row;
         t.axpy_f32 = avx512_axpy_f32;
         t.axpy_f16 = avx512_axpy_f16;
-        t.axpy_bf16 = scalar_axpy_bf16;
-        t.axpy_q4_0 = avx2_axpy_q4_0;
-        t.axpy_q4_1 = avx2_axpy_q4_1;
-        t.axpy_q8_0 = avx2_axpy_q8_0;
         return t;
     }();
     return &table;

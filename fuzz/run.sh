@@ -13,7 +13,7 @@ cxx=${FUZZ_CXX:-clang++}
 flags=(-std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
        -Icpp/src -Icpp/include -DSPARSEINFER_X86=1)
 
-engine=(cpp/src/gguf/gguf_file.cpp cpp/src/tensor/dtype.cpp cpp/src/cpu/dispatch.cpp
+engine=(cpp/src/common/memory.cpp cpp/src/gguf/gguf_file.cpp cpp/src/tensor/dtype.cpp cpp/src/cpu/dispatch.cpp
         cpp/src/cpu/kernels_generic.cpp cpp/src/cpu/thread_pool.cpp cpp/src/model/model.cpp
         cpp/src/model/session.cpp cpp/src/model/feed_forward.cpp cpp/src/tokenizer/*.cpp)
 # The x86 SIMD files need their own flags; the fuzzer runs the generic level, so they are

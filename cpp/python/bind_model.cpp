@@ -221,6 +221,9 @@ void bind_model(py::module_& m) {
                  return sampler.sample(last, static_cast<int32_t>(n_vocab));
              },
              py::arg("sampler"))
+        .def("request_cancel", &Session::request_cancel)
+        .def("clear_cancel", &Session::clear_cancel)
+        .def_property_readonly("cancel_requested", &Session::cancel_requested)
         .def("reset", &Session::reset)
         .def("truncate", &Session::truncate, py::arg("n_past"));
 }

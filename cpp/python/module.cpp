@@ -35,6 +35,8 @@ PYBIND11_MODULE(_core, m) {
             PyErr_SetString(PyExc_ValueError, e.what());
         } catch (const si::OutOfMemoryError& e) {
             PyErr_SetString(PyExc_MemoryError, e.what());
+        } catch (const si::CancelledError& e) {
+            raise_as("CancelledError", e.what());
         } catch (const si::Error& e) {
             raise_as("SparseInferError", e.what());
         }

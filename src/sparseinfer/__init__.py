@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .errors import (
     AmbiguousModelFileError,
+    CancelledError,
     ContextOverflowError,
     DeviceUnavailableError,
     FetchError,
@@ -19,7 +20,7 @@ from .errors import (
 )
 from .fetch import fetch_model
 from ._cuda import cuda_info
-from .model import Model
+from .model import Model, Session
 from .prompt import format_prompt
 
 try:
@@ -29,11 +30,13 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
 
 __all__ = [
     "AmbiguousModelFileError",
+    "CancelledError",
     "ContextOverflowError",
     "DeviceUnavailableError",
     "FetchError",
     "Model",
     "ModelFormatError",
+    "Session",
     "SparseInferError",
     "TemplateError",
     "UnsupportedModelError",

@@ -29,7 +29,7 @@ class StreamDecoder:
 
 class Model:
     """Immutable after load; shared by sessions. The GIL is released while loading."""
-    def __init__(self, path: str) -> None: ...
+    def __init__(self, path: str, predictor_q8: bool = False) -> None: ...
     path: str
     arch: str
     n_vocab: int
@@ -37,18 +37,25 @@ class Model:
     n_layer: int
     n_ctx_train: int
     is_powerinfer: bool
+    sparse_threshold: float
     tokenizer: Tokenizer
     def metadata(self) -> dict[str, object]: ...
-    def close(self) -> None: ...  # drops the mapping once no session uses it
 
 class Session:
     """KV cache, scratch buffers and a thread pool for one sequence."""
-    def __init__(self, model: Model, n_ctx: int, n_threads: int) -> None: ...
+    def __init__(self, model: Model, n_ctx: int, n_threads: int, sparse: bool = False) -> None: ...
     n_ctx: int
     n_past: int  # tokens in the KV cache
+    sparse: bool
+    cancel_requested: bool
     def eval(self, tokens: Sequence[int], all_logits: bool = False) -> None:
         """Appends tokens to the sequence (GIL released). Raises ContextOverflowError when
-        n_past + len(tokens) > n_ctx, ValueError for an id outside the vocabulary."""
+        n_past + len(tokens) > n_ctx, ValueError for an id outside the vocabulary, and
+        CancelledError (n_past unchanged) once request_cancel() was called."""
+    def request_cancel(self) -> None: ...  # from any thread; evals fail until clear_cancel()
+    def clear_cancel(self) -> None: ...
+    def active_fractions(self) -> list[float]: ...
+    def reset_stats(self) -> None: ...
     def logits(self) -> np.ndarray:
         """float32 copy of the last eval's logits: (len(tokens), n_vocab) if all_logits else (1, n_vocab)."""
     def sample(self, sampler: "Sampler") -> int:

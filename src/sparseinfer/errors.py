@@ -17,6 +17,11 @@ class ContextOverflowError(SparseInferError, ValueError):
     """More tokens than the context window (n_ctx) holds."""
 
 
+class CancelledError(SparseInferError, RuntimeError):
+    """The call was ended by cancel() from another thread before it had a result (a
+    logits() call; generate() and chat() instead return the text produced so far)."""
+
+
 class DeviceUnavailableError(SparseInferError, RuntimeError):
     """The requested device (e.g. "cuda") has no backend in this build or on this machine."""
 

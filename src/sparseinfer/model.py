@@ -11,6 +11,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
@@ -19,8 +20,8 @@ from . import _core
 from . import fetch as _fetch
 from . import prompt as _prompt
 from ._stops import StopStringFilter
-from .errors import (ContextOverflowError, DeviceUnavailableError, FetchError,
-                     UnsupportedModelError)
+from .errors import (CancelledError, ContextOverflowError, DeviceUnavailableError,
+                     FetchError, UnsupportedModelError)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -41,14 +42,292 @@ class _CallStats:
     decode_seconds: float = 0.0
 
 
-class Model:
+class _Sequence:
+    """One native session (KV cache, scratch, thread pool) and what lets one call at a time
+    use it safely from any thread: the current call's id, cancellation, per-call stats."""
+
+    def __init__(self, model: _core.Model, *, n_ctx: int, n_threads: int, sparse: bool,
+                 owner: str) -> None:
+        self.native: Optional[_core.Session] = _core.Session(model, n_ctx, n_threads, sparse=sparse)
+        self.n_ctx, self.n_threads, self.owner = n_ctx, n_threads, owner
+        self.lock = threading.Lock()  # held by one native step (an eval, a sample) at a time
+        self.call_lock = threading.Lock()  # orders call starts against cancel()
+        self.call_id = 0  # bumped by every call that resets the session
+        self.last_stats = _CallStats()
+        self.last_layers: list[float] = []  # active fractions as stats() last read them
+        self.closed = False
+
+    def check_open(self, *, during_call: bool = False) -> None:
+        if self.closed:
+            raise ValueError(f"{self.owner} was closed during the call" if during_call
+                             else f"{self.owner} is closed")
+
+    def start_call(self, *, prompt_tokens: int) -> tuple[int, _CallStats]:
+        """Claims the session for a new call: a stream still open ends at its next step."""
+        self.check_open()
+        with self.lock:
+            self.check_open()
+            with self.call_lock:
+                self.call_id += 1
+                self.native.clear_cancel()
+                self.native.reset_stats()
+                self.last_stats = _CallStats(prompt_tokens=prompt_tokens)
+                self.last_layers = []
+                return self.call_id, self.last_stats
+
+    @contextlib.contextmanager
+    def exclusive(self, call_id: int) -> Iterator[_core.Session]:
+        """The native session, for one step of the call `call_id`, used by no other thread."""
+        with self.lock:
+            self.check_open(during_call=True)
+            if call_id != self.call_id:
+                raise RuntimeError("this generation was ended by a later call on the same "
+                                   "session (a session runs one sequence at a time; use "
+                                   "Model.session() for one per thread)")
+            yield self.native
+
+    def cancel_requested(self) -> bool:
+        native = self.native
+        return native is not None and native.cancel_requested
+
+    def cancel(self) -> None:
+        # No self.lock: the eval to stop holds it. The native flag stops that eval at its
+        # next layer and stays set until the next call starts.
+        with self.call_lock:
+            native = self.native
+            if native is not None:
+                native.request_cancel()
+
+    def close(self) -> None:
+        self.closed = True  # first: a call that the cancel below stops then reports why
+        self.cancel()  # a long prompt in another thread stops within a layer
+        with self.lock:
+            self.native = None  # frees the KV cache (and, with the last one, the mapping)
+
+
+class _Inference:
+    """generate / chat / logits / cancel / stats over one _Sequence: shared by Model (its
+    own session) and Session (one of several over the same weights)."""
+
+    def _sequence(self) -> _Sequence:
+        raise NotImplementedError
+
+    def _loaded(self) -> "Model":
+        raise NotImplementedError
+
+    def logits(self, tokens: Iterable[int]) -> np.ndarray:
+        """Logits of every position from one forward pass over `tokens` in a fresh context.
+
+        Returns a float32 array of shape (len(tokens), n_vocab); row i scores the token
+        that would follow tokens[: i + 1]. Raises CancelledError when cancel() ends it.
+        """
+        seq = self._sequence()
+        ids = _token_ids(tokens)
+        if not ids:
+            raise ValueError("tokens must not be empty")
+        if len(ids) > seq.n_ctx:
+            raise ContextOverflowError(f"{len(ids)} tokens do not fit in n_ctx={seq.n_ctx}")
+        call_id, stats = seq.start_call(prompt_tokens=len(ids))
+        started = time.perf_counter()
+        with seq.exclusive(call_id) as session:
+            session.reset()
+            try:
+                session.eval(ids, all_logits=True)
+            except CancelledError:
+                seq.check_open(during_call=True)
+                raise CancelledError("logits() was cancelled by cancel() before it finished") from None
+            out = session.logits()
+        stats.prompt_seconds = time.perf_counter() - started
+        return out
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        max_tokens: Optional[int] = 128,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        seed: Optional[int] = None,
+        stop: Union[str, Sequence[str], None] = None,
+        ignore_eos: bool = False,
+        stream: bool = False,
+    ) -> Union[str, Iterator[str]]:
+        """Continues `prompt` and returns the new text (or, with stream=True, an iterator
+        of text pieces as they are generated).
+
+        The prompt gets BOS when the model's tokenizer asks for it (and does not start with
+        the BOS token's text already), and the text of special tokens in it (a chat
+        template's "<|im_start|>") becomes those tokens.
+
+        Generation ends at an end-of-generation token (unless ignore_eos), after
+        max_tokens tokens (None: no limit), when the context window is full, at the first
+        of the `stop` strings (which is not included in the text), or at cancel().
+
+        Sampling: repetition penalty over the last 64 tokens, then top-k (<= 0: off),
+        top-p (1: off), min-p (0: off), then temperature; temperature <= 0 is greedy.
+        The same seed (and arguments) gives the same text; None picks a random seed.
+        """
+        seq = self._sequence()
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        if max_tokens is not None:
+            _require_int("max_tokens", max_tokens, minimum=0)
+        stops = _stop_strings(stop)
+        sampler = _make_sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                repeat_penalty=repeat_penalty, seed=seed)
+        pieces = self._generate(seq, self._loaded()._encode_prompt(prompt, seq.n_ctx), sampler,
+                                max_tokens, stops, bool(ignore_eos))
+        return pieces if stream else "".join(pieces)
+
+    def chat(
+        self,
+        messages: _prompt.Conversation,
+        *,
+        template: str = "auto",
+        max_tokens: Optional[int] = None,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        seed: Optional[int] = None,
+        stop: Union[str, Sequence[str], None] = None,
+        stream: bool = False,
+    ) -> Union[str, Iterator[str]]:
+        """The assistant's reply to a conversation (or, with stream=True, an iterator of
+        its pieces).
+
+        >>> model.chat([{"role": "user", "content": "Name three colours."}], temperature=0)
+
+        `messages` is a str (one user message) or a list of {"role": "system" | "user" |
+        "assistant", "content": str} dicts; `template` picks the chat format as in
+        sparseinfer.format_prompt ("auto": the model's own). The reply ends where the
+        template's turn ends (e.g. "<|im_end|>", "<|eot_id|>", "</s>", MiniCPM's "<用户>"),
+        at a `stop` string, after max_tokens tokens (None: no limit), when the context is
+        full or at cancel(). Sampling arguments as in generate().
+        """
+        seq = self._sequence()
+        model = self._loaded()
+        if max_tokens is not None:
+            _require_int("max_tokens", max_tokens, minimum=0)
+        chat_template = _prompt.resolve_template(template, model._metadata)
+        text = chat_template.render(messages, add_generation_prompt=True)
+        end_ids = set()
+        for end in chat_template.end_of_turn:
+            ids = model._tokenizer.encode(end, add_bos=False, parse_special=True)
+            if len(ids) == 1:  # a token of its own, which may not render as text
+                end_ids.add(ids[0])
+        sampler = _make_sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                repeat_penalty=repeat_penalty, seed=seed)
+        pieces = self._generate(seq, model._encode_prompt(text, seq.n_ctx), sampler, max_tokens,
+                                list(chat_template.end_of_turn) + _stop_strings(stop),
+                                ignore_eos=False, end_ids=frozenset(end_ids))
+        return pieces if stream else "".join(pieces)
+
+    def _generate(self, seq: _Sequence, prompt_ids: list[int], sampler: _core.Sampler,
+                  max_tokens: Optional[int], stops: list[str],
+                  ignore_eos: bool, end_ids: frozenset[int] = frozenset()) -> Iterator[str]:
+        tokenizer = self._loaded()._tokenizer
+        call_id, stats = seq.start_call(prompt_tokens=len(prompt_ids))
+        decoder = _core.StreamDecoder(tokenizer)
+        if prompt_ids == [tokenizer.bos_id]:
+            # Text right after BOS drops SentencePiece's leading space, as detokenize() does.
+            decoder.feed(prompt_ids[0])
+        stop_filter = StopStringFilter(stops)
+
+        started = time.perf_counter()
+        with seq.exclusive(call_id) as session:
+            session.reset()
+            try:
+                session.eval(prompt_ids)
+            except CancelledError:
+                seq.check_open(during_call=True)  # closed rather than cancelled: say so
+                return
+        for token in prompt_ids[-_REPEAT_LAST_N:]:
+            sampler.accept(token)
+        stats.prompt_seconds = time.perf_counter() - started
+
+        while max_tokens is None or stats.generated_tokens < max_tokens:
+            if seq.cancel_requested():
+                break
+            started = time.perf_counter()
+            with seq.exclusive(call_id) as session:
+                token = session.sample(sampler)
+                if not ignore_eos and (tokenizer.is_end_of_generation(token) or token in end_ids):
+                    break
+                sampler.accept(token)
+                stats.generated_tokens += 1
+                text = stop_filter.feed(decoder.feed(token))
+                go_on = ((max_tokens is None or stats.generated_tokens < max_tokens)
+                         and not stop_filter.stopped
+                         and session.n_past < seq.n_ctx)  # a full context stops cleanly
+                if go_on:
+                    try:
+                        session.eval([token])
+                    except CancelledError:
+                        go_on = False
+            stats.decode_seconds += time.perf_counter() - started
+            if text:
+                yield text
+            if not go_on:
+                break
+        seq.check_open(during_call=True)
+        tail = stop_filter.feed(decoder.flush()) + stop_filter.flush()
+        if tail:
+            yield tail
+
+    def cancel(self) -> None:
+        """Ends the generate(), chat() or logits() in progress, from any thread: a prompt
+        being evaluated stops within one layer, a generation before its next token. generate()
+        and chat() then return (or their stream yields) the text so far; logits() raises
+        CancelledError. Nothing else is affected: the next call runs normally.
+        """
+        self._sequence().cancel()
+
+    def stats(self) -> dict[str, Any]:
+        """Timings of the last generate() or logits() call (so far, while it streams).
+
+        Keys: prompt_tokens, prompt_seconds, prompt_tokens_per_second, generated_tokens,
+        decode_seconds, decode_tokens_per_second, and active_fraction / layers: the share
+        of FFN neurons computed, overall and per layer (predicted active on the sparse
+        path; 1.0 on the dense path). Never waits: asked while a prompt is being evaluated,
+        the layer figures are those of the last finished step.
+        """
+        seq = self._sequence()
+        s = seq.last_stats
+        # Without waiting for a step in progress (a long prompt): its layers come next time.
+        if seq.lock.acquire(blocking=False):
+            try:
+                if seq.native is not None:
+                    seq.last_layers = seq.native.active_fractions()
+            finally:
+                seq.lock.release()
+        layers = seq.last_layers
+        return {
+            "prompt_tokens": s.prompt_tokens,
+            "prompt_seconds": s.prompt_seconds,
+            "prompt_tokens_per_second": _rate(s.prompt_tokens, s.prompt_seconds),
+            "generated_tokens": s.generated_tokens,
+            "decode_seconds": s.decode_seconds,
+            "decode_tokens_per_second": _rate(s.generated_tokens, s.decode_seconds),
+            "active_fraction": sum(layers) / len(layers) if layers else 0.0,
+            "layers": layers,
+        }
+
+
+class Model(_Inference):
     """A GGUF model loaded for inference, with one context window (KV cache) of n_ctx tokens.
 
     >>> with Model("SmolLM2-135M-Instruct.Q4_1.gguf", n_ctx=2048) as model:
     ...     print(model.generate("The capital of France is", max_tokens=16, temperature=0))
 
-    One Model runs one sequence at a time: every generate() or logits() call starts from an
-    empty context, and a call made while a stream is open ends that stream.
+    The Model's own generate(), chat() and logits() run one sequence at a time: each call
+    starts from an empty context, and a call made while a stream is open ends that stream.
+    For several sequences at once (one per thread), open sessions with Model.session(): they
+    share the weights and each has its own context window.
     """
 
     def __init__(
@@ -89,10 +368,7 @@ class Model:
                 raise FetchError(f"{self._path}: no such file, and fetching it as a model "
                                  f"repository failed: {error}") from error
         self._n_ctx = _require_int("n_ctx", n_ctx, minimum=1)
-        self._n_threads = (_default_thread_count() if n_threads is None
-                           else _require_int("n_threads", n_threads, minimum=1))
-        if self._n_threads > _MAX_THREADS:
-            raise ValueError(f"n_threads must be at most {_MAX_THREADS}, got {self._n_threads}")
+        self._n_threads = _thread_count(n_threads)
         _check_device(device)
         if sparse != "auto" and not isinstance(sparse, bool):
             raise ValueError(f"sparse must be 'auto', True or False, got {sparse!r}")
@@ -107,16 +383,13 @@ class Model:
                 f"{self._path}: sparse=True needs a PowerInfer model (file magic PWRI, with "
                 f"activation predictors) and this file is a dense model; use sparse='auto' or False")
         self._sparse = bool(self._native.is_powerinfer) if sparse == "auto" else sparse
-        self._session: Optional[_core.Session] = _core.Session(
-            self._native, self._n_ctx, self._n_threads, sparse=self._sparse)
         self._tokenizer = self._native.tokenizer
         self._metadata = self._native.metadata()
         self._arch, self._n_vocab, self._n_layer = (
             self._native.arch, self._native.n_vocab, self._native.n_layer)
-        self._lock = threading.Lock()  # the session is used by one native call at a time
-        self._call_id = 0  # bumped by every call that resets the session
-        self._cancelled_call = -1  # the call that cancel() ended
-        self._last_stats = _CallStats()
+        self._sessions_lock = threading.Lock()
+        self._sessions: "weakref.WeakSet[_Sequence]" = weakref.WeakSet()
+        self._own = self._open_sequence(self._n_ctx, self._n_threads, f"the Model for {self._path}")
 
     @classmethod
     def from_pretrained(
@@ -150,12 +423,12 @@ class Model:
 
     @property
     def n_ctx(self) -> int:
-        """Context window in tokens."""
+        """Context window in tokens (of the Model's own generate(); sessions may differ)."""
         return self._n_ctx
 
     @property
     def n_threads(self) -> int:
-        """CPU threads the session uses."""
+        """CPU threads the Model's own generate() uses."""
         return self._n_threads
 
     @property
@@ -201,115 +474,70 @@ class Model:
         self._check_open()
         return self._tokenizer.decode(_token_ids(tokens)).decode("utf-8", errors="replace")
 
-    # ---- inference ------------------------------------------------------------------------
+    # ---- sessions -------------------------------------------------------------------------
 
-    def logits(self, tokens: Iterable[int]) -> np.ndarray:
-        """Logits of every position from one forward pass over `tokens` in a fresh context.
+    def session(self, *, n_ctx: Optional[int] = None, n_threads: Optional[int] = None) -> "Session":
+        """A new context window over this model's weights, for one more sequence at a time.
 
-        Returns a float32 array of shape (len(tokens), n_vocab); row i scores the token
-        that would follow tokens[: i + 1].
-        """
-        ids = _token_ids(tokens)
-        if not ids:
-            raise ValueError("tokens must not be empty")
-        if len(ids) > self._n_ctx:
-            raise ContextOverflowError(f"{len(ids)} tokens do not fit in n_ctx={self._n_ctx}")
-        call_id, stats = self._start_call(prompt_tokens=len(ids))
-        started = time.perf_counter()
-        with self._exclusive(call_id) as session:
-            session.reset()
-            session.eval(ids, all_logits=True)
-            out = session.logits()
-        stats.prompt_seconds = time.perf_counter() - started
-        return out
+        >>> with model.session() as s:          # e.g. one per worker thread
+        ...     s.generate("Once upon a time", max_tokens=32, temperature=0)
 
-    def generate(
-        self,
-        prompt: str,
-        *,
-        max_tokens: Optional[int] = 128,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        seed: Optional[int] = None,
-        stop: Union[str, Sequence[str], None] = None,
-        ignore_eos: bool = False,
-        stream: bool = False,
-    ) -> Union[str, Iterator[str]]:
-        """Continues `prompt` and returns the new text (or, with stream=True, an iterator
-        of text pieces as they are generated).
-
-        The prompt gets BOS when the model's tokenizer asks for it (and does not start with
-        the BOS token's text already), and the text of special tokens in it (a chat
-        template's "<|im_start|>") becomes those tokens.
-
-        Generation ends at an end-of-generation token (unless ignore_eos), after
-        max_tokens tokens (None: no limit), when the context window is full, or at the first
-        of the `stop` strings (which is not included in the text).
-
-        Sampling: repetition penalty over the last 64 tokens, then top-k (<= 0: off),
-        top-p (1: off), min-p (0: off), then temperature; temperature <= 0 is greedy.
-        The same seed (and arguments) gives the same text; None picks a random seed.
+        Each session has its own KV cache (n_ctx tokens; default the Model's) and thread
+        pool (n_threads; default the Model's) and the same generate / chat / logits /
+        cancel / stats as the Model. Sessions on different threads run at the same time and
+        give exactly the tokens they give alone. Closing the Model closes its sessions.
         """
         self._check_open()
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-        if max_tokens is not None:
-            _require_int("max_tokens", max_tokens, minimum=0)
-        stops = _stop_strings(stop)
-        sampler = _make_sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                repeat_penalty=repeat_penalty, seed=seed)
-        pieces = self._generate(self._encode_prompt(prompt), sampler, max_tokens, stops,
-                                bool(ignore_eos))
-        return pieces if stream else "".join(pieces)
+        n_ctx = self._n_ctx if n_ctx is None else _require_int("n_ctx", n_ctx, minimum=1)
+        n_threads = self._n_threads if n_threads is None else _thread_count(n_threads)
+        return Session(self, self._open_sequence(n_ctx, n_threads,
+                                                 f"a session of the Model for {self._path}"))
 
-    def chat(
-        self,
-        messages: _prompt.Conversation,
-        *,
-        template: str = "auto",
-        max_tokens: Optional[int] = None,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        seed: Optional[int] = None,
-        stop: Union[str, Sequence[str], None] = None,
-        stream: bool = False,
-    ) -> Union[str, Iterator[str]]:
-        """The assistant's reply to a conversation (or, with stream=True, an iterator of
-        its pieces).
+    def _open_sequence(self, n_ctx: int, n_threads: int, owner: str) -> _Sequence:
+        with self._sessions_lock:
+            self._check_open()
+            seq = _Sequence(self._native, n_ctx=n_ctx, n_threads=n_threads, sparse=self._sparse,
+                            owner=owner)
+            self._sessions.add(seq)
+            return seq
 
-        >>> model.chat([{"role": "user", "content": "Name three colours."}], temperature=0)
+    # ---- lifetime -------------------------------------------------------------------------
 
-        `messages` is a str (one user message) or a list of {"role": "system" | "user" |
-        "assistant", "content": str} dicts; `template` picks the chat format as in
-        sparseinfer.format_prompt ("auto": the model's own). The reply ends where the
-        template's turn ends (e.g. "<|im_end|>", "<|eot_id|>", "</s>", MiniCPM's "<用户>"),
-        at a `stop` string, after max_tokens tokens (None: no limit) or when the context is
-        full. Sampling arguments as in generate().
-        """
+    def close(self) -> None:
+        """Closes the Model and its sessions: frees the contexts and unmaps the file. A
+        call running in another thread stops within a layer and raises ValueError; the
+        Model cannot be used afterwards."""
+        with self._sessions_lock:
+            sequences, self._sessions = list(self._sessions), weakref.WeakSet()
+            # The native objects free the KV caches and the mapping when the last reference goes.
+            self._native = None
+        for seq in sequences:
+            seq.close()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._native is None else f"n_ctx={self._n_ctx}"
+        return f"<sparseinfer.Model {self._path!r} arch={self.arch!r} {state}>"
+
+    # ---- helpers --------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._native is None:
+            raise ValueError(f"the Model for {self._path} is closed")
+
+    def _sequence(self) -> _Sequence:
         self._check_open()
-        if max_tokens is not None:
-            _require_int("max_tokens", max_tokens, minimum=0)
-        chat_template = _prompt.resolve_template(template, self._metadata)
-        text = chat_template.render(messages, add_generation_prompt=True)
-        end_ids = set()
-        for end in chat_template.end_of_turn:
-            ids = self._tokenizer.encode(end, add_bos=False, parse_special=True)
-            if len(ids) == 1:  # a token of its own, which may not render as text
-                end_ids.add(ids[0])
-        sampler = _make_sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                repeat_penalty=repeat_penalty, seed=seed)
-        pieces = self._generate(self._encode_prompt(text), sampler, max_tokens,
-                                list(chat_template.end_of_turn) + _stop_strings(stop),
-                                ignore_eos=False, end_ids=frozenset(end_ids))
-        return pieces if stream else "".join(pieces)
+        return self._own
 
-    def _encode_prompt(self, prompt: str) -> list[int]:
+    def _loaded(self) -> "Model":
+        return self
+
+    def _encode_prompt(self, prompt: str, n_ctx: int) -> list[int]:
         """Token ids of a prompt, special-token texts parsed: BOS first when the file asks
         for it, once, also when the text starts with the BOS text (a chat template's)."""
         bos_id = self._tokenizer.bos_id
@@ -320,129 +548,60 @@ class Model:
         if not prompt_ids:
             raise ValueError("the prompt is empty and this model adds no BOS token: "
                              "there is nothing to continue")
-        if len(prompt_ids) >= self._n_ctx:
+        if len(prompt_ids) >= n_ctx:
             raise ContextOverflowError(
-                f"the prompt is {len(prompt_ids)} tokens and n_ctx is {self._n_ctx}: no room "
-                f"left to generate; shorten the prompt or load the model with a larger n_ctx")
+                f"the prompt is {len(prompt_ids)} tokens and n_ctx is {n_ctx}: no room "
+                f"left to generate; shorten the prompt or use a larger n_ctx")
         return prompt_ids
 
-    def _generate(self, prompt_ids: list[int], sampler: _core.Sampler,
-                  max_tokens: Optional[int], stops: list[str],
-                  ignore_eos: bool, end_ids: frozenset[int] = frozenset()) -> Iterator[str]:
-        call_id, stats = self._start_call(prompt_tokens=len(prompt_ids))
-        decoder = _core.StreamDecoder(self._tokenizer)
-        if prompt_ids == [self._tokenizer.bos_id]:
-            # Text right after BOS drops SentencePiece's leading space, as detokenize() does.
-            decoder.feed(prompt_ids[0])
-        stop_filter = StopStringFilter(stops)
 
-        started = time.perf_counter()
-        with self._exclusive(call_id) as session:
-            session.reset()
-            session.eval(prompt_ids)
-        for token in prompt_ids[-_REPEAT_LAST_N:]:
-            sampler.accept(token)
-        stats.prompt_seconds = time.perf_counter() - started
+class Session(_Inference):
+    """One more context window over a Model's weights: made by Model.session().
 
-        while max_tokens is None or stats.generated_tokens < max_tokens:
-            if self._cancelled_call == call_id:
-                break
-            started = time.perf_counter()
-            with self._exclusive(call_id) as session:
-                token = session.sample(sampler)
-                if not ignore_eos and (self._tokenizer.is_end_of_generation(token)
-                                       or token in end_ids):
-                    break
-                sampler.accept(token)
-                stats.generated_tokens += 1
-                text = stop_filter.feed(decoder.feed(token))
-                go_on = ((max_tokens is None or stats.generated_tokens < max_tokens)
-                         and not stop_filter.stopped
-                         and session.n_past < self._n_ctx)  # a full context stops cleanly
-                if go_on:
-                    session.eval([token])
-            stats.decode_seconds += time.perf_counter() - started
-            if text:
-                yield text
-            if not go_on:
-                break
-        tail = stop_filter.feed(decoder.flush()) + stop_filter.flush()
-        if tail:
-            yield tail
+    Same generate / chat / logits / cancel / stats as Model; one sequence at a time per
+    session, any number of sessions at once (each on its own thread).
+    """
 
-    def cancel(self) -> None:
-        """Ends the generate() or chat() in progress, from any thread: it stops before its
-        next token and returns (or its stream yields) the text so far. The prompt being
-        evaluated, if any, finishes first. The Model stays usable; a later call is unaffected.
-        """
-        self._cancelled_call = self._call_id
+    def __init__(self, model: Model, sequence: _Sequence) -> None:
+        self._model = model
+        self._seq = sequence
 
-    def stats(self) -> dict[str, Any]:
-        """Timings of the last generate() or logits() call (so far, while it streams).
+    @property
+    def model(self) -> Model:
+        """The Model whose weights this session runs."""
+        return self._model
 
-        Keys: prompt_tokens, prompt_seconds, prompt_tokens_per_second, generated_tokens,
-        decode_seconds, decode_tokens_per_second, and active_fraction / layers: the share
-        of FFN neurons computed, overall and per layer (predicted active on the sparse
-        path; 1.0 on the dense path).
-        """
-        s = self._last_stats
-        with self._lock:
-            layers = self._session.active_fractions() if self._session is not None else []
-        return {
-            "prompt_tokens": s.prompt_tokens,
-            "prompt_seconds": s.prompt_seconds,
-            "prompt_tokens_per_second": _rate(s.prompt_tokens, s.prompt_seconds),
-            "generated_tokens": s.generated_tokens,
-            "decode_seconds": s.decode_seconds,
-            "decode_tokens_per_second": _rate(s.generated_tokens, s.decode_seconds),
-            "active_fraction": sum(layers) / len(layers) if layers else 0.0,
-            "layers": layers,
-        }
+    @property
+    def n_ctx(self) -> int:
+        """Context window in tokens."""
+        return self._seq.n_ctx
 
-    # ---- lifetime -------------------------------------------------------------------------
+    @property
+    def n_threads(self) -> int:
+        """CPU threads this session computes with."""
+        return self._seq.n_threads
 
     def close(self) -> None:
-        """Frees the context and unmaps the file; the Model cannot be used afterwards."""
-        with self._lock:
-            # The native objects free the KV cache and the mapping when the last reference goes.
-            self._session = None
-            self._native = None
+        """Frees this session's context; the Model and its other sessions are unaffected."""
+        self._seq.close()
 
-    def __enter__(self) -> "Model":
+    def __enter__(self) -> "Session":
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._session is None else f"n_ctx={self._n_ctx}"
-        return f"<sparseinfer.Model {self._path!r} arch={self.arch!r} {state}>"
+        state = "closed" if self._seq.closed else f"n_ctx={self.n_ctx}"
+        return f"<sparseinfer.Session of {self._model.path!r} {state}>"
 
-    # ---- helpers --------------------------------------------------------------------------
+    def _sequence(self) -> _Sequence:
+        self._seq.check_open()
+        return self._seq
 
-    def _check_open(self) -> None:
-        if self._session is None:
-            raise ValueError(f"the Model for {self._path} is closed")
-
-    def _start_call(self, *, prompt_tokens: int) -> tuple[int, _CallStats]:
-        """Claims the session for a new call: any stream still open ends at its next step."""
-        self._check_open()
-        with self._lock:
-            self._call_id += 1
-            self._last_stats = _CallStats(prompt_tokens=prompt_tokens)
-            self._session.reset_stats()
-            return self._call_id, self._last_stats
-
-    @contextlib.contextmanager
-    def _exclusive(self, call_id: int) -> Iterator[_core.Session]:
-        """The session, for one step of the call `call_id` while no other thread uses it."""
-        with self._lock:
-            if self._session is None:
-                raise ValueError(f"the Model for {self._path} was closed during the call")
-            if call_id != self._call_id:
-                raise RuntimeError("this generation was ended by a later call on the same "
-                                   "Model (one Model runs one sequence at a time)")
-            yield self._session
+    def _loaded(self) -> Model:
+        self._model._check_open()
+        return self._model
 
 
 # ---- argument checking ----------------------------------------------------------------------
@@ -480,6 +639,15 @@ def _token_ids(tokens: Iterable[int]) -> list[int]:
         return [operator.index(token) for token in tokens]
     except TypeError:
         raise TypeError("tokens must be a sequence of int token ids") from None
+
+
+def _thread_count(n_threads: Optional[int]) -> int:
+    if n_threads is None:
+        return _default_thread_count()
+    n_threads = _require_int("n_threads", n_threads, minimum=1)
+    if n_threads > _MAX_THREADS:
+        raise ValueError(f"n_threads must be at most {_MAX_THREADS}, got {n_threads}")
+    return n_threads
 
 
 def _check_device(device: object) -> None:

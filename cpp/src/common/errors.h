@@ -43,4 +43,9 @@ struct OutOfMemoryError : Error {
     using Error::Error;
 };
 
+// Work stopped early because another thread asked for it (Session::request_cancel).
+struct CancelledError : Error {
+    using Error::Error;
+};
+
 }  // namespace si

@@ -4,6 +4,7 @@
 #include <cstdlib>
 
 #include "common/errors.h"
+#include "common/memory.h"
 
 namespace si {
 
@@ -172,7 +173,10 @@ Matrix Model::requantize_q8_0(const Matrix& m) {
     Matrix q = m;
     q.type = DType::Q8_0;
     q.row_bytes = static_cast<size_t>(m.cols / kQK) * sizeof(BlockQ8_0);
-    std::vector<uint8_t>& storage = owned_weights_.emplace_back(q.row_bytes * static_cast<size_t>(m.rows));
+    const uint64_t bytes = static_cast<uint64_t>(q.row_bytes) * static_cast<uint64_t>(m.rows);
+    owned_bytes_ += bytes;
+    require_memory(file_->describe("8-bit copies of its weights in types without kernels"), owned_bytes_);
+    std::vector<uint8_t>& storage = owned_weights_.emplace_back(static_cast<size_t>(bytes));
     std::vector<float> row(static_cast<size_t>(m.cols));
     for (int64_t r = 0; r < m.rows; ++r) {
         dequantize_row_ref(m.type, m.row(r), row.data(), m.cols);

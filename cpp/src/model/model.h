@@ -98,6 +98,7 @@ private:
     Matrix output_;
     std::vector<LayerWeights> layers_;
     std::vector<std::vector<uint8_t>> owned_weights_;  // weights converted at load
+    uint64_t owned_bytes_ = 0;
 };
 
 }  // namespace si

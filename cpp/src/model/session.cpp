@@ -6,6 +6,7 @@
 #include <string>
 
 #include "common/errors.h"
+#include "common/memory.h"
 #include "model/norm.h"
 
 namespace si {
@@ -45,14 +46,13 @@ Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_thread
         throw ArgumentError("n_ctx must be between 1 and " + std::to_string(kMaxContext) +
                             ", got " + std::to_string(n_ctx));
     }
+    // Two caches of 2-byte halves: n_ctx is at most 2^20 and the config's sizes are bounded
+    // at load, so the product cannot overflow; refuse before allocating what cannot fit.
     const uint64_t kv_dim = static_cast<uint64_t>(c.n_head_kv * c.head_dim);
     const uint64_t cache_floats = static_cast<uint64_t>(c.n_layer) * static_cast<uint64_t>(n_ctx) * kv_dim;
-    // Two caches of 2-byte halves; refuse before allocating what cannot fit an address space.
-    if (cache_floats > (std::numeric_limits<size_t>::max() / 4) ||
-        cache_floats * 4 > (uint64_t{1} << 40)) {
-        throw OutOfMemoryError("a KV cache for n_ctx=" + std::to_string(n_ctx) + " needs " +
-                               std::to_string(cache_floats * 4) + " bytes");
-    }
+    require_memory("a KV cache of " + std::to_string(c.n_layer) + " layers x n_ctx=" +
+                       std::to_string(n_ctx) + " x " + std::to_string(kv_dim) + " K and V values",
+                   cache_floats * 4);
     k_cache_.resize(static_cast<size_t>(cache_floats));
     for (int64_t i = 0; i < c.rope_dim / 2; ++i) {
         rope_inv_freq_.push_back(std::pow(static_cast<double>(c.rope_base),
@@ -207,6 +207,25 @@ void Session::eval(const std::vector<int32_t>& tokens, bool all_logits) {
                                 std::to_string(c.n_vocab - 1) + ")");
         }
     }
+    throw_if_cancelled();
+    const int64_t n_past_before = n_past_;
+    try {
+        forward(tokens, all_logits);
+    } catch (const CancelledError&) {
+        // The cache rows written past n_past_before are simply forgotten.
+        n_past_ = n_past_before;
+        logit_rows_ = 0;
+        throw;
+    }
+}
+
+void Session::throw_if_cancelled() const {
+    if (cancel_requested()) throw CancelledError("the evaluation was cancelled");
+}
+
+void Session::forward(const std::vector<int32_t>& tokens, bool all_logits) {
+    const ModelConfig& c = model_->config();
+    const int64_t n_total = static_cast<int64_t>(tokens.size());
     logit_rows_ = all_logits ? n_total : 1;
     stats_tokens_ += n_total;
     logits_.assign(static_cast<size_t>(logit_rows_ * c.n_vocab), 0.0f);
@@ -235,6 +254,7 @@ void Session::eval(const std::vector<int32_t>& tokens, bool all_logits) {
         }
 
         for (int64_t il = 0; il < c.n_layer; ++il) {
+            throw_if_cancelled();  // a long prompt stops within one layer's work
             const LayerWeights& l = model_->layers()[static_cast<size_t>(il)];
             // Attention block: x += Wo * attention(rope(Wq xn), rope(Wk xn), Wv xn).
             rms_norm_rows(x_.data(), l.attn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());

@@ -2,6 +2,7 @@
 // pass of the llama family lives here, top to bottom, over buffers allocated once.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
@@ -25,8 +26,15 @@ public:
     int64_t n_past() const { return n_past_; }
 
     // Appends tokens to the sequence. all_logits keeps logits for every token, else only
-    // the last. Throws ContextOverflowError / ArgumentError before touching any state.
+    // the last. Throws ContextOverflowError / ArgumentError before touching any state, and
+    // CancelledError (the sequence as it was before the call) once a cancel is requested.
     void eval(const std::vector<int32_t>& tokens, bool all_logits);
+
+    // Safe from any thread, while eval runs or not: eval stops at its next layer boundary
+    // and every eval fails until clear_cancel().
+    void request_cancel() { cancel_requested_.store(true, std::memory_order_relaxed); }
+    void clear_cancel() { cancel_requested_.store(false, std::memory_order_relaxed); }
+    bool cancel_requested() const { return cancel_requested_.load(std::memory_order_relaxed); }
     // Logits of the last eval: rows() x n_vocab.
     const std::vector<float>& logits() const { return logits_; }
     int64_t logit_rows() const { return logit_rows_; }
@@ -42,6 +50,8 @@ public:
 
 private:
     void ensure_batch_capacity(int64_t n_tokens);
+    void forward(const std::vector<int32_t>& tokens, bool all_logits);
+    void throw_if_cancelled() const;
     // y[t] = W x[t] for t < n for each (W, y), all in one job for the thread pool; the
     // matrices share the input length.
     struct MatmulOutput {
@@ -92,6 +102,8 @@ private:
 
     std::vector<float> logits_;
     int64_t logit_rows_ = 0;
+
+    std::atomic<bool> cancel_requested_{false};
 };
 
 }  // namespace si

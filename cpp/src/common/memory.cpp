@@ -1,0 +1,58 @@
+#include "common/memory.h"
+
+#include <cstdio>
+
+#include "common/errors.h"
+
+#if defined(_WIN32)
+#define WIN32_LEAN_AND_MEAN
+#define NOMINMAX
+#include <windows.h>
+#else
+#include <sys/resource.h>
+#include <unistd.h>
+#endif
+
+namespace si {
+
+uint64_t physical_memory_bytes() {
+#if defined(_WIN32)
+    MEMORYSTATUSEX status{};
+    status.dwLength = sizeof(status);
+    return GlobalMemoryStatusEx(&status) ? static_cast<uint64_t>(status.ullTotalPhys) : 0;
+#else
+    // _SC_PHYS_PAGES is not POSIX but Linux, macOS and the BSDs all answer it.
+    const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || page_size <= 0) return 0;
+    return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size);
+#endif
+}
+
+uint64_t address_space_limit_bytes() {
+#if defined(_WIN32)
+    return 0;
+#else
+    struct rlimit limit {};
+    if (getrlimit(RLIMIT_AS, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) return 0;
+    return static_cast<uint64_t>(limit.rlim_cur);
+#endif
+}
+
+void require_memory(const std::string& what, uint64_t bytes) {
+    auto gib = [](uint64_t b) { return static_cast<double>(b) / (1u << 30); };
+    char message[160];
+    const uint64_t physical = physical_memory_bytes(), address_space = address_space_limit_bytes();
+    if (physical != 0 && bytes > physical) {
+        std::snprintf(message, sizeof(message), " needs %.2f GiB and this machine has %.2f GiB of memory",
+                      gib(bytes), gib(physical));
+        throw OutOfMemoryError(what + message);
+    }
+    if (address_space != 0 && bytes > address_space) {
+        std::snprintf(message, sizeof(message),
+                      " needs %.2f GiB and this process may use %.2f GiB (its address-space limit)",
+                      gib(bytes), gib(address_space));
+        throw OutOfMemoryError(what + message);
+    }
+}
+
+}  // namespace si

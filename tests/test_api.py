@@ -108,11 +108,26 @@ def test_a_file_that_is_not_gguf_raises_model_format_error(tmp_path):
         (dict(sparse=True), si.UnsupportedModelError, "PowerInfer"),
         (dict(vram_budget=-1.0), ValueError, "vram_budget"),
         (dict(vram_budget=float("nan")), ValueError, "vram_budget"),
+        (dict(vram_budget="6 parsecs"), ValueError, "vram_budget"),
+        (dict(vram_budget="-1GiB"), ValueError, "vram_budget"),
+        (dict(vram_budget="1e400GB"), ValueError, "vram_budget"),
+        (dict(vram_budget=[6]), TypeError, "vram_budget"),
+        (dict(n_gpu_layers=-2), ValueError, "n_gpu_layers"),
+        (dict(n_gpu_layers=1.0), TypeError, "n_gpu_layers"),
     ],
 )
 def test_bad_model_arguments_raise_clear_errors(tiny, kwargs, error, match):
     with pytest.raises(error, match=match):
         si.Model(tiny.path, **kwargs)
+
+
+@pytest.mark.parametrize("text, expected", [
+    (6, 6 * 2**30), (0.5, 2**29), ("6GiB", 6 * 2**30), ("512 MiB", 512 * 2**20),
+    ("8GB", 8 * 10**9), ("1.5g", 1_500_000_000), ("2", 2 * 2**30), ("100b", 100), ("0", 0),
+])
+def test_memory_sizes_parse_to_bytes(text, expected):
+    from sparseinfer.model import parse_memory_size
+    assert parse_memory_size("vram_budget", text) == expected
 
 
 @pytest.mark.parametrize("sparse", ["auto", False])

@@ -9,6 +9,7 @@ import numbers
 import operator
 import os
 import random
+import re
 import threading
 import time
 import weakref
@@ -338,7 +339,8 @@ class Model(_Inference):
         n_threads: Optional[int] = None,
         device: str = "auto",
         sparse: Union[str, bool] = "auto",
-        vram_budget: Optional[float] = None,
+        n_gpu_layers: int = -1,
+        vram_budget: Union[float, str, None] = None,
         predictor_q8: bool = False,
     ) -> None:
         """Loads the model file (memory-mapped; the weights are not copied).
@@ -354,7 +356,10 @@ class Model(_Inference):
             sparse: "auto" (sparse FFN when the file supports it), True (require it) or
                 False (always dense; a PowerInfer file then computes every neuron with
                 its ReLU FFN). True on a dense file raises UnsupportedModelError.
-            vram_budget: GiB of GPU memory for hot neurons; ignored without a GPU backend.
+            n_gpu_layers: with a GPU, how many layers to place there (-1: as many as fit).
+            vram_budget: GPU memory to use: a number of GiB or a string such as "6GiB",
+                "512MiB" or "8GB"; None: what the GPU has free. Both are checked here and
+                used once a GPU backend runs the model.
             predictor_q8: requantise a PowerInfer file's predictors to 8 bits at load. They
                 are read in full for every token, so this speeds up sparse decoding at the
                 cost of a few flipped near-threshold decisions (benchmarks/bench_sparse.py
@@ -372,10 +377,8 @@ class Model(_Inference):
         _check_device(device)
         if sparse != "auto" and not isinstance(sparse, bool):
             raise ValueError(f"sparse must be 'auto', True or False, got {sparse!r}")
-        if vram_budget is not None:
-            budget = _require_real("vram_budget", vram_budget)
-            if not (budget >= 0 and math.isfinite(budget)):
-                raise ValueError(f"vram_budget must be a finite number of GiB >= 0, got {vram_budget!r}")
+        self._n_gpu_layers = _require_int("n_gpu_layers", n_gpu_layers, minimum=-1)
+        self._vram_budget = None if vram_budget is None else parse_memory_size("vram_budget", vram_budget)
 
         self._native: Optional[_core.Model] = _core.Model(self._path, predictor_q8=bool(predictor_q8))
         if sparse is True and not self._native.is_powerinfer:
@@ -639,6 +642,28 @@ def _token_ids(tokens: Iterable[int]) -> list[int]:
         return [operator.index(token) for token in tokens]
     except TypeError:
         raise TypeError("tokens must be a sequence of int token ids") from None
+
+
+_MEMORY_UNITS = {"": 2**30, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6,
+                 "mb": 10**6, "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30,
+                 "t": 10**12, "tb": 10**12, "tib": 2**40}
+
+
+def parse_memory_size(name: str, value: Union[float, str]) -> int:
+    """Bytes in `value`: a number of GiB, or a string "<number><unit>" with units B, KB/MB/
+    GB/TB (powers of 1000) or KiB/MiB/GiB/TiB (powers of 1024); a bare number is GiB."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", value)
+        unit = match.group(2).lower() if match else None
+        if unit not in _MEMORY_UNITS:
+            raise ValueError(f"{name} must be a number of GiB or a size such as '6GiB' or "
+                             f"'512MiB', got {value!r}")
+        amount, scale = float(match.group(1)), _MEMORY_UNITS[unit]
+    else:
+        amount, scale = _require_real(name, value), 2**30
+    if not (amount >= 0 and math.isfinite(amount * scale)):
+        raise ValueError(f"{name} must be a finite size >= 0, got {value!r}")
+    return int(amount * scale)
 
 
 def _thread_count(n_threads: Optional[int]) -> int:

@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstring>
 #include <thread>
 
@@ -194,6 +195,23 @@ void bind_model(py::module_& m) {
         .def_property_readonly("sparse", &Session::sparse)
         .def("active_fractions", &Session::active_fractions)
         .def("reset_stats", &Session::reset_stats)
+        // Neuron firing counts for placement profiles (sparseinfer.profile).
+        .def("set_neuron_counting", &Session::set_neuron_counting, py::arg("on"))
+        .def_property_readonly("neuron_counting", &Session::neuron_counting)
+        .def("neuron_counts",
+             [](const Session& self) {
+                 const ModelConfig& c = self.model().config();
+                 py::array_t<int64_t> out({c.n_layer, c.n_ff});
+                 const std::vector<int64_t>& counts = self.neuron_counts();
+                 if (counts.empty()) {
+                     std::fill(out.mutable_data(), out.mutable_data() + out.size(), 0);
+                 } else {
+                     std::memcpy(out.mutable_data(), counts.data(), counts.size() * sizeof(int64_t));
+                 }
+                 return out;
+             })
+        .def_property_readonly("neuron_count_tokens", &Session::neuron_count_tokens)
+        .def("reset_neuron_counts", &Session::reset_neuron_counts)
         .def_property_readonly("n_ctx", &Session::n_ctx)
         .def_property_readonly("n_past", &Session::n_past)
         .def("eval",

@@ -22,6 +22,10 @@ from .fetch import fetch_model
 from ._cuda import cuda_info
 from .model import Model, Session
 from .prompt import format_prompt
+# Their types (NeuronProfile, PlacementPlan) and PowerInfer's activation files reader stay
+# in sparseinfer.profile and sparseinfer.placement.
+from .profile import ProfileError, StaleProfileError, load_profile, profile_model
+from .placement import model_costs, plan_placement
 
 try:
     __version__ = version("sparseinfer")
@@ -36,12 +40,18 @@ __all__ = [
     "FetchError",
     "Model",
     "ModelFormatError",
+    "ProfileError",
     "Session",
     "SparseInferError",
+    "StaleProfileError",
     "TemplateError",
     "UnsupportedModelError",
     "__version__",
     "cuda_info",
     "fetch_model",
     "format_prompt",
+    "load_profile",
+    "model_costs",
+    "plan_placement",
+    "profile_model",
 ]

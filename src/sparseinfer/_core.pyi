@@ -56,6 +56,15 @@ class Session:
     def clear_cancel(self) -> None: ...
     def active_fractions(self) -> list[float]: ...
     def reset_stats(self) -> None: ...
+    # Neuron firing counts (sparseinfer.profile): PowerInfer files only, off by default.
+    neuron_counting: bool
+    neuron_count_tokens: int  # tokens counted since the last reset_neuron_counts()
+    def set_neuron_counting(self, on: bool) -> None:
+        """Raises UnsupportedModelError for a dense SiLU model (no sparsity to count)."""
+    def neuron_counts(self) -> np.ndarray:
+        """int64 (n_layer, n_ff): per neuron, the tokens for which its activation was nonzero
+        (on the sparse path: predicted active and nonzero)."""
+    def reset_neuron_counts(self) -> None: ...
     def logits(self) -> np.ndarray:
         """float32 copy of the last eval's logits: (len(tokens), n_vocab) if all_logits else (1, n_vocab)."""
     def sample(self, sampler: "Sampler") -> int:

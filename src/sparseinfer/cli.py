@@ -1,4 +1,4 @@
-"""Command line: `python -m sparseinfer generate | chat | fetch | info ...`.
+"""Command line: `python -m sparseinfer generate | chat | fetch | profile | info ...`.
 
 The generate flags follow PowerInfer's (llama.cpp's) `main` program where they fit.
 """
@@ -16,6 +16,8 @@ from ._cuda import cuda_info
 from .errors import ContextOverflowError, SparseInferError
 from .fetch import SOURCES, fetch_model
 from .model import Model
+from .profile import (ProfileError, StaleProfileError, default_profile_path, load_profile,
+                      powerinfer_activation_dir, profile_model)
 from .prompt import resolve_template
 
 _PROGRAM = "sparseinfer"
@@ -89,6 +91,23 @@ def _parser() -> argparse.ArgumentParser:
                        help="where to download from (default: %(default)s)")
     fetch.add_argument("--cache-dir", default=None, metavar="DIR",
                        help="cache folder (default: the source's own, e.g. $HF_HOME/hub)")
+
+    profile = commands.add_parser(
+        "profile", help="count how often each FFN neuron fires over some text (GPU placement)",
+        description="Run a PowerInfer (ReLU, magic PWRI) model densely over UTF-8 text files, "
+                    "in windows of N tokens, and write how many tokens fired each FFN neuron of "
+                    "each layer to MODEL.profile.npz: the hot/cold GPU placement reads it.")
+    profile.set_defaults(run=_profile)
+    profile.add_argument("model", metavar="MODEL", help="PowerInfer GGUF model file")
+    profile.add_argument("--text", action="append", required=True, metavar="FILE",
+                         help="a UTF-8 text file to read; repeat for several")
+    profile.add_argument("-c", "--ctx-size", type=int, default=512, metavar="N",
+                         help="window length in tokens; each window is a fresh sequence "
+                              "(default: %(default)s)")
+    profile.add_argument("-t", "--threads", type=int, default=None, metavar="N",
+                         help="CPU threads (default: the available cores, at most 16)")
+    profile.add_argument("-o", "--output", default=None, metavar="OUT",
+                         help="where to write the profile (default: MODEL.profile.npz)")
 
     info = commands.add_parser(
         "info", help="describe a GGUF file (without loading its weights) and the system",
@@ -269,6 +288,39 @@ def _fetch(args: argparse.Namespace) -> None:
     print(path)
 
 
+# ---- profile --------------------------------------------------------------------------------
+
+def _profile(args: argparse.Namespace) -> None:
+    if args.ctx_size < 1:
+        raise ValueError(f"-c/--ctx-size must be at least 1, got {args.ctx_size}")
+    texts = []
+    for name in args.text:
+        with open(name, encoding="utf-8") as f:
+            texts.append(f.read())
+    output = args.output if args.output is not None else default_profile_path(args.model)
+    result = profile_model(args.model, texts, n_ctx=args.ctx_size, n_threads=args.threads,
+                           output=output)
+    rates = [float(c.sum()) / (result.tokens * len(c)) for c in result.counts]
+    print(f"{output}: {result.tokens} tokens, {result.n_layer} layers; FFN neurons firing per "
+          f"token {min(rates):.1%} to {max(rates):.1%} (mean {sum(rates) / len(rates):.1%})")
+
+
+def _profile_status(model: str) -> str:
+    """The `profile:` line of `info` for a PowerInfer file."""
+    own = default_profile_path(model)
+    if own.exists():
+        try:
+            found = load_profile(own, model_path=model)
+        except StaleProfileError:
+            return f"{own.name} is stale (made for another file): run `{_PROGRAM} profile` again"
+        except ProfileError as error:
+            return f"{own.name} is unreadable ({error})"
+        return f"{own.name} ({found.tokens} tokens)"
+    if powerinfer_activation_dir(model).is_dir():
+        return "PowerInfer's activation/ folder"
+    return f"none (`{_PROGRAM} profile MODEL --text FILE` makes one)"
+
+
 # ---- info -----------------------------------------------------------------------------------
 
 def _info(args: argparse.Namespace) -> None:
@@ -276,8 +328,11 @@ def _info(args: argparse.Namespace) -> None:
         raise ValueError("info needs a MODEL file, --system, or both")
     out = _utf8(sys.stdout)
     if args.model is not None:
-        for label, value in _describe_model(args.model, _core.read_gguf_info(args.model)):
+        info = _core.read_gguf_info(args.model)
+        for label, value in _describe_model(args.model, info):
             out.write(f"{label + ':':<16}{value}\n")
+        if info["powerinfer"]:
+            out.write(f"{'profile:':<16}{_profile_status(args.model)}\n")
     if args.system:
         system = _core.system_info()
         if args.model is not None:

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "common/errors.h"
 #include "cpu/prefetch.h"
 #include "model/norm.h"
 #include "model/session.h"
@@ -85,6 +86,7 @@ void Session::feed_forward(int layer, int64_t n) {
             layer_active_[static_cast<size_t>(layer)] += static_cast<int64_t>(active_[static_cast<size_t>(t)].size());
         }
     }
+    if (count_neurons_) count_fired_neurons(layer, n);
     down_projection_transposed(l.ffn_down_t, n, sparse_);
 }
 
@@ -159,6 +161,47 @@ std::vector<double> Session::active_fractions() const {
         out.push_back(total > 0 ? static_cast<double>(count) / total : 0.0);
     }
     return out;
+}
+
+void Session::set_neuron_counting(bool on) {
+    const ModelConfig& c = model_->config();
+    if (on && !c.powerinfer) {
+        throw UnsupportedError(model_->file().describe(
+            "neuron counting needs a ReLU model (a PowerInfer file, magic PWRI): the SiLU of a "
+            "dense model is almost never exactly zero, so every neuron would count as firing"));
+    }
+    if (on && neuron_counts_.empty()) {
+        neuron_counts_.assign(static_cast<size_t>(c.n_layer * c.n_ff), 0);
+        batch_neuron_counts_.assign(neuron_counts_.size(), 0);
+    }
+    count_neurons_ = on;
+}
+
+void Session::reset_neuron_counts() {
+    std::fill(neuron_counts_.begin(), neuron_counts_.end(), 0);
+    neuron_count_tokens_ = 0;
+}
+
+void Session::count_fired_neurons(int layer, int64_t n) {
+    // gate_ holds h for the batch, zero wherever the neuron was not computed or its
+    // activation is zero. Each thread owns a range of neurons and walks every token, so each
+    // count has one writer (and integer sums do not depend on the order anyway).
+    const int64_t n_ff = model_->config().n_ff;
+    const int64_t n_layer = model_->config().n_layer;
+    if (layer == 0) std::fill(batch_neuron_counts_.begin(), batch_neuron_counts_.end(), 0);
+    int64_t* counts = batch_neuron_counts_.data() + static_cast<size_t>(layer) * n_ff;
+    pool_.run([&](int ith, int nth) {
+        int64_t begin, end;
+        ThreadPool::split(n_ff, ith, nth, &begin, &end);
+        for (int64_t t = 0; t < n; ++t) {
+            const float* h = gate_.data() + t * n_ff;
+            for (int64_t j = begin; j < end; ++j) counts[j] += h[j] != 0.0f ? 1 : 0;
+        }
+    });
+    if (layer == n_layer - 1) {  // the batch went through every layer: commit it
+        for (size_t i = 0; i < neuron_counts_.size(); ++i) neuron_counts_[i] += batch_neuron_counts_[i];
+        neuron_count_tokens_ += n;
+    }
 }
 
 }  // namespace si

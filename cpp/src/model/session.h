@@ -104,6 +104,30 @@ private:
     int64_t logit_rows_ = 0;
 
     std::atomic<bool> cancel_requested_{false};
+
+    // ---- Neuron firing counts, for hot/cold placement profiles (sparseinfer.profile) ----
+public:
+    // Off by default, so decoding pays nothing. While on, every evaluated token adds 1 to
+    // the count of each FFN neuron whose computed activation h_j is nonzero: on the dense
+    // ReLU path relu(gate_j) * up_j (relu(up_j) for bamboo) != 0; on the sparse path the
+    // same for the predicted-active neurons (the others are not computed and do not
+    // count). PowerInfer files only: a dense SiLU model has no sparsity, so turning it on
+    // there throws UnsupportedError. Turning it off keeps the counts.
+    void set_neuron_counting(bool on);
+    bool neuron_counting() const { return count_neurons_; }
+    // n_layer x n_ff, row-major (empty until counting was first turned on), and the number
+    // of tokens counted. A batch is committed once its last layer ran, so an eval that is
+    // cancelled midway adds nothing for the unfinished batch and every layer has seen the
+    // same tokens.
+    const std::vector<int64_t>& neuron_counts() const { return neuron_counts_; }
+    int64_t neuron_count_tokens() const { return neuron_count_tokens_; }
+    void reset_neuron_counts();
+
+private:
+    void count_fired_neurons(int layer, int64_t n_tokens);  // from gate_ after the activation
+    bool count_neurons_ = false;
+    std::vector<int64_t> neuron_counts_, batch_neuron_counts_;
+    int64_t neuron_count_tokens_ = 0;
 };
 
 }  // namespace si

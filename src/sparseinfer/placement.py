@@ -1,0 +1,291 @@
+"""The hot/cold placement plan: which FFN neurons of each layer live on the GPU.
+
+PowerInfer keeps the neurons that fire most often ("hot") on the GPU under a VRAM budget
+and computes the others ("cold") on the CPU (DESIGN.md, CUDA). Given per-layer firing
+counts (sparseinfer.profile), what one neuron costs in VRAM in each layer (its gate row,
+up row and down_t row in that layer's weight types), the fixed GPU cost of each layer
+(attention weights, norms, predictor, its share of the KV cache) and a budget in bytes,
+:func:`plan_placement` picks per layer the sorted ids of the hot neurons.
+
+The rule: the fixed parts must fit (ValueError otherwise); then neurons are taken
+greedily in order of firing count per byte, across all layers, each one that still fits.
+A neuron's count is the number of profiled tokens for which it fired, so the plan
+maximises the expected number of fired neurons that the GPU serves.
+
+Why greedy is (close to) what PowerInfer solves: PowerInfer's solver (powerinfer-py,
+solver.py; FACTS.md, GPU placement side file) is an integer program over the per-layer
+count-sorted neurons in groups of 256, maximising the summed counts on the GPU subject
+to a total neuron capacity derived from the budget with one cost per neuron (its extra
+per-layer communication constraint is off by default). With one cost per neuron that is
+a knapsack of equal weights, for which taking the largest counts first is optimal; the
+greedy here is that, per neuron instead of per 256. When layers differ in bytes per
+neuron (mixed weight types) it is the density greedy of a 0/1 knapsack: optimal for the
+fractional relaxation, so it falls short of the integer optimum by less than one
+neuron's count (a few profiled tokens' worth), and skipping to smaller neurons that still
+fit only adds to it. Within a layer all neurons cost the same, so each layer's hot set
+is always a prefix of its neurons sorted by count.
+
+Without a profile every neuron is taken as equally likely to fire, and the budget is
+shared equally: each layer gets the same fraction of its neurons (within one neuron),
+lowest ids first.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from . import _core
+from .profile import NeuronProfile
+
+IntOrList = Union[int, Sequence[int]]
+
+# GGML block layouts: type name -> (elements per block, bytes per block).
+GGML_TYPE_SIZES = {
+    "F32": (1, 4), "F16": (1, 2), "BF16": (1, 2),
+    "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24),
+    "Q8_0": (32, 34), "Q8_1": (32, 36),
+    "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176),
+    "Q6_K": (256, 210), "Q8_K": (256, 292),
+    "I8": (1, 1), "I16": (1, 2), "I32": (1, 4), "I64": (1, 8), "F64": (1, 8),
+}
+KV_BYTES_PER_VALUE = 2  # the engine's KV cache holds IEEE halves
+
+
+@dataclass(frozen=True)
+class PlacementPlan:
+    """hot[l]: sorted int32 ids of layer l's GPU neurons."""
+
+    hot: tuple[np.ndarray, ...]
+    n_neurons: tuple[int, ...]
+    budget: int
+    fixed_bytes: int           # per-layer fixed parts plus the shared ones
+    neuron_bytes_used: int     # the hot neurons' rows
+    gpu_share: float           # expected fraction of fired neurons served by the GPU
+    layer_gpu_shares: tuple[float, ...]
+
+    @property
+    def bytes_used(self) -> int:
+        return self.fixed_bytes + self.neuron_bytes_used
+
+    @property
+    def n_hot(self) -> list[int]:
+        return [len(h) for h in self.hot]
+
+    def gpu_masks(self) -> list[np.ndarray]:
+        """Per layer, a bool array over the neurons: True on the GPU (PowerInfer's gpu_idx)."""
+        masks = []
+        for hot, n in zip(self.hot, self.n_neurons):
+            m = np.zeros(n, dtype=bool)
+            m[hot] = True
+            masks.append(m)
+        return masks
+
+
+def plan_placement(counts: Union[NeuronProfile, Sequence[np.ndarray], None], *,
+                   neuron_bytes: IntOrList, fixed_bytes: IntOrList, budget: int,
+                   shared_bytes: int = 0, n_neurons: Optional[IntOrList] = None,
+                   n_layer: Optional[int] = None,
+                   model_path: Optional[Union[str, "os.PathLike[str]"]] = None) -> PlacementPlan:
+    """Chooses the hot neurons of every layer (the rule is in the module docstring).
+
+    counts: a NeuronProfile, per-layer 1-D arrays of firing counts (layers may differ in
+    size), or None for no profile (an equal share per layer; then n_neurons says how many
+    neurons each layer has).
+    neuron_bytes: VRAM bytes of one neuron (gate + up + down_t rows), one int for every
+    layer or one per layer. fixed_bytes: the fixed GPU cost of each layer (one int or one
+    per layer). shared_bytes: fixed parts outside the layers (output head).
+    budget: VRAM bytes. model_path: with a NeuronProfile, check that it was made for this
+    file (StaleProfileError, a ValueError, if not).
+    ValueError for mismatched shapes, negative or non-integer sizes, or a budget that
+    cannot hold the fixed parts.
+    """
+    if isinstance(counts, NeuronProfile):
+        if model_path is not None:
+            counts.check_model(model_path)
+        counts = list(counts.counts)
+    layer_counts: Optional[list[np.ndarray]] = None
+    if counts is not None:
+        layer_counts = [_counts_array(c, i) for i, c in enumerate(counts)]
+        if not layer_counts:
+            raise ValueError("counts has no layers")
+    elif n_neurons is None:
+        raise ValueError("without counts, n_neurons must say how many neurons each layer has")
+    n_layer = _layer_count(layer_counts, n_neurons, neuron_bytes, fixed_bytes, explicit=n_layer)
+    if layer_counts is not None:
+        sizes = [len(c) for c in layer_counts]
+        if n_neurons is not None and _int_list(n_neurons, n_layer, "n_neurons", 1) != sizes:
+            raise ValueError(f"n_neurons {n_neurons} does not match the counts' sizes {sizes}")
+    else:
+        sizes = _int_list(n_neurons, n_layer, "n_neurons", 1)
+    per_neuron = _int_list(neuron_bytes, n_layer, "neuron_bytes", 1)
+    per_layer_fixed = _int_list(fixed_bytes, n_layer, "fixed_bytes", 0)
+    shared = _int_value(shared_bytes, "shared_bytes", 0)
+    budget = _int_value(budget, "budget", 0)
+
+    fixed_total = sum(per_layer_fixed) + shared
+    if fixed_total > budget:
+        raise ValueError(
+            f"a VRAM budget of {budget} bytes ({budget / 2**20:.1f} MiB) cannot hold the fixed "
+            f"GPU parts: {fixed_total} bytes ({fixed_total / 2**20:.1f} MiB: attention, norms, "
+            f"predictors and KV cache of {n_layer} layers, plus {shared} shared); give at least "
+            f"that much, or run on the CPU")
+
+    # One entry per neuron of every layer, in the order the greedy takes them.
+    layer_of = np.concatenate([np.full(n, l, dtype=np.int64) for l, n in enumerate(sizes)])
+    cost = np.concatenate([np.full(n, per_neuron[l], dtype=np.int64) for l, n in enumerate(sizes)])
+    if layer_counts is not None:
+        # Within a layer: by count, most first, lower id first among equals.
+        ids = np.concatenate([np.argsort(-c, kind="stable") for c in layer_counts])
+        value = np.concatenate([c[np.argsort(-c, kind="stable")].astype(np.float64) for c in layer_counts])
+        density = value / cost
+        order = np.lexsort((ids, layer_of, -density))
+    else:
+        # Equal share: the j-th neuron of a layer of n comes at (j + 1) / n.
+        ids = np.concatenate([np.arange(n, dtype=np.int64) for n in sizes])
+        rank = (ids + 1) / np.array(sizes, dtype=np.float64)[layer_of]
+        order = np.lexsort((layer_of, rank))
+
+    taken = np.zeros(len(order), dtype=bool)
+    remaining = budget - fixed_total
+    queue = order
+    while queue.size:
+        queue = queue[cost[queue] <= remaining]  # drops whole layers: their neurons cost the same
+        if not queue.size:
+            break
+        spent = np.cumsum(cost[queue])
+        k = int(np.searchsorted(spent, remaining, side="right"))
+        taken[queue[:k]] = True
+        if k:
+            remaining -= int(spent[k - 1])
+        queue = queue[k:]
+
+    hot = []
+    for l in range(n_layer):
+        in_layer = taken & (layer_of == l)
+        hot.append(np.sort(ids[in_layer]).astype(np.int32))
+    neuron_bytes_used = sum(len(h) * per_neuron[l] for l, h in enumerate(hot))
+    assert fixed_total + neuron_bytes_used <= budget
+
+    layer_shares, fired_total, fired_gpu = [], 0.0, 0.0
+    for l, h in enumerate(hot):
+        if layer_counts is not None and layer_counts[l].sum() > 0:
+            total, on_gpu = float(layer_counts[l].sum()), float(layer_counts[l][h].sum())
+        else:  # nothing known: every neuron equally likely
+            total, on_gpu = float(sizes[l]), float(len(h))
+        layer_shares.append(on_gpu / total)
+        if layer_counts is not None:
+            fired_total += float(layer_counts[l].sum())
+            fired_gpu += float(layer_counts[l][h].sum())
+    if fired_total > 0:
+        share = fired_gpu / fired_total
+    else:
+        share = sum(len(h) for h in hot) / sum(sizes)
+    return PlacementPlan(hot=tuple(hot), n_neurons=tuple(sizes), budget=budget,
+                         fixed_bytes=fixed_total, neuron_bytes_used=neuron_bytes_used,
+                         gpu_share=share, layer_gpu_shares=tuple(layer_shares))
+
+
+@dataclass(frozen=True)
+class ModelCosts:
+    """VRAM bytes of a PowerInfer model's parts, from its file's tensor types and shapes."""
+
+    n_neurons: tuple[int, ...]     # FFN neurons per layer
+    neuron_bytes: tuple[int, ...]  # per layer: one neuron's ffn_gate + ffn_up + ffn_down_t rows
+    fixed_bytes: tuple[int, ...]   # per layer: the other tensors of the layer + its KV cache
+    shared_bytes: int              # output norm and output head
+
+
+def model_costs(model_path: Union[str, "os.PathLike[str]"], *, n_ctx: int) -> ModelCosts:
+    """Reads the tensor index of a PowerInfer GGUF file (no weights) and prices its parts
+    in the types the file stores, with a KV cache of n_ctx positions in halves."""
+    info = _core.read_gguf_info(os.fspath(model_path))
+    metadata = info["metadata"]
+    arch = metadata.get("general.architecture")
+    tensors = {name: (type_name, shape) for name, type_name, shape in info["tensors"]}
+
+    def nbytes(name: str) -> int:
+        type_name, shape = tensors[name]
+        if type_name not in GGML_TYPE_SIZES:
+            raise ValueError(f"{model_path}: {name} has type {type_name}, whose size is not known here")
+        block, block_bytes = GGML_TYPE_SIZES[type_name]
+        elems = int(np.prod(shape, dtype=np.int64))
+        return elems // block * block_bytes
+
+    n_layer = int(metadata.get(f"{arch}.block_count", 0))
+    n_head = int(metadata.get(f"{arch}.attention.head_count", 0))
+    n_head_kv = int(metadata.get(f"{arch}.attention.head_count_kv", n_head))
+    n_embd = int(metadata.get(f"{arch}.embedding_length", 0))
+    if n_layer <= 0 or n_head <= 0 or n_embd <= 0:
+        raise ValueError(f"{model_path}: the file lacks the model's shape ({arch}.block_count ...)")
+    kv_dim = n_embd // n_head * n_head_kv
+    kv_bytes = 2 * int(n_ctx) * kv_dim * KV_BYTES_PER_VALUE
+    ffn = ("ffn_gate.weight", "ffn_up.weight", "ffn_down_t.weight")
+    n_neurons, neuron_bytes, fixed = [], [], []
+    for l in range(n_layer):
+        prefix = f"blk.{l}."
+        names = [n for n in tensors if n.startswith(prefix)]
+        missing = [prefix + f for f in ffn if prefix + f not in tensors]
+        if missing:
+            raise ValueError(f"{model_path}: {missing[0]} is missing: not a PowerInfer file?")
+        rows = int(tensors[prefix + "ffn_up.weight"][1][1])  # ggml shape (n_embd, n_ff)
+        n_neurons.append(rows)
+        neuron_bytes.append(sum(nbytes(prefix + f) for f in ffn) // rows)
+        fixed.append(sum(nbytes(n) for n in names if n[len(prefix):] not in ffn) + kv_bytes)
+    shared = sum(nbytes(n) for n in ("output_norm.weight", "output.weight") if n in tensors)
+    if "output.weight" not in tensors and "token_embd.weight" in tensors:
+        shared += nbytes("token_embd.weight")  # tied head: the GPU needs a copy
+    return ModelCosts(tuple(n_neurons), tuple(neuron_bytes), tuple(fixed), shared)
+
+
+# ---- argument checks ------------------------------------------------------------------------
+
+def _counts_array(c, layer: int) -> np.ndarray:
+    a = np.asarray(c)
+    if a.ndim != 1 or a.size == 0 or a.dtype.kind not in "iuf":
+        raise ValueError(f"counts of layer {layer} must be a non-empty 1-D numeric array, got "
+                         f"{a.dtype} {a.shape}")
+    a = a.astype(np.float64)
+    if not np.all(np.isfinite(a)) or a.min() < 0:
+        raise ValueError(f"counts of layer {layer} must be finite and non-negative")
+    return a
+
+
+def _layer_count(counts, *sized, explicit: Optional[int] = None) -> int:
+    lengths = set()
+    if counts is not None:
+        lengths.add(len(counts))
+    for value in sized:
+        if value is not None and not _is_int(value):
+            lengths.add(len(value))
+    if explicit is not None:
+        lengths.add(int(explicit))
+    if len(lengths) > 1:
+        raise ValueError(f"the per-layer arguments disagree on the number of layers: {sorted(lengths)}")
+    if not lengths:
+        raise ValueError("the number of layers is unknown: pass counts, per-layer sizes or n_layer")
+    return lengths.pop()
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _int_value(value, name: str, minimum: int) -> int:
+    if not _is_int(value):
+        raise ValueError(f"{name} must be an integer number of bytes, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def _int_list(value, n_layer: int, name: str, minimum: int) -> list[int]:
+    if _is_int(value):
+        return [_int_value(value, name, minimum)] * n_layer
+    values = list(value)
+    if len(values) != n_layer:
+        raise ValueError(f"{name} has {len(values)} entries for {n_layer} layers")
+    return [_int_value(v, f"{name}[{i}]", minimum) for i, v in enumerate(values)]

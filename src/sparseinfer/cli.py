@@ -132,12 +132,21 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: %(default)s)")
     parser.add_argument("--predictor-q8", action="store_true",
                         help="store a sparse model's predictors as 8-bit at load (faster)")
+    parser.add_argument("--device", default="auto", metavar="DEVICE",
+                        help="auto, cpu or cuda[:N] (default: %(default)s)")
+    parser.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1, metavar="N",
+                        help="with a GPU: layers to place there, -1 as many as fit "
+                             "(default: %(default)s)")
+    parser.add_argument("--vram-budget", default=None, metavar="SIZE",
+                        help="with a GPU: memory to use, GiB or a size such as 6GiB or 512MiB "
+                             "(default: what is free)")
 
 
 def _open_model(args: argparse.Namespace) -> Model:
     sparse = {"auto": "auto", "on": True, "off": False}[args.sparse]
     return Model(args.model, n_ctx=args.ctx_size, n_threads=args.threads, sparse=sparse,
-                 predictor_q8=args.predictor_q8)
+                 predictor_q8=args.predictor_q8, device=args.device,
+                 n_gpu_layers=args.n_gpu_layers, vram_budget=args.vram_budget)
 
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser, *, n_predict: int) -> None:

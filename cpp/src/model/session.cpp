@@ -69,6 +69,14 @@ void Session::ensure_batch_capacity(int64_t n) {
     const ModelConfig& c = model_->config();
     const int64_t kv_dim = c.n_head_kv * c.head_dim;
     const int64_t widest = std::max({c.n_embd, c.n_ff, max_rank_});
+    // Dimensions are at most 2^20 and n at most kMaxBatch, so these sums cannot overflow.
+    // Per token: x, xn, q, attn_out; k, v; gate, up and the active list (n_ff int32s).
+    const uint64_t floats = static_cast<uint64_t>(n) *
+        (4 * c.n_embd + 2 * kv_dim + 3 * c.n_ff + max_rank_ + c.rope_dim) +
+        static_cast<uint64_t>(pool_.size()) * static_cast<uint64_t>(n_ctx_);
+    const uint64_t activation_bytes = static_cast<uint64_t>(kMaxMatmulOutputs) * n * widest * 4;
+    require_memory("scratch buffers for a batch of " + std::to_string(n) + " tokens",
+                   floats * 4 + activation_bytes);
     auto sized = [](std::vector<float>& v, int64_t count) { v.assign(static_cast<size_t>(count), 0.0f); };
     sized(x_, n * c.n_embd);
     sized(xn_, n * c.n_embd);

@@ -538,3 +538,23 @@ def test_broken_powerinfer_files_are_refused(tmp_path, fake_torch):
         prof.read_torch_tensor(cut)
     with pytest.raises(si.ProfileError, match="no PowerInfer activation folder"):
         prof.load_powerinfer_activations(tmp_path / "nowhere")
+
+
+# Files written by real torch 2.13 (`pip install torch==2.13.0`), with what torch.load gives
+# for them in expected.npz:
+#   torch.manual_seed(0)
+#   activation_0.pt, activation_2.pt: torch.randint(0, 1000, (96,), dtype=torch.int64)
+#   activation_1.pt: torch.rand(96) * 100 (float32)
+#   view.pt: torch.arange(200, dtype=torch.int32)[10:106] (a view into a larger storage)
+TORCH_SAVED = os.path.join(os.path.dirname(__file__), "data", "torch_saved")
+
+
+def test_files_saved_by_real_torch_read_as_torch_loads_them():
+    expected = np.load(os.path.join(TORCH_SAVED, "expected.npz"))
+    loaded = prof.load_powerinfer_activations(os.path.join(TORCH_SAVED, "activation"))
+    assert len(loaded.counts) == 3
+    for i, counts in enumerate(loaded.counts):
+        np.testing.assert_array_equal(counts, expected[f"activation_{i}"])
+    view = prof.read_torch_tensor(os.path.join(TORCH_SAVED, "view.pt"))
+    assert view.dtype == np.int32
+    np.testing.assert_array_equal(view, expected["view"])

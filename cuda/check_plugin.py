@@ -3,7 +3,8 @@
 Loads sparseinfer's own loader (src/sparseinfer/_cuda.py, standard library only) by path, so
 the check needs neither the core nor a GPU: the plugin must be found in its package, load
 (with NVIDIA's runtime from site-packages), speak the core's ABI, and then either report the
-GPUs and run a kernel on each, or say cleanly that there is no GPU or driver.
+GPUs, run a kernel and copy a buffer there and back on each, or say cleanly that there is no
+GPU or driver.
 """
 
 import importlib.util
@@ -24,7 +25,15 @@ if info["source"] is None or not info["source"].startswith("sparseinfer-cuda"):
 if info["status"] == loader.OK:
     for device in info["devices"]:
         loader.plugin().self_test(device["index"])
-        print(f"device {device['index']} ({device['name']}): probe kernel ran")
+        # A context, and a buffer there and back through its stream.
+        with loader.plugin().context(device["index"]) as ctx:
+            data = bytes(range(256)) * 16
+            address = ctx.to_device(data)
+            back = bytearray(len(data))
+            ctx.download(address, back)
+            if bytes(back) != data:
+                sys.exit(f"device {device['index']}: a buffer came back changed")
+        print(f"device {device['index']} ({device['name']}): probe kernel ran, memory round trip ok")
 elif info["status"] != loader.NO_DEVICE:
     sys.exit(f"the plugin did not load cleanly: {info['reason']}")
 print("ok:", info["reason"])

@@ -5,14 +5,16 @@ found the way a user's install would have it:
 - none installed: "no CUDA plugin installed", and the CPU runs;
 - stand-ins built here with the C compiler (no CUDA needed) for the failure paths: no
   device, another ABI, not a plugin at all;
-- the real plugin (cpp/src/cuda) built with nvcc for one architecture (seconds, not the
-  release's five), laid out as the sparseinfer-cudaNN wheel and NVIDIA's runtime wheel lay
-  it out in site-packages: it loads, preloads the runtime from there, and reports no GPU or
-  driver (or, on a machine with a GPU, the GPUs). Skipped where nvcc is missing.
+- the real plugin (cpp/src/cuda, every kernel) built with nvcc for one architecture
+  (tests/cuda_build.py), laid out as the sparseinfer-cudaNN wheel and NVIDIA's runtime wheel
+  lay it out in site-packages: it loads, preloads the runtime from there, and reports no GPU
+  or driver (or, on a machine with a GPU, the GPUs). Skipped where nvcc is missing.
+And, without any compiler: the loader's ctypes prototypes match plugin_api.h.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -25,14 +27,13 @@ import textwrap
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+import cuda_build  # noqa: E402
 import ggufgen  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CUDA_SOURCES = os.path.join(ROOT, "cpp", "src", "cuda")
-LIB_NAME = "sparseinfer_cuda.dll" if sys.platform == "win32" else "libsparseinfer_cuda.so"
+from cuda_build import LIB_NAME, compiler_env  # noqa: E402
 
 # A stand-in plugin: the ABI's entry points in plain C, answering like a machine without a
-# GPU (or with another ABI version).
+# GPU (or with another ABI version). The entry points past the device queries are stubs
+# (fake_plugin_source adds one per name in plugin_api.h) that the loader binds but never calls.
 FAKE_PLUGIN = r"""
 #include <stdint.h>
 #include <stdio.h>
@@ -54,6 +55,14 @@ API int si_cuda_device_name(int i, char* s, size_t sn, char* err, size_t n) { re
 API int si_cuda_device_props(int i, int* a, int* b, uint64_t* m, char* err, size_t n) { return fail(err, n); }
 API int si_cuda_self_test(int i, char* err, size_t n) { return fail(err, n); }
 """
+
+
+def fake_plugin_source() -> str:
+    defined = set(re.findall(r"API \w[\w\s\*]*?\b(si_cuda_\w+)\(", FAKE_PLUGIN))
+    stubs = [f"API int {name}(void) {{ return 100; }}\n"
+             for name in cuda_build.abi_functions() if name not in defined]
+    return FAKE_PLUGIN + "".join(stubs)
+
 
 PROBE = textwrap.dedent("""
     import json, sys
@@ -112,68 +121,62 @@ def fake_plugins(tmp_path_factory):
         pytest.skip("no C compiler to build the stand-in plugin")
     out = tmp_path_factory.mktemp("fake")
     src = out / "fake.c"
-    src.write_text(FAKE_PLUGIN)
+    src.write_text(fake_plugin_source())
     libs = {}
-    for abi in (1, 99):
+    for abi in (_cuda_abi(), 99):
         lib = out / f"abi{abi}" / LIB_NAME
         lib.parent.mkdir()
         subprocess.run([cc, "-shared", "-fPIC", "-O1", f"-DFAKE_ABI={abi}", "-o", str(lib), str(src)],
                        check=True, capture_output=True, timeout=120, env=compiler_env())
         libs[abi] = str(lib)
+    libs["current"] = libs[_cuda_abi()]
     return libs
 
 
-def compiler_env():
-    """The environment for a compiler run: without a sanitizer runtime that the test run may
-    preload (tools/run_sanitized_tests.sh), which crashes nvcc."""
-    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-
-
-def find_nvcc():
-    candidates = [shutil.which("nvcc")]
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(var):
-            candidates.append(os.path.join(os.environ[var], "bin", "nvcc"))
-    candidates.append("/usr/local/cuda/bin/nvcc")
-    for c in candidates:
-        if c and os.path.isfile(c) and os.access(c, os.X_OK):
-            return c
-    return None
+def _cuda_abi() -> int:
+    return cuda_build.header_defines()["SI_CUDA_ABI_VERSION"]
 
 
 @pytest.fixture(scope="module")
 def real_plugin_site(tmp_path_factory):
     """site-packages as the wheels lay it out: sparseinfer_cudaNN/libsparseinfer_cuda.so and
     NVIDIA's runtime under nvidia/ (a link to the toolkit's)."""
-    nvcc = find_nvcc()
-    if nvcc is None or sys.platform != "linux":
-        pytest.skip("nvcc not found (the CUDA plugin is built only where a CUDA toolkit is)")
-    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60,
-                             env=compiler_env()).stdout
-    major = int(re.search(r"release (\d+)\.", version).group(1))
+    try:
+        built = cuda_build.build_plugin()
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    major = built.major
     site = tmp_path_factory.mktemp("site")
     package = site / f"sparseinfer_cuda{major}"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    # One real architecture keeps this to seconds; the wheel builds five (architectures.cmake).
-    proc = subprocess.run(
-        [nvcc, "-O2", "-std=c++17", "-shared", "-Xcompiler", "-fPIC,-fvisibility=hidden",
-         "-arch=sm_75", "-cudart", "shared", '-DSI_CUDA_ARCHS="75"',
-         "-o", str(package / LIB_NAME), os.path.join(CUDA_SOURCES, "device_info.cu")],
-        capture_output=True, text=True, timeout=300, env=compiler_env())
-    assert proc.returncode == 0, proc.stderr
-    toolkit = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
-    runtime = None
-    for lib_dir in ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib")):
-        candidate = os.path.join(toolkit, lib_dir, f"libcudart.so.{major}")
-        if os.path.exists(candidate):
-            runtime = candidate
-            break
+    shutil.copy(built.path, package / LIB_NAME)
     wheel_dir = site / "nvidia" / ("cuda_runtime" if major == 12 else f"cu{major}") / "lib"
-    if runtime is not None:
+    if built.runtime is not None:
         wheel_dir.mkdir(parents=True)
-        os.symlink(runtime, wheel_dir / f"libcudart.so.{major}")
-    return str(site), major, runtime is not None
+        os.symlink(built.runtime, wheel_dir / f"libcudart.so.{major}")
+    return str(site), major, built.runtime is not None
+
+
+def test_loader_prototypes_match_the_header():
+    """Every entry point of plugin_api.h has a ctypes prototype with as many arguments (the
+    fallible ones end with err, err_len) and the same void-ness; the loader's ABI version,
+    weight type ids and statuses are the header's."""
+    from sparseinfer import _cuda
+
+    declared = cuda_build.abi_functions()
+    assert set(_cuda.PROTOTYPES) == set(declared)
+    for name, (returns_void, n_params, reports_errors) in declared.items():
+        restype, argtypes = _cuda.PROTOTYPES[name]
+        assert len(argtypes) == n_params, name
+        assert (restype is None) == returns_void, name
+        assert (argtypes[-2:] == [ctypes.c_char_p, ctypes.c_size_t]) == reports_errors, name
+    defines = cuda_build.header_defines()
+    assert _cuda.ABI_VERSION == defines["SI_CUDA_ABI_VERSION"]
+    assert _cuda.WEIGHT_TYPES == {k[len("SI_CUDA_TYPE_"):]: v for k, v in defines.items()
+                                  if k.startswith("SI_CUDA_TYPE_")}
+    assert (_cuda.ERROR_ARGUMENT, _cuda.ERROR_INDEX) == (defines["SI_CUDA_ERROR_ARGUMENT"],
+                                                         defines["SI_CUDA_ERROR_INDEX"])
 
 
 def test_no_plugin_is_a_clean_cpu_fallback(model_path):
@@ -188,7 +191,7 @@ def test_no_plugin_is_a_clean_cpu_fallback(model_path):
 
 
 def test_no_device(model_path, fake_plugins):
-    out = run_probe(model_path, env_extra={"SPARSEINFER_CUDA_PLUGIN": fake_plugins[1]})
+    out = run_probe(model_path, env_extra={"SPARSEINFER_CUDA_PLUGIN": fake_plugins["current"]})
     info = out["info"]
     assert info["status"] == "no-device" and not info["available"], info
     assert info["reason"].startswith("CUDA plugin present but no GPU or driver"), info["reason"]
@@ -234,7 +237,7 @@ def test_real_plugin_from_site_packages(model_path, real_plugin_site):
 
 
 def test_cli_reports_cuda(model_path, fake_plugins):
-    env = dict(os.environ, SPARSEINFER_CUDA_PLUGIN=fake_plugins[1])
+    env = dict(os.environ, SPARSEINFER_CUDA_PLUGIN=fake_plugins["current"])
     proc = subprocess.run([sys.executable, "-m", "sparseinfer", "info", "--system"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr

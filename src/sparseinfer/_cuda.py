@@ -15,6 +15,10 @@ loading it, the runtime from NVIDIA's wheel (nvidia-cuda-runtime-cu12: nvidia/cu
 CUDA 13's nvidia-cuda-runtime: nvidia/cu13/) is loaded by path from site-packages, as JAX,
 CuPy and PyTorch do, so no LD_LIBRARY_PATH or PATH is needed.
 
+Once loaded, Plugin binds every entry point of the ABI (PROTOTYPES), and Context wraps a
+device context of the plugin (its stream, device buffers, kernel calls) for the CUDA backend
+and the tests (tests/test_cuda_kernels.py).
+
 This module uses the standard library alone (cuda/check_plugin.py loads it by path, without
 the rest of the package).
 """
@@ -29,7 +33,7 @@ import sys
 import threading
 from typing import Any, Optional
 
-ABI_VERSION = 1  # SI_CUDA_ABI_VERSION in cpp/src/cuda/plugin_api.h
+ABI_VERSION = 2  # SI_CUDA_ABI_VERSION in cpp/src/cuda/plugin_api.h
 PLUGIN_PACKAGES = ("sparseinfer_cuda13", "sparseinfer_cuda12")
 ENV_PLUGIN = "SPARSEINFER_CUDA_PLUGIN"
 INSTALL_HINT = ("CUDA does not exist on macOS" if sys.platform == "darwin"
@@ -52,32 +56,102 @@ _plugin: Optional[ctypes.CDLL] = None
 _keep: list[Any] = []  # runtime libraries and DLL directory handles that must stay loaded
 
 
+# ggml's ids of the weight types the plugin's kernels read (SI_CUDA_TYPE_* in plugin_api.h).
+WEIGHT_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8}
+
+# Statuses of the plugin's own (CUDA's error codes are positive).
+ERROR_ARGUMENT = -2
+ERROR_INDEX = -3
+
+_int, _i64, _u64, _size = ctypes.c_int, ctypes.c_int64, ctypes.c_uint64, ctypes.c_size_t
+_ptr, _str = ctypes.c_void_p, ctypes.c_char_p
+_int_p = ctypes.POINTER(ctypes.c_int)
+_ERR = [_str, _size]  # every fallible entry point ends with (char* err, size_t err_len)
+
+# The C ABI (plugin_api.h): name -> (restype, argtypes). Device addresses and host buffers
+# pass as void pointers (int addresses, or ctypes objects).
+PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
+    "si_cuda_abi_version": (_int, []),
+    "si_cuda_build_info": (_str, []),
+    "si_cuda_versions": (_int, [_int_p, _int_p] + _ERR),
+    "si_cuda_device_count": (_int, [_int_p] + _ERR),
+    "si_cuda_device_name": (_int, [_int, _str, _size] + _ERR),
+    "si_cuda_device_props": (_int, [_int, _int_p, _int_p, ctypes.POINTER(_u64)] + _ERR),
+    "si_cuda_self_test": (_int, [_int] + _ERR),
+    # contexts and device memory
+    "si_cuda_context_create": (_int, [_int, ctypes.POINTER(_ptr)] + _ERR),
+    "si_cuda_context_destroy": (None, [_ptr]),
+    "si_cuda_synchronize": (_int, [_ptr] + _ERR),
+    "si_cuda_memory_info": (_int, [_ptr, ctypes.POINTER(_u64), ctypes.POINTER(_u64)] + _ERR),
+    "si_cuda_alloc": (_int, [_ptr, _size, ctypes.POINTER(_ptr)] + _ERR),
+    "si_cuda_free": (_int, [_ptr, _ptr] + _ERR),
+    "si_cuda_upload": (_int, [_ptr, _ptr, _ptr, _size] + _ERR),
+    "si_cuda_download": (_int, [_ptr, _ptr, _ptr, _size] + _ERR),
+    "si_cuda_memset": (_int, [_ptr, _ptr, _int, _size] + _ERR),
+    # ctx, type, w, rows, cols, x, n_tokens, y
+    "si_cuda_matmul": (_int, [_ptr, _int, _ptr, _i64, _i64, _ptr, _i64, _ptr] + _ERR),
+    # ctx, type, w, rows, cols, row_ids, count, max_count, x, n_tokens, y
+    "si_cuda_matmul_rows": (_int, [_ptr, _int, _ptr, _i64, _i64, _ptr, _ptr, _i64, _ptr, _i64, _ptr] + _ERR),
+    # ctx, x, weight, n_rows, n, eps, out
+    "si_cuda_rms_norm": (_int, [_ptr, _ptr, _ptr, _i64, _i64, ctypes.c_float, _ptr] + _ERR),
+    # ctx, x, n_tokens, n_heads, head_dim, rope_dim, positions, base
+    "si_cuda_rope": (_int, [_ptr, _ptr, _i64, _i64, _i64, _i64, _ptr, ctypes.c_float] + _ERR),
+    # ctx, q, k, v, k_cache, v_cache, n_ctx, n_past, n_tokens, n_head, n_head_kv, head_dim, out
+    "si_cuda_attention": (_int, [_ptr] + [_ptr] * 5 + [_i64] * 6 + [_ptr] + _ERR),
+    "si_cuda_add": (_int, [_ptr, _ptr, _ptr, _i64] + _ERR),
+    "si_cuda_silu_mul": (_int, [_ptr, _ptr, _ptr, _i64] + _ERR),
+    # ctx, fc1_type, fc1, rank, n_embd, fc2_type, fc2, n_ff, x, n_tokens, hidden, scores
+    "si_cuda_ffn_predict": (_int, [_ptr, _int, _ptr, _i64, _i64, _int, _ptr, _i64, _ptr, _i64, _ptr, _ptr] + _ERR),
+    # ctx, scores, n_tokens, n_ff, threshold, candidates, n_candidates, rows, count, mask
+    "si_cuda_ffn_select": (_int, [_ptr, _ptr, _i64, _i64, ctypes.c_float, _ptr, _i64, _ptr, _ptr, _ptr] + _ERR),
+    # ctx, gate_type, gate, up_type, up, n_rows, n_embd, rows, count, max_count, mask, x,
+    # n_tokens, relu_up, h
+    "si_cuda_ffn_gate_up": (_int, [_ptr, _int, _ptr, _int, _ptr, _i64, _i64, _ptr, _ptr, _i64, _ptr, _ptr,
+                                   _i64, _int, _ptr] + _ERR),
+    # ctx, down_type, down_t, n_rows, n_embd, rows, count, max_count, h, n_tokens, y
+    "si_cuda_ffn_down": (_int, [_ptr, _int, _ptr, _i64, _i64, _ptr, _ptr, _i64, _ptr, _i64, _ptr] + _ERR),
+}
+
+
+class CudaError(RuntimeError):
+    """A plugin call failed: `status` is CUDA's error code or ERROR_ARGUMENT / ERROR_INDEX."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _buffer_address(data: Any, writable: bool) -> tuple[Any, int]:
+    """(a ctypes object keeping the memory alive, its size) for a buffer-protocol object."""
+    view = memoryview(data)
+    if not view.c_contiguous:
+        raise ValueError("the host buffer must be C-contiguous")
+    view = view.cast("B")
+    if view.readonly:
+        if writable:
+            raise ValueError("the host buffer is read-only")
+        return ctypes.c_char_p(view.tobytes()), view.nbytes
+    return (ctypes.c_char * view.nbytes).from_buffer(view), view.nbytes
+
+
 class Plugin:
-    """A loaded plugin library with typed entry points (argtypes set once)."""
+    """A loaded plugin library with typed entry points (PROTOTYPES, set once)."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         self.lib = lib
-        c_int_p, c_char_p, size_t = ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, ctypes.c_size_t
-        lib.si_cuda_abi_version.restype = ctypes.c_int
-        lib.si_cuda_abi_version.argtypes = []
-        lib.si_cuda_build_info.restype = ctypes.c_char_p
-        lib.si_cuda_build_info.argtypes = []
-        lib.si_cuda_versions.restype = ctypes.c_int
-        lib.si_cuda_versions.argtypes = [c_int_p, c_int_p, c_char_p, size_t]
-        lib.si_cuda_device_count.restype = ctypes.c_int
-        lib.si_cuda_device_count.argtypes = [c_int_p, c_char_p, size_t]
-        lib.si_cuda_device_name.restype = ctypes.c_int
-        lib.si_cuda_device_name.argtypes = [ctypes.c_int, c_char_p, size_t, c_char_p, size_t]
-        lib.si_cuda_device_props.restype = ctypes.c_int
-        lib.si_cuda_device_props.argtypes = [ctypes.c_int, c_int_p, c_int_p,
-                                             ctypes.POINTER(ctypes.c_uint64), c_char_p, size_t]
-        lib.si_cuda_self_test.restype = ctypes.c_int
-        lib.si_cuda_self_test.argtypes = [ctypes.c_int, c_char_p, size_t]
+        for name, (restype, argtypes) in PROTOTYPES.items():
+            function = getattr(lib, name)  # AttributeError: the plugin lacks an entry point
+            function.restype, function.argtypes = restype, argtypes
 
     @staticmethod
     def _check(rc: int, err: Any) -> None:
         if rc != 0:
-            raise RuntimeError(err.value.decode("utf-8", "replace") or f"CUDA error {rc}")
+            raise CudaError(err.value.decode("utf-8", "replace") or f"CUDA error {rc}", rc)
+
+    def call(self, name: str, *args: Any) -> None:
+        """Calls a fallible entry point with (err, err_len) appended; raises CudaError."""
+        err = ctypes.create_string_buffer(_ERR_LEN)
+        self._check(getattr(self.lib, name)(*args, err, _ERR_LEN), err)
 
     def abi_version(self) -> int:
         return int(self.lib.si_cuda_abi_version())
@@ -86,28 +160,102 @@ class Plugin:
         return (self.lib.si_cuda_build_info() or b"").decode("utf-8", "replace")
 
     def versions(self) -> tuple[int, int]:
-        runtime, driver, err = ctypes.c_int(0), ctypes.c_int(0), ctypes.create_string_buffer(_ERR_LEN)
-        self._check(self.lib.si_cuda_versions(ctypes.byref(runtime), ctypes.byref(driver), err, _ERR_LEN), err)
+        runtime, driver = ctypes.c_int(0), ctypes.c_int(0)
+        self.call("si_cuda_versions", ctypes.byref(runtime), ctypes.byref(driver))
         return runtime.value, driver.value
 
     def device_count(self) -> int:
-        count, err = ctypes.c_int(0), ctypes.create_string_buffer(_ERR_LEN)
-        self._check(self.lib.si_cuda_device_count(ctypes.byref(count), err, _ERR_LEN), err)
+        count = ctypes.c_int(0)
+        self.call("si_cuda_device_count", ctypes.byref(count))
         return count.value
 
     def device(self, index: int) -> dict[str, Any]:
-        name, err = ctypes.create_string_buffer(256), ctypes.create_string_buffer(_ERR_LEN)
-        self._check(self.lib.si_cuda_device_name(index, name, 256, err, _ERR_LEN), err)
+        name = ctypes.create_string_buffer(256)
+        self.call("si_cuda_device_name", index, name, 256)
         major, minor, memory = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_uint64(0)
-        self._check(self.lib.si_cuda_device_props(index, ctypes.byref(major), ctypes.byref(minor),
-                                                  ctypes.byref(memory), err, _ERR_LEN), err)
+        self.call("si_cuda_device_props", index, ctypes.byref(major), ctypes.byref(minor),
+                  ctypes.byref(memory))
         return {"index": index, "name": name.value.decode("utf-8", "replace"),
                 "compute_capability": f"{major.value}.{minor.value}",
                 "total_memory": int(memory.value)}
 
     def self_test(self, index: int) -> None:
-        err = ctypes.create_string_buffer(_ERR_LEN)
-        self._check(self.lib.si_cuda_self_test(index, err, _ERR_LEN), err)
+        self.call("si_cuda_self_test", index)
+
+    def context(self, device: int = 0) -> "Context":
+        return Context(self, device)
+
+
+class Context:
+    """A plugin context (a device and its stream) with device memory helpers. Kernels are run
+    with run(name, *args): the context goes first and (err, err_len) last, as in the C ABI.
+    Device addresses are ints. Use it as a context manager or call close()."""
+
+    def __init__(self, plugin: Plugin, device: int = 0) -> None:
+        self.plugin = plugin
+        handle = ctypes.c_void_p()
+        plugin.call("si_cuda_context_create", device, ctypes.byref(handle))
+        self.handle: Optional[int] = handle.value
+        self._buffers: set[int] = set()
+
+    def __enter__(self) -> "Context":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Frees the buffers still allocated through this object, then the context."""
+        if self.handle is None:
+            return
+        for address in list(self._buffers):
+            self.free(address)
+        self.plugin.lib.si_cuda_context_destroy(self.handle)
+        self.handle = None
+
+    def run(self, name: str, *args: Any) -> None:
+        self.plugin.call(name, self.handle, *args)
+
+    def synchronize(self) -> None:
+        self.run("si_cuda_synchronize")
+
+    def memory_info(self) -> tuple[int, int]:
+        """(free, total) bytes of the device."""
+        free, total = ctypes.c_uint64(0), ctypes.c_uint64(0)
+        self.run("si_cuda_memory_info", ctypes.byref(free), ctypes.byref(total))
+        return int(free.value), int(total.value)
+
+    def alloc(self, nbytes: int) -> int:
+        address = ctypes.c_void_p()
+        self.run("si_cuda_alloc", nbytes, ctypes.byref(address))
+        if address.value:
+            self._buffers.add(address.value)
+        return address.value or 0
+
+    def free(self, address: int) -> None:
+        self._buffers.discard(address)
+        self.run("si_cuda_free", address)
+
+    def upload(self, address: int, data: Any) -> None:
+        """Copies a host buffer (bytes, array.array, a NumPy array...) to a device address."""
+        source, nbytes = _buffer_address(data, writable=False)
+        self.run("si_cuda_upload", address, source, nbytes)
+
+    def to_device(self, data: Any) -> int:
+        """A new device buffer holding a copy of the host buffer."""
+        nbytes = memoryview(data).nbytes
+        address = self.alloc(nbytes)
+        if nbytes:
+            self.upload(address, data)
+        return address
+
+    def download(self, address: int, out: Any) -> None:
+        """Fills a writable host buffer from a device address (after the queued work)."""
+        target, nbytes = _buffer_address(out, writable=True)
+        self.run("si_cuda_download", target, address, nbytes)
+
+    def memset(self, address: int, value: int, nbytes: int) -> None:
+        self.run("si_cuda_memset", address, value, nbytes)
 
 
 def _version_text(v: int) -> Optional[str]:

@@ -1,12 +1,12 @@
-// The first CUDA backend: it reports devices and proves that its code runs on them. The
-// model kernels come later behind the same C ABI (plugin_api.h). Written without the C++
-// standard library so that the Windows build needs no msvcp140.dll.
+// The plugin's device queries: it reports devices and proves that its code runs on them.
+// Written without the C++ standard library so that the Windows build needs no msvcp140.dll.
 #include <cuda_runtime.h>
 
 #include <stdio.h>
 #include <string.h>
 
 #include "plugin_api.h"
+#include "plugin_internal.cuh"
 
 #ifndef SI_CUDA_ARCHS
 #define SI_CUDA_ARCHS "unknown"
@@ -17,34 +17,9 @@
 
 namespace {
 
-void put(char* dst, size_t len, const char* text) {
-    if (dst == nullptr || len == 0) return;
-    snprintf(dst, len, "%s", text);
-}
-
-// Writes "<what>: <CUDA's name for the error>: <CUDA's message>" and returns the status.
-int fail(cudaError_t status, const char* what, char* err, size_t err_len) {
-    if (err != nullptr && err_len > 0) {
-        snprintf(err, err_len, "%s: %s: %s", what, cudaGetErrorName(status),
-                 cudaGetErrorString(status));
-    }
-    // A failed call leaves a sticky "last error" behind; clear it for the next call.
-    cudaGetLastError();
-    return static_cast<int>(status) != 0 ? static_cast<int>(status) : -1;
-}
-
-int check_device(int device, char* err, size_t err_len) {
-    int count = 0;
-    cudaError_t status = cudaGetDeviceCount(&count);
-    if (status != cudaSuccess) return fail(status, "cudaGetDeviceCount", err, err_len);
-    if (device < 0 || device >= count) {
-        if (err != nullptr && err_len > 0) {
-            snprintf(err, err_len, "device %d does not exist (%d visible)", device, count);
-        }
-        return static_cast<int>(cudaErrorInvalidDevice);
-    }
-    return 0;
-}
+using si_cuda::check_device;
+using si_cuda::fail;
+using si_cuda::put;
 
 __global__ void probe_kernel(int* out, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;

@@ -1,0 +1,145 @@
+// RMSNorm and RoPE (GGML's "normal" mode), as cpp/src/model/norm.h and session.cpp compute
+// them on the CPU; and the two element-wise steps of a layer (the residual add, SiLU * up).
+#include <cuda_runtime.h>
+
+#include "device_common.cuh"
+#include "plugin_api.h"
+#include "plugin_internal.cuh"
+
+namespace {
+
+using namespace si_cuda;
+
+constexpr int kNormThreads = 256;
+constexpr int kRopeThreads = 128;
+constexpr int kElementThreads = 256;
+
+// One block per row: the sum of squares in float, per thread then in a fixed tree (the CPU
+// sums in double; the difference is far below the tests' tolerance for rows of thousands).
+// Each thread rereads the values it scales, so out may be x.
+__global__ void __launch_bounds__(kNormThreads)
+rms_norm_kernel(const float* x, const float* weight, int64_t n, float eps, float* out) {
+    __shared__ float warp_sums[kNormThreads / kWarp];
+    __shared__ float scale;
+    const float* row = x + static_cast<int64_t>(blockIdx.x) * n;
+    float* dst = out + static_cast<int64_t>(blockIdx.x) * n;
+    float sum = 0.0f;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) sum = fmaf(row[i], row[i], sum);
+    sum = warp_sum(sum);
+    if (threadIdx.x % kWarp == 0) warp_sums[threadIdx.x / kWarp] = sum;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float total = 0.0f;
+        for (int w = 0; w < kNormThreads / kWarp; ++w) total += warp_sums[w];
+        scale = 1.0f / sqrtf(total / static_cast<float>(n) + eps);
+    }
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) dst[i] = row[i] * scale * weight[i];
+}
+
+// One thread per (token, pair i): the angle theta = pos * base^(-2i / rope_dim) in double,
+// as the CPU computes it (positions reach thousands, where a float angle would be off by
+// far more than the rounding of its cosine), then the pair turns in every head.
+__global__ void __launch_bounds__(kRopeThreads)
+rope_kernel(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t rope_dim,
+            const int32_t* positions, double base) {
+    const int64_t half = rope_dim / 2;
+    const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (index >= n_tokens * half) return;
+    const int64_t t = index / half, i = index % half;
+    const double inv_freq = pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(rope_dim));
+    const double theta = static_cast<double>(positions[t]) * inv_freq;
+    double s, c;
+    sincos(theta, &s, &c);
+    const float sin_f = static_cast<float>(s), cos_f = static_cast<float>(c);
+    for (int64_t h = 0; h < n_heads; ++h) {
+        float* pair = x + (t * n_heads + h) * head_dim + 2 * i;
+        const float x0 = pair[0], x1 = pair[1];
+        pair[0] = x0 * cos_f - x1 * sin_f;
+        pair[1] = x0 * sin_f + x1 * cos_f;
+    }
+}
+
+__global__ void add_kernel(float* y, const float* x, int64_t n) {
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        y[i] += x[i];
+    }
+}
+
+__global__ void silu_mul_kernel(float* gate, const float* up, int64_t n) {
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const float g = gate[i];
+        gate[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+// Grid-stride kernels need no more blocks than fill the GPU a few times over.
+unsigned int element_blocks(int64_t n) {
+    const int64_t blocks = (n + kElementThreads - 1) / kElementThreads;
+    return static_cast<unsigned int>(blocks < 65536 ? blocks : 65536);
+}
+
+}  // namespace
+
+extern "C" {
+
+SI_CUDA_API int si_cuda_rms_norm(si_cuda_context* ctx, const float* x, const float* weight, int64_t n_rows,
+                                 int64_t n, float eps, float* out, char* err, size_t err_len) {
+    const char* what = "si_cuda_rms_norm";
+    int rc = enter(ctx, err, err_len);
+    if (rc != 0) return rc;
+    if (n_rows < 0 || n_rows > INT32_MAX || n <= 0) {
+        return invalid(err, err_len, "%s: %lld rows of %lld values", what, static_cast<long long>(n_rows),
+                       static_cast<long long>(n));
+    }
+    if (n_rows == 0) return 0;
+    if (x == nullptr || weight == nullptr || out == nullptr) {
+        return invalid(err, err_len, "%s: x, weight and out must not be null", what);
+    }
+    rms_norm_kernel<<<static_cast<unsigned int>(n_rows), kNormThreads, 0, ctx->stream>>>(x, weight, n, eps, out);
+    return launched(what, err, err_len);
+}
+
+SI_CUDA_API int si_cuda_rope(si_cuda_context* ctx, float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim,
+                             int64_t rope_dim, const int32_t* positions, float base, char* err, size_t err_len) {
+    const char* what = "si_cuda_rope";
+    int rc = enter(ctx, err, err_len);
+    if (rc == 0) rc = check_tokens(what, n_tokens, err, err_len);
+    if (rc != 0) return rc;
+    if (n_heads <= 0 || head_dim <= 0 || rope_dim < 0 || rope_dim > head_dim || rope_dim % 2 != 0) {
+        return invalid(err, err_len, "%s: %lld heads of %lld values, rope_dim %lld (even, <= head_dim)", what,
+                       static_cast<long long>(n_heads), static_cast<long long>(head_dim),
+                       static_cast<long long>(rope_dim));
+    }
+    if (x == nullptr || positions == nullptr) return invalid(err, err_len, "%s: x and positions must not be null", what);
+    const int64_t pairs = n_tokens * (rope_dim / 2);
+    if (pairs == 0) return 0;
+    rope_kernel<<<blocks_for(pairs, kRopeThreads), kRopeThreads, 0, ctx->stream>>>(
+        x, n_tokens, n_heads, head_dim, rope_dim, positions, static_cast<double>(base));
+    return launched(what, err, err_len);
+}
+
+SI_CUDA_API int si_cuda_add(si_cuda_context* ctx, float* y, const float* x, int64_t n, char* err, size_t err_len) {
+    int rc = enter(ctx, err, err_len);
+    if (rc != 0) return rc;
+    if (n < 0) return invalid(err, err_len, "si_cuda_add: n = %lld", static_cast<long long>(n));
+    if (n == 0) return 0;
+    if (y == nullptr || x == nullptr) return invalid(err, err_len, "si_cuda_add: a null buffer");
+    add_kernel<<<element_blocks(n), kElementThreads, 0, ctx->stream>>>(y, x, n);
+    return launched("si_cuda_add", err, err_len);
+}
+
+SI_CUDA_API int si_cuda_silu_mul(si_cuda_context* ctx, float* gate, const float* up, int64_t n, char* err,
+                                 size_t err_len) {
+    int rc = enter(ctx, err, err_len);
+    if (rc != 0) return rc;
+    if (n < 0) return invalid(err, err_len, "si_cuda_silu_mul: n = %lld", static_cast<long long>(n));
+    if (n == 0) return 0;
+    if (gate == nullptr || up == nullptr) return invalid(err, err_len, "si_cuda_silu_mul: a null buffer");
+    silu_mul_kernel<<<element_blocks(n), kElementThreads, 0, ctx->stream>>>(gate, up, n);
+    return launched("si_cuda_silu_mul", err, err_len);
+}
+
+}  // extern "C"

@@ -1,0 +1,230 @@
+// The sparse FFN of PowerInfer files on the GPU (cpp/src/model/feed_forward.cpp is the CPU's):
+// which neurons are active, gate and up of those neurons only, and the down projection as a
+// sum of the active neurons' ffn_down_t rows scaled by their activations.
+//
+// Every result is computed in a fixed order (the active list in ascending order, each
+// output value summed by one thread in list order, partial sums combined in warp order), so
+// a run gives the same bits as the last; no atomics on data.
+#include <cuda_runtime.h>
+
+#include "device_common.cuh"
+#include "plugin_api.h"
+#include "plugin_internal.cuh"
+
+namespace {
+
+using namespace si_cuda;
+
+constexpr int kSelectThreads = 1024;  // one block compacts the whole list
+constexpr int kGateUpRowsPerBlock = 4;
+constexpr int kDownWarps = 8;  // warps sharing one 32-column tile of the output
+
+// One block walks the candidates 1024 at a time: each thread decides one candidate, a
+// ballot and a scan over the warps' counts give its place, so the list comes out in
+// ascending order (as the CPU's per-token lists do).
+__global__ void __launch_bounds__(kSelectThreads)
+select_kernel(const float* scores, int n_tokens, int64_t n_ff, float threshold, const int32_t* candidates,
+              int64_t n_candidates, int32_t* rows, int32_t* count, uint8_t* mask, int* flags) {
+    __shared__ int warp_offset[kSelectThreads / kWarp];
+    __shared__ int chunk_total;
+    const int lane = static_cast<int>(threadIdx.x % kWarp), warp = static_cast<int>(threadIdx.x / kWarp);
+    const int n_warps = static_cast<int>(blockDim.x / kWarp);
+    int64_t base = 0;
+    for (int64_t start = 0; start < n_candidates; start += blockDim.x) {
+        const int64_t k = start + threadIdx.x;
+        int64_t id = -1;
+        bool active = false;
+        if (k < n_candidates) {
+            id = candidates != nullptr ? candidates[k] : k;
+            if (id < 0 || id >= n_ff) {
+                atomicOr(flags, kFlagCandidate);
+                id = -1;
+            } else {
+                for (int t = 0; t < n_tokens && !active; ++t) active = scores[t * n_ff + id] >= threshold;
+            }
+        }
+        const unsigned int ballot = __ballot_sync(kFullMask, active);
+        if (lane == 0) warp_offset[warp] = __popc(ballot);
+        __syncthreads();
+        if (warp == 0) {
+            // Exclusive scan of the warps' counts (at most 32 warps: one lane each).
+            const int own = lane < n_warps ? warp_offset[lane] : 0;
+            int inclusive = own;
+#pragma unroll
+            for (int offset = 1; offset < kWarp; offset <<= 1) {
+                const int other = __shfl_up_sync(kFullMask, inclusive, offset);
+                if (lane >= offset) inclusive += other;
+            }
+            if (lane < n_warps) warp_offset[lane] = inclusive - own;
+            if (lane == kWarp - 1) chunk_total = inclusive;
+        }
+        __syncthreads();
+        if (active) {
+            const int64_t pos = base + warp_offset[warp] + __popc(ballot & ((1u << lane) - 1u));
+            rows[pos] = static_cast<int32_t>(k);
+            if (mask != nullptr) {
+                for (int t = 0; t < n_tokens; ++t) {
+                    mask[t * n_candidates + pos] = scores[t * n_ff + id] >= threshold ? 1 : 0;
+                }
+            }
+        }
+        base += chunk_total;
+        __syncthreads();  // warp_offset and chunk_total are rewritten by the next chunk
+    }
+    if (threadIdx.x == 0) *count = static_cast<int32_t>(base);
+}
+
+// One warp per listed neuron: g = gate row . x[t], u = up row . x[t] for every token, then
+// h = relu(g) * u (or * relu(u)); the CPU skips up when g <= 0, which gives the same 0.
+__global__ void __launch_bounds__(kGateUpRowsPerBlock * kWarp)
+gate_up_kernel(int gate_type, const uint8_t* gate, size_t gate_row_bytes, bool gate_vec, int up_type,
+               const uint8_t* up, size_t up_row_bytes, bool up_vec, int64_t n_rows, int64_t n_embd,
+               const int32_t* ids, const int32_t* count, int64_t capacity, const uint8_t* mask,
+               const float* x, int n_tokens, bool relu_up, float* h, int* flags) {
+    const int64_t k = static_cast<int64_t>(blockIdx.x) * kGateUpRowsPerBlock + threadIdx.x / kWarp;
+    const int lane = static_cast<int>(threadIdx.x % kWarp);
+    if (k >= listed_count(count, capacity, flags)) return;  // whole warps leave together
+    const int64_t r = ids != nullptr ? ids[k] : k;
+    if (r < 0 || r >= n_rows) {
+        if (lane == 0) atomicOr(flags, kFlagRowId);
+        return;
+    }
+    float g[kMaxTokens], u[kMaxTokens];
+#pragma unroll
+    for (int t = 0; t < kMaxTokens; ++t) g[t] = u[t] = 0.0f;
+    row_dot(gate_type, gate + r * gate_row_bytes, n_embd, x, n_tokens, gate_vec, g);
+    row_dot(up_type, up + r * up_row_bytes, n_embd, x, n_tokens, up_vec, u);
+#pragma unroll
+    for (int t = 0; t < kMaxTokens; ++t) {
+        if (t < n_tokens) {
+            const float gs = warp_sum(g[t]);
+            float us = warp_sum(u[t]);
+            if (relu_up && us < 0.0f) us = 0.0f;
+            const bool active = mask == nullptr || mask[t * capacity + k] != 0;
+            if (lane == 0) h[t * capacity + k] = active && gs > 0.0f ? gs * us : 0.0f;
+        }
+    }
+}
+
+// y[t][c] += sum over listed k, in order, of h[t][k] * down_t[rows[k]][c]. A block owns 32
+// output columns (one quantised block of every row; the rows are read 32 values by one warp);
+// its warps take every kDownWarps-th listed neuron and keep one partial sum per column and
+// token; the partial sums are then added in warp order. No two blocks write the same value.
+__global__ void __launch_bounds__(kDownWarps * kWarp)
+down_kernel(int type, const uint8_t* down_t, size_t row_bytes, int64_t n_rows, int64_t n_embd,
+            const int32_t* ids, const int32_t* count, int64_t capacity, const float* h, int n_tokens,
+            float* y, int* flags) {
+    __shared__ float partial[kDownWarps][kMaxTokens][kWarp];
+    const int lane = static_cast<int>(threadIdx.x % kWarp), warp = static_cast<int>(threadIdx.x / kWarp);
+    const int64_t col = static_cast<int64_t>(blockIdx.x) * kWarp + lane;
+    const bool in_range = col < n_embd;  // F32/F16 rows need not be a multiple of 32 long
+    const int64_t n = listed_count(count, capacity, flags);
+    float acc[kMaxTokens];
+#pragma unroll
+    for (int t = 0; t < kMaxTokens; ++t) acc[t] = 0.0f;
+    for (int64_t k = warp; k < n; k += kDownWarps) {
+        const int64_t r = ids != nullptr ? ids[k] : k;
+        if (r < 0 || r >= n_rows) {
+            if (lane == 0) atomicOr(flags, kFlagRowId);
+            continue;
+        }
+        const float w = in_range ? row_element(type, down_t + r * row_bytes, col) : 0.0f;
+#pragma unroll
+        for (int t = 0; t < kMaxTokens; ++t) {
+            if (t < n_tokens) {
+                const float ht = h[t * capacity + k];
+                if (ht != 0.0f) acc[t] = fmaf(ht, w, acc[t]);  // as the CPU: zero h is skipped
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < kMaxTokens; ++t) partial[warp][t][lane] = acc[t];
+    __syncthreads();
+    if (warp == 0 && in_range) {
+        for (int t = 0; t < n_tokens; ++t) {
+            float s = 0.0f;
+            for (int w = 0; w < kDownWarps; ++w) s += partial[w][t][lane];
+            y[t * n_embd + col] += s;
+        }
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+SI_CUDA_API int si_cuda_ffn_select(si_cuda_context* ctx, const float* scores, int64_t n_tokens, int64_t n_ff,
+                                   float threshold, const int32_t* candidates, int64_t n_candidates,
+                                   int32_t* rows, int32_t* count, uint8_t* mask, char* err, size_t err_len) {
+    const char* what = "si_cuda_ffn_select";
+    int rc = enter(ctx, err, err_len);
+    if (rc == 0) rc = check_tokens(what, n_tokens, err, err_len);
+    if (rc == 0) rc = check_list(what, n_candidates, err, err_len);
+    if (rc == 0 && (n_ff <= 0 || n_ff > INT32_MAX)) {
+        rc = invalid(err, err_len, "%s: n_ff must be between 1 and 2^31 - 1, got %lld", what,
+                     static_cast<long long>(n_ff));
+    }
+    if (rc == 0 && candidates == nullptr && n_candidates != n_ff) {
+        rc = invalid(err, err_len, "%s: without a candidate list n_candidates must be n_ff (%lld), got %lld",
+                     what, static_cast<long long>(n_ff), static_cast<long long>(n_candidates));
+    }
+    if (rc == 0 && (scores == nullptr || rows == nullptr || count == nullptr)) {
+        rc = invalid(err, err_len, "%s: scores, rows and count must not be null", what);
+    }
+    if (rc != 0) return rc;
+    select_kernel<<<1, kSelectThreads, 0, ctx->stream>>>(scores, static_cast<int>(n_tokens), n_ff, threshold,
+                                                         candidates, n_candidates, rows, count, mask, ctx->flags);
+    return launched(what, err, err_len);
+}
+
+SI_CUDA_API int si_cuda_ffn_gate_up(si_cuda_context* ctx, int gate_type, const void* gate, int up_type,
+                                    const void* up, int64_t n_rows, int64_t n_embd, const int32_t* rows,
+                                    const int32_t* count, int64_t max_count, const uint8_t* mask,
+                                    const float* x, int64_t n_tokens, int relu_up, float* h, char* err,
+                                    size_t err_len) {
+    const char* what = "si_cuda_ffn_gate_up";
+    size_t gate_row_bytes = 0, up_row_bytes = 0;
+    int rc = enter(ctx, err, err_len);
+    if (rc == 0) rc = check_matrix("si_cuda_ffn_gate_up (gate)", gate_type, gate, n_rows, n_embd, &gate_row_bytes, err, err_len);
+    if (rc == 0) rc = check_matrix("si_cuda_ffn_gate_up (up)", up_type, up, n_rows, n_embd, &up_row_bytes, err, err_len);
+    if (rc == 0) rc = check_input(what, gate_type, x, err, err_len);
+    if (rc == 0) rc = check_input(what, up_type, x, err, err_len);
+    if (rc == 0) rc = check_tokens(what, n_tokens, err, err_len);
+    if (rc == 0) rc = check_list(what, max_count, err, err_len);
+    if (rc == 0 && h == nullptr) rc = invalid(err, err_len, "%s: the output is null", what);
+    if (rc != 0 || max_count == 0) return rc;
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += kMaxTokens) {
+        const int nt = static_cast<int>(n_tokens - t0 < kMaxTokens ? n_tokens - t0 : kMaxTokens);
+        const float* xt = x + t0 * n_embd;
+        gate_up_kernel<<<blocks_for(max_count, kGateUpRowsPerBlock), kGateUpRowsPerBlock * kWarp, 0, ctx->stream>>>(
+            gate_type, static_cast<const uint8_t*>(gate), gate_row_bytes, vector_loads(gate_type, gate, n_embd, xt),
+            up_type, static_cast<const uint8_t*>(up), up_row_bytes, vector_loads(up_type, up, n_embd, xt), n_rows,
+            n_embd, rows, count, max_count, mask != nullptr ? mask + t0 * max_count : nullptr, xt, nt,
+            relu_up != 0, h + t0 * max_count, ctx->flags);
+    }
+    return launched(what, err, err_len);
+}
+
+SI_CUDA_API int si_cuda_ffn_down(si_cuda_context* ctx, int down_type, const void* down_t, int64_t n_rows,
+                                 int64_t n_embd, const int32_t* rows, const int32_t* count, int64_t max_count,
+                                 const float* h, int64_t n_tokens, float* y, char* err, size_t err_len) {
+    const char* what = "si_cuda_ffn_down";
+    size_t row_bytes = 0;
+    int rc = enter(ctx, err, err_len);
+    if (rc == 0) rc = check_matrix(what, down_type, down_t, n_rows, n_embd, &row_bytes, err, err_len);
+    if (rc == 0) rc = check_tokens(what, n_tokens, err, err_len);
+    if (rc == 0) rc = check_list(what, max_count, err, err_len);
+    if (rc == 0 && (y == nullptr || (h == nullptr && max_count > 0))) {
+        rc = invalid(err, err_len, "%s: h and y must not be null", what);
+    }
+    if (rc != 0 || max_count == 0) return rc;
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += kMaxTokens) {
+        const int nt = static_cast<int>(n_tokens - t0 < kMaxTokens ? n_tokens - t0 : kMaxTokens);
+        down_kernel<<<blocks_for(n_embd, kWarp), kDownWarps * kWarp, 0, ctx->stream>>>(
+            down_type, static_cast<const uint8_t*>(down_t), row_bytes, n_rows, n_embd, rows, count, max_count,
+            h + t0 * max_count, nt, y + t0 * n_embd, ctx->flags);
+    }
+    return launched(what, err, err_len);
+}
+
+}  // extern "C"

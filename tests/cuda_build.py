@@ -1,0 +1,145 @@
+"""Builds the CUDA plugin (cpp/src/cuda) with nvcc for the tests, once per test run.
+
+Every .cu file of the plugin is compiled (in parallel, one nvcc per file) for one GPU
+architecture, sm_75: real code for Turing and PTX that newer GPUs compile at load, so the
+one build runs on any GPU that CUDA 13 supports and stays quick (the release builds five
+architectures: cpp/src/cuda/architectures.cmake). The runtime is linked as a shared library,
+as the sparseinfer-cudaNN wheels link it; runtime_library() finds the toolkit's copy.
+
+Used by test_cuda_plugin.py (the loader) and test_cuda_kernels.py (the kernels); standard
+library only.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CUDA_SOURCES = os.path.join(ROOT, "cpp", "src", "cuda")
+PLUGIN_HEADER = os.path.join(CUDA_SOURCES, "plugin_api.h")
+LIB_NAME = "sparseinfer_cuda.dll" if sys.platform == "win32" else "libsparseinfer_cuda.so"
+ARCH = "75"
+
+
+def compiler_env() -> dict:
+    """The environment for a compiler run: without a sanitizer runtime that the test run may
+    preload (tools/run_sanitized_tests.sh), which crashes nvcc."""
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+
+def find_nvcc() -> Optional[str]:
+    candidates = [shutil.which("nvcc")]
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            candidates.append(os.path.join(os.environ[var], "bin", "nvcc"))
+    candidates.append("/usr/local/cuda/bin/nvcc")
+    for c in candidates:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+def nvcc_major(nvcc: str) -> int:
+    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60,
+                             env=compiler_env()).stdout
+    return int(re.search(r"release (\d+)\.", version).group(1))
+
+
+def runtime_library(nvcc: str, major: int) -> Optional[str]:
+    """The toolkit's libcudart.so.<major>, or None."""
+    toolkit = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    for lib_dir in ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib"),
+                    os.path.join("targets", "sbsa-linux", "lib")):
+        candidate = os.path.join(toolkit, lib_dir, f"libcudart.so.{major}")
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def cuda_sources() -> list[str]:
+    return sorted(os.path.join(CUDA_SOURCES, name) for name in os.listdir(CUDA_SOURCES)
+                  if name.endswith(".cu"))
+
+
+def abi_functions() -> dict[str, tuple[bool, int, bool]]:
+    """The entry points plugin_api.h declares: name -> (returns void, number of parameters,
+    ends with the (char* err, size_t err_len) pair)."""
+    with open(PLUGIN_HEADER, encoding="utf-8") as f:
+        text = re.sub(r"//[^\n]*", "", f.read())
+    out = {}
+    for m in re.finditer(r"SI_CUDA_API\s+([\w\s\*]+?)\s*\b(si_cuda_\w+)\s*\(([^)]*)\)", text):
+        params = m.group(3).strip()
+        n = 0 if params in ("", "void") else params.count(",") + 1
+        reports_errors = re.search(r"char\*\s*err,\s*size_t\s+err_len$", params) is not None
+        out[m.group(2)] = (m.group(1).strip() == "void", n, reports_errors)
+    return out
+
+
+def header_defines() -> dict[str, int]:
+    """The integer #defines of plugin_api.h (SI_CUDA_ABI_VERSION, SI_CUDA_TYPE_*, ...)."""
+    with open(PLUGIN_HEADER, encoding="utf-8") as f:
+        text = f.read()
+    return {m.group(1): int(m.group(2))
+            for m in re.finditer(r"#define\s+(SI_CUDA_\w+)\s+\(?(-?\d+)\)?", text)}
+
+
+@dataclass
+class Built:
+    path: str                # the plugin library
+    major: int               # the toolkit's CUDA major version
+    runtime: Optional[str]   # the toolkit's libcudart.so.<major>, when found
+
+
+_built: Optional[Built] = None
+_failure: Optional[str] = None
+
+
+def build_plugin() -> Built:
+    """The plugin built from the current sources (once per process; later calls return the
+    same library). Raises RuntimeError with nvcc's messages when the build fails, and
+    FileNotFoundError when there is no nvcc (callers skip then)."""
+    global _built, _failure
+    if _built is not None:
+        return _built
+    if _failure is not None:
+        raise RuntimeError(_failure)
+    nvcc = find_nvcc()
+    if nvcc is None or sys.platform != "linux":
+        raise FileNotFoundError("nvcc not found, or not Linux (the tests build the CUDA plugin only "
+                                "where a CUDA toolkit is, on Linux)")
+    major = nvcc_major(nvcc)
+    out_dir = tempfile.mkdtemp(prefix="sparseinfer-cuda-test-")
+    atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
+    common = ["-O2", "-std=c++17", f"-arch=sm_{ARCH}", "-cudart", "shared"]
+
+    def compile_one(source: str) -> tuple[str, subprocess.CompletedProcess]:
+        obj = os.path.join(out_dir, os.path.basename(source) + ".o")
+        proc = subprocess.run(
+            [nvcc, *common, "-Xcompiler", "-fPIC,-fvisibility=hidden", f'-DSI_CUDA_ARCHS="{ARCH}"',
+             "-c", source, "-o", obj],
+            capture_output=True, text=True, timeout=600, env=compiler_env())
+        return obj, proc
+
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        results = list(pool.map(compile_one, cuda_sources()))
+    errors = [f"{obj}:\n{proc.stderr}" for obj, proc in results if proc.returncode != 0]
+    if not errors:
+        lib = os.path.join(out_dir, LIB_NAME)
+        proc = subprocess.run([nvcc, *common, "-shared", "-o", lib] + [obj for obj, _ in results],
+                              capture_output=True, text=True, timeout=600, env=compiler_env())
+        if proc.returncode != 0:
+            errors.append(f"link:\n{proc.stderr}")
+    if errors:
+        _failure = "building the CUDA plugin failed:\n" + "\n".join(errors)
+        raise RuntimeError(_failure)
+    _built = Built(lib, major, runtime_library(nvcc, major))
+    return _built

@@ -7,7 +7,8 @@ architectures: cpp/src/cuda/architectures.cmake). The runtime is linked as a sha
 as the sparseinfer-cudaNN wheels link it; runtime_library() finds the toolkit's copy.
 
 Used by test_cuda_plugin.py (the loader) and test_cuda_kernels.py (the kernels); standard
-library only.
+library only. build_emulated_plugin() builds the same sources for the CPU emulator in
+tests/cuda_emulator (test_cuda_emulated.py).
 """
 
 from __future__ import annotations
@@ -143,3 +144,40 @@ def build_plugin() -> Built:
         raise RuntimeError(_failure)
     _built = Built(lib, major, runtime_library(nvcc, major))
     return _built
+
+
+EMULATOR = os.path.join(ROOT, "tests", "cuda_emulator")
+
+
+def build_emulated_plugin(out_dir: str) -> str:
+    """The plugin's sources built with the C++ compiler against the CPU emulator, as a shared
+    library in out_dir. Raises FileNotFoundError where it cannot be built (no C++ compiler,
+    or not Linux: the emulator's fibers are glibc's ucontext) and RuntimeError with the
+    compiler's messages when the build fails."""
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if cxx is None or not sys.platform.startswith("linux"):
+        raise FileNotFoundError("the CUDA emulator needs Linux and a C++ compiler")
+    translated = os.path.join(out_dir, "src")
+    subprocess.run([sys.executable, os.path.join(EMULATOR, "translate.py"), CUDA_SOURCES, translated],
+                   check=True, timeout=120)
+    sources = sorted(os.path.join(translated, n) for n in os.listdir(translated) if n.endswith(".cpp"))
+    lib = os.path.join(out_dir, LIB_NAME)
+
+    def compile_one(source: str) -> tuple[str, subprocess.CompletedProcess]:
+        obj = source + ".o"
+        proc = subprocess.run([cxx, "-std=c++17", "-O1", "-fPIC", "-Wno-unknown-pragmas",
+                               f"-I{EMULATOR}", f"-I{translated}", "-c", source, "-o", obj],
+                              capture_output=True, text=True, timeout=600, env=compiler_env())
+        return obj, proc
+
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        results = list(pool.map(compile_one, sources + [os.path.join(EMULATOR, "emulator.cpp")]))
+    errors = [f"{obj}:\n{proc.stderr}" for obj, proc in results if proc.returncode != 0]
+    if not errors:
+        proc = subprocess.run([cxx, "-shared", "-o", lib] + [obj for obj, _ in results],
+                              capture_output=True, text=True, timeout=600, env=compiler_env())
+        if proc.returncode != 0:
+            errors.append(f"link:\n{proc.stderr}")
+    if errors:
+        raise RuntimeError("building the emulated CUDA plugin failed:\n" + "\n".join(errors))
+    return lib

@@ -3,7 +3,9 @@
 The plugin is built from the sources by tests/cuda_build.py (every kernel, one GPU
 architecture): where nvcc exists the build always runs, so a machine without a GPU still
 compiles every kernel. Without nvcc everything here skips; without a GPU (or driver) the
-kernel tests skip with the reason CUDA gives.
+kernel tests skip with the reason CUDA gives. test_cuda_emulated.py runs this file again
+against the kernels built for a CPU emulator (tests/cuda_emulator), so their logic is
+tested on every machine.
 
 Oracles are NumPy in float64: weights dequantised by the `gguf` package (the same values
 the kernels compute: d * (q - 8), d * q + m and d * q are exact or rounded once in float32
@@ -44,6 +46,9 @@ TYPE_ID = _cuda.WEIGHT_TYPES
 def plugin():
     """The plugin built from this checkout and loaded into this process (the toolkit's CUDA
     runtime first, as the loader preloads NVIDIA's from site-packages)."""
+    emulated = os.environ.get("SPARSEINFER_TEST_EMULATED_CUDA_PLUGIN")
+    if emulated:  # test_cuda_emulated.py: the kernels on the CPU emulator, no CUDA runtime
+        return _cuda.Plugin(ctypes.CDLL(emulated))
     try:
         built = cuda_build.build_plugin()
     except FileNotFoundError as error:

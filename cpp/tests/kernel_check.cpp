@@ -7,7 +7,8 @@
 //   * dot4 agrees with four single dots of the same level (exactly where the level promises
 //     it: generic everywhere, neon for the block types) and with generic;
 //   * quantize_q8_0 / quantize_q8_1 write the same bytes as generic;
-//   * axpy agrees with generic element by element and writes nothing outside y[0..n).
+//   * axpy agrees with generic element by element and writes nothing outside y[0..n);
+//   * dequantize_row equals the reference conversion.
 // Float rows are tried at every length 0..70 and some longer ones, starting 0..15 bytes past a
 // 64-byte boundary; block rows at 1..9 and 48 blocks, also at odd byte offsets. Data come from
 // a fixed-seed std::mt19937, so a failure reproduces.
@@ -311,6 +312,29 @@ void check_axpy(const KernelTable& level, const KernelTable& generic, DType type
            level.isa, type_name(type), (long long)n);
 }
 
+// dequantize_row equals the reference (exact up to Q4_1's d q + m, which a fused multiply-add
+// rounds once where the reference may round twice) and writes nothing outside dst[0..n).
+void check_dequantize(const KernelTable& level, DType type, int64_t n, size_t w_offset, size_t y_offset) {
+    uint64_t wbytes = 0;
+    si::row_bytes(type, n, &wbytes);
+    Buffer wbuf(static_cast<size_t>(wbytes), w_offset);
+    fill_weights(type, n, wbuf.data());
+    std::vector<float> want(static_cast<size_t>(n));
+    si::dequantize_row_ref(type, wbuf.data(), want.data(), n);
+    Buffer got(static_cast<size_t>(n) * 4, y_offset);
+    level.dequantize_row(type, wbuf.data(), reinterpret_cast<float*>(got.data()), n);
+    int64_t bad = -1;
+    for (int64_t i = 0; i < n && bad < 0; ++i) {
+        const float g = load<float>(got.data() + 4 * i);
+        const double tol = type == DType::Q4_1 ? 2.0 * FLT_EPSILON * std::fabs(double(want[i])) + 1e-37 : 0.0;
+        if (!(std::fabs(double(g) - want[i]) <= tol)) bad = i;
+    }
+    record(bad < 0, "%s dequantize_%s n=%lld woff=%zu: first mismatch at %lld", level.isa,
+           type_name(type), (long long)n, w_offset, (long long)bad);
+    record(got.guards_intact(), "%s dequantize_%s n=%lld: wrote outside dst[0..n)", level.isa,
+           type_name(type), (long long)n);
+}
+
 // Floats for quantisation tests: block b gets its own scale (1e-30 .. 1e30) and some blocks
 // are special (zeros, exact ties, one spike, max|x| on a negative value, powers of two).
 void fill_quantize_input(float* x, int64_t nblocks) {
@@ -430,6 +454,7 @@ int main() {
                 for (size_t off = 0; off < 16; ++off) {
                     check_dots(level, *generic, type, n, off, (off * 7 + 3) % 16);
                     check_axpy(level, *generic, type, n, off, (off * 5 + 1) % 16);
+                    check_dequantize(level, type, n, off, (off * 3 + 2) % 16);
                 }
             }
         }
@@ -438,6 +463,7 @@ int main() {
                 for (size_t off = 0; off < 16; ++off) {
                     check_dots(level, *generic, type, nb * kQK, off, (off * 7 + 3) % 16);
                     check_axpy(level, *generic, type, nb * kQK, off, (off * 5 + 1) % 16);
+                    check_dequantize(level, type, nb * kQK, off, (off * 3 + 2) % 16);
                 }
             }
         }

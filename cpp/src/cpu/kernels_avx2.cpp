@@ -33,7 +33,7 @@ const KernelTable* kernels_avx2() {
         t.dot4_q8_0 = avx2_dot4_q8_0;
         t.quantize_q8_0 = avx2_quantize_q8_0;
         t.quantize_q8_1 = avx2_quantize_q8_1;
-        t.dequantize_row = scalar_dequantize_row;
+        t.dequantize_row = avx2_dequantize_row;
         t.axpy_f32 = avx2_axpy_f32;
         t.axpy_f16 = avx2_axpy_f16;
         t.axpy_bf16 = scalar_axpy_bf16;

@@ -22,6 +22,9 @@ namespace {
 // How many active neurons ahead the sparse loops start loading weight rows: far enough to
 // hide a memory access behind the dot products in between.
 constexpr int64_t kPrefetchAhead = 4;
+// Tokens whose output slices a batched down projection keeps hot at once (16 tokens x a
+// thread's columns: tens of KiB, within L1/L2).
+constexpr int64_t kDownTokenTile = 16;
 
 }  // namespace
 
@@ -123,25 +126,47 @@ void Session::down_projection_transposed(const Matrix& down_t, int64_t n, bool o
         if (begin == end) return;
         const int64_t col0 = begin * unit, cols = (end - begin) * unit;
         const size_t byte_offset = static_cast<size_t>(begin) * info->block_bytes;
-        for (int64_t t = 0; t < n; ++t) {
-            float* out = xn_.data() + t * c.n_embd + col0;
+        auto slice = [&](int64_t j) { return static_cast<const uint8_t*>(down_t.row(j)) + byte_offset; };
+        if (n == 1) {
+            // One token: each needed row is read once anyway; add it straight from its type.
+            float* out = xn_.data() + col0;
             std::fill(out, out + cols, 0.0f);
-            const float* h = gate_.data() + t * c.n_ff;
+            const float* h = gate_.data();
             auto accumulate = [&](int64_t j) {
-                if (h[j] != 0.0f) axpy(cols, h[j], static_cast<const uint8_t*>(down_t.row(j)) + byte_offset, out);
+                if (h[j] != 0.0f) axpy(cols, h[j], slice(j), out);
             };
             if (only_active) {
-                const std::vector<int32_t>& active = active_[static_cast<size_t>(t)];
+                const std::vector<int32_t>& active = active_[0];
                 const size_t slice_bytes = static_cast<size_t>(end - begin) * info->block_bytes;
                 for (size_t k = 0; k < active.size(); ++k) {
                     if (k + kPrefetchAhead < active.size()) {
-                        prefetch_bytes(static_cast<const uint8_t*>(down_t.row(active[k + kPrefetchAhead])) +
-                                           byte_offset, slice_bytes);
+                        prefetch_bytes(slice(active[k + kPrefetchAhead]), slice_bytes);
                     }
                     accumulate(active[k]);
                 }
             } else {
                 for (int64_t j = 0; j < c.n_ff; ++j) accumulate(j);
+            }
+            return;
+        }
+        // A batch: rows outer, tokens inner, so each row slice is converted to floats once
+        // per tile of tokens rather than once per token (h is zero for the neurons a token
+        // did not compute, so the sparse path needs no lists here).
+        float* row = down_rows_.data() + static_cast<size_t>(ith) * c.n_embd;
+        for (int64_t t0 = 0; t0 < n; t0 += kDownTokenTile) {
+            const int64_t tn = std::min(kDownTokenTile, n - t0);
+            for (int64_t t = t0; t < t0 + tn; ++t) {
+                std::fill(xn_.data() + t * c.n_embd + col0, xn_.data() + t * c.n_embd + col0 + cols, 0.0f);
+            }
+            for (int64_t j = 0; j < c.n_ff; ++j) {
+                bool needed = false;
+                for (int64_t t = t0; t < t0 + tn && !needed; ++t) needed = gate_[t * c.n_ff + j] != 0.0f;
+                if (!needed) continue;
+                kernels_.dequantize_row(down_t.type, slice(j), row, cols);
+                for (int64_t t = t0; t < t0 + tn; ++t) {
+                    const float h = gate_[t * c.n_ff + j];
+                    if (h != 0.0f) kernels_.axpy_f32(cols, h, row, xn_.data() + t * c.n_embd + col0);
+                }
             }
         }
     });

@@ -73,7 +73,7 @@ void Session::ensure_batch_capacity(int64_t n) {
     // Per token: x, xn, q, attn_out; k, v; gate, up and the active list (n_ff int32s).
     const uint64_t floats = static_cast<uint64_t>(n) *
         (4 * c.n_embd + 2 * kv_dim + 3 * c.n_ff + max_rank_ + c.rope_dim) +
-        static_cast<uint64_t>(pool_.size()) * static_cast<uint64_t>(n_ctx_);
+        static_cast<uint64_t>(pool_.size()) * static_cast<uint64_t>(n_ctx_ + c.n_embd);
     const uint64_t activation_bytes = static_cast<uint64_t>(kMaxMatmulOutputs) * n * widest * 4;
     require_memory("scratch buffers for a batch of " + std::to_string(n) + " tokens",
                    floats * 4 + activation_bytes);
@@ -92,6 +92,7 @@ void Session::ensure_batch_capacity(int64_t n) {
     sized(rope_cos_, n * (c.rope_dim / 2));
     sized(rope_sin_, n * (c.rope_dim / 2));
     sized(scores_, static_cast<int64_t>(pool_.size()) * n_ctx_);
+    sized(down_rows_, static_cast<int64_t>(pool_.size()) * c.n_embd);
     // One slot per dot format a matmul may need at once; F32 (4 bytes) is the widest.
     activation_.assign(static_cast<size_t>(kMaxMatmulOutputs * n * widest * 4), 0);
     batch_capacity_ = n;

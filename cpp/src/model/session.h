@@ -90,6 +90,7 @@ private:
     std::vector<float> rope_cos_, rope_sin_;  // per token of the batch, rope_dim / 2 each
     std::vector<double> rope_inv_freq_;       // base^(-2i / rope_dim)
     std::vector<uint8_t> activation_;  // activations in a weight type's dot format
+    std::vector<float> down_rows_;     // per thread, one ffn_down_t row slice as floats
 
     // Sparse FFN state: predictor hidden layer, per-token active neuron ids, and the
     // number of neurons computed per layer over the last eval (for stats).

@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Decode speed with the GPU: full offload, hybrid (hot neurons on the GPU) at two VRAM
+budgets, and the CPU alone, on synthetic models of two shapes, measured in one run.
+
+Models (built once and cached, like benchmarks/bench_sparse.py, whose builder this uses):
+  minicpm-s-1b   MiniCPM-S-1B's shape (52 layers, 1536 wide, 3840 FFN, 88% sparse)
+  relu-llama-7b  a 7B ReLU-llama shape (32 layers, 4096 wide, 11008 FFN; ProSparse-like)
+Engines, each a sparseinfer.Model decoding greedily with the same prompt:
+  cpu sparse          device="cpu", sparse=True
+  cpu dense           device="cpu", sparse=False
+  cuda dense          device="cuda", sparse=False (every layer on the GPU)
+  cuda hybrid <B>     device="cuda", sparse=True, vram_budget=B, for --budgets
+A configuration this build or machine cannot run is reported with the reason (no GPU, no
+CUDA plugin, a path not implemented yet) instead of a number.
+
+  python benchmarks/bench_gpu.py --shape minicpm-s-1b --budgets 0.5GiB 1GiB --save
+  python benchmarks/bench_gpu.py --small                       # a smoke test of the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import bench_sparse  # noqa: E402  (the synthetic model builder)
+
+SHAPES = {
+    "minicpm-s-1b": bench_sparse.FULL_SHAPE,
+    "relu-llama-7b": dict(n_vocab=32000, n_embd=4096, n_layer=32, n_head=32, n_head_kv=32,
+                          n_ff=11008, n_ctx=4096, rope_base=10000.0, rms_eps=1e-5),
+}
+
+
+def time_decode(path: Path, tokens: int, threads: int, **model_args) -> dict:
+    """Greedy decoding of `tokens` tokens after a short prompt: tokens/s from Model.stats()."""
+    import sparseinfer as si
+
+    try:
+        with si.Model(str(path), n_ctx=512, n_threads=threads, **model_args) as model:
+            model.generate("Once upon a time", max_tokens=4, temperature=0, ignore_eos=True)  # warm up
+            model.generate("Once upon a time", max_tokens=tokens, temperature=0, ignore_eos=True)
+            stats = model.stats()
+    except (si.SparseInferError, MemoryError) as error:
+        return dict(error=f"{type(error).__name__}: {error}")
+    return dict(tokens=stats["generated_tokens"], tokens_per_second=stats["decode_tokens_per_second"],
+                active_fraction=stats["active_fraction"])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="minicpm-s-1b")
+    ap.add_argument("--type", default="Q4_0", choices=["F16", "Q4_0", "Q8_0"])
+    ap.add_argument("--budgets", nargs="+", default=["0.5GiB", "1GiB"], metavar="SIZE",
+                    help="VRAM budgets for the hybrid runs (default: 0.5GiB 1GiB)")
+    ap.add_argument("-t", "--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("-n", "--tokens", type=int, default=64)
+    ap.add_argument("--small", action="store_true", help="a tiny model: a quick smoke test of this script")
+    ap.add_argument("--cache-dir", type=Path,
+                    default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sparseinfer-bench")
+    ap.add_argument("--save", action="store_true", help="write JSON results to benchmarks/results/")
+    args = ap.parse_args(argv)
+
+    import sparseinfer as si
+
+    shape = dict(bench_sparse.SMALL_SHAPE if args.small else SHAPES[args.shape])
+    rank = 32 if args.small else 256
+    pwri, _, build = bench_sparse.build_models(shape, args.type, "F16", rank, 0.12, 0, args.cache_dir)
+
+    runs = {
+        "cpu sparse": dict(device="cpu", sparse=True),
+        "cpu dense": dict(device="cpu", sparse=False),
+        "cuda dense": dict(device="cuda", sparse=False),
+    }
+    for budget in args.budgets:
+        runs[f"cuda hybrid {budget}"] = dict(device="cuda", sparse=True, vram_budget=budget)
+    results = {name: time_decode(pwri, args.tokens, args.threads, **kw) for name, kw in runs.items()}
+
+    cuda = si.cuda_info()
+    print(f"\nmodel: {'small' if args.small else args.shape} ({args.type}), threads {args.threads}, "
+          f"{args.tokens} tokens; GPU: {cuda.get('reason', '')}\n")
+    print("| engine | decode tok/s | active fraction |")
+    print("|---|---:|---:|")
+    for name, r in results.items():
+        if "error" in r:
+            print(f"| {name} | unavailable: {r['error'][:100]} | |")
+        else:
+            print(f"| {name} | {r['tokens_per_second']:.2f} | {r['active_fraction']:.3f} |")
+
+    if args.save:
+        when = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = HERE / "results" / f"gpu-{'small' if args.small else args.shape}-{args.type}-{when}.json"
+        out.write_text(json.dumps(dict(
+            benchmark="bench_gpu", when=when, machine=platform.machine(), cpu_count=os.cpu_count(),
+            cuda=cuda, shape=shape, weight_type=args.type, threads=args.threads, tokens=args.tokens,
+            build=build, results=results, load_average=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        ), indent=2, default=str))
+        print(f"saved {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -240,3 +240,14 @@ def test_a_kv_cache_beyond_the_address_space_limit_is_refused_with_its_size(tmp_
     assert out.returncode == 0, out.stderr
     assert "MemoryError: a KV cache of 4 layers x n_ctx=1048576 x 512 K and V values needs " \
            "8.00 GiB and this process may use 4.00 GiB" in out.stdout
+
+
+def test_breaking_out_of_a_stream_leaves_the_session_reusable(dense_path):
+    with si.Model(dense_path, n_ctx=64, n_threads=1) as model:
+        whole = model.generate("hello", max_tokens=8, temperature=0, ignore_eos=True)
+        with model.session() as session:
+            for i, _ in enumerate(session.generate("hello", max_tokens=40, temperature=0,
+                                                   ignore_eos=True, stream=True)):
+                if i == 2:
+                    break
+            assert session.generate("hello", max_tokens=8, temperature=0, ignore_eos=True) == whole

@@ -181,3 +181,42 @@ def build_emulated_plugin(out_dir: str) -> str:
     if errors:
         raise RuntimeError("building the emulated CUDA plugin failed:\n" + "\n".join(errors))
     return lib
+
+
+def build_stub_plugin(out_dir: str, abi_version: int) -> str:
+    """A stand-in plugin built with the C compiler (no CUDA): every entry point of
+    plugin_api.h with its declared signature, si_cuda_abi_version() answering abi_version and
+    every fallible call failing as CUDA does without a GPU ("no CUDA-capable device is
+    detected", status 100). For the loader's failure paths. Raises FileNotFoundError where
+    there is no C compiler or not Linux."""
+    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc") or shutil.which("clang")
+    if cc is None or not sys.platform.startswith("linux"):
+        raise FileNotFoundError("the stand-in plugin needs Linux and a C compiler")
+    with open(PLUGIN_HEADER, encoding="utf-8") as f:
+        text = re.sub(r"//[^\n]*", "", f.read())
+    lines = ['#include <stdio.h>', '#include "plugin_api.h"']
+    for m in re.finditer(r"SI_CUDA_API\s+([\w\s\*]+?)\s*\b(si_cuda_\w+)\s*\(([^)]*)\)", text):
+        result, name, params = m.group(1).strip(), m.group(2), " ".join(m.group(3).split())
+        if name == "si_cuda_abi_version":
+            body = f"return {int(abi_version)};"
+        elif name == "si_cuda_build_info":
+            body = 'return "stand-in";'
+        elif result == "void":
+            body = ""
+        else:
+            body = ('if (err && err_len) snprintf(err, err_len, "cudaErrorNoDevice: no CUDA-capable '
+                    'device is detected"); return 100;')
+        names = re.findall(r"(\w+)\s*(?:,|$)", params)
+        unused = "".join(f"(void){n}; " for n in names if n not in ("void",))
+        lines.append(f"{result} {name}({params}) {{ {unused}{body} }}")
+    src = os.path.join(out_dir, f"stub_abi{abi_version}.c")
+    with open(src, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    lib_dir = os.path.join(out_dir, f"stub_abi{abi_version}")
+    os.makedirs(lib_dir, exist_ok=True)
+    lib = os.path.join(lib_dir, LIB_NAME)
+    proc = subprocess.run([cc, "-shared", "-fPIC", "-O1", f"-I{CUDA_SOURCES}", "-o", lib, src],
+                          capture_output=True, text=True, timeout=120, env=compiler_env())
+    if proc.returncode != 0:
+        raise RuntimeError("building the stand-in plugin failed:\n" + proc.stderr)
+    return lib

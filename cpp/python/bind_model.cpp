@@ -186,12 +186,19 @@ void bind_model(py::module_& m) {
         .def("metadata", [](const Model& self) { return metadata_dict(self.file()); });
 
     py::class_<Session>(m, "Session")
-        .def(py::init([](std::shared_ptr<Model> model, int64_t n_ctx, int n_threads, bool sparse) {
+        // cuda_plugin: the path of the CUDA plugin library to run on (sparseinfer._cuda found
+        // and loaded it), device cuda_device; empty: the CPU.
+        .def(py::init([](std::shared_ptr<Model> model, int64_t n_ctx, int n_threads, bool sparse,
+                         const std::string& cuda_plugin, int cuda_device) {
                  if (n_threads < 1) throw ArgumentError("n_threads must be at least 1");
+                 if (cuda_device < 0) throw ArgumentError("cuda_device must be >= 0");
                  py::gil_scoped_release release;
-                 return new Session(std::move(model), n_ctx, n_threads, sparse);
+                 return new Session(std::move(model), n_ctx, n_threads, sparse,
+                                    DeviceOptions{cuda_plugin, cuda_device});
              }),
-             py::arg("model"), py::arg("n_ctx"), py::arg("n_threads"), py::arg("sparse") = false)
+             py::arg("model"), py::arg("n_ctx"), py::arg("n_threads"), py::arg("sparse") = false,
+             py::arg("cuda_plugin") = "", py::arg("cuda_device") = 0)
+        .def_property_readonly("on_gpu", &Session::on_gpu)
         .def_property_readonly("sparse", &Session::sparse)
         .def("active_fractions", &Session::active_fractions)
         .def("reset_stats", &Session::reset_stats)

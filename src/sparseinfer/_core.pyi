@@ -43,7 +43,13 @@ class Model:
 
 class Session:
     """KV cache, scratch buffers and a thread pool for one sequence."""
-    def __init__(self, model: Model, n_ctx: int, n_threads: int, sparse: bool = False) -> None: ...
+    def __init__(self, model: Model, n_ctx: int, n_threads: int, sparse: bool = False,
+                 cuda_plugin: str = "", cuda_device: int = 0) -> None:
+        """cuda_plugin: path of the CUDA plugin library (sparseinfer._cuda finds it) to run
+        the whole forward pass on GPU cuda_device (dense only: sparse must be False); ""
+        runs on the CPU. A plugin of another ABI raises UnsupportedModelError, a failing
+        device call SparseInferError (MemoryError when the GPU is out of memory)."""
+    on_gpu: bool
     n_ctx: int
     n_past: int  # tokens in the KV cache
     sparse: bool

@@ -16,8 +16,11 @@ CUDA 13's nvidia-cuda-runtime: nvidia/cu13/) is loaded by path from site-package
 CuPy and PyTorch do, so no LD_LIBRARY_PATH or PATH is needed.
 
 Once loaded, Plugin binds every entry point of the ABI (PROTOTYPES), and Context wraps a
-device context of the plugin (its stream, device buffers, kernel calls) for the CUDA backend
-and the tests (tests/test_cuda_kernels.py).
+device context of the plugin (its stream, device buffers, kernel calls) for the tests
+(tests/test_cuda_kernels.py). The engine's GPU forward pass (cpp/src/gpu) gets the found
+library's path from Model(device="cuda") and opens it itself (dlopen returns the copy loaded
+here, with NVIDIA's runtime already in place). SPARSEINFER_CUDA_PLUGIN is also how the tests
+point everything at the CPU emulator's build (tests/test_gpu_forward.py).
 
 This module uses the standard library alone (cuda/check_plugin.py loads it by path, without
 the rest of the package).

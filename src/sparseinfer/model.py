@@ -48,8 +48,10 @@ class _Sequence:
     use it safely from any thread: the current call's id, cancellation, per-call stats."""
 
     def __init__(self, model: _core.Model, *, n_ctx: int, n_threads: int, sparse: bool,
-                 owner: str) -> None:
-        self.native: Optional[_core.Session] = _core.Session(model, n_ctx, n_threads, sparse=sparse)
+                 owner: str, cuda: Optional[tuple[str, int]] = None) -> None:
+        plugin, index = cuda if cuda is not None else ("", 0)
+        self.native: Optional[_core.Session] = _core.Session(
+            model, n_ctx, n_threads, sparse=sparse, cuda_plugin=plugin, cuda_device=index)
         self.n_ctx, self.n_threads, self.owner = n_ctx, n_threads, owner
         self.lock = threading.Lock()  # held by one native step (an eval, a sample) at a time
         self.call_lock = threading.Lock()  # orders call starts against cancel()
@@ -351,11 +353,15 @@ class Model(_Inference):
                 ("minicpm-s-1b") is fetched first: see fetch_model and from_pretrained.
             n_ctx: context window in tokens: prompt plus generated text.
             n_threads: CPU threads; None uses the physical cores (at most 16).
-            device: "auto" or "cpu". "cuda" raises DeviceUnavailableError: this build has
-                no CUDA backend yet.
-            sparse: "auto" (sparse FFN when the file supports it), True (require it) or
-                False (always dense; a PowerInfer file then computes every neuron with
-                its ReLU FFN). True on a dense file raises UnsupportedModelError.
+            device: "auto" or "cpu" (the CPU), or "cuda" / "cuda:N": the whole forward pass on
+                that GPU through the CUDA plugin (weights and KV cache in GPU memory, dense
+                FFN). Without a plugin or a GPU, "cuda" raises DeviceUnavailableError saying
+                why. "auto" stays on the CPU in this version.
+            sparse: "auto" (sparse FFN when the file supports it and the model runs on the
+                CPU), True (require it) or False (always dense; a PowerInfer file then
+                computes every neuron with its ReLU FFN). True on a dense file, or with a
+                CUDA device (the sparse FFN runs on the CPU only in this version), raises
+                UnsupportedModelError.
             n_gpu_layers: with a GPU, how many layers to place there (-1: as many as fit).
             vram_budget: GPU memory to use: a number of GiB or a string such as "6GiB",
                 "512MiB" or "8GB"; None: what the GPU has free. Both are checked here and
@@ -374,9 +380,13 @@ class Model(_Inference):
                                  f"repository failed: {error}") from error
         self._n_ctx = _require_int("n_ctx", n_ctx, minimum=1)
         self._n_threads = _thread_count(n_threads)
-        _check_device(device)
         if sparse != "auto" and not isinstance(sparse, bool):
             raise ValueError(f"sparse must be 'auto', True or False, got {sparse!r}")
+        self._cuda = _check_device(device)
+        if self._cuda is not None and sparse is True:
+            raise UnsupportedModelError(
+                f"{self._path}: sparse=True with device={device!r}: the sparse FFN runs on the "
+                f"CPU only in this version; use sparse=False or device='cpu'")
         self._n_gpu_layers = _require_int("n_gpu_layers", n_gpu_layers, minimum=-1)
         self._vram_budget = None if vram_budget is None else parse_memory_size("vram_budget", vram_budget)
 
@@ -385,7 +395,8 @@ class Model(_Inference):
             raise UnsupportedModelError(
                 f"{self._path}: sparse=True needs a PowerInfer model (file magic PWRI, with "
                 f"activation predictors) and this file is a dense model; use sparse='auto' or False")
-        self._sparse = bool(self._native.is_powerinfer) if sparse == "auto" else sparse
+        self._sparse = (bool(self._native.is_powerinfer) and self._cuda is None if sparse == "auto"
+                        else sparse)
         self._tokenizer = self._native.tokenizer
         self._metadata = self._native.metadata()
         self._arch, self._n_vocab, self._n_layer = (
@@ -445,6 +456,11 @@ class Model(_Inference):
         return self._arch
 
     @property
+    def device(self) -> str:
+        """Where the model runs: "cpu" or "cuda:N" (its sessions too)."""
+        return "cpu" if self._cuda is None else f"cuda:{self._cuda[1]}"
+
+    @property
     def is_sparse(self) -> bool:
         """Whether the sparse (PowerInfer) FFN path is in use: only predicted-active FFN
         neurons are computed."""
@@ -500,7 +516,7 @@ class Model(_Inference):
         with self._sessions_lock:
             self._check_open()
             seq = _Sequence(self._native, n_ctx=n_ctx, n_threads=n_threads, sparse=self._sparse,
-                            owner=owner)
+                            owner=owner, cuda=self._cuda)
             self._sessions.add(seq)
             return seq
 
@@ -675,17 +691,26 @@ def _thread_count(n_threads: Optional[int]) -> int:
     return n_threads
 
 
-def _check_device(device: object) -> None:
+def _check_device(device: object) -> Optional[tuple[str, int]]:
+    """None for the CPU; for "cuda" / "cuda:N", the CUDA plugin's path and the device index
+    (DeviceUnavailableError with CUDA's reason when there is no such device)."""
     if device in ("auto", "cpu"):
-        return
+        return None
     if isinstance(device, str) and (device == "cuda" or device.startswith("cuda:")):
+        index_text = device[len("cuda:"):] if device.startswith("cuda:") else "0"
+        if not index_text.isdigit():
+            raise ValueError(f"device must be 'cuda' or 'cuda:N' with N a device index, got {device!r}")
         from ._cuda import cuda_info  # finds and loads the CUDA plugin, once
 
         info = cuda_info()
-        why = (f"{info['reason']}, but GPU inference is not implemented yet" if info["available"]
-               else info["reason"])
-        raise DeviceUnavailableError(f"device={device!r}: {why}; use device='cpu' or 'auto'")
-    raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        if not info["available"]:
+            raise DeviceUnavailableError(f"device={device!r}: {info['reason']}; use device='cpu' or 'auto'")
+        index = int(index_text)
+        if index >= len(info["devices"]):
+            raise DeviceUnavailableError(f"device={device!r}: {info['reason']}, and there is no "
+                                         f"device {index}; use device='cuda:0' or 'cpu'")
+        return os.path.abspath(info["plugin"]), index
+    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
 def _stop_strings(stop: Union[str, Sequence[str], None]) -> list[str]:

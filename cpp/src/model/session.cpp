@@ -8,6 +8,7 @@
 #include "common/errors.h"
 #include "common/memory.h"
 #include "cpu/prefetch.h"
+#include "gpu/gpu_forward.h"
 #include "model/norm.h"
 
 namespace si {
@@ -35,7 +36,8 @@ void rope(float* head, int64_t rope_dim, const float* cos, const float* sin) {
 
 }  // namespace
 
-Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_threads, bool sparse)
+Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_threads, bool sparse,
+                 const DeviceOptions& device)
     : model_(std::move(model)), kernels_(active_kernels()), pool_(n_threads), n_ctx_(n_ctx),
       sparse_(sparse) {
     const ModelConfig& c = model_->config();
@@ -48,6 +50,14 @@ Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_thread
     if (n_ctx <= 0 || n_ctx > kMaxContext) {
         throw ArgumentError("n_ctx must be between 1 and " + std::to_string(kMaxContext) +
                             ", got " + std::to_string(n_ctx));
+    }
+    if (!device.cuda_plugin.empty()) {
+        if (sparse) {
+            throw UnsupportedError(model_->file().describe(
+                "the sparse FFN runs on the CPU only in this version; use sparse=False or device='cpu'"));
+        }
+        gpu_ = std::make_unique<gpu::GpuForward>(*model_, device.cuda_plugin, device.cuda_device, n_ctx);
+        return;  // the KV cache lives on the device
     }
     // Two caches of 2-byte halves: n_ctx is at most 2^20 and the config's sizes are bounded
     // at load, so the product cannot overflow; refuse before allocating what cannot fit.
@@ -63,6 +73,8 @@ Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_thread
     }
     v_cache_.resize(static_cast<size_t>(cache_floats));
 }
+
+Session::~Session() = default;
 
 void Session::ensure_batch_capacity(int64_t n) {
     if (n <= batch_capacity_) return;
@@ -224,6 +236,10 @@ void Session::eval(const std::vector<int32_t>& tokens, bool all_logits) {
                                 std::to_string(c.n_vocab - 1) + ")");
         }
     }
+    if (gpu_ && count_neurons_) {
+        throw UnsupportedError("neuron counting runs on the CPU only in this version: use a "
+                               "session with device='cpu' to profile");
+    }
     throw_if_cancelled();
     const int64_t n_past_before = n_past_;
     try {
@@ -256,6 +272,16 @@ void Session::forward(const std::vector<int32_t>& tokens, bool all_logits) {
             const Matrix& e = model_->token_embd();
             kernels_.dequantize_row(e.type, e.row(tokens[static_cast<size_t>(start + t)]),
                                     x_.data() + t * c.n_embd, c.n_embd);
+        }
+
+        if (gpu_) {
+            const bool keep = all_logits || start + n == n_total;
+            const int64_t first_kept = keep ? (all_logits ? 0 : n - 1) : n;
+            float* dst = logits_.data() + (all_logits ? start * c.n_vocab : 0);
+            gpu_->eval_batch(x_.data(), n, n_past_, first_kept, dst, [this] { throw_if_cancelled(); });
+            for (int64_t& count : layer_active_) count += n * c.n_ff;  // dense: every neuron
+            n_past_ += n;
+            continue;
         }
 
         // The rotation angles depend on the position alone: compute them once per token,

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "cpu/kernels.h"
@@ -14,12 +15,26 @@
 
 namespace si {
 
+namespace gpu {
+class GpuForward;
+}
+
+// Where a session computes: the CPU, or (cuda_plugin set) a GPU through the CUDA plugin
+// library at that path (src/sparseinfer/_cuda.py finds it and hands the path over).
+struct DeviceOptions {
+    std::string cuda_plugin;
+    int cuda_device = 0;
+};
+
 class Session {
 public:
     // Allocates the KV cache for n_ctx positions (checked against sane bounds first).
     // sparse: compute only the FFN neurons the predictor marks active (PowerInfer files
-    // only; UnsupportedError otherwise).
-    Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_threads, bool sparse);
+    // only; UnsupportedError otherwise). With a CUDA device the weights and the KV cache
+    // go to the GPU and the whole forward pass runs there (densely: sparse must be false).
+    Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_threads, bool sparse,
+            const DeviceOptions& device = {});
+    ~Session();
 
     const Model& model() const { return *model_; }
     int64_t n_ctx() const { return n_ctx_; }
@@ -40,6 +55,7 @@ public:
     int64_t logit_rows() const { return logit_rows_; }
 
     bool sparse() const { return sparse_; }
+    bool on_gpu() const { return gpu_ != nullptr; }
     // Per layer, the fraction of FFN neurons computed for the tokens evaluated since the
     // last reset_stats() (1 for every layer when not sparse).
     std::vector<double> active_fractions() const;
@@ -106,6 +122,9 @@ private:
 
     std::atomic<bool> cancel_requested_{false};
 
+    // The GPU forward pass (gpu/gpu_forward.h) when the session runs on a device.
+    std::unique_ptr<gpu::GpuForward> gpu_;
+
     // ---- Neuron firing counts, for hot/cold placement profiles (sparseinfer.profile) ----
 public:
     // Off by default, so decoding pays nothing. While on, every evaluated token adds 1 to
@@ -113,7 +132,8 @@ public:
     // ReLU path relu(gate_j) * up_j (relu(up_j) for bamboo) != 0; on the sparse path the
     // same for the predicted-active neurons (the others are not computed and do not
     // count). PowerInfer files only: a dense SiLU model has no sparsity, so turning it on
-    // there throws UnsupportedError. Turning it off keeps the counts.
+    // there throws UnsupportedError. A GPU session does not count yet: its eval throws
+    // UnsupportedError while counting is on. Turning it off keeps the counts.
     void set_neuron_counting(bool on);
     bool neuron_counting() const { return count_neurons_; }
     // n_layer x n_ff, row-major (empty until counting was first turned on), and the number

@@ -1,0 +1,352 @@
+"""The whole forward pass on a GPU (cpp/src/gpu: the plugin loader and GpuForward) against the
+NumPy float64 references, through Model(device="cuda").
+
+The GPU tests run in a child process whose sparseinfer loads a given plugin library (the
+SPARSEINFER_CUDA_PLUGIN variable of src/sparseinfer/_cuda.py; a plugin, once loaded, stays
+loaded, so the parent cannot switch):
+- test_gpu_forward_on_the_cpu_emulator: the plugin's sources built for the CPU emulator
+  (tests/cuda_emulator), on every Linux machine with a C++ compiler;
+- test_gpu_forward_on_a_gpu: the plugin built with nvcc (tests/cuda_build.py), where a GPU
+  answers; skipped otherwise.
+In the parent the GPU cases skip (they need SPARSEINFER_TEST_GPU_CHILD); the loader's failure
+paths (another ABI, no device, a missing file) run here directly with a stand-in plugin.
+
+Tolerances: the GPU keeps activations in float32 (the CPU quantises them to 8 bits for
+quantised weights), sums in float32 and keeps K and V as IEEE halves. The references run on
+the exact weights the file holds, in float64, with K and V rounded to half and no activation
+rounding, so every weight type is held near float32 summation error: max |diff| <= 2e-4 * std
+and mean |diff| <= 2e-5 * std of the reference logits (std about 3). Measured on the
+emulator: max 7e-7 for F32, Q8_0 and Q4_0, 4.2e-5 for F16 (the CPU engine: 0.05 for the
+quantised types), so a GPU's other summation order has room. Prompt at once and token by
+token must agree within 2e-5 * std.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import cuda_build  # noqa: E402
+import ggufgen  # noqa: E402
+import reference  # noqa: E402
+import sparse_reference  # noqa: E402
+import sparsegen  # noqa: E402
+
+import sparseinfer  # noqa: E402
+from sparseinfer import _core  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CHILD = os.environ.get("SPARSEINFER_TEST_GPU_CHILD")  # "emulated" or "gpu" in the child
+
+MAX_TOL, MEAN_TOL = 2e-4, 2e-5  # relative to the reference logits' std
+SPLIT_TOL = 2e-5
+
+in_child = pytest.mark.skipif(not CHILD, reason="runs in the child process of "
+                              "test_gpu_forward_on_the_cpu_emulator / test_gpu_forward_on_a_gpu")
+
+
+def assert_close(got, want, max_tol=MAX_TOL, mean_tol=MEAN_TOL):
+    assert got.shape == want.shape
+    std = want.std()
+    diff = np.abs(got.astype(np.float64) - want)
+    assert diff.max() / std <= max_tol, f"max |diff| / std = {diff.max() / std:.3g}"
+    assert diff.mean() / std <= mean_tol, f"mean |diff| / std = {diff.mean() / std:.3g}"
+
+
+def tokens(n, seed=0, n_vocab=320):
+    rng = np.random.default_rng(seed)
+    return [ggufgen.BOS_ID] + [int(t) for t in rng.integers(3, n_vocab, n - 1)]
+
+
+class Float32Reference(sparse_reference.SparseReference):
+    """The PowerInfer reference, dense, with the GPU's rounding: K and V to half, activations
+    not rounded (float32 on the GPU, exact here)."""
+
+    def _mv(self, x, name):
+        return x @ self.w[name].T
+
+
+def gpu_model(path, **kw):
+    kw.setdefault("n_ctx", 128)
+    kw.setdefault("n_threads", 1)
+    return sparseinfer.Model(str(path), device="cuda", **kw)
+
+
+# ---- the parent: children over each plugin ---------------------------------------------
+
+def run_child(plugin, kind, extra_env=None):
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env.update(extra_env or {})
+    env["SPARSEINFER_CUDA_PLUGIN"] = plugin
+    env["SPARSEINFER_TEST_GPU_CHILD"] = kind
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.join(HERE, "test_gpu_forward.py")],
+        capture_output=True, text=True, timeout=1200, env=env, cwd=HERE)
+    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-3000:]
+    passed = re.search(r"(\d+) passed", summary)
+    assert passed and int(passed.group(1)) >= 15, summary  # the GPU cases ran
+
+
+@pytest.mark.skipif(bool(CHILD), reason="the parent's test")
+@pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="the child needs the uninstrumented engine (the kernels have no ASan build)")
+def test_gpu_forward_on_the_cpu_emulator(tmp_path):
+    try:
+        lib = cuda_build.build_emulated_plugin(str(tmp_path))
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    run_child(lib, "emulated")
+
+
+@pytest.mark.skipif(bool(CHILD), reason="the parent's test")
+@pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="the child needs the uninstrumented engine")
+def test_gpu_forward_on_a_gpu():
+    try:
+        built = cuda_build.build_plugin()
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    probe = subprocess.run(
+        [sys.executable, "-c", "from sparseinfer import _cuda; i = _cuda.cuda_info(); "
+         "print(i['status']); print(i['reason'])"],
+        capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, SPARSEINFER_CUDA_PLUGIN=built.path, **runtime_env(built)))
+    status, _, reason = probe.stdout.partition("\n")
+    if status != "ok":
+        pytest.skip(f"no GPU: {reason.strip() or probe.stderr[-500:]}")
+    run_child(built.path, "gpu", runtime_env(built))
+
+
+def runtime_env(built):
+    """The toolkit's runtime on the library path: the plugin links libcudart.so.N."""
+    if built.runtime is None:
+        return {}
+    dirs = [os.path.dirname(built.runtime)] + [d for d in [os.environ.get("LD_LIBRARY_PATH")] if d]
+    return {"LD_LIBRARY_PATH": os.pathsep.join(dirs)}
+
+
+# ---- the loader's failure paths, in the parent -----------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "tiny.gguf"
+    ggufgen.write_llama_model(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def stub_plugins(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("stub"))
+    try:
+        return {abi: cuda_build.build_stub_plugin(out, abi)
+                for abi in (cuda_build.header_defines()["SI_CUDA_ABI_VERSION"], 99)}
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+
+
+def test_engine_refuses_a_plugin_of_another_abi(tiny_model, stub_plugins):
+    model = _core.Model(tiny_model)
+    with pytest.raises(sparseinfer.UnsupportedModelError, match="speaks ABI 99"):
+        _core.Session(model, 16, 1, cuda_plugin=stub_plugins[99])
+
+
+def test_engine_reports_no_device_in_cudas_words(tiny_model, stub_plugins):
+    model = _core.Model(tiny_model)
+    current = cuda_build.header_defines()["SI_CUDA_ABI_VERSION"]
+    with pytest.raises(sparseinfer.SparseInferError, match="no CUDA-capable device is detected"):
+        _core.Session(model, 16, 1, cuda_plugin=stub_plugins[current])
+
+
+def test_engine_reports_a_plugin_that_cannot_be_loaded(tiny_model, tmp_path):
+    model = _core.Model(tiny_model)
+    missing = str(tmp_path / "nothing-here.so")
+    with pytest.raises(sparseinfer.UnsupportedModelError, match="could not be loaded"):
+        _core.Session(model, 16, 1, cuda_plugin=missing)
+
+
+def test_model_without_a_device_raises_device_unavailable(tiny_model, stub_plugins):
+    current = cuda_build.header_defines()["SI_CUDA_ABI_VERSION"]
+    script = ("import sys, sparseinfer\n"
+              "try:\n"
+              "    sparseinfer.Model(sys.argv[1], n_ctx=16, device='cuda')\n"
+              "except sparseinfer.DeviceUnavailableError as e:\n"
+              "    print('unavailable:', e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "SPARSEINFER_TEST_GPU_CHILD"}
+    for plugin, reason in ((stub_plugins[current], "no GPU or driver"), (stub_plugins[99], "ABI 99")):
+        env["SPARSEINFER_CUDA_PLUGIN"] = plugin
+        proc = subprocess.run([sys.executable, "-c", script, tiny_model], capture_output=True,
+                              text=True, timeout=120, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("unavailable:") and reason in proc.stdout, proc.stdout
+
+
+# ---- the GPU cases (in the child) ------------------------------------------------------
+
+@in_child
+@pytest.mark.parametrize("weight_type", ["F32", "F16", "Q8_0", "Q4_0", "Q4_1"])
+def test_dense_logits_match_the_reference(tmp_path, weight_type):
+    # GQA: 4 query heads over 2 KV heads
+    w = ggufgen.write_llama_model(tmp_path / "m.gguf", weight_type=weight_type, n_head=4, n_head_kv=2)
+    ids = tokens(8)
+    with gpu_model(tmp_path / "m.gguf") as m:
+        assert m.device == "cuda:0" and not m.is_sparse
+        got = m.logits(ids)
+    assert_close(got, reference.forward(w, ids, kv_f16=True))
+
+
+@in_child
+@pytest.mark.parametrize("weight_type", ["Q8_0"])
+def test_tied_embeddings(tmp_path, weight_type):
+    w = ggufgen.write_llama_model(tmp_path / "m.gguf", weight_type=weight_type, tie_embeddings=True,
+                                  n_head_kv=1)
+    ids = tokens(6, seed=3)
+    with gpu_model(tmp_path / "m.gguf") as m:
+        got = m.logits(ids)
+    assert_close(got, reference.forward(w, ids, kv_f16=True))
+
+
+@in_child
+@pytest.mark.parametrize("arch, weight_type", [("llama", "F32"), ("llama", "Q4_0"), ("bamboo", "Q8_0")])
+def test_powerinfer_file_runs_densely(tmp_path, arch, weight_type):
+    w = sparsegen.write_pwri_model(tmp_path / "p.gguf", arch=arch, weight_type=weight_type)
+    ids = tokens(8, seed=1)
+    with gpu_model(tmp_path / "p.gguf") as m:  # sparse="auto" on a GPU: dense
+        assert not m.is_sparse
+        got = m.logits(ids)
+        assert m.stats()["active_fraction"] == 1.0
+    ref = Float32Reference(w, sparse=False).eval(ids)
+    assert_close(got, ref)
+
+
+@in_child
+def test_sparse_true_on_a_gpu_is_refused(tmp_path):
+    sparsegen.write_pwri_model(tmp_path / "p.gguf")
+    with pytest.raises(sparseinfer.UnsupportedModelError, match="CPU only"):
+        gpu_model(tmp_path / "p.gguf", sparse=True)
+
+
+@in_child
+def test_weight_type_without_gpu_kernels_names_the_tensor(tmp_path):
+    ggufgen.write_llama_model(tmp_path / "b.gguf", weight_type="BF16")
+    with pytest.raises(sparseinfer.UnsupportedModelError, match=r"attn_q\.weight.*BF16"):
+        gpu_model(tmp_path / "b.gguf")
+
+
+@pytest.fixture(scope="module")
+def q4_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("q4") / "q4.gguf"
+    w = ggufgen.write_llama_model(path, weight_type="Q4_0")
+    return str(path), w
+
+
+@in_child
+def test_prompt_at_once_equals_token_by_token(q4_model):
+    path, _ = q4_model
+    ids = tokens(6, seed=2)
+    with gpu_model(path) as m:
+        native = m._sequence().native
+        assert native.on_gpu
+        native.eval(ids, all_logits=True)
+        at_once = native.logits()
+        native.reset()
+        rows = []
+        for t in ids:
+            native.eval([t])
+            rows.append(native.logits()[0])
+    assert_close(np.stack(rows), at_once.astype(np.float64), SPLIT_TOL, SPLIT_TOL)
+
+
+@in_child
+@pytest.mark.skipif(CHILD == "emulated", reason="about 3 minutes on the CPU emulator: run on a GPU")
+def test_long_prompt_runs_in_chunks(tmp_path):
+    # more than one batch of 256 tokens (Session's chunks): the second chunk attends to the first
+    w = ggufgen.write_llama_model(tmp_path / "m.gguf", n_ctx=320)
+    ids = tokens(270, seed=4)
+    with gpu_model(tmp_path / "m.gguf", n_ctx=300) as m:
+        got = m.logits(ids)
+        native = m._sequence().native
+        native.reset()
+        native.eval(ids)  # only the last row kept
+        last = native.logits()
+    want = reference.forward(w, ids, kv_f16=True)
+    assert_close(got, want)
+    assert_close(last, want[-1:])
+
+
+@in_child
+def test_greedy_generation_matches_the_cpu(tmp_path):
+    ggufgen.write_llama_model(tmp_path / "m.gguf")
+    args = dict(max_tokens=4, temperature=0, ignore_eos=True)
+    with sparseinfer.Model(str(tmp_path / "m.gguf"), n_ctx=64, n_threads=1) as cpu:
+        want = cpu.generate("hello world", **args)
+    with gpu_model(tmp_path / "m.gguf", n_ctx=64) as m:
+        assert m.generate("hello world", **args) == want
+        with m.session() as s:  # sessions follow the model's device
+            assert s._sequence().native.on_gpu
+            assert s.generate("hello world", **args) == want
+
+
+@in_child
+def test_context_overflow_and_truncate(q4_model):
+    path, w = q4_model
+    ids = tokens(10, seed=5)
+    with gpu_model(path, n_ctx=10) as m:
+        native = m._sequence().native
+        native.eval(ids[:6])
+        with pytest.raises(sparseinfer.ContextOverflowError):
+            native.eval(ids[6:] + [5])
+        assert native.n_past == 6
+        native.eval(ids[6:], all_logits=True)  # exactly full
+        full = native.logits()
+        native.truncate(8)
+        native.eval(ids[8:], all_logits=True)  # the same rows again over the kept cache
+        assert_close(native.logits(), full[2:].astype(np.float64), SPLIT_TOL, SPLIT_TOL)
+    ref = reference.forward(w, ids, kv_f16=True)
+    assert_close(full, ref[6:])
+
+
+@in_child
+def test_cancel(q4_model):
+    path, w = q4_model
+    ids = tokens(8, seed=6)
+    want = reference.forward(w, ids, kv_f16=True)
+    with gpu_model(path) as m:
+        native = m._sequence().native
+        native.eval(ids[:4])
+        native.request_cancel()
+        with pytest.raises(sparseinfer.CancelledError):
+            native.eval(ids[4:])
+        assert native.n_past == 4
+        native.clear_cancel()
+        native.eval(ids[4:], all_logits=True)
+        assert_close(native.logits(), want[4:])
+
+        # From another thread while a prompt runs: it stops between layers (on the emulator
+        # this prompt takes seconds; a fast GPU may finish first). Either way the sequence is
+        # as before the cancelled eval, or one eval longer.
+        outcome = {}
+
+        def run():
+            try:
+                native.eval(tokens(48, seed=7))
+                outcome["done"] = True
+            except sparseinfer.CancelledError:
+                outcome["cancelled"] = True
+
+        native.reset()
+        worker = threading.Thread(target=run)
+        worker.start()
+        threading.Event().wait(0.05)
+        native.request_cancel()
+        worker.join()
+        assert native.n_past == (48 if "done" in outcome else 0), outcome
+        native.clear_cancel()
+        assert_close(m.logits(ids), want)

@@ -49,38 +49,6 @@ float avx512_dot_f16(int64_t n, const void* w, const void* x) {
     return sum;
 }
 
-// Float weights against four float activations, sixteen weights a step; the tail (fewer
-// than sixteen) goes through the AVX2 kernel, whose partial sums are added.
-template <typename Weight, __m512 (*Widen16)(const Weight*),
-          void (*Tail)(int64_t, const void*, const void*, size_t, float*)>
-void avx512_dot4_floats(int64_t n, const void* w, const void* x, size_t stride, float* out) {
-    const Weight* row = static_cast<const Weight*>(w);
-    const float* act[4];
-    for (int k = 0; k < 4; ++k) act[k] = reinterpret_cast<const float*>(static_cast<const uint8_t*>(x) + k * stride);
-    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const __m512 wv = Widen16(row + i);
-        for (int k = 0; k < 4; ++k) acc[k] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(act[k] + i), acc[k]);
-    }
-    float tail[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (i < n) Tail(n - i, row + i, act[0] + i, stride, tail);
-    for (int k = 0; k < 4; ++k) out[k] = hsum512(acc[k]) + tail[k];
-}
-
-inline __m512 load16_f32(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16_f16(const uint16_t* p) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-
-void avx512_dot4_f32(int64_t n, const void* w, const void* x, size_t stride, float* out) {
-    avx512_dot4_floats<float, load16_f32, avx2_dot4_f32>(n, w, x, stride, out);
-}
-
-void avx512_dot4_f16(int64_t n, const void* w, const void* x, size_t stride, float* out) {
-    avx512_dot4_floats<uint16_t, load16_f16, avx2_dot4_f16>(n, w, x, stride, out);
-}
-
 void avx512_axpy_f32(int64_t n, float a, const void* row, float* y) {
     auto x = static_cast<const float*>(row);
     const __m512 va = _mm512_set1_ps(a);
@@ -113,8 +81,6 @@ const KernelTable* kernels_avx512() {
         t.isa = "avx512";
         t.dot_f32 = avx512_dot_f32;
         t.dot_f16 = avx512_dot_f16;
-        t.dot4_f32 = avx512_dot4_f32;
-        t.dot4_f16 = avx512_dot4_f16;
         t.axpy_f32 = avx512_axpy_f32;
         t.axpy_f16 = avx512_axpy_f16;
         return t;

@@ -301,12 +301,6 @@ def test_relu_reference_differs_from_silu(tmp_path):
     assert np.abs(a - b).max() > 0.1 * a.std()
 
 
-@pytest.mark.skip(reason="a plain llama GGUF cannot say 'ReLU'; ReLU dense models come as "
-                         "PowerInfer (PWRI) files, tested with the sparse suite")
-def test_relu_model(tmp_path):
-    pass
-
-
 # ---------------------------------------------------------------------------------------
 # The oracle's own check: the reference reproduces llama.cpp on the same files
 

@@ -149,14 +149,23 @@ def build_plugin() -> Built:
 EMULATOR = os.path.join(ROOT, "tests", "cuda_emulator")
 
 
-def build_emulated_plugin(out_dir: str) -> str:
+_emulated: Optional[str] = None
+
+
+def build_emulated_plugin() -> str:
     """The plugin's sources built with the C++ compiler against the CPU emulator, as a shared
-    library in out_dir. Raises FileNotFoundError where it cannot be built (no C++ compiler,
-    or not Linux: the emulator's fibers are glibc's ucontext) and RuntimeError with the
-    compiler's messages when the build fails."""
+    library (once per process; later calls return the same library). Raises
+    FileNotFoundError where it cannot be built (no C++ compiler, or not Linux: the
+    emulator's fibers are glibc's ucontext) and RuntimeError with the compiler's messages
+    when the build fails."""
+    global _emulated
+    if _emulated is not None:
+        return _emulated
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if cxx is None or not sys.platform.startswith("linux"):
         raise FileNotFoundError("the CUDA emulator needs Linux and a C++ compiler")
+    out_dir = tempfile.mkdtemp(prefix="sparseinfer-cuda-emulated-")
+    atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
     translated = os.path.join(out_dir, "src")
     subprocess.run([sys.executable, os.path.join(EMULATOR, "translate.py"), CUDA_SOURCES, translated],
                    check=True, timeout=120)
@@ -164,7 +173,7 @@ def build_emulated_plugin(out_dir: str) -> str:
     lib = os.path.join(out_dir, LIB_NAME)
 
     def compile_one(source: str) -> tuple[str, subprocess.CompletedProcess]:
-        obj = source + ".o"
+        obj = os.path.join(out_dir, os.path.basename(source) + ".o")
         proc = subprocess.run([cxx, "-std=c++17", "-O1", "-fPIC", "-Wno-unknown-pragmas",
                                f"-I{EMULATOR}", f"-I{translated}", "-c", source, "-o", obj],
                               capture_output=True, text=True, timeout=600, env=compiler_env())
@@ -180,7 +189,24 @@ def build_emulated_plugin(out_dir: str) -> str:
             errors.append(f"link:\n{proc.stderr}")
     if errors:
         raise RuntimeError("building the emulated CUDA plugin failed:\n" + "\n".join(errors))
+    _emulated = lib
     return lib
+
+
+def run_tests_in_child(test_file: str, env_extra: dict, min_passed: int) -> None:
+    """Runs a test file in a fresh interpreter (without a sanitizer preload) with env_extra
+    set; fails unless it passes with at least min_passed tests run, so that a child in which
+    everything skipped does not count as a pass."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env.update(env_extra)
+    tests_dir = os.path.join(ROOT, "tests")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.join(tests_dir, test_file)],
+        capture_output=True, text=True, timeout=1200, env=env, cwd=tests_dir)
+    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-3000:]
+    passed = re.search(r"(\d+) passed", summary)
+    assert passed and int(passed.group(1)) >= min_passed, summary
 
 
 def build_stub_plugin(out_dir: str, abi_version: int) -> str:

@@ -24,7 +24,6 @@ token must agree within 2e-5 * std.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -42,7 +41,6 @@ import sparsegen  # noqa: E402
 import sparseinfer  # noqa: E402
 from sparseinfer import _core  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 CHILD = os.environ.get("SPARSEINFER_TEST_GPU_CHILD")  # "emulated" or "gpu" in the child
 
 MAX_TOL, MEAN_TOL = 2e-4, 2e-5  # relative to the reference logits' std
@@ -82,25 +80,16 @@ def gpu_model(path, **kw):
 # ---- the parent: children over each plugin ---------------------------------------------
 
 def run_child(plugin, kind, extra_env=None):
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    env.update(extra_env or {})
-    env["SPARSEINFER_CUDA_PLUGIN"] = plugin
-    env["SPARSEINFER_TEST_GPU_CHILD"] = kind
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.join(HERE, "test_gpu_forward.py")],
-        capture_output=True, text=True, timeout=1200, env=env, cwd=HERE)
-    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
-    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-3000:]
-    passed = re.search(r"(\d+) passed", summary)
-    assert passed and int(passed.group(1)) >= 15, summary  # the GPU cases ran
+    env = dict(extra_env or {}, SPARSEINFER_CUDA_PLUGIN=plugin, SPARSEINFER_TEST_GPU_CHILD=kind)
+    cuda_build.run_tests_in_child("test_gpu_forward.py", env, min_passed=15)  # the GPU cases ran
 
 
 @pytest.mark.skipif(bool(CHILD), reason="the parent's test")
 @pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
                     reason="the child needs the uninstrumented engine (the kernels have no ASan build)")
-def test_gpu_forward_on_the_cpu_emulator(tmp_path):
+def test_gpu_forward_on_the_cpu_emulator():
     try:
-        lib = cuda_build.build_emulated_plugin(str(tmp_path))
+        lib = cuda_build.build_emulated_plugin()
     except FileNotFoundError as error:
         pytest.skip(str(error))
     run_child(lib, "emulated")

@@ -471,13 +471,16 @@ def test_ffn_select(gpu, n_tokens, hot):
     scores[:, 5::89] = np.nan
     candidates = rng.permutation(n_ff)[:2100].astype(np.int32) if hot else None
     n_candidates = n_ff if candidates is None else candidates.size
-    rows, count = gpu.alloc(n_candidates * 4), gpu.alloc(4)
+    rows, count, n_active = gpu.alloc(n_candidates * 4), gpu.alloc(4), gpu.alloc(4)
     mask = gpu.alloc(n_tokens * n_candidates)
     gpu.run("si_cuda_ffn_select", gpu.put(scores), n_tokens, n_ff, threshold,
-            None if candidates is None else gpu.put(candidates), n_candidates, rows, count, mask)
+            None if candidates is None else gpu.put(candidates), n_candidates, rows, count, mask, n_active)
     want_rows, want_mask = select_reference(scores, threshold, candidates)
     n = int(gpu.get(count, 1, np.int32)[0])
     assert n == want_rows.size
+    assert int(gpu.get(n_active, 1, np.int32)[0]) == want_mask.sum()  # per token, summed
+    if n_tokens > 1:
+        assert want_mask.sum() < n_tokens * n  # so the union would not pass
     np.testing.assert_array_equal(gpu.get(rows, n_candidates, np.int32)[:n], want_rows)
     got_mask = gpu.get(mask, (n_tokens, n_candidates), np.uint8)[:, :n]
     np.testing.assert_array_equal(got_mask, want_mask.astype(np.uint8))
@@ -486,11 +489,11 @@ def test_ffn_select(gpu, n_tokens, hot):
 def test_ffn_select_threshold_zero_and_bad_candidate(gpu):
     scores = np.array([[0.0, -0.0, -1e-30, 1e-30, -1.0]], np.float32)
     rows, count = gpu.alloc(5 * 4), gpu.alloc(4)
-    gpu.run("si_cuda_ffn_select", gpu.put(scores), 1, 5, 0.0, None, 5, rows, count, None)
+    gpu.run("si_cuda_ffn_select", gpu.put(scores), 1, 5, 0.0, None, 5, rows, count, None, None)
     n = int(gpu.get(count, 1, np.int32)[0])
     np.testing.assert_array_equal(gpu.get(rows, 5, np.int32)[:n], [0, 1, 3])  # -0.0 >= 0 too
     gpu.run("si_cuda_ffn_select", gpu.put(scores), 1, 5, 0.0, gpu.put(np.array([4, 5, 0], np.int32)), 3,
-            rows, count, None)
+            rows, count, None, None)
     with pytest.raises(_cuda.CudaError, match="candidate") as info:
         gpu.ctx.synchronize()
     assert info.value.status == _cuda.ERROR_INDEX
@@ -593,7 +596,8 @@ def test_sparse_ffn_on_hot_neurons(gpu, weight_type, relu_up):
     gpu.run("si_cuda_ffn_predict", TYPE_ID["F16"], gpu.put(fc1_raw), rank, n_embd, TYPE_ID["F16"],
             gpu.put(fc2_raw), n_ff, gpu.put(x), n_tokens, hidden, scores)
     rows, count, mask = gpu.alloc(hot.size * 4), gpu.alloc(4), gpu.alloc(n_tokens * hot.size)
-    gpu.run("si_cuda_ffn_select", scores, n_tokens, n_ff, threshold, gpu.put(hot), hot.size, rows, count, mask)
+    gpu.run("si_cuda_ffn_select", scores, n_tokens, n_ff, threshold, gpu.put(hot), hot.size, rows, count, mask,
+            None)
     h = gpu.alloc(n_tokens * hot.size * 4)
     gpu.run("si_cuda_ffn_gate_up", TYPE_ID[weight_type], gpu.put(gate_raw[hot]), TYPE_ID[weight_type],
             gpu.put(up_raw[hot]), hot.size, n_embd, rows, count, hot.size, mask, gpu.put(xn), n_tokens, relu_up, h)

@@ -36,7 +36,7 @@ import sys
 import threading
 from typing import Any, Optional
 
-ABI_VERSION = 2  # SI_CUDA_ABI_VERSION in cpp/src/cuda/plugin_api.h
+ABI_VERSION = 3  # SI_CUDA_ABI_VERSION in cpp/src/cuda/plugin_api.h
 PLUGIN_PACKAGES = ("sparseinfer_cuda13", "sparseinfer_cuda12")
 ENV_PLUGIN = "SPARSEINFER_CUDA_PLUGIN"
 INSTALL_HINT = ("CUDA does not exist on macOS" if sys.platform == "darwin"
@@ -106,7 +106,7 @@ PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     # ctx, fc1_type, fc1, rank, n_embd, fc2_type, fc2, n_ff, x, n_tokens, hidden, scores
     "si_cuda_ffn_predict": (_int, [_ptr, _int, _ptr, _i64, _i64, _int, _ptr, _i64, _ptr, _i64, _ptr, _ptr] + _ERR),
     # ctx, scores, n_tokens, n_ff, threshold, candidates, n_candidates, rows, count, mask
-    "si_cuda_ffn_select": (_int, [_ptr, _ptr, _i64, _i64, ctypes.c_float, _ptr, _i64, _ptr, _ptr, _ptr] + _ERR),
+    "si_cuda_ffn_select": (_int, [_ptr, _ptr, _i64, _i64, ctypes.c_float, _ptr, _i64, _ptr, _ptr, _ptr, _ptr] + _ERR),
     # ctx, gate_type, gate, up_type, up, n_rows, n_embd, rows, count, max_count, mask, x,
     # n_tokens, relu_up, h
     "si_cuda_ffn_gate_up": (_int, [_ptr, _int, _ptr, _int, _ptr, _i64, _i64, _ptr, _ptr, _i64, _ptr, _ptr,

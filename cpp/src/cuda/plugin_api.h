@@ -11,7 +11,7 @@
 // otherwise) and write a NUL-terminated message of at most err_len bytes (including the NUL)
 // into err when err is not null. No function throws, exits or prints.
 //
-// Device memory and work (ABI 2): a context (si_cuda_context_create) owns one device and one
+// Device memory and work (since ABI 2): a context (si_cuda_context_create) owns one device and one
 // CUDA stream. Buffers are plain device addresses from si_cuda_alloc (256-byte aligned); a
 // caller may hand out pieces of one buffer at offsets that keep the alignment an entry point
 // asks for. Every operation of a context runs on its stream in call order. The kernel entry
@@ -36,7 +36,7 @@
 #define SI_CUDA_API __attribute__((visibility("default")))
 #endif
 
-#define SI_CUDA_ABI_VERSION 2
+#define SI_CUDA_ABI_VERSION 3
 
 // Weight types the kernels read: ggml's type ids (cpp/src/tensor/dtype.h).
 #define SI_CUDA_TYPE_F32 0
@@ -179,11 +179,13 @@ SI_CUDA_API int si_cuda_ffn_predict(si_cuda_context* ctx, int fc1_type, const vo
 // hold the candidates' rows in candidate order; with null candidates they are neuron ids),
 // and, when mask is not null, mask[t * n_candidates + i] = 1 if entry i is active for token
 // t, else 0. rows: n_candidates int32, count: one int32, mask: n_tokens * n_candidates bytes.
-// The order is fixed, so results do not change from run to run.
+// n_active (device, one int32; may be null): the number of (token, candidate) pairs that
+// are active, i.e. the per-token active counts summed (n_tokens * n_candidates must then
+// fit an int32). The order is fixed, so results do not change from run to run.
 SI_CUDA_API int si_cuda_ffn_select(si_cuda_context* ctx, const float* scores, int64_t n_tokens,
                                    int64_t n_ff, float threshold, const int32_t* candidates,
                                    int64_t n_candidates, int32_t* rows, int32_t* count,
-                                   uint8_t* mask, char* err, size_t err_len);
+                                   uint8_t* mask, int32_t* n_active, char* err, size_t err_len);
 // Gate and up of the listed neurons: for k < *count and r = rows[k] (row k when rows is
 // null; count null means max_count), g = gate row r . x[t], u = up row r . x[t], and
 // h[t * max_count + k] = g > 0 ? g * (relu_up ? max(u, 0) : u) : 0, or 0 where mask (as

@@ -24,12 +24,14 @@ constexpr int kDownWarps = 8;  // warps sharing one 32-column tile of the output
 // ascending order (as the CPU's per-token lists do).
 __global__ void __launch_bounds__(kSelectThreads)
 select_kernel(const float* scores, int n_tokens, int64_t n_ff, float threshold, const int32_t* candidates,
-              int64_t n_candidates, int32_t* rows, int32_t* count, uint8_t* mask, int* flags) {
+              int64_t n_candidates, int32_t* rows, int32_t* count, uint8_t* mask, int32_t* n_active,
+              int* flags) {
     __shared__ int warp_offset[kSelectThreads / kWarp];
     __shared__ int chunk_total;
     const int lane = static_cast<int>(threadIdx.x % kWarp), warp = static_cast<int>(threadIdx.x / kWarp);
     const int n_warps = static_cast<int>(blockDim.x / kWarp);
     int64_t base = 0;
+    int own_active = 0;  // (token, candidate) pairs this thread found active
     for (int64_t start = 0; start < n_candidates; start += blockDim.x) {
         const int64_t k = start + threadIdx.x;
         int64_t id = -1;
@@ -62,9 +64,11 @@ select_kernel(const float* scores, int n_tokens, int64_t n_ff, float threshold, 
         if (active) {
             const int64_t pos = base + warp_offset[warp] + __popc(ballot & ((1u << lane) - 1u));
             rows[pos] = static_cast<int32_t>(k);
-            if (mask != nullptr) {
+            if (mask != nullptr || n_active != nullptr) {
                 for (int t = 0; t < n_tokens; ++t) {
-                    mask[t * n_candidates + pos] = scores[t * n_ff + id] >= threshold ? 1 : 0;
+                    const bool on = scores[t * n_ff + id] >= threshold;
+                    if (mask != nullptr) mask[t * n_candidates + pos] = on ? 1 : 0;
+                    own_active += on ? 1 : 0;
                 }
             }
         }
@@ -72,6 +76,18 @@ select_kernel(const float* scores, int n_tokens, int64_t n_ff, float threshold, 
         __syncthreads();  // warp_offset and chunk_total are rewritten by the next chunk
     }
     if (threadIdx.x == 0) *count = static_cast<int32_t>(base);
+    if (n_active != nullptr) {  // the same for every thread: the barrier below is safe
+        int sum = own_active;
+#pragma unroll
+        for (int offset = kWarp / 2; offset > 0; offset >>= 1) sum += __shfl_xor_sync(kFullMask, sum, offset);
+        if (lane == 0) warp_offset[warp] = sum;  // free since the loop's last barrier
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int total = 0;
+            for (int w = 0; w < n_warps; ++w) total += warp_offset[w];
+            *n_active = total;
+        }
+    }
 }
 
 // One warp per listed neuron: g = gate row . x[t], u = up row . x[t] for every token, then
@@ -155,7 +171,8 @@ extern "C" {
 
 SI_CUDA_API int si_cuda_ffn_select(si_cuda_context* ctx, const float* scores, int64_t n_tokens, int64_t n_ff,
                                    float threshold, const int32_t* candidates, int64_t n_candidates,
-                                   int32_t* rows, int32_t* count, uint8_t* mask, char* err, size_t err_len) {
+                                   int32_t* rows, int32_t* count, uint8_t* mask, int32_t* n_active, char* err,
+                                   size_t err_len) {
     const char* what = "si_cuda_ffn_select";
     int rc = enter(ctx, err, err_len);
     if (rc == 0) rc = check_tokens(what, n_tokens, err, err_len);
@@ -171,9 +188,13 @@ SI_CUDA_API int si_cuda_ffn_select(si_cuda_context* ctx, const float* scores, in
     if (rc == 0 && (scores == nullptr || rows == nullptr || count == nullptr)) {
         rc = invalid(err, err_len, "%s: scores, rows and count must not be null", what);
     }
+    if (rc == 0 && n_active != nullptr && n_tokens * n_candidates > INT32_MAX) {
+        rc = invalid(err, err_len, "%s: n_tokens x n_candidates must fit an int32 when n_active is asked for", what);
+    }
     if (rc != 0) return rc;
     select_kernel<<<1, kSelectThreads, 0, ctx->stream>>>(scores, static_cast<int>(n_tokens), n_ff, threshold,
-                                                         candidates, n_candidates, rows, count, mask, ctx->flags);
+                                                         candidates, n_candidates, rows, count, mask, n_active,
+                                                         ctx->flags);
     return launched(what, err, err_len);
 }
 

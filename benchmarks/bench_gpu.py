@@ -9,9 +9,16 @@ Engines, each a sparseinfer.Model decoding greedily with the same prompt:
   cpu sparse          device="cpu", sparse=True
   cpu dense           device="cpu", sparse=False
   cuda dense          device="cuda", sparse=False (every layer on the GPU)
-  cuda hybrid <B>     device="cuda", sparse=True, vram_budget=B, for --budgets
-A configuration this build or machine cannot run is reported with the reason (no GPU, no
-CUDA plugin, a path not implemented yet) instead of a number.
+  cuda sparse         device="cuda", sparse=True, what the GPU has free (every neuron on
+                      the GPU when it fits: the predictor picks, nothing runs on the CPU)
+  cuda hybrid <B>     device="cuda", sparse=True, vram_budget=B, for --budgets: the
+                      hottest neurons on the GPU, the cold ones on the CPU
+Each row also shows the placement: GPU layers, the share of firing neurons the GPU serves
+(expected, from the profile or equal shares) and the bytes planned. A configuration this
+build or machine cannot run is reported with the reason (no GPU, no CUDA plugin, a budget
+too small) instead of a number. With SPARSEINFER_CUDA_PLUGIN naming the CPU emulator's
+plugin (tests/cuda_build.py) the script runs end to end anywhere; its GPU figures are then
+meaningless.
 
   python benchmarks/bench_gpu.py --shape minicpm-s-1b --budgets 0.5GiB 1GiB --save
   python benchmarks/bench_gpu.py --small                       # a smoke test of the script
@@ -48,10 +55,14 @@ def time_decode(path: Path, tokens: int, threads: int, **model_args) -> dict:
             model.generate("Once upon a time", max_tokens=4, temperature=0, ignore_eos=True)  # warm up
             model.generate("Once upon a time", max_tokens=tokens, temperature=0, ignore_eos=True)
             stats = model.stats()
-    except (si.SparseInferError, MemoryError) as error:
+            plan = model.placement
+    except (si.SparseInferError, MemoryError, ValueError) as error:
         return dict(error=f"{type(error).__name__}: {error}")
+    placement = None if plan is None else dict(
+        n_gpu_layers=plan.n_gpu_layers, gpu_share=plan.gpu_share, planned_bytes=plan.planned_bytes,
+        budget=plan.budget, n_hot=plan.n_hot)
     return dict(tokens=stats["generated_tokens"], tokens_per_second=stats["decode_tokens_per_second"],
-                active_fraction=stats["active_fraction"])
+                active_fraction=stats["active_fraction"], placement=placement)
 
 
 def main(argv=None) -> int:
@@ -78,6 +89,7 @@ def main(argv=None) -> int:
         "cpu sparse": dict(device="cpu", sparse=True),
         "cpu dense": dict(device="cpu", sparse=False),
         "cuda dense": dict(device="cuda", sparse=False),
+        "cuda sparse": dict(device="cuda", sparse=True),
     }
     for budget in args.budgets:
         runs[f"cuda hybrid {budget}"] = dict(device="cuda", sparse=True, vram_budget=budget)
@@ -86,13 +98,18 @@ def main(argv=None) -> int:
     cuda = si.cuda_info()
     print(f"\nmodel: {'small' if args.small else args.shape} ({args.type}), threads {args.threads}, "
           f"{args.tokens} tokens; GPU: {cuda.get('reason', '')}\n")
-    print("| engine | decode tok/s | active fraction |")
-    print("|---|---:|---:|")
+    base = results["cpu dense"].get("tokens_per_second")
+    print("| engine | decode tok/s | vs cpu dense | active fraction | GPU layers | GPU share | planned |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         if "error" in r:
-            print(f"| {name} | unavailable: {r['error'][:100]} | |")
-        else:
-            print(f"| {name} | {r['tokens_per_second']:.2f} | {r['active_fraction']:.3f} |")
+            print(f"| {name} | unavailable: {r['error'][:100]} | | | | | |")
+            continue
+        p = r["placement"]
+        where = ("| | |" if p is None else
+                 f"| {p['n_gpu_layers']} | {p['gpu_share']:.2f} | {p['planned_bytes'] / 2**20:.0f} MiB |")
+        ratio = f"{r['tokens_per_second'] / base:.2f}x" if base else ""
+        print(f"| {name} | {r['tokens_per_second']:.2f} | {ratio} | {r['active_fraction']:.3f} {where}")
 
     if args.save:
         when = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -144,21 +144,21 @@ def stub_plugins(tmp_path_factory):
 def test_engine_refuses_a_plugin_of_another_abi(tiny_model, stub_plugins):
     model = _core.Model(tiny_model)
     with pytest.raises(sparseinfer.UnsupportedModelError, match="speaks ABI 99"):
-        _core.Session(model, 16, 1, cuda_plugin=stub_plugins[99])
+        _core.DeviceModel(model, stub_plugins[99])
 
 
 def test_engine_reports_no_device_in_cudas_words(tiny_model, stub_plugins):
     model = _core.Model(tiny_model)
     current = cuda_build.header_defines()["SI_CUDA_ABI_VERSION"]
     with pytest.raises(sparseinfer.SparseInferError, match="no CUDA-capable device is detected"):
-        _core.Session(model, 16, 1, cuda_plugin=stub_plugins[current])
+        _core.DeviceModel(model, stub_plugins[current])
 
 
 def test_engine_reports_a_plugin_that_cannot_be_loaded(tiny_model, tmp_path):
     model = _core.Model(tiny_model)
     missing = str(tmp_path / "nothing-here.so")
     with pytest.raises(sparseinfer.UnsupportedModelError, match="could not be loaded"):
-        _core.Session(model, 16, 1, cuda_plugin=missing)
+        _core.DeviceModel(model, missing)
 
 
 def test_model_without_a_device_raises_device_unavailable(tiny_model, stub_plugins):
@@ -207,19 +207,182 @@ def test_tied_embeddings(tmp_path, weight_type):
 def test_powerinfer_file_runs_densely(tmp_path, arch, weight_type):
     w = sparsegen.write_pwri_model(tmp_path / "p.gguf", arch=arch, weight_type=weight_type)
     ids = tokens(8, seed=1)
-    with gpu_model(tmp_path / "p.gguf") as m:  # sparse="auto" on a GPU: dense
-        assert not m.is_sparse
+    with gpu_model(tmp_path / "p.gguf", sparse=False) as m:
+        assert not m.is_sparse and m.placement.hot is None
         got = m.logits(ids)
         assert m.stats()["active_fraction"] == 1.0
     ref = Float32Reference(w, sparse=False).eval(ids)
     assert_close(got, ref)
 
 
+# ---- PowerInfer's hot/cold split: GPU layers with hot neurons, the CPU the cold ones ------
+
+class HybridReference(sparse_reference.SparseReference):
+    """The sparse reference placed as the engine places it: CPU layers round the inputs of
+    quantised matrices to 8 bits as the CPU engine does; GPU layers and the output head (on
+    the GPU when any layer is) keep them exact, except the gate and up products of the cold
+    neurons, which the CPU computes."""
+
+    def __init__(self, w, first_gpu_layer, hot):
+        super().__init__(w, sparse=True)
+        self.first_gpu_layer = first_gpu_layer
+        self.hot_masks = [np.isin(np.arange(self.n_ff), h) for h in hot]
+
+    def _mv(self, x, name):
+        layer = int(name.split(".")[1]) if name.startswith("blk.") else None
+        on_gpu = (layer if layer is not None else self.n_layer) >= self.first_gpu_layer
+        if not on_gpu:
+            return super()._mv(x, name)
+        exact = x @ self.w[name].T
+        if name.endswith(("ffn_gate.weight", "ffn_up.weight")):
+            return np.where(self.hot_masks[layer], exact, super()._mv(x, name))
+        return exact
+
+
+def budget_for(path, hot_share, n_gpu_layers, n_ctx=128):
+    """A VRAM budget that holds the last n_gpu_layers layers' fixed parts, the output head
+    and hot_share of those layers' neurons."""
+    costs = sparseinfer.model_costs(path, n_ctx=n_ctx)
+    layers = range(len(costs.fixed_bytes) - n_gpu_layers, len(costs.fixed_bytes))
+    fixed = costs.shared_bytes + costs.batch_bytes + sum(costs.fixed_bytes[l] for l in layers)
+    neurons = sum(costs.n_neurons[l] * costs.neuron_bytes[l] for l in layers)
+    return int(fixed + hot_share * neurons)
+
+
+def checked_reference(m, w, ids):
+    """The hybrid reference's logits for the placement of Model m."""
+    plan = m.placement
+    ref = HybridReference(w, len(plan.hot) - plan.n_gpu_layers, plan.hot)
+    want = ref.eval(ids)
+    # float32 in the engine against float64 here: no neuron may sit close enough to flip
+    assert ref.threshold_margin() > 1e-5
+    return ref, want
+
+
 @in_child
-def test_sparse_true_on_a_gpu_is_refused(tmp_path):
-    sparsegen.write_pwri_model(tmp_path / "p.gguf")
-    with pytest.raises(sparseinfer.UnsupportedModelError, match="CPU only"):
-        gpu_model(tmp_path / "p.gguf", sparse=True)
+@pytest.mark.parametrize("arch, weight_type, hot_share, n_gpu_layers", [
+    ("llama", "F32", 1.0, 2),     # every neuron on the GPU: no CPU part
+    ("llama", "F32", 0.0, 2),     # no neuron on the GPU: every active one on the CPU
+    ("llama", "F32", 0.5, 2),     # split
+    ("llama", "Q4_0", 0.5, 2),    # split, quantised
+    ("bamboo", "Q8_0", 0.3, 2),   # split, relu(up) too
+    ("llama", "Q4_1", 0.5, 1),    # layer 0 on the CPU, layer 1 split
+])
+def test_hybrid_sparse_logits_match_the_reference(tmp_path, arch, weight_type, hot_share, n_gpu_layers):
+    path = tmp_path / "p.gguf"
+    w = sparsegen.write_pwri_model(path, arch=arch, weight_type=weight_type, n_layer=2, seed=7)
+    budget = budget_for(path, hot_share, n_gpu_layers)
+    ids = tokens(8, seed=1)
+    with gpu_model(path, sparse=True, vram_budget=f"{budget}B") as m:  # n_gpu_layers: as many as fit
+        plan = m.placement
+        assert m.is_sparse and plan.planned_bytes <= budget and plan.n_gpu_layers == n_gpu_layers
+        gpu_layers = range(2 - n_gpu_layers, 2)
+        share = sum(plan.n_hot[l] for l in gpu_layers) / (128 * n_gpu_layers)
+        assert abs(share - hot_share) < 0.02, plan.n_hot
+        assert all(plan.n_hot[l] == 0 for l in range(2 - n_gpu_layers))
+        got = m.logits(ids)
+        _, want = checked_reference(m, w, ids)
+    assert_close(got, want)
+
+
+@in_child
+def test_hybrid_decoding_matches_the_cpu_and_counts_the_active_neurons(tmp_path):
+    path = tmp_path / "p.gguf"
+    w = sparsegen.write_pwri_model(path, weight_type="F32", n_layer=2, seed=3)
+    budget = budget_for(path, 0.5, 2)
+    ids = tokens(6, seed=5)
+    with gpu_model(path, sparse=True, vram_budget=f"{budget}B") as m:
+        ref, want = checked_reference(m, w, ids)
+        native = m._sequence().native
+        rows, fractions = [], []
+        for t in ids:  # one token at a time: the GPU's count is then exactly the active hot ones
+            native.reset_stats()
+            native.eval([t])
+            rows.append(native.logits()[0])
+            fractions.append(native.active_fractions())
+        native.reset()
+        native.reset_stats()
+        native.eval(ids)  # a batch: each token's own active neurons count, not the batch's union
+        prompt_fractions = native.active_fractions()
+    assert_close(np.stack(rows), want)
+    ref.reset()
+    want_fractions = []
+    for t in ids:
+        ref.eval([t])
+        want_fractions.append(ref.layer_fractions())
+    np.testing.assert_allclose(fractions, want_fractions, atol=1e-12)
+    np.testing.assert_allclose(prompt_fractions, np.mean(want_fractions, axis=0), atol=1e-12)
+    args = dict(max_tokens=5, temperature=0, ignore_eos=True)
+    with sparseinfer.Model(str(path), n_ctx=64, n_threads=1, sparse=True) as cpu:
+        greedy = cpu.generate("hello world", **args)
+    with gpu_model(path, n_ctx=64, vram_budget=f"{budget}B") as m:  # sparse="auto"
+        assert m.is_sparse and m.generate("hello world", **args) == greedy
+
+
+@in_child
+def test_hybrid_placement_follows_the_profile(tmp_path):
+    # A profile that makes the odd neurons hot: the GPU gets exactly those it has room for.
+    from sparseinfer.profile import NeuronProfile, default_profile_path
+    path = tmp_path / "p.gguf"
+    w = sparsegen.write_pwri_model(path, weight_type="Q8_0", n_layer=2, seed=11)
+    counts = [np.where(np.arange(128) % 2 == 1, 1000 - np.arange(128), 0) for _ in range(2)]
+    NeuronProfile(tuple(np.asarray(c, dtype=np.int64) for c in counts), tokens=1000).save(
+        default_profile_path(path))
+    ids = tokens(8, seed=2)
+    with gpu_model(path, sparse=True, vram_budget=f"{budget_for(path, 0.25, 2)}B") as m:
+        for hot in m.placement.hot:  # room for 32 of each layer's 128 neurons
+            assert list(hot) == list(range(1, 64, 2))
+        got = m.logits(ids)
+        _, want = checked_reference(m, w, ids)
+    assert_close(got, want)
+
+
+@in_child
+def test_vram_budget_is_respected_and_weights_are_shared(tmp_path):
+    # Measured: the device's free memory before the Model and while it runs.
+    from sparseinfer import _cuda
+    path = tmp_path / "p.gguf"
+    sparsegen.write_pwri_model(path, weight_type="Q4_0", n_layer=4, n_ff=256, seed=1)
+    budget = budget_for(path, 0.3, 4, n_ctx=96)
+    # Allocations round up: to 256 bytes on the emulator, to pages of its own on a GPU.
+    slack = 64 * 2**10 if CHILD == "emulated" else 64 * 2**20
+    with _cuda.plugin().context(0) as probe:
+        free_before, _ = probe.memory_info()
+        with gpu_model(path, n_ctx=96, sparse=True, vram_budget=f"{budget}B") as m:
+            m.logits(tokens(20, seed=3))
+            used = free_before - probe.memory_info()[0]
+            assert m.placement.planned_bytes <= budget
+            assert 0 < used <= budget + slack, (used, budget)
+            assert m.gpu_weight_bytes <= used
+            with m.session(n_ctx=96) as s:  # a session adds its KV cache and activations only
+                s.logits(tokens(20, seed=3))
+                added = free_before - probe.memory_info()[0] - used
+                assert 0 < added <= used - m.gpu_weight_bytes + slack, (added, used)
+        assert free_before - probe.memory_info()[0] <= slack  # all freed with the Model
+
+
+@in_child
+def test_budget_errors_name_the_sizes(tmp_path):
+    path = tmp_path / "p.gguf"
+    sparsegen.write_pwri_model(path, weight_type="F32", n_layer=2)
+    with pytest.raises(ValueError, match="cannot hold one layer and the output head"):
+        gpu_model(path, sparse=True, vram_budget="1KiB")
+    with pytest.raises(ValueError, match="n_gpu_layers=2 needs"):
+        gpu_model(path, sparse=True, vram_budget=f"{budget_for(path, 0, 2) - 1}B", n_gpu_layers=2)
+    # run densely, a layer goes to the GPU with all its neurons: fewer layers fit
+    with gpu_model(path, sparse=False, vram_budget=f"{budget_for(path, 0.5, 2)}B") as m:
+        assert m.placement.n_gpu_layers == 1 and m.placement.hot is None
+
+
+@in_child
+def test_dense_model_with_some_layers_on_the_cpu(tmp_path):
+    w = ggufgen.write_llama_model(tmp_path / "m.gguf", weight_type="F32", n_layer=3)
+    ids = tokens(7)
+    want = reference.forward(w, ids, kv_f16=True)
+    for n_gpu_layers in (0, 1, 2):
+        with gpu_model(tmp_path / "m.gguf", n_gpu_layers=n_gpu_layers) as m:
+            assert m.placement.n_gpu_layers == n_gpu_layers
+            assert_close(m.logits(ids), want)
 
 
 @in_child

@@ -10,6 +10,7 @@ import itertools
 import numpy as np
 import pytest
 
+import ggufgen
 import sparsegen
 
 import sparseinfer as si
@@ -189,3 +190,58 @@ def test_a_profile_plans_for_its_model(tmp_path):
     hot_min = min(profile.counts[l][h].min() for l, h in enumerate(plan.hot) if len(h))
     cold_max = max(np.delete(profile.counts[l], h).max() for l, h in enumerate(plan.hot))
     assert hot_min >= cold_max
+
+
+# ---- plan_device: what a Model(device="cuda") places --------------------------------------
+
+def device_costs(path, n_ctx=64):
+    c = si.model_costs(path, n_ctx=n_ctx)
+    shared = c.shared_bytes + c.batch_bytes
+    whole = [f + n * b for f, n, b in zip(c.fixed_bytes, c.n_neurons, c.neuron_bytes)]
+    return c, shared, whole
+
+
+def test_plan_device_places_whole_layers_from_the_last(tmp_path):
+    path = str(tmp_path / "d.gguf")
+    ggufgen.write_llama_model(path, n_layer=4)
+    c, shared, whole = device_costs(path)
+    assert c.batch_bytes > 0 and c.n_neurons == (96,) * 4
+    for n in range(1, 5):
+        budget = shared + sum(whole[4 - n:])
+        for b in (budget, budget + sum(whole) // 8 if n < 4 else budget):  # between: the last that fit
+            plan = si.plan_device(path, n_ctx=64, sparse=False, budget=b)
+            assert plan.n_gpu_layers == n and plan.hot is None and plan.planned_bytes == budget <= b
+    plan = si.plan_device(path, n_ctx=64, sparse=False, budget=shared + sum(whole) + 10**9)
+    assert plan.n_gpu_layers == 4 and plan.gpu_share == 1.0
+    with pytest.raises(ValueError, match="cannot hold one layer and the output head"):
+        si.plan_device(path, n_ctx=64, sparse=False, budget=shared + whole[3] - 1)
+    assert si.plan_device(path, n_ctx=64, sparse=False, budget=10**9, n_gpu_layers=2).n_gpu_layers == 2
+    assert si.plan_device(path, n_ctx=64, sparse=False, budget=0, n_gpu_layers=0).n_gpu_layers == 0
+    with pytest.raises(ValueError, match="n_gpu_layers=3 needs"):
+        si.plan_device(path, n_ctx=64, sparse=False, budget=shared + sum(whole[2:]), n_gpu_layers=3)
+
+
+def test_plan_device_sparse_puts_dense_parts_first_then_hot_neurons(tmp_path):
+    path = str(tmp_path / "p.gguf")
+    sparsegen.write_pwri_model(path, n_layer=3, n_ff=128, weight_type="Q8_0")
+    c, shared, _ = device_costs(path)
+    dense_parts = shared + sum(c.fixed_bytes)
+    plan = si.plan_device(path, n_ctx=64, sparse=True, budget=dense_parts + 90 * c.neuron_bytes[0])
+    assert plan.n_gpu_layers == 3 and plan.n_hot == [30, 30, 30]  # equal shares without a profile
+    assert all(np.array_equal(h, np.arange(30)) for h in plan.hot)
+    assert plan.planned_bytes == dense_parts + 90 * c.neuron_bytes[0]
+    # two layers' dense parts fit, not three: the first layer runs on the CPU, no hot neurons
+    plan = si.plan_device(path, n_ctx=64, sparse=True, budget=shared + sum(c.fixed_bytes[1:]) + 10)
+    assert plan.n_gpu_layers == 2 and plan.n_hot == [0, 0, 0] and plan.gpu_share == 0.0
+    # a profile: the GPU layers take their most frequent neurons; the share counts every layer
+    counts = [np.arange(128)[::-1] * (l + 1) for l in range(3)]
+    profile = si.profile.NeuronProfile(tuple(np.asarray(x, np.int64) for x in counts), tokens=200)
+    plan = si.plan_device(path, n_ctx=64, sparse=True, n_gpu_layers=2, profile=profile,
+                          budget=shared + sum(c.fixed_bytes[1:]) + 20 * c.neuron_bytes[0])
+    assert plan.n_hot[0] == 0 and sum(plan.n_hot) == 20
+    assert all(np.array_equal(h, np.arange(len(h))) for h in plan.hot)  # the lowest ids fire most
+    served = sum(counts[l][plan.hot[l]].sum() for l in range(3))
+    assert plan.gpu_share == pytest.approx(served / sum(x.sum() for x in counts))
+    with pytest.raises(si.ProfileError, match="layers"):
+        si.plan_device(path, n_ctx=64, sparse=True, budget=10**9, profile=si.profile.NeuronProfile(
+            (np.zeros(128, np.int64),)))

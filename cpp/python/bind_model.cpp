@@ -5,12 +5,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <thread>
 
 #include "bindings.h"
 #include "common/errors.h"
 #include "cpu/kernels.h"
 #include "gguf/gguf_file.h"
+#include "gpu/device_model.h"
 #include "model/model.h"
 #include "model/session.h"
 #include "sample/sampler.h"
@@ -21,6 +23,8 @@ namespace py = pybind11;
 namespace si::python {
 
 namespace {
+
+using HotIds = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 
 py::str utf8(std::string_view s) {
     // Metadata strings come from the file: decode leniently rather than fail on bad bytes.
@@ -185,19 +189,41 @@ void bind_model(py::module_& m) {
         })
         .def("metadata", [](const Model& self) { return metadata_dict(self.file()); });
 
-    py::class_<Session>(m, "Session")
-        // cuda_plugin: the path of the CUDA plugin library to run on (sparseinfer._cuda found
-        // and loaded it), device cuda_device; empty: the CPU.
-        .def(py::init([](std::shared_ptr<Model> model, int64_t n_ctx, int n_threads, bool sparse,
-                         const std::string& cuda_plugin, int cuda_device) {
-                 if (n_threads < 1) throw ArgumentError("n_threads must be at least 1");
+    // A model's weights on a GPU for one placement (gpu/device_model.h), shared by the
+    // sessions of a sparseinfer.Model: the CUDA plugin at cuda_plugin (sparseinfer._cuda found
+    // and loaded it), device cuda_device; the last n_gpu_layers layers (-1: all) and, for a
+    // PowerInfer file, per layer the ascending ids of its hot neurons (None: all).
+    py::class_<gpu::DeviceModel, std::shared_ptr<gpu::DeviceModel>>(m, "DeviceModel")
+        .def(py::init([](std::shared_ptr<Model> model, const std::string& cuda_plugin, int cuda_device,
+                         int64_t n_gpu_layers, std::optional<std::vector<HotIds>> hot_neurons) {
                  if (cuda_device < 0) throw ArgumentError("cuda_device must be >= 0");
+                 gpu::Placement placement;
+                 placement.n_gpu_layers = n_gpu_layers;
+                 if (hot_neurons) {
+                     for (const HotIds& ids : *hot_neurons) {
+                         placement.hot_neurons.emplace_back(ids.data(), ids.data() + ids.size());
+                     }
+                 }
                  py::gil_scoped_release release;
-                 return new Session(std::move(model), n_ctx, n_threads, sparse,
-                                    DeviceOptions{cuda_plugin, cuda_device});
+                 return std::make_shared<gpu::DeviceModel>(std::move(model), cuda_plugin, cuda_device,
+                                                           std::move(placement));
+             }),
+             py::arg("model"), py::arg("cuda_plugin"), py::arg("cuda_device") = 0,
+             py::arg("n_gpu_layers") = -1, py::arg("hot_neurons") = py::none())
+        .def_property_readonly("weight_bytes", &gpu::DeviceModel::weight_bytes)
+        .def_property_readonly("first_gpu_layer", &gpu::DeviceModel::first_gpu_layer)
+        .def("hot_counts", &gpu::DeviceModel::hot_counts);
+
+    py::class_<Session>(m, "Session")
+        // device: the model's weights on a GPU (DeviceModel of this model), or None: the CPU.
+        .def(py::init([](std::shared_ptr<Model> model, int64_t n_ctx, int n_threads, bool sparse,
+                         std::shared_ptr<gpu::DeviceModel> device) {
+                 if (n_threads < 1) throw ArgumentError("n_threads must be at least 1");
+                 py::gil_scoped_release release;
+                 return new Session(std::move(model), n_ctx, n_threads, sparse, std::move(device));
              }),
              py::arg("model"), py::arg("n_ctx"), py::arg("n_threads"), py::arg("sparse") = false,
-             py::arg("cuda_plugin") = "", py::arg("cuda_device") = 0)
+             py::arg("device") = py::none())
         .def_property_readonly("on_gpu", &Session::on_gpu)
         .def_property_readonly("sparse", &Session::sparse)
         .def("active_fractions", &Session::active_fractions)

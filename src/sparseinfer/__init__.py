@@ -25,7 +25,7 @@ from .prompt import format_prompt
 # Their types (NeuronProfile, PlacementPlan) and PowerInfer's activation files reader stay
 # in sparseinfer.profile and sparseinfer.placement.
 from .profile import ProfileError, StaleProfileError, load_profile, profile_model
-from .placement import model_costs, plan_placement
+from .placement import model_costs, plan_device, plan_placement
 
 try:
     __version__ = version("sparseinfer")
@@ -52,6 +52,7 @@ __all__ = [
     "format_prompt",
     "load_profile",
     "model_costs",
+    "plan_device",
     "plan_placement",
     "profile_model",
 ]

@@ -19,6 +19,8 @@ import numpy as np
 
 from . import _core
 from . import fetch as _fetch
+from . import placement as _placement
+from . import profile as _profile
 from . import prompt as _prompt
 from ._stops import StopStringFilter
 from .errors import (CancelledError, ContextOverflowError, DeviceUnavailableError,
@@ -33,6 +35,8 @@ _MAX_THREADS = 1024
 # How many recent tokens the repetition penalty looks at (llama.cpp's default).
 _REPEAT_LAST_N = 64
 _INT32_MAX = 2**31 - 1
+# GPU memory left free when no vram_budget is given: CUDA's own workspaces, other processes.
+_VRAM_RESERVE = 256 * 2**20
 
 
 @dataclasses.dataclass
@@ -48,10 +52,9 @@ class _Sequence:
     use it safely from any thread: the current call's id, cancellation, per-call stats."""
 
     def __init__(self, model: _core.Model, *, n_ctx: int, n_threads: int, sparse: bool,
-                 owner: str, cuda: Optional[tuple[str, int]] = None) -> None:
-        plugin, index = cuda if cuda is not None else ("", 0)
+                 owner: str, device: Optional[_core.DeviceModel] = None) -> None:
         self.native: Optional[_core.Session] = _core.Session(
-            model, n_ctx, n_threads, sparse=sparse, cuda_plugin=plugin, cuda_device=index)
+            model, n_ctx, n_threads, sparse=sparse, device=device)
         self.n_ctx, self.n_threads, self.owner = n_ctx, n_threads, owner
         self.lock = threading.Lock()  # held by one native step (an eval, a sample) at a time
         self.call_lock = threading.Lock()  # orders call starts against cancel()
@@ -353,19 +356,26 @@ class Model(_Inference):
                 ("minicpm-s-1b") is fetched first: see fetch_model and from_pretrained.
             n_ctx: context window in tokens: prompt plus generated text.
             n_threads: CPU threads; None uses the physical cores (at most 16).
-            device: "auto" or "cpu" (the CPU), or "cuda" / "cuda:N": the whole forward pass on
-                that GPU through the CUDA plugin (weights and KV cache in GPU memory, dense
-                FFN). Without a plugin or a GPU, "cuda" raises DeviceUnavailableError saying
-                why. "auto" stays on the CPU in this version.
-            sparse: "auto" (sparse FFN when the file supports it and the model runs on the
-                CPU), True (require it) or False (always dense; a PowerInfer file then
-                computes every neuron with its ReLU FFN). True on a dense file, or with a
-                CUDA device (the sparse FFN runs on the CPU only in this version), raises
-                UnsupportedModelError.
-            n_gpu_layers: with a GPU, how many layers to place there (-1: as many as fit).
-            vram_budget: GPU memory to use: a number of GiB or a string such as "6GiB",
-                "512MiB" or "8GB"; None: what the GPU has free. Both are checked here and
-                used once a GPU backend runs the model.
+            device: "auto" or "cpu" (the CPU), or "cuda" / "cuda:N": that GPU through the
+                CUDA plugin, placed under vram_budget and n_gpu_layers (Model.placement says
+                what went there). Without a plugin or a GPU, "cuda" raises
+                DeviceUnavailableError saying why. "auto" stays on the CPU in this version.
+            sparse: "auto" (sparse FFN when the file supports it), True (require it) or False
+                (always dense; a PowerInfer file then computes every neuron with its ReLU
+                FFN). True on a dense file raises UnsupportedModelError. On a GPU a sparse
+                model is split as PowerInfer does: attention, predictors and the hottest FFN
+                neurons of each GPU layer on the GPU, the other (cold) neurons on the CPU,
+                the two partial sums added. The hot neurons are chosen by firing frequency
+                from the model's profile (MODEL.profile.npz from `python -m sparseinfer
+                profile`, or PowerInfer's activation/ folder next to the file); without
+                one, every layer gets the same share of its neurons.
+            n_gpu_layers: with a GPU, how many layers to place there, counted from the last
+                (-1: as many as fit the budget); the others run on the CPU.
+            vram_budget: GPU memory the model may use (weights, the Model's own KV cache and
+                one batch of activations; each extra session adds its KV cache and
+                activations): a number of GiB or a string such as "6GiB", "512MiB" or
+                "8GB"; None: what the GPU has free, less 256 MiB. A budget that cannot hold
+                one layer and the output head raises ValueError.
             predictor_q8: requantise a PowerInfer file's predictors to 8 bits at load. They
                 are read in full for every token, so this speeds up sparse decoding at the
                 cost of a few flipped near-threshold decisions (benchmarks/bench_sparse.py
@@ -383,10 +393,6 @@ class Model(_Inference):
         if sparse != "auto" and not isinstance(sparse, bool):
             raise ValueError(f"sparse must be 'auto', True or False, got {sparse!r}")
         self._cuda = _check_device(device)
-        if self._cuda is not None and sparse is True:
-            raise UnsupportedModelError(
-                f"{self._path}: sparse=True with device={device!r}: the sparse FFN runs on the "
-                f"CPU only in this version; use sparse=False or device='cpu'")
         self._n_gpu_layers = _require_int("n_gpu_layers", n_gpu_layers, minimum=-1)
         self._vram_budget = None if vram_budget is None else parse_memory_size("vram_budget", vram_budget)
 
@@ -395,8 +401,11 @@ class Model(_Inference):
             raise UnsupportedModelError(
                 f"{self._path}: sparse=True needs a PowerInfer model (file magic PWRI, with "
                 f"activation predictors) and this file is a dense model; use sparse='auto' or False")
-        self._sparse = (bool(self._native.is_powerinfer) and self._cuda is None if sparse == "auto"
-                        else sparse)
+        self._sparse = bool(self._native.is_powerinfer) if sparse == "auto" else sparse
+        self._placement: Optional[_placement.DevicePlan] = None
+        self._device_model: Optional[_core.DeviceModel] = None
+        if self._cuda is not None:
+            self._placement, self._device_model = self._place_on_device()
         self._tokenizer = self._native.tokenizer
         self._metadata = self._native.metadata()
         self._arch, self._n_vocab, self._n_layer = (
@@ -461,6 +470,18 @@ class Model(_Inference):
         return "cpu" if self._cuda is None else f"cuda:{self._cuda[1]}"
 
     @property
+    def placement(self) -> Optional[_placement.DevicePlan]:
+        """What went to the GPU (sparseinfer.placement.DevicePlan: GPU layers, hot neurons
+        per layer, budget, planned bytes), or None on the CPU."""
+        return self._placement
+
+    @property
+    def gpu_weight_bytes(self) -> int:
+        """Bytes of weights held on the GPU (0 on the CPU): uploaded once, shared by every
+        session of the Model."""
+        return 0 if self._device_model is None else int(self._device_model.weight_bytes)
+
+    @property
     def is_sparse(self) -> bool:
         """Whether the sparse (PowerInfer) FFN path is in use: only predicted-active FFN
         neurons are computed."""
@@ -516,7 +537,7 @@ class Model(_Inference):
         with self._sessions_lock:
             self._check_open()
             seq = _Sequence(self._native, n_ctx=n_ctx, n_threads=n_threads, sparse=self._sparse,
-                            owner=owner, cuda=self._cuda)
+                            owner=owner, device=self._device_model)
             self._sessions.add(seq)
             return seq
 
@@ -528,8 +549,10 @@ class Model(_Inference):
         Model cannot be used afterwards."""
         with self._sessions_lock:
             sequences, self._sessions = list(self._sessions), weakref.WeakSet()
-            # The native objects free the KV caches and the mapping when the last reference goes.
+            # The native objects free the KV caches, the GPU's weights and the mapping when
+            # the last reference goes.
             self._native = None
+            self._device_model = None
         for seq in sequences:
             seq.close()
 
@@ -544,6 +567,24 @@ class Model(_Inference):
         return f"<sparseinfer.Model {self._path!r} arch={self.arch!r} {state}>"
 
     # ---- helpers --------------------------------------------------------------------------
+
+    def _place_on_device(self) -> tuple[_placement.DevicePlan, _core.DeviceModel]:
+        plugin_path, index = self._cuda
+        budget = self._vram_budget
+        if budget is None:
+            from ._cuda import plugin as cuda_plugin
+
+            with cuda_plugin().context(index) as ctx:
+                free, _ = ctx.memory_info()
+            budget = max(0, free - _VRAM_RESERVE)
+        profile = _profile.find_profile(self._path) if self._sparse else None
+        plan = _placement.plan_device(self._path, n_ctx=self._n_ctx, sparse=self._sparse,
+                                      budget=budget, n_gpu_layers=self._n_gpu_layers,
+                                      profile=profile)
+        hot = None if plan.hot is None else list(plan.hot)
+        device_model = _core.DeviceModel(self._native, plugin_path, index,
+                                         n_gpu_layers=plan.n_gpu_layers, hot_neurons=hot)
+        return plan, device_model
 
     def _check_open(self) -> None:
         if self._native is None:

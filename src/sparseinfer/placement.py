@@ -191,17 +191,25 @@ def plan_placement(counts: Union[NeuronProfile, Sequence[np.ndarray], None], *,
 
 @dataclass(frozen=True)
 class ModelCosts:
-    """VRAM bytes of a PowerInfer model's parts, from its file's tensor types and shapes."""
+    """VRAM bytes of a model's parts, from its file's tensor types and shapes."""
 
     n_neurons: tuple[int, ...]     # FFN neurons per layer
-    neuron_bytes: tuple[int, ...]  # per layer: one neuron's ffn_gate + ffn_up + ffn_down_t rows
+    neuron_bytes: tuple[int, ...]  # per layer: one neuron's ffn_gate + ffn_up + ffn_down(_t) rows
     fixed_bytes: tuple[int, ...]   # per layer: the other tensors of the layer + its KV cache
     shared_bytes: int              # output norm and output head
+    batch_bytes: int = 0           # a session's activations on the GPU for a full batch
+
+
+# The engine evaluates prompts in batches of at most this many tokens (kMaxBatch in
+# cpp/src/model/session.cpp); the GPU's activation buffers are sized for one batch.
+MAX_BATCH = 256
 
 
 def model_costs(model_path: Union[str, "os.PathLike[str]"], *, n_ctx: int) -> ModelCosts:
-    """Reads the tensor index of a PowerInfer GGUF file (no weights) and prices its parts
-    in the types the file stores, with a KV cache of n_ctx positions in halves."""
+    """Reads the tensor index of a GGUF file (no weights) and prices its parts in the types
+    the file stores, with a KV cache of n_ctx positions in halves. A PowerInfer file's
+    neurons are rows of ffn_gate, ffn_up and ffn_down_t; a dense file's FFN is priced the
+    same way (its ffn_down's columns), though it only moves to the GPU whole."""
     info = _core.read_gguf_info(os.fspath(model_path))
     metadata = info["metadata"]
     arch = metadata.get("general.architecture")
@@ -223,22 +231,119 @@ def model_costs(model_path: Union[str, "os.PathLike[str]"], *, n_ctx: int) -> Mo
         raise ValueError(f"{model_path}: the file lacks the model's shape ({arch}.block_count ...)")
     kv_dim = n_embd // n_head * n_head_kv
     kv_bytes = 2 * int(n_ctx) * kv_dim * KV_BYTES_PER_VALUE
-    ffn = ("ffn_gate.weight", "ffn_up.weight", "ffn_down_t.weight")
-    n_neurons, neuron_bytes, fixed = [], [], []
+    n_neurons, neuron_bytes, fixed, max_rank = [], [], [], 0
     for l in range(n_layer):
         prefix = f"blk.{l}."
+        down = "ffn_down_t.weight" if prefix + "ffn_down_t.weight" in tensors else "ffn_down.weight"
+        ffn = ("ffn_gate.weight", "ffn_up.weight", down)
         names = [n for n in tensors if n.startswith(prefix)]
         missing = [prefix + f for f in ffn if prefix + f not in tensors]
         if missing:
-            raise ValueError(f"{model_path}: {missing[0]} is missing: not a PowerInfer file?")
+            raise ValueError(f"{model_path}: {missing[0]} is missing")
         rows = int(tensors[prefix + "ffn_up.weight"][1][1])  # ggml shape (n_embd, n_ff)
         n_neurons.append(rows)
         neuron_bytes.append(sum(nbytes(prefix + f) for f in ffn) // rows)
         fixed.append(sum(nbytes(n) for n in names if n[len(prefix):] not in ffn) + kv_bytes)
+        if prefix + "fc1.weight" in tensors:
+            max_rank = max(max_rank, int(tensors[prefix + "fc1.weight"][1][1]))
     shared = sum(nbytes(n) for n in ("output_norm.weight", "output.weight") if n in tensors)
     if "output.weight" not in tensors and "token_embd.weight" in tensors:
         shared += nbytes("token_embd.weight")  # tied head: the GPU needs a copy
-    return ModelCosts(tuple(n_neurons), tuple(neuron_bytes), tuple(fixed), shared)
+    n_vocab = int(tensors["token_embd.weight"][1][1]) if "token_embd.weight" in tensors else 0
+    n_ff = max(n_neurons)
+    # As GpuForward allocates them: x, xn, q, attention output; k, v; gate, up; logits;
+    # positions; predictor hidden layer; and for PowerInfer files a row list, a mask and
+    # the per-layer counts.
+    batch_floats = MAX_BATCH * (4 * n_embd + 2 * kv_dim + 2 * n_ff + n_vocab + 1 + max_rank)
+    batch_bytes = 4 * batch_floats
+    if max_rank:
+        batch_bytes += 4 * n_ff + MAX_BATCH * n_ff + 4 * n_layer
+    return ModelCosts(tuple(n_neurons), tuple(neuron_bytes), tuple(fixed), shared, batch_bytes)
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """What a Model puts on its GPU: the last n_gpu_layers layers (attention, norms,
+    predictors, KV cache), the output head, and in each GPU layer either its whole FFN
+    (hot is None) or, for a sparse PowerInfer model, the hot neurons hot[l] (empty for the
+    CPU layers). planned_bytes counts weights, the Model's own KV cache and one batch of
+    activations; gpu_share is the expected fraction of fired FFN neurons the GPU serves."""
+
+    n_gpu_layers: int
+    hot: Optional[tuple[np.ndarray, ...]]
+    budget: int
+    planned_bytes: int
+    gpu_share: float
+
+    @property
+    def n_hot(self) -> Optional[list[int]]:
+        return None if self.hot is None else [len(h) for h in self.hot]
+
+
+def plan_device(model_path: Union[str, "os.PathLike[str]"], *, n_ctx: int, sparse: bool,
+                budget: int, n_gpu_layers: int = -1,
+                profile: Optional[NeuronProfile] = None) -> DevicePlan:
+    """The placement of a model on a GPU with `budget` bytes.
+
+    Layers go whole, from the last (llama.cpp's convention; the hidden state crosses to the
+    GPU once per batch and the output head, which always goes, reads it there): with
+    n_gpu_layers = -1 as many as fit, else that many (ValueError when they do not fit). A
+    dense model (or a PowerInfer model run densely) places each layer's whole FFN. A sparse
+    PowerInfer model places each GPU layer's dense parts (attention, norms, predictor: read
+    for every token) first, then spends what is left on the hottest FFN neurons of those
+    layers (plan_placement, with the profile's counts, or equal shares without one).
+    """
+    costs = model_costs(model_path, n_ctx=n_ctx)
+    n_layer = len(costs.fixed_bytes)
+    budget = _int_value(budget, "budget", 0)
+    n_gpu_layers = _int_value(n_gpu_layers, "n_gpu_layers", -1)
+    shared = costs.shared_bytes + costs.batch_bytes
+    whole = [f + n * b for f, n, b in zip(costs.fixed_bytes, costs.n_neurons, costs.neuron_bytes)]
+    layer_bytes = list(costs.fixed_bytes) if sparse else whole
+
+    def cost_of_last(k: int) -> int:
+        return shared + sum(layer_bytes[n_layer - k:]) if k else 0
+
+    if n_gpu_layers == -1:
+        n_gpu = 0
+        while n_gpu < n_layer and cost_of_last(n_gpu + 1) <= budget:
+            n_gpu += 1
+        if n_gpu == 0:
+            raise ValueError(
+                f"a VRAM budget of {_mib(budget)} cannot hold one layer and the output head "
+                f"({_mib(cost_of_last(1))} with the KV cache for n_ctx={n_ctx} and the activations "
+                f"of a {MAX_BATCH}-token batch); give more, lower n_ctx, or run on the CPU")
+    else:
+        n_gpu = min(n_gpu_layers, n_layer)
+        if cost_of_last(n_gpu) > budget:
+            raise ValueError(
+                f"n_gpu_layers={n_gpu_layers} needs {_mib(cost_of_last(n_gpu))} of GPU memory "
+                f"(with the KV cache for n_ctx={n_ctx}) and the VRAM budget is {_mib(budget)}; "
+                f"use fewer layers or -1 (as many as fit)")
+    first = n_layer - n_gpu
+    if not sparse or n_gpu == 0:
+        return DevicePlan(n_gpu, None, budget, cost_of_last(n_gpu), 1.0 if n_gpu == n_layer else 0.0)
+
+    gpu_layers = range(first, n_layer)
+    counts = None
+    if profile is not None:
+        profile.check_shape(n_layer, costs.n_neurons)
+        counts = [profile.counts[l] for l in gpu_layers]
+    plan = plan_placement(counts, neuron_bytes=[costs.neuron_bytes[l] for l in gpu_layers],
+                          fixed_bytes=[costs.fixed_bytes[l] for l in gpu_layers], shared_bytes=shared,
+                          budget=budget, n_neurons=[costs.n_neurons[l] for l in gpu_layers])
+    hot = tuple([np.zeros(0, dtype=np.int32)] * first) + plan.hot
+    # The share over every layer: CPU layers serve none of theirs.
+    if profile is not None and sum(float(c.sum()) for c in profile.counts) > 0:
+        total = sum(float(c.sum()) for c in profile.counts)
+        share = sum(float(profile.counts[l][hot[l]].sum()) for l in gpu_layers) / total
+    else:
+        share = sum(len(h) for h in hot) / sum(costs.n_neurons)
+    return DevicePlan(n_gpu, hot, budget, plan.bytes_used, share)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 # ---- argument checks ------------------------------------------------------------------------

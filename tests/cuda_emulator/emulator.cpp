@@ -1,5 +1,8 @@
 // The emulator's scheduler and its CUDA runtime API (cuda_runtime.h says what it is for).
 #include "cuda_runtime.h"
+
+#include <mutex>
+#include <unordered_map>
 namespace emu {
 Block* g_block = nullptr;
 static std::function<void()>* s_body;  // the kernel call of the block being run
@@ -66,22 +69,47 @@ cudaError_t cudaSetDevice(int) { return 0; }
 cudaError_t cudaGetDeviceCount(int* c) { *c = 1; return 0; }
 cudaError_t cudaRuntimeGetVersion(int* v) { *v = 13000; return 0; }
 cudaError_t cudaDriverGetVersion(int* v) { *v = 13000; return 0; }
-cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) { strcpy(p->name, "emulated"); p->totalGlobalMem = 16ull << 30; return 0; }
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) { strcpy(p->name, "emulated"); p->totalGlobalMem = 8ull << 30; return 0; }
 cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) { *v = a == cudaDevAttrComputeCapabilityMajor ? 9 : 0; return 0; }
 cudaError_t cudaDeviceSynchronize() { return 0; }
-// An 8 GiB device: larger requests fail as on a GPU, for the out-of-memory tests.
+// An 8 GiB device: requests beyond what is free fail as on a GPU (the out-of-memory tests),
+// and cudaMemGetInfo reports what the allocations left, so tests can measure a budget.
+namespace emu {
+constexpr size_t kDeviceBytes = 8ull << 30;
+std::mutex g_alloc_mutex;
+std::unordered_map<void*, size_t> g_allocations;
+size_t g_allocated = 0;
+}  // namespace emu
 cudaError_t cudaMalloc(void** p, size_t n) {
-    if (n > (8ull << 30)) { *p = nullptr; return 2; }
-    *p = aligned_alloc(256, (n + 255) / 256 * 256);
-    memset(*p, 0xcd, (n + 255) / 256 * 256);  // garbage, like fresh device memory
+    const size_t rounded = (n + 255) / 256 * 256;
+    std::lock_guard<std::mutex> hold(emu::g_alloc_mutex);
+    if (rounded > emu::kDeviceBytes - emu::g_allocated) { *p = nullptr; return 2; }
+    *p = aligned_alloc(256, rounded);
+    memset(*p, 0xcd, rounded);  // garbage, like fresh device memory
+    emu::g_allocations[*p] = rounded;
+    emu::g_allocated += rounded;
     return 0;
 }
-cudaError_t cudaFree(void* p) { free(p); return 0; }
+cudaError_t cudaFree(void* p) {
+    std::lock_guard<std::mutex> hold(emu::g_alloc_mutex);
+    auto it = emu::g_allocations.find(p);
+    if (it != emu::g_allocations.end()) {
+        emu::g_allocated -= it->second;
+        emu::g_allocations.erase(it);
+    }
+    free(p);
+    return 0;
+}
 cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) { memcpy(d, s, n); return 0; }
 cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t) { memcpy(d, s, n); return 0; }
 cudaError_t cudaMemset(void* d, int v, size_t n) { memset(d, v, n); return 0; }
 cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t) { memset(d, v, n); return 0; }
-cudaError_t cudaMemGetInfo(size_t* f, size_t* t) { *f = 8ull << 30; *t = 16ull << 30; return 0; }
+cudaError_t cudaMemGetInfo(size_t* f, size_t* t) {
+    std::lock_guard<std::mutex> hold(emu::g_alloc_mutex);
+    *f = emu::kDeviceBytes - emu::g_allocated;
+    *t = emu::kDeviceBytes;
+    return 0;
+}
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { *s = (cudaStream_t)malloc(1); return 0; }
 cudaError_t cudaStreamDestroy(cudaStream_t s) { free(s); return 0; }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return 0; }

@@ -1,68 +1,75 @@
-// The llama-family forward pass on a GPU through the CUDA plugin (ABI 2): the weights of
-// every layer, the F16 KV cache and the activations of a batch live on the device; only
-// the embeddings go up and the kept logits come down. Used by Session when it is asked for
-// a device (model/session.h); Session keeps the bookkeeping (n_past, chunks, cancel).
+// One session's share of the GPU: its own context (stream), the F16 KV cache of the GPU
+// layers and the activations of a batch, over the weights a DeviceModel holds for every
+// session of the model. Session (model/session.cpp) drives it layer by layer and keeps the
+// bookkeeping (n_past, chunks, cancel, the CPU layers and the CPU's cold neurons).
 //
-// Everything runs densely: a PowerInfer file computes every neuron (relu(gate) * up, relu
-// on up too for bamboo) and its down projection over all rows of ffn_down_t.
-//
-// Where the hybrid split goes next: upload only the hot neurons' gate/up/down_t rows
-// (chosen under a VRAM budget), run si_cuda_ffn_predict / ffn_select over them here, and
-// let the CPU add the cold neurons' part to the same residual before the next layer.
+// Per batch: the hidden state goes up once (upload_hidden) before the first GPU layer; each
+// GPU layer runs attention and its FFN on the device; the output head turns the kept rows
+// into logits, which come down. In a PowerInfer layer with cold neurons the predictor's
+// scores and the normed FFN input come down to the CPU, which computes the cold active
+// neurons while the GPU computes the hot ones; its partial sum goes back up and is added
+// (add_to_hidden). Per token that moves n_ff + 2 n_embd floats per such layer.
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <memory>
-#include <string>
 #include <vector>
 
-#include "gpu/plugin.h"
-#include "model/model.h"
+#include "gpu/device_model.h"
 
 namespace si::gpu {
 
 class GpuForward {
 public:
-    // Opens a context on `device` of the plugin at `plugin_path`, uploads the weights (types
-    // F32, F16, Q8_0, Q4_0, Q4_1; UnsupportedError naming a tensor of another type) and
-    // allocates the KV cache for n_ctx positions.
-    GpuForward(const Model& model, const std::string& plugin_path, int device, int64_t n_ctx);
+    // A context on the weights' device, and the KV cache of their GPU layers for n_ctx
+    // positions.
+    GpuForward(std::shared_ptr<const DeviceModel> weights, int64_t n_ctx);
 
-    // One batch of n tokens at positions n_past..n_past + n - 1: x holds their embeddings
-    // (n rows of n_embd). Writes the logits of rows first_kept..n - 1 to `logits`.
-    // check_cancel runs before every layer (it throws to stop).
-    void eval_batch(const float* x, int64_t n, int64_t n_past, int64_t first_kept, float* logits,
-                    const std::function<void()>& check_cancel);
+    const DeviceModel& weights() const { return *weights_; }
+
+    // Starts a batch of n tokens at positions n_past..n_past + n - 1.
+    void begin_batch(int64_t n, int64_t n_past);
+    // The hidden state of the batch (n rows of n_embd) goes up.
+    void upload_hidden(const float* x);
+
+    // Attention block of GPU layer il: x += Wo attention(...), the K and V rows stored.
+    void attention(int64_t il);
+    // FFN of GPU layer il over every neuron: dense files (SiLU), or a PowerInfer layer whose
+    // neurons are all on the GPU, computed densely (ReLU).
+    void dense_ffn(int64_t il);
+    // Sparse FFN of a PowerInfer GPU layer: the predictor, then the active hot neurons' sum
+    // added to x, enqueued so that it runs while the host computes the cold part. When the
+    // layer has cold neurons, first copies to the host the predictor's scores (n rows of
+    // n_ff) and the normed input (n rows of n_embd); scores and xn are ignored otherwise.
+    void sparse_ffn(int64_t il, float* scores, float* xn);
+    // x += y for the batch (y: n rows of n_embd on the host): the CPU's part of an FFN.
+    void add_to_hidden(const float* y);
+    // Per layer, the active hot neurons of the last batch, summed over its tokens, added
+    // into active (n_layer entries; CPU layers and dense layers get nothing here).
+    void add_hot_active_counts(std::vector<int64_t>& active);
+
+    // Output head for rows first_kept..n - 1 of the batch: their logits to `logits`.
+    void output(int64_t first_kept, float* logits);
 
 private:
-    struct DeviceMatrix {
-        int type = 0;  // SI_CUDA_TYPE_*
-        int64_t rows = 0, cols = 0;
-        Buffer data;
-    };
-    struct DeviceLayer {
-        Buffer attn_norm, ffn_norm;
-        DeviceMatrix wq, wk, wv, wo;
-        DeviceMatrix ffn_gate, ffn_up;
-        DeviceMatrix ffn_down;  // dense files; PowerInfer files: ffn_down_t
-        Buffer k_cache, v_cache;
-    };
-    DeviceMatrix upload_matrix(const Matrix& m, const std::string& name);
-    Buffer upload_floats(const std::vector<float>& v, const char* what);
+    void matmul(const DeviceModel::Matrix& w, const float* x, int64_t n, float* y);
     void ensure_batch_capacity(int64_t n);
-    void matmul(const DeviceMatrix& w, const float* x, int64_t n, float* y);
+    struct Cache {
+        Buffer k, v;
+    };
 
-    const Model& model_;
+    std::shared_ptr<const DeviceModel> weights_;
     Context ctx_;
     int64_t n_ctx_;
-    std::vector<DeviceLayer> layers_;
-    Buffer output_norm_;
-    DeviceMatrix output_;
+    std::vector<Cache> caches_;  // GPU layers only
 
+    int64_t n_ = 0, n_past_ = 0;  // the current batch
+    bool sparse_ran_ = false;     // the current batch ran sparse_ffn (counts to read)
     // Activations of a batch of up to batch_capacity_ tokens.
     int64_t batch_capacity_ = 0;
     Buffer x_, xn_, q_, k_, v_, attn_out_, gate_, up_, logits_, positions_;
+    Buffer predictor_hidden_, rows_, rows_count_, mask_;
+    Buffer active_counts_;  // int32 per layer: active (token, hot neuron) pairs of the batch
     std::vector<int32_t> host_positions_;
 };
 

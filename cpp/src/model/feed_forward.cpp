@@ -5,6 +5,9 @@
 //   PowerInfer files, sparse: the same sum over the neurons the predictor marks active,
 //                             score = fc2 relu(fc1 x) >= threshold, x taken before ffn_norm;
 //                             gate and up rows of the others are never read.
+//   PowerInfer files, hybrid: a GPU layer computes the predictor and its hot neurons; the
+//                             CPU computes the active cold ones (cold_feed_forward) and its
+//                             partial sum is added on the GPU.
 // (FACTS.md: PowerInfer's llm_build_ffn_sparse and its CPU kernels.)
 #include <algorithm>
 #include <cmath>
@@ -49,69 +52,95 @@ void Session::feed_forward(int layer, int64_t n) {
     // The predictor reads x before the norm, so it runs first.
     if (sparse_) predict_active_neurons(l, n);
     rms_norm_rows(x_.data(), l.ffn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
-
-    const bool relu_up = c.relu_up;
-    auto activation = [relu_up](float g, float u) {
-        return std::max(g, 0.0f) * (relu_up ? std::max(u, 0.0f) : u);
-    };
     if (!sparse_) {
         matmul({{&l.ffn_gate, gate_.data()}, {&l.ffn_up, up_.data()}}, xn_.data(), n);
-        for (int64_t i = 0; i < hidden; ++i) gate_[i] = activation(gate_[i], up_[i]);
+        const bool relu_up = c.relu_up;
+        for (int64_t i = 0; i < hidden; ++i) {
+            gate_[i] = std::max(gate_[i], 0.0f) * (relu_up ? std::max(up_[i], 0.0f) : up_[i]);
+        }
         layer_active_[static_cast<size_t>(layer)] += hidden;
     } else {
-        // gate_ holds h for every neuron: zero except where computed.
-        std::fill(gate_.begin(), gate_.begin() + hidden, 0.0f);
-        const bool same_format = activation_format(l.ffn_gate.type) == activation_format(l.ffn_up.type);
-        const PreparedInput gate_in = prepare_input(l.ffn_gate, xn_.data(), n, 0, true);
-        const PreparedInput up_in = prepare_input(l.ffn_up, xn_.data(), n, same_format ? 0 : 1, !same_format);
-        const RowDotFn gate_dot = row_dot(kernels_, l.ffn_gate.type);
-        const RowDotFn up_dot = row_dot(kernels_, l.ffn_up.type);
-        pool_.run([&](int ith, int nth) {
-            for (int64_t t = 0; t < n; ++t) {
-                const std::vector<int32_t>& active = active_[static_cast<size_t>(t)];
-                int64_t begin, end;
-                ThreadPool::split(static_cast<int64_t>(active.size()), ith, nth, &begin, &end);
-                for (int64_t k = begin; k < end; ++k) {
-                    if (k + kPrefetchAhead < end) {
-                        const int32_t ahead = active[static_cast<size_t>(k + kPrefetchAhead)];
-                        prefetch_bytes(l.ffn_gate.row(ahead), l.ffn_gate.row_bytes);
-                        prefetch_bytes(l.ffn_up.row(ahead), l.ffn_up.row_bytes);
-                    }
-                    const int32_t j = active[static_cast<size_t>(k)];
-                    const float g = gate_dot(c.n_embd, l.ffn_gate.row(j), gate_in.data + t * gate_in.stride);
-                    if (g <= 0.0f) continue;  // relu(g) = 0: up is not needed
-                    const float u = up_dot(c.n_embd, l.ffn_up.row(j), up_in.data + t * up_in.stride);
-                    gate_[static_cast<size_t>(t * c.n_ff + j)] = activation(g, u);
-                }
-            }
-        });
+        sparse_gate_up(l, n);
         for (int64_t t = 0; t < n; ++t) {
             layer_active_[static_cast<size_t>(layer)] += static_cast<int64_t>(active_[static_cast<size_t>(t)].size());
         }
     }
     if (count_neurons_) count_fired_neurons(layer, n);
     down_projection_transposed(l.ffn_down_t, n, sparse_);
+    for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] += xn_[i];
+}
+
+bool Session::cold_feed_forward(int layer, int64_t n, const uint8_t* is_hot) {
+    // The GPU left the predictor's scores in up_ and the normed input in xn_.
+    const ModelConfig& c = model_->config();
+    const LayerWeights& l = model_->layers()[static_cast<size_t>(layer)];
+    select_active_neurons(up_.data(), n, is_hot);
+    int64_t computed = 0;
+    for (int64_t t = 0; t < n; ++t) computed += static_cast<int64_t>(active_[static_cast<size_t>(t)].size());
+    layer_active_[static_cast<size_t>(layer)] += computed;
+    if (computed == 0) return false;
+    sparse_gate_up(l, n);
+    down_projection_transposed(l.ffn_down_t, n, true);
+    return true;
+}
+
+void Session::sparse_gate_up(const LayerWeights& l, int64_t n) {
+    // h_j = relu(gate_j . xn) * up_j . xn (relu(up_j) for bamboo) for the neurons in each
+    // token's active list; gate_ holds h for every neuron: zero except where computed.
+    const ModelConfig& c = model_->config();
+    const bool relu_up = c.relu_up;
+    std::fill(gate_.begin(), gate_.begin() + n * c.n_ff, 0.0f);
+    const bool same_format = activation_format(l.ffn_gate.type) == activation_format(l.ffn_up.type);
+    const PreparedInput gate_in = prepare_input(l.ffn_gate, xn_.data(), n, 0, true);
+    const PreparedInput up_in = prepare_input(l.ffn_up, xn_.data(), n, same_format ? 0 : 1, !same_format);
+    const RowDotFn gate_dot = row_dot(kernels_, l.ffn_gate.type);
+    const RowDotFn up_dot = row_dot(kernels_, l.ffn_up.type);
+    pool_.run([&](int ith, int nth) {
+        for (int64_t t = 0; t < n; ++t) {
+            const std::vector<int32_t>& active = active_[static_cast<size_t>(t)];
+            int64_t begin, end;
+            ThreadPool::split(static_cast<int64_t>(active.size()), ith, nth, &begin, &end);
+            for (int64_t k = begin; k < end; ++k) {
+                if (k + kPrefetchAhead < end) {
+                    const int32_t ahead = active[static_cast<size_t>(k + kPrefetchAhead)];
+                    prefetch_bytes(l.ffn_gate.row(ahead), l.ffn_gate.row_bytes);
+                    prefetch_bytes(l.ffn_up.row(ahead), l.ffn_up.row_bytes);
+                }
+                const int32_t j = active[static_cast<size_t>(k)];
+                const float g = gate_dot(c.n_embd, l.ffn_gate.row(j), gate_in.data + t * gate_in.stride);
+                if (g <= 0.0f) continue;  // relu(g) = 0: up is not needed
+                const float u = up_dot(c.n_embd, l.ffn_up.row(j), up_in.data + t * up_in.stride);
+                gate_[static_cast<size_t>(t * c.n_ff + j)] = g * (relu_up ? std::max(u, 0.0f) : u);
+            }
+        }
+    });
 }
 
 void Session::predict_active_neurons(const LayerWeights& l, int64_t n) {
-    const ModelConfig& c = model_->config();
-    const int64_t rank = l.fc1.rows;
     // score = fc2 relu(fc1 x); up_ is free until gate/up run, so the scores land there.
+    const int64_t rank = l.fc1.rows;
     matmul({{&l.fc1, predictor_hidden_.data()}}, x_.data(), n);
     for (int64_t i = 0; i < n * rank; ++i) predictor_hidden_[i] = std::max(predictor_hidden_[i], 0.0f);
     matmul({{&l.fc2, up_.data()}}, predictor_hidden_.data(), n);
+    select_active_neurons(up_.data(), n, nullptr);
+}
+
+void Session::select_active_neurons(const float* scores, int64_t n, const uint8_t* skip) {
+    const ModelConfig& c = model_->config();
     for (int64_t t = 0; t < n; ++t) {
         std::vector<int32_t>& active = active_[static_cast<size_t>(t)];
         active.clear();
-        const float* score = up_.data() + t * c.n_ff;
+        const float* score = scores + t * c.n_ff;
         for (int64_t j = 0; j < c.n_ff; ++j) {
-            if (score[j] >= c.sparse_threshold) active.push_back(static_cast<int32_t>(j));
+            if (score[j] >= c.sparse_threshold && (skip == nullptr || !skip[j])) {
+                active.push_back(static_cast<int32_t>(j));
+            }
         }
     }
 }
 
 void Session::down_projection_transposed(const Matrix& down_t, int64_t n, bool only_active) {
-    // out[t] = sum_j h[t][j] down_t[j]. Each thread owns a slice of the output columns and
+    // xn[t] = sum_j h[t][j] down_t[j]. Each thread owns a slice of the output columns and
     // walks the neurons in order, so every output element has one writer and a fixed
     // summation order: the same bits for any thread count (PowerInfer's own axpy lets
     // threads race on one buffer; FACTS.md, Determinism).
@@ -170,7 +199,6 @@ void Session::down_projection_transposed(const Matrix& down_t, int64_t n, bool o
             }
         }
     });
-    for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] += xn_[i];
 }
 
 void Session::reset_stats() {

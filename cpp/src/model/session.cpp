@@ -8,6 +8,7 @@
 #include "common/errors.h"
 #include "common/memory.h"
 #include "cpu/prefetch.h"
+#include "gpu/device_model.h"
 #include "gpu/gpu_forward.h"
 #include "model/norm.h"
 
@@ -37,7 +38,7 @@ void rope(float* head, int64_t rope_dim, const float* cos, const float* sin) {
 }  // namespace
 
 Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_threads, bool sparse,
-                 const DeviceOptions& device)
+                 std::shared_ptr<const gpu::DeviceModel> device)
     : model_(std::move(model)), kernels_(active_kernels()), pool_(n_threads), n_ctx_(n_ctx),
       sparse_(sparse) {
     const ModelConfig& c = model_->config();
@@ -51,27 +52,32 @@ Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_thread
         throw ArgumentError("n_ctx must be between 1 and " + std::to_string(kMaxContext) +
                             ", got " + std::to_string(n_ctx));
     }
-    if (!device.cuda_plugin.empty()) {
-        if (sparse) {
-            throw UnsupportedError(model_->file().describe(
-                "the sparse FFN runs on the CPU only in this version; use sparse=False or device='cpu'"));
+    first_gpu_layer_ = c.n_layer;
+    if (device) {
+        if (&device->model() != model_.get()) throw ArgumentError("the device weights belong to another model");
+        for (int64_t il = device->first_gpu_layer(); il < c.n_layer && c.powerinfer && !sparse; ++il) {
+            if (device->layer(il).n_hot != c.n_ff) {
+                throw ArgumentError("a dense session runs a GPU layer's whole FFN on the GPU, and layer " +
+                                    std::to_string(il) + " keeps cold neurons on the CPU; use sparse=True");
+            }
         }
-        gpu_ = std::make_unique<gpu::GpuForward>(*model_, device.cuda_plugin, device.cuda_device, n_ctx);
-        return;  // the KV cache lives on the device
+        first_gpu_layer_ = device->first_gpu_layer();
+        gpu_ = std::make_unique<gpu::GpuForward>(std::move(device), n_ctx);
     }
-    // Two caches of 2-byte halves: n_ctx is at most 2^20 and the config's sizes are bounded
-    // at load, so the product cannot overflow; refuse before allocating what cannot fit.
+    // Two caches of 2-byte halves for the CPU layers: n_ctx is at most 2^20 and the config's
+    // sizes are bounded at load, so the product cannot overflow; refuse before allocating
+    // what cannot fit.
     const uint64_t kv_dim = static_cast<uint64_t>(c.n_head_kv * c.head_dim);
-    const uint64_t cache_floats = static_cast<uint64_t>(c.n_layer) * static_cast<uint64_t>(n_ctx) * kv_dim;
-    require_memory("a KV cache of " + std::to_string(c.n_layer) + " layers x n_ctx=" +
+    const uint64_t cache_floats = static_cast<uint64_t>(first_gpu_layer_) * static_cast<uint64_t>(n_ctx) * kv_dim;
+    require_memory("a KV cache of " + std::to_string(first_gpu_layer_) + " layers x n_ctx=" +
                        std::to_string(n_ctx) + " x " + std::to_string(kv_dim) + " K and V values",
                    cache_floats * 4);
     k_cache_.resize(static_cast<size_t>(cache_floats));
+    v_cache_.resize(static_cast<size_t>(cache_floats));
     for (int64_t i = 0; i < c.rope_dim / 2; ++i) {
         rope_inv_freq_.push_back(std::pow(static_cast<double>(c.rope_base),
                                           -2.0 * static_cast<double>(i) / static_cast<double>(c.rope_dim)));
     }
-    v_cache_.resize(static_cast<size_t>(cache_floats));
 }
 
 Session::~Session() = default;
@@ -263,7 +269,6 @@ void Session::forward(const std::vector<int32_t>& tokens, bool all_logits) {
     stats_tokens_ += n_total;
     logits_.assign(static_cast<size_t>(logit_rows_ * c.n_vocab), 0.0f);
 
-    const int64_t kv_dim = c.n_head_kv * c.head_dim;
     for (int64_t start = 0; start < n_total; start += kMaxBatch) {
         const int64_t n = std::min(kMaxBatch, n_total - start);
         ensure_batch_capacity(n);
@@ -274,20 +279,10 @@ void Session::forward(const std::vector<int32_t>& tokens, bool all_logits) {
                                     x_.data() + t * c.n_embd, c.n_embd);
         }
 
-        if (gpu_) {
-            const bool keep = all_logits || start + n == n_total;
-            const int64_t first_kept = keep ? (all_logits ? 0 : n - 1) : n;
-            float* dst = logits_.data() + (all_logits ? start * c.n_vocab : 0);
-            gpu_->eval_batch(x_.data(), n, n_past_, first_kept, dst, [this] { throw_if_cancelled(); });
-            for (int64_t& count : layer_active_) count += n * c.n_ff;  // dense: every neuron
-            n_past_ += n;
-            continue;
-        }
-
         // The rotation angles depend on the position alone: compute them once per token,
         // theta_i = pos * base^(-2i / rope_dim), in double for large positions.
         const int64_t half_rope = c.rope_dim / 2;
-        for (int64_t t = 0; t < n; ++t) {
+        for (int64_t t = 0; t < n && first_gpu_layer_ > 0; ++t) {
             const double pos = static_cast<double>(n_past_ + t);
             for (int64_t i = 0; i < half_rope; ++i) {
                 const double theta = pos * rope_inv_freq_[static_cast<size_t>(i)];
@@ -295,47 +290,77 @@ void Session::forward(const std::vector<int32_t>& tokens, bool all_logits) {
                 rope_sin_[static_cast<size_t>(t * half_rope + i)] = static_cast<float>(std::sin(theta));
             }
         }
+        if (first_gpu_layer_ < c.n_layer) gpu_->begin_batch(n, n_past_);
 
+        // The CPU layers come first; the hidden state then goes up once for the GPU layers.
         for (int64_t il = 0; il < c.n_layer; ++il) {
             throw_if_cancelled();  // a long prompt stops within one layer's work
-            const LayerWeights& l = model_->layers()[static_cast<size_t>(il)];
-            // Attention block: x += Wo * attention(rope(Wq xn), rope(Wk xn), Wv xn).
-            rms_norm_rows(x_.data(), l.attn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
-            matmul({{&l.wq, q_.data()}, {&l.wk, k_.data()}, {&l.wv, v_.data()}}, xn_.data(), n);
-            uint16_t* kc = k_cache_.data() + static_cast<size_t>(il) * n_ctx_ * kv_dim;
-            uint16_t* vc = v_cache_.data() + static_cast<size_t>(il) * n_ctx_ * kv_dim;
-            for (int64_t t = 0; t < n; ++t) {
-                const int64_t pos = n_past_ + t;
-                const float* cos = rope_cos_.data() + t * half_rope;
-                const float* sin = rope_sin_.data() + t * half_rope;
-                for (int64_t h = 0; h < c.n_head; ++h) {
-                    rope(q_.data() + t * c.n_embd + h * c.head_dim, c.rope_dim, cos, sin);
-                }
-                for (int64_t h = 0; h < c.n_head_kv; ++h) {
-                    rope(k_.data() + t * kv_dim + h * c.head_dim, c.rope_dim, cos, sin);
-                }
-                for (int64_t i = 0; i < kv_dim; ++i) {
-                    kc[pos * kv_dim + i] = fp32_to_fp16(k_[static_cast<size_t>(t * kv_dim + i)]);
-                    vc[pos * kv_dim + i] = fp32_to_fp16(v_[static_cast<size_t>(t * kv_dim + i)]);
-                }
+            if (il < first_gpu_layer_) {
+                cpu_attention(static_cast<int>(il), n);
+                feed_forward(static_cast<int>(il), n);
+                continue;
             }
-            attention(static_cast<int>(il), n);
-            matmul({{&l.wo, xn_.data()}}, attn_out_.data(), n);
-            for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] += xn_[i];
-
-            feed_forward(static_cast<int>(il), n);
+            if (il == first_gpu_layer_) gpu_->upload_hidden(x_.data());
+            gpu_->attention(il);
+            gpu_feed_forward(static_cast<int>(il), n);
         }
 
-        // Output head for the rows whose logits are kept.
-        const int64_t first_kept = all_logits ? 0 : n - 1;
-        if (all_logits || start + n == n_total) {
+        // Output head for the rows whose logits are kept (none for a chunk of a prompt
+        // whose logits are dropped).
+        const bool keep = all_logits || start + n == n_total;
+        const int64_t first_kept = keep ? (all_logits ? 0 : n - 1) : n;
+        float* dst = logits_.data() + (all_logits ? start * c.n_vocab : 0);
+        if (first_gpu_layer_ < c.n_layer) {
+            gpu_->output(first_kept, dst);
+            gpu_->add_hot_active_counts(layer_active_);
+        } else if (keep) {
             rms_norm_rows(x_.data() + first_kept * c.n_embd, model_->output_norm().data(),
                           n - first_kept, c.n_embd, c.rms_eps, xn_.data());
-            float* dst = logits_.data() + (all_logits ? start * c.n_vocab : 0);
             matmul({{&model_->output(), dst}}, xn_.data(), n - first_kept);
         }
         n_past_ += n;
     }
+}
+
+void Session::cpu_attention(int il, int64_t n) {
+    // x += Wo * attention(rope(Wq xn), rope(Wk xn), Wv xn), K and V stored at n_past..
+    const ModelConfig& c = model_->config();
+    const LayerWeights& l = model_->layers()[static_cast<size_t>(il)];
+    const int64_t kv_dim = c.n_head_kv * c.head_dim, half_rope = c.rope_dim / 2;
+    rms_norm_rows(x_.data(), l.attn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
+    matmul({{&l.wq, q_.data()}, {&l.wk, k_.data()}, {&l.wv, v_.data()}}, xn_.data(), n);
+    uint16_t* kc = k_cache_.data() + static_cast<size_t>(il) * n_ctx_ * kv_dim;
+    uint16_t* vc = v_cache_.data() + static_cast<size_t>(il) * n_ctx_ * kv_dim;
+    for (int64_t t = 0; t < n; ++t) {
+        const int64_t pos = n_past_ + t;
+        const float* cos = rope_cos_.data() + t * half_rope;
+        const float* sin = rope_sin_.data() + t * half_rope;
+        for (int64_t h = 0; h < c.n_head; ++h) rope(q_.data() + t * c.n_embd + h * c.head_dim, c.rope_dim, cos, sin);
+        for (int64_t h = 0; h < c.n_head_kv; ++h) rope(k_.data() + t * kv_dim + h * c.head_dim, c.rope_dim, cos, sin);
+        for (int64_t i = 0; i < kv_dim; ++i) {
+            kc[pos * kv_dim + i] = fp32_to_fp16(k_[static_cast<size_t>(t * kv_dim + i)]);
+            vc[pos * kv_dim + i] = fp32_to_fp16(v_[static_cast<size_t>(t * kv_dim + i)]);
+        }
+    }
+    attention(il, n);
+    matmul({{&l.wo, xn_.data()}}, attn_out_.data(), n);
+    for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] += xn_[i];
+}
+
+void Session::gpu_feed_forward(int il, int64_t n) {
+    const ModelConfig& c = model_->config();
+    if (!sparse_) {
+        gpu_->dense_ffn(il);
+        layer_active_[static_cast<size_t>(il)] += n * c.n_ff;
+        return;
+    }
+    // The GPU computes the predictor and the active hot neurons (their count comes with the
+    // batch's logits); meanwhile the CPU computes the active cold ones, whose sum goes up.
+    const gpu::DeviceModel::Layer& on_device = gpu_->weights().layer(il);
+    const bool has_cold = on_device.n_hot < c.n_ff;
+    gpu_->sparse_ffn(il, up_.data(), xn_.data());
+    if (!has_cold) return;
+    if (cold_feed_forward(il, n, on_device.is_hot.data())) gpu_->add_to_hidden(xn_.data());
 }
 
 }  // namespace si

@@ -16,24 +16,20 @@
 namespace si {
 
 namespace gpu {
+class DeviceModel;
 class GpuForward;
-}
-
-// Where a session computes: the CPU, or (cuda_plugin set) a GPU through the CUDA plugin
-// library at that path (src/sparseinfer/_cuda.py finds it and hands the path over).
-struct DeviceOptions {
-    std::string cuda_plugin;
-    int cuda_device = 0;
-};
+}  // namespace gpu
 
 class Session {
 public:
     // Allocates the KV cache for n_ctx positions (checked against sane bounds first).
     // sparse: compute only the FFN neurons the predictor marks active (PowerInfer files
-    // only; UnsupportedError otherwise). With a CUDA device the weights and the KV cache
-    // go to the GPU and the whole forward pass runs there (densely: sparse must be false).
+    // only; UnsupportedError otherwise). With `device` (the model's weights on a GPU, shared
+    // by its sessions) the GPU layers run there with their KV cache, and in a sparse
+    // session the CPU computes the active cold neurons of each GPU layer (gpu/device_model.h);
+    // a dense PowerInfer session needs every neuron of the GPU layers on the GPU.
     Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_threads, bool sparse,
-            const DeviceOptions& device = {});
+            std::shared_ptr<const gpu::DeviceModel> device = nullptr);
     ~Session();
 
     const Model& model() const { return *model_; }
@@ -79,7 +75,18 @@ private:
     void attention(int layer, int64_t n_tokens);
     // x += FFN(x) for the batch: dense SiLU, dense ReLU, or the sparse PowerInfer path.
     void feed_forward(int layer, int64_t n_tokens);
+    void cpu_attention(int layer, int64_t n_tokens);  // the attention block of a CPU layer
+    // The FFN of a GPU layer, with the CPU's share of a sparse one.
+    void gpu_feed_forward(int layer, int64_t n_tokens);
+    // The active cold neurons of a GPU layer (is_hot: n_ff flags) from the scores and xn the
+    // GPU left in up_ and xn_; their sum to xn_. False when none is active.
+    bool cold_feed_forward(int layer, int64_t n_tokens, const uint8_t* is_hot);
     void predict_active_neurons(const LayerWeights& l, int64_t n_tokens);
+    // active_[t] = the neurons j with scores[t][j] >= threshold, skipping those with skip[j].
+    void select_active_neurons(const float* scores, int64_t n_tokens, const uint8_t* skip);
+    // h of the active neurons of each token (gate_, zero elsewhere) from xn_.
+    void sparse_gate_up(const LayerWeights& l, int64_t n_tokens);
+    // xn_[t] = sum_j h[t][j] down_t[j] over every neuron or the active ones.
     void down_projection_transposed(const Matrix& down_t, int64_t n_tokens, bool only_active);
 
     // x in the dot format of w, one row of `stride` bytes per token, in scratch slot `slot`
@@ -96,8 +103,8 @@ private:
     int64_t n_ctx_;
     int64_t n_past_ = 0;
 
-    // KV cache: per layer, n_ctx rows of kv_dim IEEE halves for K and for V (half the
-    // memory and bandwidth of floats, as llama.cpp's default).
+    // KV cache of the CPU layers: per layer, n_ctx rows of kv_dim IEEE halves for K and for
+    // V (half the memory and bandwidth of floats, as llama.cpp's default).
     std::vector<uint16_t> k_cache_, v_cache_;
 
     // Scratch for a batch of up to batch_capacity_ tokens.
@@ -122,8 +129,10 @@ private:
 
     std::atomic<bool> cancel_requested_{false};
 
-    // The GPU forward pass (gpu/gpu_forward.h) when the session runs on a device.
+    // The GPU layers' work (gpu/gpu_forward.h) when the model has a device, and the first
+    // of those layers (n_layer when none).
     std::unique_ptr<gpu::GpuForward> gpu_;
+    int64_t first_gpu_layer_ = 0;
 
     // ---- Neuron firing counts, for hot/cold placement profiles (sparseinfer.profile) ----
 public:

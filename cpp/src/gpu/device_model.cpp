@@ -1,0 +1,153 @@
+#include "gpu/device_model.h"
+
+#include <cstring>
+
+#include "common/errors.h"
+
+namespace si::gpu {
+
+namespace {
+
+// The plugin's type id for a weight type, or -1 where its kernels have none.
+int plugin_type(DType t) {
+    switch (t) {
+        case DType::F32: return SI_CUDA_TYPE_F32;
+        case DType::F16: return SI_CUDA_TYPE_F16;
+        case DType::Q8_0: return SI_CUDA_TYPE_Q8_0;
+        case DType::Q4_0: return SI_CUDA_TYPE_Q4_0;
+        case DType::Q4_1: return SI_CUDA_TYPE_Q4_1;
+        default: return -1;
+    }
+}
+
+}  // namespace
+
+DeviceModel::DeviceModel(std::shared_ptr<const Model> model, const std::string& plugin_path, int device,
+                         Placement placement)
+    : model_(std::move(model)), plugin_(Plugin::load(plugin_path)), ctx_(plugin_, device) {
+    const ModelConfig& c = model_->config();
+    const int64_t n_gpu = placement.n_gpu_layers;
+    if (n_gpu < -1) throw ArgumentError("n_gpu_layers must be -1 (every layer) or >= 0");
+    first_gpu_layer_ = n_gpu == -1 || n_gpu >= c.n_layer ? 0 : c.n_layer - n_gpu;
+    if (!placement.all_hot()) {
+        if (!c.powerinfer) {
+            throw ArgumentError("hot neurons are a PowerInfer file's placement; this model is dense");
+        }
+        if (static_cast<int64_t>(placement.hot_neurons.size()) != c.n_layer) {
+            throw ArgumentError("the placement lists hot neurons for " +
+                                std::to_string(placement.hot_neurons.size()) + " layers; the model has " +
+                                std::to_string(c.n_layer));
+        }
+    }
+
+    for (int64_t il = first_gpu_layer_; il < c.n_layer; ++il) {
+        const LayerWeights& l = model_->layers()[static_cast<size_t>(il)];
+        const std::string blk = "blk." + std::to_string(il) + ".";
+        Layer d;
+        d.attn_norm = upload_bytes(l.attn_norm.data(), l.attn_norm.size() * sizeof(float), "attn_norm");
+        d.wq = upload_matrix(l.wq, blk + "attn_q.weight");
+        d.wk = upload_matrix(l.wk, blk + "attn_k.weight");
+        d.wv = upload_matrix(l.wv, blk + "attn_v.weight");
+        d.wo = upload_matrix(l.wo, blk + "attn_output.weight");
+        d.ffn_norm = upload_bytes(l.ffn_norm.data(), l.ffn_norm.size() * sizeof(float), "ffn_norm");
+        if (!c.powerinfer) {
+            d.ffn_gate = upload_matrix(l.ffn_gate, blk + "ffn_gate.weight");
+            d.ffn_up = upload_matrix(l.ffn_up, blk + "ffn_up.weight");
+            d.ffn_down = upload_matrix(l.ffn_down, blk + "ffn_down.weight");
+            d.n_hot = c.n_ff;
+            layers_.push_back(std::move(d));
+            continue;
+        }
+        d.fc1 = upload_matrix(l.fc1, blk + "fc1.weight");
+        d.fc2 = upload_matrix(l.fc2, blk + "fc2.weight");
+        std::vector<int32_t> ids;
+        if (placement.all_hot()) {
+            ids.resize(static_cast<size_t>(c.n_ff));
+            for (int64_t j = 0; j < c.n_ff; ++j) ids[static_cast<size_t>(j)] = static_cast<int32_t>(j);
+        } else {
+            ids = placement.hot_neurons[static_cast<size_t>(il)];
+        }
+        d.is_hot.assign(static_cast<size_t>(c.n_ff), 0);
+        for (size_t k = 0; k < ids.size(); ++k) {
+            const int32_t j = ids[k];
+            if (j < 0 || j >= c.n_ff || (k > 0 && j <= ids[k - 1])) {
+                throw ArgumentError("hot neurons of layer " + std::to_string(il) +
+                                    " must be distinct ascending ids below n_ff=" + std::to_string(c.n_ff) +
+                                    "; entry " + std::to_string(k) + " is " + std::to_string(j));
+            }
+            d.is_hot[static_cast<size_t>(j)] = 1;
+        }
+        d.n_hot = static_cast<int64_t>(ids.size());
+        if (d.n_hot == c.n_ff) {  // every neuron: the matrices as stored
+            d.ffn_gate = upload_matrix(l.ffn_gate, blk + "ffn_gate.weight");
+            d.ffn_up = upload_matrix(l.ffn_up, blk + "ffn_up.weight");
+            d.ffn_down = upload_matrix(l.ffn_down_t, blk + "ffn_down_t.weight");
+        } else if (d.n_hot > 0) {
+            d.ffn_gate = upload_rows(l.ffn_gate, ids, blk + "ffn_gate.weight");
+            d.ffn_up = upload_rows(l.ffn_up, ids, blk + "ffn_up.weight");
+            d.ffn_down = upload_rows(l.ffn_down_t, ids, blk + "ffn_down_t.weight");
+        }
+        if (d.n_hot > 0) d.hot_ids = upload_bytes(ids.data(), ids.size() * sizeof(int32_t), "hot neuron ids");
+        layers_.push_back(std::move(d));
+    }
+    for (int64_t il = 0; il < first_gpu_layer_ && !placement.all_hot(); ++il) {
+        if (!placement.hot_neurons[static_cast<size_t>(il)].empty()) {
+            throw ArgumentError("layer " + std::to_string(il) + " runs on the CPU (n_gpu_layers=" +
+                                std::to_string(n_gpu) + ") but the placement lists hot neurons for it");
+        }
+    }
+    if (any_on_gpu()) {
+        const std::vector<float>& norm = model_->output_norm();
+        output_norm_ = upload_bytes(norm.data(), norm.size() * sizeof(float), "output_norm");
+        output_ = upload_matrix(model_->output(), "output.weight");
+    }
+    ctx_.synchronize();  // the sessions' streams read these weights
+}
+
+std::vector<int64_t> DeviceModel::hot_counts() const {
+    std::vector<int64_t> out(static_cast<size_t>(model_->config().n_layer), 0);
+    for (int64_t il = first_gpu_layer_; il < model_->config().n_layer; ++il) {
+        out[static_cast<size_t>(il)] = layer(il).n_hot;
+    }
+    return out;
+}
+
+DeviceModel::Matrix DeviceModel::upload_matrix(const si::Matrix& m, const std::string& name) {
+    return upload_typed(m, m.rows, m.data, name);
+}
+
+DeviceModel::Matrix DeviceModel::upload_rows(const si::Matrix& m, const std::vector<int32_t>& ids,
+                                             const std::string& name) {
+    std::vector<uint8_t> gathered(ids.size() * m.row_bytes);
+    for (size_t k = 0; k < ids.size(); ++k) {
+        std::memcpy(gathered.data() + k * m.row_bytes, m.row(ids[k]), m.row_bytes);
+    }
+    return upload_typed(m, static_cast<int64_t>(ids.size()), gathered.data(), name);
+}
+
+DeviceModel::Matrix DeviceModel::upload_typed(const si::Matrix& m, int64_t rows, const void* data,
+                                              const std::string& name) {
+    Matrix d;
+    d.type = plugin_type(m.type);
+    if (d.type < 0) {
+        throw UnsupportedError(model_->file().describe(
+            "tensor " + name + " is " + dtype_name(static_cast<uint32_t>(m.type)) +
+            ", which the CUDA kernels do not read (F32, F16, Q8_0, Q4_0, Q4_1); use device='cpu'"));
+    }
+    d.rows = rows;
+    d.cols = m.cols;
+    const size_t bytes = static_cast<size_t>(rows) * m.row_bytes;
+    d.data = Buffer(ctx_, bytes, name.c_str());
+    ctx_.upload(d.data.data(), data, bytes);
+    weight_bytes_ += bytes;
+    return d;
+}
+
+Buffer DeviceModel::upload_bytes(const void* data, size_t bytes, const char* what) {
+    Buffer b(ctx_, bytes, what);
+    ctx_.upload(b.data(), data, bytes);
+    weight_bytes_ += bytes;
+    return b;
+}
+
+}  // namespace si::gpu

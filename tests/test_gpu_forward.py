@@ -502,3 +502,15 @@ def test_cancel(q4_model):
         assert native.n_past == (48 if "done" in outcome else 0), outcome
         native.clear_cancel()
         assert_close(m.logits(ids), want)
+
+
+@in_child
+def test_cli_prints_the_placement(tmp_path, capsys):
+    from sparseinfer import cli
+    path = tmp_path / "p.gguf"
+    sparsegen.write_pwri_model(path, weight_type="Q8_0", n_layer=2, seed=1)
+    budget = budget_for(path, 0.5, 2, n_ctx=64)
+    assert cli.main(["generate", "-m", str(path), "-p", "hello", "-n", "3", "--temp", "0", "-c", "64",
+                     "-t", "1", "--device", "cuda", "--vram-budget", f"{budget}B", "--stats"]) == 0
+    err = capsys.readouterr().err
+    assert "cuda:0:    2 layers of 2, 128 hot FFN neurons" in err, err

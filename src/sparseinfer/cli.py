@@ -198,6 +198,18 @@ def _generate(args: argparse.Namespace) -> None:
         out.flush()
         if args.stats:
             _print_stats(model.stats(), model.is_sparse)
+            if model.placement is not None:
+                _print_placement(model.placement, model.device)
+
+
+def _print_placement(plan: Any, device: str) -> None:
+    n_layer = len(plan.hot) if plan.hot is not None else None
+    neurons = ("every FFN neuron of those layers" if plan.hot is None
+               else f"{sum(plan.n_hot)} hot FFN neurons (expected to serve {plan.gpu_share:.0%} of "
+                    f"those that fire; the rest on the CPU)")
+    layers = f"{plan.n_gpu_layers} layers" + (f" of {n_layer}" if n_layer else "")
+    print(f"{device}:    {layers}, {neurons}; {plan.planned_bytes / 2**20:.0f} MiB planned of a "
+          f"{plan.budget / 2**20:.0f} MiB budget", file=sys.stderr)
 
 
 def _print_stats(stats: dict[str, Any], sparse: bool) -> None:

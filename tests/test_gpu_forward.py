@@ -514,3 +514,18 @@ def test_cli_prints_the_placement(tmp_path, capsys):
                      "-t", "1", "--device", "cuda", "--vram-budget", f"{budget}B", "--stats"]) == 0
     err = capsys.readouterr().err
     assert "cuda:0:    2 layers of 2, 128 hot FFN neurons" in err, err
+
+
+@in_child
+def test_a_budget_beyond_free_memory_is_refused_before_uploading(tmp_path, monkeypatch):
+    from sparseinfer import _cuda
+    path = tmp_path / "p.gguf"
+    sparsegen.write_pwri_model(path, weight_type="Q8_0", n_layer=2)
+    needed = budget_for(path, 1.0, 2)
+    monkeypatch.setattr(_cuda.Context, "memory_info", lambda self: (needed - 1, 8 << 30))
+    with pytest.raises(MemoryError, match=r"needs .* MiB .* has .* MiB free; lower vram_budget"):
+        gpu_model(path, sparse=True, vram_budget="1GiB")
+    # no budget: what is free, less 256 MiB; one neuron short of everything here
+    monkeypatch.setattr(_cuda.Context, "memory_info", lambda self: (needed - 1 + 256 * 2**20, 8 << 30))
+    with gpu_model(path, sparse=True) as m:
+        assert m.placement.budget == needed - 1 and sum(m.placement.n_hot) == 2 * 128 - 1

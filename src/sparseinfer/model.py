@@ -375,7 +375,8 @@ class Model(_Inference):
                 one batch of activations; each extra session adds its KV cache and
                 activations): a number of GiB or a string such as "6GiB", "512MiB" or
                 "8GB"; None: what the GPU has free, less 256 MiB. A budget that cannot hold
-                one layer and the output head raises ValueError.
+                one layer and the output head raises ValueError; a placement larger than
+                the GPU's free memory raises MemoryError before anything is uploaded.
             predictor_q8: requantise a PowerInfer file's predictors to 8 bits at load. They
                 are read in full for every token, so this speeds up sparse decoding at the
                 cost of a few flipped near-threshold decisions (benchmarks/bench_sparse.py
@@ -569,18 +570,22 @@ class Model(_Inference):
     # ---- helpers --------------------------------------------------------------------------
 
     def _place_on_device(self) -> tuple[_placement.DevicePlan, _core.DeviceModel]:
-        plugin_path, index = self._cuda
-        budget = self._vram_budget
-        if budget is None:
-            from ._cuda import plugin as cuda_plugin
+        from ._cuda import plugin as cuda_plugin
 
-            with cuda_plugin().context(index) as ctx:
-                free, _ = ctx.memory_info()
-            budget = max(0, free - _VRAM_RESERVE)
+        plugin_path, index = self._cuda
+        with cuda_plugin().context(index) as ctx:
+            free, _ = ctx.memory_info()
+        budget = max(0, free - _VRAM_RESERVE) if self._vram_budget is None else self._vram_budget
         profile = _profile.find_profile(self._path) if self._sparse else None
         plan = _placement.plan_device(self._path, n_ctx=self._n_ctx, sparse=self._sparse,
                                       budget=budget, n_gpu_layers=self._n_gpu_layers,
                                       profile=profile)
+        if plan.planned_bytes > free:
+            raise MemoryError(
+                f"{self._path}: the GPU placement needs {plan.planned_bytes / 2**20:.1f} MiB "
+                f"(vram_budget {budget / 2**20:.1f} MiB, {plan.n_gpu_layers} layers, KV cache for "
+                f"n_ctx={self._n_ctx}) and cuda:{index} has {free / 2**20:.1f} MiB free; lower "
+                f"vram_budget, n_gpu_layers or n_ctx")
         hot = None if plan.hot is None else list(plan.hot)
         device_model = _core.DeviceModel(self._native, plugin_path, index,
                                          n_gpu_layers=plan.n_gpu_layers, hot_neurons=hot)

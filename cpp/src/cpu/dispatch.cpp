@@ -157,6 +157,17 @@ RowDotFn row_dot(const KernelTable& k, DType weight) {
     }
 }
 
+void interleave_q4_0x8(const uint8_t* rows, size_t row_bytes, int64_t n_blocks, uint8_t* dst) {
+    auto* out = reinterpret_cast<BlockQ4_0x8*>(dst);
+    for (int64_t i = 0; i < n_blocks; ++i) {
+        for (int j = 0; j < 8; ++j) {
+            const auto* b = reinterpret_cast<const BlockQ4_0*>(rows + static_cast<size_t>(j) * row_bytes) + i;
+            out[i].d[j] = b->d;
+            for (int g = 0; g < 4; ++g) std::memcpy(out[i].qs[g][j], b->qs + 4 * g, 4);
+        }
+    }
+}
+
 RowDot4Fn row_dot4(const KernelTable& k, DType weight) {
     switch (weight) {
         case DType::F32: return k.dot4_f32;

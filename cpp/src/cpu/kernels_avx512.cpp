@@ -5,6 +5,7 @@
 
 #include <cfloat>
 #include <cstdint>
+#include <cstring>
 
 #include "cpu/kernels.h"
 #include "tensor/dtype.h"

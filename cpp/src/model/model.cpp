@@ -5,6 +5,7 @@
 
 #include "common/errors.h"
 #include "common/memory.h"
+#include "cpu/kernels.h"
 
 namespace si {
 
@@ -37,6 +38,7 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
             l.fc2 = model->requantize_q8_0(l.fc2);
         }
     }
+    model->interleave_q4_0_matrices();
     return model;
 }
 
@@ -173,17 +175,45 @@ Matrix Model::requantize_q8_0(const Matrix& m) {
     Matrix q = m;
     q.type = DType::Q8_0;
     q.row_bytes = static_cast<size_t>(m.cols / kQK) * sizeof(BlockQ8_0);
-    const uint64_t bytes = static_cast<uint64_t>(q.row_bytes) * static_cast<uint64_t>(m.rows);
-    owned_bytes_ += bytes;
-    require_memory(file_->describe("8-bit copies of its weights in types without kernels"), owned_bytes_);
-    std::vector<uint8_t>& storage = owned_weights_.emplace_back(static_cast<size_t>(bytes));
+    q.interleaved = nullptr;
+    uint8_t* storage = owned_copy(static_cast<uint64_t>(q.row_bytes) * static_cast<uint64_t>(m.rows),
+                                  "8-bit copies of its weights in types without kernels");
     std::vector<float> row(static_cast<size_t>(m.cols));
     for (int64_t r = 0; r < m.rows; ++r) {
         dequantize_row_ref(m.type, m.row(r), row.data(), m.cols);
-        quantize_row_q8_0_ref(row.data(), reinterpret_cast<BlockQ8_0*>(storage.data() + r * q.row_bytes), m.cols);
+        quantize_row_q8_0_ref(row.data(), reinterpret_cast<BlockQ8_0*>(storage + r * q.row_bytes), m.cols);
     }
-    q.data = storage.data();
+    q.data = storage;
     return q;
+}
+
+uint8_t* Model::owned_copy(uint64_t bytes, const std::string& what) {
+    owned_bytes_ += bytes;
+    require_memory(file_->describe(what), owned_bytes_);
+    return owned_weights_.emplace_back(static_cast<size_t>(bytes)).data();
+}
+
+void Model::interleave_q4_0_matrices() {
+    // Only matrices that are read whole, by matrix products: a PowerInfer file's gate and up
+    // rows are also gathered one by one (the sparse FFN), so they stay as stored.
+    if (active_kernels().dot_q4_0x8 == nullptr) return;
+    auto interleave = [this](Matrix& m) {
+        if (m.type != DType::Q4_0 || m.rows % 8 != 0 || m.interleaved != nullptr) return;
+        const size_t group_bytes = 8 * m.row_bytes;
+        uint8_t* dst = owned_copy(static_cast<uint64_t>(m.rows) * m.row_bytes,
+                                  "interleaved copies of its Q4_0 matrices for the CPU kernels");
+        for (int64_t g = 0; g < m.rows / 8; ++g) {
+            interleave_q4_0x8(m.data + g * group_bytes, m.row_bytes, m.cols / kQK, dst + g * group_bytes);
+        }
+        m.interleaved = dst;
+    };
+    for (LayerWeights& l : layers_) {
+        for (Matrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.fc1, &l.fc2}) interleave(*m);
+        if (!config_.powerinfer) {
+            for (Matrix* m : {&l.ffn_gate, &l.ffn_up, &l.ffn_down}) interleave(*m);
+        }
+    }
+    interleave(output_);
 }
 
 void Model::bind_weights() {

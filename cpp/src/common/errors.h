@@ -1,51 +1,19 @@
-// The engine's exception types. The Python module maps each one to a class in
-// sparseinfer.errors in one place (cpp/python/module.cpp), so every message that reaches a
-// user names the file or argument at fault.
+// The engine's exception types: the public ones (cpp/include/sparseinfer/errors.h), named
+// in the engine's namespace. The Python module maps each one to a class in
+// sparseinfer.errors in one place (cpp/python/module.cpp).
 #pragma once
 
-#include <stdexcept>
-#include <string>
+#include "sparseinfer/errors.h"
 
 namespace si {
 
-// Base of everything the engine throws on purpose.
-struct Error : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
-
-// The file cannot be opened or mapped (missing, unreadable, a directory).
-struct IoError : Error {
-    using Error::Error;
-};
-
-// The file is not a well-formed GGUF file (or a tensor/metadata entry is inconsistent).
-struct FormatError : Error {
-    using Error::Error;
-};
-
-// The file is well formed but uses something the engine does not implement.
-struct UnsupportedError : Error {
-    using Error::Error;
-};
-
-// A caller passed a bad argument (unknown token id, bad sampler parameter, ...).
-struct ArgumentError : Error {
-    using Error::Error;
-};
-
-// More tokens than the session's context can hold.
-struct ContextOverflowError : Error {
-    using Error::Error;
-};
-
-// A memory request that cannot be satisfied (checked before allocating).
-struct OutOfMemoryError : Error {
-    using Error::Error;
-};
-
-// Work stopped early because another thread asked for it (Session::request_cancel).
-struct CancelledError : Error {
-    using Error::Error;
-};
+using sparseinfer::ArgumentError;
+using sparseinfer::CancelledError;
+using sparseinfer::ContextOverflowError;
+using sparseinfer::Error;
+using sparseinfer::FormatError;
+using sparseinfer::IoError;
+using sparseinfer::OutOfMemoryError;
+using sparseinfer::UnsupportedError;
 
 }  // namespace si

@@ -1,0 +1,89 @@
+"""The public C++ API (cpp/include/sparseinfer/sparseinfer.h), as an application embeds it:
+the engine built with CMake without Python (SPARSEINFER_PYTHON=OFF) and linked into
+cpp/tests/embed_check.cpp, whose output must equal the Python package's on the same files
+(tokens, logits bit for bit, greedy text, errors, cancel)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import ggufgen  # noqa: E402
+import sparsegen  # noqa: E402
+
+import sparseinfer  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# The build and the program are not instrumented: no sanitizer runtime preloaded into them
+# (tools/run_sanitized_tests.sh preloads one into the test process).
+ENV = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+
+def tool(name, package_dir):
+    """A build tool from PATH, else from its PyPI package (the test extra installs both)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    try:
+        module = __import__(name)
+    except ImportError:
+        pytest.fail(f"{name} is needed to build the C++ embedding check: pip install {name}")
+    return os.path.join(getattr(module, package_dir), name)
+
+
+@pytest.fixture(scope="module")
+def embed_check(tmp_path_factory):
+    build = tmp_path_factory.mktemp("embed-build")
+    cmake, ninja = tool("cmake", "CMAKE_BIN_DIR"), tool("ninja", "BIN_DIR")
+    configure = subprocess.run(
+        [cmake, "-S", ROOT, "-B", str(build), "-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}",
+         "-DSPARSEINFER_PYTHON=OFF", "-DSPARSEINFER_EMBED_CHECK=ON"],
+        capture_output=True, text=True, env=ENV, timeout=600)
+    assert configure.returncode == 0, configure.stdout[-3000:] + configure.stderr[-3000:]
+    proc = subprocess.run([cmake, "--build", str(build), "--target", "embed_check"], capture_output=True,
+                          text=True, env=ENV, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return str(build / "embed_check")
+
+
+def run(program, path, *args):
+    proc = subprocess.run([program, str(path), *args], capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_cpp_api_matches_python(embed_check, tmp_path, kind):
+    path = tmp_path / "m.gguf"
+    if kind == "dense":
+        ggufgen.write_llama_model(path, weight_type="Q4_0")
+    else:
+        sparsegen.write_pwri_model(path, weight_type="Q4_0")
+    out = run(embed_check, path, *(["sparse"] if kind == "sparse" else []))
+    with sparseinfer.Model(str(path), n_ctx=64, n_threads=2, sparse=kind == "sparse") as m:
+        ids = m.tokenize("Hello world, hello!")
+        assert [int(t) for t in out["tokens"].split()] == ids
+        want = m.logits(ids)[-1, :5]
+        np.testing.assert_array_equal(np.array(out["logits"].split(), dtype=np.float32), want)
+        text = m.generate("Once upon a time", max_tokens=8, temperature=0)
+    assert bytes.fromhex(out["text"]).decode("utf-8", errors="replace") == text
+    assert out["streamed"] == "same"
+    assert "is outside the vocabulary" in out["error"]
+    assert out["cancelled"] == "yes"
+    n_past, after = out["n_past"].split()
+    assert n_past == after  # neither the bad id nor the cancelled eval changed the sequence
+
+
+def test_cpp_api_reports_a_broken_file(embed_check, tmp_path):
+    path = tmp_path / "broken.gguf"
+    path.write_bytes(b"GGUF" + b"\x00" * 10)
+    proc = subprocess.run([embed_check, str(path)], capture_output=True, text=True, env=ENV, timeout=60)
+    assert proc.returncode == 1 and proc.stdout.startswith("failed ") and "broken.gguf" in proc.stdout

@@ -9,8 +9,8 @@
 //   * quantize_q8_0 / quantize_q8_1 write the same bytes as generic;
 //   * axpy agrees with generic element by element and writes nothing outside y[0..n);
 //   * dequantize_row equals the reference conversion;
-//   * the eight-row Q4_0 kernel (where a level has one) agrees with generic's dot of each
-//     interleaved row, for 1..4 tokens, and writes only its 8 x n_tokens outputs.
+//   * the eight-row Q4_0 / Q4_1 kernels (where a level has them) agree with generic's dot of
+//     each interleaved row, for 1..4 tokens, and write only their 8 x n_tokens outputs.
 // Float rows are tried at every length 0..70 and some longer ones, starting 0..15 bytes past a
 // 64-byte boundary; block rows at 1..9 and 48 blocks, also at odd byte offsets. Data come from
 // a fixed-seed std::mt19937, so a failure reproduces.
@@ -271,47 +271,49 @@ void check_dots(const KernelTable& level, const KernelTable& generic, DType type
            isa.c_str(), type_name(type), (long long)n);
 }
 
-void check_rows8(const KernelTable& level, const KernelTable& generic, int64_t nb, size_t x_offset) {
-    if (level.dot_q4_0x8 == nullptr) return;
+void check_rows8(const KernelTable& level, const KernelTable& generic, DType type, int64_t nb, size_t x_offset) {
+    const si::Rows8DotFn rows8 = si::rows8_dot(level, type);
+    if (rows8 == nullptr) return;
     const std::string isa = level.isa;
     const int64_t n = nb * kQK;
     uint64_t row_bytes = 0;
-    si::row_bytes(DType::Q4_0, n, &row_bytes);
+    si::row_bytes(type, n, &row_bytes);
     std::vector<uint8_t> rows(static_cast<size_t>(8 * row_bytes)), interleaved(rows.size());
-    for (int j = 0; j < 8; ++j) fill_weights(DType::Q4_0, n, rows.data() + j * row_bytes);
-    si::interleave_q4_0x8(rows.data(), static_cast<size_t>(row_bytes), nb, interleaved.data());
-    const size_t abytes = si::activation_bytes(DType::Q4_0, n), stride = abytes + 8;
+    for (int j = 0; j < 8; ++j) fill_weights(type, n, rows.data() + j * row_bytes);
+    si::interleave_rows8(type, rows.data(), static_cast<size_t>(row_bytes), nb, interleaved.data());
+    const size_t abytes = si::activation_bytes(type, n), stride = abytes + 8;
     Buffer xbuf(3 * stride + abytes, x_offset);
     std::vector<float> xf(static_cast<size_t>(n));
     for (int t = 0; t < 4; ++t) {
         fill_floats(xf.data(), n, t == 3 ? 1e3f : 1.0f);
-        make_activation(generic, DType::Q4_0, xf.data(), xbuf.data() + t * stride, n);
+        make_activation(generic, type, xf.data(), xbuf.data() + t * stride, n);
     }
     constexpr int64_t kYStride = 9;  // one spare float per token: it must stay untouched
     for (int n_tokens = 1; n_tokens <= 4; ++n_tokens) {
         std::vector<float> y(4 * kYStride, NAN);
-        level.dot_q4_0x8(n, interleaved.data(), xbuf.data(), stride, n_tokens, y.data(), kYStride);
+        rows8(n, interleaved.data(), xbuf.data(), stride, n_tokens, y.data(), kYStride);
         for (int t = 0; t < 4; ++t) {
             const uint8_t* xt = xbuf.data() + t * stride;
             for (int j = 0; j < 8; ++j) {
                 const float got = y[static_cast<size_t>(t * kYStride + j)];
                 if (t >= n_tokens) {
-                    record(std::isnan(got), "%s dot_q4_0x8 nb=%lld tokens=%d: wrote token %d", isa.c_str(),
-                           (long long)nb, n_tokens, t);
+                    record(std::isnan(got), "%s rows8_%s nb=%lld tokens=%d: wrote token %d", isa.c_str(),
+                           type_name(type), (long long)nb, n_tokens, t);
                     continue;
                 }
                 const uint8_t* row = rows.data() + j * row_bytes;
-                const float want = generic.dot_q4_0(n, row, xt);
-                const double tol = dot_tolerance(magnitude(DType::Q4_0, n, row, xt), nb + 4);
+                const float want = si::row_dot(generic, type)(n, row, xt);
+                const double tol = dot_tolerance(magnitude(type, n, row, xt), nb + 4);
                 record(std::fabs(double(got) - want) <= tol,
-                       "%s dot_q4_0x8 nb=%lld xoff=%zu tokens=%d row=%d tok=%d: got %.9g want %.9g (tol %.3g)",
-                       isa.c_str(), (long long)nb, x_offset, n_tokens, j, t, got, want, tol);
+                       "%s rows8_%s nb=%lld xoff=%zu tokens=%d row=%d tok=%d: got %.9g want %.9g (tol %.3g)",
+                       isa.c_str(), type_name(type), (long long)nb, x_offset, n_tokens, j, t, got, want, tol);
             }
-            record(std::isnan(y[static_cast<size_t>(t * kYStride + 8)]), "%s dot_q4_0x8: wrote past row 8",
-                   isa.c_str());
+            record(std::isnan(y[static_cast<size_t>(t * kYStride + 8)]), "%s rows8_%s: wrote past row 8",
+                   isa.c_str(), type_name(type));
         }
     }
-    record(xbuf.guards_intact(), "%s dot_q4_0x8 nb=%lld: wrote to its input", isa.c_str(), (long long)nb);
+    record(xbuf.guards_intact(), "%s rows8_%s nb=%lld: wrote to its input", isa.c_str(), type_name(type),
+           (long long)nb);
 }
 
 void check_axpy(const KernelTable& level, const KernelTable& generic, DType type, int64_t n,
@@ -515,7 +517,7 @@ int main() {
         for (int64_t nb : block_counts) {
             for (size_t off = 0; off < 16; ++off) {
                 for (int rep = 0; rep < 4; ++rep) check_quantize(level, *generic, nb, off, (off * 3 + rep) % 16);
-                check_rows8(level, *generic, nb, off);
+                for (DType type : {DType::Q4_0, DType::Q4_1}) check_rows8(level, *generic, type, nb, off);
             }
         }
         note_quantize_corners(level, *generic);

@@ -1,6 +1,7 @@
 // Picks the kernel table for this CPU once, from its features; SPARSEINFER_ISA overrides.
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "common/errors.h"
 #include "cpu/kernels.h"
@@ -157,14 +158,36 @@ RowDotFn row_dot(const KernelTable& k, DType weight) {
     }
 }
 
-void interleave_q4_0x8(const uint8_t* rows, size_t row_bytes, int64_t n_blocks, uint8_t* dst) {
-    auto* out = reinterpret_cast<BlockQ4_0x8*>(dst);
+Rows8DotFn rows8_dot(const KernelTable& k, DType weight) {
+    switch (weight) {
+        case DType::Q4_0: return k.dot_q4_0x8;
+        case DType::Q4_1: return k.dot_q4_1x8;
+        default: return nullptr;
+    }
+}
+
+namespace {
+
+template <typename Block, typename Group>
+void interleave_blocks(const uint8_t* rows, size_t row_bytes, int64_t n_blocks, uint8_t* dst) {
+    auto* out = reinterpret_cast<Group*>(dst);
     for (int64_t i = 0; i < n_blocks; ++i) {
         for (int j = 0; j < 8; ++j) {
-            const auto* b = reinterpret_cast<const BlockQ4_0*>(rows + static_cast<size_t>(j) * row_bytes) + i;
+            const auto* b = reinterpret_cast<const Block*>(rows + static_cast<size_t>(j) * row_bytes) + i;
             out[i].d[j] = b->d;
+            if constexpr (std::is_same_v<Block, BlockQ4_1>) out[i].m[j] = b->m;
             for (int g = 0; g < 4; ++g) std::memcpy(out[i].qs[g][j], b->qs + 4 * g, 4);
         }
+    }
+}
+
+}  // namespace
+
+void interleave_rows8(DType type, const uint8_t* rows, size_t row_bytes, int64_t n_blocks, uint8_t* dst) {
+    switch (type) {
+        case DType::Q4_0: interleave_blocks<BlockQ4_0, BlockQ4_0x8>(rows, row_bytes, n_blocks, dst); break;
+        case DType::Q4_1: interleave_blocks<BlockQ4_1, BlockQ4_1x8>(rows, row_bytes, n_blocks, dst); break;
+        default: throw ArgumentError("interleave_rows8: only Q4_0 and Q4_1 rows interleave");
     }
 }
 

@@ -27,11 +27,11 @@ using RowDotFn = float (*)(int64_t n, const void* weight_row, const void* activa
 // row is unpacked once for four tokens (prompt processing).
 using RowDot4Fn = void (*)(int64_t n, const void* weight_row, const void* activations,
                            size_t stride, float* out);
-// Eight Q4_0 rows interleaved (BlockQ4_0x8 below, n / 32 blocks) times n_tokens (1..4) Q8_1
-// activations `stride` bytes apart: y[t * y_stride + j] = dot(row j, activation t). One
-// integer multiply-add serves the same four columns of all eight rows, and each block's
-// scales are applied to the eight rows at once (prompt processing and decoding of Q4_0
-// matrices whose row count is a multiple of 8).
+// Eight Q4_0 or Q4_1 rows interleaved (BlockQ4_0x8 / BlockQ4_1x8 below, n / 32 blocks)
+// times n_tokens (1..4) Q8_1 activations `stride` bytes apart: y[t * y_stride + j] =
+// dot(row j, activation t). One integer multiply-add serves the same four columns of all
+// eight rows, and each block's scales are applied to the eight rows at once (prompt
+// processing and decoding of matrices whose row count is a multiple of 8).
 using Rows8DotFn = void (*)(int64_t n, const void* rows8, const void* activations, size_t stride,
                             int n_tokens, float* y, int64_t y_stride);
 // y[0..n) += a * row[0..n), the row in its stored type (sparse down projections, attention
@@ -53,8 +53,9 @@ struct KernelTable {
     RowDot4Fn dot4_q4_0;
     RowDot4Fn dot4_q4_1;
     RowDot4Fn dot4_q8_0;
-    // Null where a level has none (generic, NEON): Q4_0 matrices then stay as stored.
+    // Null where a level has none (generic, NEON): matrices then stay as stored.
     Rows8DotFn dot_q4_0x8;
+    Rows8DotFn dot_q4_1x8;
     void (*quantize_q8_0)(const float* x, void* dst, int64_t n);
     void (*quantize_q8_1)(const float* x, void* dst, int64_t n);
     // Dequantise a weight row to F32 (embedding lookups).
@@ -76,9 +77,19 @@ struct BlockQ4_0x8 {
     uint8_t qs[4][8][4];
 };
 static_assert(sizeof(BlockQ4_0x8) == 8 * sizeof(BlockQ4_0), "Q4_0x8 block layout");
-// Interleaves rows [0, 8) of a Q4_0 matrix (rows row_bytes apart, n_blocks blocks each) into
-// dst (8 * row_bytes bytes).
-void interleave_q4_0x8(const uint8_t* rows, size_t row_bytes, int64_t n_blocks, uint8_t* dst);
+// The same for Q4_1, with the rows' eight minimums after their scales.
+struct BlockQ4_1x8 {
+    uint16_t d[8];
+    uint16_t m[8];
+    uint8_t qs[4][8][4];
+};
+static_assert(sizeof(BlockQ4_1x8) == 8 * sizeof(BlockQ4_1), "Q4_1x8 block layout");
+// The eight-row product of a level for a weight type, or null (no kernel, or not a type
+// that interleaves).
+Rows8DotFn rows8_dot(const KernelTable& k, DType weight);
+// Interleaves rows [0, 8) of a Q4_0 or Q4_1 matrix (rows row_bytes apart, n_blocks blocks
+// each) into dst (8 * row_bytes bytes).
+void interleave_rows8(DType type, const uint8_t* rows, size_t row_bytes, int64_t n_blocks, uint8_t* dst);
 
 RowDotFn row_dot(const KernelTable& k, DType weight);
 RowDot4Fn row_dot4(const KernelTable& k, DType weight);

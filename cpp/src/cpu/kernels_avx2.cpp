@@ -33,6 +33,7 @@ const KernelTable* kernels_avx2() {
         t.dot4_q4_1 = avx2_dot4_q4_1;
         t.dot4_q8_0 = avx2_dot4_q8_0;
         t.dot_q4_0x8 = avx2_dot_q4_0x8;
+        t.dot_q4_1x8 = avx2_dot_q4_1x8;
         t.quantize_q8_0 = avx2_quantize_q8_0;
         t.quantize_q8_1 = avx2_quantize_q8_1;
         t.dequantize_row = avx2_dequantize_row;

@@ -38,7 +38,7 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
             l.fc2 = model->requantize_q8_0(l.fc2);
         }
     }
-    model->interleave_q4_0_matrices();
+    model->interleave_matrices();
     return model;
 }
 
@@ -193,17 +193,16 @@ uint8_t* Model::owned_copy(uint64_t bytes, const std::string& what) {
     return owned_weights_.emplace_back(static_cast<size_t>(bytes)).data();
 }
 
-void Model::interleave_q4_0_matrices() {
+void Model::interleave_matrices() {
     // Only matrices that are read whole, by matrix products: a PowerInfer file's gate and up
     // rows are also gathered one by one (the sparse FFN), so they stay as stored.
-    if (active_kernels().dot_q4_0x8 == nullptr) return;
     auto interleave = [this](Matrix& m) {
-        if (m.type != DType::Q4_0 || m.rows % 8 != 0 || m.interleaved != nullptr) return;
+        if (rows8_dot(active_kernels(), m.type) == nullptr || m.rows % 8 != 0 || m.interleaved != nullptr) return;
         const size_t group_bytes = 8 * m.row_bytes;
         uint8_t* dst = owned_copy(static_cast<uint64_t>(m.rows) * m.row_bytes,
-                                  "interleaved copies of its Q4_0 matrices for the CPU kernels");
+                                  "interleaved copies of its 4-bit matrices for the CPU kernels");
         for (int64_t g = 0; g < m.rows / 8; ++g) {
-            interleave_q4_0x8(m.data + g * group_bytes, m.row_bytes, m.cols / kQK, dst + g * group_bytes);
+            interleave_rows8(m.type, m.data + g * group_bytes, m.row_bytes, m.cols / kQK, dst + g * group_bytes);
         }
         m.interleaved = dst;
     };

@@ -151,6 +151,7 @@ void Session::matmul(std::initializer_list<MatmulOutput> outputs, const float* x
         size_t stride;
         RowDotFn dot;
         RowDot4Fn dot4;
+        Rows8DotFn rows8;  // set for an interleaved matrix (model.h)
         int64_t first_row;  // of this matrix in the combined row range
     };
     Prepared jobs[kMaxMatmulOutputs];
@@ -166,8 +167,14 @@ void Session::matmul(std::initializer_list<MatmulOutput> outputs, const float* x
         const bool fresh = slot == n_formats;
         if (fresh) prepared_formats[n_formats++] = format;
         const PreparedInput in = prepare_input(*out.w, x, n, slot, fresh);
-        jobs[n_jobs++] = {out.w,  out.y, in.data, in.stride, row_dot(kernels_, out.w->type),
-                          row_dot4(kernels_, out.w->type), total_rows};
+        jobs[n_jobs++] = {out.w,
+                          out.y,
+                          in.data,
+                          in.stride,
+                          row_dot(kernels_, out.w->type),
+                          row_dot4(kernels_, out.w->type),
+                          out.w->interleaved != nullptr ? rows8_dot(kernels_, out.w->type) : nullptr,
+                          total_rows};
         total_rows += out.w->rows;
         groups_of_8 = groups_of_8 && out.w->rows % 8 == 0;
     }
@@ -188,15 +195,15 @@ void Session::matmul(std::initializer_list<MatmulOutput> outputs, const float* x
                 unit, static_cast<int64_t>(kMatmulChunkBytes / job.w->row_bytes) / unit * unit);
             for (int64_t c0 = lo; c0 < hi; c0 += chunk) {
                 const int64_t c1 = std::min(hi, c0 + chunk);
-                if (groups_of_8 && job.w->interleaved != nullptr) {
+                if (groups_of_8 && job.rows8 != nullptr) {
                     const size_t group_bytes = 8 * job.w->row_bytes;
                     for (int64_t t = 0; t < n; t += 4) {
                         for (int64_t r = c0; r < c1; r += 8) {
                             const uint8_t* group = job.w->interleaved + static_cast<size_t>(r) * job.w->row_bytes;
                             if (t == 0 && r + 8 < c1) prefetch_bytes(group + group_bytes, group_bytes);
-                            kernels_.dot_q4_0x8(cols, group, job.act + t * job.stride, job.stride,
-                                                static_cast<int>(std::min<int64_t>(4, n - t)),
-                                                job.y + t * job.w->rows + r, job.w->rows);
+                            job.rows8(cols, group, job.act + t * job.stride, job.stride,
+                                      static_cast<int>(std::min<int64_t>(4, n - t)),
+                                      job.y + t * job.w->rows + r, job.w->rows);
                         }
                     }
                     continue;

@@ -10,7 +10,9 @@
 //   * axpy agrees with generic element by element and writes nothing outside y[0..n);
 //   * dequantize_row equals the reference conversion;
 //   * the eight-row Q4_0 / Q4_1 kernels (where a level has them) agree with generic's dot of
-//     each interleaved row, for 1..4 tokens, and write only their 8 x n_tokens outputs.
+//     each interleaved row, for 1..4 tokens, and write only their 8 x n_tokens outputs;
+//   * the four-row float kernels agree with generic's dot for 1..4 rows x 1..4 tokens and
+//     write only those outputs.
 // Float rows are tried at every length 0..70 and some longer ones, starting 0..15 bytes past a
 // 64-byte boundary; block rows at 1..9 and 48 blocks, also at odd byte offsets. Data come from
 // a fixed-seed std::mt19937, so a failure reproduces.
@@ -316,6 +318,52 @@ void check_rows8(const KernelTable& level, const KernelTable& generic, DType typ
            (long long)nb);
 }
 
+void check_rows4(const KernelTable& level, const KernelTable& generic, DType type, int64_t n, size_t w_offset,
+                 size_t x_offset) {
+    const si::Rows4DotFn rows4 = si::rows4_dot(level, type);
+    if (rows4 == nullptr) return;
+    const std::string isa = level.isa;
+    uint64_t wbytes = 0;
+    si::row_bytes(type, n, &wbytes);
+    const size_t row_bytes = static_cast<size_t>(wbytes) + 4 * (w_offset % 2);  // rows not packed tight
+    Buffer wbuf(4 * row_bytes, w_offset);
+    for (int r = 0; r < 4; ++r) fill_weights(type, n, wbuf.data() + r * row_bytes);
+    const size_t abytes = si::activation_bytes(type, n), stride = abytes + 12;
+    Buffer xbuf(3 * stride + abytes, x_offset);
+    std::vector<float> xf(static_cast<size_t>(n));
+    for (int t = 0; t < 4; ++t) {
+        fill_floats(xf.data(), n, t == 3 ? 1e3f : 1.0f);
+        make_activation(generic, type, xf.data(), xbuf.data() + t * stride, n);
+    }
+    constexpr int64_t kYStride = 5;  // one spare float per token: it must stay untouched
+    for (int n_rows = 1; n_rows <= 4; ++n_rows) {
+        for (int n_tokens = 1; n_tokens <= 4; ++n_tokens) {
+            std::vector<float> y(4 * kYStride, NAN);
+            rows4(n, wbuf.data(), row_bytes, n_rows, xbuf.data(), stride, n_tokens, y.data(), kYStride);
+            for (int t = 0; t < 4; ++t) {
+                for (int r = 0; r < 5; ++r) {
+                    const float got = y[static_cast<size_t>(t * kYStride + r)];
+                    if (t >= n_tokens || r >= n_rows) {
+                        record(std::isnan(got), "%s rows4_%s n=%lld rows=%d tokens=%d: wrote row %d token %d",
+                               isa.c_str(), type_name(type), (long long)n, n_rows, n_tokens, r, t);
+                        continue;
+                    }
+                    const uint8_t* row = wbuf.data() + r * row_bytes;
+                    const uint8_t* xt = xbuf.data() + t * stride;
+                    const float want = si::row_dot(generic, type)(n, row, xt);
+                    const double tol = dot_tolerance(magnitude(type, n, row, xt), n);
+                    record(std::fabs(double(got) - want) <= tol,
+                           "%s rows4_%s n=%lld woff=%zu xoff=%zu rows=%d tokens=%d row=%d tok=%d: got %.9g want %.9g",
+                           isa.c_str(), type_name(type), (long long)n, w_offset, x_offset, n_rows, n_tokens, r, t,
+                           got, want);
+                }
+            }
+        }
+    }
+    record(wbuf.guards_intact() && xbuf.guards_intact(), "%s rows4_%s n=%lld: wrote to its inputs", isa.c_str(),
+           type_name(type), (long long)n);
+}
+
 void check_axpy(const KernelTable& level, const KernelTable& generic, DType type, int64_t n,
                 size_t w_offset, size_t y_offset) {
     uint64_t wbytes = 0;
@@ -502,6 +550,7 @@ int main() {
                     check_dots(level, *generic, type, n, off, (off * 7 + 3) % 16);
                     check_axpy(level, *generic, type, n, off, (off * 5 + 1) % 16);
                     check_dequantize(level, type, n, off, (off * 3 + 2) % 16);
+                    if (off % 4 == 0) check_rows4(level, *generic, type, n, off, (off * 5 + 3) % 16);
                 }
             }
         }

@@ -166,6 +166,14 @@ Rows8DotFn rows8_dot(const KernelTable& k, DType weight) {
     }
 }
 
+Rows4DotFn rows4_dot(const KernelTable& k, DType weight) {
+    switch (weight) {
+        case DType::F32: return k.dot4x4_f32;
+        case DType::F16: return k.dot4x4_f16;
+        default: return nullptr;
+    }
+}
+
 namespace {
 
 template <typename Block, typename Group>

@@ -34,6 +34,12 @@ using RowDot4Fn = void (*)(int64_t n, const void* weight_row, const void* activa
 // processing and decoding of matrices whose row count is a multiple of 8).
 using Rows8DotFn = void (*)(int64_t n, const void* rows8, const void* activations, size_t stride,
                             int n_tokens, float* y, int64_t y_stride);
+// Up to four F32 or F16 rows (row_bytes apart) times up to four F32 activations (stride
+// bytes apart): y[t * y_stride + r] = dot(row r, activation t) for r < n_rows, t < n_tokens.
+// Each activation vector loaded serves every row, where a one-row four-token kernel waits on
+// loading the activations (batched products of float matrices).
+using Rows4DotFn = void (*)(int64_t n, const void* rows, size_t row_bytes, int n_rows, const void* activations,
+                            size_t stride, int n_tokens, float* y, int64_t y_stride);
 // y[0..n) += a * row[0..n), the row in its stored type (sparse down projections, attention
 // over an F16 KV cache). For block types n and the row start are whole blocks.
 using RowAxpyFn = void (*)(int64_t n, float a, const void* row, float* y);
@@ -56,6 +62,9 @@ struct KernelTable {
     // Null where a level has none (generic, NEON): matrices then stay as stored.
     Rows8DotFn dot_q4_0x8;
     Rows8DotFn dot_q4_1x8;
+    // Null where a level has none: the one-row kernels above serve.
+    Rows4DotFn dot4x4_f32;
+    Rows4DotFn dot4x4_f16;
     void (*quantize_q8_0)(const float* x, void* dst, int64_t n);
     void (*quantize_q8_1)(const float* x, void* dst, int64_t n);
     // Dequantise a weight row to F32 (embedding lookups).
@@ -87,6 +96,8 @@ static_assert(sizeof(BlockQ4_1x8) == 8 * sizeof(BlockQ4_1), "Q4_1x8 block layout
 // The eight-row product of a level for a weight type, or null (no kernel, or not a type
 // that interleaves).
 Rows8DotFn rows8_dot(const KernelTable& k, DType weight);
+// The four-row float product of a level for a weight type, or null.
+Rows4DotFn rows4_dot(const KernelTable& k, DType weight);
 // Interleaves rows [0, 8) of a Q4_0 or Q4_1 matrix (rows row_bytes apart, n_blocks blocks
 // each) into dst (8 * row_bytes bytes).
 void interleave_rows8(DType type, const uint8_t* rows, size_t row_bytes, int64_t n_blocks, uint8_t* dst);

@@ -6,6 +6,8 @@
 #include <cfloat>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 
 #include "cpu/kernels.h"
 #include "tensor/dtype.h"
@@ -81,6 +83,84 @@ inline __m512 load16_f32(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 load16_f16(const uint16_t* p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
+inline __m512 load16_f32_masked(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 load16_f16_masked(const uint16_t* p, __mmask16 m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+
+// Calls f(index) for index = 0..N-1, unrolled at compile time (so that arrays indexed by it
+// stay in registers: a run-time loop over accumulators kept them in memory, see avx2_dot4_q4).
+template <typename F, size_t... I>
+inline void unrolled(F&& f, std::index_sequence<I...>) {
+    (f(std::integral_constant<int, static_cast<int>(I)>{}), ...);
+}
+
+// kRows rows x kTokens tokens, sixteen columns per step: each activation vector is loaded
+// once for all rows, each row's vector once for all tokens; the tail under a mask.
+template <typename Weight, __m512 (*Widen16)(const Weight*), __m512 (*Widen16Masked)(const Weight*, __mmask16),
+          int kRows, int kTokens>
+void avx512_rows4_floats(int64_t n, const uint8_t* rows, size_t row_bytes, const uint8_t* x, size_t stride,
+                         float* y, int64_t y_stride) {
+    const Weight* w[kRows];
+    const float* a[kTokens];
+    for (int r = 0; r < kRows; ++r) w[r] = reinterpret_cast<const Weight*>(rows + r * row_bytes);
+    for (int t = 0; t < kTokens; ++t) a[t] = reinterpret_cast<const float*>(x + t * stride);
+    __m512 acc[kRows * kTokens];
+    unrolled([&](auto k) { acc[k] = _mm512_setzero_ps(); }, std::make_index_sequence<kRows * kTokens>{});
+    auto step = [&](int64_t i, auto load_w, auto load_x) {
+        __m512 xv[kTokens];
+        unrolled([&](auto t) { xv[t] = load_x(a[t] + i); }, std::make_index_sequence<kTokens>{});
+        unrolled([&](auto r) {
+            const __m512 wv = load_w(w[r] + i);
+            unrolled([&](auto t) { acc[r * kTokens + t] = _mm512_fmadd_ps(wv, xv[t], acc[r * kTokens + t]); },
+                     std::make_index_sequence<kTokens>{});
+        }, std::make_index_sequence<kRows>{});
+    };
+    int64_t i = 0;
+    // Lambdas, not the function pointers themselves, so that the loads inline.
+    auto load_w = [](const Weight* p) { return Widen16(p); };
+    auto load_x = [](const float* p) { return load16_f32(p); };
+    for (; i + 16 <= n; i += 16) step(i, load_w, load_x);
+    if (i < n) {
+        const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1u);
+        step(i, [m](const Weight* p) { return Widen16Masked(p, m); },
+             [m](const float* p) { return load16_f32_masked(p, m); });
+    }
+    unrolled([&](auto k) { y[(k % kTokens) * y_stride + k / kTokens] = hsum512(acc[k]); },
+             std::make_index_sequence<kRows * kTokens>{});
+}
+
+template <typename Weight, __m512 (*Widen16)(const Weight*), __m512 (*Widen16Masked)(const Weight*, __mmask16)>
+void avx512_rows4(int64_t n, const void* rows, size_t row_bytes, int n_rows, const void* x, size_t stride,
+                  int n_tokens, float* y, int64_t y_stride) {
+    auto w = static_cast<const uint8_t*>(rows);
+    auto a = static_cast<const uint8_t*>(x);
+    // The shapes a batched product meets: four rows (or a matrix's last few) by four tokens
+    // (or a batch's last few).
+#define SI_ROWS4_CASE(R, T)                                                                            \
+    case (R) * 8 + (T):                                                                             \
+        avx512_rows4_floats<Weight, Widen16, Widen16Masked, R, T>(n, w, row_bytes, a, stride, y, y_stride); \
+        return;
+    switch (n_rows * 8 + n_tokens) {
+        SI_ROWS4_CASE(1, 1) SI_ROWS4_CASE(1, 2) SI_ROWS4_CASE(1, 3) SI_ROWS4_CASE(1, 4)
+        SI_ROWS4_CASE(2, 1) SI_ROWS4_CASE(2, 2) SI_ROWS4_CASE(2, 3) SI_ROWS4_CASE(2, 4)
+        SI_ROWS4_CASE(3, 1) SI_ROWS4_CASE(3, 2) SI_ROWS4_CASE(3, 3) SI_ROWS4_CASE(3, 4)
+        SI_ROWS4_CASE(4, 1) SI_ROWS4_CASE(4, 2) SI_ROWS4_CASE(4, 3) SI_ROWS4_CASE(4, 4)
+        default: break;
+    }
+#undef SI_ROWS4_CASE
+}
+
+void avx512_dot4x4_f32(int64_t n, const void* rows, size_t row_bytes, int n_rows, const void* x, size_t stride,
+                       int n_tokens, float* y, int64_t y_stride) {
+    avx512_rows4<float, load16_f32, load16_f32_masked>(n, rows, row_bytes, n_rows, x, stride, n_tokens, y, y_stride);
+}
+
+void avx512_dot4x4_f16(int64_t n, const void* rows, size_t row_bytes, int n_rows, const void* x, size_t stride,
+                       int n_tokens, float* y, int64_t y_stride) {
+    avx512_rows4<uint16_t, load16_f16, load16_f16_masked>(n, rows, row_bytes, n_rows, x, stride, n_tokens, y,
+                                                          y_stride);
+}
 
 void avx512_dot4_f32(int64_t n, const void* w, const void* x, size_t stride, float* out) {
     avx512_dot4_floats<float, load16_f32, avx2_dot4_f32>(n, w, x, stride, out);
@@ -126,6 +206,8 @@ const KernelTable* kernels_avx512() {
         t.dot_f16 = avx512_dot_f16;
         t.dot4_f32 = avx512_dot4_f32;
         t.dot4_f16 = avx512_dot4_f16;
+        t.dot4x4_f32 = avx512_dot4x4_f32;
+        t.dot4x4_f16 = avx512_dot4x4_f16;
         t.axpy_f32 = avx512_axpy_f32;
         t.axpy_f16 = avx512_axpy_f16;
         return t;

@@ -152,6 +152,7 @@ void Session::matmul(std::initializer_list<MatmulOutput> outputs, const float* x
         RowDotFn dot;
         RowDot4Fn dot4;
         Rows8DotFn rows8;  // set for an interleaved matrix (model.h)
+        Rows4DotFn rows4;  // four rows at a time (float matrices), where the level has it
         int64_t first_row;  // of this matrix in the combined row range
     };
     Prepared jobs[kMaxMatmulOutputs];
@@ -174,6 +175,7 @@ void Session::matmul(std::initializer_list<MatmulOutput> outputs, const float* x
                           row_dot(kernels_, out.w->type),
                           row_dot4(kernels_, out.w->type),
                           out.w->interleaved != nullptr ? rows8_dot(kernels_, out.w->type) : nullptr,
+                          rows4_dot(kernels_, out.w->type),
                           total_rows};
         total_rows += out.w->rows;
         groups_of_8 = groups_of_8 && out.w->rows % 8 == 0;
@@ -203,6 +205,17 @@ void Session::matmul(std::initializer_list<MatmulOutput> outputs, const float* x
                             if (t == 0 && r + 8 < c1) prefetch_bytes(group + group_bytes, group_bytes);
                             job.rows8(cols, group, job.act + t * job.stride, job.stride,
                                       static_cast<int>(std::min<int64_t>(4, n - t)),
+                                      job.y + t * job.w->rows + r, job.w->rows);
+                        }
+                    }
+                    continue;
+                }
+                if (job.rows4 != nullptr && n > 1) {  // decoding keeps the one-row dots below
+                    for (int64_t t = 0; t < n; t += 4) {
+                        for (int64_t r = c0; r < c1; r += 4) {
+                            if (t == 0 && r + 4 < c1) prefetch_bytes(job.w->row(r + 4), 4 * job.w->row_bytes);
+                            job.rows4(cols, job.w->row(r), job.w->row_bytes, static_cast<int>(std::min<int64_t>(4, c1 - r)),
+                                      job.act + t * job.stride, job.stride, static_cast<int>(std::min<int64_t>(4, n - t)),
                                       job.y + t * job.w->rows + r, job.w->rows);
                         }
                     }

@@ -2,9 +2,12 @@
 // alone; dispatch.cpp only calls in here after checking the CPU supports them.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 
 #include "cpu/kernels.h"
 #include "tensor/dtype.h"
@@ -34,6 +37,8 @@ const KernelTable* kernels_avx2() {
         t.dot4_q8_0 = avx2_dot4_q8_0;
         t.dot_q4_0x8 = avx2_dot_q4_0x8;
         t.dot_q4_1x8 = avx2_dot_q4_1x8;
+        t.dot4x4_f32 = avx2_dot4x4_f32;
+        t.dot4x4_f16 = avx2_dot4x4_f16;
         t.quantize_q8_0 = avx2_quantize_q8_0;
         t.quantize_q8_1 = avx2_quantize_q8_1;
         t.dequantize_row = avx2_dequantize_row;

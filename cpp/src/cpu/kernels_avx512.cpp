@@ -3,6 +3,7 @@
 // dispatch.cpp only calls in here after checking the CPU and OS support them.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cstdint>
 #include <cstring>
@@ -86,13 +87,6 @@ inline __m512 load16_f16(const uint16_t* p) {
 inline __m512 load16_f32_masked(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
 inline __m512 load16_f16_masked(const uint16_t* p, __mmask16 m) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
-}
-
-// Calls f(index) for index = 0..N-1, unrolled at compile time (so that arrays indexed by it
-// stay in registers: a run-time loop over accumulators kept them in memory, see avx2_dot4_q4).
-template <typename F, size_t... I>
-inline void unrolled(F&& f, std::index_sequence<I...>) {
-    (f(std::integral_constant<int, static_cast<int>(I)>{}), ...);
 }
 
 // kRows rows x kTokens tokens, sixteen columns per step: each activation vector is loaded

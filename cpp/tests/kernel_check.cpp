@@ -9,7 +9,7 @@
 //   * quantize_q8_0 / quantize_q8_1 write the same bytes as generic;
 //   * axpy agrees with generic element by element and writes nothing outside y[0..n);
 //   * dequantize_row equals the reference conversion;
-//   * the eight-row Q4_0 / Q4_1 kernels (where a level has them) agree with generic's dot of
+//   * the eight-row Q4_0 / Q4_1 / Q8_0 kernels (where a level has them) agree with generic's dot of
 //     each interleaved row, for 1..4 tokens, and write only their 8 x n_tokens outputs;
 //   * the four-row float kernels agree with generic's dot for 1..4 rows x 1..4 tokens and
 //     write only those outputs.
@@ -566,7 +566,7 @@ int main() {
         for (int64_t nb : block_counts) {
             for (size_t off = 0; off < 16; ++off) {
                 for (int rep = 0; rep < 4; ++rep) check_quantize(level, *generic, nb, off, (off * 3 + rep) % 16);
-                for (DType type : {DType::Q4_0, DType::Q4_1}) check_rows8(level, *generic, type, nb, off);
+                for (DType type : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) check_rows8(level, *generic, type, nb, off);
             }
         }
         note_quantize_corners(level, *generic);

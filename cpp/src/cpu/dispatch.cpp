@@ -162,6 +162,7 @@ Rows8DotFn rows8_dot(const KernelTable& k, DType weight) {
     switch (weight) {
         case DType::Q4_0: return k.dot_q4_0x8;
         case DType::Q4_1: return k.dot_q4_1x8;
+        case DType::Q8_0: return k.dot_q8_0x8;
         default: return nullptr;
     }
 }
@@ -179,12 +180,13 @@ namespace {
 template <typename Block, typename Group>
 void interleave_blocks(const uint8_t* rows, size_t row_bytes, int64_t n_blocks, uint8_t* dst) {
     auto* out = reinterpret_cast<Group*>(dst);
+    constexpr int kGroups = static_cast<int>(sizeof(Block::qs)) / 4;
     for (int64_t i = 0; i < n_blocks; ++i) {
         for (int j = 0; j < 8; ++j) {
             const auto* b = reinterpret_cast<const Block*>(rows + static_cast<size_t>(j) * row_bytes) + i;
             out[i].d[j] = b->d;
             if constexpr (std::is_same_v<Block, BlockQ4_1>) out[i].m[j] = b->m;
-            for (int g = 0; g < 4; ++g) std::memcpy(out[i].qs[g][j], b->qs + 4 * g, 4);
+            for (int g = 0; g < kGroups; ++g) std::memcpy(out[i].qs[g][j], b->qs + 4 * g, 4);
         }
     }
 }
@@ -195,7 +197,8 @@ void interleave_rows8(DType type, const uint8_t* rows, size_t row_bytes, int64_t
     switch (type) {
         case DType::Q4_0: interleave_blocks<BlockQ4_0, BlockQ4_0x8>(rows, row_bytes, n_blocks, dst); break;
         case DType::Q4_1: interleave_blocks<BlockQ4_1, BlockQ4_1x8>(rows, row_bytes, n_blocks, dst); break;
-        default: throw ArgumentError("interleave_rows8: only Q4_0 and Q4_1 rows interleave");
+        case DType::Q8_0: interleave_blocks<BlockQ8_0, BlockQ8_0x8>(rows, row_bytes, n_blocks, dst); break;
+        default: throw ArgumentError("interleave_rows8: only Q4_0, Q4_1 and Q8_0 rows interleave");
     }
 }
 

@@ -27,9 +27,9 @@ using RowDotFn = float (*)(int64_t n, const void* weight_row, const void* activa
 // row is unpacked once for four tokens (prompt processing).
 using RowDot4Fn = void (*)(int64_t n, const void* weight_row, const void* activations,
                            size_t stride, float* out);
-// Eight Q4_0 or Q4_1 rows interleaved (BlockQ4_0x8 / BlockQ4_1x8 below, n / 32 blocks)
-// times n_tokens (1..4) Q8_1 activations `stride` bytes apart: y[t * y_stride + j] =
-// dot(row j, activation t). One integer multiply-add serves the same four columns of all
+// Eight Q4_0, Q4_1 or Q8_0 rows interleaved (BlockQ4_0x8 / Q4_1x8 / Q8_0x8 below, n / 32
+// blocks) times n_tokens (1..4) activations in the type's dot format, `stride` bytes apart:
+// y[t * y_stride + j] = dot(row j, activation t). One integer multiply-add serves the same four columns of all
 // eight rows, and each block's scales are applied to the eight rows at once (prompt
 // processing and decoding of matrices whose row count is a multiple of 8).
 using Rows8DotFn = void (*)(int64_t n, const void* rows8, const void* activations, size_t stride,
@@ -62,6 +62,7 @@ struct KernelTable {
     // Null where a level has none (generic, NEON): matrices then stay as stored.
     Rows8DotFn dot_q4_0x8;
     Rows8DotFn dot_q4_1x8;
+    Rows8DotFn dot_q8_0x8;  // Q8_0 rows against Q8_0 activations
     // Null where a level has none: the one-row kernels above serve.
     Rows4DotFn dot4x4_f32;
     Rows4DotFn dot4x4_f16;
@@ -93,12 +94,18 @@ struct BlockQ4_1x8 {
     uint8_t qs[4][8][4];
 };
 static_assert(sizeof(BlockQ4_1x8) == 8 * sizeof(BlockQ4_1), "Q4_1x8 block layout");
+// Eight Q8_0 rows: their scales, then for g = 0..7 and row j the bytes qs[4g..4g+3] of row j.
+struct BlockQ8_0x8 {
+    uint16_t d[8];
+    int8_t qs[8][8][4];
+};
+static_assert(sizeof(BlockQ8_0x8) == 8 * sizeof(BlockQ8_0), "Q8_0x8 block layout");
 // The eight-row product of a level for a weight type, or null (no kernel, or not a type
 // that interleaves).
 Rows8DotFn rows8_dot(const KernelTable& k, DType weight);
 // The four-row float product of a level for a weight type, or null.
 Rows4DotFn rows4_dot(const KernelTable& k, DType weight);
-// Interleaves rows [0, 8) of a Q4_0 or Q4_1 matrix (rows row_bytes apart, n_blocks blocks
+// Interleaves rows [0, 8) of a Q4_0, Q4_1 or Q8_0 matrix (rows row_bytes apart, n_blocks blocks
 // each) into dst (8 * row_bytes bytes).
 void interleave_rows8(DType type, const uint8_t* rows, size_t row_bytes, int64_t n_blocks, uint8_t* dst);
 

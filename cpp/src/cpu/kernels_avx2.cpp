@@ -37,6 +37,7 @@ const KernelTable* kernels_avx2() {
         t.dot4_q8_0 = avx2_dot4_q8_0;
         t.dot_q4_0x8 = avx2_dot_q4_0x8;
         t.dot_q4_1x8 = avx2_dot_q4_1x8;
+        t.dot_q8_0x8 = avx2_dot_q8_0x8;
         t.dot4x4_f32 = avx2_dot4x4_f32;
         t.dot4x4_f16 = avx2_dot4x4_f16;
         t.quantize_q8_0 = avx2_quantize_q8_0;

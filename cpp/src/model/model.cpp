@@ -200,7 +200,7 @@ void Model::interleave_matrices() {
         if (rows8_dot(active_kernels(), m.type) == nullptr || m.rows % 8 != 0 || m.interleaved != nullptr) return;
         const size_t group_bytes = 8 * m.row_bytes;
         uint8_t* dst = owned_copy(static_cast<uint64_t>(m.rows) * m.row_bytes,
-                                  "interleaved copies of its 4-bit matrices for the CPU kernels");
+                                  "interleaved copies of its quantised matrices for the CPU kernels");
         for (int64_t g = 0; g < m.rows / 8; ++g) {
             interleave_rows8(m.type, m.data + g * group_bytes, m.row_bytes, m.cols / kQK, dst + g * group_bytes);
         }

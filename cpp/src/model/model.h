@@ -44,7 +44,7 @@ struct Matrix {
     int64_t cols = 0;
     size_t row_bytes = 0;
     const uint8_t* data = nullptr;
-    // The same rows interleaved eight at a time (BlockQ4_0x8 / Q4_1x8, cpu/kernels.h) for the CPU's
+    // The same rows interleaved eight at a time (BlockQ4_0x8 / Q4_1x8 / Q8_0x8, cpu/kernels.h) for the CPU's
     // matrix products, where the kernels have a product for them; null otherwise. `data`
     // stays valid (row gathers, the GPU upload).
     const uint8_t* interleaved = nullptr;
@@ -93,7 +93,7 @@ private:
     Matrix weight(const std::string& name, int64_t cols, int64_t rows);
     // A copy of m requantised to Q8_0, owned by the model.
     Matrix requantize_q8_0(const Matrix& m);
-    // Interleaved copies of the 4-bit matrices that only matrix products read (cpu/kernels.h).
+    // Interleaved copies of the quantised matrices that only matrix products read (cpu/kernels.h).
     void interleave_matrices();
     uint8_t* owned_copy(uint64_t bytes, const std::string& what);
 

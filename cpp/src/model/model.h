@@ -44,9 +44,9 @@ struct Matrix {
     int64_t cols = 0;
     size_t row_bytes = 0;
     const uint8_t* data = nullptr;
-    // The same rows interleaved eight at a time (BlockQ4_0x8 / Q4_1x8 / Q8_0x8, cpu/kernels.h) for the CPU's
-    // matrix products, where the kernels have a product for them; null otherwise. `data`
-    // stays valid (row gathers, the GPU upload).
+    // The same rows interleaved eight at a time (BlockQ4_0x8 / Q4_1x8 / Q8_0x8,
+    // cpu/kernels.h) for the CPU's matrix products, where the kernels have a product for
+    // them; null otherwise. `data` stays valid (row gathers, the GPU upload).
     const uint8_t* interleaved = nullptr;
 
     const void* row(int64_t i) const { return data + static_cast<size_t>(i) * row_bytes; }

@@ -53,33 +53,6 @@ float avx512_dot_f16(int64_t n, const void* w, const void* x) {
     return sum;
 }
 
-// Four tokens against one float or half row, sixteen weights per step, the accumulators in
-// registers; the tail (n % 16) goes through the AVX2 kernel.
-template <typename Weight, __m512 (*Widen16)(const Weight*), void (*Tail)(int64_t, const void*, const void*, size_t, float*)>
-void avx512_dot4_floats(int64_t n, const void* w, const void* x, size_t stride, float* out) {
-    const Weight* row = static_cast<const Weight*>(w);
-    auto act = [x, stride](int k) {
-        return reinterpret_cast<const float*>(static_cast<const uint8_t*>(x) + k * stride);
-    };
-    const float *x0 = act(0), *x1 = act(1), *x2 = act(2), *x3 = act(3);
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    __m512 acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const __m512 wv = Widen16(row + i);
-        acc0 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x0 + i), acc0);
-        acc1 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x1 + i), acc1);
-        acc2 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x2 + i), acc2);
-        acc3 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x3 + i), acc3);
-    }
-    float tail[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (i < n) Tail(n - i, row + i, x0 + i, stride, tail);
-    out[0] = hsum512(acc0) + tail[0];
-    out[1] = hsum512(acc1) + tail[1];
-    out[2] = hsum512(acc2) + tail[2];
-    out[3] = hsum512(acc3) + tail[3];
-}
-
 inline __m512 load16_f32(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 load16_f16(const uint16_t* p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
@@ -156,13 +129,6 @@ void avx512_dot4x4_f16(int64_t n, const void* rows, size_t row_bytes, int n_rows
                                                           y_stride);
 }
 
-void avx512_dot4_f32(int64_t n, const void* w, const void* x, size_t stride, float* out) {
-    avx512_dot4_floats<float, load16_f32, avx2_dot4_f32>(n, w, x, stride, out);
-}
-
-void avx512_dot4_f16(int64_t n, const void* w, const void* x, size_t stride, float* out) {
-    avx512_dot4_floats<uint16_t, load16_f16, avx2_dot4_f16>(n, w, x, stride, out);
-}
 
 void avx512_axpy_f32(int64_t n, float a, const void* row, float* y) {
     auto x = static_cast<const float*>(row);
@@ -190,16 +156,14 @@ void avx512_axpy_f16(int64_t n, float a, const void* row, float* y) {
 const KernelTable* kernels_avx512() {
     // The AVX2 table (this CPU runs it too), with the kernels that pay for widening replaced.
     // The quantised dots stay AVX2: two blocks per 512-bit step measured slower (the block
-    // shuffles and per-block scales cost more than the wider multiply saves). The four-token
-    // float dots pay once a batch's activations stay in L1 (Session::matmul's row chunks):
-    // F16 sparse prompt 49.5 -> 57.3 tok/s on the MiniCPM-S-1B shape, 2 threads.
+    // shuffles and per-block scales cost more than the wider multiply saves). Batched float
+    // products go through the four-row kernels (a one-row four-token kernel waited on loading
+    // the activations), so the one-row four-token float dots stay AVX2.
     static const KernelTable table = [] {
         KernelTable t = *kernels_avx2();
         t.isa = "avx512";
         t.dot_f32 = avx512_dot_f32;
         t.dot_f16 = avx512_dot_f16;
-        t.dot4_f32 = avx512_dot4_f32;
-        t.dot4_f16 = avx512_dot4_f16;
         t.dot4x4_f32 = avx512_dot4x4_f32;
         t.dot4x4_f16 = avx512_dot4x4_f16;
         t.axpy_f32 = avx512_axpy_f32;

@@ -226,6 +226,16 @@ void make_activation(const KernelTable& generic, DType type, const float* x, uin
     si::prepare_activation(generic, type, x, dst, n);
 }
 
+// Four activations for `type`, `stride` bytes apart from dst: random floats (the last 1000x
+// larger, so that scale handling shows) in the dot format, via the generic level.
+void fill_activations(const KernelTable& generic, DType type, int64_t n, uint8_t* dst, size_t stride) {
+    std::vector<float> xf(static_cast<size_t>(n));
+    for (int k = 0; k < 4; ++k) {
+        fill_floats(xf.data(), n, k == 3 ? 1e3f : 1.0f);
+        make_activation(generic, type, xf.data(), dst + k * stride, n);
+    }
+}
+
 void check_dots(const KernelTable& level, const KernelTable& generic, DType type, int64_t n,
                 size_t w_offset, size_t x_offset) {
     const std::string isa = level.isa;
@@ -238,11 +248,7 @@ void check_dots(const KernelTable& level, const KernelTable& generic, DType type
     Buffer wbuf(static_cast<size_t>(wbytes), w_offset);
     fill_weights(type, n, wbuf.data());
     Buffer xbuf(3 * stride + abytes, x_offset);
-    std::vector<float> xf(static_cast<size_t>(n));
-    for (int k = 0; k < 4; ++k) {
-        fill_floats(xf.data(), n, k == 3 ? 1e3f : 1.0f);
-        make_activation(generic, type, xf.data(), xbuf.data() + k * stride, n);
-    }
+    fill_activations(generic, type, n, xbuf.data(), stride);
 
     const si::RowDotFn dot = si::row_dot(level, type), dot_ref = si::row_dot(generic, type);
     const si::RowDot4Fn dot4 = si::row_dot4(level, type);
@@ -285,11 +291,7 @@ void check_rows8(const KernelTable& level, const KernelTable& generic, DType typ
     si::interleave_rows8(type, rows.data(), static_cast<size_t>(row_bytes), nb, interleaved.data());
     const size_t abytes = si::activation_bytes(type, n), stride = abytes + 8;
     Buffer xbuf(3 * stride + abytes, x_offset);
-    std::vector<float> xf(static_cast<size_t>(n));
-    for (int t = 0; t < 4; ++t) {
-        fill_floats(xf.data(), n, t == 3 ? 1e3f : 1.0f);
-        make_activation(generic, type, xf.data(), xbuf.data() + t * stride, n);
-    }
+    fill_activations(generic, type, n, xbuf.data(), stride);
     constexpr int64_t kYStride = 9;  // one spare float per token: it must stay untouched
     for (int n_tokens = 1; n_tokens <= 4; ++n_tokens) {
         std::vector<float> y(4 * kYStride, NAN);
@@ -330,11 +332,7 @@ void check_rows4(const KernelTable& level, const KernelTable& generic, DType typ
     for (int r = 0; r < 4; ++r) fill_weights(type, n, wbuf.data() + r * row_bytes);
     const size_t abytes = si::activation_bytes(type, n), stride = abytes + 12;
     Buffer xbuf(3 * stride + abytes, x_offset);
-    std::vector<float> xf(static_cast<size_t>(n));
-    for (int t = 0; t < 4; ++t) {
-        fill_floats(xf.data(), n, t == 3 ? 1e3f : 1.0f);
-        make_activation(generic, type, xf.data(), xbuf.data() + t * stride, n);
-    }
+    fill_activations(generic, type, n, xbuf.data(), stride);
     constexpr int64_t kYStride = 5;  // one spare float per token: it must stay untouched
     for (int n_rows = 1; n_rows <= 4; ++n_rows) {
         for (int n_tokens = 1; n_tokens <= 4; ++n_tokens) {

@@ -4,8 +4,10 @@
 //
 // For each ISA level this build and CPU can run, and each weight type:
 //   * dot agrees with generic within a rounding tolerance (relative to sum |w_i x_i|);
-//   * dot4 agrees with four single dots of the same level (exactly where the level promises
-//     it: generic everywhere, neon for the block types) and with generic;
+//   * batch invariance (kernels.h), bit for bit: dot4 equals four single dots of the same
+//     level; a four-row or eight-row product's value for a row and token equals the same
+//     kernel's for that row and token alone; a typed axpy equals the level's dequantize_row
+//     followed by its axpy_f32;
 //   * quantize_q8_0 / quantize_q8_1 write the same bytes as generic;
 //   * axpy agrees with generic element by element and writes nothing outside y[0..n);
 //   * dequantize_row equals the reference conversion;
@@ -265,15 +267,10 @@ void check_dots(const KernelTable& level, const KernelTable& generic, DType type
     }
     float four[4] = {NAN, NAN, NAN, NAN};
     dot4(n, wbuf.data(), xbuf.data(), stride, four);
-    const bool exact = isa == "generic" || (isa == "neon" && is_block_type(type));
     for (int k = 0; k < 4; ++k) {
-        const uint8_t* xk = xbuf.data() + k * stride;
-        const double tol = exact ? 0.0 : dot_tolerance(magnitude(type, n, wbuf.data(), xk), terms);
-        const bool same = exact ? std::memcmp(&four[k], &single[k], 4) == 0
-                                : std::fabs(double(four[k]) - single[k]) <= tol;
-        record(same, "%s dot4_%s n=%lld woff=%zu xoff=%zu stride=%zu tok=%d: dot4 %.9g dot %.9g%s",
-               isa.c_str(), type_name(type), (long long)n, w_offset, x_offset, stride, k, four[k],
-               single[k], exact ? " (must be identical)" : "");
+        record(std::memcmp(&four[k], &single[k], 4) == 0,
+               "%s dot4_%s n=%lld woff=%zu xoff=%zu stride=%zu tok=%d: dot4 %.9g, dot %.9g (must be identical)",
+               isa.c_str(), type_name(type), (long long)n, w_offset, x_offset, stride, k, four[k], single[k]);
     }
     record(wbuf.guards_intact() && xbuf.guards_intact(), "%s dot_%s n=%lld: wrote to its inputs",
            isa.c_str(), type_name(type), (long long)n);
@@ -293,6 +290,8 @@ void check_rows8(const KernelTable& level, const KernelTable& generic, DType typ
     Buffer xbuf(3 * stride + abytes, x_offset);
     fill_activations(generic, type, n, xbuf.data(), stride);
     constexpr int64_t kYStride = 9;  // one spare float per token: it must stay untouched
+    float alone[4][8];  // each token by itself
+    for (int t = 0; t < 4; ++t) rows8(n, interleaved.data(), xbuf.data() + t * stride, stride, 1, alone[t], 8);
     for (int n_tokens = 1; n_tokens <= 4; ++n_tokens) {
         std::vector<float> y(4 * kYStride, NAN);
         rows8(n, interleaved.data(), xbuf.data(), stride, n_tokens, y.data(), kYStride);
@@ -311,6 +310,9 @@ void check_rows8(const KernelTable& level, const KernelTable& generic, DType typ
                 record(std::fabs(double(got) - want) <= tol,
                        "%s rows8_%s nb=%lld xoff=%zu tokens=%d row=%d tok=%d: got %.9g want %.9g (tol %.3g)",
                        isa.c_str(), type_name(type), (long long)nb, x_offset, n_tokens, j, t, got, want, tol);
+                record(std::memcmp(&got, &alone[t][j], 4) == 0,
+                       "%s rows8_%s nb=%lld tokens=%d row=%d tok=%d: %.9g, the token alone %.9g (must be identical)",
+                       isa.c_str(), type_name(type), (long long)nb, n_tokens, j, t, got, alone[t][j]);
             }
             record(std::isnan(y[static_cast<size_t>(t * kYStride + 8)]), "%s rows8_%s: wrote past row 8",
                    isa.c_str(), type_name(type));
@@ -334,6 +336,12 @@ void check_rows4(const KernelTable& level, const KernelTable& generic, DType typ
     Buffer xbuf(3 * stride + abytes, x_offset);
     fill_activations(generic, type, n, xbuf.data(), stride);
     constexpr int64_t kYStride = 5;  // one spare float per token: it must stay untouched
+    float alone[4][4];  // each row and token by itself
+    for (int r = 0; r < 4; ++r) {
+        for (int t = 0; t < 4; ++t) {
+            rows4(n, wbuf.data() + r * row_bytes, row_bytes, 1, xbuf.data() + t * stride, stride, 1, &alone[r][t], 1);
+        }
+    }
     for (int n_rows = 1; n_rows <= 4; ++n_rows) {
         for (int n_tokens = 1; n_tokens <= 4; ++n_tokens) {
             std::vector<float> y(4 * kYStride, NAN);
@@ -354,6 +362,9 @@ void check_rows4(const KernelTable& level, const KernelTable& generic, DType typ
                            "%s rows4_%s n=%lld woff=%zu xoff=%zu rows=%d tokens=%d row=%d tok=%d: got %.9g want %.9g",
                            isa.c_str(), type_name(type), (long long)n, w_offset, x_offset, n_rows, n_tokens, r, t,
                            got, want);
+                    record(std::memcmp(&got, &alone[r][t], 4) == 0,
+                           "%s rows4_%s n=%lld rows=%d tokens=%d row=%d tok=%d: %.9g, alone %.9g (must be identical)",
+                           isa.c_str(), type_name(type), (long long)n, n_rows, n_tokens, r, t, got, alone[r][t]);
                 }
             }
         }
@@ -401,6 +412,13 @@ void check_axpy(const KernelTable& level, const KernelTable& generic, DType type
     }
     record(bad < 0, "%s axpy_%s n=%lld woff=%zu yoff=%zu: first mismatch at %lld", level.isa,
            type_name(type), (long long)n, w_offset, y_offset, (long long)bad);
+    // The same update as a batch makes it: the row dequantised, then added as floats.
+    std::vector<float> row(static_cast<size_t>(n)), ybatch(y0);
+    level.dequantize_row(type, wbuf.data(), row.data(), n);
+    level.axpy_f32(n, a, row.data(), ybatch.data());
+    const bool same = n == 0 || std::memcmp(ybatch.data(), ygot.data(), static_cast<size_t>(n) * 4) == 0;
+    record(same, "%s axpy_%s n=%lld woff=%zu: differs from dequantize_row + axpy_f32 (must be identical)", level.isa,
+           type_name(type), (long long)n, w_offset);
     record(ygot.guards_intact() && wbuf.guards_intact(), "%s axpy_%s n=%lld: wrote outside y[0..n)",
            level.isa, type_name(type), (long long)n);
 }

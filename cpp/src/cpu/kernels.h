@@ -1,6 +1,13 @@
 // The CPU kernel table. Each ISA level (generic, AVX2, AVX-512, NEON) fills one table in its
 // own translation unit compiled with that level's flags; dispatch.cpp picks one at run time
 // from the CPU's features (SPARSEINFER_ISA forces a level). Kernels know nothing of models.
+//
+// Batch invariance: within a level, a product's value for one row and one token does not
+// depend on the other rows and tokens of the call. dot4 gives four single dots' results bit
+// for bit; a four-row or eight-row kernel gives for each row and token what it gives for that
+// row and token alone; a typed axpy gives what dequantize_row followed by axpy_f32 gives. So a
+// token's logits do not depend on how a sequence was split into evaluations (a prompt at
+// once, or a reused prefix and the rest; Session::matmul relies on it, kernel_check checks it).
 #pragma once
 
 #include <cstdint>

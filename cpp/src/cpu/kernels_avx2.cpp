@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -29,9 +30,9 @@ const KernelTable* kernels_avx2() {
         t.dot_q4_0 = avx2_dot_q4_0;
         t.dot_q4_1 = avx2_dot_q4_1;
         t.dot_q8_0 = avx2_dot_q8_0;
-        t.dot4_f32 = avx2_dot4_f32;
-        t.dot4_f16 = avx2_dot4_f16;
-        t.dot4_bf16 = scalar_dot4_bf16;
+        t.dot4_f32 = four_dots<avx2_dot_f32>;
+        t.dot4_f16 = four_dots<avx2_dot_f16>;
+        t.dot4_bf16 = four_dots<avx2_dot_bf16>;
         t.dot4_q4_0 = avx2_dot4_q4_0;
         t.dot4_q4_1 = avx2_dot4_q4_1;
         t.dot4_q8_0 = avx2_dot4_q8_0;

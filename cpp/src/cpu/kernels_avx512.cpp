@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -158,12 +159,14 @@ const KernelTable* kernels_avx512() {
     // The quantised dots stay AVX2: two blocks per 512-bit step measured slower (the block
     // shuffles and per-block scales cost more than the wider multiply saves). Batched float
     // products go through the four-row kernels (a one-row four-token kernel waited on loading
-    // the activations), so the one-row four-token float dots stay AVX2.
+    // the activations); the four-token float dots are four of this level's single dots.
     static const KernelTable table = [] {
         KernelTable t = *kernels_avx2();
         t.isa = "avx512";
         t.dot_f32 = avx512_dot_f32;
         t.dot_f16 = avx512_dot_f16;
+        t.dot4_f32 = four_dots<avx512_dot_f32>;
+        t.dot4_f16 = four_dots<avx512_dot_f16>;
         t.dot4x4_f32 = avx512_dot4x4_f32;
         t.dot4x4_f16 = avx512_dot4x4_f16;
         t.axpy_f32 = avx512_axpy_f32;

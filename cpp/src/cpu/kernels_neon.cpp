@@ -1,10 +1,11 @@
 // Arm64 level: AArch64 Advanced SIMD kernels (ARMv8.0 baseline only: no dotprod, i8mm or
 // fp16 arithmetic; FCVTL half -> float conversion is baseline). dispatch.cpp always offers
-// this level on AArch64. BF16 and dequantize_row stay on the portable kernels.
+// this level on AArch64. BF16 stays on the portable kernels.
 //
-// The quantised dot4 kernels run, per token, exactly the arithmetic of the single dots, so
-// their results equal four single dots bit for bit; the float dot4 kernels use fewer
-// accumulators per token than the single dots (registers), so they agree only to rounding.
+// Batch invariance (kernels.h): the quantised dot4 kernels run, per token, exactly the
+// arithmetic of the single dots; the float dot4 are four single dots (a four-token kernel
+// has too few registers for the single dot's eight accumulators per token); a typed axpy
+// dequantises as dequantize_row does and adds as axpy_f32 does.
 // quantize_q8_0/q8_1 produce the same bytes as the reference (round half to even via FCVTNS,
 // maxNum for max|x| as std::fmax, and the reference itself for the degenerate blocks where
 // max|x| or 1/d is not finite).
@@ -120,64 +121,8 @@ inline float dot_floats(int64_t n, const void* w, const void* x) {
     return sum;
 }
 
-// One token's state in a four-token float dot.
-struct FloatToken {
-    const float* x;
-    float32x4_t acc0, acc1;
-};
-
-// One row, four activations: the row is widened once per 8 elements; two accumulators per
-// token (eight independent chains in all).
-template <typename Row>
-inline void dot4_floats(int64_t n, const void* w, const void* x, size_t stride, float* out) {
-    const typename Row::Weight* a = static_cast<const typename Row::Weight*>(w);
-    const float32x4_t zero = vdupq_n_f32(0.0f);
-    FloatToken t0{token<float>(x, stride, 0), zero, zero};
-    FloatToken t1{token<float>(x, stride, 1), zero, zero};
-    FloatToken t2{token<float>(x, stride, 2), zero, zero};
-    FloatToken t3{token<float>(x, stride, 3), zero, zero};
-    auto step8 = [](FloatToken& t, float32x4_t w0, float32x4_t w1, int64_t i) {
-        t.acc0 = vfmaq_f32(t.acc0, w0, vld1q_f32(t.x + i));
-        t.acc1 = vfmaq_f32(t.acc1, w1, vld1q_f32(t.x + i + 4));
-    };
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        float32x4_t w0, w1;
-        Row::load8(a + i, &w0, &w1);
-        step8(t0, w0, w1, i);
-        step8(t1, w0, w1, i);
-        step8(t2, w0, w1, i);
-        step8(t3, w0, w1, i);
-    }
-    if (i + 4 <= n) {
-        const float32x4_t w0 = Row::load4(a + i);
-        t0.acc1 = vfmaq_f32(t0.acc1, w0, vld1q_f32(t0.x + i));
-        t1.acc1 = vfmaq_f32(t1.acc1, w0, vld1q_f32(t1.x + i));
-        t2.acc1 = vfmaq_f32(t2.acc1, w0, vld1q_f32(t2.x + i));
-        t3.acc1 = vfmaq_f32(t3.acc1, w0, vld1q_f32(t3.x + i));
-        i += 4;
-    }
-    auto finish = [&](const FloatToken& t) {
-        float sum = vaddvq_f32(vaddq_f32(t.acc0, t.acc1));
-        for (int64_t j = i; j < n; ++j) sum = std::fma(Row::load1(a + j), t.x[j], sum);
-        return sum;
-    };
-    out[0] = finish(t0);
-    out[1] = finish(t1);
-    out[2] = finish(t2);
-    out[3] = finish(t3);
-}
-
 float neon_dot_f32(int64_t n, const void* w, const void* x) { return dot_floats<F32Row>(n, w, x); }
 float neon_dot_f16(int64_t n, const void* w, const void* x) { return dot_floats<F16Row>(n, w, x); }
-
-void neon_dot4_f32(int64_t n, const void* w, const void* x, size_t stride, float* out) {
-    dot4_floats<F32Row>(n, w, x, stride, out);
-}
-
-void neon_dot4_f16(int64_t n, const void* w, const void* x, size_t stride, float* out) {
-    dot4_floats<F16Row>(n, w, x, stride, out);
-}
 
 // ---- quantised weights --------------------------------------------------------------------
 //
@@ -429,51 +374,85 @@ inline void axpy_floats(int64_t n, float a, const void* r, float* y) {
 void neon_axpy_f32(int64_t n, float a, const void* row, float* y) { axpy_floats<F32Row>(n, a, row, y); }
 void neon_axpy_f16(int64_t n, float a, const void* row, float* y) { axpy_floats<F16Row>(n, a, row, y); }
 
-// y[0..16) += scale * q[0..16) + offset, q as 16 signed bytes.
-inline void axpy_16_i8(int8x16_t q, float32x4_t scale, float32x4_t offset, float* y) {
+// 16 signed bytes as floats scale * q + offset (one rounding), in four vectors.
+inline void dequantize_16_i8(int8x16_t q, float32x4_t scale, float32x4_t offset, float32x4_t out[4]) {
     const int16x8_t w0 = vmovl_s8(vget_low_s8(q)), w1 = vmovl_high_s8(q);
-    const float32x4_t f0 = vcvtq_f32_s32(vmovl_s16(vget_low_s16(w0)));
-    const float32x4_t f1 = vcvtq_f32_s32(vmovl_high_s16(w0));
-    const float32x4_t f2 = vcvtq_f32_s32(vmovl_s16(vget_low_s16(w1)));
-    const float32x4_t f3 = vcvtq_f32_s32(vmovl_high_s16(w1));
-    vst1q_f32(y, vaddq_f32(vld1q_f32(y), vfmaq_f32(offset, scale, f0)));
-    vst1q_f32(y + 4, vaddq_f32(vld1q_f32(y + 4), vfmaq_f32(offset, scale, f1)));
-    vst1q_f32(y + 8, vaddq_f32(vld1q_f32(y + 8), vfmaq_f32(offset, scale, f2)));
-    vst1q_f32(y + 12, vaddq_f32(vld1q_f32(y + 12), vfmaq_f32(offset, scale, f3)));
+    out[0] = vfmaq_f32(offset, scale, vcvtq_f32_s32(vmovl_s16(vget_low_s16(w0))));
+    out[1] = vfmaq_f32(offset, scale, vcvtq_f32_s32(vmovl_high_s16(w0)));
+    out[2] = vfmaq_f32(offset, scale, vcvtq_f32_s32(vmovl_s16(vget_low_s16(w1))));
+    out[3] = vfmaq_f32(offset, scale, vcvtq_f32_s32(vmovl_high_s16(w1)));
 }
 
-void neon_axpy_q4_0(int64_t n, float a, const void* row, float* y) {
-    auto b = static_cast<const BlockQ4_0*>(row);
-    const int8x16_t eight = vdupq_n_s8(8);
+// One block's 32 elements as two halves of 16 signed bytes with the block's scale and offset.
+struct BlockBytes {
+    int8x16_t lo, hi;
+    float32x4_t scale, offset;
+};
+
+inline BlockBytes block_bytes(DType type, const void* blocks, int64_t i) {
     const float32x4_t zero = vdupq_n_f32(0.0f);
-    for (int64_t i = 0; i < n / kQK; ++i, y += kQK) {
-        uint8x16_t lo, hi;
-        unpack_nibbles(b[i].qs, &lo, &hi);
-        const float32x4_t scale = vmulq_n_f32(half_dup(&b[i].d), a);
-        axpy_16_i8(vsubq_s8(vreinterpretq_s8_u8(lo), eight), scale, zero, y);
-        axpy_16_i8(vsubq_s8(vreinterpretq_s8_u8(hi), eight), scale, zero, y + 16);
+    switch (type) {
+        case DType::Q4_0: {
+            const BlockQ4_0& b = static_cast<const BlockQ4_0*>(blocks)[i];
+            uint8x16_t lo, hi;
+            unpack_nibbles(b.qs, &lo, &hi);
+            const int8x16_t eight = vdupq_n_s8(8);
+            return {vsubq_s8(vreinterpretq_s8_u8(lo), eight), vsubq_s8(vreinterpretq_s8_u8(hi), eight),
+                    half_dup(&b.d), zero};
+        }
+        case DType::Q4_1: {
+            const BlockQ4_1& b = static_cast<const BlockQ4_1*>(blocks)[i];
+            uint8x16_t lo, hi;
+            unpack_nibbles(b.qs, &lo, &hi);
+            return {vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi), half_dup(&b.d), half_dup(&b.m)};
+        }
+        default: {  // Q8_0
+            const BlockQ8_0& b = static_cast<const BlockQ8_0*>(blocks)[i];
+            return {vld1q_s8(b.qs), vld1q_s8(b.qs + 16), half_dup(&b.d), zero};
+        }
     }
 }
 
-void neon_axpy_q4_1(int64_t n, float a, const void* row, float* y) {
-    auto b = static_cast<const BlockQ4_1*>(row);
+// y[0..16) += a * v for the four vectors of dequantize_16_i8, as axpy_floats adds.
+inline void add_scaled_16(const float32x4_t v[4], float32x4_t a, float* y) {
+    for (int k = 0; k < 4; ++k) vst1q_f32(y + 4 * k, vfmaq_f32(vld1q_f32(y + 4 * k), a, v[k]));
+}
+
+template <DType kType>
+void axpy_blocks(int64_t n, float a, const void* row, float* y) {
+    const float32x4_t va = vdupq_n_f32(a);
     for (int64_t i = 0; i < n / kQK; ++i, y += kQK) {
-        uint8x16_t lo, hi;
-        unpack_nibbles(b[i].qs, &lo, &hi);
-        const float32x4_t scale = vmulq_n_f32(half_dup(&b[i].d), a);
-        const float32x4_t offset = vmulq_n_f32(half_dup(&b[i].m), a);
-        axpy_16_i8(vreinterpretq_s8_u8(lo), scale, offset, y);
-        axpy_16_i8(vreinterpretq_s8_u8(hi), scale, offset, y + 16);
+        const BlockBytes b = block_bytes(kType, row, i);
+        float32x4_t v[4];
+        dequantize_16_i8(b.lo, b.scale, b.offset, v);
+        add_scaled_16(v, va, y);
+        dequantize_16_i8(b.hi, b.scale, b.offset, v);
+        add_scaled_16(v, va, y + 16);
     }
 }
 
-void neon_axpy_q8_0(int64_t n, float a, const void* row, float* y) {
-    auto b = static_cast<const BlockQ8_0*>(row);
-    const float32x4_t zero = vdupq_n_f32(0.0f);
-    for (int64_t i = 0; i < n / kQK; ++i, y += kQK) {
-        const float32x4_t scale = vmulq_n_f32(half_dup(&b[i].d), a);
-        axpy_16_i8(vld1q_s8(b[i].qs), scale, zero, y);
-        axpy_16_i8(vld1q_s8(b[i].qs + 16), scale, zero, y + 16);
+void neon_axpy_q4_0(int64_t n, float a, const void* row, float* y) { axpy_blocks<DType::Q4_0>(n, a, row, y); }
+void neon_axpy_q4_1(int64_t n, float a, const void* row, float* y) { axpy_blocks<DType::Q4_1>(n, a, row, y); }
+void neon_axpy_q8_0(int64_t n, float a, const void* row, float* y) { axpy_blocks<DType::Q8_0>(n, a, row, y); }
+
+// Rows to floats (the batched sparse down projection): the block types as the typed axpy
+// dequantises them, F16 exactly; the others through the reference.
+void neon_dequantize_row(DType type, const void* src, float* dst, int64_t n) {
+    switch (type) {
+        case DType::Q4_0:
+        case DType::Q4_1:
+        case DType::Q8_0:
+            for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
+                const BlockBytes b = block_bytes(type, src, i);
+                float32x4_t v[4];
+                dequantize_16_i8(b.lo, b.scale, b.offset, v);
+                for (int k = 0; k < 4; ++k) vst1q_f32(dst + 4 * k, v[k]);
+                dequantize_16_i8(b.hi, b.scale, b.offset, v);
+                for (int k = 0; k < 4; ++k) vst1q_f32(dst + 16 + 4 * k, v[k]);
+            }
+            return;
+        default:
+            ::si::dequantize_row_ref(type, src, dst, n);
     }
 }
 
@@ -491,15 +470,15 @@ const KernelTable* kernels_neon() {
         t.dot_q4_0 = neon_dot_q4_0;
         t.dot_q4_1 = neon_dot_q4_1;
         t.dot_q8_0 = neon_dot_q8_0;
-        t.dot4_f32 = neon_dot4_f32;
-        t.dot4_f16 = neon_dot4_f16;
+        t.dot4_f32 = four_dots<neon_dot_f32>;
+        t.dot4_f16 = four_dots<neon_dot_f16>;
         t.dot4_bf16 = scalar_dot4_bf16;
         t.dot4_q4_0 = neon_dot4_q4_0;
         t.dot4_q4_1 = neon_dot4_q4_1;
         t.dot4_q8_0 = neon_dot4_q8_0;
         t.quantize_q8_0 = neon_quantize_q8_0;
         t.quantize_q8_1 = neon_quantize_q8_1;
-        t.dequantize_row = scalar_dequantize_row;
+        t.dequantize_row = neon_dequantize_row;
         t.axpy_f32 = neon_axpy_f32;
         t.axpy_f16 = neon_axpy_f16;
         t.axpy_bf16 = scalar_axpy_bf16;

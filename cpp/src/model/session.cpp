@@ -47,7 +47,7 @@ struct MatmulJob {
     RowDotFn dot;
     RowDot4Fn dot4;
     Rows8DotFn rows8;   // set for an interleaved matrix (model.h) split in groups of eight
-    Rows4DotFn rows4;   // four float rows at a time, where the level has it (batches only)
+    Rows4DotFn rows4;   // four float rows at a time, where the level has it
     int64_t first_row;  // of this matrix in the call's combined row range
 };
 
@@ -227,7 +227,8 @@ void Session::matmul(std::initializer_list<MatmulOutput> outputs, const float* x
         job.dot = row_dot(kernels_, out.w->type);
         job.dot4 = row_dot4(kernels_, out.w->type);
         job.rows8 = groups_of_8 && out.w->interleaved != nullptr ? rows8_dot(kernels_, out.w->type) : nullptr;
-        job.rows4 = n > 1 ? rows4_dot(kernels_, out.w->type) : nullptr;  // decoding: one-row dots
+        // Decoding too: a token's result must not depend on the batch (kernels.h).
+        job.rows4 = rows4_dot(kernels_, out.w->type);
         job.first_row = total_rows;
         total_rows += out.w->rows;
     }

@@ -400,20 +400,39 @@ def q4_model(tmp_path_factory):
 
 
 @in_child
-def test_prompt_at_once_equals_token_by_token(q4_model):
-    path, _ = q4_model
-    ids = tokens(6, seed=2)
-    with gpu_model(path) as m:
+@pytest.mark.parametrize("kind", ["dense", "hybrid"])
+def test_logits_do_not_depend_on_how_the_tokens_were_split(tmp_path, q4_model, kind):
+    """A prompt at once, token by token, or in uneven chunks: the same bits (batch
+    invariance, cpp/src/cpu/kernels.h; on the GPU too), so a Model reuses the prefix of a
+    prompt already in its cache without changing any result."""
+    if kind == "dense":
+        path, args = q4_model[0], {}
+    else:  # layer 0 on the CPU, layer 1 split: hot neurons on the GPU, cold on the CPU
+        path = tmp_path / "p.gguf"
+        sparsegen.write_pwri_model(path, weight_type="Q4_0", n_layer=2, seed=7)
+        args = dict(sparse=True, vram_budget=f"{budget_for(path, 0.5, 1)}B")
+    ids = tokens(11, seed=2)
+    results = []
+    with gpu_model(path, **args) as m:
+        assert kind == "dense" or 0 < m.placement.n_hot[1] < 128
         native = m._sequence().native
         assert native.on_gpu
-        native.eval(ids, all_logits=True)
-        at_once = native.logits()
-        native.reset()
-        rows = []
-        for t in ids:
-            native.eval([t])
-            rows.append(native.logits()[0])
-    assert_close(np.stack(rows), at_once.astype(np.float64), SPLIT_TOL, SPLIT_TOL)
+        for split in ([11], [1] * 11, [3, 1, 5, 2]):
+            native.reset()
+            rows, start = [], 0
+            for size in split:
+                native.eval(ids[start:start + size], all_logits=True)
+                rows.append(native.logits())
+                start += size
+            results.append(np.concatenate(rows))
+        # generate() reuses the cached prompt and answers as a fresh model does
+        sampled = dict(max_tokens=6, temperature=0.9, seed=1, ignore_eos=True)
+        first = m.generate("hello world", **sampled)
+        again = m.generate("hello world", **sampled)
+        assert m.stats()["reused_tokens"] > 0
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+    assert again == first
 
 
 @in_child

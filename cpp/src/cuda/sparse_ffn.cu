@@ -124,8 +124,11 @@ gate_up_kernel(int gate_type, const uint8_t* gate, size_t gate_row_bytes, bool g
 
 // y[t][c] += sum over listed k, in order, of h[t][k] * down_t[rows[k]][c]. A block owns 32
 // output columns (one quantised block of every row; the rows are read 32 values by one warp);
-// its warps take every kDownWarps-th listed neuron and keep one partial sum per column and
-// token; the partial sums are then added in warp order. No two blocks write the same value.
+// warp w takes the listed rows r with r % kDownWarps == w and keeps one partial sum per column
+// and token; the partial sums are then added in warp order. No two blocks write the same
+// value. Splitting by row rather than by place in the list makes a token's sum depend only on
+// its own nonzero h: the same bits whether the list is its own or a batch's union (batch
+// invariance, as on the CPU: cpp/src/cpu/kernels.h).
 __global__ void __launch_bounds__(kDownWarps * kWarp)
 down_kernel(int type, const uint8_t* down_t, size_t row_bytes, int64_t n_rows, int64_t n_embd,
             const int32_t* ids, const int32_t* count, int64_t capacity, const float* h, int n_tokens,
@@ -138,12 +141,13 @@ down_kernel(int type, const uint8_t* down_t, size_t row_bytes, int64_t n_rows, i
     float acc[kMaxTokens];
 #pragma unroll
     for (int t = 0; t < kMaxTokens; ++t) acc[t] = 0.0f;
-    for (int64_t k = warp; k < n; k += kDownWarps) {
+    for (int64_t k = 0; k < n; ++k) {
         const int64_t r = ids != nullptr ? ids[k] : k;
         if (r < 0 || r >= n_rows) {
-            if (lane == 0) atomicOr(flags, kFlagRowId);
+            if (lane == 0 && warp == 0) atomicOr(flags, kFlagRowId);
             continue;
         }
+        if (r % kDownWarps != warp) continue;
         const float w = in_range ? row_element(type, down_t + r * row_bytes, col) : 0.0f;
 #pragma unroll
         for (int t = 0; t < kMaxTokens; ++t) {

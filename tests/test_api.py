@@ -362,7 +362,7 @@ def test_stats_report_counts_and_speeds(model):
     assert stats["prompt_seconds"] > 0 and stats["decode_seconds"] > 0
     assert math.isclose(stats["decode_tokens_per_second"], 7 / stats["decode_seconds"])
     assert math.isclose(stats["prompt_tokens_per_second"],
-                        stats["prompt_tokens"] / stats["prompt_seconds"])
+                        (stats["prompt_tokens"] - stats["reused_tokens"]) / stats["prompt_seconds"])
     assert stats["active_fraction"] == 1.0
     assert stats["layers"] == [1.0] * model.metadata["llama.block_count"]
 

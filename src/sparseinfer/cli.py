@@ -213,7 +213,8 @@ def _print_placement(plan: Any, device: str) -> None:
 
 
 def _print_stats(stats: dict[str, Any], sparse: bool) -> None:
-    print(f"prompt:    {stats['prompt_tokens']} tokens in {stats['prompt_seconds']:.3f} s "
+    reused = f" ({stats['reused_tokens']} already in the context)" if stats["reused_tokens"] else ""
+    print(f"prompt:    {stats['prompt_tokens']} tokens{reused} in {stats['prompt_seconds']:.3f} s "
           f"({stats['prompt_tokens_per_second']:.1f} tokens/s)", file=sys.stderr)
     print(f"generated: {stats['generated_tokens']} tokens in {stats['decode_seconds']:.3f} s "
           f"({stats['decode_tokens_per_second']:.1f} tokens/s)", file=sys.stderr)

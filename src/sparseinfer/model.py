@@ -42,6 +42,7 @@ _VRAM_RESERVE = 256 * 2**20
 @dataclasses.dataclass
 class _CallStats:
     prompt_tokens: int = 0
+    reused_tokens: int = 0  # of the prompt, whose KV entries the previous calls left
     prompt_seconds: float = 0.0
     generated_tokens: int = 0
     decode_seconds: float = 0.0
@@ -61,6 +62,12 @@ class _Sequence:
         self.call_id = 0  # bumped by every call that resets the session
         self.last_stats = _CallStats()
         self.last_layers: list[float] = []  # active fractions as stats() last read them
+        # The tokens whose keys and values the native session holds, positions 0..n_past-1
+        # (changed only under self.lock): a prompt that starts with some of them evaluates
+        # only the rest. The engine computes a token the same, bit for bit, whichever
+        # evaluation it came in (batch invariance, cpp/src/cpu/kernels.h), so reusing them
+        # changes no result.
+        self.cached: list[int] = []
         self.closed = False
 
     def check_open(self, *, during_call: bool = False) -> None:
@@ -91,6 +98,27 @@ class _Sequence:
                                    "session (a session runs one sequence at a time; use "
                                    "Model.session() for one per thread)")
             yield self.native
+
+    def reuse_prefix(self, session: _core.Session, ids: list[int]) -> int:
+        """Keeps the longest run of cached tokens that `ids` starts with, all of `ids` but
+        its last token at most (that one is evaluated for its logits), and forgets the rest
+        of the cache. Returns how many tokens were kept."""
+        limit = min(len(self.cached), len(ids) - 1)
+        kept = 0
+        while kept < limit and self.cached[kept] == ids[kept]:
+            kept += 1
+        session.truncate(kept)
+        del self.cached[kept:]
+        return kept
+
+    def eval(self, session: _core.Session, ids: list[int], *, all_logits: bool = False) -> None:
+        """session.eval(ids), keeping `cached` in step with what the cache then holds (an
+        evaluation that fails or is cancelled keeps the positions before it)."""
+        try:
+            session.eval(ids, all_logits=all_logits)
+        finally:
+            self.cached.extend(ids)
+            del self.cached[session.n_past:]
 
     def cancel_requested(self) -> bool:
         native = self.native
@@ -137,8 +165,9 @@ class _Inference:
         started = time.perf_counter()
         with seq.exclusive(call_id) as session:
             session.reset()
+            seq.cached.clear()
             try:
-                session.eval(ids, all_logits=True)
+                seq.eval(session, ids, all_logits=True)
             except CancelledError:
                 seq.check_open(during_call=True)
                 raise CancelledError("logits() was cancelled by cancel() before it finished") from None
@@ -246,9 +275,9 @@ class _Inference:
 
         started = time.perf_counter()
         with seq.exclusive(call_id) as session:
-            session.reset()
+            stats.reused_tokens = seq.reuse_prefix(session, prompt_ids)
             try:
-                session.eval(prompt_ids)
+                seq.eval(session, prompt_ids[stats.reused_tokens:])
             except CancelledError:
                 seq.check_open(during_call=True)  # closed rather than cancelled: say so
                 return
@@ -272,7 +301,7 @@ class _Inference:
                          and session.n_past < seq.n_ctx)  # a full context stops cleanly
                 if go_on:
                     try:
-                        session.eval([token])
+                        seq.eval(session, [token])
                     except CancelledError:
                         go_on = False
             stats.decode_seconds += time.perf_counter() - started
@@ -296,8 +325,11 @@ class _Inference:
     def stats(self) -> dict[str, Any]:
         """Timings of the last generate() or logits() call (so far, while it streams).
 
-        Keys: prompt_tokens, prompt_seconds, prompt_tokens_per_second, generated_tokens,
-        decode_seconds, decode_tokens_per_second, and active_fraction / layers: the share
+        Keys: prompt_tokens, reused_tokens (how many of the prompt's first tokens were
+        already in the context from earlier calls, and so not evaluated again: a chat's
+        earlier turns), prompt_seconds, prompt_tokens_per_second (over the tokens
+        evaluated), generated_tokens, decode_seconds, decode_tokens_per_second, and
+        active_fraction / layers: the share
         of FFN neurons computed, overall and per layer (predicted active on the sparse
         path; 1.0 on the dense path). Never waits: asked while a prompt is being evaluated,
         the layer figures are those of the last finished step.
@@ -314,8 +346,9 @@ class _Inference:
         layers = seq.last_layers
         return {
             "prompt_tokens": s.prompt_tokens,
+            "reused_tokens": s.reused_tokens,
             "prompt_seconds": s.prompt_seconds,
-            "prompt_tokens_per_second": _rate(s.prompt_tokens, s.prompt_seconds),
+            "prompt_tokens_per_second": _rate(s.prompt_tokens - s.reused_tokens, s.prompt_seconds),
             "generated_tokens": s.generated_tokens,
             "decode_seconds": s.decode_seconds,
             "decode_tokens_per_second": _rate(s.generated_tokens, s.decode_seconds),

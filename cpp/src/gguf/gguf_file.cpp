@@ -327,6 +327,19 @@ std::shared_ptr<GgufFile> GgufFile::open(const std::string& path) {
     return file;
 }
 
+void GgufFile::release_pages(const void* p, uint64_t bytes) const {
+#if defined(_WIN32)
+    (void)p;
+    (void)bytes;
+#else
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(p), base = reinterpret_cast<uintptr_t>(base_);
+    if (base_ == nullptr || begin < base || bytes > size_ || begin - base > size_ - bytes) return;
+    const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    const uintptr_t first = (begin + page - 1) / page * page, last = (begin + bytes) / page * page;
+    if (first < last) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+#endif
+}
+
 GgufFile::~GgufFile() {
     if (!base_) return;
 #if defined(_WIN32)

@@ -94,6 +94,13 @@ public:
     const std::vector<GgufTensor>& tensors() const { return tensors_; }
     const GgufTensor* find_tensor(std::string_view name) const;
 
+    // Tells the OS that this process no longer reads the mapped bytes [p, p + bytes) (the
+    // source of a copy the model made at load): the whole pages in that range leave the
+    // process's resident set, and are read from the page cache or the file again if touched.
+    // A range that is not inside the mapping is left alone. POSIX only (madvise); elsewhere
+    // the OS trims the working set itself when memory runs short.
+    void release_pages(const void* p, uint64_t bytes) const;
+
     // "<path>: <what>" — the prefix every error about this file carries.
     std::string describe(std::string_view what) const;
 

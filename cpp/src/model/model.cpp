@@ -184,6 +184,7 @@ Matrix Model::requantize_q8_0(const Matrix& m) {
         quantize_row_q8_0_ref(row.data(), reinterpret_cast<BlockQ8_0*>(storage + r * q.row_bytes), m.cols);
     }
     q.data = storage;
+    file_->release_pages(m.data, static_cast<uint64_t>(m.rows) * m.row_bytes);  // as for interleaved copies
     return q;
 }
 
@@ -205,6 +206,10 @@ void Model::interleave_matrices() {
             interleave_rows8(m.type, m.data + g * group_bytes, m.row_bytes, m.cols / kQK, dst + g * group_bytes);
         }
         m.interleaved = dst;
+        // The CPU reads the copy from now on: without this the process would hold both
+        // (a dense Q4_0 model's resident size was twice its file). A GPU upload or a tied
+        // embedding's lookups read the stored rows again from the page cache.
+        file_->release_pages(m.data, static_cast<uint64_t>(m.rows) * m.row_bytes);
     };
     for (LayerWeights& l : layers_) {
         for (Matrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.fc1, &l.fc2}) interleave(*m);

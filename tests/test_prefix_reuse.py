@@ -53,8 +53,8 @@ def models(tmp_path_factory):
     paths = {}
     for weight_type in ggufgen.WEIGHT_TYPES:
         path = root / f"dense-{weight_type}.gguf"
-        # n_embd 96: float rows end in a partial vector (AVX-512: 16 lanes); n_vocab 324 is
-        # no multiple of 8, so the output head takes the one-row kernels, not the eight-row.
+        # n_vocab 324 is no multiple of 8: the output head takes the one-row kernels (dot4 and
+        # dot), the other matrices the eight-row ones (row tails: cpp/tests/kernel_check.cpp).
         ggufgen.write_llama_model(path, weight_type=weight_type, n_embd=96, n_ff=160, n_vocab=324,
                                   seed=11)
         paths["dense", weight_type] = str(path)

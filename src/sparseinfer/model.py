@@ -363,8 +363,9 @@ class Model(_Inference):
     >>> with Model("SmolLM2-135M-Instruct.Q4_1.gguf", n_ctx=2048) as model:
     ...     print(model.generate("The capital of France is", max_tokens=16, temperature=0))
 
-    The Model's own generate(), chat() and logits() run one sequence at a time: each call
-    starts from an empty context, and a call made while a stream is open ends that stream.
+    The Model's own generate(), chat() and logits() run one sequence at a time: a call keeps
+    the part of the context that its prompt starts with (generate, chat) and evaluates the
+    rest, and a call made while a stream is open ends that stream.
     For several sequences at once (one per thread), open sessions with Model.session(): they
     share the weights and each has its own context window.
     """

@@ -30,8 +30,9 @@ DType activation_format(DType weight);
 size_t activation_bytes(DType weight, int64_t n);
 
 using RowDotFn = float (*)(int64_t n, const void* weight_row, const void* activation);
-// out[k] = dot(row, activation k) for k < 4, the activations `stride` bytes apart: a weight
-// row is unpacked once for four tokens (prompt processing).
+// out[k] = dot(row, activation k) for k < 4, the activations `stride` bytes apart: a quantised
+// weight row is unpacked once for four tokens (prompt processing); float levels may give four
+// single dots (their batches take the four-row kernels where they have them).
 using RowDot4Fn = void (*)(int64_t n, const void* weight_row, const void* activations,
                            size_t stride, float* out);
 // Eight Q4_0, Q4_1 or Q8_0 rows interleaved (BlockQ4_0x8 / Q4_1x8 / Q8_0x8 below, n / 32
@@ -44,7 +45,7 @@ using Rows8DotFn = void (*)(int64_t n, const void* rows8, const void* activation
 // Up to four F32 or F16 rows (row_bytes apart) times up to four F32 activations (stride
 // bytes apart): y[t * y_stride + r] = dot(row r, activation t) for r < n_rows, t < n_tokens.
 // Each activation vector loaded serves every row, where a one-row four-token kernel waits on
-// loading the activations (batched products of float matrices).
+// loading the activations (products of float matrices, batches and single tokens alike).
 using Rows4DotFn = void (*)(int64_t n, const void* rows, size_t row_bytes, int n_rows, const void* activations,
                             size_t stride, int n_tokens, float* y, int64_t y_stride);
 // y[0..n) += a * row[0..n), the row in its stored type (sparse down projections, attention

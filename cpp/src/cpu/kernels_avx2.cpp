@@ -46,7 +46,7 @@ const KernelTable* kernels_avx2() {
         t.dequantize_row = avx2_dequantize_row;
         t.axpy_f32 = avx2_axpy_f32;
         t.axpy_f16 = avx2_axpy_f16;
-        t.axpy_bf16 = scalar_axpy_bf16;
+        t.axpy_bf16 = fused_axpy_bf16;
         t.axpy_q4_0 = avx2_axpy_q4_0;
         t.axpy_q4_1 = avx2_axpy_q4_1;
         t.axpy_q8_0 = avx2_axpy_q8_0;

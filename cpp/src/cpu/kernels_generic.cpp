@@ -1,4 +1,5 @@
 // The generic level: plain C++ that any CPU runs; the reference for every SIMD level.
+#include <cmath>
 #include <cstdint>
 
 #include "cpu/kernels.h"

@@ -21,7 +21,7 @@
 
 namespace si {
 namespace {
-// Only some of the portable kernels are used here (BF16, dequantize_row, fallbacks).
+// Only some of the portable kernels are used here (BF16, four_dots, fallbacks).
 #include "cpu/kernels_scalar.inc"
 
 // ---- helpers ------------------------------------------------------------------------------
@@ -481,7 +481,7 @@ const KernelTable* kernels_neon() {
         t.dequantize_row = neon_dequantize_row;
         t.axpy_f32 = neon_axpy_f32;
         t.axpy_f16 = neon_axpy_f16;
-        t.axpy_bf16 = scalar_axpy_bf16;
+        t.axpy_bf16 = fused_axpy_bf16;
         t.axpy_q4_0 = neon_axpy_q4_0;
         t.axpy_q4_1 = neon_axpy_q4_1;
         t.axpy_q8_0 = neon_axpy_q8_0;

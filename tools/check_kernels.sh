@@ -8,6 +8,10 @@
 #   CXX=clang++ tools/check_kernels.sh
 #   BUILD_DIR=build/kernel_check tools/check_kernels.sh   # keep the binaries
 #
+# The native check runs twice: as CMake builds the engine, and with -ffp-contract=off (what
+# MSVC does by default): the bit-for-bit checks (batch invariance, kernels.h) must not depend
+# on whether the compiler fuses a * b + c in scalar code.
+#
 # Debian/Ubuntu: apt-get install g++-aarch64-linux-gnu qemu-user  (for the AArch64 run).
 # Exits non-zero if any build or any check fails; a missing cross toolchain is a skip.
 set -euo pipefail
@@ -34,7 +38,8 @@ COMMON_SRCS=(cpp/tests/kernel_check.cpp cpp/src/cpu/kernels_generic.cpp cpp/src/
              cpp/src/tensor/dtype.cpp)
 
 # build NAME COMPILER x86|arm64|generic [EXTRA LINK FLAGS...]; per-file ISA flags as in
-# CMakeLists.txt.
+# CMakeLists.txt; EXTRA_CXXFLAGS (an array) is added to every compile.
+EXTRA_CXXFLAGS=()
 build() {
     local name="$1" cxx="$2" arch="$3"
     shift 3
@@ -58,7 +63,8 @@ build() {
         esac
         local obj="$dir/$(basename "${src%.cpp}").o"
         # ${a[@]+"${a[@]}"}: empty arrays under set -u with bash 3.2 (macOS).
-        "$cxx" "${CXXFLAGS_COMMON[@]}" ${def:+"$def"} ${flags[@]+"${flags[@]}"} -c "$src" -o "$obj"
+        "$cxx" "${CXXFLAGS_COMMON[@]}" ${EXTRA_CXXFLAGS[@]+"${EXTRA_CXXFLAGS[@]}"} ${def:+"$def"} \
+            ${flags[@]+"${flags[@]}"} -c "$src" -o "$obj"
         objs+=("$obj")
     done
     "$cxx" "${objs[@]}" -o "$dir/kernel_check" ${1+"$@"}
@@ -75,6 +81,12 @@ esac
 echo "== native ($host, $CXX)"
 build native "$CXX" "$native_arch"
 "$OUT/native/kernel_check" || status=1
+
+echo "== native, -ffp-contract=off"
+EXTRA_CXXFLAGS=(-ffp-contract=off)
+build native-no-contract "$CXX" "$native_arch"
+EXTRA_CXXFLAGS=()
+"$OUT/native-no-contract/kernel_check" || status=1
 
 if [[ "$native_arch" != arm64 ]]; then
     if command -v "$CROSS_CXX" >/dev/null 2>&1 && command -v "$QEMU" >/dev/null 2>&1; then

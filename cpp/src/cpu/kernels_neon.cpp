@@ -3,18 +3,21 @@
 // this level on AArch64. BF16 stays on the portable kernels.
 //
 // Batch invariance (kernels.h): the quantised dot4 kernels run, per token, exactly the
-// arithmetic of the single dots; the float dot4 are four single dots (a four-token kernel
-// has too few registers for the single dot's eight accumulators per token); a typed axpy
-// dequantises as dequantize_row does and adds as axpy_f32 does.
+// arithmetic of the single dots; float products go through the four-row kernel at every batch
+// size (its dot4 are four single dots, for completeness); a typed axpy dequantises as
+// dequantize_row does and adds as axpy_f32 does.
 // quantize_q8_0/q8_1 produce the same bytes as the reference (round half to even via FCVTNS,
 // maxNum for max|x| as std::fmax, and the reference itself for the degenerate blocks where
 // max|x| or 1/d is not finite).
 #include <arm_neon.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 
 #include "cpu/kernels.h"
 #include "tensor/dtype.h"
@@ -123,6 +126,93 @@ inline float dot_floats(int64_t n, const void* w, const void* x) {
 
 float neon_dot_f32(int64_t n, const void* w, const void* x) { return dot_floats<F32Row>(n, w, x); }
 float neon_dot_f16(int64_t n, const void* w, const void* x) { return dot_floats<F16Row>(n, w, x); }
+
+// Calls f(index) for index = 0..N-1, unrolled at compile time, so that arrays of vector
+// registers indexed by it stay in registers.
+template <typename F, size_t... I>
+SI_NEON_INLINE void unrolled(F&& f, std::index_sequence<I...>) {
+    (f(std::integral_constant<int, static_cast<int>(I)>{}), ...);
+}
+
+// kRows rows by kTokens tokens (<= 4 x 2: 16 accumulators, the tokens' and a row's vectors in
+// the 32 registers). Every row and token sums the same way whatever the call's shape: steps
+// of 8 into two accumulators, a step of 4 into the second, the rest fused in scalar code, so a
+// result does not depend on the rows and tokens beside it (batch invariance, kernels.h).
+template <typename Row, int kRows, int kTokens>
+void rows_floats(int64_t n, const uint8_t* rows, size_t row_bytes, const uint8_t* x, size_t stride, float* y,
+                 int64_t y_stride) {
+    using Weight = typename Row::Weight;
+    const Weight* w[kRows];
+    const float* a[kTokens];
+    for (int r = 0; r < kRows; ++r) w[r] = reinterpret_cast<const Weight*>(rows + r * row_bytes);
+    for (int t = 0; t < kTokens; ++t) a[t] = reinterpret_cast<const float*>(x + t * stride);
+    constexpr int kPairs = kRows * kTokens;
+    float32x4_t acc0[kPairs], acc1[kPairs];
+    unrolled([&](auto k) { acc0[k] = acc1[k] = vdupq_n_f32(0.0f); }, std::make_index_sequence<kPairs>{});
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        float32x4_t x0[kTokens], x1[kTokens];
+        unrolled([&](auto t) {
+            x0[t] = vld1q_f32(a[t] + i);
+            x1[t] = vld1q_f32(a[t] + i + 4);
+        }, std::make_index_sequence<kTokens>{});
+        unrolled([&](auto r) {
+            float32x4_t w0, w1;
+            Row::load8(w[r] + i, &w0, &w1);
+            unrolled([&](auto t) {
+                acc0[r * kTokens + t] = vfmaq_f32(acc0[r * kTokens + t], w0, x0[t]);
+                acc1[r * kTokens + t] = vfmaq_f32(acc1[r * kTokens + t], w1, x1[t]);
+            }, std::make_index_sequence<kTokens>{});
+        }, std::make_index_sequence<kRows>{});
+    }
+    if (i + 4 <= n) {
+        unrolled([&](auto r) {
+            const float32x4_t w0 = Row::load4(w[r] + i);
+            unrolled([&](auto t) { acc1[r * kTokens + t] = vfmaq_f32(acc1[r * kTokens + t], w0, vld1q_f32(a[t] + i)); },
+                     std::make_index_sequence<kTokens>{});
+        }, std::make_index_sequence<kRows>{});
+        i += 4;
+    }
+    unrolled([&](auto k) {
+        constexpr int r = k / kTokens, t = k % kTokens;
+        float sum = vaddvq_f32(vaddq_f32(acc0[k], acc1[k]));
+        for (int64_t j = i; j < n; ++j) sum = std::fma(Row::load1(w[r] + j), a[t][j], sum);
+        y[t * y_stride + r] = sum;
+    }, std::make_index_sequence<kPairs>{});
+}
+
+// Up to four rows by up to four tokens (Rows4DotFn), in passes of two tokens. Float products
+// take it for every batch size, decoding included (four rows: eight independent chains, as
+// the single dot has), so that a token's result never depends on its batch.
+template <typename Row>
+void neon_rows4(int64_t n, const void* rows, size_t row_bytes, int n_rows, const void* x, size_t stride,
+                int n_tokens, float* y, int64_t y_stride) {
+    auto w = static_cast<const uint8_t*>(rows);
+    for (int t = 0; t < n_tokens; t += 2) {
+        const uint8_t* xt = static_cast<const uint8_t*>(x) + t * stride;
+        float* yt = y + t * y_stride;
+#define SI_NEON_ROWS_CASE(R, T)                                                   \
+    case (R) * 4 + (T):                                                           \
+        rows_floats<Row, R, T>(n, w, row_bytes, xt, stride, yt, y_stride);        \
+        break;
+        switch (n_rows * 4 + std::min(2, n_tokens - t)) {
+            SI_NEON_ROWS_CASE(1, 1) SI_NEON_ROWS_CASE(1, 2) SI_NEON_ROWS_CASE(2, 1) SI_NEON_ROWS_CASE(2, 2)
+            SI_NEON_ROWS_CASE(3, 1) SI_NEON_ROWS_CASE(3, 2) SI_NEON_ROWS_CASE(4, 1) SI_NEON_ROWS_CASE(4, 2)
+            default: break;
+        }
+#undef SI_NEON_ROWS_CASE
+    }
+}
+
+void neon_dot4x4_f32(int64_t n, const void* rows, size_t row_bytes, int n_rows, const void* x, size_t stride,
+                     int n_tokens, float* y, int64_t y_stride) {
+    neon_rows4<F32Row>(n, rows, row_bytes, n_rows, x, stride, n_tokens, y, y_stride);
+}
+
+void neon_dot4x4_f16(int64_t n, const void* rows, size_t row_bytes, int n_rows, const void* x, size_t stride,
+                     int n_tokens, float* y, int64_t y_stride) {
+    neon_rows4<F16Row>(n, rows, row_bytes, n_rows, x, stride, n_tokens, y, y_stride);
+}
 
 // ---- quantised weights --------------------------------------------------------------------
 //
@@ -472,6 +562,8 @@ const KernelTable* kernels_neon() {
         t.dot_q8_0 = neon_dot_q8_0;
         t.dot4_f32 = four_dots<neon_dot_f32>;
         t.dot4_f16 = four_dots<neon_dot_f16>;
+        t.dot4x4_f32 = neon_dot4x4_f32;
+        t.dot4x4_f16 = neon_dot4x4_f16;
         t.dot4_bf16 = scalar_dot4_bf16;
         t.dot4_q4_0 = neon_dot4_q4_0;
         t.dot4_q4_1 = neon_dot4_q4_1;

@@ -203,6 +203,9 @@ class ModelCosts:
 # The engine evaluates prompts in batches of at most this many tokens (kMaxBatch in
 # cpp/src/model/session.cpp); the GPU's activation buffers are sized for one batch.
 MAX_BATCH = 256
+# GpuForward's handoff: the normed input starts at a multiple of this many floats after the
+# predictor's scores (kHandoffAlignFloats in cpp/src/gpu/gpu_forward.cpp).
+HANDOFF_ALIGN_FLOATS = 64
 
 
 def model_costs(model_path: Union[str, "os.PathLike[str]"], *, n_ctx: int) -> ModelCosts:
@@ -252,12 +255,14 @@ def model_costs(model_path: Union[str, "os.PathLike[str]"], *, n_ctx: int) -> Mo
     n_vocab = int(tensors["token_embd.weight"][1][1]) if "token_embd.weight" in tensors else 0
     n_ff = max(n_neurons)
     # As GpuForward allocates them: x, xn, q, attention output; k, v; gate, up; logits;
-    # positions; predictor hidden layer; and for PowerInfer files a row list, a mask and
-    # the per-layer counts.
+    # positions; predictor hidden layer; and for PowerInfer files a row list, a mask, the
+    # per-layer counts and room after the scores (in `up`) for the normed input, so that
+    # both come down to the CPU in one copy.
     batch_floats = MAX_BATCH * (4 * n_embd + 2 * kv_dim + 2 * n_ff + n_vocab + 1 + max_rank)
     batch_bytes = 4 * batch_floats
     if max_rank:
         batch_bytes += 4 * n_ff + MAX_BATCH * n_ff + 4 * n_layer
+        batch_bytes += 4 * (MAX_BATCH * n_embd + HANDOFF_ALIGN_FLOATS)
     return ModelCosts(tuple(n_neurons), tuple(neuron_bytes), tuple(fixed), shared, batch_bytes)
 
 

@@ -1,6 +1,7 @@
 #include "gpu/gpu_forward.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "common/errors.h"
 
@@ -9,6 +10,15 @@ namespace si::gpu {
 namespace {
 
 size_t floats(int64_t n) { return static_cast<size_t>(n) * sizeof(float); }
+
+// In a layer split between GPU and CPU the predictor's scores and the normed input come
+// down together: one buffer (up_), the input starting at the first multiple of this many
+// floats after the scores (aligned for the kernels' vector loads).
+constexpr int64_t kHandoffAlignFloats = 64;
+
+int64_t handoff_offset(int64_t n, int64_t n_ff) {
+    return (n * n_ff + kHandoffAlignFloats - 1) / kHandoffAlignFloats * kHandoffAlignFloats;
+}
 
 }  // namespace
 
@@ -34,7 +44,8 @@ void GpuForward::ensure_batch_capacity(int64_t n) {
     v_ = Buffer(ctx_, floats(n * kv_dim), "activations");
     attn_out_ = Buffer(ctx_, floats(n * c.n_embd), "activations");
     gate_ = Buffer(ctx_, floats(n * c.n_ff), "activations");
-    up_ = Buffer(ctx_, floats(n * c.n_ff), "activations");
+    // PowerInfer files: room after the scores for the normed input (handoff_offset).
+    up_ = Buffer(ctx_, floats(c.powerinfer ? handoff_offset(n, c.n_ff) + n * c.n_embd : n * c.n_ff), "activations");
     logits_ = Buffer(ctx_, floats(n * c.n_vocab), "logits");
     positions_ = Buffer(ctx_, static_cast<size_t>(n) * sizeof(int32_t), "positions");
     if (c.powerinfer) {
@@ -129,17 +140,21 @@ void GpuForward::sparse_ffn(int64_t il, float* scores, float* xn_host) {
     const DeviceModel::Layer& l = weights_->layer(il);
     const int64_t n = n_;
     float* xd = x_.f32();
-    float* xn = xn_.f32();
+    const bool split = l.n_hot < c.n_ff;  // the CPU's cold neurons need the scores and xn
     float* score_rows = up_.f32();
+    float* xn = split ? up_.f32() + handoff_offset(n, c.n_ff) : xn_.f32();
     // The predictor reads x before the norm: score = fc2 relu(fc1 x).
     ctx_.run("ffn_predict", api.si_cuda_ffn_predict, l.fc1.type, static_cast<const void*>(l.fc1.data.data()),
              l.fc1.rows, c.n_embd, l.fc2.type, static_cast<const void*>(l.fc2.data.data()), c.n_ff,
              static_cast<const float*>(xd), n, predictor_hidden_.f32(), score_rows);
     ctx_.run("rms_norm", api.si_cuda_rms_norm, static_cast<const float*>(xd), l.ffn_norm.as<const float>(), n,
              c.n_embd, c.rms_eps, xn);
-    if (l.n_hot < c.n_ff) {  // the CPU's cold neurons need both
-        ctx_.download(scores, score_rows, floats(n * c.n_ff));
-        ctx_.download(xn_host, xn, floats(n * c.n_embd));
+    if (split) {  // one copy (one wait for the device) for both
+        const int64_t offset = handoff_offset(n, c.n_ff);
+        host_handoff_.resize(static_cast<size_t>(offset + n * c.n_embd));
+        ctx_.download(host_handoff_.data(), score_rows, floats(offset + n * c.n_embd));
+        std::memcpy(scores, host_handoff_.data(), floats(n * c.n_ff));
+        std::memcpy(xn_host, host_handoff_.data() + offset, floats(n * c.n_embd));
     }
     if (l.n_hot == 0) return;
     // The hot neurons active for any token of the batch, as positions in the hot list (the

@@ -8,7 +8,8 @@
 // into logits, which come down. In a PowerInfer layer with cold neurons the predictor's
 // scores and the normed FFN input come down to the CPU, which computes the cold active
 // neurons while the GPU computes the hot ones; its partial sum goes back up and is added
-// (add_to_hidden). Per token that moves n_ff + 2 n_embd floats per such layer.
+// (add_to_hidden). Per token that moves n_ff + 2 n_embd floats per such layer, in one copy
+// down and one up.
 #pragma once
 
 #include <cstdint>
@@ -71,6 +72,7 @@ private:
     Buffer predictor_hidden_, rows_, rows_count_, mask_;
     Buffer active_counts_;  // int32 per layer: active (token, hot neuron) pairs of the batch
     std::vector<int32_t> host_positions_;
+    std::vector<float> host_handoff_;  // a split layer's scores and normed input, as they come down
 };
 
 }  // namespace si::gpu

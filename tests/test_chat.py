@@ -124,6 +124,24 @@ def test_chat_command_reads_a_conversation_from_a_pipe(tiny):
     assert result.stdout.decode("utf-8") == first + "\n" + second + "\n"
 
 
+def test_chat_command_stats_say_what_the_context_kept(tiny):
+    result = run_chat(tiny, "hello there\nand again\n", "-n", "6", "--temp", "0", "-c", "256",
+                      "--stats")
+    assert result.returncode == 0, result.stderr.decode()
+    prompts = [line for line in result.stderr.decode("utf-8").splitlines() if line.startswith("prompt:")]
+    assert len(prompts) == 2
+    assert "already in the context" not in prompts[0]
+    with si.Model(tiny, n_ctx=256, n_threads=1) as model:  # the same two turns through the API
+        messages = [{"role": "user", "content": "hello there"}]
+        messages += [{"role": "assistant", "content": model.chat(messages, temperature=0, max_tokens=6)},
+                     {"role": "user", "content": "and again"}]
+        model.chat(messages, temperature=0, max_tokens=6)
+        stats = model.stats()
+    assert f"prompt:    {stats['prompt_tokens']} tokens ({stats['reused_tokens']} already in the context)" \
+        in prompts[1]
+    assert stats["reused_tokens"] > 0
+
+
 def test_chat_command_on_smollm2(smollm2):
     result = run_chat(smollm2.path, "Hi!\nWhat is 2+2?\n", "-n", "64", "--temp", "0", "-c", "512")
     assert result.returncode == 0, result.stderr.decode()

@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("-f", "--file", default=None, metavar="FILE",
                       help="read the system message from this file (UTF-8)")
     _add_sampling_arguments(chat, n_predict=-1)
+    chat.add_argument("--stats", action="store_true",
+                      help="print token counts and speeds to stderr after each reply (the "
+                           "prompt line says how many tokens the earlier turns left in the context)")
 
     fetch = commands.add_parser(
         "fetch", help="download a model file into the local cache and print its path",
@@ -276,6 +279,8 @@ def _chat(args: argparse.Namespace) -> None:
             out.write("\n")
             out.flush()
             messages.append({"role": "assistant", "content": "".join(reply)})
+            if args.stats:
+                _print_stats(model.stats(), model.is_sparse)
 
 
 def _read_message(interactive: bool) -> Optional[str]:

@@ -101,22 +101,12 @@ void avx512_rows4_floats(int64_t n, const uint8_t* rows, size_t row_bytes, const
 template <typename Weight, __m512 (*Widen16)(const Weight*), __m512 (*Widen16Masked)(const Weight*, __mmask16)>
 void avx512_rows4(int64_t n, const void* rows, size_t row_bytes, int n_rows, const void* x, size_t stride,
                   int n_tokens, float* y, int64_t y_stride) {
-    auto w = static_cast<const uint8_t*>(rows);
-    auto a = static_cast<const uint8_t*>(x);
-    // The shapes a batched product meets: four rows (or a matrix's last few) by four tokens
-    // (or a batch's last few).
-#define SI_ROWS4_CASE(R, T)                                                                            \
-    case (R) * 8 + (T):                                                                             \
-        avx512_rows4_floats<Weight, Widen16, Widen16Masked, R, T>(n, w, row_bytes, a, stride, y, y_stride); \
-        return;
-    switch (n_rows * 8 + n_tokens) {
-        SI_ROWS4_CASE(1, 1) SI_ROWS4_CASE(1, 2) SI_ROWS4_CASE(1, 3) SI_ROWS4_CASE(1, 4)
-        SI_ROWS4_CASE(2, 1) SI_ROWS4_CASE(2, 2) SI_ROWS4_CASE(2, 3) SI_ROWS4_CASE(2, 4)
-        SI_ROWS4_CASE(3, 1) SI_ROWS4_CASE(3, 2) SI_ROWS4_CASE(3, 3) SI_ROWS4_CASE(3, 4)
-        SI_ROWS4_CASE(4, 1) SI_ROWS4_CASE(4, 2) SI_ROWS4_CASE(4, 3) SI_ROWS4_CASE(4, 4)
-        default: break;
-    }
-#undef SI_ROWS4_CASE
+    // The shapes a product meets: four rows (or a matrix's last few) by four tokens (or a
+    // batch's last few).
+    with_shape<4, 4>(n_rows, n_tokens, [&](auto r, auto t) {
+        avx512_rows4_floats<Weight, Widen16, Widen16Masked, decltype(r)::value, decltype(t)::value>(
+            n, static_cast<const uint8_t*>(rows), row_bytes, static_cast<const uint8_t*>(x), stride, y, y_stride);
+    });
 }
 
 void avx512_dot4x4_f32(int64_t n, const void* rows, size_t row_bytes, int n_rows, const void* x, size_t stride,

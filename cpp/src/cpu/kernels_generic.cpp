@@ -1,6 +1,7 @@
 // The generic level: plain C++ that any CPU runs; the reference for every SIMD level.
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "cpu/kernels.h"
 #include "tensor/dtype.h"

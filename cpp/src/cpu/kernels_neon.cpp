@@ -187,20 +187,12 @@ void rows_floats(int64_t n, const uint8_t* rows, size_t row_bytes, const uint8_t
 template <typename Row>
 void neon_rows4(int64_t n, const void* rows, size_t row_bytes, int n_rows, const void* x, size_t stride,
                 int n_tokens, float* y, int64_t y_stride) {
-    auto w = static_cast<const uint8_t*>(rows);
     for (int t = 0; t < n_tokens; t += 2) {
         const uint8_t* xt = static_cast<const uint8_t*>(x) + t * stride;
-        float* yt = y + t * y_stride;
-#define SI_NEON_ROWS_CASE(R, T)                                                   \
-    case (R) * 4 + (T):                                                           \
-        rows_floats<Row, R, T>(n, w, row_bytes, xt, stride, yt, y_stride);        \
-        break;
-        switch (n_rows * 4 + std::min(2, n_tokens - t)) {
-            SI_NEON_ROWS_CASE(1, 1) SI_NEON_ROWS_CASE(1, 2) SI_NEON_ROWS_CASE(2, 1) SI_NEON_ROWS_CASE(2, 2)
-            SI_NEON_ROWS_CASE(3, 1) SI_NEON_ROWS_CASE(3, 2) SI_NEON_ROWS_CASE(4, 1) SI_NEON_ROWS_CASE(4, 2)
-            default: break;
-        }
-#undef SI_NEON_ROWS_CASE
+        with_shape<4, 2>(n_rows, std::min(2, n_tokens - t), [&](auto r, auto tokens) {
+            rows_floats<Row, decltype(r)::value, decltype(tokens)::value>(
+                n, static_cast<const uint8_t*>(rows), row_bytes, xt, stride, y + t * y_stride, y_stride);
+        });
     }
 }
 

@@ -465,51 +465,51 @@ inline void dequantize_16_i8(int8x16_t q, float32x4_t scale, float32x4_t offset,
     out[3] = vfmaq_f32(offset, scale, vcvtq_f32_s32(vmovl_high_s16(w1)));
 }
 
-// One block's 32 elements as two halves of 16 signed bytes with the block's scale and offset.
-struct BlockBytes {
+// Block i of a Q4_0, Q4_1 or Q8_0 row as eight vectors of four floats, d q + m rounded once:
+// what neon_dequantize_row stores and what the typed axpy adds, so that one token's down
+// projection (typed rows) equals a batch's (rows dequantised, then added as axpy_f32 adds).
+inline void block_values(DType type, const void* blocks, int64_t i, float32x4_t v[8]) {
     int8x16_t lo, hi;
-    float32x4_t scale, offset;
-};
-
-inline BlockBytes block_bytes(DType type, const void* blocks, int64_t i) {
-    const float32x4_t zero = vdupq_n_f32(0.0f);
+    float32x4_t scale, offset = vdupq_n_f32(0.0f);
     switch (type) {
         case DType::Q4_0: {
             const BlockQ4_0& b = static_cast<const BlockQ4_0*>(blocks)[i];
-            uint8x16_t lo, hi;
-            unpack_nibbles(b.qs, &lo, &hi);
+            uint8x16_t ulo, uhi;
+            unpack_nibbles(b.qs, &ulo, &uhi);
             const int8x16_t eight = vdupq_n_s8(8);
-            return {vsubq_s8(vreinterpretq_s8_u8(lo), eight), vsubq_s8(vreinterpretq_s8_u8(hi), eight),
-                    half_dup(&b.d), zero};
+            lo = vsubq_s8(vreinterpretq_s8_u8(ulo), eight);
+            hi = vsubq_s8(vreinterpretq_s8_u8(uhi), eight);
+            scale = half_dup(&b.d);
+            break;
         }
         case DType::Q4_1: {
             const BlockQ4_1& b = static_cast<const BlockQ4_1*>(blocks)[i];
-            uint8x16_t lo, hi;
-            unpack_nibbles(b.qs, &lo, &hi);
-            return {vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi), half_dup(&b.d), half_dup(&b.m)};
+            uint8x16_t ulo, uhi;
+            unpack_nibbles(b.qs, &ulo, &uhi);
+            lo = vreinterpretq_s8_u8(ulo);
+            hi = vreinterpretq_s8_u8(uhi);
+            scale = half_dup(&b.d);
+            offset = half_dup(&b.m);
+            break;
         }
         default: {  // Q8_0
             const BlockQ8_0& b = static_cast<const BlockQ8_0*>(blocks)[i];
-            return {vld1q_s8(b.qs), vld1q_s8(b.qs + 16), half_dup(&b.d), zero};
+            lo = vld1q_s8(b.qs);
+            hi = vld1q_s8(b.qs + 16);
+            scale = half_dup(&b.d);
         }
     }
-}
-
-// y[0..16) += a * v for the four vectors of dequantize_16_i8, as axpy_floats adds.
-inline void add_scaled_16(const float32x4_t v[4], float32x4_t a, float* y) {
-    for (int k = 0; k < 4; ++k) vst1q_f32(y + 4 * k, vfmaq_f32(vld1q_f32(y + 4 * k), a, v[k]));
+    dequantize_16_i8(lo, scale, offset, v);
+    dequantize_16_i8(hi, scale, offset, v + 4);
 }
 
 template <DType kType>
 void axpy_blocks(int64_t n, float a, const void* row, float* y) {
     const float32x4_t va = vdupq_n_f32(a);
     for (int64_t i = 0; i < n / kQK; ++i, y += kQK) {
-        const BlockBytes b = block_bytes(kType, row, i);
-        float32x4_t v[4];
-        dequantize_16_i8(b.lo, b.scale, b.offset, v);
-        add_scaled_16(v, va, y);
-        dequantize_16_i8(b.hi, b.scale, b.offset, v);
-        add_scaled_16(v, va, y + 16);
+        float32x4_t v[8];
+        block_values(kType, row, i, v);
+        for (int k = 0; k < 8; ++k) vst1q_f32(y + 4 * k, vfmaq_f32(vld1q_f32(y + 4 * k), va, v[k]));
     }
 }
 
@@ -525,12 +525,9 @@ void neon_dequantize_row(DType type, const void* src, float* dst, int64_t n) {
         case DType::Q4_1:
         case DType::Q8_0:
             for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
-                const BlockBytes b = block_bytes(type, src, i);
-                float32x4_t v[4];
-                dequantize_16_i8(b.lo, b.scale, b.offset, v);
-                for (int k = 0; k < 4; ++k) vst1q_f32(dst + 4 * k, v[k]);
-                dequantize_16_i8(b.hi, b.scale, b.offset, v);
-                for (int k = 0; k < 4; ++k) vst1q_f32(dst + 16 + 4 * k, v[k]);
+                float32x4_t v[8];
+                block_values(type, src, i, v);
+                for (int k = 0; k < 8; ++k) vst1q_f32(dst + 4 * k, v[k]);
             }
             return;
         default:

@@ -141,8 +141,9 @@ void GpuForward::sparse_ffn(int64_t il, float* scores, float* xn_host) {
     const int64_t n = n_;
     float* xd = x_.f32();
     const bool split = l.n_hot < c.n_ff;  // the CPU's cold neurons need the scores and xn
+    const int64_t xn_offset = handoff_offset(n, c.n_ff);
     float* score_rows = up_.f32();
-    float* xn = split ? up_.f32() + handoff_offset(n, c.n_ff) : xn_.f32();
+    float* xn = split ? up_.f32() + xn_offset : xn_.f32();
     // The predictor reads x before the norm: score = fc2 relu(fc1 x).
     ctx_.run("ffn_predict", api.si_cuda_ffn_predict, l.fc1.type, static_cast<const void*>(l.fc1.data.data()),
              l.fc1.rows, c.n_embd, l.fc2.type, static_cast<const void*>(l.fc2.data.data()), c.n_ff,
@@ -150,11 +151,10 @@ void GpuForward::sparse_ffn(int64_t il, float* scores, float* xn_host) {
     ctx_.run("rms_norm", api.si_cuda_rms_norm, static_cast<const float*>(xd), l.ffn_norm.as<const float>(), n,
              c.n_embd, c.rms_eps, xn);
     if (split) {  // one copy (one wait for the device) for both
-        const int64_t offset = handoff_offset(n, c.n_ff);
-        host_handoff_.resize(static_cast<size_t>(offset + n * c.n_embd));
-        ctx_.download(host_handoff_.data(), score_rows, floats(offset + n * c.n_embd));
+        host_handoff_.resize(static_cast<size_t>(xn_offset + n * c.n_embd));
+        ctx_.download(host_handoff_.data(), score_rows, floats(xn_offset + n * c.n_embd));
         std::memcpy(scores, host_handoff_.data(), floats(n * c.n_ff));
-        std::memcpy(xn_host, host_handoff_.data() + offset, floats(n * c.n_embd));
+        std::memcpy(xn_host, host_handoff_.data() + xn_offset, floats(n * c.n_embd));
     }
     if (l.n_hot == 0) return;
     // The hot neurons active for any token of the batch, as positions in the hot list (the

@@ -37,6 +37,7 @@ import ggufgen  # noqa: E402
 import reference  # noqa: E402
 import sparse_reference  # noqa: E402
 import sparsegen  # noqa: E402
+from test_prefix_reuse import logits_in_chunks  # noqa: E402
 
 import sparseinfer  # noqa: E402
 from sparseinfer import _core  # noqa: E402
@@ -419,12 +420,7 @@ def test_logits_do_not_depend_on_how_the_tokens_were_split(tmp_path, q4_model, k
         assert native.on_gpu
         for split in ([11], [1] * 11, [3, 1, 5, 2]):
             native.reset()
-            rows, start = [], 0
-            for size in split:
-                native.eval(ids[start:start + size], all_logits=True)
-                rows.append(native.logits())
-                start += size
-            results.append(np.concatenate(rows))
+            results.append(logits_in_chunks(native, ids, split))
         # generate() reuses the cached prompt and answers as a fresh model does
         sampled = dict(max_tokens=6, temperature=0.9, seed=1, ignore_eos=True)
         first = m.generate("hello world", **sampled)

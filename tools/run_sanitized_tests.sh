@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${SANITIZE_VENV:-/tmp/sparseinfer-asan-venv}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+# -C (config settings) needs pip 23.1+; a system Python's venv may start older (Debian 12: 23.0).
+"$venv/bin/python" -m pip install -q -U pip
 # The build requirements (cmake and ninja too: the build runs without isolation, so nothing
 # else brings them), then the package with its test extra (not the llama-cpp-python
 # reference: the tests that compare with it skip without it).

@@ -373,6 +373,9 @@ def test_ctrl_c_mid_generation_leaves_the_model_usable(tiny):
         expected = m.generate(PROMPT, max_tokens=8, temperature=0, ignore_eos=True)
         # Ctrl-C arrives while thousands of tokens are still to come (n_ctx is large).
         timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+        # Python raises KeyboardInterrupt only where SIGINT was not ignored at its start,
+        # and a job started with `&` in a script (as CI may start this suite) ignores it.
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             with pytest.raises(KeyboardInterrupt):
                 for _ in m.generate(PROMPT, max_tokens=None, temperature=0.8, seed=1,
@@ -381,6 +384,7 @@ def test_ctrl_c_mid_generation_leaves_the_model_usable(tiny):
                         timer.start()
         finally:
             timer.cancel()
+            signal.signal(signal.SIGINT, previous)
         assert 0 < m.stats()["generated_tokens"] < N_CTX_TRAIN
         assert m.generate(PROMPT, max_tokens=8, temperature=0, ignore_eos=True) == expected
 

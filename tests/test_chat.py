@@ -11,6 +11,7 @@ import importlib.util
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import termios
@@ -178,6 +179,9 @@ def test_chat_in_a_terminal_ctrl_c_stops_the_reply_and_ctrl_d_quits(tiny):
         assert model.stats()["generated_tokens"] > 4000  # long enough to be interrupted
     pid, fd = pty.fork()
     if pid == 0:  # the child: the chat command, with the pty as its terminal
+        # Ctrl-C as in a terminal, even where this suite runs with SIGINT ignored (a
+        # background job of a script): an ignored SIGINT stays ignored across exec.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execv(sys.executable, [sys.executable, "-m", "sparseinfer", "chat", "-m", tiny,
                                   "-c", "8192", "-t", "1", "--temp", "0"])
         os._exit(127)

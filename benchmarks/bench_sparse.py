@@ -9,12 +9,16 @@ same random weights:
   - a plain llama GGUF: ffn_down = ffn_down_t.T, no predictor. Engines run it with SiLU
     (a plain llama file says nothing about ReLU); that changes no byte read per token,
     so it is fine for timing.
-Then, in one run, it times token-by-token decoding for
-  sparseinfer sparse   (PWRI file, sparse=True)
+Then it times token-by-token decoding (and the prompt) for
+  sparseinfer sparse   (PWRI file, sparse=True; again with predictor_q8=True)
   sparseinfer dense    (PWRI file, sparse=False: dense ReLU over every neuron)
   llama-cpp-python     (the plain GGUF; skipped when not installed or with --no-llama)
-with the same threads and the same token stream, and prints a Markdown table with the
-measured active fraction and the ideal speedup from bytes read per token:
+  PowerInfer           (--powerinfer PATH: its `main`, built by hand; never built here)
+with the same threads, in rounds that take each engine in turn, on a quiet machine only
+(benchutil.py: the CPUs' use is checked before and between rounds, each file is read into
+the page cache before it is timed), and prints a Markdown table: best and median decode
+tok/s, bytes per token and the rate they move at, against the streaming read bandwidth
+measured in the same run, with the measured active fraction. Bytes per token:
   dense:  every weight but the embedding table;
   sparse: attention, norms, output, predictors, plus the active fraction of ffn_gate,
           ffn_up and ffn_down.
@@ -32,7 +36,8 @@ B A x, active neurons have positive gates. mu is calibrated on random directions
 target active fraction; the fraction measured while decoding is what the table reports.
 
   python benchmarks/bench_sparse.py --type Q4_0 -t 2          # the full-size model
-  python benchmarks/bench_sparse.py --small                    # a tiny smoke test
+  python benchmarks/bench_sparse.py --type F16 --powerinfer /tmp/powerinfer/build/bin/main
+  python benchmarks/bench_sparse.py --small --allow-busy       # a tiny smoke test
 """
 
 from __future__ import annotations
@@ -42,7 +47,10 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -55,6 +63,7 @@ from gguf import GGMLQuantizationType as QT
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 import ggufgen  # noqa: E402  (tests/ggufgen.py: the SentencePiece-style test vocabulary)
+import benchutil  # noqa: E402  (quiet checks, residency, bandwidth)
 
 FORMAT_VERSION = 1  # bump when the generated weights change, to invalidate caches
 
@@ -324,55 +333,87 @@ def predictor_q8_agreement(shape: dict, rank: int, active: float, pred_type: str
     return dict(agreement=agree / total, active_kept=kept / max(n_active, 1))
 
 
-def time_sparseinfer(path: Path, sparse: bool, prompt: list[int], stream: list[int], warmup: int,
-                     threads: int, n_ctx: int, predictor_q8: bool = False) -> dict:
-    from sparseinfer import _core
+class SparseInferRunner:
+    """sparseinfer on the PWRI file: sparse, sparse with 8-bit predictors, or dense ReLU."""
 
-    model = _core.Model(str(path), predictor_q8=predictor_q8)
-    s = _core.Session(model, n_ctx, threads, sparse=sparse)
-    s.eval(prompt[:2], all_logits=False)  # warm the pages and the thread pool
-    s.reset()
-    t0 = time.perf_counter()
-    s.eval(prompt, all_logits=False)
-    prompt_seconds = time.perf_counter() - t0
-    for t in stream[:warmup]:
-        s.eval([t], all_logits=False)
-    s.reset_stats()  # the session's active fractions then cover the timed tokens only
-    t0 = time.perf_counter()
-    for t in stream[warmup:]:
-        s.eval([t], all_logits=False)
-    dt = time.perf_counter() - t0
-    n = len(stream) - warmup
-    return dict(tokens=n, seconds=dt, tokens_per_second=n / dt,
-                prompt_tokens_per_second=len(prompt) / prompt_seconds,
-                active_fraction=float(np.mean(s.active_fractions())))
+    def __init__(self, name: str, model, sparse: bool, path: Path, threads: int, n_ctx: int):
+        from sparseinfer import _core
+
+        self.name, self.path = name, path
+        self.session = _core.Session(model, n_ctx, threads, sparse=sparse)
+
+    def run(self, prompt: list[int], stream: list[int], warmup: int) -> dict:
+        s = self.session
+        s.reset()
+        t0 = time.perf_counter()
+        s.eval(prompt, all_logits=False)
+        prompt_seconds = time.perf_counter() - t0
+        for t in stream[:warmup]:
+            s.eval([t], all_logits=False)
+        s.reset_stats()  # the active fractions then cover the timed tokens only
+        t0 = time.perf_counter()
+        for t in stream[warmup:]:
+            s.eval([t], all_logits=False)
+        n = len(stream) - warmup
+        return dict(decode=n / (time.perf_counter() - t0), prompt=len(prompt) / prompt_seconds,
+                    active_fraction=float(np.mean(s.active_fractions())))
 
 
-def time_llama_cpp(path: Path, prompt: list[int], stream: list[int], warmup: int, threads: int,
-                   n_ctx: int) -> dict:
-    import llama_cpp
+class LlamaCppRunner:
+    """llama-cpp-python on the plain dense GGUF."""
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads,
-                          n_threads_batch=threads, n_batch=512, verbose=False)
-    llm.eval(prompt[:2])
-    llm.reset()
-    t0 = time.perf_counter()
-    llm.eval(prompt)
-    prompt_seconds = time.perf_counter() - t0
-    for t in stream[:warmup]:
-        llm.eval([t])
-    t0 = time.perf_counter()
-    for t in stream[warmup:]:
-        llm.eval([t])
-    dt = time.perf_counter() - t0
-    n = len(stream) - warmup
-    out = dict(tokens=n, seconds=dt, tokens_per_second=n / dt,
-               prompt_tokens_per_second=len(prompt) / prompt_seconds, version=llama_cpp.__version__)
-    llm.close() if hasattr(llm, "close") else None
-    return out
+    def __init__(self, path: Path, threads: int, n_ctx: int):
+        import llama_cpp
+
+        self.name, self.path, self.version = "llama-cpp-python dense", path, llama_cpp.__version__
+        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads,
+                                   n_threads_batch=threads, n_batch=512, verbose=False)
+
+    def run(self, prompt: list[int], stream: list[int], warmup: int) -> dict:
+        llm = self.llm
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(prompt)
+        prompt_seconds = time.perf_counter() - t0
+        for t in stream[:warmup]:
+            llm.eval([t])
+        t0 = time.perf_counter()
+        for t in stream[warmup:]:
+            llm.eval([t])
+        n = len(stream) - warmup
+        return dict(decode=n / (time.perf_counter() - t0), prompt=len(prompt) / prompt_seconds)
+
+
+class PowerInferRunner:
+    """PowerInfer's `main` (a binary the user built by hand; never built or fetched here) on
+    the PWRI file: its own timings of the prompt and of the tokens it generates greedily."""
+
+    TIMING = re.compile(r"^llama_print_timings:\s+(prompt eval|eval) time =\s*([\d.]+) ms /\s*(\d+)", re.M)
+
+    def __init__(self, binary: Path, path: Path, threads: int, n_ctx: int, prompt_text: str):
+        self.name, self.path, self.binary = "PowerInfer sparse", path, binary
+        self.threads, self.n_ctx, self.prompt_text = threads, n_ctx, prompt_text
+
+    def run(self, prompt: list[int], stream: list[int], warmup: int) -> dict:
+        # Its main drops SentencePiece's leading space from -p (FACTS.md), hence the " ".
+        cmd = [str(self.binary), "-m", str(self.path), "-t", str(self.threads), "-c", str(self.n_ctx),
+               "-n", str(len(stream)), "-p", " " + self.prompt_text, "--temp", "0", "--ignore-eos",
+               "--seed", "1"]
+        with tempfile.TemporaryDirectory() as scratch:  # where its main writes main.log
+            out = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=900, cwd=scratch)
+        timings = {kind: (float(ms), int(count)) for kind, ms, count in self.TIMING.findall(out.stderr)}
+        if out.returncode != 0 or "eval" not in timings or "prompt eval" not in timings:
+            tail = "\n".join(out.stderr.splitlines()[-15:])
+            raise RuntimeError(f"PowerInfer's main failed (exit {out.returncode}):\n{tail}")
+        (p_ms, p_n), (e_ms, e_n) = timings["prompt eval"], timings["eval"]
+        return dict(decode=e_n / (e_ms / 1000), prompt=p_n / (p_ms / 1000), prompt_tokens=p_n)
 
 
 # ---- main -------------------------------------------------------------------------------
+
+PROMPT_TEXT = ("Sparse inference computes only the neurons that will fire. A small predictor looks at "
+               "the hidden state before each feed-forward block and guesses which rows of the gate and "
+               "up projections matter; the others are never read from memory.")
 
 
 def main(argv=None) -> int:
@@ -388,12 +429,21 @@ def main(argv=None) -> int:
     ap.add_argument("-n", "--tokens", type=int, default=None, help="decode tokens timed (default 64; 32 with --small)")
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--warmup", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=1, help="time each engine this many times; report the best")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds; each times every engine once, in turn (default 3): best and median are reported")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--small", action="store_true", help="a tiny model: a quick smoke test of this script")
     ap.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sparseinfer-bench")
     ap.add_argument("--rebuild", action="store_true", help="write the model files again")
     ap.add_argument("--no-llama", action="store_true", help="skip llama-cpp-python")
+    ap.add_argument("--no-dense", action="store_true", help="skip sparseinfer's dense mode of the PWRI file")
+    ap.add_argument("--powerinfer", type=Path, default=None,
+                    help="PowerInfer's `main` binary, built by hand (../shared/tools/build_powerinfer.sh): "
+                         "adds it to the comparison")
+    ap.add_argument("--allow-busy", action="store_true",
+                    help="measure even when the machine is not quiet (the results are marked unreliable)")
+    ap.add_argument("--busy-limit", type=float, default=0.10,
+                    help="share of all CPUs' time in use that still counts as quiet (default 0.10)")
     ap.add_argument("--save", action="store_true", help="write JSON results to benchmarks/results/")
     args = ap.parse_args(argv)
 
@@ -402,90 +452,129 @@ def main(argv=None) -> int:
     n_tok = args.tokens or (32 if args.small else 64)
     n_ctx = args.prompt_tokens + args.warmup + n_tok + 8
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
+    if args.powerinfer is not None and not os.access(args.powerinfer, os.X_OK):
+        sys.exit(f"--powerinfer {args.powerinfer}: not an executable file")
 
     pwri, dense, build = build_models(shape, args.type, args.pred_type, rank, args.active, args.seed,
                                       args.cache_dir, args.rebuild, log)
+    from sparseinfer import _core
+
+    # The prompt: English text in the file's vocabulary, so that PowerInfer's main, which takes
+    # text, reads the same tokens; the decode stream: random tokens, fed one at a time.
+    tokenizer = _core.Tokenizer(str(pwri))
+    text = PROMPT_TEXT
+    while len(tokenizer.encode(text)) < args.prompt_tokens:
+        text += " " + PROMPT_TEXT
+    prompt = tokenizer.encode(text)[:args.prompt_tokens]
+    prompt_text = tokenizer.decode(prompt[1:]).decode("utf-8").lstrip()
     rng = np.random.default_rng(args.seed + 1)
-    prompt = [ggufgen.BOS_ID] + [int(t) for t in rng.integers(3, shape["n_vocab"], args.prompt_tokens - 1)]
     stream = [int(t) for t in rng.integers(3, shape["n_vocab"], args.warmup + n_tok)]
 
-    def best(fn, *a):
-        runs = [fn(*a) for _ in range(max(1, args.repeats))]
-        return max(runs, key=lambda r: r["tokens_per_second"])
-
-    results = {}
-    log("timing sparseinfer sparse ...")
-    results["sparseinfer sparse"] = best(time_sparseinfer, pwri, True, prompt, stream, args.warmup, args.threads, n_ctx)
+    quiet = benchutil.Quiet(busy_limit=args.busy_limit, allow_busy=args.allow_busy, log=log)
+    quiet.check("before loading the engines")
+    log("loading the engines ...")
+    model = _core.Model(str(pwri))
+    runners = [SparseInferRunner("sparseinfer sparse", model, True, pwri, args.threads, n_ctx)]
     if args.pred_type in ("F16", "F32"):
-        log("timing sparseinfer sparse with predictors requantised to Q8_0 ...")
-        results["sparseinfer sparse, predictor_q8"] = best(
-            time_sparseinfer, pwri, True, prompt, stream, args.warmup, args.threads, n_ctx, True)
-        log("measuring predictor_q8 decision agreement ...")
-        q8_agreement = predictor_q8_agreement(shape, rank, args.active, args.pred_type, args.seed)
-    else:
-        q8_agreement = None
-    log("timing sparseinfer dense ...")
-    results["sparseinfer dense"] = best(time_sparseinfer, pwri, False, prompt, stream, args.warmup, args.threads, n_ctx)
+        model_q8 = _core.Model(str(pwri), predictor_q8=True)
+        runners.append(SparseInferRunner("sparseinfer sparse, predictor_q8", model_q8, True, pwri,
+                                         args.threads, n_ctx))
+    if not args.no_dense:
+        runners.append(SparseInferRunner("sparseinfer dense", model, False, pwri, args.threads, n_ctx))
     llama_note = None
     if args.no_llama:
         llama_note = "skipped (--no-llama)"
     else:
         try:
-            import llama_cpp  # noqa: F401
+            runners.append(LlamaCppRunner(dense, args.threads, n_ctx))
         except ImportError:
             llama_note = "skipped (llama-cpp-python not installed)"
-        else:
-            log("timing llama-cpp-python dense ...")
-            results["llama-cpp-python dense"] = best(time_llama_cpp, dense, prompt, stream, args.warmup, args.threads, n_ctx)
+    if args.powerinfer is not None:
+        runners.append(PowerInferRunner(args.powerinfer, pwri, args.threads, n_ctx, prompt_text))
+    for r in runners:  # page in and warm up each engine once, untimed
+        benchutil.make_resident(str(r.path))
+        r.run(prompt, stream[:args.warmup + 2], args.warmup)
 
-    active = results["sparseinfer sparse"]["active_fraction"]
+    bandwidth, rounds = [], {r.name: [] for r in runners}
+    for k in range(args.rounds):
+        quiet.check(f"before round {k + 1}")
+        bandwidth.append(benchutil.read_bandwidth(args.threads))
+        for r in runners:
+            resident = benchutil.make_resident(str(r.path))
+            quiet.check(f"before {r.name}, round {k + 1}")
+            result = r.run(prompt, stream, args.warmup)
+            result["file_resident_before"] = resident
+            rounds[r.name].append(result)
+            log(f"round {k + 1}: {r.name}: decode {result['decode']:.2f} tok/s, prompt {result['prompt']:.1f} tok/s")
+    quiet.check("after the last round")
+
+    active = float(np.median([r["active_fraction"] for r in rounds["sparseinfer sparse"]]))
     bpt = bytes_per_token(shape, rank, args.type, args.pred_type, active)
-    base = results["sparseinfer dense"]["tokens_per_second"]
+    bpt_q8 = bytes_per_token(shape, rank, args.type, "Q8_0", active)
+    engine_bytes = {"sparseinfer sparse": bpt["sparse"], "sparseinfer sparse, predictor_q8": bpt_q8["sparse"],
+                    "sparseinfer dense": bpt["dense"], "llama-cpp-python dense": bpt["dense"],
+                    "PowerInfer sparse": bpt["sparse"]}
+    stream_rate = max(bandwidth)
+    results = {}
+    for name, rs in rounds.items():
+        decode = benchutil.spread([r["decode"] for r in rs])
+        results[name] = dict(decode=decode, prompt=benchutil.spread([r["prompt"] for r in rs]),
+                             bytes_per_token=engine_bytes[name],
+                             gb_per_s=engine_bytes[name] * decode["best"] / 1e9,
+                             of_stream_bandwidth=engine_bytes[name] * decode["best"] / stream_rate,
+                             rounds=rs)
 
     title = "tiny smoke-test model" if args.small else "MiniCPM-S-1B-shaped synthetic model"
     print(f"\n### Decode speed: {title}, {args.type} weights, {args.pred_type} predictors (rank {rank}), "
           f"{args.threads} threads\n")
     print(f"shape: hidden {shape['n_embd']}, {shape['n_layer']} layers, {shape['n_head']} heads / "
           f"{shape['n_head_kv']} KV heads, FFN {shape['n_ff']}, vocab {shape['n_vocab']}; "
-          f"prompt {args.prompt_tokens} tokens, {args.warmup} warm-up + {n_tok} timed decode tokens\n")
-    print("| engine | file | decode tok/s | vs sparseinfer dense | prompt tok/s |")
-    print("|---|---|---:|---:|---:|")
-    files = {"sparseinfer sparse": "PWRI, sparse=True",
-             "sparseinfer sparse, predictor_q8": "PWRI, sparse=True, predictors as Q8_0",
-             "sparseinfer dense": "PWRI, sparse=False (dense ReLU)",
-             "llama-cpp-python dense": "plain GGUF (SiLU; same bytes)"}
+          f"prompt {args.prompt_tokens} tokens, {args.warmup} warm-up + {n_tok} timed decode tokens; "
+          f"{args.rounds} rounds, engines in turn\n")
+    ref = {k: results[k]["decode"]["best"] for k in ("llama-cpp-python dense", "PowerInfer sparse") if k in results}
+    print("| engine | decode tok/s best | median | MiB/token | GB/s (best) | of stream bandwidth | "
+          + "".join(f"vs {k.split()[0]} | " for k in ref) + "prompt tok/s best | median |")
+    print("|---|---:|---:|---:|---:|---:|" + "---:|" * len(ref) + "---:|---:|")
     for name, r in results.items():
-        print(f"| {name} | {files[name]} | {r['tokens_per_second']:.2f} | {r['tokens_per_second'] / base:.2f}x "
-              f"| {r['prompt_tokens_per_second']:.1f} |")
+        d, p = r["decode"], r["prompt"]
+        print(f"| {name} | {d['best']:.2f} | {d['median']:.2f} | {r['bytes_per_token'] / 2**20:.1f} | "
+              f"{r['gb_per_s']:.1f} | {r['of_stream_bandwidth']:.0%} | "
+              + "".join(f"{d['best'] / v:.2f}x | " for v in ref.values())
+              + f"{p['best']:.1f} | {p['median']:.1f} |")
     if llama_note:
-        print(f"| llama-cpp-python dense | plain GGUF | {llama_note} | |")
+        print(f"| llama-cpp-python dense | {llama_note} |")
     print()
-    print(f"- measured active fraction (sparse decode, all layers): {active:.4f} "
+    print(f"- streaming read bandwidth, {args.threads} threads, measured between rounds: best "
+          f"{stream_rate / 1e9:.1f} GB/s (each round: {', '.join(f'{b / 1e9:.1f}' for b in bandwidth)})")
+    print(f"- measured active fraction (sparse decode, all layers, median of rounds): {active:.4f} "
           f"(target {args.active:g}; sparsity {1 - active:.2%})")
     print(f"- bytes read per token: dense {bpt['dense'] / 2**20:.1f} MiB, sparse {bpt['sparse'] / 2**20:.1f} MiB "
           f"(attention {bpt['attention'] / 2**20:.1f}, output {bpt['output'] / 2**20:.1f}, "
-          f"predictors {bpt['predictor'] / 2**20:.1f}, FFN {bpt['ffn'] / 2**20:.1f} x {active:.3f})")
-    print(f"- ideal sparse speedup from bytes read: {bpt['ideal_speedup']:.2f}x; measured "
-          f"{results['sparseinfer sparse']['tokens_per_second'] / base:.2f}x vs sparseinfer dense"
-          + (f", {results['sparseinfer sparse']['tokens_per_second'] / results['llama-cpp-python dense']['tokens_per_second']:.2f}x vs llama-cpp-python"
-             if "llama-cpp-python dense" in results else ""))
-    if q8_agreement:
-        q8_bpt = bytes_per_token(shape, rank, args.type, "Q8_0", active)
-        print(f"- predictor_q8: {q8_agreement['agreement']:.2%} of active-neuron decisions unchanged "
-              f"({q8_agreement['active_kept']:.2%} of active neurons kept) on random inputs; "
-              f"ideal speedup {q8_bpt['ideal_speedup']:.2f}x; measured "
-              f"{results['sparseinfer sparse, predictor_q8']['tokens_per_second'] / base:.2f}x vs sparseinfer dense")
-    print("- prompt processing in sparse mode computes each token's own predicted neurons (the "
-          "same masks as decoding); measured against computing every neuron (sparse=False) in the "
-          "prompt column above")
+          f"predictors {bpt['predictor'] / 2**20:.1f}, FFN {bpt['ffn'] / 2**20:.1f} x {active:.3f}); "
+          f"ideal sparse speedup over dense {bpt['ideal_speedup']:.2f}x")
+    if "llama-cpp-python dense" in results:
+        rate = results["llama-cpp-python dense"]["gb_per_s"] * 1e9
+        ceiling = rate / bpt["sparse"]
+        sparse = results["sparseinfer sparse"]["decode"]["best"]
+        print(f"- sparse ceiling at llama-cpp-python's dense rate ({rate / 1e9:.1f} GB/s): {ceiling:.1f} tok/s; "
+              f"sparseinfer sparse reaches {sparse / ceiling:.0%} of it")
+    if args.pred_type in ("F16", "F32"):
+        q8 = predictor_q8_agreement(shape, rank, args.active, args.pred_type, args.seed)
+        print(f"- predictor_q8: {q8['agreement']:.2%} of active-neuron decisions unchanged "
+              f"({q8['active_kept']:.2%} of active neurons kept) on random inputs")
+        build["predictor_q8_agreement"] = q8
     print("- the dense GGUF is a plain llama file, so llama.cpp runs SiLU on it: the same bytes "
           "per token as ReLU, fine for timing, not for comparing outputs")
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    if load is not None:
-        busy = load > (os.cpu_count() or 1) * 0.75
-        print(f"- load average at the end: {load:.2f} on {os.cpu_count()} CPUs"
-              + (" -- the machine was busy: these numbers are not reliable (llama.cpp's spinning "
-                 "threads suffer most when cores are oversubscribed)" if busy else ""))
+    if "PowerInfer sparse" in results:
+        print(f"- PowerInfer's main ({args.powerinfer}) generates its own tokens greedily from the same "
+              f"prompt text ({results['PowerInfer sparse']['rounds'][0]['prompt_tokens']} prompt tokens "
+              "by its tokenizer); its figures are its own printed timings")
+    checks = quiet.summary()
+    busiest = max(c["busy"] for c in checks["checks"])
+    print(f"- quiet machine: {'yes' if checks['all_quiet'] else 'NO: these numbers are not reliable'} "
+          f"({len(checks['checks'])} checks before and between rounds, busiest {busiest:.0%} of the CPUs' "
+          f"time, limit {args.busy_limit:.0%}; load average before the run "
+          f"{checks['checks'][0]['load_average']:.2f})")
 
     if args.save:
         outdir = HERE / "results"
@@ -493,12 +582,13 @@ def main(argv=None) -> int:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = outdir / f"sparse-{'small' if args.small else 'minicpm-s'}-{args.type}-t{args.threads}-{stamp}.json"
         out.write_text(json.dumps(dict(
-            benchmark="bench_sparse", when=stamp, machine=platform.machine(), processor=platform.processor(),
-            cpu_count=os.cpu_count(), shape=shape, weight_type=args.type, pred_type=args.pred_type, rank=rank,
-            target_active=args.active, threads=args.threads, prompt_tokens=args.prompt_tokens,
-            decode_tokens=n_tok, warmup=args.warmup, build=build, bytes_per_token=bpt,
-            load_average=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-            results=results, llama_note=llama_note), indent=2))
+            benchmark="bench_sparse", format=2, when=stamp, machine=platform.machine(),
+            processor=platform.processor(), cpu_count=os.cpu_count(), shape=shape, weight_type=args.type,
+            pred_type=args.pred_type, rank=rank, target_active=args.active, threads=args.threads,
+            prompt_tokens=args.prompt_tokens, decode_tokens=n_tok, warmup=args.warmup, rounds=args.rounds,
+            build=build, bytes_per_token=bpt, stream_bandwidth=bandwidth, quiet_check=checks,
+            load_before=checks["checks"][0]["load_average"], results=results, llama_note=llama_note,
+            powerinfer=str(args.powerinfer) if args.powerinfer else None), indent=2))
         log(f"saved {out}")
     return 0
 

@@ -129,3 +129,12 @@ def test_row_axpy_matches_numpy(isa, qtype):
         got = _core._kernel_row_axpy(isa, int(qtype), raw, a, y)
         want = y.astype(np.float64) + a * dequantised(raw, qtype, n)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{isa} {qtype.name} n={n}")
+
+
+def test_memory_read_bandwidth_is_a_rate_and_checks_its_arguments():
+    # A plausible rate for any machine that runs this suite: between 100 MB/s and 10 TB/s.
+    rate = _core.memory_read_bandwidth(1 << 24, 2, 2)
+    assert 1e8 < rate < 1e13
+    for bad in [dict(bytes=1000), dict(n_threads=0), dict(repeats=0)]:
+        with pytest.raises(ValueError, match="measure_read_bandwidth"):
+            _core.memory_read_bandwidth(**{"bytes": 1 << 24, **bad})

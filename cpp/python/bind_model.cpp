@@ -10,6 +10,7 @@
 
 #include "bindings.h"
 #include "common/errors.h"
+#include "cpu/bandwidth.h"
 #include "cpu/kernels.h"
 #include "gguf/gguf_file.h"
 #include "gpu/device_model.h"
@@ -146,6 +147,11 @@ void bind_model(py::module_& m) {
         d["hardware_threads"] = std::thread::hardware_concurrency();
         return d;
     });
+    m.def("memory_read_bandwidth", [](size_t bytes, int n_threads, int repeats) {
+        py::gil_scoped_release release;
+        return measure_read_bandwidth(bytes, n_threads, repeats);
+    }, py::arg("bytes") = size_t{1} << 30, py::arg("n_threads") = 1, py::arg("repeats") = 3,
+       "Bytes per second n_threads threads read from memory (best of `repeats` passes over `bytes`)");
     m.def("read_gguf_info", [](const std::string& path) {
         std::shared_ptr<GgufFile> f;
         {

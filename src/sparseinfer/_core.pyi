@@ -7,6 +7,10 @@ import numpy as np
 def system_info() -> dict[str, object]:
     """{'isa': level in use, 'available_isas': [...], 'hardware_threads': int}."""
 
+def memory_read_bandwidth(bytes: int = 1 << 30, n_threads: int = 1, repeats: int = 3) -> float:
+    """Bytes per second that n_threads threads stream from a buffer of `bytes` (best of
+    `repeats` passes): the ceiling of decoding, which the benchmarks report against."""
+
 def read_gguf_info(path: str) -> dict[str, object]:
     """Header summary without loading weights: {'version', 'powerinfer', 'metadata': dict,
     'tensors': [(name, type_name, shape tuple), ...]}."""

@@ -423,6 +423,52 @@ void check_axpy(const KernelTable& level, const KernelTable& generic, DType type
            level.isa, type_name(type), (long long)n);
 }
 
+// Gathered products equal the level's single-row kernels bit for bit (kernels.h): each row's
+// dot as the row dot gives it alone, and the sum of the rows' updates as successive axpys.
+void check_gather(const KernelTable& level, const KernelTable& generic, DType type, int64_t n, int n_rows,
+                  size_t offset) {
+    uint64_t wbytes = 0;
+    si::row_bytes(type, n, &wbytes);
+    std::vector<Buffer> rows;
+    std::vector<const void*> ptrs;
+    for (int r = 0; r < n_rows; ++r) {
+        rows.emplace_back(static_cast<size_t>(wbytes), (offset + 5 * static_cast<size_t>(r)) % 16);
+        fill_weights(type, n, rows.back().data());
+    }
+    for (Buffer& b : rows) ptrs.push_back(b.data());
+    const size_t abytes = si::activation_bytes(type, n);
+    Buffer xbuf(abytes, (offset * 3 + 1) % 16);
+    std::vector<float> xf(static_cast<size_t>(n));
+    fill_floats(xf.data(), n);
+    make_activation(generic, type, xf.data(), xbuf.data(), n);
+
+    std::vector<float> got(static_cast<size_t>(n_rows), NAN);
+    si::gather_dot(level, type)(n, ptrs.data(), n_rows, xbuf.data(), got.data());
+    const si::RowDotFn dot = si::row_dot(level, type);
+    for (int r = 0; r < n_rows; ++r) {
+        const float want = dot(n, ptrs[static_cast<size_t>(r)], xbuf.data());
+        record(std::memcmp(&got[static_cast<size_t>(r)], &want, 4) == 0,
+               "%s gather_dot_%s n=%lld rows=%d off=%zu row %d: %.9g, dot %.9g (must be identical)", level.isa,
+               type_name(type), (long long)n, n_rows, offset, r, got[static_cast<size_t>(r)], want);
+    }
+
+    std::vector<float> a(static_cast<size_t>(n_rows)), y0(static_cast<size_t>(n));
+    for (float& v : a) v = normal();
+    fill_floats(y0.data(), n);
+    Buffer ygot(static_cast<size_t>(n) * 4, (offset * 5 + 2) % 16);
+    if (n > 0) std::memcpy(ygot.data(), y0.data(), static_cast<size_t>(n) * 4);
+    std::vector<float> want(y0);
+    si::gather_axpy(level, type)(n, a.data(), ptrs.data(), n_rows, reinterpret_cast<float*>(ygot.data()));
+    for (int r = 0; r < n_rows; ++r) si::row_axpy(level, type)(n, a[static_cast<size_t>(r)], ptrs[static_cast<size_t>(r)], want.data());
+    record(n == 0 || std::memcmp(ygot.data(), want.data(), static_cast<size_t>(n) * 4) == 0,
+           "%s gather_axpy_%s n=%lld rows=%d off=%zu: differs from successive axpys (must be identical)", level.isa,
+           type_name(type), (long long)n, n_rows, offset);
+    bool intact = xbuf.guards_intact() && ygot.guards_intact();
+    for (const Buffer& b : rows) intact = intact && b.guards_intact();
+    record(intact, "%s gather_%s n=%lld rows=%d: wrote outside its output", level.isa, type_name(type), (long long)n,
+           n_rows);
+}
+
 // dequantize_row equals the reference (exact up to Q4_1's d q + m, which a fused multiply-add
 // rounds once where the reference may round twice) and writes nothing outside dst[0..n).
 void check_dequantize(const KernelTable& level, DType type, int64_t n, size_t w_offset, size_t y_offset) {
@@ -583,6 +629,16 @@ int main() {
             for (size_t off = 0; off < 16; ++off) {
                 for (int rep = 0; rep < 4; ++rep) check_quantize(level, *generic, nb, off, (off * 3 + rep) % 16);
                 for (DType type : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) check_rows8(level, *generic, type, nb, off);
+            }
+        }
+        for (int n_rows : {1, 2, 3, 4, 5, 7, 8, 9, 12, 15, 16}) {
+            for (DType type : {DType::F32, DType::F16, DType::BF16}) {
+                for (int64_t n : {1, 7, 8, 15, 16, 17, 31, 32, 33, 47, 48, 64, 95, 1000, 1536}) {
+                    check_gather(level, *generic, type, n, n_rows, static_cast<size_t>(n + n_rows) % 16);
+                }
+            }
+            for (DType type : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) {
+                for (int64_t nb : block_counts) check_gather(level, *generic, type, nb * kQK, n_rows, static_cast<size_t>(nb) % 16);
             }
         }
         note_quantize_corners(level, *generic);

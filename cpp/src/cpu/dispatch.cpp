@@ -226,6 +226,30 @@ RowAxpyFn row_axpy(const KernelTable& k, DType weight) {
     }
 }
 
+GatherDotFn gather_dot(const KernelTable& k, DType weight) {
+    switch (weight) {
+        case DType::F32: return k.gather_dot_f32;
+        case DType::F16: return k.gather_dot_f16;
+        case DType::BF16: return k.gather_dot_bf16;
+        case DType::Q4_0: return k.gather_dot_q4_0;
+        case DType::Q4_1: return k.gather_dot_q4_1;
+        case DType::Q8_0: return k.gather_dot_q8_0;
+        default: throw UnsupportedError("no dot kernel for this weight type");
+    }
+}
+
+GatherAxpyFn gather_axpy(const KernelTable& k, DType weight) {
+    switch (weight) {
+        case DType::F32: return k.gather_axpy_f32;
+        case DType::F16: return k.gather_axpy_f16;
+        case DType::BF16: return k.gather_axpy_bf16;
+        case DType::Q4_0: return k.gather_axpy_q4_0;
+        case DType::Q4_1: return k.gather_axpy_q4_1;
+        case DType::Q8_0: return k.gather_axpy_q8_0;
+        default: throw UnsupportedError("no axpy kernel for this weight type");
+    }
+}
+
 void prepare_activation(const KernelTable& k, DType weight, const float* x, void* dst, int64_t n) {
     switch (activation_format(weight)) {
         case DType::Q8_0: k.quantize_q8_0(x, dst, n); return;

@@ -51,6 +51,17 @@ using Rows4DotFn = void (*)(int64_t n, const void* rows, size_t row_bytes, int n
 // y[0..n) += a * row[0..n), the row in its stored type (sparse down projections, attention
 // over an F16 KV cache). For block types n and the row start are whole blocks.
 using RowAxpyFn = void (*)(int64_t n, float a, const void* row, float* y);
+// The most rows one gathered call takes.
+constexpr int kMaxGatherRows = 16;
+// Rows at any addresses, as a sparse FFN gathers its active neurons' rows (1 <= n_rows <=
+// kMaxGatherRows): out[r] = the row dot of rows[r] with the activation, bit for bit. The rows
+// are read side by side, so that several short streams of memory are in flight at once: one
+// gathered row after another left a core waiting on each row's first lines (measured on Zen 4,
+// F16 rows of 3 KB from DRAM, 2 threads: 18 GB/s one by one, 30 GB/s sixteen at a time).
+using GatherDotFn = void (*)(int64_t n, const void* const* rows, int n_rows, const void* activation, float* out);
+// y[0..n) += a[0] rows[0] + a[1] rows[1] + ...: bit for bit what n_rows successive row axpys
+// give (each element takes its multiply-adds in the rows' order), the rows read side by side.
+using GatherAxpyFn = void (*)(int64_t n, const float* a, const void* const* rows, int n_rows, float* y);
 
 struct KernelTable {
     const char* isa;
@@ -84,6 +95,18 @@ struct KernelTable {
     RowAxpyFn axpy_q4_0;
     RowAxpyFn axpy_q4_1;
     RowAxpyFn axpy_q8_0;
+    GatherDotFn gather_dot_f32;
+    GatherDotFn gather_dot_f16;
+    GatherDotFn gather_dot_bf16;
+    GatherDotFn gather_dot_q4_0;
+    GatherDotFn gather_dot_q4_1;
+    GatherDotFn gather_dot_q8_0;
+    GatherAxpyFn gather_axpy_f32;
+    GatherAxpyFn gather_axpy_f16;
+    GatherAxpyFn gather_axpy_bf16;
+    GatherAxpyFn gather_axpy_q4_0;
+    GatherAxpyFn gather_axpy_q4_1;
+    GatherAxpyFn gather_axpy_q8_0;
 };
 
 // Eight Q4_0 rows, block by block: the rows' eight scales, then for g = 0..3 and row
@@ -120,6 +143,8 @@ void interleave_rows8(DType type, const uint8_t* rows, size_t row_bytes, int64_t
 RowDotFn row_dot(const KernelTable& k, DType weight);
 RowDot4Fn row_dot4(const KernelTable& k, DType weight);
 RowAxpyFn row_axpy(const KernelTable& k, DType weight);
+GatherDotFn gather_dot(const KernelTable& k, DType weight);
+GatherAxpyFn gather_axpy(const KernelTable& k, DType weight);
 // Prepares x (n floats) in the activation format of `weight` into dst.
 void prepare_activation(const KernelTable& k, DType weight, const float* x, void* dst, int64_t n);
 

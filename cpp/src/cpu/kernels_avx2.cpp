@@ -15,6 +15,8 @@
 
 namespace si {
 namespace {
+// Sixteen YMM registers: four quantised rows' even and odd accumulators, or four float rows'.
+constexpr int kGatherGroup = 4;
 #include "cpu/kernels_scalar.inc"
 #include "cpu/kernels_avx2.inc"
 
@@ -50,6 +52,18 @@ const KernelTable* kernels_avx2() {
         t.axpy_q4_0 = avx2_axpy_q4_0;
         t.axpy_q4_1 = avx2_axpy_q4_1;
         t.axpy_q8_0 = avx2_axpy_q8_0;
+        t.gather_dot_f32 = avx2_gather_dot_f32;
+        t.gather_dot_f16 = avx2_gather_dot_f16;
+        t.gather_dot_bf16 = dots_one_by_one<avx2_dot_bf16>;
+        t.gather_dot_q4_0 = avx2_gather_dot_q4_0;
+        t.gather_dot_q4_1 = avx2_gather_dot_q4_1;
+        t.gather_dot_q8_0 = avx2_gather_dot_q8_0;
+        t.gather_axpy_f32 = avx2_gather_axpy_f32;
+        t.gather_axpy_f16 = avx2_gather_axpy_f16;
+        t.gather_axpy_bf16 = axpys_one_by_one<fused_axpy_bf16>;
+        t.gather_axpy_q4_0 = avx2_gather_axpy_q4_0;
+        t.gather_axpy_q4_1 = avx2_gather_axpy_q4_1;
+        t.gather_axpy_q8_0 = avx2_gather_axpy_q8_0;
         return t;
     }();
     return &table;

@@ -16,48 +16,87 @@
 
 namespace si {
 namespace {
+// Thirty-two vector registers: eight gathered rows' even and odd accumulators at a time.
+constexpr int kGatherGroup = 8;
 #include "cpu/kernels_scalar.inc"
 #include "cpu/kernels_avx2.inc"
 
 inline float hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
 
-float avx512_dot_f32(int64_t n, const void* w, const void* x) {
-    auto a = static_cast<const float*>(w);
-    auto b = static_cast<const float*>(x);
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
-        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), acc1);
-    }
-    for (; i + 16 <= n; i += 16) {
-        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
-    }
-    float sum = hsum512(_mm512_add_ps(acc0, acc1));
-    if (i < n) sum += avx2_dot_f32(n - i, a + i, b + i);
-    return sum;
-}
-
-float avx512_dot_f16(int64_t n, const void* w, const void* x) {
-    auto a = static_cast<const uint16_t*>(w);
-    auto b = static_cast<const float*>(x);
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        __m512 w0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i)));
-        __m512 w1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i + 16)));
-        acc0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(b + i), acc0);
-        acc1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(b + i + 16), acc1);
-    }
-    float sum = hsum512(_mm512_add_ps(acc0, acc1));
-    if (i < n) sum += avx2_dot_f16(n - i, a + i, b + i);
-    return sum;
-}
-
 inline __m512 load16_f32(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 load16_f16(const uint16_t* p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
+
+// kRows float rows at any addresses against one F32 activation: per row two accumulators
+// (even and odd steps of sixteen), with F32's last odd sixteen into the first, and the tail
+// in the AVX2 single dot. The single dots are its one-row case, so a gathered row gives what
+// the row gives alone.
+template <typename Weight, __m512 (*Widen16)(const Weight*), float (*TailDot)(int64_t, const void*, const void*),
+          bool kLastSixteen, int kRows>
+void avx512_float_dots(int64_t n, const void* const* rows, const float* b, float* out) {
+    const Weight* a[kRows];
+    __m512 acc0[kRows], acc1[kRows];
+    unrolled([&](auto r) {
+        a[r] = static_cast<const Weight*>(rows[r]);
+        acc0[r] = acc1[r] = _mm512_setzero_ps();
+    }, std::make_index_sequence<kRows>{});
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m512 x0 = _mm512_loadu_ps(b + i), x1 = _mm512_loadu_ps(b + i + 16);
+        unrolled([&](auto r) {
+            acc0[r] = _mm512_fmadd_ps(Widen16(a[r] + i), x0, acc0[r]);
+            acc1[r] = _mm512_fmadd_ps(Widen16(a[r] + i + 16), x1, acc1[r]);
+        }, std::make_index_sequence<kRows>{});
+    }
+    if constexpr (kLastSixteen) {
+        for (; i + 16 <= n; i += 16) {
+            const __m512 x0 = _mm512_loadu_ps(b + i);
+            unrolled([&](auto r) { acc0[r] = _mm512_fmadd_ps(Widen16(a[r] + i), x0, acc0[r]); },
+                     std::make_index_sequence<kRows>{});
+        }
+    }
+    unrolled([&](auto r) {
+        float sum = hsum512(_mm512_add_ps(acc0[r], acc1[r]));
+        if (i < n) sum += TailDot(n - i, a[r] + i, b + i);
+        out[r] = sum;
+    }, std::make_index_sequence<kRows>{});
+}
+
+template <int kRows>
+void avx512_f32_dots(int64_t n, const void* const* rows, const float* b, float* out) {
+    avx512_float_dots<float, load16_f32, avx2_dot_f32, true, kRows>(n, rows, b, out);
+}
+
+template <int kRows>
+void avx512_f16_dots(int64_t n, const void* const* rows, const float* b, float* out) {
+    avx512_float_dots<uint16_t, load16_f16, avx2_dot_f16, false, kRows>(n, rows, b, out);
+}
+
+float avx512_dot_f32(int64_t n, const void* w, const void* x) {
+    float out;
+    avx512_f32_dots<1>(n, &w, static_cast<const float*>(x), &out);
+    return out;
+}
+
+float avx512_dot_f16(int64_t n, const void* w, const void* x) {
+    float out;
+    avx512_f16_dots<1>(n, &w, static_cast<const float*>(x), &out);
+    return out;
+}
+
+void avx512_gather_dot_f32(int64_t n, const void* const* rows, int n_rows, const void* x, float* out) {
+    in_groups<kGatherGroup>(n_rows, [&](int first, auto group) {
+        avx512_f32_dots<decltype(group)::value>(n, rows + first, static_cast<const float*>(x), out + first);
+    });
+}
+
+void avx512_gather_dot_f16(int64_t n, const void* const* rows, int n_rows, const void* x, float* out) {
+    in_groups<kGatherGroup>(n_rows, [&](int first, auto group) {
+        avx512_f16_dots<decltype(group)::value>(n, rows + first, static_cast<const float*>(x), out + first);
+    });
+}
+
 inline __m512 load16_f32_masked(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
 inline __m512 load16_f16_masked(const uint16_t* p, __mmask16 m) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
@@ -121,25 +160,49 @@ void avx512_dot4x4_f16(int64_t n, const void* rows, size_t row_bytes, int n_rows
 }
 
 
-void avx512_axpy_f32(int64_t n, float a, const void* row, float* y) {
-    auto x = static_cast<const float*>(row);
-    const __m512 va = _mm512_set1_ps(a);
+// kRows float rows at any addresses added into y: sixteen columns per step, each element's
+// multiply-adds row after row, the tail through the AVX2 axpy row after row, as successive
+// avx512_axpy_f32 / f16 calls (their one-row case) add them.
+template <typename Weight, __m512 (*Widen16)(const Weight*), void (*TailAxpy)(int64_t, float, const void*, float*),
+          int kRows>
+void avx512_float_axpys(int64_t n, const float* a, const void* const* rows, float* y) {
+    const Weight* x[kRows];
+    __m512 va[kRows];
+    unrolled([&](auto r) {
+        x[r] = static_cast<const Weight*>(rows[r]);
+        va[r] = _mm512_set1_ps(a[r]);
+    }, std::make_index_sequence<kRows>{});
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+        __m512 yv = _mm512_loadu_ps(y + i);
+        unrolled([&](auto r) { yv = _mm512_fmadd_ps(va[r], Widen16(x[r] + i), yv); }, std::make_index_sequence<kRows>{});
+        _mm512_storeu_ps(y + i, yv);
     }
-    if (i < n) avx2_axpy_f32(n - i, a, x + i, y + i);
+    if (i < n) {
+        unrolled([&](auto r) { TailAxpy(n - i, a[r], x[r] + i, y + i); }, std::make_index_sequence<kRows>{});
+    }
+}
+
+void avx512_axpy_f32(int64_t n, float a, const void* row, float* y) {
+    avx512_float_axpys<float, load16_f32, avx2_axpy_f32, 1>(n, &a, &row, y);
 }
 
 void avx512_axpy_f16(int64_t n, float a, const void* row, float* y) {
-    auto x = static_cast<const uint16_t*>(row);
-    const __m512 va = _mm512_set1_ps(a);
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 xf = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)));
-        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, xf, _mm512_loadu_ps(y + i)));
-    }
-    if (i < n) avx2_axpy_f16(n - i, a, x + i, y + i);
+    avx512_float_axpys<uint16_t, load16_f16, avx2_axpy_f16, 1>(n, &a, &row, y);
+}
+
+// Sixteen rows' broadcast factors and the running sum fit the register file at once.
+void avx512_gather_axpy_f32(int64_t n, const float* a, const void* const* rows, int n_rows, float* y) {
+    in_groups<kMaxGatherRows>(n_rows, [&](int first, auto group) {
+        avx512_float_axpys<float, load16_f32, avx2_axpy_f32, decltype(group)::value>(n, a + first, rows + first, y);
+    });
+}
+
+void avx512_gather_axpy_f16(int64_t n, const float* a, const void* const* rows, int n_rows, float* y) {
+    in_groups<kMaxGatherRows>(n_rows, [&](int first, auto group) {
+        avx512_float_axpys<uint16_t, load16_f16, avx2_axpy_f16, decltype(group)::value>(n, a + first, rows + first,
+                                                                                     y);
+    });
 }
 
 }  // namespace
@@ -161,6 +224,16 @@ const KernelTable* kernels_avx512() {
         t.dot4x4_f16 = avx512_dot4x4_f16;
         t.axpy_f32 = avx512_axpy_f32;
         t.axpy_f16 = avx512_axpy_f16;
+        t.gather_dot_f32 = avx512_gather_dot_f32;
+        t.gather_dot_f16 = avx512_gather_dot_f16;
+        t.gather_dot_q4_0 = avx2_gather_dot_q4_0;  // this file's copies: eight rows at a time
+        t.gather_dot_q4_1 = avx2_gather_dot_q4_1;
+        t.gather_dot_q8_0 = avx2_gather_dot_q8_0;
+        t.gather_axpy_f32 = avx512_gather_axpy_f32;
+        t.gather_axpy_f16 = avx512_gather_axpy_f16;
+        t.gather_axpy_q4_0 = avx2_gather_axpy_q4_0;
+        t.gather_axpy_q4_1 = avx2_gather_axpy_q4_1;
+        t.gather_axpy_q8_0 = avx2_gather_axpy_q8_0;
         return t;
     }();
     return &table;

@@ -566,6 +566,19 @@ const KernelTable* kernels_neon() {
         t.axpy_q4_0 = neon_axpy_q4_0;
         t.axpy_q4_1 = neon_axpy_q4_1;
         t.axpy_q8_0 = neon_axpy_q8_0;
+        // Gathered rows one after another (not yet timed on an Arm machine).
+        t.gather_dot_f32 = dots_one_by_one<neon_dot_f32>;
+        t.gather_dot_f16 = dots_one_by_one<neon_dot_f16>;
+        t.gather_dot_bf16 = dots_one_by_one<scalar_dot_bf16>;
+        t.gather_dot_q4_0 = dots_one_by_one<neon_dot_q4_0>;
+        t.gather_dot_q4_1 = dots_one_by_one<neon_dot_q4_1>;
+        t.gather_dot_q8_0 = dots_one_by_one<neon_dot_q8_0>;
+        t.gather_axpy_f32 = axpys_one_by_one<neon_axpy_f32>;
+        t.gather_axpy_f16 = axpys_one_by_one<neon_axpy_f16>;
+        t.gather_axpy_bf16 = axpys_one_by_one<fused_axpy_bf16>;
+        t.gather_axpy_q4_0 = axpys_one_by_one<neon_axpy_q4_0>;
+        t.gather_axpy_q4_1 = axpys_one_by_one<neon_axpy_q4_1>;
+        t.gather_axpy_q8_0 = axpys_one_by_one<neon_axpy_q8_0>;
         return t;
     }();
     return &table;

@@ -9,9 +9,12 @@
 #define NOMINMAX
 #include <windows.h>
 #else
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
 #endif
+
+#include <new>
 
 namespace si {
 
@@ -53,6 +56,19 @@ void require_memory(const std::string& what, uint64_t bytes) {
                       gib(bytes), gib(address_space));
         throw OutOfMemoryError(what + message);
     }
+}
+
+WeightBuffer::WeightBuffer(size_t bytes, const std::string& what) : size_(bytes) {
+    constexpr size_t kAlignment = size_t{2} << 20;  // a huge page on x86-64 and most Arm kernels
+    if (bytes > SIZE_MAX - kAlignment) throw OutOfMemoryError(what + " cannot be allocated");
+    storage_.reset(new (std::nothrow) uint8_t[bytes + kAlignment]);
+    if (!storage_) throw OutOfMemoryError(what + ": the allocation of " + std::to_string(bytes) + " bytes failed");
+    const uintptr_t start = reinterpret_cast<uintptr_t>(storage_.get());
+    data_ = storage_.get() + ((kAlignment - start % kAlignment) % kAlignment);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    // Advice only: where transparent huge pages are off, the copy simply uses small pages.
+    if (bytes >= kAlignment) madvise(data_, bytes - bytes % kAlignment, MADV_HUGEPAGE);
+#endif
 }
 
 }  // namespace si

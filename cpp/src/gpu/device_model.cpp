@@ -1,6 +1,7 @@
 #include "gpu/device_model.h"
 
 #include <cstring>
+#include <numeric>
 
 #include "common/errors.h"
 
@@ -113,7 +114,11 @@ std::vector<int64_t> DeviceModel::hot_counts() const {
 }
 
 DeviceModel::Matrix DeviceModel::upload_matrix(const si::Matrix& m, const std::string& name) {
-    return upload_typed(m, m.rows, m.data, name);
+    if (m.stride == m.row_bytes) return upload_typed(m, m.rows, m.data, name);
+    // Rows bundled with other matrices' (a PowerInfer FFN, model.h): packed into one block first.
+    std::vector<int32_t> every_row(static_cast<size_t>(m.rows));
+    std::iota(every_row.begin(), every_row.end(), 0);
+    return upload_rows(m, every_row, name);
 }
 
 DeviceModel::Matrix DeviceModel::upload_rows(const si::Matrix& m, const std::vector<int32_t>& ids,

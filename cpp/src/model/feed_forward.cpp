@@ -9,27 +9,62 @@
 //                             CPU computes the active cold ones (cold_feed_forward) and its
 //                             partial sum is added on the GPU.
 // (FACTS.md: PowerInfer's llm_build_ffn_sparse and its CPU kernels.)
+//
+// A PowerInfer FFN is a sum over neurons, computed the same way in every mode:
+//   - h_j = relu(gate_j . xn) * up_j . xn, where up is read only when the gate is positive
+//     and down_t[j] only when h_j is not zero;
+//   - the neurons are cut into kNeuronRanges fixed ranges of ids; each range's sum over its
+//     neurons in id order starts from zero, and the ranges' sums are added in range order.
+// Decoding computes each range in one pass over its neurons' bundled rows (model.h), gate, up
+// and down together, the ranges shared among the threads; a batch computes h for every token
+// first, then each thread adds the same ranges for its own slice of the output columns. Either
+// way a token's result is the same bits whatever the thread count or the batch it came in.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 
 #include "common/errors.h"
-#include "cpu/prefetch.h"
 #include "model/norm.h"
 #include "model/session.h"
 
 namespace si {
 
-namespace {
+// h_j for up to kMaxGatherRows neurons `ids_in` (ascending) of one token, their rows gathered
+// side by side: writes each nonzero h_j to h_out[j] (which holds zeros), and returns how many
+// there are, with their ids and values, in id order, at the front of ids and h.
+struct Session::NeuronRows {
+    const LayerWeights& l;
+    GatherDotFn gate_dot, up_dot;
+    bool relu_up;
+    int64_t n_embd;
 
-// How many active neurons ahead the sparse loops start loading weight rows: far enough to
-// hide a memory access behind the dot products in between.
-constexpr int64_t kPrefetchAhead = 4;
-// Tokens whose output slices a batched down projection keeps hot at once (16 tokens x a
-// thread's columns: tens of KiB, within L1/L2).
-constexpr int64_t kDownTokenTile = 16;
-
-}  // namespace
+    int compute(const int32_t* ids_in, int count, const void* gate_act, const void* up_act, float* h_out,
+                int32_t* ids, float* h) const {
+        const void* rows[kMaxGatherRows];
+        float g[kMaxGatherRows], u[kMaxGatherRows];
+        for (int k = 0; k < count; ++k) rows[k] = l.ffn_gate.row(ids_in[k]);
+        gate_dot(n_embd, rows, count, gate_act, g);
+        int open = 0;  // relu(g) = 0 needs no up row: keep the others
+        for (int k = 0; k < count; ++k) {
+            if (g[k] <= 0.0f) continue;
+            ids[open] = ids_in[k];
+            g[open++] = g[k];
+        }
+        if (open == 0) return 0;
+        for (int k = 0; k < open; ++k) rows[k] = l.ffn_up.row(ids[k]);
+        up_dot(n_embd, rows, open, up_act, u);
+        int live = 0;
+        for (int k = 0; k < open; ++k) {
+            const float value = g[k] * (relu_up ? std::max(u[k], 0.0f) : u[k]);
+            if (value == 0.0f) continue;
+            h_out[ids[k]] = value;
+            ids[live] = ids[k];
+            h[live++] = value;
+        }
+        return live;
+    }
+};
 
 void Session::feed_forward(int layer, int64_t n) {
     const ModelConfig& c = model_->config();
@@ -52,21 +87,15 @@ void Session::feed_forward(int layer, int64_t n) {
     // The predictor reads x before the norm, so it runs first.
     if (sparse_) predict_active_neurons(l, n);
     rms_norm_rows(x_.data(), l.ffn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
-    if (!sparse_) {
-        matmul({{&l.ffn_gate, gate_.data()}, {&l.ffn_up, up_.data()}}, xn_.data(), n);
-        const bool relu_up = c.relu_up;
-        for (int64_t i = 0; i < hidden; ++i) {
-            gate_[i] = std::max(gate_[i], 0.0f) * (relu_up ? std::max(up_[i], 0.0f) : up_[i]);
-        }
-        layer_active_[static_cast<size_t>(layer)] += hidden;
-    } else {
-        sparse_gate_up(l, n);
+    neuron_sum(l, n, !sparse_);
+    if (sparse_) {
         for (int64_t t = 0; t < n; ++t) {
             layer_active_[static_cast<size_t>(layer)] += static_cast<int64_t>(active_[static_cast<size_t>(t)].size());
         }
+    } else {
+        layer_active_[static_cast<size_t>(layer)] += hidden;
     }
     if (count_neurons_) count_fired_neurons(layer, n);
-    down_projection_transposed(l.ffn_down_t, n, sparse_);
     for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] += xn_[i];
 }
 
@@ -79,38 +108,97 @@ bool Session::cold_feed_forward(int layer, int64_t n, const uint8_t* is_hot) {
     for (int64_t t = 0; t < n; ++t) computed += static_cast<int64_t>(active_[static_cast<size_t>(t)].size());
     layer_active_[static_cast<size_t>(layer)] += computed;
     if (computed == 0) return false;
-    sparse_gate_up(l, n);
-    down_projection_transposed(l.ffn_down_t, n, true);
+    neuron_sum(l, n, false);
     return true;
 }
 
-void Session::sparse_gate_up(const LayerWeights& l, int64_t n) {
-    // h_j = relu(gate_j . xn) * up_j . xn (relu(up_j) for bamboo) for the neurons in each
-    // token's active list; gate_ holds h for every neuron: zero except where computed.
+void Session::neuron_sum(const LayerWeights& l, int64_t n, bool every_neuron) {
     const ModelConfig& c = model_->config();
-    const bool relu_up = c.relu_up;
     std::fill(gate_.begin(), gate_.begin() + n * c.n_ff, 0.0f);
     const bool same_format = activation_format(l.ffn_gate.type) == activation_format(l.ffn_up.type);
     const PreparedInput gate_in = prepare_input(l.ffn_gate, xn_.data(), n, 0, true);
     const PreparedInput up_in = prepare_input(l.ffn_up, xn_.data(), n, same_format ? 0 : 1, !same_format);
-    const RowDotFn gate_dot = row_dot(kernels_, l.ffn_gate.type);
-    const RowDotFn up_dot = row_dot(kernels_, l.ffn_up.type);
+    const NeuronRows neurons{l, gather_dot(kernels_, l.ffn_gate.type), gather_dot(kernels_, l.ffn_up.type),
+                             c.relu_up, c.n_embd};
+    if (n == 1) {
+        neuron_sum_token(l, neurons, gate_in.data, up_in.data, every_neuron);
+    } else {
+        neuron_activations(neurons, n, gate_in, up_in, every_neuron);
+        down_projection(l.ffn_down_t, n);
+    }
+}
+
+void Session::neuron_sum_token(const LayerWeights& l, const NeuronRows& neurons, const void* gate_act,
+                               const void* up_act, bool every_neuron) {
+    // One pass per range: gate, up and down rows of kMaxGatherRows neurons at a time, the sum
+    // into the range's own row of range_sums_; threads take the next range left.
+    const ModelConfig& c = model_->config();
+    const GatherAxpyFn down_axpy = gather_axpy(kernels_, l.ffn_down_t.type);
+    const std::vector<int32_t>& active = active_[0];
+    std::atomic<int64_t> next_range{0};
+    pool_.run([&](int, int) {
+        int32_t ids_in[kMaxGatherRows], ids[kMaxGatherRows];
+        float h[kMaxGatherRows];
+        const void* rows[kMaxGatherRows];
+        for (int64_t r; (r = next_range.fetch_add(1, std::memory_order_relaxed)) < kNeuronRanges;) {
+            float* sum = range_sums_.data() + r * c.n_embd;
+            std::fill(sum, sum + c.n_embd, 0.0f);
+            const int64_t first = range_start(r, c.n_ff), last = range_start(r + 1, c.n_ff);
+            // The range's neurons: all of them, or its slice of the (sorted) active list.
+            const int32_t* listed = nullptr;
+            int64_t count = last - first;
+            if (!every_neuron) {
+                const auto begin = std::lower_bound(active.begin(), active.end(), first);
+                listed = &*begin;
+                count = std::lower_bound(begin, active.end(), last) - begin;
+            }
+            for (int64_t k = 0; k < count; k += kMaxGatherRows) {
+                const int group = static_cast<int>(std::min<int64_t>(kMaxGatherRows, count - k));
+                for (int i = 0; i < group; ++i) {
+                    ids_in[i] = every_neuron ? static_cast<int32_t>(first + k + i) : listed[k + i];
+                }
+                const int live = neurons.compute(ids_in, group, gate_act, up_act, gate_.data(), ids, h);
+                for (int i = 0; i < live; ++i) rows[i] = l.ffn_down_t.row(ids[i]);
+                if (live > 0) down_axpy(c.n_embd, h, rows, live, sum);
+            }
+        }
+    });
+    std::fill(xn_.begin(), xn_.begin() + c.n_embd, 0.0f);
+    for (int64_t r = 0; r < kNeuronRanges; ++r) {
+        const float* sum = range_sums_.data() + r * c.n_embd;
+        for (int64_t e = 0; e < c.n_embd; ++e) xn_[static_cast<size_t>(e)] += sum[e];
+    }
+}
+
+void Session::neuron_activations(const NeuronRows& neurons, int64_t n, const PreparedInput& gate_in,
+                                 const PreparedInput& up_in, bool every_neuron) {
+    // gate_[t][j] = h_j of token t for the neurons it computes (zero elsewhere). Sparse: each
+    // token's active list is shared among the threads. Dense: the threads share the neurons,
+    // and each group of them serves every token while its rows are in cache.
+    const int64_t n_ff = model_->config().n_ff;
     pool_.run([&](int ith, int nth) {
+        int32_t ids_in[kMaxGatherRows], ids[kMaxGatherRows];
+        float h[kMaxGatherRows];
+        auto compute = [&](int64_t t, const int32_t* listed, int count) {
+            neurons.compute(listed, count, gate_in.data + t * gate_in.stride, up_in.data + t * up_in.stride,
+                            gate_.data() + t * n_ff, ids, h);
+        };
+        if (every_neuron) {
+            int64_t begin, end;
+            ThreadPool::split(n_ff, ith, nth, &begin, &end);
+            for (int64_t j = begin; j < end; j += kMaxGatherRows) {
+                const int group = static_cast<int>(std::min<int64_t>(kMaxGatherRows, end - j));
+                for (int i = 0; i < group; ++i) ids_in[i] = static_cast<int32_t>(j + i);
+                for (int64_t t = 0; t < n; ++t) compute(t, ids_in, group);
+            }
+            return;
+        }
         for (int64_t t = 0; t < n; ++t) {
             const std::vector<int32_t>& active = active_[static_cast<size_t>(t)];
             int64_t begin, end;
             ThreadPool::split(static_cast<int64_t>(active.size()), ith, nth, &begin, &end);
-            for (int64_t k = begin; k < end; ++k) {
-                if (k + kPrefetchAhead < end) {
-                    const int32_t ahead = active[static_cast<size_t>(k + kPrefetchAhead)];
-                    prefetch_bytes(l.ffn_gate.row(ahead), l.ffn_gate.row_bytes);
-                    prefetch_bytes(l.ffn_up.row(ahead), l.ffn_up.row_bytes);
-                }
-                const int32_t j = active[static_cast<size_t>(k)];
-                const float g = gate_dot(c.n_embd, l.ffn_gate.row(j), gate_in.data + t * gate_in.stride);
-                if (g <= 0.0f) continue;  // relu(g) = 0: up is not needed
-                const float u = up_dot(c.n_embd, l.ffn_up.row(j), up_in.data + t * up_in.stride);
-                gate_[static_cast<size_t>(t * c.n_ff + j)] = g * (relu_up ? std::max(u, 0.0f) : u);
+            for (int64_t k = begin; k < end; k += kMaxGatherRows) {
+                compute(t, active.data() + k, static_cast<int>(std::min<int64_t>(kMaxGatherRows, end - k)));
             }
         }
     });
@@ -139,62 +227,44 @@ void Session::select_active_neurons(const float* scores, int64_t n, const uint8_
     }
 }
 
-void Session::down_projection_transposed(const Matrix& down_t, int64_t n, bool only_active) {
-    // xn[t] = sum_j h[t][j] down_t[j]. Each thread owns a slice of the output columns and
-    // walks the neurons in order, so every output element has one writer and a fixed
-    // summation order: the same bits for any thread count (PowerInfer's own axpy lets
-    // threads race on one buffer; FACTS.md, Determinism).
+void Session::down_projection(const Matrix& down_t, int64_t n) {
+    // xn[t] = sum_j h[t][j] down_t[j] in the ranges' order (top of this file). Each thread owns
+    // a slice of the output columns and adds every range for it, so every output element has
+    // one writer; rows outer, tokens inner, so each row slice is converted to floats once per
+    // tile of tokens (h is zero for the neurons a token did not compute: no lists needed).
     const ModelConfig& c = model_->config();
     const DTypeInfo* info = dtype_info(static_cast<uint32_t>(down_t.type));
-    const int64_t unit = info->block_elems;           // a slice must be whole blocks
-    const int64_t units = c.n_embd / unit;
-    const RowAxpyFn axpy = row_axpy(kernels_, down_t.type);
+    const int64_t unit = info->block_elems;  // a slice must be whole blocks
     pool_.run([&](int ith, int nth) {
         int64_t begin, end;
-        ThreadPool::split(units, ith, nth, &begin, &end);
+        ThreadPool::split(c.n_embd / unit, ith, nth, &begin, &end);
         if (begin == end) return;
         const int64_t col0 = begin * unit, cols = (end - begin) * unit;
         const size_t byte_offset = static_cast<size_t>(begin) * info->block_bytes;
-        auto slice = [&](int64_t j) { return static_cast<const uint8_t*>(down_t.row(j)) + byte_offset; };
-        if (n == 1) {
-            // One token: each needed row is read once anyway; add it straight from its type.
-            float* out = xn_.data() + col0;
-            std::fill(out, out + cols, 0.0f);
-            const float* h = gate_.data();
-            auto accumulate = [&](int64_t j) {
-                if (h[j] != 0.0f) axpy(cols, h[j], slice(j), out);
-            };
-            if (only_active) {
-                const std::vector<int32_t>& active = active_[0];
-                const size_t slice_bytes = static_cast<size_t>(end - begin) * info->block_bytes;
-                for (size_t k = 0; k < active.size(); ++k) {
-                    if (k + kPrefetchAhead < active.size()) {
-                        prefetch_bytes(slice(active[k + kPrefetchAhead]), slice_bytes);
-                    }
-                    accumulate(active[k]);
-                }
-            } else {
-                for (int64_t j = 0; j < c.n_ff; ++j) accumulate(j);
-            }
-            return;
-        }
-        // A batch: rows outer, tokens inner, so each row slice is converted to floats once
-        // per tile of tokens rather than once per token (h is zero for the neurons a token
-        // did not compute, so the sparse path needs no lists here).
         float* row = down_rows_.data() + static_cast<size_t>(ith) * c.n_embd;
+        float* range_sums = down_tiles_.data() + static_cast<size_t>(ith) * kDownTokenTile * c.n_embd;
         for (int64_t t0 = 0; t0 < n; t0 += kDownTokenTile) {
             const int64_t tn = std::min(kDownTokenTile, n - t0);
             for (int64_t t = t0; t < t0 + tn; ++t) {
                 std::fill(xn_.data() + t * c.n_embd + col0, xn_.data() + t * c.n_embd + col0 + cols, 0.0f);
             }
-            for (int64_t j = 0; j < c.n_ff; ++j) {
-                bool needed = false;
-                for (int64_t t = t0; t < t0 + tn && !needed; ++t) needed = gate_[t * c.n_ff + j] != 0.0f;
-                if (!needed) continue;
-                kernels_.dequantize_row(down_t.type, slice(j), row, cols);
+            for (int64_t r = 0; r < kNeuronRanges; ++r) {
+                std::fill(range_sums, range_sums + tn * cols, 0.0f);
+                for (int64_t j = range_start(r, c.n_ff); j < range_start(r + 1, c.n_ff); ++j) {
+                    bool needed = false;
+                    for (int64_t t = t0; t < t0 + tn && !needed; ++t) needed = gate_[t * c.n_ff + j] != 0.0f;
+                    if (!needed) continue;
+                    kernels_.dequantize_row(down_t.type, static_cast<const uint8_t*>(down_t.row(j)) + byte_offset, row,
+                                            cols);
+                    for (int64_t t = t0; t < t0 + tn; ++t) {
+                        const float h = gate_[t * c.n_ff + j];
+                        if (h != 0.0f) kernels_.axpy_f32(cols, h, row, range_sums + (t - t0) * cols);
+                    }
+                }
                 for (int64_t t = t0; t < t0 + tn; ++t) {
-                    const float h = gate_[t * c.n_ff + j];
-                    if (h != 0.0f) kernels_.axpy_f32(cols, h, row, xn_.data() + t * c.n_embd + col0);
+                    float* out = xn_.data() + t * c.n_embd + col0;
+                    const float* sum = range_sums + (t - t0) * cols;
+                    for (int64_t e = 0; e < cols; ++e) out[e] += sum[e];
                 }
             }
         }

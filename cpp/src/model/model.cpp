@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 
 #include "common/errors.h"
 #include "common/memory.h"
@@ -39,6 +40,7 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
         }
     }
     model->interleave_matrices();
+    if (model->config_.powerinfer) model->bundle_neurons();
     return model;
 }
 
@@ -148,6 +150,7 @@ Matrix Model::matrix(const std::string& name, int64_t cols, int64_t rows) const 
         throw FormatError(file_->describe("tensor '" + name + "' has a bad row length"));
     }
     m.row_bytes = static_cast<size_t>(bytes);
+    m.stride = m.row_bytes;
     m.data = t->data;
     return m;
 }
@@ -175,6 +178,7 @@ Matrix Model::requantize_q8_0(const Matrix& m) {
     Matrix q = m;
     q.type = DType::Q8_0;
     q.row_bytes = static_cast<size_t>(m.cols / kQK) * sizeof(BlockQ8_0);
+    q.stride = q.row_bytes;
     q.interleaved = nullptr;
     uint8_t* storage = owned_copy(static_cast<uint64_t>(q.row_bytes) * static_cast<uint64_t>(m.rows),
                                   "8-bit copies of its weights in types without kernels");
@@ -191,7 +195,7 @@ Matrix Model::requantize_q8_0(const Matrix& m) {
 uint8_t* Model::owned_copy(uint64_t bytes, const std::string& what) {
     owned_bytes_ += bytes;
     require_memory(file_->describe(what), owned_bytes_);
-    return owned_weights_.emplace_back(static_cast<size_t>(bytes)).data();
+    return owned_weights_.emplace_back(static_cast<size_t>(bytes), file_->describe(what)).data();
 }
 
 void Model::interleave_matrices() {
@@ -218,6 +222,29 @@ void Model::interleave_matrices() {
         }
     }
     interleave(output_);
+}
+
+void Model::bundle_neurons() {
+    const int64_t n_ff = config_.n_ff;
+    for (LayerWeights& l : layers_) {
+        Matrix* parts[] = {&l.ffn_gate, &l.ffn_up, &l.ffn_down_t};
+        size_t stride = 0;
+        for (const Matrix* m : parts) stride += m->row_bytes;
+        stride = (stride + 63) / 64 * 64;  // each bundle starts on a cache line
+        uint8_t* dst = owned_copy(static_cast<uint64_t>(n_ff) * stride,
+                                  "the per-neuron copies of its gate, up and down rows");
+        size_t offset = 0;
+        for (Matrix* m : parts) {
+            for (int64_t j = 0; j < n_ff; ++j) std::memcpy(dst + j * stride + offset, m->row(j), m->row_bytes);
+            // As for interleaved copies: the CPU reads the bundles from now on; a GPU upload reads
+            // the rows it needs from them too.
+            file_->release_pages(m->data, static_cast<uint64_t>(n_ff) * m->row_bytes);
+            m->data = dst + offset;
+            m->stride = stride;
+            offset += m->row_bytes;
+        }
+        for (int64_t j = 0; j < n_ff; ++j) std::memset(dst + j * stride + offset, 0, stride - offset);
+    }
 }
 
 void Model::bind_weights() {

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "common/memory.h"
 #include "gguf/gguf_file.h"
 #include "tensor/dtype.h"
 #include "tokenizer/tokenizer.h"
@@ -37,25 +38,32 @@ struct ModelConfig {
     float sparse_threshold = 0.0f;
 };
 
-// A 2-D weight in the mapping: `rows` rows of `cols` elements, each row `row_bytes` long.
+// A 2-D weight: `rows` rows of `cols` elements, each row `row_bytes` long and `stride` bytes
+// after the one before (row_bytes in the mapping; more where rows of several matrices are
+// bundled, below).
 struct Matrix {
     DType type = DType::F32;
     int64_t rows = 0;
     int64_t cols = 0;
     size_t row_bytes = 0;
+    size_t stride = 0;
     const uint8_t* data = nullptr;
     // The same rows interleaved eight at a time (BlockQ4_0x8 / Q4_1x8 / Q8_0x8,
     // cpu/kernels.h) for the CPU's matrix products, where the kernels have a product for
     // them; null otherwise. `data` stays valid (row gathers, the GPU upload).
     const uint8_t* interleaved = nullptr;
 
-    const void* row(int64_t i) const { return data + static_cast<size_t>(i) * row_bytes; }
+    const void* row(int64_t i) const { return data + static_cast<size_t>(i) * stride; }
 };
 
 struct LayerWeights {
     std::vector<float> attn_norm;
     Matrix wq, wk, wv, wo;
     std::vector<float> ffn_norm;
+    // PowerInfer files keep neuron j's gate row, up row and ffn_down_t row side by side in a
+    // copy made at load (row j of each of the three matrices lies in one block of their common
+    // stride), so that an active neuron is one contiguous read ("row-column bundling", LLM in
+    // a Flash); dense files keep the matrices as stored.
     Matrix ffn_gate, ffn_up;
     Matrix ffn_down;    // dense files: n_embd rows of n_ff
     Matrix ffn_down_t;  // PowerInfer files: n_ff rows of n_embd, row j = neuron j's output
@@ -95,6 +103,8 @@ private:
     Matrix requantize_q8_0(const Matrix& m);
     // Interleaved copies of the quantised matrices that only matrix products read (cpu/kernels.h).
     void interleave_matrices();
+    // PowerInfer files: each layer's ffn_gate, ffn_up and ffn_down_t rows bundled per neuron.
+    void bundle_neurons();
     uint8_t* owned_copy(uint64_t bytes, const std::string& what);
 
     std::shared_ptr<GgufFile> file_;
@@ -104,7 +114,7 @@ private:
     std::vector<float> output_norm_;
     Matrix output_;
     std::vector<LayerWeights> layers_;
-    std::vector<std::vector<uint8_t>> owned_weights_;  // weights converted at load
+    std::vector<WeightBuffer> owned_weights_;  // weights converted at load
     uint64_t owned_bytes_ = 0;
 };
 

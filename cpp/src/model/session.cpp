@@ -73,7 +73,7 @@ void multiply_rows(const MatmulJob& job, int64_t r0, int64_t r1, int64_t n) {
         const int64_t rows_per_call = n == 1 ? 1 : 4;
         for (int64_t t = 0; t < n; t += 4) {
             for (int64_t r = r0; r < r1; r += rows_per_call) {
-                job.rows4(w.cols, w.row(r), w.row_bytes, static_cast<int>(std::min(rows_per_call, r1 - r)),
+                job.rows4(w.cols, w.row(r), w.stride, static_cast<int>(std::min(rows_per_call, r1 - r)),
                           job.act + t * job.stride, job.stride, tokens_from(t), job.y + t * w.rows + r, w.rows);
             }
         }
@@ -148,7 +148,8 @@ void Session::ensure_batch_capacity(int64_t n) {
     // Per token: x, xn, q, attn_out; k, v; gate, up and the active list (n_ff int32s).
     const uint64_t floats = static_cast<uint64_t>(n) *
         (4 * c.n_embd + 2 * kv_dim + 3 * c.n_ff + max_rank_ + c.rope_dim) +
-        static_cast<uint64_t>(pool_.size()) * static_cast<uint64_t>(n_ctx_ + c.n_embd);
+        static_cast<uint64_t>(pool_.size()) * static_cast<uint64_t>(n_ctx_ + (1 + kDownTokenTile) * c.n_embd) +
+        static_cast<uint64_t>(kNeuronRanges * c.n_embd);
     const uint64_t activation_bytes = static_cast<uint64_t>(kMaxMatmulOutputs) * n * widest * 4;
     require_memory("scratch buffers for a batch of " + std::to_string(n) + " tokens",
                    floats * 4 + activation_bytes);
@@ -168,6 +169,8 @@ void Session::ensure_batch_capacity(int64_t n) {
     sized(rope_sin_, n * (c.rope_dim / 2));
     sized(scores_, static_cast<int64_t>(pool_.size()) * n_ctx_);
     sized(down_rows_, static_cast<int64_t>(pool_.size()) * c.n_embd);
+    sized(down_tiles_, static_cast<int64_t>(pool_.size()) * kDownTokenTile * c.n_embd);
+    sized(range_sums_, kNeuronRanges * c.n_embd);
     // One slot per dot format a matmul may need at once; F32 (4 bytes) is the widest.
     activation_.assign(static_cast<size_t>(kMaxMatmulOutputs * n * widest * 4), 0);
     batch_capacity_ = n;

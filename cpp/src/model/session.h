@@ -84,10 +84,6 @@ private:
     void predict_active_neurons(const LayerWeights& l, int64_t n_tokens);
     // active_[t] = the neurons j with scores[t][j] >= threshold, skipping those with skip[j].
     void select_active_neurons(const float* scores, int64_t n_tokens, const uint8_t* skip);
-    // h of the active neurons of each token (gate_, zero elsewhere) from xn_.
-    void sparse_gate_up(const LayerWeights& l, int64_t n_tokens);
-    // xn_[t] = sum_j h[t][j] down_t[j] over every neuron or the active ones.
-    void down_projection_transposed(const Matrix& down_t, int64_t n_tokens, bool only_active);
 
     // x in the dot format of w, one row of `stride` bytes per token, in scratch slot `slot`
     // (converted only when `convert`; a slot already holding that format is reused).
@@ -96,6 +92,23 @@ private:
         size_t stride;
     };
     PreparedInput prepare_input(const Matrix& w, const float* x, int64_t n, int slot, bool convert);
+
+    // A PowerInfer FFN's sum over neurons is cut into this many fixed ranges of neuron ids,
+    // summed one by one and then added in order (feed_forward.cpp), so that the threads can
+    // share it out without the thread count or the batch changing a token's result.
+    static constexpr int64_t kNeuronRanges = 16;
+    static int64_t range_start(int64_t r, int64_t n_ff) { return r * n_ff / kNeuronRanges; }
+    struct NeuronRows;
+    // A PowerInfer FFN from xn_: h of every neuron or of each token's active ones (into gate_,
+    // zero elsewhere) and their sum xn_[t] = sum_j h[t][j] down_t[j].
+    void neuron_sum(const LayerWeights& l, int64_t n_tokens, bool every_neuron);
+    // The same for one token, gate, up and down rows of each range in one pass.
+    void neuron_sum_token(const LayerWeights& l, const NeuronRows& neurons, const void* gate_act,
+                          const void* up_act, bool every_neuron);
+    // A batch: h into gate_, then the down projection.
+    void neuron_activations(const NeuronRows& neurons, int64_t n_tokens, const PreparedInput& gate_in,
+                            const PreparedInput& up_in, bool every_neuron);
+    void down_projection(const Matrix& down_t, int64_t n_tokens);
 
     std::shared_ptr<const Model> model_;
     const KernelTable& kernels_;
@@ -114,6 +127,11 @@ private:
     std::vector<double> rope_inv_freq_;       // base^(-2i / rope_dim)
     std::vector<uint8_t> activation_;  // activations in a weight type's dot format
     std::vector<float> down_rows_;     // per thread, one ffn_down_t row slice as floats
+    // Tokens whose output slices a batched down projection keeps hot at once (16 tokens x a
+    // thread's columns: tens of KiB, within L1/L2).
+    static constexpr int64_t kDownTokenTile = 16;
+    std::vector<float> down_tiles_;   // per thread, the ranges' sums of a tile of tokens
+    std::vector<float> range_sums_;   // one token's sum per range of neurons
 
     // Sparse FFN state: predictor hidden layer, per-token active neuron ids, and the
     // number of neurons computed per layer over the last eval (for stats).

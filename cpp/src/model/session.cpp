@@ -1,6 +1,7 @@
 #include "model/session.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -21,6 +22,8 @@ constexpr int64_t kMaxBatch = 256;
 // Weight bytes a batched matrix product keeps hot while every token group passes over them
 // (about half a core's L2 on current x86 and Arm cores).
 constexpr size_t kMatmulChunkBytes = 256 * 1024;
+// Chunks per thread a matrix product is cut into at least, so that the threads finish together.
+constexpr uint64_t kMatmulChunksPerThread = 4;
 // Bound on a session's context: far above any model here, it stops absurd requests.
 constexpr int64_t kMaxContext = 1 << 20;
 
@@ -45,7 +48,6 @@ struct MatmulJob {
     RowDot4Fn dot4;
     Rows8DotFn rows8;   // set for an interleaved matrix (model.h) split in groups of eight
     Rows4DotFn rows4;   // four float rows at a time, where the level has it
-    int64_t first_row;  // of this matrix in the call's combined row range
 };
 
 // y[t][r] for rows [r0, r1) of the job and tokens [0, n): token groups of four pass over the
@@ -148,7 +150,7 @@ void Session::ensure_batch_capacity(int64_t n) {
     // Per token: x, xn, q, attn_out; k, v; gate, up and the active list (n_ff int32s).
     const uint64_t floats = static_cast<uint64_t>(n) *
         (4 * c.n_embd + 2 * kv_dim + 3 * c.n_ff + max_rank_ + c.rope_dim) +
-        static_cast<uint64_t>(pool_.size()) * static_cast<uint64_t>(n_ctx_ + (1 + kDownTokenTile) * c.n_embd) +
+        static_cast<uint64_t>(pool_.size()) * static_cast<uint64_t>(kAttentionHeads * n_ctx_ + (1 + kDownTokenTile) * c.n_embd) +
         static_cast<uint64_t>(kNeuronRanges * c.n_embd);
     const uint64_t activation_bytes = static_cast<uint64_t>(kMaxMatmulOutputs) * n * widest * 4;
     require_memory("scratch buffers for a batch of " + std::to_string(n) + " tokens",
@@ -167,7 +169,7 @@ void Session::ensure_batch_capacity(int64_t n) {
     sized(up_, n * c.n_ff);
     sized(rope_cos_, n * (c.rope_dim / 2));
     sized(rope_sin_, n * (c.rope_dim / 2));
-    sized(scores_, static_cast<int64_t>(pool_.size()) * n_ctx_);
+    sized(scores_, static_cast<int64_t>(pool_.size()) * kAttentionHeads * n_ctx_);
     sized(down_rows_, static_cast<int64_t>(pool_.size()) * c.n_embd);
     sized(down_tiles_, static_cast<int64_t>(pool_.size()) * kDownTokenTile * c.n_embd);
     sized(range_sums_, kNeuronRanges * c.n_embd);
@@ -198,15 +200,15 @@ Session::PreparedInput Session::prepare_input(const Matrix& w, const float* x, i
 
 void Session::matmul(std::initializer_list<MatmulOutput> outputs, const float* x, int64_t n) {
     // Quantise x once per dot format the weights need (the formats differ only when the
-    // matrices' types do), then split the rows of all matrices across the threads: in
-    // groups of eight when every matrix allows it, so interleaved matrices (model.h) go
-    // through their eight-row kernel.
+    // matrices' types do), then cut the matrices' rows into chunks, each dotted with every
+    // group of four tokens before the next: the chunk stays in L2 and a token group's
+    // activations in L1, instead of every row streaming all the batch's activations. The
+    // threads take the next chunk left, so a thread that memory serves more slowly holds no
+    // other up at the end; interleaved matrices (model.h) go in groups of eight rows.
     MatmulJob jobs[kMaxMatmulOutputs];
     DType prepared_formats[kMaxMatmulOutputs];
     int n_jobs = 0, n_formats = 0;
-    int64_t total_rows = 0;
-    bool groups_of_8 = true;
-    for (const MatmulOutput& out : outputs) groups_of_8 = groups_of_8 && out.w->rows % 8 == 0;
+    uint64_t total_bytes = 0;
     for (const MatmulOutput& out : outputs) {
         const DType format = activation_format(out.w->type);
         int slot = 0;
@@ -221,60 +223,96 @@ void Session::matmul(std::initializer_list<MatmulOutput> outputs, const float* x
         job.stride = in.stride;
         job.dot = row_dot(kernels_, out.w->type);
         job.dot4 = row_dot4(kernels_, out.w->type);
-        job.rows8 = groups_of_8 && out.w->interleaved != nullptr ? rows8_dot(kernels_, out.w->type) : nullptr;
+        job.rows8 = out.w->interleaved != nullptr && out.w->rows % 8 == 0 ? rows8_dot(kernels_, out.w->type) : nullptr;
         // Decoding too: a token's result must not depend on the batch (kernels.h).
         job.rows4 = rows4_dot(kernels_, out.w->type);
-        job.first_row = total_rows;
-        total_rows += out.w->rows;
+        total_bytes += static_cast<uint64_t>(out.w->rows) * out.w->row_bytes;
     }
-    const int64_t unit = groups_of_8 ? 8 : 1;
-    pool_.run([&](int ith, int nth) {
-        int64_t begin, end;
-        ThreadPool::split(total_rows / unit, ith, nth, &begin, &end);
-        for (int j = 0; j < n_jobs; ++j) {
-            const MatmulJob& job = jobs[j];
-            const int64_t lo = std::max(begin * unit, job.first_row) - job.first_row;
-            const int64_t hi = std::min(end * unit, job.first_row + job.w->rows) - job.first_row;
-            // Rows in chunks of about kMatmulChunkBytes, each chunk dotted with every group of
-            // four tokens before the next: the chunk stays in L2 and a token group's
-            // activations in L1, instead of every row streaming all the batch's activations.
-            const int64_t chunk = std::max<int64_t>(
-                unit, static_cast<int64_t>(kMatmulChunkBytes / job.w->row_bytes) / unit * unit);
-            for (int64_t c0 = lo; c0 < hi; c0 += chunk) multiply_rows(job, c0, std::min(hi, c0 + chunk), n);
+    // Chunks of at most kMatmulChunkBytes, and at least kMatmulChunksPerThread per thread.
+    const uint64_t chunk_bytes = std::max<uint64_t>(
+        1, std::min<uint64_t>(kMatmulChunkBytes, total_bytes / (static_cast<uint64_t>(pool_.size()) * kMatmulChunksPerThread)));
+    int64_t chunk_rows[kMaxMatmulOutputs], first_chunk[kMaxMatmulOutputs + 1] = {0};
+    for (int j = 0; j < n_jobs; ++j) {
+        const int64_t unit = jobs[j].rows8 != nullptr ? 8 : 1;
+        chunk_rows[j] = std::max<int64_t>(unit, static_cast<int64_t>(chunk_bytes / jobs[j].w->row_bytes) / unit * unit);
+        first_chunk[j + 1] = first_chunk[j] + (jobs[j].w->rows + chunk_rows[j] - 1) / chunk_rows[j];
+    }
+    std::atomic<int64_t> next_chunk{0};
+    pool_.run([&](int, int) {
+        for (int64_t c; (c = next_chunk.fetch_add(1, std::memory_order_relaxed)) < first_chunk[n_jobs];) {
+            int j = 0;
+            while (c >= first_chunk[j + 1]) ++j;
+            const int64_t r0 = (c - first_chunk[j]) * chunk_rows[j];
+            multiply_rows(jobs[j], r0, std::min(jobs[j].w->rows, r0 + chunk_rows[j]), n);
         }
     });
 }
 
 void Session::attention(int layer, int64_t n_tokens) {
+    // A job is one token and up to kAttentionHeads of the query heads that share a KV head
+    // (grouped-query attention): each cached key and value row, read once, serves them all.
+    // Scores come from the four-row product (kernels.h: each key and head gets what it gets
+    // alone) where the level has one, values go in through the gathered axpy (what one axpy
+    // per key gives), so a head's result does not depend on its company or the batch.
     const ModelConfig& c = model_->config();
     const int64_t hd = c.head_dim, kv_dim = c.n_head_kv * hd, group = c.n_head / c.n_head_kv;
+    const int64_t head_sets = (group + kAttentionHeads - 1) / kAttentionHeads;  // per KV head
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     const uint16_t* kc = k_cache_.data() + static_cast<size_t>(layer) * n_ctx_ * kv_dim;
     const uint16_t* vc = v_cache_.data() + static_cast<size_t>(layer) * n_ctx_ * kv_dim;
-    const int64_t jobs = n_tokens * c.n_head;
+    const Rows4DotFn key_rows = rows4_dot(kernels_, DType::F16);
+    const GatherAxpyFn value_rows = gather_axpy(kernels_, DType::F16);
+    const int64_t jobs = n_tokens * c.n_head_kv * head_sets;
     pool_.run([&](int ith, int nth) {
-        float* scores = scores_.data() + static_cast<size_t>(ith) * n_ctx_;
+        float* scores = scores_.data() + static_cast<size_t>(ith) * kAttentionHeads * n_ctx_;  // [head][key]
         int64_t begin, end;
         ThreadPool::split(jobs, ith, nth, &begin, &end);
         for (int64_t job = begin; job < end; ++job) {
-            const int64_t t = job / c.n_head, h = job % c.n_head, kvh = h / group;
+            const int64_t t = job / (c.n_head_kv * head_sets), kvh = job / head_sets % c.n_head_kv;
+            const int64_t h0 = kvh * group + job % head_sets * kAttentionHeads;  // first query head
+            const int heads = static_cast<int>(std::min(kAttentionHeads, (kvh + 1) * group - h0));
             const int64_t n_keys = n_past_ + t + 1;  // causal: positions up to this token's own
-            const float* q = q_.data() + t * c.n_embd + h * hd;
-            float max_score = -std::numeric_limits<float>::infinity();
-            for (int64_t p = 0; p < n_keys; ++p) {
-                scores[p] = kernels_.dot_f16(hd, kc + p * kv_dim + kvh * hd, q) * scale;
-                max_score = std::max(max_score, scores[p]);
+            const float* q = q_.data() + t * c.n_embd + h0 * hd;
+            const uint16_t* keys = kc + kvh * n_ctx_ * hd;
+            const uint16_t* values = vc + kvh * n_ctx_ * hd;
+            for (int64_t p = 0; p < n_keys; p += 4) {
+                const int rows = static_cast<int>(std::min<int64_t>(4, n_keys - p));
+                if (key_rows != nullptr) {
+                    key_rows(hd, keys + p * hd, hd * sizeof(uint16_t), rows, q, hd * sizeof(float), heads, scores + p,
+                             n_ctx_);
+                    continue;
+                }
+                for (int g = 0; g < heads; ++g) {
+                    for (int r = 0; r < rows; ++r) {
+                        scores[g * n_ctx_ + p + r] = kernels_.dot_f16(hd, keys + (p + r) * hd, q + g * hd);
+                    }
+                }
             }
-            float total = 0.0f;
-            for (int64_t p = 0; p < n_keys; ++p) {
-                scores[p] = std::exp(scores[p] - max_score);
-                total += scores[p];
-            }
-            float* out = attn_out_.data() + t * c.n_embd + h * hd;
-            std::fill(out, out + hd, 0.0f);
-            const float inv_total = 1.0f / total;
-            for (int64_t p = 0; p < n_keys; ++p) {
-                kernels_.axpy_f16(hd, scores[p] * inv_total, vc + p * kv_dim + kvh * hd, out);
+            for (int g = 0; g < heads; ++g) {
+                float* score = scores + g * n_ctx_;
+                float max_score = -std::numeric_limits<float>::infinity();
+                for (int64_t p = 0; p < n_keys; ++p) {
+                    score[p] *= scale;
+                    max_score = std::max(max_score, score[p]);
+                }
+                float total = 0.0f;
+                for (int64_t p = 0; p < n_keys; ++p) {
+                    score[p] = std::exp(score[p] - max_score);
+                    total += score[p];
+                }
+                float* out = attn_out_.data() + t * c.n_embd + (h0 + g) * hd;
+                std::fill(out, out + hd, 0.0f);
+                const float inv_total = 1.0f / total;
+                float weights[kMaxGatherRows];
+                const void* value_ptrs[kMaxGatherRows];
+                for (int64_t p = 0; p < n_keys; p += kMaxGatherRows) {
+                    const int rows = static_cast<int>(std::min<int64_t>(kMaxGatherRows, n_keys - p));
+                    for (int r = 0; r < rows; ++r) {
+                        weights[r] = score[p + r] * inv_total;
+                        value_ptrs[r] = values + (p + r) * hd;
+                    }
+                    value_rows(hd, weights, value_ptrs, rows, out);
+                }
             }
         }
     });
@@ -384,15 +422,19 @@ void Session::cpu_attention(int il, int64_t n) {
     matmul({{&l.wq, q_.data()}, {&l.wk, k_.data()}, {&l.wv, v_.data()}}, xn_.data(), n);
     uint16_t* kc = k_cache_.data() + static_cast<size_t>(il) * n_ctx_ * kv_dim;
     uint16_t* vc = v_cache_.data() + static_cast<size_t>(il) * n_ctx_ * kv_dim;
+    const int64_t hd = c.head_dim;
     for (int64_t t = 0; t < n; ++t) {
         const int64_t pos = n_past_ + t;
         const float* cos = rope_cos_.data() + t * half_rope;
         const float* sin = rope_sin_.data() + t * half_rope;
         for (int64_t h = 0; h < c.n_head; ++h) rope(q_.data() + t * c.n_embd + h * c.head_dim, c.rope_dim, cos, sin);
         for (int64_t h = 0; h < c.n_head_kv; ++h) rope(k_.data() + t * kv_dim + h * c.head_dim, c.rope_dim, cos, sin);
-        for (int64_t i = 0; i < kv_dim; ++i) {
-            kc[pos * kv_dim + i] = fp32_to_fp16(k_[static_cast<size_t>(t * kv_dim + i)]);
-            vc[pos * kv_dim + i] = fp32_to_fp16(v_[static_cast<size_t>(t * kv_dim + i)]);
+        for (int64_t h = 0; h < c.n_head_kv; ++h) {
+            const size_t at = static_cast<size_t>((h * n_ctx_ + pos) * hd);
+            for (int64_t d = 0; d < hd; ++d) {
+                kc[at + d] = fp32_to_fp16(k_[static_cast<size_t>(t * kv_dim + h * hd + d)]);
+                vc[at + d] = fp32_to_fp16(v_[static_cast<size_t>(t * kv_dim + h * hd + d)]);
+            }
         }
     }
     attention(il, n);

@@ -72,6 +72,8 @@ private:
     };
     static constexpr int kMaxMatmulOutputs = 3;
     void matmul(std::initializer_list<MatmulOutput> outputs, const float* x, int64_t n);
+    // The query heads that one attention job serves (the four-row product takes four).
+    static constexpr int64_t kAttentionHeads = 4;
     void attention(int layer, int64_t n_tokens);
     // x += FFN(x) for the batch: dense SiLU, dense ReLU, or the sparse PowerInfer path.
     void feed_forward(int layer, int64_t n_tokens);
@@ -116,8 +118,9 @@ private:
     int64_t n_ctx_;
     int64_t n_past_ = 0;
 
-    // KV cache of the CPU layers: per layer, n_ctx rows of kv_dim IEEE halves for K and for
-    // V (half the memory and bandwidth of floats, as llama.cpp's default).
+    // KV cache of the CPU layers: per layer and KV head, n_ctx rows of head_dim IEEE halves
+    // for K and for V (half the memory and bandwidth of floats, as llama.cpp's default); a
+    // head's keys lie together, so that attention streams them.
     std::vector<uint16_t> k_cache_, v_cache_;
 
     // Scratch for a batch of up to batch_capacity_ tokens.

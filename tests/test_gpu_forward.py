@@ -75,7 +75,7 @@ class Float32Reference(sparse_reference.SparseReference):
 def gpu_model(path, **kw):
     kw.setdefault("n_ctx", 128)
     kw.setdefault("n_threads", 1)
-    return sparseinfer.Model(str(path), device="cuda", **kw)
+    return sparseinfer.Model(str(path), device="cuda", predictor_q8=False, **kw)
 
 
 # ---- the parent: children over each plugin ---------------------------------------------
@@ -143,20 +143,20 @@ def stub_plugins(tmp_path_factory):
 
 
 def test_engine_refuses_a_plugin_of_another_abi(tiny_model, stub_plugins):
-    model = _core.Model(tiny_model)
+    model = _core.Model(tiny_model, predictor_q8=False)
     with pytest.raises(sparseinfer.UnsupportedModelError, match="speaks ABI 99"):
         _core.DeviceModel(model, stub_plugins[99])
 
 
 def test_engine_reports_no_device_in_cudas_words(tiny_model, stub_plugins):
-    model = _core.Model(tiny_model)
+    model = _core.Model(tiny_model, predictor_q8=False)
     current = cuda_build.header_defines()["SI_CUDA_ABI_VERSION"]
     with pytest.raises(sparseinfer.SparseInferError, match="no CUDA-capable device is detected"):
         _core.DeviceModel(model, stub_plugins[current])
 
 
 def test_engine_reports_a_plugin_that_cannot_be_loaded(tiny_model, tmp_path):
-    model = _core.Model(tiny_model)
+    model = _core.Model(tiny_model, predictor_q8=False)
     missing = str(tmp_path / "nothing-here.so")
     with pytest.raises(sparseinfer.UnsupportedModelError, match="could not be loaded"):
         _core.DeviceModel(model, missing)
@@ -314,7 +314,7 @@ def test_hybrid_decoding_matches_the_cpu_and_counts_the_active_neurons(tmp_path)
     np.testing.assert_allclose(fractions, want_fractions, atol=1e-12)
     np.testing.assert_allclose(prompt_fractions, np.mean(want_fractions, axis=0), atol=1e-12)
     args = dict(max_tokens=5, temperature=0, ignore_eos=True)
-    with sparseinfer.Model(str(path), n_ctx=64, n_threads=1, sparse=True) as cpu:
+    with sparseinfer.Model(str(path), n_ctx=64, n_threads=1, sparse=True, predictor_q8=False) as cpu:
         greedy = cpu.generate("hello world", **args)
     with gpu_model(path, n_ctx=64, vram_budget=f"{budget}B") as m:  # sparse="auto"
         assert m.is_sparse and m.generate("hello world", **args) == greedy
@@ -452,7 +452,7 @@ def test_long_prompt_runs_in_chunks(tmp_path):
 def test_greedy_generation_matches_the_cpu(tmp_path):
     ggufgen.write_llama_model(tmp_path / "m.gguf")
     args = dict(max_tokens=4, temperature=0, ignore_eos=True)
-    with sparseinfer.Model(str(tmp_path / "m.gguf"), n_ctx=64, n_threads=1) as cpu:
+    with sparseinfer.Model(str(tmp_path / "m.gguf"), n_ctx=64, n_threads=1, predictor_q8=False) as cpu:
         want = cpu.generate("hello world", **args)
     with gpu_model(tmp_path / "m.gguf", n_ctx=64) as m:
         assert m.generate("hello world", **args) == want

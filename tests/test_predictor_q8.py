@@ -50,3 +50,70 @@ def test_predictor_q8_on_a_dense_file_is_refused(tmp_path):
     ggufgen.write_llama_model(path)
     with pytest.raises(ValueError, match="predictor_q8"):
         _core.Model(str(path), predictor_q8=True)
+
+
+# ---- predictor_q8="auto" (the default): per layer, by agreement on random probes ------------
+
+def make_fragile(raw, layer):
+    """Makes a layer's predictor one that an 8-bit copy breaks: each fc2 row gets one huge
+    weight on a hidden unit that is always 0 (its fc1 row is zero), so the float scores are
+    unchanged, but Q8_0's per-block scale then rounds every other weight of the row to 0."""
+    p = f"blk.{layer}."
+    raw[p + "fc1.weight"][0] = 0.0
+    raw[p + "fc2.weight"][:, 0] = 1000.0
+    return raw
+
+
+def write(tmp_path, name, fragile_layers=(), **kw):
+    raw = sparsegen.make_sparse_weights(n_vocab=320, n_embd=64, n_layer=3, n_head=4, n_head_kv=2,
+                                        n_ff=128, predictor="random", rank=32, seed=11)
+    for layer in fragile_layers:
+        make_fragile(raw, layer)
+    path = tmp_path / name
+    sparsegen.write_pwri_model(path, raw=raw, n_layer=3, **kw)
+    return path
+
+
+@pytest.mark.parametrize("weight_type", ["F32", "F16"])
+def test_auto_takes_every_layer_whose_decisions_agree(tmp_path, weight_type):
+    path = write(tmp_path, "m.gguf", weight_type=weight_type)
+    auto, auto_fractions = logits_and_fractions(path)  # the default
+    on, on_fractions = logits_and_fractions(path, predictor_q8=True)
+    np.testing.assert_array_equal(auto, on)
+    assert auto_fractions == on_fractions
+    with sparseinfer.Model(str(path), n_ctx=16) as m:
+        assert m.predictor_q8_layers == [True, True, True]
+
+
+def test_auto_keeps_the_stored_predictor_where_an_8_bit_copy_flips_decisions(tmp_path):
+    path = write(tmp_path, "fragile.gguf", fragile_layers=(0, 1, 2))
+    auto, auto_fractions = logits_and_fractions(path, predictor_q8="auto")
+    off, off_fractions = logits_and_fractions(path, predictor_q8=False)
+    np.testing.assert_array_equal(auto, off)
+    assert auto_fractions == off_fractions
+    # ... where forcing the copy really changes the model.
+    on, on_fractions = logits_and_fractions(path, predictor_q8=True)
+    assert on_fractions != off_fractions
+    # Layer by layer.
+    mixed = write(tmp_path, "mixed.gguf", fragile_layers=(1,))
+    assert _core.Model(str(mixed)).predictor_q8_layers == [True, False, True]
+
+
+def test_auto_leaves_predictors_stored_in_8_bits_or_fewer_and_dense_files(tmp_path):
+    for pred_type in ["Q8_0", "Q4_0"]:
+        path = write(tmp_path, f"{pred_type}.gguf", weight_type="F32", pred_type=pred_type)
+        assert _core.Model(str(path)).predictor_q8_layers == [False, False, False]
+    import ggufgen
+    dense = tmp_path / "dense.gguf"
+    ggufgen.write_llama_model(dense)
+    with sparseinfer.Model(str(dense), n_ctx=16) as m:  # "auto" is no error on a dense file
+        assert not any(m.predictor_q8_layers)
+
+
+def test_predictor_q8_takes_only_true_false_or_auto(tmp_path):
+    path = write(tmp_path, "m.gguf")
+    for bad in ["yes", 1, None]:
+        with pytest.raises(ValueError, match="predictor_q8"):
+            sparseinfer.Model(str(path), predictor_q8=bad)
+        with pytest.raises(ValueError, match="predictor_q8"):
+            _core.Model(str(path), predictor_q8=bad)

@@ -80,7 +80,7 @@ def assert_counts_match(counts, layers_fired, what=""):
 
 
 def count_with_engine(path, token_batches, *, sparse, n_threads):
-    session = _core.Session(_core.Model(str(path)), N_CTX, n_threads, sparse=sparse)
+    session = _core.Session(_core.Model(str(path), predictor_q8=False), N_CTX, n_threads, sparse=sparse)
     assert not session.neuron_counting  # off by default
     session.set_neuron_counting(True)
     for batch in token_batches:
@@ -143,7 +143,7 @@ def test_counts_span_several_batches(tmp_path):
     toks = sparsegen.tokens(300, seed=4)
     ref = RecordingReference(w, sparse=False)
     ref.eval(toks)
-    session = _core.Session(_core.Model(w.path), 320, 2)
+    session = _core.Session(_core.Model(w.path, predictor_q8=False), 320, 2)
     session.set_neuron_counting(True)
     session.eval(toks)
     assert session.neuron_count_tokens == 300
@@ -153,7 +153,7 @@ def test_counts_span_several_batches(tmp_path):
 def test_counting_is_opt_in_and_resets(models):
     w = models["llama", "F32"]
     toks = sparsegen.tokens(12, seed=1)
-    session = _core.Session(_core.Model(w.path), N_CTX, 2)
+    session = _core.Session(_core.Model(w.path, predictor_q8=False), N_CTX, 2)
     session.eval(toks)
     assert session.neuron_count_tokens == 0
     assert not session.neuron_counts().any()

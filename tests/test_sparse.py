@@ -50,7 +50,7 @@ MIN_MARGIN = 3e-5  # no score this close (x std) to the threshold in exact-mask 
 
 def run_engine(path, tokens, *, sparse="auto", n_threads=N_THREADS, n_ctx=N_CTX):
     """(logits, stats, is_sparse) of one logits() call through the public API."""
-    m = sparseinfer.Model(str(path), n_ctx=n_ctx, n_threads=n_threads, sparse=sparse)
+    m = sparseinfer.Model(str(path), n_ctx=n_ctx, n_threads=n_threads, sparse=sparse, predictor_q8=False)
     try:
         out = m.logits(tokens)
         assert isinstance(out, np.ndarray) and out.dtype == np.float32
@@ -180,7 +180,7 @@ def test_threshold_from_metadata(tmp_path):
         w = sparsegen.write_pwri_model(tmp_path / f"t{thr}.gguf", raw=raw, threshold=thr)
         got, want, ref = check_against_reference(w, toks, "F32", what=f"threshold {thr}")
         fractions[thr] = ref.active_fraction()
-        m = sparseinfer.Model(w.path, n_ctx=N_CTX, n_threads=N_THREADS)
+        m = sparseinfer.Model(w.path, n_ctx=N_CTX, n_threads=N_THREADS, predictor_q8=False)
         if thr is None:
             assert "powerinfer.sparse_threshold" not in m.metadata
         else:
@@ -199,7 +199,7 @@ def test_threshold_from_metadata(tmp_path):
 def test_incremental_equals_batch(tmp_path, weight_type):
     w = sparsegen.write_pwri_model(tmp_path / "inc.gguf", weight_type=weight_type, threshold=0.1, seed=5)
     toks = sparsegen.tokens(24, seed=5)
-    model = _core.Model(w.path)
+    model = _core.Model(w.path, predictor_q8=False)
 
     s = _core.Session(model, N_CTX, N_THREADS, sparse=True)
     assert s.sparse
@@ -244,7 +244,7 @@ def test_prompt_longer_than_a_batch(tmp_path):
 
 def test_generate_greedy_follows_reference(tmp_path):
     w = sparsegen.write_pwri_model(tmp_path / "gen.gguf", threshold=0.1, seed=7)
-    m = sparseinfer.Model(w.path, n_ctx=N_CTX, n_threads=N_THREADS)
+    m = sparseinfer.Model(w.path, n_ctx=N_CTX, n_threads=N_THREADS, predictor_q8=False)
     assert m.is_sparse
     prompt = "hello world the model"
     ptoks = m.tokenize(prompt)
@@ -278,7 +278,7 @@ def test_sparse_flag(tmp_path):
     w = sparsegen.write_pwri_model(tmp_path / "pwri.gguf", weight_type="F16", seed=9)
     toks = sparsegen.tokens(16, seed=9)
     for sparse in ("auto", True):
-        with sparseinfer.Model(w.path, n_ctx=N_CTX, sparse=sparse) as m:
+        with sparseinfer.Model(w.path, n_ctx=N_CTX, sparse=sparse, predictor_q8=False) as m:
             assert m.is_sparse
     # sparse=False on a PowerInfer file: dense ReLU over every neuron
     got, stats, is_sparse = run_engine(w.path, toks, sparse=False)
@@ -304,7 +304,7 @@ _CHILD = textwrap.dedent("""
     import numpy as np
     from sparseinfer import _core
     path, out, toks = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-    s = _core.Session(_core.Model(path), 64, 2, sparse=True)
+    s = _core.Session(_core.Model(path, predictor_q8=False), 64, 2, sparse=True)
     s.eval(toks, all_logits=True)
     np.save(out, s.logits())
     print(json.dumps({"isa": _core.system_info()["isa"], "layers": s.active_fractions()}))
@@ -372,7 +372,7 @@ def test_deterministic_across_runs_and_threads(tmp_path, weight_type):
     assert np.array_equal(a, c), f"1 vs 3 threads differ by {np.abs(a - c).max()}"
     assert sa["layers"] == sb["layers"] == sc["layers"]
     # and the one-token (decode) path
-    model = _core.Model(w.path)
+    model = _core.Model(w.path, predictor_q8=False)
     rows = {}
     for nt in (1, 2, 3):
         s = _core.Session(model, N_CTX, nt, sparse=True)

@@ -172,13 +172,21 @@ void bind_model(py::module_& m) {
           py::arg("weight"), py::arg("a"), py::arg("y"));
 
     py::class_<Model, std::shared_ptr<Model>>(m, "Model")
-        .def(py::init([](const std::string& path, bool predictor_q8) {
-                 py::gil_scoped_release release;
+        .def(py::init([](const std::string& path, const py::object& predictor_q8) {
                  LoadOptions options;
-                 options.predictor_q8 = predictor_q8;
+                 if (py::isinstance<py::bool_>(predictor_q8)) {
+                     options.predictor_q8 = predictor_q8.cast<bool>() ? PredictorQ8::on : PredictorQ8::off;
+                 } else if (py::isinstance<py::str>(predictor_q8) && predictor_q8.cast<std::string>() == "auto") {
+                     options.predictor_q8 = PredictorQ8::automatic;
+                 } else {
+                     throw ArgumentError("predictor_q8 must be True, False or 'auto', got " +
+                                         py::repr(predictor_q8).cast<std::string>());
+                 }
+                 py::gil_scoped_release release;
                  return std::const_pointer_cast<Model>(Model::load(path, options));
              }),
-             py::arg("path"), py::arg("predictor_q8") = false)
+             py::arg("path"), py::arg("predictor_q8") = "auto")
+        .def_property_readonly("predictor_q8_layers", [](const Model& self) { return self.predictor_q8_layers(); })
         .def_property_readonly("path", [](const Model& self) { return self.file().path(); })
         .def_property_readonly("arch", [](const Model& self) { return self.config().arch; })
         .def_property_readonly("n_vocab", [](const Model& self) { return self.config().n_vocab; })

@@ -33,7 +33,8 @@ class StreamDecoder:
 
 class Model:
     """Immutable after load; shared by sessions. The GIL is released while loading."""
-    def __init__(self, path: str, predictor_q8: bool = False) -> None: ...
+    def __init__(self, path: str, predictor_q8: Union[bool, str] = "auto") -> None: ...
+    predictor_q8_layers: list[bool]  # per layer: its predictor runs as an 8-bit copy
     path: str
     arch: str
     n_vocab: int

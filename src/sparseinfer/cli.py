@@ -133,8 +133,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sparse", choices=["auto", "on", "off"], default="auto",
                         help="sparse FFN: auto (when the file has predictors), on, or off "
                              "(default: %(default)s)")
-    parser.add_argument("--predictor-q8", action="store_true",
-                        help="store a sparse model's predictors as 8-bit at load (faster)")
+    parser.add_argument("--predictor-q8", choices=["auto", "on", "off"], default="auto",
+                        help="a sparse model's predictors as 8-bit copies: auto (each layer whose "
+                             "decisions agree on 99.5%% of random probes), on or off "
+                             "(default: %(default)s)")
     parser.add_argument("--device", default="auto", metavar="DEVICE",
                         help="auto, cpu or cuda[:N] (default: %(default)s)")
     parser.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1, metavar="N",
@@ -148,7 +150,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def _open_model(args: argparse.Namespace) -> Model:
     sparse = {"auto": "auto", "on": True, "off": False}[args.sparse]
     return Model(args.model, n_ctx=args.ctx_size, n_threads=args.threads, sparse=sparse,
-                 predictor_q8=args.predictor_q8, device=args.device,
+                 predictor_q8={"auto": "auto", "on": True, "off": False}[args.predictor_q8], device=args.device,
                  n_gpu_layers=args.n_gpu_layers, vram_budget=args.vram_budget)
 
 

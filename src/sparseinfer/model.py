@@ -380,7 +380,7 @@ class Model(_Inference):
         sparse: Union[str, bool] = "auto",
         n_gpu_layers: int = -1,
         vram_budget: Union[float, str, None] = None,
-        predictor_q8: bool = False,
+        predictor_q8: Union[bool, str] = "auto",
     ) -> None:
         """Loads the model file (memory-mapped; the weights are not copied).
 
@@ -411,10 +411,12 @@ class Model(_Inference):
                 "8GB"; None: what the GPU has free, less 256 MiB. A budget that cannot hold
                 one layer and the output head raises ValueError; a placement larger than
                 the GPU's free memory raises MemoryError before anything is uploaded.
-            predictor_q8: requantise a PowerInfer file's predictors to 8 bits at load. They
-                are read in full for every token, so this speeds up sparse decoding at the
-                cost of a few flipped near-threshold decisions (benchmarks/bench_sparse.py
-                measures how many).
+            predictor_q8: run a PowerInfer file's predictors as 8-bit (Q8_0) copies made at
+                load. They are read in full for every token, so this speeds up sparse
+                decoding at the cost of a few flipped near-threshold decisions. "auto": each
+                layer whose F32/F16/BF16 predictor agrees with its 8-bit copy on at least
+                99.5% of the neuron decisions for random probe inputs (predictor_q8_layers
+                says which); True: every layer; False: as stored.
         """
         self._path = os.fspath(path)
         if not os.path.exists(self._path) and _fetch.is_model_reference(self._path):
@@ -431,7 +433,9 @@ class Model(_Inference):
         self._n_gpu_layers = _require_int("n_gpu_layers", n_gpu_layers, minimum=-1)
         self._vram_budget = None if vram_budget is None else parse_memory_size("vram_budget", vram_budget)
 
-        self._native: Optional[_core.Model] = _core.Model(self._path, predictor_q8=bool(predictor_q8))
+        if predictor_q8 != "auto" and not isinstance(predictor_q8, bool):
+            raise ValueError(f"predictor_q8 must be 'auto', True or False, got {predictor_q8!r}")
+        self._native: Optional[_core.Model] = _core.Model(self._path, predictor_q8=predictor_q8)
         if sparse is True and not self._native.is_powerinfer:
             raise UnsupportedModelError(
                 f"{self._path}: sparse=True needs a PowerInfer model (file magic PWRI, with "
@@ -443,6 +447,7 @@ class Model(_Inference):
             self._placement, self._device_model = self._place_on_device()
         self._tokenizer = self._native.tokenizer
         self._metadata = self._native.metadata()
+        self._predictor_q8_layers = list(self._native.predictor_q8_layers)
         self._arch, self._n_vocab, self._n_layer = (
             self._native.arch, self._native.n_vocab, self._native.n_layer)
         self._sessions_lock = threading.Lock()
@@ -515,6 +520,12 @@ class Model(_Inference):
         """Bytes of weights held on the GPU (0 on the CPU): uploaded once, shared by every
         session of the Model."""
         return 0 if self._device_model is None else int(self._device_model.weight_bytes)
+
+    @property
+    def predictor_q8_layers(self) -> list[bool]:
+        """Per layer, whether its predictor runs as an 8-bit copy (the predictor_q8 argument);
+        all False for a dense file."""
+        return list(self._predictor_q8_layers)
 
     @property
     def is_sparse(self) -> bool:

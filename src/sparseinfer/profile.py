@@ -189,13 +189,14 @@ def profile_model(model: Union[PathLike, "_core.Model", object], texts: Union[st
 
 
 def _native_model(model: object) -> "_core.Model":
+    # Profiles run densely: the predictors are not read, so they stay as stored.
     if isinstance(model, _core.Model):
         return model
     if isinstance(model, (str, os.PathLike)):
-        return _core.Model(os.fspath(model))
+        return _core.Model(os.fspath(model), predictor_q8=False)
     path = getattr(model, "path", None)
     if isinstance(path, (str, os.PathLike)):
-        return _core.Model(os.fspath(path))
+        return _core.Model(os.fspath(path), predictor_q8=False)
     raise TypeError(f"model must be a path or a model, not {type(model).__name__}")
 
 

@@ -50,10 +50,17 @@ std::string generate(Session& session, const std::string& prompt, int max_tokens
                      const SamplingParams& params = {},
                      const std::function<bool(const std::string&)>& on_text = nullptr);
 
+// Whether a PowerInfer file's predictors run as 8-bit copies made at load: they are read in
+// full for every token, so sparse decoding gets faster; a few near-threshold decisions flip.
+enum class PredictorQ8 {
+    Off,   // as stored
+    On,    // every layer's (ArgumentError for a file without predictors)
+    Auto,  // each layer whose F32/F16/BF16 predictor agrees with its 8-bit copy on at least
+           // 99.5% of the decisions for random probe inputs
+};
+
 struct LoadOptions {
-    // Requantise a PowerInfer file's predictors to 8 bits at load: they are read in full
-    // for every token, so sparse decoding gets faster; a few near-threshold decisions flip.
-    bool predictor_q8 = false;
+    PredictorQ8 predictor_q8 = PredictorQ8::Auto;
 };
 
 class Model {

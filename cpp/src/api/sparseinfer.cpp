@@ -15,7 +15,11 @@ Model::~Model() = default;
 
 std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOptions& options) {
     si::LoadOptions engine_options;
-    engine_options.predictor_q8 = options.predictor_q8;
+    switch (options.predictor_q8) {
+        case PredictorQ8::Off: engine_options.predictor_q8 = si::PredictorQ8::off; break;
+        case PredictorQ8::On: engine_options.predictor_q8 = si::PredictorQ8::on; break;
+        case PredictorQ8::Auto: engine_options.predictor_q8 = si::PredictorQ8::automatic; break;
+    }
     return std::shared_ptr<const Model>(new Model(si::Model::load(path, engine_options)));
 }
 

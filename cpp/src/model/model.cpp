@@ -1,5 +1,6 @@
 #include "model/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -30,15 +31,7 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
             " tokens but token_embd.weight has " + std::to_string(model->config_.n_vocab) + " rows"));
     }
     model->bind_weights();
-    if (options.predictor_q8) {
-        if (!model->config_.powerinfer) {
-            throw ArgumentError(model->file_->describe("predictor_q8 needs a PowerInfer file with predictors"));
-        }
-        for (LayerWeights& l : model->layers_) {
-            l.fc1 = model->requantize_q8_0(l.fc1);
-            l.fc2 = model->requantize_q8_0(l.fc2);
-        }
-    }
+    model->requantize_predictors(options.predictor_q8);
     model->interleave_matrices();
     if (model->config_.powerinfer) model->bundle_neurons();
     return model;
@@ -166,7 +159,10 @@ Matrix Model::weight(const std::string& name, int64_t cols, int64_t rows) {
     Matrix m = matrix(name, cols, rows);
     // Types the kernels do not implement (Q5_0, Q5_1, Q6_K: PowerInfer's Q4_0 files keep
     // output.weight and the predictors in them) run as Q8_0 copies made here.
-    return dtype_info(static_cast<uint32_t>(m.type))->has_kernels ? m : requantize_q8_0(m);
+    if (dtype_info(static_cast<uint32_t>(m.type))->has_kernels) return m;
+    const Matrix q = requantize_q8_0(m);
+    file_->release_pages(m.data, static_cast<uint64_t>(m.rows) * m.row_bytes);  // as for interleaved copies
+    return q;
 }
 
 Matrix Model::requantize_q8_0(const Matrix& m) {
@@ -188,8 +184,106 @@ Matrix Model::requantize_q8_0(const Matrix& m) {
         quantize_row_q8_0_ref(row.data(), reinterpret_cast<BlockQ8_0*>(storage + r * q.row_bytes), m.cols);
     }
     q.data = storage;
-    file_->release_pages(m.data, static_cast<uint64_t>(m.rows) * m.row_bytes);  // as for interleaved copies
     return q;
+}
+
+namespace {
+
+// Probe inputs for comparing predictors: standard normal values from a fixed generator of our
+// own (splitmix64, Box-Muller), so that every platform draws the same probes.
+class ProbeValues {
+public:
+    float next() {
+        if (has_spare_) {
+            has_spare_ = false;
+            return spare_;
+        }
+        const double u1 = (static_cast<double>(bits() >> 11) + 1.0) / 9007199254740993.0;  // (0, 1]
+        const double u2 = static_cast<double>(bits() >> 11) / 9007199254740992.0;
+        const double radius = std::sqrt(-2.0 * std::log(u1)), angle = 6.283185307179586 * u2;
+        spare_ = static_cast<float>(radius * std::sin(angle));
+        has_spare_ = true;
+        return static_cast<float>(radius * std::cos(angle));
+    }
+
+private:
+    uint64_t bits() {
+        uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+    }
+    uint64_t state_ = 20261204;
+    float spare_ = 0.0f;
+    bool has_spare_ = false;
+};
+
+// y = w x for every row, through the kernels inference uses.
+void multiply(const KernelTable& kernels, const Matrix& w, const std::vector<float>& x, std::vector<float>& y) {
+    std::vector<uint8_t> activation(activation_bytes(w.type, w.cols));
+    prepare_activation(kernels, w.type, x.data(), activation.data(), w.cols);
+    const RowDotFn dot = row_dot(kernels, w.type);
+    y.resize(static_cast<size_t>(w.rows));
+    for (int64_t r = 0; r < w.rows; ++r) y[static_cast<size_t>(r)] = dot(w.cols, w.row(r), activation.data());
+}
+
+// The share of neuron decisions (score >= threshold) two predictors agree on for `probes`
+// random inputs.
+double predictor_agreement(const Matrix& fc1_a, const Matrix& fc2_a, const Matrix& fc1_b, const Matrix& fc2_b,
+                           float threshold, int probes) {
+    const KernelTable& kernels = active_kernels();
+    ProbeValues values;
+    std::vector<float> x(static_cast<size_t>(fc1_a.cols)), hidden, scores_a, scores_b;
+    int64_t agree = 0;
+    for (int p = 0; p < probes; ++p) {
+        for (float& v : x) v = values.next();
+        for (int side = 0; side < 2; ++side) {
+            multiply(kernels, side == 0 ? fc1_a : fc1_b, x, hidden);
+            for (float& h : hidden) h = std::max(h, 0.0f);
+            multiply(kernels, side == 0 ? fc2_a : fc2_b, hidden, side == 0 ? scores_a : scores_b);
+        }
+        for (size_t j = 0; j < scores_a.size(); ++j) agree += (scores_a[j] >= threshold) == (scores_b[j] >= threshold);
+    }
+    return static_cast<double>(agree) / (static_cast<double>(probes) * static_cast<double>(fc2_a.rows));
+}
+
+// Types whose predictors an 8-bit copy makes smaller.
+bool wider_than_q8_0(DType type) { return type == DType::F32 || type == DType::F16 || type == DType::BF16; }
+
+}  // namespace
+
+void Model::requantize_predictors(PredictorQ8 mode) {
+    predictor_q8_layers_.assign(layers_.size(), false);
+    if (mode == PredictorQ8::off) return;
+    if (!config_.powerinfer) {
+        if (mode == PredictorQ8::on) {
+            throw ArgumentError(file_->describe("predictor_q8 needs a PowerInfer file with predictors"));
+        }
+        return;
+    }
+    // Probes per layer when deciding: 8 x n_ff decisions (30,720 for MiniCPM-S-1B).
+    constexpr int kProbes = 8;
+    for (size_t il = 0; il < layers_.size(); ++il) {
+        LayerWeights& l = layers_[il];
+        if (mode == PredictorQ8::automatic && !(wider_than_q8_0(l.fc1.type) || wider_than_q8_0(l.fc2.type))) continue;
+        const size_t owned_before = owned_weights_.size();
+        const uint64_t owned_bytes_before = owned_bytes_;
+        const Matrix fc1 = requantize_q8_0(l.fc1), fc2 = requantize_q8_0(l.fc2);
+        if (mode == PredictorQ8::automatic &&
+            predictor_agreement(l.fc1, l.fc2, fc1, fc2, config_.sparse_threshold, kProbes) < kPredictorQ8Agreement) {
+            owned_weights_.erase(owned_weights_.begin() + static_cast<std::ptrdiff_t>(owned_before),
+                                 owned_weights_.end());  // this layer keeps its stored predictor
+            owned_bytes_ = owned_bytes_before;
+            continue;
+        }
+        // As for interleaved copies: only the Q8_0 copies are read from now on.
+        for (const Matrix* m : {&l.fc1, &l.fc2}) {
+            file_->release_pages(m->data, static_cast<uint64_t>(m->rows) * m->row_bytes);
+        }
+        l.fc1 = fc1;
+        l.fc2 = fc2;
+        predictor_q8_layers_[il] = true;
+    }
 }
 
 uint8_t* Model::owned_copy(uint64_t bytes, const std::string& what) {

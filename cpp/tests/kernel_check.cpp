@@ -469,6 +469,49 @@ void check_gather(const KernelTable& level, const KernelTable& generic, DType ty
            n_rows);
 }
 
+// Attention scores over keys stored in transposed blocks: every level gives the generic
+// level's bits (one fused multiply-add per dimension, in order), close to a double reference,
+// and writes only the whole blocks of each head's row of scores.
+void check_key_scores(const KernelTable& level, const KernelTable& generic, int64_t head_dim, int64_t n_keys,
+                      int n_heads) {
+    const int64_t blocks = (n_keys + si::kKeyBlock - 1) / si::kKeyBlock, padded = blocks * si::kKeyBlock;
+    std::vector<uint16_t> keys(static_cast<size_t>(padded * head_dim));
+    for (uint16_t& k : keys) k = si::fp32_to_fp16(normal());
+    const size_t q_stride = static_cast<size_t>(head_dim) + 3, score_stride = static_cast<size_t>(padded) + 5;
+    std::vector<float> q(n_heads * q_stride);
+    fill_floats(q.data(), static_cast<int64_t>(q.size()));
+    Buffer got(n_heads * score_stride * 4, static_cast<size_t>(n_keys) % 16), want(n_heads * score_stride * 4, 0);
+    level.key_scores(head_dim, n_keys, keys.data(), q.data(), q_stride, n_heads, reinterpret_cast<float*>(got.data()),
+                     score_stride);
+    generic.key_scores(head_dim, n_keys, keys.data(), q.data(), q_stride, n_heads,
+                       reinterpret_cast<float*>(want.data()), score_stride);
+    bool same = true, close = true, untouched = true;
+    for (int g = 0; g < n_heads; ++g) {
+        for (size_t p = 0; p < score_stride; ++p) {
+            const uint8_t* at = got.data() + (g * score_stride + p) * 4;
+            if (p >= static_cast<size_t>(padded)) {
+                for (int b = 0; b < 4; ++b) untouched = untouched && at[b] == Buffer::kFill;
+                continue;
+            }
+            same = same && std::memcmp(at, want.data() + (g * score_stride + p) * 4, 4) == 0;
+            double ref = 0.0, mag = 0.0;
+            for (int64_t d = 0; d < head_dim; ++d) {
+                const double term = double(si::fp16_to_fp32(keys[static_cast<size_t>((p / si::kKeyBlock * head_dim + d) * si::kKeyBlock + p % si::kKeyBlock)])) *
+                                    q[g * q_stride + static_cast<size_t>(d)];
+                ref += term;
+                mag += std::fabs(term);
+            }
+            close = close && std::fabs(load<float>(at) - ref) <= dot_tolerance(mag, head_dim);
+        }
+    }
+    record(same, "%s key_scores hd=%lld keys=%lld heads=%d: differs from the generic level (must be identical)",
+           level.isa, (long long)head_dim, (long long)n_keys, n_heads);
+    record(close, "%s key_scores hd=%lld keys=%lld heads=%d: far from the double reference", level.isa,
+           (long long)head_dim, (long long)n_keys, n_heads);
+    record(untouched && got.guards_intact(), "%s key_scores hd=%lld keys=%lld heads=%d: wrote past its blocks",
+           level.isa, (long long)head_dim, (long long)n_keys, n_heads);
+}
+
 // dequantize_row equals the reference (exact up to Q4_1's d q + m, which a fused multiply-add
 // rounds once where the reference may round twice) and writes nothing outside dst[0..n).
 void check_dequantize(const KernelTable& level, DType type, int64_t n, size_t w_offset, size_t y_offset) {
@@ -639,6 +682,11 @@ int main() {
             }
             for (DType type : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) {
                 for (int64_t nb : block_counts) check_gather(level, *generic, type, nb * kQK, n_rows, static_cast<size_t>(nb) % 16);
+            }
+        }
+        for (int64_t head_dim : {1, 3, 64, 80, 128}) {
+            for (int64_t n_keys : {1, 15, 16, 17, 40}) {
+                for (int n_heads = 1; n_heads <= 9; ++n_heads) check_key_scores(level, *generic, head_dim, n_keys, n_heads);
             }
         }
         note_quantize_corners(level, *generic);

@@ -63,6 +63,18 @@ using GatherDotFn = void (*)(int64_t n, const void* const* rows, int n_rows, con
 // give (each element takes its multiply-adds in the rows' order), the rows read side by side.
 using GatherAxpyFn = void (*)(int64_t n, const float* a, const void* const* rows, int n_rows, float* y);
 
+// Attention scores of up to n_heads query heads against the keys of one KV head, stored
+// transposed in blocks of kKeyBlock positions: block b holds, for each dimension d < head_dim,
+// the block's keys' values side by side as IEEE halves (key_blocks[(b head_dim + d) kKeyBlock
+// + lane] is position b kKeyBlock + lane). scores[g score_stride + p] = sum_d key_p[d] q_g[d]
+// (q_g = q + g q_stride) for every position p of the blocks covering n_keys (the lanes past
+// n_keys get what the cache holds there): per score one fused multiply-add per dimension, in
+// order, from zero, so every level gives the same bits, with no horizontal sums (a dot per
+// key of a 64-value head cost more in its final sum than in its multiply-adds).
+constexpr int kKeyBlock = 16;
+using KeyScoresFn = void (*)(int64_t head_dim, int64_t n_keys, const uint16_t* key_blocks, const float* q,
+                             size_t q_stride, int n_heads, float* scores, size_t score_stride);
+
 struct KernelTable {
     const char* isa;
     // Dot of one weight row with an activation in activation_format(type); index by DType.
@@ -107,6 +119,7 @@ struct KernelTable {
     GatherAxpyFn gather_axpy_q4_0;
     GatherAxpyFn gather_axpy_q4_1;
     GatherAxpyFn gather_axpy_q8_0;
+    KeyScoresFn key_scores;
 };
 
 // Eight Q4_0 rows, block by block: the rows' eight scales, then for g = 0..3 and row

@@ -64,6 +64,7 @@ const KernelTable* kernels_avx2() {
         t.gather_axpy_q4_0 = avx2_gather_axpy_q4_0;
         t.gather_axpy_q4_1 = avx2_gather_axpy_q4_1;
         t.gather_axpy_q8_0 = avx2_gather_axpy_q8_0;
+        t.key_scores = avx2_key_scores;
         return t;
     }();
     return &table;

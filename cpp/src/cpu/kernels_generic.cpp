@@ -48,6 +48,7 @@ const KernelTable* kernels_generic() {
         t.gather_axpy_q4_0 = axpys_one_by_one<scalar_axpy_q4_0>;
         t.gather_axpy_q4_1 = axpys_one_by_one<scalar_axpy_q4_1>;
         t.gather_axpy_q8_0 = axpys_one_by_one<scalar_axpy_q8_0>;
+        t.key_scores = scalar_key_scores;
         return t;
     }();
     return &table;

@@ -535,6 +535,46 @@ void neon_dequantize_row(DType type, const void* src, float* dst, int64_t n) {
     }
 }
 
+// Attention scores (kernels.h, KeyScoresFn): per block of sixteen keys four vectors of four
+// lanes per head, a fused multiply-add per dimension.
+template <int kHeads>
+void neon_key_scores_heads(int64_t head_dim, int64_t n_keys, const uint16_t* key_blocks, const float* q,
+                           size_t q_stride, float* scores, size_t score_stride) {
+    static_assert(kKeyBlock == 16, "four vectors of four lanes per block");
+    for (int64_t b = 0; b * kKeyBlock < n_keys; ++b) {
+        const uint16_t* block = key_blocks + b * head_dim * kKeyBlock;
+        float32x4_t acc[kHeads][4];
+        unrolled([&](auto g) {
+            for (int k = 0; k < 4; ++k) acc[g][k] = vdupq_n_f32(0.0f);
+        }, std::make_index_sequence<kHeads>{});
+        for (int64_t d = 0; d < head_dim; ++d) {
+            float32x4_t k[4];
+            F16Row::load8(block + d * kKeyBlock, &k[0], &k[1]);
+            F16Row::load8(block + d * kKeyBlock + 8, &k[2], &k[3]);
+            unrolled([&](auto g) {
+                const float32x4_t qd = vdupq_n_f32(q[g * q_stride + d]);
+                for (int i = 0; i < 4; ++i) acc[g][i] = vfmaq_f32(acc[g][i], k[i], qd);
+            }, std::make_index_sequence<kHeads>{});
+        }
+        unrolled([&](auto g) {
+            for (int i = 0; i < 4; ++i) vst1q_f32(scores + g * score_stride + b * kKeyBlock + 4 * i, acc[g][i]);
+        }, std::make_index_sequence<kHeads>{});
+    }
+}
+
+void neon_key_scores(int64_t head_dim, int64_t n_keys, const uint16_t* key_blocks, const float* q, size_t q_stride,
+                     int n_heads, float* scores, size_t score_stride) {
+    int g = 0;
+    for (; g + 4 <= n_heads; g += 4) {
+        neon_key_scores_heads<4>(head_dim, n_keys, key_blocks, q + g * q_stride, q_stride, scores + g * score_stride,
+                                 score_stride);
+    }
+    for (; g < n_heads; ++g) {
+        neon_key_scores_heads<1>(head_dim, n_keys, key_blocks, q + g * q_stride, q_stride, scores + g * score_stride,
+                                 score_stride);
+    }
+}
+
 #undef SI_NEON_INLINE
 
 }  // namespace
@@ -579,6 +619,7 @@ const KernelTable* kernels_neon() {
         t.gather_axpy_q4_0 = axpys_one_by_one<neon_axpy_q4_0>;
         t.gather_axpy_q4_1 = axpys_one_by_one<neon_axpy_q4_1>;
         t.gather_axpy_q8_0 = axpys_one_by_one<neon_axpy_q8_0>;
+        t.key_scores = neon_key_scores;
         return t;
     }();
     return &table;

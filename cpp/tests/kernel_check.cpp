@@ -459,7 +459,9 @@ void check_gather(const KernelTable& level, const KernelTable& generic, DType ty
     if (n > 0) std::memcpy(ygot.data(), y0.data(), static_cast<size_t>(n) * 4);
     std::vector<float> want(y0);
     si::gather_axpy(level, type)(n, a.data(), ptrs.data(), n_rows, reinterpret_cast<float*>(ygot.data()));
-    for (int r = 0; r < n_rows; ++r) si::row_axpy(level, type)(n, a[static_cast<size_t>(r)], ptrs[static_cast<size_t>(r)], want.data());
+    for (int r = 0; r < n_rows; ++r) {
+        si::row_axpy(level, type)(n, a[static_cast<size_t>(r)], ptrs[static_cast<size_t>(r)], want.data());
+    }
     record(n == 0 || std::memcmp(ygot.data(), want.data(), static_cast<size_t>(n) * 4) == 0,
            "%s gather_axpy_%s n=%lld rows=%d off=%zu: differs from successive axpys (must be identical)", level.isa,
            type_name(type), (long long)n, n_rows, offset);
@@ -496,8 +498,9 @@ void check_key_scores(const KernelTable& level, const KernelTable& generic, int6
             same = same && std::memcmp(at, want.data() + (g * score_stride + p) * 4, 4) == 0;
             double ref = 0.0, mag = 0.0;
             for (int64_t d = 0; d < head_dim; ++d) {
-                const double term = double(si::fp16_to_fp32(keys[static_cast<size_t>((p / si::kKeyBlock * head_dim + d) * si::kKeyBlock + p % si::kKeyBlock)])) *
-                                    q[g * q_stride + static_cast<size_t>(d)];
+                const size_t at = static_cast<size_t>((p / si::kKeyBlock * head_dim + d) * si::kKeyBlock +
+                                                      p % si::kKeyBlock);
+                const double term = double(si::fp16_to_fp32(keys[at])) * q[g * q_stride + static_cast<size_t>(d)];
                 ref += term;
                 mag += std::fabs(term);
             }
@@ -681,12 +684,16 @@ int main() {
                 }
             }
             for (DType type : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) {
-                for (int64_t nb : block_counts) check_gather(level, *generic, type, nb * kQK, n_rows, static_cast<size_t>(nb) % 16);
+                for (int64_t nb : block_counts) {
+                    check_gather(level, *generic, type, nb * kQK, n_rows, static_cast<size_t>(nb) % 16);
+                }
             }
         }
         for (int64_t head_dim : {1, 3, 64, 80, 128}) {
             for (int64_t n_keys : {1, 15, 16, 17, 40}) {
-                for (int n_heads = 1; n_heads <= 9; ++n_heads) check_key_scores(level, *generic, head_dim, n_keys, n_heads);
+                for (int n_heads = 1; n_heads <= 9; ++n_heads) {
+                    check_key_scores(level, *generic, head_dim, n_keys, n_heads);
+                }
             }
         }
         note_quantize_corners(level, *generic);

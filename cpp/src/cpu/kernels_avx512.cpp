@@ -178,7 +178,8 @@ void avx512_float_axpys(int64_t n, const float* a, const void* const* rows, floa
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
         __m512 yv = _mm512_loadu_ps(y + i);
-        unrolled([&](auto r) { yv = _mm512_fmadd_ps(va[r], Widen16(x[r] + i), yv); }, std::make_index_sequence<kRows>{});
+        unrolled([&](auto r) { yv = _mm512_fmadd_ps(va[r], Widen16(x[r] + i), yv); },
+                 std::make_index_sequence<kRows>{});
         _mm512_storeu_ps(y + i, yv);
     }
     if (i < n) {

@@ -149,11 +149,13 @@ void Session::ensure_batch_capacity(int64_t n) {
     const int64_t kv_dim = c.n_head_kv * c.head_dim;
     const int64_t widest = std::max({c.n_embd, c.n_ff, max_rank_});
     // Dimensions are at most 2^20 and n at most kMaxBatch, so these sums cannot overflow.
-    // Per token: x, xn, q, attn_out; k, v; gate, up and the active list (n_ff int32s).
+    // Per token: x, xn, q, attn_out; k, v; gate, up and the active list (n_ff int32s). Per
+    // thread: attention scores, a down row and a tile's range sums. One token's range sums.
+    const uint64_t per_thread = static_cast<uint64_t>(kAttentionHeads * cache_positions_ +
+                                                      (1 + kDownTokenTile) * c.n_embd);
     const uint64_t floats = static_cast<uint64_t>(n) *
         (4 * c.n_embd + 2 * kv_dim + 3 * c.n_ff + max_rank_ + c.rope_dim) +
-        static_cast<uint64_t>(pool_.size()) * static_cast<uint64_t>(kAttentionHeads * cache_positions_ + (1 + kDownTokenTile) * c.n_embd) +
-        static_cast<uint64_t>(kNeuronRanges * c.n_embd);
+        static_cast<uint64_t>(pool_.size()) * per_thread + static_cast<uint64_t>(kNeuronRanges * c.n_embd);
     const uint64_t activation_bytes = static_cast<uint64_t>(kMaxMatmulOutputs) * n * widest * 4;
     require_memory("scratch buffers for a batch of " + std::to_string(n) + " tokens",
                    floats * 4 + activation_bytes);
@@ -231,8 +233,9 @@ void Session::matmul(std::initializer_list<MatmulOutput> outputs, const float* x
         total_bytes += static_cast<uint64_t>(out.w->rows) * out.w->row_bytes;
     }
     // Chunks of at most kMatmulChunkBytes, and at least kMatmulChunksPerThread per thread.
-    const uint64_t chunk_bytes = std::max<uint64_t>(
-        1, std::min<uint64_t>(kMatmulChunkBytes, total_bytes / (static_cast<uint64_t>(pool_.size()) * kMatmulChunksPerThread)));
+    const uint64_t least_chunks = static_cast<uint64_t>(pool_.size()) * kMatmulChunksPerThread;
+    const uint64_t chunk_bytes =
+        std::max<uint64_t>(1, std::min<uint64_t>(kMatmulChunkBytes, total_bytes / least_chunks));
     int64_t chunk_rows[kMaxMatmulOutputs], first_chunk[kMaxMatmulOutputs + 1] = {0};
     for (int j = 0; j < n_jobs; ++j) {
         const int64_t unit = jobs[j].rows8 != nullptr ? 8 : 1;

@@ -149,7 +149,7 @@ void Session::neuron_sum_token(const LayerWeights& l, const NeuronRows& neurons,
             int64_t count = last - first;
             if (!every_neuron) {
                 const auto begin = std::lower_bound(active.begin(), active.end(), first);
-                listed = &*begin;
+                listed = active.data() + (begin - active.begin());
                 count = std::lower_bound(begin, active.end(), last) - begin;
             }
             for (int64_t k = 0; k < count; k += kMaxGatherRows) {

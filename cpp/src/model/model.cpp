@@ -161,7 +161,7 @@ Matrix Model::weight(const std::string& name, int64_t cols, int64_t rows) {
     // output.weight and the predictors in them) run as Q8_0 copies made here.
     if (dtype_info(static_cast<uint32_t>(m.type))->has_kernels) return m;
     const Matrix q = requantize_q8_0(m);
-    file_->release_pages(m.data, static_cast<uint64_t>(m.rows) * m.row_bytes);  // as for interleaved copies
+    release_stored_rows(m);
     return q;
 }
 
@@ -276,14 +276,16 @@ void Model::requantize_predictors(PredictorQ8 mode) {
             owned_bytes_ = owned_bytes_before;
             continue;
         }
-        // As for interleaved copies: only the Q8_0 copies are read from now on.
-        for (const Matrix* m : {&l.fc1, &l.fc2}) {
-            file_->release_pages(m->data, static_cast<uint64_t>(m->rows) * m->row_bytes);
-        }
+        release_stored_rows(l.fc1);  // only the Q8_0 copies are read from now on
+        release_stored_rows(l.fc2);
         l.fc1 = fc1;
         l.fc2 = fc2;
         predictor_q8_layers_[il] = true;
     }
+}
+
+void Model::release_stored_rows(const Matrix& m) const {
+    file_->release_pages(m.data, static_cast<uint64_t>(m.rows) * m.row_bytes);
 }
 
 uint8_t* Model::owned_copy(uint64_t bytes, const std::string& what) {
@@ -304,10 +306,7 @@ void Model::interleave_matrices() {
             interleave_rows8(m.type, m.data + g * group_bytes, m.row_bytes, m.cols / kQK, dst + g * group_bytes);
         }
         m.interleaved = dst;
-        // The CPU reads the copy from now on: without this the process would hold both
-        // (a dense Q4_0 model's resident size was twice its file). A GPU upload or a tied
-        // embedding's lookups read the stored rows again from the page cache.
-        file_->release_pages(m.data, static_cast<uint64_t>(m.rows) * m.row_bytes);
+        release_stored_rows(m);
     };
     for (LayerWeights& l : layers_) {
         for (Matrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.fc1, &l.fc2}) interleave(*m);
@@ -330,9 +329,7 @@ void Model::bundle_neurons() {
         size_t offset = 0;
         for (Matrix* m : parts) {
             for (int64_t j = 0; j < n_ff; ++j) std::memcpy(dst + j * stride + offset, m->row(j), m->row_bytes);
-            // As for interleaved copies: the CPU reads the bundles from now on; a GPU upload reads
-            // the rows it needs from them too.
-            file_->release_pages(m->data, static_cast<uint64_t>(n_ff) * m->row_bytes);
+            release_stored_rows(*m);  // a GPU upload reads the rows it needs from the bundles too
             m->data = dst + offset;
             m->stride = stride;
             offset += m->row_bytes;

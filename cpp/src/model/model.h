@@ -119,6 +119,11 @@ private:
     // PowerInfer files: each layer's ffn_gate, ffn_up and ffn_down_t rows bundled per neuron.
     void bundle_neurons();
     uint8_t* owned_copy(uint64_t bytes, const std::string& what);
+    // Drops the mapped pages of m's stored rows once a copy replaces them: without this the
+    // process would hold both (a dense Q4_0 model's resident size was twice its file). A GPU
+    // upload or a tied embedding's lookups read them again from the page cache. Rows outside
+    // the mapping (an earlier copy) are left alone.
+    void release_stored_rows(const Matrix& m) const;
 
     std::shared_ptr<GgufFile> file_;
     ModelConfig config_;

@@ -44,7 +44,9 @@ target active fraction; the fraction measured while decoding is what the table r
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -225,6 +227,22 @@ def open_writer(path: Path, shape: dict, plan, threshold: Optional[float]) -> gg
     return w
 
 
+def encoded_layer(shape: dict, rank: int, mu: float, seed: int, wtype: str, ptype: str,
+                  il: int) -> tuple[list, list]:
+    """Layer il's tensors encoded for the PWRI file and for the dense file, in file order."""
+    pwri, dense = [], []
+    for name, arr in layer_tensors(shape, il, rank, mu, seed):
+        if name.endswith(("fc1.weight", "fc2.weight")):
+            pwri.append(encode(arr, ptype))
+        elif name.endswith("ffn_down_t.weight"):
+            pwri.append(encode(arr, wtype))
+            dense.append(encode(np.ascontiguousarray(arr.T), wtype))
+        else:
+            pwri.append(encode(arr, wtype))
+            dense.append(pwri[-1])
+    return pwri, dense
+
+
 def build_models(shape: dict, wtype: str, ptype: str, rank: int, active: float, seed: int,
                  cache: Path, rebuild: bool = False, log=print) -> tuple[Path, Path, dict]:
     """Writes (or finds) the PWRI and dense files; returns their paths and build info."""
@@ -248,18 +266,20 @@ def build_models(shape: dict, wtype: str, ptype: str, rank: int, active: float, 
     put(wp, embd, wtype)
     put(wd, embd, wtype)
     del embd
-    for il in range(shape["n_layer"]):
-        for name, arr in layer_tensors(shape, il, rank, mu, seed):
-            if name.endswith(("fc1.weight", "fc2.weight")):
-                put(wp, arr, ptype)
-            elif name.endswith("ffn_down_t.weight"):
-                put(wp, arr, wtype)
-                put(wd, np.ascontiguousarray(arr.T), wtype)
-            else:
-                put(wp, arr, wtype)
-                put(wd, arr, wtype)
-        if il % 8 == 7:
-            log(f"  layer {il + 1}/{shape['n_layer']} ({time.perf_counter() - t0:.0f} s)")
+    # Layers are made and encoded in worker processes (quantising is most of the time), a
+    # window of them at a time so that memory stays bounded, and written in order here.
+    workers = max(1, min(os.cpu_count() or 1, shape["n_layer"]))
+    make = functools.partial(encoded_layer, shape, rank, mu, seed, wtype, ptype)
+    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+        for first in range(0, shape["n_layer"], 2 * workers):
+            window = range(first, min(first + 2 * workers, shape["n_layer"]))
+            for il, (pwri_data, dense_data) in zip(window, pool.map(make, window)):
+                for data in pwri_data:
+                    wp.write_tensor_data(data)
+                for data in dense_data:
+                    wd.write_tensor_data(data)
+                if il % 8 == 7:
+                    log(f"  layer {il + 1}/{shape['n_layer']} ({time.perf_counter() - t0:.0f} s)")
     onorm = (1.0 + 0.1 * _rng(seed, "onorm").standard_normal(shape["n_embd"])).astype(np.float32)
     out = normal(_rng(seed, "output"), (shape["n_vocab"], shape["n_embd"]), 3.0 / np.sqrt(shape["n_embd"]))
     for w in (wp, wd):
@@ -334,8 +354,24 @@ def predictor_q8_agreement(shape: dict, rank: int, active: float, pred_type: str
     return dict(agreement=agree / total, active_kept=kept / max(n_active, 1))
 
 
+def time_prompt_and_decode(evaluate, prompt: list[int], stream: list[int], warmup: int,
+                           after_warmup=lambda: None) -> dict:
+    """Prompt tok/s (one evaluation of the prompt) and decode tok/s (the stream one token at a
+    time, the first `warmup` tokens untimed) of an engine whose state was just reset."""
+    t0 = time.perf_counter()
+    evaluate(prompt)
+    prompt_seconds = time.perf_counter() - t0
+    for t in stream[:warmup]:
+        evaluate([t])
+    after_warmup()
+    t0 = time.perf_counter()
+    for t in stream[warmup:]:
+        evaluate([t])
+    return dict(decode=(len(stream) - warmup) / (time.perf_counter() - t0), prompt=len(prompt) / prompt_seconds)
+
+
 class SparseInferRunner:
-    """sparseinfer on the PWRI file: sparse, sparse with 8-bit predictors, or dense ReLU."""
+    """sparseinfer on the PWRI file: sparse (default or stored predictors) or dense ReLU."""
 
     def __init__(self, name: str, model, sparse: bool, path: Path, threads: int, n_ctx: int):
         from sparseinfer import _core
@@ -346,18 +382,10 @@ class SparseInferRunner:
     def run(self, prompt: list[int], stream: list[int], warmup: int) -> dict:
         s = self.session
         s.reset()
-        t0 = time.perf_counter()
-        s.eval(prompt, all_logits=False)
-        prompt_seconds = time.perf_counter() - t0
-        for t in stream[:warmup]:
-            s.eval([t], all_logits=False)
-        s.reset_stats()  # the active fractions then cover the timed tokens only
-        t0 = time.perf_counter()
-        for t in stream[warmup:]:
-            s.eval([t], all_logits=False)
-        n = len(stream) - warmup
-        return dict(decode=n / (time.perf_counter() - t0), prompt=len(prompt) / prompt_seconds,
-                    active_fraction=float(np.mean(s.active_fractions())))
+        # reset_stats after the warm-up: the active fractions cover the timed tokens only
+        result = time_prompt_and_decode(lambda tokens: s.eval(tokens, all_logits=False), prompt, stream, warmup,
+                                        after_warmup=s.reset_stats)
+        return dict(result, active_fraction=float(np.mean(s.active_fractions())))
 
 
 class LlamaCppRunner:
@@ -371,18 +399,8 @@ class LlamaCppRunner:
                                    n_threads_batch=threads, n_batch=512, verbose=False)
 
     def run(self, prompt: list[int], stream: list[int], warmup: int) -> dict:
-        llm = self.llm
-        llm.reset()
-        t0 = time.perf_counter()
-        llm.eval(prompt)
-        prompt_seconds = time.perf_counter() - t0
-        for t in stream[:warmup]:
-            llm.eval([t])
-        t0 = time.perf_counter()
-        for t in stream[warmup:]:
-            llm.eval([t])
-        n = len(stream) - warmup
-        return dict(decode=n / (time.perf_counter() - t0), prompt=len(prompt) / prompt_seconds)
+        self.llm.reset()
+        return time_prompt_and_decode(self.llm.eval, prompt, stream, warmup)
 
 
 class PowerInferRunner:
@@ -434,7 +452,8 @@ def main(argv=None) -> int:
                     help="rounds; each times every engine once, in turn (default 3): best and median are reported")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--small", action="store_true", help="a tiny model: a quick smoke test of this script")
-    ap.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sparseinfer-bench")
+    ap.add_argument("--cache-dir", type=Path,
+                    default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sparseinfer-bench")
     ap.add_argument("--rebuild", action="store_true", help="write the model files again")
     ap.add_argument("--no-llama", action="store_true", help="skip llama-cpp-python")
     ap.add_argument("--no-dense", action="store_true", help="skip sparseinfer's dense mode of the PWRI file")

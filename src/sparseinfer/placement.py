@@ -203,6 +203,10 @@ class ModelCosts:
 # The engine evaluates prompts in batches of at most this many tokens (kMaxBatch in
 # cpp/src/model/session.cpp); the GPU's activation buffers are sized for one batch.
 MAX_BATCH = 256
+# The CUDA down projection sums neurons in slices of this many rows, for up to this many
+# tokens per launch (kDownSliceRows, kMaxTokens in cpp/src/cuda).
+DOWN_SLICE_ROWS = 256
+DOWN_KERNEL_TOKENS = 8
 # GpuForward's handoff: the normed input starts at a multiple of this many floats after the
 # predictor's scores (kHandoffAlignFloats in cpp/src/gpu/gpu_forward.cpp).
 HANDOFF_ALIGN_FLOATS = 64
@@ -263,6 +267,10 @@ def model_costs(model_path: Union[str, "os.PathLike[str]"], *, n_ctx: int) -> Mo
     if max_rank:
         batch_bytes += 4 * n_ff + MAX_BATCH * n_ff + 4 * n_layer
         batch_bytes += 4 * (MAX_BATCH * n_embd + HANDOFF_ALIGN_FLOATS)
+        # The plugin's scratch for the down projection's per-slice sums (si_cuda_ffn_down).
+        n_slices = -(-n_ff // DOWN_SLICE_ROWS)
+        if n_slices > 1:
+            batch_bytes += 4 * DOWN_KERNEL_TOKENS * n_embd * n_slices
     return ModelCosts(tuple(n_neurons), tuple(neuron_bytes), tuple(fixed), shared, batch_bytes)
 
 

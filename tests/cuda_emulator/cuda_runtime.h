@@ -65,6 +65,11 @@ template <class T> T shfl_up(T v, int o) {
     unsigned long long other = lane(src).slot; warp_barrier();
     T out; memcpy(&out, &other, sizeof(T)); return out;
 }
+template <class T> T shfl(T v, int src) {
+    unsigned long long bits = 0; memcpy(&bits, &v, sizeof(T)); me().slot = bits; warp_barrier();
+    unsigned long long other = lane(src).slot; warp_barrier();
+    T out; memcpy(&out, &other, sizeof(T)); return out;
+}
 inline unsigned ballot(bool p) {
     me().slot = p ? 1 : 0; warp_barrier();
     unsigned m = 0; for (int l = 0; l < 32; ++l) if (lane(l).slot) m |= 1u << l;
@@ -98,6 +103,8 @@ inline uint16_t f2h(float f) { _Float16 v = (_Float16)f; uint16_t h; memcpy(&h, 
 #define __syncthreads() emu::syncthreads()
 #define __shfl_xor_sync(m, v, o) emu::shfl_xor(v, o)
 #define __shfl_up_sync(m, v, o) emu::shfl_up(v, o)
+#define __shfl_sync(m, v, s) emu::shfl(v, s)
+#define __ffs(x) __builtin_ffs(x)
 #define __ballot_sync(m, p) emu::ballot(p)
 #define __popc(x) __builtin_popcount(x)
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }

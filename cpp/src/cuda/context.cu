@@ -71,6 +71,7 @@ SI_CUDA_API void si_cuda_context_destroy(si_cuda_context* ctx) {
     if (cudaSetDevice(ctx->device) == cudaSuccess) {
         cudaStreamSynchronize(ctx->stream);
         cudaFree(ctx->flags);
+        cudaFree(ctx->scratch);
         cudaStreamDestroy(ctx->stream);
     }
     cudaGetLastError();  // nothing to report to: leave no sticky error behind

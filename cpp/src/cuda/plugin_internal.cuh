@@ -18,6 +18,10 @@ struct si_cuda_context {
     // One device word: kernels OR in the kFlag* bits below when they skip an entry whose
     // index is out of range; si_cuda_synchronize and si_cuda_download report and clear it.
     int* flags;
+    // Device memory a kernel needs between its launches (the down projection's per-slice
+    // sums), grown by reserve_scratch and kept until the context goes.
+    void* scratch;
+    size_t scratch_bytes;
 };
 
 namespace si_cuda {
@@ -75,6 +79,20 @@ inline int enter(si_cuda_context* ctx, char* err, size_t err_len) {
     if (ctx == nullptr) return invalid(err, err_len, "no CUDA context (null)");
     cudaError_t status = cudaSetDevice(ctx->device);
     if (status != cudaSuccess) return fail(status, "cudaSetDevice", err, err_len);
+    return 0;
+}
+
+// ctx->scratch holds at least `bytes`. Growing it frees the old buffer, which waits for the
+// device (its earlier users are done then); the size a model's layers need is reached at the
+// first call.
+inline int reserve_scratch(si_cuda_context* ctx, size_t bytes, char* err, size_t err_len) {
+    if (ctx->scratch_bytes >= bytes) return 0;
+    cudaError_t status = cudaFree(ctx->scratch);
+    ctx->scratch = nullptr;
+    ctx->scratch_bytes = 0;
+    if (status == cudaSuccess) status = cudaMalloc(&ctx->scratch, bytes);
+    if (status != cudaSuccess) return fail(status, "cudaMalloc (kernel scratch)", err, err_len);
+    ctx->scratch_bytes = bytes;
     return 0;
 }
 

@@ -18,6 +18,9 @@ using namespace si_cuda;
 constexpr int kSelectThreads = 1024;  // one block compacts the whole list
 constexpr int kGateUpRowsPerBlock = 4;
 constexpr int kDownWarps = 8;  // warps sharing one 32-column tile of the output
+constexpr int kDownWarpRows = kWarp;  // row ids per warp in the down projection
+constexpr int kDownSliceRows = kDownWarps * kDownWarpRows;  // DOWN_SLICE_ROWS in src/sparseinfer/placement.py
+constexpr int kSumThreads = 256;
 
 // One block walks the candidates 1024 at a time: each thread decides one candidate, a
 // ballot and a scan over the warps' counts give its place, so the list comes out in
@@ -122,38 +125,76 @@ gate_up_kernel(int gate_type, const uint8_t* gate, size_t gate_row_bytes, bool g
     }
 }
 
-// y[t][c] += sum over listed k, in order, of h[t][k] * down_t[rows[k]][c]. A block owns 32
-// output columns (one quantised block of every row; the rows are read 32 values by one warp);
-// warp w takes the listed rows r with r % kDownWarps == w and keeps one partial sum per column
-// and token; the partial sums are then added in warp order. No two blocks write the same
-// value. Splitting by row rather than by place in the list makes a token's sum depend only on
-// its own nonzero h: the same bits whether the list is its own or a batch's union (batch
-// invariance, as on the CPU: cpp/src/cpu/kernels.h).
+// y[t][c] += sum over listed k, in order, of h[t][k] * down_t[rows[k]][c], in two launches.
+// down_kernel: a block owns 32 output columns (one quantised block of every row; a warp reads
+// a row's 32 values) and a slice of kDownSliceRows row ids; warp w of it sums, per column and
+// token, the listed entries whose row falls in the w-th kDownWarpRows of the slice, in list
+// order; the warps' sums are added in warp order. Rows are assigned by id, not by place in
+// the list, so a token's sum depends only on its own nonzero h: the same bits whether the
+// list is its own or a batch's union (batch invariance, as on the CPU: cpp/src/cpu/kernels.h).
+// With one slice the block adds into y; otherwise it writes the slice's sums to the
+// context's scratch and down_sum_kernel adds the slices into y in slice order. Any list
+// works (any order, repeats): each warp scans it, 32 entries per load, for its rows.
+// (One block per 32 columns summing every row, as before, left most of the GPU idle: a
+// dense MiniCPM-S layer's down projection took longer than all its other kernels together.)
 __global__ void __launch_bounds__(kDownWarps * kWarp)
 down_kernel(int type, const uint8_t* down_t, size_t row_bytes, int64_t n_rows, int64_t n_embd,
             const int32_t* ids, const int32_t* count, int64_t capacity, const float* h, int n_tokens,
-            float* y, int* flags) {
+            float* y, float* slice_sums, int* flags) {
     __shared__ float partial[kDownWarps][kMaxTokens][kWarp];
     const int lane = static_cast<int>(threadIdx.x % kWarp), warp = static_cast<int>(threadIdx.x / kWarp);
     const int64_t col = static_cast<int64_t>(blockIdx.x) * kWarp + lane;
     const bool in_range = col < n_embd;  // F32/F16 rows need not be a multiple of 32 long
     const int64_t n = listed_count(count, capacity, flags);
+    const int64_t first_row = static_cast<int64_t>(blockIdx.y) * kDownSliceRows + warp * kDownWarpRows;
+    // Lists are checked for bad ids by one warp of the grid only: each warp reads all of it.
+    const bool reports = blockIdx.x == 0 && blockIdx.y == 0 && warp == 0;
     float acc[kMaxTokens];
 #pragma unroll
     for (int t = 0; t < kMaxTokens; ++t) acc[t] = 0.0f;
-    for (int64_t k = 0; k < n; ++k) {
-        const int64_t r = ids != nullptr ? ids[k] : k;
-        if (r < 0 || r >= n_rows) {
-            if (lane == 0 && warp == 0) atomicOr(flags, kFlagRowId);
-            continue;
+    // Without a list, entry k is row k: only this warp's own 32 entries can be its rows.
+    const int64_t scan_begin = ids != nullptr ? 0 : first_row;
+    const int64_t scan_end = ids != nullptr ? n : (first_row + kDownWarpRows < n ? first_row + kDownWarpRows : n);
+    for (int64_t k0 = scan_begin; k0 < scan_end; k0 += kWarp) {
+        const int64_t k = k0 + lane;
+        int64_t r = -1;
+        if (k < scan_end) {
+            r = ids != nullptr ? ids[k] : k;
+            if (r < 0 || r >= n_rows) {
+                if (reports) atomicOr(flags, kFlagRowId);
+                r = -1;
+            }
         }
-        if (r % kDownWarps != warp) continue;
-        const float w = in_range ? row_element(type, down_t + r * row_bytes, col) : 0.0f;
+        unsigned int mine = __ballot_sync(kFullMask, r >= first_row && r < first_row + kDownWarpRows);
+        if (mine == 0) continue;  // the same in every lane: the warp stays together
+        float hk[kMaxTokens];  // lane i holds entry k0 + i's h for every token
 #pragma unroll
-        for (int t = 0; t < kMaxTokens; ++t) {
-            if (t < n_tokens) {
-                const float ht = h[t * capacity + k];
-                if (ht != 0.0f) acc[t] = fmaf(ht, w, acc[t]);  // as the CPU: zero h is skipped
+        for (int t = 0; t < kMaxTokens; ++t) hk[t] = (t < n_tokens && (mine >> lane & 1u)) ? h[t * capacity + k] : 0.0f;
+        // Four entries at a time: their loads are in flight together, then the sums in list order.
+        while (mine != 0) {
+            int src[4];
+            float w[4];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                src[u] = mine != 0 ? __ffs(mine) - 1 : -1;
+                if (mine != 0) mine &= mine - 1;
+            }
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                w[u] = 0.0f;
+                if (src[u] >= 0) {  // the same in every lane
+                    const long long r_u = __shfl_sync(kFullMask, static_cast<long long>(r), src[u]);
+                    if (in_range) w[u] = row_element(type, down_t + r_u * row_bytes, col);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                if (src[u] < 0) continue;
+#pragma unroll
+                for (int t = 0; t < kMaxTokens; ++t) {
+                    const float ht = __shfl_sync(kFullMask, hk[t], src[u]);
+                    if (t < n_tokens && ht != 0.0f) acc[t] = fmaf(ht, w[u], acc[t]);  // as the CPU: zero h is skipped
+                }
             }
         }
     }
@@ -164,9 +205,23 @@ down_kernel(int type, const uint8_t* down_t, size_t row_bytes, int64_t n_rows, i
         for (int t = 0; t < n_tokens; ++t) {
             float s = 0.0f;
             for (int w = 0; w < kDownWarps; ++w) s += partial[w][t][lane];
-            y[t * n_embd + col] += s;
+            if (gridDim.y == 1) {
+                y[t * n_embd + col] += s;
+            } else {
+                slice_sums[(static_cast<int64_t>(blockIdx.y) * kMaxTokens + t) * n_embd + col] = s;
+            }
         }
     }
+}
+
+// y[t][c] += the slices' sums for (t, c), added in slice order. One thread per value.
+__global__ void down_sum_kernel(const float* slice_sums, int n_slices, int64_t n_embd, int n_tokens, float* y) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= n_tokens * n_embd) return;
+    const int64_t t = i / n_embd, col = i % n_embd;
+    float s = 0.0f;
+    for (int slice = 0; slice < n_slices; ++slice) s += slice_sums[(slice * kMaxTokens + t) * n_embd + col];
+    y[i] += s;
 }
 
 }  // namespace
@@ -242,12 +297,27 @@ SI_CUDA_API int si_cuda_ffn_down(si_cuda_context* ctx, int down_type, const void
     if (rc == 0 && (y == nullptr || (h == nullptr && max_count > 0))) {
         rc = invalid(err, err_len, "%s: h and y must not be null", what);
     }
+    if (rc == 0 && n_rows > 65535LL * kDownSliceRows) {  // slices are the grid's second dimension
+        rc = invalid(err, err_len, "%s: too many rows (%lld)", what, static_cast<long long>(n_rows));
+    }
     if (rc != 0 || max_count == 0) return rc;
+    const int64_t n_slices = (n_rows + kDownSliceRows - 1) / kDownSliceRows;
+    float* slice_sums = nullptr;
+    if (n_slices > 1) {
+        rc = reserve_scratch(ctx, static_cast<size_t>(n_slices) * kMaxTokens * n_embd * sizeof(float), err, err_len);
+        if (rc != 0) return rc;
+        slice_sums = static_cast<float*>(ctx->scratch);
+    }
     for (int64_t t0 = 0; t0 < n_tokens; t0 += kMaxTokens) {
         const int nt = static_cast<int>(n_tokens - t0 < kMaxTokens ? n_tokens - t0 : kMaxTokens);
-        down_kernel<<<blocks_for(n_embd, kWarp), kDownWarps * kWarp, 0, ctx->stream>>>(
-            down_type, static_cast<const uint8_t*>(down_t), row_bytes, n_rows, n_embd, rows, count, max_count,
-            h + t0 * max_count, nt, y + t0 * n_embd, ctx->flags);
+        down_kernel<<<dim3(blocks_for(n_embd, kWarp), static_cast<unsigned int>(n_slices)), kDownWarps * kWarp, 0,
+                      ctx->stream>>>(down_type, static_cast<const uint8_t*>(down_t), row_bytes, n_rows, n_embd, rows,
+                                     count, max_count, h + t0 * max_count, nt, y + t0 * n_embd, slice_sums,
+                                     ctx->flags);
+        if (n_slices > 1) {
+            down_sum_kernel<<<blocks_for(nt * n_embd, kSumThreads), kSumThreads, 0, ctx->stream>>>(
+                slice_sums, static_cast<int>(n_slices), n_embd, nt, y + t0 * n_embd);
+        }
     }
     return launched(what, err, err_len);
 }

@@ -83,7 +83,10 @@ __device__ __forceinline__ void dot4_tokens(const float* w, const float* x, int6
 // the warp. Quantised rows: four lanes share a block, each taking 8 of its values (Q4: the
 // nibbles of 4 bytes, i.e. values 4p..4p+3 and 16+4p..16+4p+3; Q8_0: values 8p..8p+7), so a
 // warp reads 8 consecutive blocks per step and every weight is dequantised once for all
-// tokens. vec: the F32/F16 rows and x allow 16-byte loads (vector_loads on the host).
+// tokens. vec: the F32/F16 rows and x allow 16-byte loads (vector_loads on the host). The
+// loops are unrolled so that four steps' loads are in flight at once: with a warp per row,
+// a warp's speed is its load latency (seen on an H200: a MiniCPM-S-shape attention matrix
+// streamed at about 150 GB/s with one step's loads at a time).
 __device__ __forceinline__ void row_dot(int type, const uint8_t* row, int64_t cols, const float* x,
                                         int n_tokens, bool vec, float* acc) {
     const int lane = static_cast<int>(threadIdx.x % kWarp);
@@ -93,6 +96,7 @@ __device__ __forceinline__ void row_dot(int type, const uint8_t* row, int64_t co
         case SI_CUDA_TYPE_F32: {
             const float* r = reinterpret_cast<const float*>(row);
             if (vec) {
+#pragma unroll 4
                 for (int64_t c = lane; c < cols / 4; c += kWarp) {
                     const float4 v = reinterpret_cast<const float4*>(r)[c];
                     const float w[4] = {v.x, v.y, v.z, v.w};
@@ -112,6 +116,7 @@ __device__ __forceinline__ void row_dot(int type, const uint8_t* row, int64_t co
         case SI_CUDA_TYPE_F16: {
             const uint16_t* r = reinterpret_cast<const uint16_t*>(row);
             if (vec) {
+#pragma unroll 4
                 for (int64_t c = lane; c < cols / 8; c += kWarp) {
                     const uint4 v = reinterpret_cast<const uint4*>(r)[c];  // 8 halves
                     const uint32_t pairs[4] = {v.x, v.y, v.z, v.w};
@@ -140,6 +145,7 @@ __device__ __forceinline__ void row_dot(int type, const uint8_t* row, int64_t co
             const bool has_min = type == SI_CUDA_TYPE_Q4_1;
             const int64_t block_bytes = has_min ? 20 : 18;
             const int qs_offset = has_min ? 4 : 2;
+#pragma unroll 4
             for (int64_t b = lane >> 2; b < n_blocks; b += kWarp / 4) {
                 const uint8_t* block = row + b * block_bytes;
                 const float d = half_to_float(static_cast<uint16_t>(load_u16(block)));
@@ -161,6 +167,7 @@ __device__ __forceinline__ void row_dot(int type, const uint8_t* row, int64_t co
             break;
         }
         case SI_CUDA_TYPE_Q8_0: {
+#pragma unroll 4
             for (int64_t b = lane >> 2; b < n_blocks; b += kWarp / 4) {
                 const uint8_t* block = row + b * 34;
                 const float d = half_to_float(static_cast<uint16_t>(load_u16(block)));

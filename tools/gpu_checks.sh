@@ -16,6 +16,12 @@
 #   GPU_WHEELS=DIR GPU_PLUGIN=FILE tools/gpu_checks.sh
 # DIR holds the sparseinfer wheel built for that Python and the test dependencies it lacks;
 # FILE is the CUDA plugin the benchmark loads (SPARSEINFER_CUDA_PLUGIN), built for the GPU.
+# Both can be built on another machine with a Python of the GPU machine's version (the device
+# tool's has 3.12): `pip wheel --no-build-isolation --no-deps -w DIR .` for the package, and
+# `CUDAARCHS=90 pip wheel ... -Ccmake.define.SPARSEINFER_CUDA=ON .` for a wheel whose
+# sparseinfer/libsparseinfer_cuda.so is FILE (take it out with unzip). A package without a
+# plugin of its own lets test_cuda_plugin.py load a plugin package on the GPU too (the loader
+# takes a package's own plugin first, and the test skips then).
 # Needs nvcc (CUDA's usual install folder or PATH) and a GPU; says so and stops otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -317,11 +317,25 @@ def test_a_prompt_that_leaves_no_room_raises_context_overflow(tiny):
         (dict(seed=2**64), ValueError, "seed"),
         (dict(stop=""), ValueError, "stop"),
         (dict(stop=[3]), TypeError, "stop"),
+        (dict(stop=5), TypeError, "stop must be a str or a sequence of str, got 5"),
     ],
 )
 def test_bad_generate_arguments_raise_clear_errors(model, kwargs, error, match):
     with pytest.raises(error, match=match):
         model.generate(PROMPT, **kwargs)
+
+
+def test_sizes_and_ids_beyond_the_engines_range_are_named(tiny, model):
+    # These reached the native layer as pybind's "incompatible function arguments".
+    for n_ctx in (2**64, 2**31):
+        with pytest.raises(ValueError, match=r"n_ctx must be <= 2147483647"):
+            si.Model(tiny.path, n_ctx=n_ctx)
+    with pytest.raises(ValueError, match=r"n_ctx must be <= 2147483647"):
+        model.session(n_ctx=2**40)
+    with pytest.raises(ValueError, match=r"token id 1099511627776 \(at 1\) is not a valid token id"):
+        model.logits([1, 2**40])
+    with pytest.raises(ValueError, match=r"token id -1 \(at 0\)"):
+        model.logits([-1])
 
 
 def test_bad_arguments_raise_before_a_stream_starts(model):
@@ -386,6 +400,33 @@ def test_ctrl_c_mid_generation_leaves_the_model_usable(tiny):
             timer.cancel()
             signal.signal(signal.SIGINT, previous)
         assert 0 < m.stats()["generated_tokens"] < N_CTX_TRAIN
+        assert m.generate(PROMPT, max_tokens=8, temperature=0, ignore_eos=True) == expected
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_during_a_long_prompt_cancels_it(tmp_path):
+    # A prompt of ~6000 tokens that takes seconds: the main thread is in native code, where
+    # Python cannot run its SIGINT handler, unless the evaluation runs in a helper thread.
+    path = ggufgen.write_llama_model(tmp_path / "slow.gguf", n_vocab=300, n_embd=256, n_layer=8, n_head=4,
+                                     n_head_kv=2, n_ff=768, n_ctx=8192, seed=3).path
+    prompt = " ".join([PROMPT] * 230)
+    with si.Model(path, n_ctx=8192) as m:
+        n_prompt = len(m.tokenize(prompt))
+        assert n_prompt > 5000
+        expected = m.generate(PROMPT, max_tokens=8, temperature=0, ignore_eos=True)
+        timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in the test above
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                timer.start()
+                m.generate(prompt, max_tokens=8, temperature=0, ignore_eos=True)
+        finally:
+            timer.cancel()
+            signal.signal(signal.SIGINT, previous)
+        # Cancelled, not finished first: the context holds the batches evaluated before the
+        # interrupt (256 tokens each), and the figures count those only.
+        stats = m.stats()
+        assert 0 < stats["prompt_tokens"] < n_prompt and stats["generated_tokens"] == 0, stats
         assert m.generate(PROMPT, max_tokens=8, temperature=0, ignore_eos=True) == expected
 
 

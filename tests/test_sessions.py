@@ -251,3 +251,38 @@ def test_breaking_out_of_a_stream_leaves_the_session_reusable(dense_path):
                 if i == 2:
                     break
             assert session.generate("hello", max_tokens=8, temperature=0, ignore_eos=True) == whole
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_model_and_sessions_work_in_a_forked_child(kind, dense_path, sparse_path):
+    # multiprocessing's default on Linux: the child inherits the Model, whose native sessions'
+    # worker threads did not survive the fork (a call there used to wait for them forever).
+    import multiprocessing
+
+    def replies(sequences):
+        return [seq.generate(PROMPTS[1], max_tokens=8, temperature=0, ignore_eos=True) for seq in sequences]
+
+    context = multiprocessing.get_context("fork")
+    with si.Model(dense_path if kind == "dense" else sparse_path, n_threads=4) as m:
+        session = m.session()
+        expected = replies([m, session])
+        results = context.Queue()
+
+        def in_child():
+            results.put(replies([m, session]))
+            m.close()  # and closing there frees nothing of the parent's
+
+        child = context.Process(target=in_child)
+        child.start()
+        try:
+            got = results.get(timeout=120)  # a hang fails here, not forever
+            child.join(60)
+        finally:
+            if child.is_alive():
+                child.kill()
+                child.join()
+        assert child.exitcode == 0
+        assert got == expected
+        assert replies([m, session]) == expected  # the parent's are untouched
+        session.close()

@@ -10,6 +10,7 @@ import operator
 import os
 import random
 import re
+import signal
 import threading
 import time
 import weakref
@@ -48,6 +49,62 @@ class _CallStats:
     decode_seconds: float = 0.0
 
 
+# Objects that mend themselves in a child made by fork(): each one's _after_fork_in_child()
+# runs there (os.register_at_fork at the end of this module).
+_fork_aware: "weakref.WeakSet[Any]" = weakref.WeakSet()
+# The parent's native sessions and GPU weights, in a forked child: never used or freed there.
+_orphaned_by_fork: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    for obj in list(_fork_aware):
+        obj._after_fork_in_child()
+
+
+def _interruptible(work, cancel) -> Any:
+    """work() (native code that releases the GIL) run so that Ctrl-C stops it at once.
+
+    Python runs signal handlers in the main thread only, and not while that thread is inside
+    native code: a long prompt evaluated there would hold Ctrl-C back until it was done. So
+    work() runs in a helper thread while the main thread waits, with a SIGINT handler that
+    calls cancel() (the work stops within a layer); once the work has ended, the interrupt is
+    raised as KeyboardInterrupt. The handler raises nothing itself, so the main thread never
+    leaves while the helper still uses the session. Where SIGINT is not Python's default
+    (ignored, or an application's own handler), work() runs here, as before.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        return work()
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+    interrupted = False
+
+    def run() -> None:
+        try:
+            outcome["result"] = work()
+        except BaseException as error:  # handed to the waiting thread
+            outcome["error"] = error
+        finally:
+            done.set()
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        nonlocal interrupted
+        interrupted = True
+        cancel()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        threading.Thread(target=run, name="sparseinfer-eval", daemon=True).start()
+        done.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise KeyboardInterrupt
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("result")
+
+
 class _Sequence:
     """One native session (KV cache, scratch, thread pool) and what lets one call at a time
     use it safely from any thread: the current call's id, cancellation, per-call stats."""
@@ -56,7 +113,10 @@ class _Sequence:
                  owner: str, device: Optional[_core.DeviceModel] = None) -> None:
         self.native: Optional[_core.Session] = _core.Session(
             model, n_ctx, n_threads, sparse=sparse, device=device)
+        self.model, self.sparse, self.device = model, sparse, device  # for a new session after fork()
         self.n_ctx, self.n_threads, self.owner = n_ctx, n_threads, owner
+        self.forked = False  # in a child made by fork(), until the native session is made anew
+        _fork_aware.add(self)
         self.lock = threading.Lock()  # held by one native step (an eval, a sample) at a time
         self.call_lock = threading.Lock()  # orders call starts against cancel()
         self.call_id = 0  # bumped by every call that resets the session
@@ -75,10 +135,35 @@ class _Sequence:
             raise ValueError(f"{self.owner} was closed during the call" if during_call
                              else f"{self.owner} is closed")
 
+    def _after_fork_in_child(self) -> None:
+        # Only the forking thread lives on in the child: a lock another thread held stays
+        # held, and the native session's worker threads are gone (a call would wait for them
+        # forever, and so would freeing it: it is kept, unused, in _orphaned_by_fork).
+        self.lock = threading.Lock()
+        self.call_lock = threading.Lock()
+        if self.native is not None:
+            _orphaned_by_fork.append(self.native)
+            self.forked = True
+
+    def renew_after_fork(self) -> None:
+        """In a child made by fork(): a new native session (with its own threads) in place of
+        the parent's; the context starts empty, and a stream begun before the fork ends."""
+        if self.device is not None:
+            raise DeviceUnavailableError(
+                f"{self.owner} has its weights on a GPU, which CUDA does not let a process made "
+                f"by fork() use; open the Model in the child, or start the child with "
+                f"multiprocessing's 'spawn' or 'forkserver' method")
+        self.native = _core.Session(self.model, self.n_ctx, self.n_threads, sparse=self.sparse)
+        self.cached = []
+        self.call_id += 1
+        self.forked = False
+
     def start_call(self, *, prompt_tokens: int) -> tuple[int, _CallStats]:
         """Claims the session for a new call: a stream still open ends at its next step."""
         self.check_open()
         with self.lock:
+            if self.forked:
+                self.renew_after_fork()
             self.check_open()
             with self.call_lock:
                 self.call_id += 1
@@ -93,6 +178,8 @@ class _Sequence:
         """The native session, for one step of the call `call_id`, used by no other thread."""
         with self.lock:
             self.check_open(during_call=True)
+            if self.forked:
+                self.renew_after_fork()
             if call_id != self.call_id:
                 raise RuntimeError("this generation was ended by a later call on the same "
                                    "session (a session runs one sequence at a time; use "
@@ -113,9 +200,13 @@ class _Sequence:
 
     def eval(self, session: _core.Session, ids: list[int], *, all_logits: bool = False) -> None:
         """session.eval(ids), keeping `cached` in step with what the cache then holds (an
-        evaluation that fails or is cancelled keeps the positions before it)."""
+        evaluation that fails or is cancelled keeps the batches it finished). Ctrl-C cancels
+        a batch of several tokens at once (_interruptible)."""
         try:
-            session.eval(ids, all_logits=all_logits)
+            if len(ids) > 1:
+                _interruptible(lambda: session.eval(ids, all_logits=all_logits), self.cancel)
+            else:  # one token takes one step's time: Ctrl-C comes before the next
+                session.eval(ids, all_logits=all_logits)
         finally:
             self.cached.extend(ids)
             del self.cached[session.n_past:]
@@ -137,6 +228,7 @@ class _Sequence:
         self.cancel()  # a long prompt in another thread stops within a layer
         with self.lock:
             self.native = None  # frees the KV cache (and, with the last one, the mapping)
+            self.model = self.device = None
 
 
 class _Inference:
@@ -209,7 +301,7 @@ class _Inference:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
         if max_tokens is not None:
-            _require_int("max_tokens", max_tokens, minimum=0)
+            _require_int("max_tokens", max_tokens, minimum=0, maximum=None)
         stops = _stop_strings(stop)
         sampler = _make_sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repeat_penalty=repeat_penalty, seed=seed)
@@ -247,7 +339,7 @@ class _Inference:
         seq = self._sequence()
         model = self._loaded()
         if max_tokens is not None:
-            _require_int("max_tokens", max_tokens, minimum=0)
+            _require_int("max_tokens", max_tokens, minimum=0, maximum=None)
         chat_template = _prompt.resolve_template(template, model._metadata)
         text = chat_template.render(messages, add_generation_prompt=True)
         end_ids = set()
@@ -281,9 +373,13 @@ class _Inference:
             except CancelledError:
                 seq.check_open(during_call=True)  # closed rather than cancelled: say so
                 return
+            finally:
+                # True figures for a prompt cancelled or interrupted (Ctrl-C) too: it then
+                # left none of its own tokens in the context.
+                stats.prompt_seconds = time.perf_counter() - started
+                stats.prompt_tokens = min(stats.prompt_tokens, session.n_past)
         for token in prompt_ids[-_REPEAT_LAST_N:]:
             sampler.accept(token)
-        stats.prompt_seconds = time.perf_counter() - started
 
         while max_tokens is None or stats.generated_tokens < max_tokens:
             if seq.cancel_requested():
@@ -452,6 +548,7 @@ class Model(_Inference):
             self._native.arch, self._native.n_vocab, self._native.n_layer)
         self._sessions_lock = threading.Lock()
         self._sessions: "weakref.WeakSet[_Sequence]" = weakref.WeakSet()
+        _fork_aware.add(self)
         self._own = self._open_sequence(self._n_ctx, self._n_threads, f"the Model for {self._path}")
 
     @classmethod
@@ -589,6 +686,13 @@ class Model(_Inference):
 
     # ---- lifetime -------------------------------------------------------------------------
 
+    def _after_fork_in_child(self) -> None:
+        """Part of fork() support (_fork_aware): the sessions renew themselves; the GPU's
+        weights belong to the parent's CUDA context, so they are never freed here."""
+        self._sessions_lock = threading.Lock()
+        if self._device_model is not None:
+            _orphaned_by_fork.append(self._device_model)
+
     def close(self) -> None:
         """Closes the Model and its sessions: frees the contexts and unmaps the file. A
         call running in another thread stops within a layer and raises ValueError; the
@@ -716,12 +820,17 @@ class Session(_Inference):
 
 # ---- argument checking ----------------------------------------------------------------------
 
-def _require_int(name: str, value: object, *, minimum: Optional[int] = None) -> int:
+def _require_int(name: str, value: object, *, minimum: Optional[int] = None,
+                 maximum: Optional[int] = _INT32_MAX) -> int:
+    """value as an int within [minimum, maximum] (by default what the engine's int32 sizes
+    hold), or an error naming the argument."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r}")
     value = int(value)
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return value
 
 
@@ -735,7 +844,7 @@ def _make_sampler(*, temperature: float, top_k: int, top_p: float, min_p: float,
                   repeat_penalty: float, seed: Optional[int]) -> _core.Sampler:
     return _core.Sampler(
         temperature=_require_real("temperature", temperature),
-        top_k=max(0, min(_require_int("top_k", top_k), _INT32_MAX)),
+        top_k=max(0, min(_require_int("top_k", top_k, maximum=None), _INT32_MAX)),
         top_p=_require_real("top_p", top_p),
         min_p=_require_real("min_p", min_p),
         repeat_penalty=_require_real("repeat_penalty", repeat_penalty),
@@ -746,9 +855,13 @@ def _make_sampler(*, temperature: float, top_k: int, top_p: float, min_p: float,
 
 def _token_ids(tokens: Iterable[int]) -> list[int]:
     try:
-        return [operator.index(token) for token in tokens]
+        ids = [operator.index(token) for token in tokens]
     except TypeError:
         raise TypeError("tokens must be a sequence of int token ids") from None
+    for i, token in enumerate(ids):
+        if not 0 <= token <= _INT32_MAX:  # the engine's ids are int32; it names one beyond n_vocab
+            raise ValueError(f"token id {token} (at {i}) is not a valid token id")
+    return ids
 
 
 _MEMORY_UNITS = {"": 2**30, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6,
@@ -807,7 +920,12 @@ def _check_device(device: object) -> Optional[tuple[str, int]]:
 def _stop_strings(stop: Union[str, Sequence[str], None]) -> list[str]:
     if stop is None:
         return []
-    stops = [stop] if isinstance(stop, str) else list(stop)
+    if isinstance(stop, str):
+        stops = [stop]
+    elif isinstance(stop, Iterable):
+        stops = list(stop)
+    else:
+        raise TypeError(f"stop must be a str or a sequence of str, got {stop!r}")
     for s in stops:
         if not isinstance(s, str):
             raise TypeError(f"stop must be a str or a sequence of str, got an item {s!r}")
@@ -819,10 +937,7 @@ def _stop_strings(stop: Union[str, Sequence[str], None]) -> list[str]:
 def _resolve_seed(seed: Optional[int]) -> int:
     if seed is None:
         return random.SystemRandom().getrandbits(64)
-    seed = _require_int("seed", seed, minimum=0)
-    if seed >= 2**64:
-        raise ValueError(f"seed must be below 2**64, got {seed}")
-    return seed
+    return _require_int("seed", seed, minimum=0, maximum=2**64 - 1)
 
 
 def _rate(count: int, seconds: float) -> float:
@@ -849,3 +964,7 @@ def _default_thread_count() -> int:
         cpus = list(range(os.cpu_count() or 1))
     cores = _physical_core_count(cpus) or len(cpus)
     return max(1, min(cores, _MAX_DEFAULT_THREADS))
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork()
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -124,3 +124,22 @@ def test_usage_errors_exit_with_status_2():
     result = run_cli("generate", "-p", "no model given")
     assert result.returncode == 2
     assert "--model" in result.stderr
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"sparseinfer {si.__version__}"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX argv holds bytes")
+def test_text_that_is_not_utf8_is_named(tiny, tmp_path):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\u00e9 au lait".encode("latin-1"))
+    result = run_cli("generate", "-m", tiny.path, "-f", str(bad))
+    assert result.returncode == 1
+    assert f"{bad}: not UTF-8 text (byte 0xe9 at offset 3)" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "sparseinfer", "generate", "-m", tiny.path, "-p", b"ab\xffc"],
+                            capture_output=True, timeout=120)
+    assert result.returncode == 1
+    assert b"-p/--prompt is not UTF-8 text (byte 0xff at character 2)" in result.stderr

@@ -42,8 +42,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__  # the package is whole by the time the parser is made
+
     parser = argparse.ArgumentParser(
         prog=_PROGRAM, description="PowerInfer-style sparse LLM inference for GGUF models.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     generate = commands.add_parser(
@@ -99,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
         "profile", help="count how often each FFN neuron fires over some text (GPU placement)",
         description="Run a PowerInfer (ReLU, magic PWRI) model densely over UTF-8 text files, "
                     "in windows of N tokens, and write how many tokens fired each FFN neuron of "
-                    "each layer to MODEL.profile.npz: the hot/cold GPU placement reads it.")
+                    "each layer to MODEL.profile.npz (model.gguf -> model.gguf.profile.npz): "
+                    "the hot/cold GPU placement reads it.")
     profile.set_defaults(run=_profile)
     profile.add_argument("model", metavar="MODEL", help="PowerInfer GGUF model file")
     profile.add_argument("--text", action="append", required=True, metavar="FILE",
@@ -110,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("-t", "--threads", type=int, default=None, metavar="N",
                          help="CPU threads (default: the available cores, at most 16)")
     profile.add_argument("-o", "--output", default=None, metavar="OUT",
-                         help="where to write the profile (default: MODEL.profile.npz)")
+                         help="where to write the profile (default: MODEL.profile.npz, the model "
+                              "file's whole name and .profile.npz)")
 
     info = commands.add_parser(
         "info", help="describe a GGUF file (without loading its weights) and the system",
@@ -186,12 +191,34 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---- generate -------------------------------------------------------------------------------
 
+def _read_text_file(path: str) -> str:
+    """A UTF-8 text file's contents, or an error naming the file and its first bad byte."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
+                         f"{error.start})") from None
+
+
+def _argument_text(text: str, option: str) -> str:
+    """A command-line argument as text, or an error naming the option and its first byte
+    that is not UTF-8 (Python keeps such bytes of argv as lone surrogates, U+DC80..U+DCFF)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        code = ord(text[error.start])
+        what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        raise ValueError(f"{option} is not UTF-8 text ({what} at character {error.start})") from None
+    return text
+
+
 def _generate(args: argparse.Namespace) -> None:
     if args.file is not None:
-        with open(args.file, encoding="utf-8") as f:
-            prompt = f.read()
+        prompt = _read_text_file(args.file)
     else:
-        prompt = args.prompt
+        prompt = _argument_text(args.prompt, "-p/--prompt")
     sampling = _sampling(args)
     out = _utf8(sys.stdout)
     with _open_model(args) as model:
@@ -241,10 +268,9 @@ def _utf8(stream: TextIO) -> TextIO:
 
 def _chat(args: argparse.Namespace) -> None:
     sampling = _sampling(args)
-    system = args.system
+    system = None if args.system is None else _argument_text(args.system, "--system")
     if args.file is not None:
-        with open(args.file, encoding="utf-8") as f:
-            system = f.read()
+        system = _read_text_file(args.file)
     interactive = sys.stdin.isatty()
     out = _utf8(sys.stdout)
     with _open_model(args) as model:
@@ -324,8 +350,7 @@ def _profile(args: argparse.Namespace) -> None:
         raise ValueError(f"-c/--ctx-size must be at least 1, got {args.ctx_size}")
     texts = []
     for name in args.text:
-        with open(name, encoding="utf-8") as f:
-            texts.append(f.read())
+        texts.append(_read_text_file(name))
     output = args.output if args.output is not None else default_profile_path(args.model)
     result = profile_model(args.model, texts, n_ctx=args.ctx_size, n_threads=args.threads,
                            output=output)

@@ -286,3 +286,27 @@ def test_model_and_sessions_work_in_a_forked_child(kind, dense_path, sparse_path
         assert got == expected
         assert replies([m, session]) == expected  # the parent's are untouched
         session.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
+def test_a_thread_that_cannot_start_is_a_memory_error(dense_path):
+    # Under an address-space limit the system refuses thread stacks: the pool's error, not
+    # std::terminate (the process used to abort), and the process goes on.
+    code = textwrap.dedent(f"""
+        import resource
+        import sparseinfer as si
+        with open("/proc/self/status") as f:
+            size = next(int(line.split()[1]) for line in f if line.startswith("VmSize:")) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (size + 300 * 2**20, resource.RLIM_INFINITY))
+        try:
+            si.Model({dense_path!r}, n_ctx=64, n_threads=1000)
+        except MemoryError as error:
+            print("MemoryError:", error)
+        with si.Model({dense_path!r}, n_ctx=64, n_threads=2) as m:
+            print("then:", len(m.generate("hello", max_tokens=4, temperature=0, ignore_eos=True)) > 0)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "MemoryError: could not start thread " in result.stdout, result.stdout
+    assert "of 1000 (" in result.stdout and "use fewer threads (n_threads)" in result.stdout
+    assert "then: True" in result.stdout

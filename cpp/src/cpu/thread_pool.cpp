@@ -1,6 +1,10 @@
 #include "cpu/thread_pool.h"
 
 #include <chrono>
+#include <string>
+#include <system_error>
+
+#include "common/errors.h"
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(_M_IX86)
 #include <immintrin.h>
@@ -25,16 +29,30 @@ constexpr unsigned kSpinsBeforeYield = 256;
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
     workers_.reserve(static_cast<size_t>(n_threads_ - 1));
-    for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+    for (int i = 1; i < n_threads_; ++i) {
+        try {
+            workers_.emplace_back([this, i] { worker_loop(i); });
+        } catch (const std::system_error& e) {
+            // The system refused a thread (a process or address-space limit): the ones
+            // started so far must be joined here, or destroying them would end the process.
+            stop_workers();
+            throw OutOfMemoryError("could not start thread " + std::to_string(i + 1) + " of " +
+                                   std::to_string(n_threads_) + " (" + e.what() +
+                                   "): use fewer threads (n_threads)");
+        }
+    }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { stop_workers(); }
+
+void ThreadPool::stop_workers() {
     {
         std::lock_guard<std::mutex> lock(mutex_);
         stopping_.store(true);
     }
     wake_.notify_all();
     for (std::thread& t : workers_) t.join();
+    workers_.clear();
 }
 
 void ThreadPool::split(int64_t n, int index, int count, int64_t* begin, int64_t* end) {

@@ -16,6 +16,7 @@ namespace si {
 
 class ThreadPool {
 public:
+    // Throws OutOfMemoryError when the system refuses a thread (none is left running then).
     explicit ThreadPool(int n_threads);
     ~ThreadPool();
     ThreadPool(const ThreadPool&) = delete;
@@ -30,6 +31,8 @@ public:
 
 private:
     void worker_loop(int index);
+    // Wakes the workers to end and joins them.
+    void stop_workers();
 
     int n_threads_;
     std::vector<std::thread> workers_;

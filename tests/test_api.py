@@ -92,6 +92,21 @@ def test_a_file_that_is_not_gguf_raises_model_format_error(tmp_path):
         si.Model(junk)
 
 
+def test_a_huge_prompt_is_refused_before_it_is_tokenized(model):
+    # 10 MB of text: refused from its size and the vocabulary's longest token, not after
+    # tokenizing it (a 100 MB prompt took 7 s and 2 GB before).
+    prompt = PROMPT * 400_000
+    with pytest.raises(si.ContextOverflowError,
+                       match=rf"the prompt is {len(prompt)} bytes, so at least \d+ tokens \(no token of "
+                             rf"this model is longer than \d+ bytes\), and n_ctx is {model.n_ctx}"):
+        model.generate(prompt)
+    # What might fit is tokenized and counted as before.
+    n_ctx_of_prompt = len(model.tokenize(PROMPT * 40))
+    with si.Model(model.path, n_ctx=n_ctx_of_prompt) as small:
+        with pytest.raises(si.ContextOverflowError, match=rf"the prompt is {n_ctx_of_prompt} tokens"):
+            small.generate(PROMPT * 40)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [

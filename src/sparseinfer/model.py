@@ -549,6 +549,7 @@ class Model(_Inference):
         self._sessions_lock = threading.Lock()
         self._sessions: "weakref.WeakSet[_Sequence]" = weakref.WeakSet()
         _fork_aware.add(self)
+        self._longest_token: Optional[int] = None
         self._own = self._open_sequence(self._n_ctx, self._n_threads, f"the Model for {self._path}")
 
     @classmethod
@@ -751,6 +752,14 @@ class Model(_Inference):
     def _loaded(self) -> "Model":
         return self
 
+    def _longest_token_bytes(self) -> int:
+        """The most bytes of text one token stands for (special tokens' texts included): a
+        text of B bytes is at least B / this many tokens. Found once, when first needed."""
+        if self._longest_token is None:
+            token_bytes = self._tokenizer.token_to_bytes
+            self._longest_token = max([1] + [len(token_bytes(t, render_special=True)) for t in range(self._n_vocab)])
+        return self._longest_token
+
     def _encode_prompt(self, prompt: str, n_ctx: int) -> list[int]:
         """Token ids of a prompt, special-token texts parsed: BOS first when the file asks
         for it, once, also when the text starts with the BOS text (a chat template's)."""
@@ -758,6 +767,15 @@ class Model(_Inference):
         bos_text = (self._tokenizer.token_to_bytes(bos_id, render_special=True)
                     .decode("utf-8", errors="replace") if bos_id >= 0 else "")
         add_bos = self._tokenizer.add_bos and not (bos_text and prompt.startswith(bos_text))
+        if len(prompt) >= n_ctx:  # long enough to be refused before it is tokenized
+            n_bytes = len(prompt.encode("utf-8", errors="surrogatepass"))
+            longest = self._longest_token_bytes()
+            at_least = -(-n_bytes // longest)
+            if at_least >= n_ctx:
+                raise ContextOverflowError(
+                    f"the prompt is {n_bytes} bytes, so at least {at_least} tokens (no token of "
+                    f"this model is longer than {longest} bytes), and n_ctx is {n_ctx}: shorten "
+                    f"the prompt or use a larger n_ctx")
         prompt_ids = self._tokenizer.encode(prompt, add_bos=add_bos, parse_special=True)
         if not prompt_ids:
             raise ValueError("the prompt is empty and this model adds no BOS token: "

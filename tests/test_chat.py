@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -143,6 +144,30 @@ def test_chat_command_stats_say_what_the_context_kept(tiny):
     assert stats["reused_tokens"] > 0
 
 
+def test_chat_command_goes_on_when_the_context_fills(tiny):
+    # The tiny model's replies run until the context is full: the first is cut (and says so),
+    # the next message then drops the oldest turn, keeps the system message, and is answered.
+    result = run_chat(tiny, "hello there\nand again\n", "--temp", "0", "-c", "128", "--system", "be brief")
+    assert result.returncode == 0, result.stderr.decode()
+    err = result.stderr.decode("utf-8")
+    assert err.count("the reply was cut: the context (128 tokens) is full; the next message drops the oldest "
+                     "turns") == 2, err
+    assert "the context is full: dropped the 2 oldest messages" in err
+    replies = result.stdout.decode("utf-8").split("\n")
+    with si.Model(tiny, n_ctx=128, n_threads=1) as model:  # what the second reply must be
+        second = model.chat([{"role": "system", "content": "be brief"}, {"role": "user", "content": "and again"}],
+                            temperature=0)
+    assert replies[1] == second and len(second) > 0
+
+
+def test_chat_command_keep_history_refuses_what_does_not_fit(tiny):
+    result = run_chat(tiny, "hello there\nand again\n", "--temp", "0", "-c", "128", "--keep-history")
+    assert result.returncode == 0, result.stderr.decode()
+    err = result.stderr.decode("utf-8")
+    assert "the reply was cut: the context (128 tokens) is full\n" in err
+    assert "no room left to generate" in err and "this message was dropped" in err
+
+
 def test_chat_command_on_smollm2(smollm2):
     result = run_chat(smollm2.path, "Hi!\nWhat is 2+2?\n", "-n", "64", "--temp", "0", "-c", "512")
     assert result.returncode == 0, result.stderr.decode()
@@ -171,6 +196,61 @@ def read_pty(fd: int, buffer: bytearray, done, timeout: float = 30) -> None:
                 buffer += os.read(fd, 65536)
             except OSError:  # the child closed the terminal
                 raise AssertionError(f"the command ended; it showed {bytes(buffer)!r}") from None
+
+
+def write_pty(fd: int, data: bytes, buffer: bytearray, timeout: float = 60) -> None:
+    """Writes all of `data` to the pty, reading what the command shows meanwhile (its echo
+    would otherwise fill the terminal and stop it reading)."""
+    deadline = time.monotonic() + timeout
+    os.set_blocking(fd, False)  # a blocking write could wait for a command that waits for us
+    try:
+        while data:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out writing; the terminal shows {bytes(buffer)[-500:]!r}")
+            readable, writable, _ = select.select([fd], [fd], [], 0.1)
+            if readable:
+                try:
+                    buffer += os.read(fd, 65536)
+                except BlockingIOError:
+                    pass
+            if writable:
+                try:
+                    data = data[os.write(fd, data[:1024]):]
+                except BlockingIOError:
+                    pass
+    finally:
+        os.set_blocking(fd, True)
+
+
+def test_chat_in_a_terminal_takes_a_long_pasted_line_whole(tiny):
+    # A terminal's line discipline keeps 4095 bytes of a line; readline reads the keys raw.
+    message = " ".join(["hello there"] * 500)  # 6 KB, about a token a byte in this vocabulary
+    assert len(message) > 4095
+    with si.Model(tiny, n_ctx=8192, n_threads=1) as model:
+        model.chat(message, temperature=0, max_tokens=1)
+        want = model.stats()["prompt_tokens"]
+    pid, fd = pty.fork()
+    if pid == 0:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.execv(sys.executable, [sys.executable, "-m", "sparseinfer", "chat", "-m", tiny, "-c", "8192",
+                                  "-t", "1", "--temp", "0", "-n", "1", "--stats"])
+        os._exit(127)
+    try:
+        out = bytearray()
+        read_pty(fd, out, lambda b: b"> " in b)
+        write_pty(fd, message.encode() + b"\r", out)
+        read_pty(fd, out, lambda b: re.search(rb"prompt: +\d+ tokens[^>]*\n> ", b) is not None, timeout=120)
+        os.write(fd, b"\x04")  # at the next prompt (earlier, readline could miss it)
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+    finally:
+        if pid:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    got = int(re.search(rb"prompt: +(\d+) tokens", out).group(1))
+    assert got == want  # the whole message reached the model
 
 
 def test_chat_in_a_terminal_ctrl_c_stops_the_reply_and_ctrl_d_quits(tiny):

@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--stats", action="store_true",
                       help="print token counts and speeds to stderr after each reply (the "
                            "prompt line says how many tokens the earlier turns left in the context)")
+    chat.add_argument("--keep-history", action="store_true",
+                      help="never drop earlier turns: a message that does not fit the context is "
+                           "refused (by default the oldest turns go, the system message stays)")
 
     fetch = commands.add_parser(
         "fetch", help="download a model file into the local cache and print its path",
@@ -272,6 +275,8 @@ def _chat(args: argparse.Namespace) -> None:
     if args.file is not None:
         system = _read_text_file(args.file)
     interactive = sys.stdin.isatty()
+    if interactive:
+        _use_readline()
     out = _utf8(sys.stdout)
     with _open_model(args) as model:
         template = resolve_template(args.chat_template, model)  # a bad name fails here
@@ -286,6 +291,11 @@ def _chat(args: argparse.Namespace) -> None:
             if not text.strip():
                 continue
             messages.append({"role": "user", "content": text})
+            if not args.keep_history:
+                dropped = _drop_oldest_turns(model, template, messages)
+                if dropped:
+                    print(f"{_PROGRAM}: the context is full: dropped the {dropped} oldest "
+                          f"message{'s' if dropped > 1 else ''}", file=sys.stderr)
             try:
                 pieces = model.chat(messages, template=args.chat_template, stream=True,
                                     **sampling)
@@ -307,8 +317,45 @@ def _chat(args: argparse.Namespace) -> None:
             out.write("\n")
             out.flush()
             messages.append({"role": "assistant", "content": "".join(reply)})
+            stats = model.stats()
+            if stats["prompt_tokens"] + stats["generated_tokens"] > model.n_ctx:  # sampled past a full one
+                print(f"{_PROGRAM}: the reply was cut: the context ({model.n_ctx} tokens) is full"
+                      + ("" if args.keep_history else "; the next message drops the oldest turns"),
+                      file=sys.stderr)
             if args.stats:
-                _print_stats(model.stats(), model.is_sparse)
+                _print_stats(stats, model.is_sparse)
+
+
+def _use_readline() -> None:
+    """Line editing and history for input(), where Python has readline (not on Windows). It
+    also reads in raw mode, so a pasted line is no longer cut at the terminal's 4095 bytes."""
+    try:
+        import readline  # noqa: F401  (importing it is what makes input() use it)
+    except ImportError:
+        pass
+
+
+# Room kept for the reply when earlier turns are dropped to make a message fit.
+_REPLY_ROOM_FRACTION = 4
+
+
+def _drop_oldest_turns(model: Model, template: Any, messages: list[dict[str, str]]) -> int:
+    """Drops the oldest turns (a user message and the replies after it) after the system
+    message until the conversation leaves a quarter of the context for the reply, or only
+    the newest message is left; returns how many messages went."""
+    first = 1 if messages and messages[0]["role"] == "system" else 0
+    room = model.n_ctx // _REPLY_ROOM_FRACTION
+    dropped = 0
+    while len(messages) - first > 1:
+        text = template.render(messages, add_generation_prompt=True)
+        if len(model.tokenize(text, special=True)) + room <= model.n_ctx:
+            break
+        del messages[first]
+        dropped += 1
+        while len(messages) - first > 1 and messages[first]["role"] == "assistant":
+            del messages[first]  # a conversation goes on with a user's message
+            dropped += 1
+    return dropped
 
 
 def _read_message(interactive: bool) -> Optional[str]:

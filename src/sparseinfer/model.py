@@ -375,8 +375,8 @@ class _Inference:
                 seq.check_open(during_call=True)  # closed rather than cancelled: say so
                 return
             finally:
-                # True figures for a prompt cancelled or interrupted (Ctrl-C) too: it then
-                # left none of its own tokens in the context.
+                # True figures for a prompt cancelled or interrupted (Ctrl-C) too: the
+                # context then holds the batches it finished, and no more.
                 stats.prompt_seconds = time.perf_counter() - started
                 stats.prompt_tokens = min(stats.prompt_tokens, session.n_past)
         for token in prompt_ids[-_REPEAT_LAST_N:]:

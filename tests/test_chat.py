@@ -7,6 +7,7 @@ conversation (the REPL must feed the model the conversation the user typed, hist
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import pty
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import termios
 import time
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -222,6 +224,30 @@ def write_pty(fd: int, data: bytes, buffer: bytearray, timeout: float = 60) -> N
         os.set_blocking(fd, True)
 
 
+@contextlib.contextmanager
+def chat_in_a_terminal(model_path: str, *args: str) -> Iterator[int]:
+    """The chat command in a new pty, as in a terminal: yields the terminal's fd. On leaving
+    (the command at its prompt) Ctrl-D ends it, which must exit with status 0."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the chat command, with the pty as its terminal
+        # Ctrl-C as in a terminal, even where this suite runs with SIGINT ignored (a
+        # background job of a script): an ignored SIGINT stays ignored across exec.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.execv(sys.executable, [sys.executable, "-m", "sparseinfer", "chat", "-m", model_path, *args])
+        os._exit(127)
+    try:
+        yield fd
+        os.write(fd, b"\x04")  # Ctrl-D at an empty prompt
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    finally:
+        if pid:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        os.close(fd)
+
+
 def test_chat_in_a_terminal_takes_a_long_pasted_line_whole(tiny):
     # A terminal's line discipline keeps 4095 bytes of a line; readline reads the keys raw.
     message = " ".join(["hello there"] * 500)  # 6 KB, about a token a byte in this vocabulary
@@ -229,26 +255,12 @@ def test_chat_in_a_terminal_takes_a_long_pasted_line_whole(tiny):
     with si.Model(tiny, n_ctx=8192, n_threads=1) as model:
         model.chat(message, temperature=0, max_tokens=1)
         want = model.stats()["prompt_tokens"]
-    pid, fd = pty.fork()
-    if pid == 0:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.execv(sys.executable, [sys.executable, "-m", "sparseinfer", "chat", "-m", tiny, "-c", "8192",
-                                  "-t", "1", "--temp", "0", "-n", "1", "--stats"])
-        os._exit(127)
-    try:
-        out = bytearray()
+    out = bytearray()
+    with chat_in_a_terminal(tiny, "-c", "8192", "-t", "1", "--temp", "0", "-n", "1", "--stats") as fd:
         read_pty(fd, out, lambda b: b"> " in b)
         write_pty(fd, message.encode() + b"\r", out)
+        # Ctrl-D only at the next prompt: earlier, readline could miss it.
         read_pty(fd, out, lambda b: re.search(rb"prompt: +\d+ tokens[^>]*\n> ", b) is not None, timeout=120)
-        os.write(fd, b"\x04")  # at the next prompt (earlier, readline could miss it)
-        _, status = os.waitpid(pid, 0)
-        pid = 0
-    finally:
-        if pid:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        os.close(fd)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     got = int(re.search(rb"prompt: +(\d+) tokens", out).group(1))
     assert got == want  # the whole message reached the model
 
@@ -257,15 +269,7 @@ def test_chat_in_a_terminal_ctrl_c_stops_the_reply_and_ctrl_d_quits(tiny):
     with si.Model(tiny, n_ctx=8192, n_threads=1) as model:
         full = model.chat("hello there", temperature=0)
         assert model.stats()["generated_tokens"] > 4000  # long enough to be interrupted
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the chat command, with the pty as its terminal
-        # Ctrl-C as in a terminal, even where this suite runs with SIGINT ignored (a
-        # background job of a script): an ignored SIGINT stays ignored across exec.
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.execv(sys.executable, [sys.executable, "-m", "sparseinfer", "chat", "-m", tiny,
-                                  "-c", "8192", "-t", "1", "--temp", "0"])
-        os._exit(127)
-    try:
+    with chat_in_a_terminal(tiny, "-c", "8192", "-t", "1", "--temp", "0") as fd:
         # no echo of what we type, no "\n" -> "\r\n": the output is what the command wrote
         attrs = termios.tcgetattr(fd)
         attrs[1] &= ~termios.OPOST
@@ -279,14 +283,5 @@ def test_chat_in_a_terminal_ctrl_c_stops_the_reply_and_ctrl_d_quits(tiny):
         os.write(fd, b"\x03")  # Ctrl-C
         read_pty(fd, out, lambda b: b.find(b"\n> ", start) >= 0)  # and a new prompt
         end = out.find(b"\n> ", start)
-        os.write(fd, b"\x04")  # Ctrl-D at an empty prompt
-        _, status = os.waitpid(pid, 0)
-        pid = 0
-    finally:
-        if pid:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        os.close(fd)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     interrupted = out[start:end].decode("utf-8", errors="replace")
     assert interrupted and full.startswith(interrupted) and len(interrupted) < len(full)

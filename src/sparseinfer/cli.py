@@ -335,16 +335,12 @@ def _use_readline() -> None:
         pass
 
 
-# Room kept for the reply when earlier turns are dropped to make a message fit.
-_REPLY_ROOM_FRACTION = 4
-
-
 def _drop_oldest_turns(model: Model, template: Any, messages: list[dict[str, str]]) -> int:
     """Drops the oldest turns (a user message and the replies after it) after the system
     message until the conversation leaves a quarter of the context for the reply, or only
     the newest message is left; returns how many messages went."""
     first = 1 if messages and messages[0]["role"] == "system" else 0
-    room = model.n_ctx // _REPLY_ROOM_FRACTION
+    room = model.n_ctx // 4  # kept for the reply
     dropped = 0
     while len(messages) - first > 1:
         text = template.render(messages, add_generation_prompt=True)

@@ -13,7 +13,6 @@ import random
 import signal
 import sys
 import threading
-import warnings
 
 import numpy as np
 import pytest
@@ -339,19 +338,6 @@ def test_a_prompt_that_leaves_no_room_raises_context_overflow(tiny):
 def test_bad_generate_arguments_raise_clear_errors(model, kwargs, error, match):
     with pytest.raises(error, match=match):
         model.generate(PROMPT, **kwargs)
-
-
-def test_a_context_beyond_the_training_length_warns(tiny):
-    with pytest.warns(UserWarning, match=rf"n_ctx={2 * N_CTX_TRAIN} is beyond the {N_CTX_TRAIN} tokens .* was "
-                                         rf"trained for"):
-        m = si.Model(tiny.path, n_ctx=2 * N_CTX_TRAIN)
-    with m:
-        with pytest.warns(UserWarning, match=rf"n_ctx={N_CTX_TRAIN + 1} is beyond"):
-            m.session(n_ctx=N_CTX_TRAIN + 1).close()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # none at or below it
-        with si.Model(tiny.path, n_ctx=N_CTX_TRAIN) as m:
-            m.session(n_ctx=16).close()
 
 
 def test_sizes_and_ids_beyond_the_engines_range_are_named(tiny, model):

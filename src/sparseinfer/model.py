@@ -13,7 +13,6 @@ import re
 import signal
 import threading
 import time
-import warnings
 import weakref
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
@@ -544,7 +543,6 @@ class Model(_Inference):
             self._placement, self._device_model = self._place_on_device()
         self._tokenizer = self._native.tokenizer
         self._metadata = self._native.metadata()
-        self._warn_beyond_training(self._n_ctx)
         self._predictor_q8_layers = list(self._native.predictor_q8_layers)
         self._arch, self._n_vocab, self._n_layer = (
             self._native.arch, self._native.n_vocab, self._native.n_layer)
@@ -676,17 +674,8 @@ class Model(_Inference):
         self._check_open()
         n_ctx = self._n_ctx if n_ctx is None else _require_int("n_ctx", n_ctx, minimum=1)
         n_threads = self._n_threads if n_threads is None else _thread_count(n_threads)
-        if n_ctx != self._n_ctx:
-            self._warn_beyond_training(n_ctx)
         return Session(self, self._open_sequence(n_ctx, n_threads,
                                                  f"a session of the Model for {self._path}"))
-
-    def _warn_beyond_training(self, n_ctx: int) -> None:
-        n_ctx_train = self._metadata.get(f"{self._native.arch}.context_length")
-        if isinstance(n_ctx_train, int) and 0 < n_ctx_train < n_ctx:
-            warnings.warn(f"n_ctx={n_ctx} is beyond the {n_ctx_train} tokens {self._path} was trained "
-                          f"for: text past that may lose coherence, and the KV cache is sized for "
-                          f"all of n_ctx at once", stacklevel=3)
 
     def _open_sequence(self, n_ctx: int, n_threads: int, owner: str) -> _Sequence:
         with self._sessions_lock:

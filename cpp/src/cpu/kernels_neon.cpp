@@ -564,15 +564,10 @@ void neon_key_scores_heads(int64_t head_dim, int64_t n_keys, const uint16_t* key
 
 void neon_key_scores(int64_t head_dim, int64_t n_keys, const uint16_t* key_blocks, const float* q, size_t q_stride,
                      int n_heads, float* scores, size_t score_stride) {
-    int g = 0;
-    for (; g + 4 <= n_heads; g += 4) {
-        neon_key_scores_heads<4>(head_dim, n_keys, key_blocks, q + g * q_stride, q_stride, scores + g * score_stride,
-                                 score_stride);
-    }
-    for (; g < n_heads; ++g) {
-        neon_key_scores_heads<1>(head_dim, n_keys, key_blocks, q + g * q_stride, q_stride, scores + g * score_stride,
-                                 score_stride);
-    }
+    in_groups<4>(n_heads, [&](int first, auto heads) {
+        neon_key_scores_heads<decltype(heads)::value>(head_dim, n_keys, key_blocks, q + first * q_stride, q_stride,
+                                                       scores + first * score_stride, score_stride);
+    });
 }
 
 #undef SI_NEON_INLINE

@@ -357,15 +357,16 @@ def test_threshold_environment_override(tmp_path):
 
 
 @pytest.mark.parametrize("weight_type", ["F32", "F16", "Q4_0"])
-def test_deterministic_across_runs_and_threads(tmp_path, weight_type):
+@pytest.mark.parametrize("sparse", [True, False])
+def test_deterministic_across_runs_and_threads(tmp_path, weight_type, sparse):
     w = sparsegen.write_pwri_model(tmp_path / "det.gguf", weight_type=weight_type, seed=13)
     toks = sparsegen.tokens(24, seed=13)
-    a, sa, is_sparse = run_engine(w.path, toks, sparse=True, n_threads=1)
-    assert is_sparse
-    b, sb, _ = run_engine(w.path, toks, sparse=True, n_threads=2)
-    c, sc, _ = run_engine(w.path, toks, sparse=True, n_threads=3)  # more threads than cores, uneven split
-    a2, _, _ = run_engine(w.path, toks, sparse=True, n_threads=1)
-    b2, _, _ = run_engine(w.path, toks, sparse=True, n_threads=2)
+    a, sa, is_sparse = run_engine(w.path, toks, sparse=sparse, n_threads=1)
+    assert is_sparse == sparse
+    b, sb, _ = run_engine(w.path, toks, sparse=sparse, n_threads=2)
+    c, sc, _ = run_engine(w.path, toks, sparse=sparse, n_threads=3)  # more threads than cores, uneven split
+    a2, _, _ = run_engine(w.path, toks, sparse=sparse, n_threads=1)
+    b2, _, _ = run_engine(w.path, toks, sparse=sparse, n_threads=2)
     assert np.array_equal(a, a2), "two runs with 1 thread differ"
     assert np.array_equal(b, b2), "two runs with 2 threads differ"
     assert np.array_equal(a, b), f"1 vs 2 threads differ by {np.abs(a - b).max()}"
@@ -375,7 +376,7 @@ def test_deterministic_across_runs_and_threads(tmp_path, weight_type):
     model = _core.Model(w.path, predictor_q8=False)
     rows = {}
     for nt in (1, 2, 3):
-        s = _core.Session(model, N_CTX, nt, sparse=True)
+        s = _core.Session(model, N_CTX, nt, sparse=sparse)
         s.eval(toks[:4], all_logits=False)
         rows[nt] = []
         for t in toks[4:12]:

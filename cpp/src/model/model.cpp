@@ -33,7 +33,11 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
     model->bind_weights();
     model->requantize_predictors(options.predictor_q8);
     model->interleave_matrices();
-    if (model->config_.powerinfer) model->bundle_neurons();
+    if (model->config_.powerinfer) {
+        model->bundle_neurons();
+        for (const LayerWeights& l : model->layers_) model->dense_gates_.push_back(l.ffn_gate);
+        model->dense_gate_ready_.assign(model->layers_.size(), false);
+    }
     return model;
 }
 
@@ -335,6 +339,31 @@ void Model::bundle_neurons() {
             offset += m->row_bytes;
         }
         for (int64_t j = 0; j < n_ff; ++j) std::memset(dst + j * stride + offset, 0, stride - offset);
+    }
+}
+
+void Model::prepare_dense_gates(int64_t n_layers) const {
+    const std::lock_guard<std::mutex> lock(dense_gates_mutex_);
+    for (int64_t il = 0; il < n_layers && il < static_cast<int64_t>(dense_gates_.size()); ++il) {
+        Matrix& gate = dense_gates_[static_cast<size_t>(il)];
+        if (dense_gate_ready_[static_cast<size_t>(il)]) continue;
+        if (rows8_dot(active_kernels(), gate.type) != nullptr && gate.rows % 8 == 0) {
+            const uint64_t bytes = static_cast<uint64_t>(gate.rows) * gate.row_bytes;
+            const std::string what = "interleaved copies of its gate matrices for a dense session";
+            require_memory(file_->describe(what), owned_bytes_ + dense_gate_bytes_ + bytes);
+            uint8_t* dst = dense_gate_copies_.emplace_back(static_cast<size_t>(bytes), file_->describe(what)).data();
+            dense_gate_bytes_ += bytes;
+            std::vector<uint8_t> eight_rows(8 * gate.row_bytes);  // the bundles' rows, side by side
+            for (int64_t g = 0; g < gate.rows / 8; ++g) {
+                for (int64_t r = 0; r < 8; ++r) {
+                    std::memcpy(eight_rows.data() + r * gate.row_bytes, gate.row(8 * g + r), gate.row_bytes);
+                }
+                interleave_rows8(gate.type, eight_rows.data(), gate.row_bytes, gate.cols / kQK,
+                                 dst + g * 8 * gate.row_bytes);
+            }
+            gate.interleaved = dst;
+        }
+        dense_gate_ready_[static_cast<size_t>(il)] = true;
     }
 }
 

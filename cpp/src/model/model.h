@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -102,6 +103,17 @@ public:
     // Per layer, whether its predictor runs as a Q8_0 copy (LoadOptions::predictor_q8).
     const std::vector<bool>& predictor_q8_layers() const { return predictor_q8_layers_; }
 
+    // The dense mode of a PowerInfer file computes every neuron's gate in one matrix product
+    // (a third of the FFN's bytes, streamed) and gathers only the up and down rows of the
+    // neurons whose gate is positive: gathered 4-bit rows cost more to compute than they take
+    // to read. dense_gate(il) is layer il's gate matrix for that product: the bundled rows,
+    // with an interleaved copy where the kernels have an eight-row product for its type. The
+    // copies cost memory only a dense session uses, so they are made by
+    // prepare_dense_gates(n_layers), which a dense session calls for its CPU layers
+    // [0, n_layers) before reading them (thread-safe; a layer is copied once).
+    void prepare_dense_gates(int64_t n_layers) const;
+    const Matrix& dense_gate(int64_t il) const { return dense_gates_[static_cast<size_t>(il)]; }
+
 private:
     Model() = default;
     void read_config();
@@ -135,6 +147,12 @@ private:
     std::vector<bool> predictor_q8_layers_;
     std::vector<WeightBuffer> owned_weights_;  // weights converted at load
     uint64_t owned_bytes_ = 0;
+    // prepare_dense_gates' results: sized at load, a layer's entry written once under the mutex.
+    mutable std::mutex dense_gates_mutex_;
+    mutable std::vector<Matrix> dense_gates_;
+    mutable std::vector<bool> dense_gate_ready_;
+    mutable std::vector<WeightBuffer> dense_gate_copies_;
+    mutable uint64_t dense_gate_bytes_ = 0;
 };
 
 }  // namespace si

@@ -123,6 +123,7 @@ Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_thread
         first_gpu_layer_ = device->first_gpu_layer();
         gpu_ = std::make_unique<gpu::GpuForward>(std::move(device), n_ctx);
     }
+    if (c.powerinfer && !sparse) model_->prepare_dense_gates(first_gpu_layer_);
     // Two caches of 2-byte halves for the CPU layers: n_ctx is at most 2^20 and the config's
     // sizes are bounded at load, so the product cannot overflow; refuse before allocating
     // what cannot fit.

@@ -101,15 +101,23 @@ private:
     static constexpr int64_t kNeuronRanges = 16;
     static int64_t range_start(int64_t r, int64_t n_ff) { return r * n_ff / kNeuronRanges; }
     struct NeuronRows;
-    // A PowerInfer FFN from xn_: h of every neuron or of each token's active ones (into gate_,
-    // zero elsewhere) and their sum xn_[t] = sum_j h[t][j] down_t[j].
-    void neuron_sum(const LayerWeights& l, int64_t n_tokens, bool every_neuron);
+    // The dense mode of a PowerInfer file: lists in active_ the neurons each token needs, and
+    // returns their gates for neuron_sum. Where the layer's gate matrix has an interleaved copy
+    // (Model::dense_gate), every gate comes from one matrix product into up_ and the list is
+    // the neurons with a positive one; otherwise every neuron is listed, and null returned.
+    const float* list_dense_neurons(int layer, int64_t n_tokens);
+    // A PowerInfer FFN from xn_ over each token's listed neurons (active_): their h into gate_
+    // (zero elsewhere) and their sum xn_[t] = sum_j h[t][j] down_t[j]. known_gates: the gate
+    // of every neuron, n_ff per token (list_dense_neurons), or null to compute the listed ones'.
+    void neuron_sum(const LayerWeights& l, int64_t n_tokens, const float* known_gates);
     // The same for one token, gate, up and down rows of each range in one pass.
-    void neuron_sum_token(const LayerWeights& l, const NeuronRows& neurons, const void* gate_act,
-                          const void* up_act, bool every_neuron);
-    // A batch: h into gate_, then the down projection.
-    void neuron_activations(const NeuronRows& neurons, int64_t n_tokens, const PreparedInput& gate_in,
-                            const PreparedInput& up_in, bool every_neuron);
+    void neuron_sum_token(const LayerWeights& l, const NeuronRows& neurons, const float* known_gates,
+                          const void* gate_act, const void* up_act);
+    // A batch: h into gate_, then the down projection. Its threads take chunks of this many
+    // neuron ids in turn.
+    static constexpr int64_t kActivationChunk = 4 * kMaxGatherRows;
+    void neuron_activations(const NeuronRows& neurons, int64_t n_tokens, const float* known_gates,
+                            const PreparedInput& gate_in, const PreparedInput& up_in);
     void down_projection(const Matrix& down_t, int64_t n_tokens);
 
     std::shared_ptr<const Model> model_;

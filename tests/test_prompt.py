@@ -11,6 +11,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import jinja2
 import jinja2.ext
@@ -260,6 +263,86 @@ def test_hostile_templates_are_stopped(source):
         si.format_prompt(messages, model={"tokenizer.chat_template": source})
     assert messages == [{"role": "user", "content": "hello"}]  # nothing was changed
     assert issubclass(TemplateError, ValueError) and issubclass(TemplateError, si.SparseInferError)
+
+
+# Templates that would run for hours or build gigabytes, each with what its error must name.
+RUNAWAY = {
+    "nested loops": ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+                     "at most 2 s"),
+    "nested loops over a list": ("{% set r = range(100000) | list %}{% for i in r %}{% for j in r %}"
+                                 "{% endfor %}{% endfor %}", "at most 2 s"),
+    "printf width": ("{{ '%1000000000s' % 'x' }}", "pad or format"),
+    "printf width from the arguments": ("{{ '%*s' % (1000000000, 'x') }}", "pad or format"),
+    "format filter": ("{{ '%1000000000s' | format('x') }}", "pad or format"),
+    "str.format width": ("{{ '{:>1000000000}'.format('x') }}", "pad or format"),
+    "str.format nested width": ("{{ '{:>{w}}'.format('x', w=1000000000) }}", "pad or format"),
+    "center filter": ("{{ 'x' | center(1000000000) }}", "build at most"),
+    "str.center": ("{{ 'x'.center(1000000000) }}", "build at most"),
+    "str.zfill": ("{{ 'x'.zfill(1000000000) }}", "build at most"),
+    "str.expandtabs": ("{{ ('\t' * 1000000).expandtabs(1000000) }}", "build at most"),
+    "repeated *": ("{% for i in range(100000) %}{{ 'x' * 1000000 }}{% endfor %}", "build at most"),
+    "doubling with ~": ("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
+                        "{% endfor %}{{ ns.s | length }}", "build at most"),
+    "doubling a list with +": ("{% set ns = namespace(s=[1]) %}{% for i in range(40) %}"
+                               "{% set ns.s = ns.s + ns.s %}{% endfor %}", "build at most"),
+    "str.replace": ("{{ ('x' * 1000000).replace('x', 'y' * 1000000) }}", "build at most"),
+    "replace filter": ("{{ ('x' * 1000000) | replace('x', 'y' * 1000000) }}", "build at most"),
+    "join filter": ("{{ (['y' * 1000000] * 1000000) | join }}", "build at most"),
+    "str.join": ("{{ ''.join(['y' * 1000000] * 1000000) }}", "build at most"),
+    "sum of lists": ("{{ ([[0] * 1000000] * 1000000) | sum(start=[]) | length }}", "build at most"),
+    "indent filter": ("{{ ('\n' * 1000000) | indent(1000000) }}", "build at most"),
+    "wordwrap filter": ("{{ ('x ' * 500000) | wordwrap(1, wrapstring='y' * 1000000) }}", "build at most"),
+    "tojson indent": ("{{ range(100000) | list | tojson(indent=100000) }}", "indent JSON"),
+    "many distinct strings kept": ("{% set ns = namespace(l=[]) %}{% for i in range(100000) %}"
+                                   "{% set ns.l = ns.l + [('y' * 1000000) ~ i] %}{% endfor %}", "build at most"),
+}
+
+
+def test_runaway_templates_stop_in_seconds_within_a_memory_cap():
+    """Each template in a child process whose address space is capped at 1.5 GiB: a
+    TemplateError naming the bound, within a few seconds, and the child's peak memory stays
+    far below the cap."""
+    pytest.importorskip("resource")
+    script = textwrap.dedent("""
+        import json, resource, sys, time
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 29, 3 << 29))
+        import sparseinfer as si
+        from sparseinfer.errors import TemplateError
+        report = {}
+        for name, source in json.loads(sys.argv[1]).items():
+            start = time.monotonic()
+            try:
+                si.format_prompt("hi", model={"tokenizer.chat_template": source})
+                outcome = "rendered"
+            except TemplateError as error:
+                outcome = str(error)
+            except BaseException as error:
+                outcome = f"{type(error).__name__}: {error}"
+            report[name] = [time.monotonic() - start, outcome]
+        report["peak MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(report))
+    """)
+    sources = {name: source for name, (source, _) in RUNAWAY.items()}
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(sources)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, (_, fragment) in RUNAWAY.items():
+        seconds, outcome = report[name]
+        assert "stopped by the sandbox" in outcome and fragment in outcome, (name, outcome)
+        assert seconds < 5, (name, seconds)
+    assert report["peak MiB"] < 768, report["peak MiB"]
+
+
+def test_a_long_conversation_renders_within_the_bounds():
+    """A real template (SmolLM2's kind: a loop over the messages) on a conversation of 2,000
+    messages, 2 MB of text: rendered exactly as plain jinja2 renders it."""
+    source = ("{% for message in messages %}{{ '<|im_start|>' ~ message['role'] ~ '\n' ~ "
+              "message['content'] ~ '<|im_end|>' ~ '\n' }}{% endfor %}"
+              "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i} " + "word " * 200}
+                for i in range(2000)]
+    assert si.format_prompt(messages, source, model={}) == plain_render(source, messages, bos="", eos="")
 
 
 def test_the_sandbox_error_says_what_was_refused():

@@ -13,16 +13,21 @@ A built-in template leaves the first BOS token to the tokenizer (Model.generate 
 Model.chat add it when the model's file asks for one). A model's own template
 (tokenizer.chat_template in its GGUF file) is Jinja2 source and is untrusted: it runs in
 jinja2's immutable sandbox, and reaching for Python internals (attributes starting with "_",
-mutating methods, ...) raises TemplateError. Where such a template writes the BOS text itself,
-the tokenizer does not add another.
+mutating methods, ...) raises TemplateError, as does a render that runs too long or builds too
+much (the bounds below). Where such a template writes the BOS text itself, the tokenizer does
+not add another.
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import datetime
 import functools
 import json
+import re
+import string
+import time
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from .errors import TemplateError
@@ -37,12 +42,17 @@ Conversation = Union[str, Sequence[Message]]
 # is over (on top of the file's EOS token).
 _END_OF_TURN_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
                         "<|end_of_text|>", "<用户>")
-# A sandboxed template may build a string or list of at most this many items with `*`, and
-# integers of at most this many bits with `**`: enough for any prompt, too little to exhaust
-# memory.
+# Bounds on a model's own (untrusted) template, each a TemplateError naming it. One value built
+# with `*`: at most _MAX_REPEAT items; `**`: integers of at most _MAX_POWER_BITS bits. One render:
+# at most _MAX_RENDER_SECONDS of wall time (checked at every loop step and call), and at most
+# _MAX_BUILT characters (8 per list item) built in all by its string and list operations and
+# its output, each operation checked before it builds anything large, so that what it holds
+# stays within a few hundred MB. Real chat templates render in milliseconds and build a few
+# times the conversation's text.
 _MAX_REPEAT = 1 << 20
 _MAX_POWER_BITS = 1 << 16
-
+_MAX_RENDER_SECONDS = 2.0
+_MAX_BUILT = 1 << 27
 
 @dataclasses.dataclass(frozen=True)
 class ChatTemplate:
@@ -237,20 +247,166 @@ def _jinja_template(name: str, source: str, *, bos: str, eos: str) -> ChatTempla
     end_of_turn += (eos,) if eos else ()
 
     def render(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        budget = _RenderBudget()
+        token = _render_budget.set(budget)
         try:
-            return compiled.render(messages=messages, bos_token=bos, eos_token=eos,
-                                   add_generation_prompt=add_generation_prompt)
+            parts = []
+            for part in compiled.generate(messages=messages, bos_token=bos, eos_token=eos,
+                                          add_generation_prompt=add_generation_prompt):
+                budget.charge(len(part), "its output")
+                parts.append(part)
+            return "".join(parts)
         except TemplateError:
             raise
         except Exception as error:  # noqa: BLE001 - untrusted code: every failure is its own
             raise _template_error(error) from error
+        finally:
+            _render_budget.reset(token)
     return ChatTemplate(name, end_of_turn, render)
+
+
+class _RenderBudget:
+    """What one render may still spend: wall time and characters or items built."""
+
+    def __init__(self) -> None:
+        self.deadline = time.monotonic() + _MAX_RENDER_SECONDS
+        self.built = 0
+
+    def step(self) -> None:
+        if time.monotonic() > self.deadline:
+            _refuse(f"a chat template may run for at most {_MAX_RENDER_SECONDS:g} s")
+
+    def charge(self, items: int, what: str) -> None:
+        self.built += items
+        if self.built > _MAX_BUILT:
+            _refuse(f"a chat template may build at most {_MAX_BUILT} characters (8 per list item) "
+                    f"in all ({what} went past it)")
+        self.step()
+
+
+# The render under way in this thread (or task): the compiled templates and their environment
+# are shared, so their bounds are kept here.
+_render_budget: contextvars.ContextVar[_RenderBudget] = contextvars.ContextVar("_render_budget")
+
+
+def _budget() -> _RenderBudget:
+    # Outside a render (jinja2 folding constants at compile time) each operation gets its own.
+    budget = _render_budget.get(None)
+    return budget if budget is not None else _RenderBudget()
+
+
+def _refuse(message: str) -> None:
+    import jinja2.sandbox
+
+    raise jinja2.sandbox.SecurityError(message)
+
+
+def _sized(value: Any) -> int:
+    """What a value counts against _MAX_BUILT: its characters, or 8 per item of a list, tuple
+    or dict (a pointer each)."""
+    if isinstance(value, str):
+        return len(value)
+    return 8 * len(value) if isinstance(value, (list, tuple, dict)) else 0
+
+
+def _charge_result(value: Any, what: str) -> Any:
+    _budget().charge(_sized(value), what)
+    return value
+
+
+def _check_size(items: int, what: str) -> None:
+    """Refuses an operation whose result would hold `items` before it is built."""
+    budget = _budget()
+    if budget.built + items > _MAX_BUILT:
+        budget.charge(items, what)
+
+
+def _check_format_fields(fmt: str, args: Any, what: str, *, printf: bool) -> None:
+    """Refuses widths and precisions (printf-style or str.format) that would build a huge
+    string from a small one: written in the format, or taken from the arguments ('%*s',
+    '{:{width}}')."""
+    for number in _DIGITS.findall(fmt):
+        if len(number) > 7 or int(number) > _MAX_REPEAT:
+            _refuse(f"a chat template may not pad or format a value to more than {_MAX_REPEAT} "
+                    f"characters ({what})")
+    takes_sizes = "*" in fmt if printf else any(spec and "{" in spec for _, _, spec, _ in string.Formatter().parse(fmt))
+    if takes_sizes:
+        values = args.values() if isinstance(args, dict) else args if isinstance(args, (tuple, list)) else (args,)
+        if any(isinstance(v, int) and v > _MAX_REPEAT for v in values):
+            _refuse(f"a chat template may not pad or format a value to more than {_MAX_REPEAT} "
+                    f"characters ({what})")
+
+
+# A run of digits in a format string: a width or precision (or literal text, which a chat
+# template hardly writes with more than seven digits).
+_DIGITS = re.compile(r"\d+")
+
+
+def _estimated_growth(name: str, text: str, args: tuple, kwargs: dict) -> int:
+    """Characters a string method or filter of this name would build from `text`."""
+    def number(index: int, key: str, default: int = 0) -> int:
+        value = args[index] if len(args) > index else kwargs.get(key)
+        return value if isinstance(value, int) else default
+
+    def string_arg(index: int, key: str) -> str:
+        value = args[index] if len(args) > index else kwargs.get(key, "")
+        return value if isinstance(value, str) else str(value)
+
+    if name in ("center", "ljust", "rjust", "zfill"):
+        return max(number(0, "width"), len(text))
+    if name == "indent":
+        return len(text) + (text.count("\n") + 1) * max(number(0, "width", 4), len(string_arg(0, "width")))
+    if name == "expandtabs":
+        return len(text) + text.count("\t") * max(number(0, "tabsize", 8), 0)
+    if name == "replace":
+        old, new = string_arg(0, "old"), string_arg(1, "new")
+        count = text.count(old) if old else len(text) + 1
+        limit = number(2, "count", -1)
+        if limit >= 0:
+            count = min(count, limit)
+        return len(text) + count * max(len(new) - len(old), 0)
+    if name == "wordwrap":
+        width = max(number(0, "width", 79), 1)
+        return len(text) + (len(text) // width + 1) * len(string_arg(2, "wrapstring"))
+    return len(text)
+
+
+_GROWING_STRING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "replace", "join"})
+
+
+def _bounded_filter(name: str, jinja_filter: Callable[..., Any]) -> Callable[..., Any]:
+    """A jinja2 filter that checks what it would build first and charges what it built."""
+    takes_context = getattr(jinja_filter, "jinja_pass_arg", None)
+
+    def bounded(*call_args: Any, **kwargs: Any) -> Any:
+        args = call_args[1:] if takes_context is not None else call_args
+        value, rest = (args[0], args[1:]) if args else (None, ())
+        what = f"the {name} filter"
+        if isinstance(value, str):
+            if name == "format":
+                _check_format_fields(value, tuple(rest) + tuple(kwargs.values()), what, printf=True)
+            _check_size(_estimated_growth(name, value, rest, kwargs), what)
+        elif name in ("join", "sum") and value is not None:
+            value = list(value)  # a bounded list: its items are counted below
+            separator = rest[0] if name == "join" and rest and isinstance(rest[0], str) else ""
+            _check_size(sum(_sized(v) for v in value) + len(value) * len(separator), what)
+            call_args = call_args[:len(call_args) - len(args)] + (value,) + tuple(rest)
+        if name == "tojson":
+            indent = rest[0] if rest else kwargs.get("indent")
+            if isinstance(indent, int) and indent > 64:
+                _refuse("a chat template may indent JSON by at most 64 spaces")
+        return _charge_result(jinja_filter(*call_args, **kwargs), what)
+
+    if takes_context is not None:  # jinja2 passes the context, environment or eval context first
+        bounded.jinja_pass_arg = takes_context  # type: ignore[attr-defined]
+    return bounded
 
 
 @functools.lru_cache(maxsize=16)
 def _compile(source: str) -> Any:
+    env = _sandbox()
     try:
-        return _sandbox().from_string(source)
+        return env.from_string(_bound_loops().visit(env.parse(source)))
     except Exception as error:  # noqa: BLE001 - syntax errors and whatever else the source does
         raise _template_error(error) from error
 
@@ -263,20 +419,45 @@ def _template_error(error: Exception) -> TemplateError:
     if isinstance(error, jinja2.TemplateSyntaxError):
         return TemplateError(f"the chat template has a syntax error on line {error.lineno}: "
                              f"{error.message}")
+    if isinstance(error, MemoryError):
+        return TemplateError("the chat template ran out of memory")
     return TemplateError(f"the chat template failed: {type(error).__name__}: {error}")
+
+
+@functools.lru_cache(maxsize=1)
+def _bound_loops() -> Any:
+    """A jinja2 syntax-tree transformer that routes every for loop's items and every `~`
+    through the environment (where a template cannot shadow them), so that each loop step
+    and concatenation is counted."""
+    import jinja2.nodes as nodes
+    import jinja2.visitor
+
+    class BoundLoops(jinja2.visitor.NodeTransformer):
+        def visit_For(self, node: Any) -> Any:
+            node = self.generic_visit(node)
+            node.iter = nodes.Call(nodes.EnvironmentAttribute("si_loop_items"), [node.iter], [], None, None,
+                                   lineno=node.lineno)
+            return node
+
+        def visit_Concat(self, node: Any) -> Any:
+            node = self.generic_visit(node)
+            return nodes.Call(nodes.EnvironmentAttribute("si_concat"), [nodes.List(node.nodes)], [], None, None,
+                              lineno=node.lineno)
+
+    return BoundLoops()
 
 
 def _sandbox() -> Any:
     """jinja2's immutable sandbox, stricter: an unsafe attribute raises at once (the stock
-    sandbox returns an undefined value that renders as ""), and `*` / `**` cannot build
-    huge values. Settings and helpers as chat templates expect them (trim_blocks,
-    lstrip_blocks, loop controls, raise_exception, strftime_now, a tojson that keeps
-    non-ASCII text)."""
+    sandbox returns an undefined value that renders as ""), and a render is bounded in time
+    and in what it builds (_MAX_* above). Settings and helpers as chat templates expect them
+    (trim_blocks, lstrip_blocks, loop controls, raise_exception, strftime_now, a tojson that
+    keeps non-ASCII text)."""
     import jinja2.ext
     import jinja2.sandbox
 
     class Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
-        intercepted_binops = frozenset({"*", "**"})
+        intercepted_binops = frozenset({"*", "**", "%", "+"})
 
         def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
             raise jinja2.sandbox.SecurityError(
@@ -297,12 +478,58 @@ def _sandbox() -> Any:
                 raise jinja2.sandbox.SecurityError(
                     f"a chat template may not compute integers of more than "
                     f"{_MAX_POWER_BITS} bits with '**'")
-            return super().call_binop(context, operator, left, right)
+            elif operator == "%" and isinstance(left, str):
+                _check_format_fields(left, right, "'%' formatting", printf=True)
+            elif operator == "+":
+                _check_size(_sized(left) + _sized(right), "'+'")
+            return _charge_result(super().call_binop(context, operator, left, right), f"'{operator}'")
+
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+            _budget().step()
+            owner = getattr(__obj, "__self__", None)
+            name = getattr(__obj, "__name__", "")
+            if isinstance(owner, str) and name in _GROWING_STRING_METHODS:
+                what = f"str.{name}"
+                if name == "join" and args:
+                    items = list(args[0])
+                    _check_size(sum(_sized(v) for v in items) + len(owner) * len(items), what)
+                    args = (items,) + args[1:]
+                else:
+                    _check_size(_estimated_growth(name, owner, args, kwargs), what)
+            return _charge_result(super().call(__context, __obj, *args, **kwargs), "a call")
+
+        def wrap_str_format(self, value: Any) -> Any:
+            # str.format and format_map, which the sandbox wraps when they are looked up
+            sandboxed = super().wrap_str_format(value)
+            if sandboxed is None:
+                return None
+            what, is_map = f"str.{value.__name__}", value.__name__ == "format_map"
+
+            def bounded(*args: Any, **kwargs: Any) -> Any:
+                values = args[0] if is_map and args else tuple(args) + tuple(kwargs.values())
+                _check_format_fields(value.__self__, values, what, printf=False)
+                return sandboxed(*args, **kwargs)
+            return bounded
+
+        @staticmethod
+        def si_loop_items(items: Any) -> Any:
+            budget = _budget()
+            for item in items:
+                budget.step()
+                yield item
+
+        @staticmethod
+        def si_concat(values: list) -> str:
+            texts = [v if isinstance(v, str) else str(v) for v in values]
+            _check_size(sum(len(t) for t in texts), "'~'")
+            return _charge_result("".join(texts), "'~'")
 
     env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     env.filters["tojson"] = _tojson
+    for name in ("center", "indent", "format", "replace", "join", "sum", "wordwrap", "tojson", "list"):
+        env.filters[name] = _bounded_filter(name, env.filters[name])
     return env
 
 

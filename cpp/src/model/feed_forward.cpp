@@ -185,7 +185,8 @@ void Session::neuron_sum_token(const LayerWeights& l, const NeuronRows& neurons,
             const int64_t count = std::lower_bound(begin, active.end(), range_start(r + 1, c.n_ff)) - begin;
             for (int64_t k = 0; k < count; k += kMaxGatherRows) {
                 const int group = static_cast<int>(std::min<int64_t>(kMaxGatherRows, count - k));
-                const int live = neurons.compute(listed + k, group, known_gates, gate_act, up_act, gate_.data(), ids, h);
+                const int live =
+                    neurons.compute(listed + k, group, known_gates, gate_act, up_act, gate_.data(), ids, h);
                 for (int i = 0; i < live; ++i) rows[i] = l.ffn_down_t.row(ids[i]);
                 if (live > 0) down_axpy(c.n_embd, h, rows, live, sum);
             }

@@ -511,3 +511,81 @@ def test_cancel_from_another_thread_ends_generation_and_keeps_the_model_usable(t
         full = m.generate("hello", max_tokens=generated, temperature=0, ignore_eos=True)
         assert full == "".join(pieces)
         assert m.generate("hello", max_tokens=4, temperature=0, ignore_eos=True)
+
+
+# ---- the context length: a default from the model, a warning past it, memory as it grows -------
+
+
+def test_default_n_ctx_is_the_training_length_at_most_4096(tmp_path):
+    import warnings
+
+    short, long = tmp_path / "short.gguf", tmp_path / "long.gguf"
+    ggufgen.write_llama_model(short, n_ctx=256, seed=1)
+    ggufgen.write_llama_model(long, n_ctx=32768, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the defaults never warn
+        with si.Model(str(short), n_threads=1) as m:
+            assert m.n_ctx == 256
+            with m.session() as s:
+                assert s.n_ctx == 256
+        with si.Model(str(long), n_threads=1) as m:
+            assert m.n_ctx == 4096
+        with si.Model(str(long), n_ctx=32768, n_threads=1) as m:  # as trained: no warning either
+            assert m.n_ctx == 32768
+
+
+def test_n_ctx_beyond_the_training_length_warns_at_the_callers_line(tmp_path):
+    path = tmp_path / "short.gguf"
+    ggufgen.write_llama_model(path, n_ctx=256, seed=1)
+    with pytest.warns(si.ContextLengthWarning, match="n_ctx=1000 is beyond the 256 tokens") as caught:
+        m = si.Model(str(path), n_ctx=1000, n_threads=1)
+    assert caught[0].filename == __file__
+    with m:
+        assert m.n_ctx == 1000
+        with pytest.warns(si.ContextLengthWarning, match="n_ctx=300 is beyond the 256") as caught:
+            s = m.session(n_ctx=300)
+        assert caught[0].filename == __file__
+        s.close()
+
+
+def test_cli_warns_in_one_line_about_a_long_context(tmp_path):
+    import subprocess
+
+    path = tmp_path / "short.gguf"
+    ggufgen.write_llama_model(path, n_ctx=256, seed=1)
+    command = [sys.executable, "-m", "sparseinfer", "generate", "-m", str(path), "-p", "hello", "-n", "2"]
+    plain = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0 and plain.stderr == ""
+    longer = subprocess.run(command + ["-c", "1000"], capture_output=True, text=True, timeout=120)
+    assert longer.returncode == 0
+    assert longer.stderr.splitlines() == [
+        f"sparseinfer: warning: n_ctx=1000 is beyond the 256 tokens {path} was trained for: "
+        f"text past them may lose coherence"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_the_kv_cache_holds_memory_only_as_far_as_the_context_has_grown(tmp_path):
+    """A context of 200,000 tokens on a model whose KV cache then takes 781 MiB: in a fresh
+    process the resident memory grows by a few MiB, not by the cache's size."""
+    import subprocess
+    import textwrap
+
+    path = tmp_path / "kv.gguf"
+    ggufgen.write_llama_model(path, n_embd=256, n_head=4, n_head_kv=4, n_layer=4, n_ctx=200000, seed=1)
+    script = textwrap.dedent("""
+        import sys
+        from sparseinfer import _core
+
+        def resident_mib():
+            with open("/proc/self/statm") as statm:
+                return int(statm.read().split()[1]) * 4096 / 2**20
+
+        model = _core.Model(sys.argv[1])
+        before = resident_mib()
+        session = _core.Session(model, 200000, 1, sparse=False)
+        session.eval(list(range(5, 100)), all_logits=False)
+        print(resident_mib() - before)
+    """)
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) < 64, f"{float(done.stdout):.0f} MiB resident for a 781 MiB cache"

@@ -58,7 +58,7 @@ def models(tmp_path_factory):
         path = root / f"dense-{weight_type}.gguf"
         # n_vocab 324 is no multiple of 8: the output head takes the one-row kernels (dot4 and
         # dot), the other matrices the eight-row ones (row tails: cpp/tests/kernel_check.cpp).
-        ggufgen.write_llama_model(path, weight_type=weight_type, n_embd=96, n_ff=160, n_vocab=324,
+        ggufgen.write_llama_model(path, weight_type=weight_type, n_embd=96, n_ff=160, n_vocab=324, n_ctx=256,
                                   seed=11)
         paths["dense", weight_type] = str(path)
     for weight_type in sparsegen.SPARSE_WEIGHT_TYPES:

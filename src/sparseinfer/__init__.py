@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from .errors import (
     AmbiguousModelFileError,
     CancelledError,
+    ContextLengthWarning,
     ContextOverflowError,
     DeviceUnavailableError,
     FetchError,
@@ -35,6 +36,7 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
 __all__ = [
     "AmbiguousModelFileError",
     "CancelledError",
+    "ContextLengthWarning",
     "ContextOverflowError",
     "DeviceUnavailableError",
     "FetchError",

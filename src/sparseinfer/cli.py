@@ -9,6 +9,7 @@ import argparse
 import collections
 import math
 import sys
+import warnings
 from typing import Any, Optional, Sequence, TextIO
 
 from . import _core
@@ -27,7 +28,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            args.run(args)
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
@@ -39,6 +42,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{_PROGRAM}: error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _show_warning(message: Warning | str, category: type, filename: str, lineno: int, file: Any = None,
+                  line: Optional[str] = None) -> None:
+    # One line, as the errors are: a user of the command line has no use for our source lines.
+    print(f"{_PROGRAM}: warning: {message}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -136,8 +145,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "(minicpm-s-1b) to fetch")
     parser.add_argument("-t", "--threads", type=int, default=None, metavar="N",
                         help="CPU threads (default: the physical cores)")
-    parser.add_argument("-c", "--ctx-size", type=int, default=4096, metavar="N",
-                        help="context window in tokens (default: %(default)s)")
+    parser.add_argument("-c", "--ctx-size", type=int, default=None, metavar="N",
+                        help="context window in tokens (default: the length the model was trained for, "
+                             "at most 4096)")
     parser.add_argument("--sparse", choices=["auto", "on", "off"], default="auto",
                         help="sparse FFN: auto (when the file has predictors), on, or off "
                              "(default: %(default)s)")

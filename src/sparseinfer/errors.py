@@ -43,3 +43,8 @@ class AmbiguousModelFileError(SparseInferError, ValueError):
 class TemplateError(SparseInferError, ValueError):
     """A chat template is unknown, fails to render, or tries to reach Python internals
     (templates inside GGUF files are untrusted and run in a sandbox)."""
+
+
+class ContextLengthWarning(UserWarning):
+    """n_ctx is longer than the context the model was trained for (its file's context_length):
+    text past that length may lose coherence."""

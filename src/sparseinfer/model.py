@@ -13,6 +13,7 @@ import re
 import signal
 import threading
 import time
+import warnings
 import weakref
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
@@ -24,7 +25,7 @@ from . import placement as _placement
 from . import profile as _profile
 from . import prompt as _prompt
 from ._stops import StopStringFilter
-from .errors import (CancelledError, ContextOverflowError, DeviceUnavailableError,
+from .errors import (CancelledError, ContextLengthWarning, ContextOverflowError, DeviceUnavailableError,
                      FetchError, UnsupportedModelError)
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -38,6 +39,8 @@ _REPEAT_LAST_N = 64
 _INT32_MAX = 2**31 - 1
 # GPU memory left free when no vram_budget is given: CUDA's own workspaces, other processes.
 _VRAM_RESERVE = 256 * 2**20
+# A Model's n_ctx when none is given: the model's training length, at most this.
+DEFAULT_N_CTX = 4096
 
 
 @dataclasses.dataclass
@@ -470,7 +473,7 @@ class Model(_Inference):
         self,
         path: PathLike,
         *,
-        n_ctx: int = 4096,
+        n_ctx: Optional[int] = None,
         n_threads: Optional[int] = None,
         device: str = "auto",
         sparse: Union[str, bool] = "auto",
@@ -484,7 +487,10 @@ class Model(_Inference):
             path: a GGUF file (dense llama-family or PowerInfer). A path that does not exist
                 and looks like a repository id ("org/name") or a short name
                 ("minicpm-s-1b") is fetched first: see fetch_model and from_pretrained.
-            n_ctx: context window in tokens: prompt plus generated text.
+            n_ctx: context window in tokens: prompt plus generated text. None: the length
+                the model was trained for (its file's context_length), at most 4096. A
+                longer n_ctx than the model was trained for gives a warning. The KV cache
+                holds memory only as far as the context has grown.
             n_threads: CPU threads; None uses the physical cores (at most 16).
             device: "auto" or "cpu" (the CPU), or "cuda" / "cuda:N": that GPU through the
                 CUDA plugin, placed under vram_budget and n_gpu_layers (Model.placement says
@@ -521,7 +527,7 @@ class Model(_Inference):
             except FetchError as error:
                 raise FetchError(f"{self._path}: no such file, and fetching it as a model "
                                  f"repository failed: {error}") from error
-        self._n_ctx = _require_int("n_ctx", n_ctx, minimum=1)
+        explicit_n_ctx = None if n_ctx is None else _require_int("n_ctx", n_ctx, minimum=1)
         self._n_threads = _thread_count(n_threads)
         if sparse != "auto" and not isinstance(sparse, bool):
             raise ValueError(f"sparse must be 'auto', True or False, got {sparse!r}")
@@ -537,12 +543,19 @@ class Model(_Inference):
                 f"{self._path}: sparse=True needs a PowerInfer model (file magic PWRI, with "
                 f"activation predictors) and this file is a dense model; use sparse='auto' or False")
         self._sparse = bool(self._native.is_powerinfer) if sparse == "auto" else sparse
+        self._metadata = self._native.metadata()
+        trained = self._metadata.get(f"{self._native.arch}.context_length")
+        self._n_ctx_train = trained if isinstance(trained, int) and trained > 0 else None
+        if explicit_n_ctx is None:
+            self._n_ctx = min(self._n_ctx_train or DEFAULT_N_CTX, DEFAULT_N_CTX)
+        else:
+            self._n_ctx = explicit_n_ctx
+            self._warn_beyond_training(explicit_n_ctx)
         self._placement: Optional[_placement.DevicePlan] = None
         self._device_model: Optional[_core.DeviceModel] = None
         if self._cuda is not None:
             self._placement, self._device_model = self._place_on_device()
         self._tokenizer = self._native.tokenizer
-        self._metadata = self._native.metadata()
         self._predictor_q8_layers = list(self._native.predictor_q8_layers)
         self._arch, self._n_vocab, self._n_layer = (
             self._native.arch, self._native.n_vocab, self._native.n_layer)
@@ -672,10 +685,19 @@ class Model(_Inference):
         give exactly the tokens they give alone. Closing the Model closes its sessions.
         """
         self._check_open()
-        n_ctx = self._n_ctx if n_ctx is None else _require_int("n_ctx", n_ctx, minimum=1)
+        if n_ctx is None:
+            n_ctx = self._n_ctx
+        else:
+            n_ctx = _require_int("n_ctx", n_ctx, minimum=1)
+            self._warn_beyond_training(n_ctx)
         n_threads = self._n_threads if n_threads is None else _thread_count(n_threads)
         return Session(self, self._open_sequence(n_ctx, n_threads,
                                                  f"a session of the Model for {self._path}"))
+
+    def _warn_beyond_training(self, n_ctx: int) -> None:
+        if self._n_ctx_train is not None and n_ctx > self._n_ctx_train:
+            warnings.warn(f"n_ctx={n_ctx} is beyond the {self._n_ctx_train} tokens {self._path} was "
+                          f"trained for: text past them may lose coherence", ContextLengthWarning, stacklevel=3)
 
     def _open_sequence(self, n_ctx: int, n_threads: int, owner: str) -> _Sequence:
         with self._sessions_lock:

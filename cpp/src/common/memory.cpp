@@ -1,6 +1,7 @@
 #include "common/memory.h"
 
 #include <cstdio>
+#include <cstdlib>
 
 #include "common/errors.h"
 
@@ -70,5 +71,13 @@ WeightBuffer::WeightBuffer(size_t bytes, const std::string& what) : size_(bytes)
     if (bytes >= kAlignment) madvise(data_, bytes - bytes % kAlignment, MADV_HUGEPAGE);
 #endif
 }
+
+ZeroedBuffer::ZeroedBuffer(size_t bytes, const std::string& what) : storage_(std::calloc(bytes, 1)) {
+    if (!storage_ && bytes > 0) {
+        throw OutOfMemoryError(what + ": the allocation of " + std::to_string(bytes) + " bytes failed");
+    }
+}
+
+void ZeroedBuffer::Free::operator()(void* p) const { std::free(p); }
 
 }  // namespace si

@@ -39,4 +39,21 @@ private:
     size_t size_ = 0;
 };
 
+// Zeroed memory that holds pages only as they are first written: calloc takes fresh pages from
+// the OS, which zeroes them when they are first touched (a KV cache zero-filled at once took
+// all of n_ctx's memory before the first token: n_ctx=200000 on a 1B model, 4.8 GB). Throws
+// OutOfMemoryError naming `what` when the allocation fails.
+class ZeroedBuffer {
+public:
+    ZeroedBuffer() = default;
+    ZeroedBuffer(size_t bytes, const std::string& what);
+    uint8_t* data() const { return static_cast<uint8_t*>(storage_.get()); }
+
+private:
+    struct Free {
+        void operator()(void* p) const;
+    };
+    std::unique_ptr<void, Free> storage_;
+};
+
 }  // namespace si

@@ -131,11 +131,11 @@ Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_thread
     cache_positions_ = (n_ctx + kKeyBlock - 1) / kKeyBlock * kKeyBlock;
     const uint64_t cache_floats =
         static_cast<uint64_t>(first_gpu_layer_) * static_cast<uint64_t>(cache_positions_) * kv_dim;
-    require_memory("a KV cache of " + std::to_string(first_gpu_layer_) + " layers x n_ctx=" +
-                       std::to_string(n_ctx) + " x " + std::to_string(kv_dim) + " K and V values",
-                   cache_floats * 4);
-    k_cache_.resize(static_cast<size_t>(cache_floats));
-    v_cache_.resize(static_cast<size_t>(cache_floats));
+    const std::string cache = "a KV cache of " + std::to_string(first_gpu_layer_) + " layers x n_ctx=" +
+                              std::to_string(n_ctx) + " x " + std::to_string(kv_dim) + " K and V values";
+    require_memory(cache, cache_floats * 4);
+    k_cache_ = ZeroedBuffer(static_cast<size_t>(cache_floats) * 2, cache);
+    v_cache_ = ZeroedBuffer(static_cast<size_t>(cache_floats) * 2, cache);
     for (int64_t i = 0; i < c.rope_dim / 2; ++i) {
         rope_inv_freq_.push_back(std::pow(static_cast<double>(c.rope_base),
                                           -2.0 * static_cast<double>(i) / static_cast<double>(c.rope_dim)));

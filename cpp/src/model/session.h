@@ -130,10 +130,14 @@ private:
     // llama.cpp's default), per layer and KV head: the keys in transposed blocks of kKeyBlock
     // positions (kernels.h, KeyScoresFn), the values as rows of head_dim; cache_positions_ is
     // n_ctx rounded up to whole blocks.
-    std::vector<uint16_t> k_cache_, v_cache_;
+    ZeroedBuffer k_cache_, v_cache_;  // memory held only as far as the context has grown
     int64_t cache_positions_ = 0;
-    uint16_t* cached_keys(int64_t layer, int64_t kv_head) { return k_cache_.data() + cache_offset(layer, kv_head); }
-    uint16_t* cached_values(int64_t layer, int64_t kv_head) { return v_cache_.data() + cache_offset(layer, kv_head); }
+    uint16_t* cached_keys(int64_t layer, int64_t kv_head) {
+        return reinterpret_cast<uint16_t*>(k_cache_.data()) + cache_offset(layer, kv_head);
+    }
+    uint16_t* cached_values(int64_t layer, int64_t kv_head) {
+        return reinterpret_cast<uint16_t*>(v_cache_.data()) + cache_offset(layer, kv_head);
+    }
     size_t cache_offset(int64_t layer, int64_t kv_head) const {
         const ModelConfig& c = model_->config();
         return static_cast<size_t>((layer * c.n_head_kv + kv_head) * cache_positions_ * c.head_dim);

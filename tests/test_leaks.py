@@ -37,7 +37,7 @@ def test_load_generate_close_cycles_do_not_grow(tmp_path, kind):
     if kind == "dense":
         ggufgen.write_llama_model(path, weight_type="Q4_0", n_ctx=512, seed=1)
     else:
-        sparsegen.write_pwri_model(path, weight_type="Q4_0", threshold=0.05, seed=1)
+        sparsegen.write_pwri_model(path, weight_type="Q4_0", threshold=0.05, n_ctx=512, seed=1)
     for _ in range(10):  # warm up allocator pools and caches
         cycle(path, kind == "sparse")
     gc.collect()

@@ -11,7 +11,9 @@ Benchmarks never fail on speed.
     python benchmarks/bench_decode.py -m model.gguf -t 4 -p 256 -n 128 -r 5 --json
 
 pp: one eval of a P-token prompt (only the last row of logits computed).
-tg: N single-token evals, each fed the argmax of the previous logits (greedy; EOS ignored).
+tg: N single-token evals, each fed the argmax of the previous logits (greedy; EOS ignored),
+    from an empty context; and again with the P-token prompt in the context (decode speed
+    at a long context: -p 4000).
 e2e: generate(prompt, max_tokens=N, temperature=0, ignore_eos=True) /
      create_completion(..., max_tokens=N, temperature=0, EOS banned), N / wall time.
 """
@@ -69,10 +71,10 @@ class SparseInferRunner:
         self.session.eval(tokens, all_logits=False)
         return time.perf_counter() - t
 
-    def tg(self, first, n):
+    def tg(self, context, n):
         s = self.session
         s.reset()
-        s.eval([first])
+        s.eval(context, all_logits=False)
         t = time.perf_counter()
         for _ in range(n):
             tok = int(np.argmax(s.logits()[-1]))
@@ -105,10 +107,10 @@ class LlamaCppRunner:
         self.llm.eval(tokens)
         return time.perf_counter() - t
 
-    def tg(self, first, n):
+    def tg(self, context, n):
         llm = self.llm
         llm.reset()
-        llm.eval([first])
+        llm.eval(context)
         t = time.perf_counter()
         n_vocab = llm.n_vocab()
         for _ in range(n):
@@ -172,9 +174,9 @@ def main(argv=None):
     benchutil.make_resident(path)
     for r in runners:
         r.pp(tokens[:16])
-        r.tg(first, 4)
+        r.tg([first], 4)
 
-    times = {r.name: {"pp": [], "tg": [], "e2e": []} for r in runners}
+    times = {r.name: {"pp": [], "tg": [], "tg_ctx": [], "e2e": []} for r in runners}
     bandwidth, residency = [], []
     for k in range(args.reps):
         quiet.check(f"before repetition {k + 1}")
@@ -183,7 +185,8 @@ def main(argv=None):
             residency.append(benchutil.make_resident(path))
             quiet.check(f"before {r.name}, repetition {k + 1}")
             times[r.name]["pp"].append(r.pp(tokens))
-            times[r.name]["tg"].append(r.tg(first, args.gen_tokens))
+            times[r.name]["tg"].append(r.tg([first], args.gen_tokens))
+            times[r.name]["tg_ctx"].append(r.tg(tokens, args.gen_tokens))
             if not args.no_e2e:
                 times[r.name]["e2e"].append(r.e2e(TEXT[:200], args.gen_tokens))
     quiet.check("after the last repetition")
@@ -191,10 +194,12 @@ def main(argv=None):
     res = {}
     for name, t in times.items():
         rates = {k: benchutil.spread([n / s for s in t[k]]) if t[k] else None
-                 for k, n in (("pp", args.prompt_tokens), ("tg", args.gen_tokens), ("e2e", args.gen_tokens))}
+                 for k, n in (("pp", args.prompt_tokens), ("tg", args.gen_tokens), ("tg_ctx", args.gen_tokens),
+                              ("e2e", args.gen_tokens))}
         res[name] = {
             "pp_tok_s": rates["pp"]["median"],
             "tg_tok_s": rates["tg"]["median"],
+            "tg_ctx_tok_s": rates["tg_ctx"]["median"],
             "e2e_tok_s": rates["e2e"]["median"] if rates["e2e"] else None,
             "best": {k: v["best"] for k, v in rates.items() if v},
             "raw_s": t,
@@ -205,20 +210,22 @@ def main(argv=None):
 
     print(f"\nmodel: {os.path.basename(path)}  threads: {args.threads}  prompt: {args.prompt_tokens} tokens  "
           f"generate: {args.gen_tokens} tokens  reps: {args.reps}, engines in turn\n")
-    print("| engine | pp tok/s median (best) | tg tok/s median (best) | e2e tok/s median (best) |")
-    print("|---|---:|---:|---:|")
+    print(f"| engine | pp tok/s median (best) | tg tok/s median (best) | tg after the {args.prompt_tokens}-token "
+          f"prompt | e2e tok/s median (best) |")
+    print("|---|---:|---:|---:|---:|")
     for name, v in res.items():
-        cells = [f"{fmt(v[k + '_tok_s'])} ({fmt(v['best'].get(k))})" for k in ("pp", "tg", "e2e")]
+        cells = [f"{fmt(v[k + '_tok_s'])} ({fmt(v['best'].get(k))})" for k in ("pp", "tg", "tg_ctx", "e2e")]
         print(f"| {name} | " + " | ".join(cells) + " |")
     ratios = None
     if "sparseinfer" in res and "llama-cpp-python" in res:
         a, b = res["sparseinfer"], res["llama-cpp-python"]
-        ratios = {k: (a[k] / b[k] if a[k] and b[k] else None) for k in ("pp_tok_s", "tg_tok_s", "e2e_tok_s")}
+        ratios = {k: (a[k] / b[k] if a[k] and b[k] else None)
+                  for k in ("pp_tok_s", "tg_tok_s", "tg_ctx_tok_s", "e2e_tok_s")}
         def rfmt(x):
             return "—" if x is None else f"{x:.2f}x"
 
         print(f"| ratio sparseinfer / llama-cpp-python (medians) | {rfmt(ratios['pp_tok_s'])} | "
-              f"{rfmt(ratios['tg_tok_s'])} | {rfmt(ratios['e2e_tok_s'])} |")
+              f"{rfmt(ratios['tg_tok_s'])} | {rfmt(ratios['tg_ctx_tok_s'])} | {rfmt(ratios['e2e_tok_s'])} |")
     checks = quiet.summary()
     size = os.path.getsize(path)
     print(f"\n- streaming read bandwidth, {args.threads} threads: best {max(bandwidth) / 1e9:.1f} GB/s; the file "

@@ -19,6 +19,7 @@ import hashlib
 import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -283,6 +284,34 @@ def test_offline_mode_uses_the_cache_and_says_so_without_it(hub, hf_env):
     expected = snapshot_path(hf_env, REPO, commit, "model.gguf")
     assert [r.get("path") for r in warm] == [expected] * 3
     assert len(hub.log) == n_requests
+
+
+def closed_port_url() -> str:
+    """An http URL on this machine where nothing listens."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_an_unreachable_hub_is_said_at_once_and_the_cache_still_serves(hub, hf_env):
+    """No network: one refused connection, and the error names the endpoint, where
+    huggingface_hub alone retried for ~24 s with a warning each time; a cached file and a
+    cached listing are still found."""
+    commit = hub.add(REPO, {"model.gguf": MODEL_BYTES})
+    away = dict(hf_env, HF_ENDPOINT=closed_port_url())
+    done = subprocess.run([sys.executable, "-c", RUNNER, json.dumps([fetch(REPO, "model.gguf"), fetch(REPO)])],
+                          env=dict(away, HF_HUB_OFFLINE="0"), capture_output=True, text=True, timeout=120)
+    cold_file, cold_listing = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "Retrying" not in done.stderr, done.stderr
+    for cold in (cold_file, cold_listing):
+        assert cold["error"] == "FetchError", cold
+        assert f"the hub cannot be reached ({away['HF_ENDPOINT']}: Connection refused)" in cold["message"]
+    assert hub.log == []
+
+    run(hf_env, fetch(REPO, "model.gguf"))  # into the cache from the stand-in hub
+    warm = run(away, fetch(REPO, "model.gguf"), fetch(REPO))
+    assert [r.get("path") for r in warm] == [snapshot_path(hf_env, REPO, commit, "model.gguf")] * 2
 
 
 def test_a_missing_file_or_repository_is_a_clear_error(hub, hf_env):

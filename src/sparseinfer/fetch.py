@@ -14,7 +14,10 @@ import hashlib
 import os
 import pathlib
 import re
+import socket
 import time
+import urllib.parse
+import urllib.request
 from typing import Iterable, Optional, Union
 
 from .errors import AmbiguousModelFileError, FetchError
@@ -53,6 +56,8 @@ SHORT_NAMES: dict[str, _Published] = {
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9]")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+# How long the one connection that checks whether the hub can be reached may take.
+_PROBE_SECONDS = 5.0
 
 
 def fetch_model(
@@ -175,10 +180,11 @@ def _fetch_huggingface(repo_id: str, filename: Optional[str], *, revision: Optio
         filename = _choose_file(files, filename, where)
 
     what = f"{repo_id}/{filename}" + (f" at revision {revision}" if revision else "")
+    unreachable = _hub_unreachable()
     started = time.time()
     try:
-        path = huggingface_hub.hf_hub_download(repo_id, filename, revision=revision,
-                                               cache_dir=cache_dir, token=token)
+        path = huggingface_hub.hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
+                                               token=token, local_files_only=unreachable is not None)
     except hub_errors.RepositoryNotFoundError as error:
         raise FetchError(f"Hugging Face repository {repo_id} was not found (a private or gated "
                          f"one needs token=...): {_first_line(error)}") from error
@@ -189,7 +195,7 @@ def _fetch_huggingface(repo_id: str, filename: Optional[str], *, revision: Optio
             f"{what} is not in the cache ({cache_dir or hub_constants.HF_HUB_CACHE}) "
             f"and cannot be downloaded: "
             + ("HF_HUB_OFFLINE is set" if hub_constants.HF_HUB_OFFLINE
-               else "the hub cannot be reached")) from error
+               else f"the hub cannot be reached ({unreachable or _first_line(error)})")) from error
     except hub_errors.EntryNotFoundError as error:
         raise FetchError(f"Hugging Face repository {repo_id} has no file {filename!r}"
                          + (f" at revision {revision}" if revision else "")) from error
@@ -209,6 +215,9 @@ def _list_huggingface(repo_id: str, *, revision: Optional[str], cache_dir: Optio
     from huggingface_hub import errors as hub_errors
 
     try:
+        unreachable = _hub_unreachable()
+        if unreachable is not None:
+            raise ConnectionError(unreachable)
         info = huggingface_hub.HfApi().model_info(repo_id, revision=revision, token=token)
     except hub_errors.RepositoryNotFoundError as error:
         raise FetchError(f"Hugging Face repository {repo_id} was not found (a private or gated "
@@ -224,6 +233,29 @@ def _list_huggingface(repo_id: str, *, revision: Optional[str], cache_dir: Optio
                              f"no snapshot of revision {revision or 'main'}") from error
         return cached
     return [s.rfilename for s in info.siblings or []]
+
+
+def _hub_unreachable() -> Optional[str]:
+    """Why the hub's host cannot be reached, found with one direct connection of at most
+    _PROBE_SECONDS, or None: it answered, or a proxy stands in the way (which the direct
+    connection says nothing about), or HF_HUB_OFFLINE is set. Without it a machine with no
+    network waited ~24 s: huggingface_hub retries a failed connection five times, with a
+    warning each time, before its error."""
+    from huggingface_hub import constants as hub_constants
+
+    if hub_constants.HF_HUB_OFFLINE:
+        return None
+    endpoint = urllib.parse.urlsplit(hub_constants.ENDPOINT)
+    host = endpoint.hostname or ""
+    proxies = urllib.request.getproxies()
+    if (proxies.get(endpoint.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(host):
+        return None
+    try:
+        port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+        socket.create_connection((host, port), timeout=_PROBE_SECONDS).close()
+    except (OSError, ValueError) as error:
+        return f"{hub_constants.ENDPOINT}: {getattr(error, 'strerror', None) or error}"
+    return None
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:

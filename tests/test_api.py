@@ -534,7 +534,7 @@ def test_default_n_ctx_is_the_training_length_at_most_4096(tmp_path):
             assert m.n_ctx == 32768
 
 
-def test_n_ctx_beyond_the_training_length_warns_at_the_callers_line(tmp_path):
+def test_n_ctx_beyond_the_training_length_warns_at_the_callers_line(tmp_path, monkeypatch):
     path = tmp_path / "short.gguf"
     ggufgen.write_llama_model(path, n_ctx=256, seed=1)
     with pytest.warns(si.ContextLengthWarning, match="n_ctx=1000 is beyond the 256 tokens") as caught:
@@ -546,6 +546,12 @@ def test_n_ctx_beyond_the_training_length_warns_at_the_callers_line(tmp_path):
             s = m.session(n_ctx=300)
         assert caught[0].filename == __file__
         s.close()
+    import sparseinfer.model
+
+    monkeypatch.setattr(sparseinfer.model._fetch, "fetch_model", lambda *args, **kwargs: path)
+    with pytest.warns(si.ContextLengthWarning) as caught:  # through from_pretrained too
+        si.Model.from_pretrained("org/model", n_ctx=1000, n_threads=1).close()
+    assert caught[0].filename == __file__
 
 
 def test_cli_warns_in_one_line_about_a_long_context(tmp_path):

@@ -272,10 +272,25 @@ RUNAWAY = {
     "nested loops over a list": ("{% set r = range(100000) | list %}{% for i in r %}{% for j in r %}"
                                  "{% endfor %}{% endfor %}", "at most 2 s"),
     "printf width": ("{{ '%1000000000s' % 'x' }}", "pad or format"),
-    "printf width from the arguments": ("{{ '%*s' % (1000000000, 'x') }}", "pad or format"),
+    "printf width from the arguments": ("{{ '%*s' % (1000000000, 'x') }}", "from the arguments"),
+    "negative printf width from the arguments": ("{{ '%*s' % (-1000000000, 'x') }}", "from the arguments"),
     "format filter": ("{{ '%1000000000s' | format('x') }}", "pad or format"),
     "str.format width": ("{{ '{:>1000000000}'.format('x') }}", "pad or format"),
-    "str.format nested width": ("{{ '{:>{w}}'.format('x', w=1000000000) }}", "pad or format"),
+    "str.format nested width": ("{{ '{:>{w}}'.format('x', w=1000000000) }}", "from the arguments"),
+    "str.format width as text": ("{{ '{:{}}'.format('x', '1000000000') }}", "from the arguments"),
+    "printing a list of big strings": ("{% set s = 'x' * 1000000 %}{{ [s] * 100000 }}", "build at most"),
+    "~ of a list of big strings": ("{% set s = 'x' * 1000000 %}{{ 'a' ~ [s] * 100000 }}", "build at most"),
+    "doubling in a set block": ("{% set ns = namespace(x='x' * 1000000) %}{% for i in range(40) %}"
+                                "{% set ns.x %}{{ ns.x }}{{ ns.x }}{% endset %}{% endfor %}", "build at most"),
+    "bytes": ("{{ 'x'.encode() * 10000000000 }}", "encode"),
+    "lipsum": ("{{ lipsum(100000000) }}", "lipsum"),
+    "sum of lists, small enough to pass a size check": ("{{ ([[0] * 1000] * 16000) | sum(start=[]) }}",
+                                                         "only sum numbers"),
+    "join filter on a string": ("{{ ('x' * 1000000) | join('y' * 1000) }}", "build at most"),
+    "repeated escapes": ("{% set s = '<' * 1000000 %}{{ s | forceescape | forceescape | forceescape "
+                         "| forceescape | forceescape }}", "build at most"),
+    "tojson separators": ("{{ range(100000) | list | tojson(separators=('x' * 1000000, ':')) }}",
+                          "separate JSON"),
     "center filter": ("{{ 'x' | center(1000000000) }}", "build at most"),
     "str.center": ("{{ 'x'.center(1000000000) }}", "build at most"),
     "str.zfill": ("{{ 'x'.zfill(1000000000) }}", "build at most"),
@@ -289,10 +304,10 @@ RUNAWAY = {
     "replace filter": ("{{ ('x' * 1000000) | replace('x', 'y' * 1000000) }}", "build at most"),
     "join filter": ("{{ (['y' * 1000000] * 1000000) | join }}", "build at most"),
     "str.join": ("{{ ''.join(['y' * 1000000] * 1000000) }}", "build at most"),
-    "sum of lists": ("{{ ([[0] * 1000000] * 1000000) | sum(start=[]) | length }}", "build at most"),
+    "sum of lists": ("{{ ([[0] * 1000000] * 1000000) | sum(start=[]) | length }}", "only sum numbers"),
     "indent filter": ("{{ ('\n' * 1000000) | indent(1000000) }}", "build at most"),
     "wordwrap filter": ("{{ ('x ' * 500000) | wordwrap(1, wrapstring='y' * 1000000) }}", "build at most"),
-    "tojson indent": ("{{ range(100000) | list | tojson(indent=100000) }}", "indent JSON"),
+    "tojson indent": ("{{ range(100000) | list | tojson(indent=100000) }}", "indent or separate JSON"),
     "many distinct strings kept": ("{% set ns = namespace(l=[]) %}{% for i in range(100000) %}"
                                    "{% set ns.l = ns.l + [('y' * 1000000) ~ i] %}{% endfor %}", "build at most"),
 }
@@ -332,6 +347,13 @@ def test_runaway_templates_stop_in_seconds_within_a_memory_cap():
         assert "stopped by the sandbox" in outcome and fragment in outcome, (name, outcome)
         assert seconds < 5, (name, seconds)
     assert report["peak MiB"] < 768, report["peak MiB"]
+
+
+def test_numbers_in_text_and_benign_formatting_are_not_refused():
+    source = ("{{ 'ticket 20240101123: %s, %5.2f%%' % ('ok', 3.14159) }} {{ '{:>6}|{}'.format('a', 12345678) }}"
+              "{{ '%-4d|' | format(7) }}{% set ns = namespace(t='') %}{% for m in messages %}"
+              "{% set ns.t = ns.t ~ m.content ~ '|' %}{% endfor %}{{ ns.t }}")
+    assert si.format_prompt(CONVERSATION, source, model={}) == plain_render(source, CONVERSATION, bos="", eos="")
 
 
 def test_a_long_conversation_renders_within_the_bounds():

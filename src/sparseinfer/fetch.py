@@ -15,6 +15,7 @@ import os
 import pathlib
 import re
 import socket
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -172,15 +173,16 @@ def _fetch_huggingface(repo_id: str, filename: Optional[str], *, revision: Optio
     from huggingface_hub import constants as hub_constants
     from huggingface_hub import errors as hub_errors
 
+    unreachable = _hub_unreachable()
     if filename is None or _is_glob(filename):
-        files = _list_huggingface(repo_id, revision=revision, cache_dir=cache_dir, token=token)
+        files = _list_huggingface(repo_id, revision=revision, cache_dir=cache_dir, token=token,
+                                  unreachable=unreachable)
         where = f"Hugging Face repository {repo_id}" + (f" at {revision}" if revision else "")
         # The download names the same revision (not the listed commit), so that
         # huggingface_hub records the branch in the cache and offline use finds the file.
         filename = _choose_file(files, filename, where)
 
     what = f"{repo_id}/{filename}" + (f" at revision {revision}" if revision else "")
-    unreachable = _hub_unreachable()
     started = time.time()
     try:
         path = huggingface_hub.hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
@@ -208,14 +210,13 @@ def _fetch_huggingface(repo_id: str, filename: Optional[str], *, revision: Optio
 
 
 def _list_huggingface(repo_id: str, *, revision: Optional[str], cache_dir: Optional[str],
-                      token: Optional[str]) -> list[str]:
+                      token: Optional[str], unreachable: Optional[str]) -> list[str]:
     """The repository's files: from the hub, or from the cache when it cannot answer."""
     import huggingface_hub
     from huggingface_hub import constants as hub_constants
     from huggingface_hub import errors as hub_errors
 
     try:
-        unreachable = _hub_unreachable()
         if unreachable is not None:
             raise ConnectionError(unreachable)
         info = huggingface_hub.HfApi().model_info(repo_id, revision=revision, token=token)
@@ -250,12 +251,22 @@ def _hub_unreachable() -> Optional[str]:
     proxies = urllib.request.getproxies()
     if (proxies.get(endpoint.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(host):
         return None
-    try:
-        port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-        socket.create_connection((host, port), timeout=_PROBE_SECONDS).close()
-    except (OSError, ValueError) as error:
-        return f"{hub_constants.ENDPOINT}: {getattr(error, 'strerror', None) or error}"
-    return None
+    outcome: list[Optional[str]] = []
+
+    def connect() -> None:
+        try:
+            port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+            socket.create_connection((host, port), timeout=_PROBE_SECONDS).close()
+            outcome.append(None)
+        except (OSError, ValueError) as error:
+            outcome.append(f"{hub_constants.ENDPOINT}: {getattr(error, 'strerror', None) or error}")
+
+    # In a thread, so that a name lookup (which has no timeout of its own) and several
+    # addresses tried one after another stay within one deadline.
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(_PROBE_SECONDS)
+    return outcome[0] if outcome else f"{hub_constants.ENDPOINT}: no answer within {_PROBE_SECONDS:g} s"
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:

@@ -11,6 +11,7 @@ import os
 import random
 import re
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -697,7 +698,8 @@ class Model(_Inference):
     def _warn_beyond_training(self, n_ctx: int) -> None:
         if self._n_ctx_train is not None and n_ctx > self._n_ctx_train:
             warnings.warn(f"n_ctx={n_ctx} is beyond the {self._n_ctx_train} tokens {self._path} was "
-                          f"trained for: text past them may lose coherence", ContextLengthWarning, stacklevel=3)
+                          f"trained for: text past them may lose coherence", ContextLengthWarning,
+                          stacklevel=_stack_level_outside_package())
 
     def _open_sequence(self, n_ctx: int, n_threads: int, owner: str) -> _Sequence:
         with self._sessions_lock:
@@ -859,6 +861,16 @@ class Session(_Inference):
 
 
 # ---- argument checking ----------------------------------------------------------------------
+
+def _stack_level_outside_package() -> int:
+    """The warnings.warn stacklevel of the nearest caller outside this package (the user's
+    line, through Model(), Model.from_pretrained(), session() or the CLI)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == package:
+        frame, level = frame.f_back, level + 1
+    return level
+
 
 def _require_int(name: str, value: object, *, minimum: Optional[int] = None,
                  maximum: Optional[int] = _INT32_MAX) -> int:

@@ -250,12 +250,10 @@ def _jinja_template(name: str, source: str, *, bos: str, eos: str) -> ChatTempla
         budget = _RenderBudget()
         token = _render_budget.set(budget)
         try:
-            parts = []
-            for part in compiled.generate(messages=messages, bos_token=bos, eos_token=eos,
-                                          add_generation_prompt=add_generation_prompt):
-                budget.charge(len(part), "its output")
-                parts.append(part)
-            return "".join(parts)
+            # every {{ }} value is charged by the environment's finalize; the template's own
+            # text is bounded by its source
+            return compiled.render(messages=messages, bos_token=bos, eos_token=eos,
+                                   add_generation_prompt=add_generation_prompt)
         except TemplateError:
             raise
         except Exception as error:  # noqa: BLE001 - untrusted code: every failure is its own
@@ -302,11 +300,34 @@ def _refuse(message: str) -> None:
 
 
 def _sized(value: Any) -> int:
-    """What a value counts against _MAX_BUILT: its characters, or 8 per item of a list, tuple
+    """What a value holds against _MAX_BUILT: its characters, or 8 per item of a list, tuple
     or dict (a pointer each)."""
     if isinstance(value, str):
         return len(value)
     return 8 * len(value) if isinstance(value, (list, tuple, dict)) else 0
+
+
+def _text_size(value: Any) -> int:
+    """About how many characters str() of a value builds: a string's own, a container's items'
+    (walked, each item at least a few characters, until the total passes _MAX_BUILT), so that
+    printing [s] * 100000 is refused before it is built."""
+    total, pending = 0, [value]
+    while pending and total <= _MAX_BUILT:
+        item = pending.pop()
+        if isinstance(item, str):
+            total += len(item) + 4
+        elif isinstance(item, dict):
+            total += 4 * len(item) + 2
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            total += 2 * len(item) + 2
+            pending.extend(item)
+        elif type(item).__name__ == "Namespace":  # jinja2's: printed with its attributes
+            pending.append(dict(getattr(item, "_Namespace__attrs", {})))
+        else:
+            total += 32
+    return total
 
 
 def _charge_result(value: Any, what: str) -> Any:
@@ -321,25 +342,39 @@ def _check_size(items: int, what: str) -> None:
         budget.charge(items, what)
 
 
-def _check_format_fields(fmt: str, args: Any, what: str, *, printf: bool) -> None:
-    """Refuses widths and precisions (printf-style or str.format) that would build a huge
-    string from a small one: written in the format, or taken from the arguments ('%*s',
-    '{:{width}}')."""
-    for number in _DIGITS.findall(fmt):
+def _charged_output(value: Any) -> Any:
+    """The environment's finalize: each {{ }} value, in the output or in a {% set %} block,
+    charged before it is turned into text."""
+    _budget().charge(_text_size(value), "its output")
+    return value
+
+
+# printf-style conversions ('%-10.3f', '%(name)s', '%*d') and digit runs in str.format specs.
+_PRINTF_FIELD = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?[diouxXeEfFgGcrsa%]")
+_DIGITS = re.compile(r"\d+")
+
+
+def _check_format_fields(fmt: str, what: str, *, printf: bool) -> None:
+    """Refuses widths and precisions that would build a huge string from a small one, and
+    widths taken from the arguments ('%*s', '{:{width}}'), which chat templates do not need."""
+    if printf:
+        numbers = [n for field in _PRINTF_FIELD.findall(fmt) for n in field if n]
+    else:
+        numbers = []
+        for _, _, spec, _ in string.Formatter().parse(fmt):
+            if spec and "{" in spec:
+                numbers.append("*")
+            numbers.extend(_DIGITS.findall(spec or ""))
+    for number in numbers:
+        if number == "*":
+            _refuse(f"a chat template may not take a width or precision from the arguments ({what})")
         if len(number) > 7 or int(number) > _MAX_REPEAT:
             _refuse(f"a chat template may not pad or format a value to more than {_MAX_REPEAT} "
                     f"characters ({what})")
-    takes_sizes = "*" in fmt if printf else any(spec and "{" in spec for _, _, spec, _ in string.Formatter().parse(fmt))
-    if takes_sizes:
-        values = args.values() if isinstance(args, dict) else args if isinstance(args, (tuple, list)) else (args,)
-        if any(isinstance(v, int) and v > _MAX_REPEAT for v in values):
-            _refuse(f"a chat template may not pad or format a value to more than {_MAX_REPEAT} "
-                    f"characters ({what})")
 
 
-# A run of digits in a format string: a width or precision (or literal text, which a chat
-# template hardly writes with more than seven digits).
-_DIGITS = re.compile(r"\d+")
+# Filters whose output may be several times their input per character (escapes).
+_ESCAPING_FILTERS = frozenset({"escape", "e", "forceescape", "urlencode", "urlize", "xmlattr"})
 
 
 def _estimated_growth(name: str, text: str, args: tuple, kwargs: dict) -> int:
@@ -348,26 +383,31 @@ def _estimated_growth(name: str, text: str, args: tuple, kwargs: dict) -> int:
         value = args[index] if len(args) > index else kwargs.get(key)
         return value if isinstance(value, int) else default
 
-    def string_arg(index: int, key: str) -> str:
+    def length(index: int, key: str) -> int:  # of a text argument, without building it
         value = args[index] if len(args) > index else kwargs.get(key, "")
-        return value if isinstance(value, str) else str(value)
+        return len(value) if isinstance(value, str) else _text_size(value)
 
     if name in ("center", "ljust", "rjust", "zfill"):
         return max(number(0, "width"), len(text))
     if name == "indent":
-        return len(text) + (text.count("\n") + 1) * max(number(0, "width", 4), len(string_arg(0, "width")))
+        return len(text) + (text.count("\n") + 1) * max(number(0, "width", 4), length(0, "width"))
     if name == "expandtabs":
         return len(text) + text.count("\t") * max(number(0, "tabsize", 8), 0)
     if name == "replace":
-        old, new = string_arg(0, "old"), string_arg(1, "new")
+        old, new = args[0] if args else kwargs.get("old", ""), length(1, "new")
+        old = old if isinstance(old, str) else ""
         count = text.count(old) if old else len(text) + 1
         limit = number(2, "count", -1)
         if limit >= 0:
             count = min(count, limit)
-        return len(text) + count * max(len(new) - len(old), 0)
+        return len(text) + count * max(new - len(old), 0)
     if name == "wordwrap":
+        if len(text) > _MAX_REPEAT:  # textwrap is pure Python: slow on tens of MB
+            _refuse(f"a chat template may not wrap more than {_MAX_REPEAT} characters")
         width = max(number(0, "width", 79), 1)
-        return len(text) + (len(text) // width + 1) * len(string_arg(2, "wrapstring"))
+        return len(text) + (len(text) // width + 1) * length(2, "wrapstring")
+    if name in _ESCAPING_FILTERS:
+        return 9 * len(text)
     return len(text)
 
 
@@ -382,19 +422,27 @@ def _bounded_filter(name: str, jinja_filter: Callable[..., Any]) -> Callable[...
         args = call_args[1:] if takes_context is not None else call_args
         value, rest = (args[0], args[1:]) if args else (None, ())
         what = f"the {name} filter"
-        if isinstance(value, str):
-            if name == "format":
-                _check_format_fields(value, tuple(rest) + tuple(kwargs.values()), what, printf=True)
-            _check_size(_estimated_growth(name, value, rest, kwargs), what)
-        elif name in ("join", "sum") and value is not None:
+        if name in ("join", "sum") and value is not None:
             value = list(value)  # a bounded list: its items are counted below
+            if name == "sum":
+                start = rest[1] if len(rest) > 1 else kwargs.get("start", 0)
+                if not isinstance(start, (int, float)):
+                    _refuse("a chat template may only sum numbers")
             separator = rest[0] if name == "join" and rest and isinstance(rest[0], str) else ""
-            _check_size(sum(_sized(v) for v in value) + len(value) * len(separator), what)
+            _check_size(sum(_text_size(v) for v in value) + len(value) * len(separator), what)
             call_args = call_args[:len(call_args) - len(args)] + (value,) + tuple(rest)
+        elif isinstance(value, str):
+            if name == "format":
+                _check_format_fields(value, what, printf=True)
+            _check_size(_estimated_growth(name, value, rest, kwargs), what)
+        elif name in ("string", "pprint", "tojson", "list", "urlencode", "xmlattr"):
+            _check_size(_text_size(value), what)
         if name == "tojson":
             indent = rest[0] if rest else kwargs.get("indent")
-            if isinstance(indent, int) and indent > 64:
-                _refuse("a chat template may indent JSON by at most 64 spaces")
+            separators = rest[1] if len(rest) > 1 else kwargs.get("separators")
+            if (isinstance(indent, int) and indent > 64 or isinstance(indent, str) and len(indent) > 64
+                    or separators is not None and _text_size(separators) > 64):
+                _refuse("a chat template may indent or separate JSON by at most 64 characters")
         return _charge_result(jinja_filter(*call_args, **kwargs), what)
 
     if takes_context is not None:  # jinja2 passes the context, environment or eval context first
@@ -479,20 +527,29 @@ def _sandbox() -> Any:
                     f"a chat template may not compute integers of more than "
                     f"{_MAX_POWER_BITS} bits with '**'")
             elif operator == "%" and isinstance(left, str):
-                _check_format_fields(left, right, "'%' formatting", printf=True)
+                _check_format_fields(left, "'%' formatting", printf=True)
+                _check_size(len(left) + _text_size(right), "'%' formatting")
             elif operator == "+":
                 _check_size(_sized(left) + _sized(right), "'+'")
             return _charge_result(super().call_binop(context, operator, left, right), f"'{operator}'")
 
+        def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+            # bytes would escape every bound on text (and chat templates have no use for them)
+            if isinstance(obj, str) and attr in ("encode", "translate", "maketrans"):
+                return False
+            return super().is_safe_attribute(obj, attr, value)
+
         def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
             _budget().step()
+            if __obj is Sandbox.si_concat:  # charges what it builds itself
+                return super().call(__context, __obj, *args, **kwargs)
             owner = getattr(__obj, "__self__", None)
             name = getattr(__obj, "__name__", "")
             if isinstance(owner, str) and name in _GROWING_STRING_METHODS:
                 what = f"str.{name}"
                 if name == "join" and args:
                     items = list(args[0])
-                    _check_size(sum(_sized(v) for v in items) + len(owner) * len(items), what)
+                    _check_size(sum(_text_size(v) for v in items) + len(owner) * len(items), what)
                     args = (items,) + args[1:]
                 else:
                     _check_size(_estimated_growth(name, owner, args, kwargs), what)
@@ -506,8 +563,8 @@ def _sandbox() -> Any:
             what, is_map = f"str.{value.__name__}", value.__name__ == "format_map"
 
             def bounded(*args: Any, **kwargs: Any) -> Any:
-                values = args[0] if is_map and args else tuple(args) + tuple(kwargs.values())
-                _check_format_fields(value.__self__, values, what, printf=False)
+                _check_format_fields(value.__self__, what, printf=False)
+                _check_size(len(value.__self__) + _text_size(args) + _text_size(kwargs), what)
                 return sandboxed(*args, **kwargs)
             return bounded
 
@@ -520,17 +577,22 @@ def _sandbox() -> Any:
 
         @staticmethod
         def si_concat(values: list) -> str:
-            texts = [v if isinstance(v, str) else str(v) for v in values]
-            _check_size(sum(len(t) for t in texts), "'~'")
-            return _charge_result("".join(texts), "'~'")
+            _check_size(sum(_text_size(v) for v in values), "'~'")
+            return _charge_result("".join(v if isinstance(v, str) else str(v) for v in values), "'~'")
 
-    env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols],
+                  finalize=_charged_output)
+    env.globals["lipsum"] = _no_lipsum  # jinja2's is a pure-Python loop of any length, in one call
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     env.filters["tojson"] = _tojson
-    for name in ("center", "indent", "format", "replace", "join", "sum", "wordwrap", "tojson", "list"):
+    for name in list(env.filters):  # filters bypass call(): each checks and charges itself
         env.filters[name] = _bounded_filter(name, env.filters[name])
     return env
+
+
+def _no_lipsum(*args: Any, **kwargs: Any) -> None:
+    _refuse("a chat template may not call lipsum")
 
 
 def _raise_exception(message: str) -> None:

@@ -39,8 +39,9 @@ private:
     size_t size_ = 0;
 };
 
-// Zeroed memory that holds pages only as they are first written: calloc takes fresh pages from
-// the OS, which zeroes them when they are first touched (a KV cache zero-filled at once took
+// Zeroed memory that holds pages only as they are first written: calloc of a large block takes
+// fresh pages from the OS (glibc and the BSDs map them; Windows commits but does not touch
+// them), which zeroes them when they are first touched (a KV cache zero-filled at once took
 // all of n_ctx's memory before the first token: n_ctx=200000 on a 1B model, 4.8 GB). Throws
 // OutOfMemoryError naming `what` when the allocation fails.
 class ZeroedBuffer {

@@ -18,10 +18,11 @@
 //     and down_t[j] only when h_j is not zero;
 //   - the neurons are cut into kNeuronRanges fixed ranges of ids; each range's sum over its
 //     neurons in id order starts from zero, and the ranges' sums are added in range order.
-// Decoding computes each range in one pass over its neurons' bundled rows (model.h), gate, up
-// and down together, the ranges shared among the threads; a batch computes h for every token
-// first, then each thread adds the same ranges for its own slice of the output columns. Either
-// way a token's result is the same bits whatever the thread count or the batch it came in.
+// Decoding computes each range in one pass over its neurons' bundled rows (model.h), gate
+// (unless the dense mode's product gave it), up and down together, the ranges shared among
+// the threads; a batch computes h for every token first, then each thread adds the same ranges
+// for its own slice of the output columns. Either way a token's result is the same bits
+// whatever the thread count or the batch it came in.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -142,7 +143,7 @@ const float* Session::list_dense_neurons(int layer, int64_t n) {
         positive.clear();
         const float* gate = up_.data() + t * n_ff;
         for (int64_t j = 0; j < n_ff; ++j) {
-            if (gate[j] > 0.0f) positive.push_back(static_cast<int32_t>(j));
+            if (!(gate[j] <= 0.0f)) positive.push_back(static_cast<int32_t>(j));  // as NeuronRows: NaN goes on
         }
     }
     return up_.data();

@@ -110,7 +110,7 @@ private:
     // (zero elsewhere) and their sum xn_[t] = sum_j h[t][j] down_t[j]. known_gates: the gate
     // of every neuron, n_ff per token (list_dense_neurons), or null to compute the listed ones'.
     void neuron_sum(const LayerWeights& l, int64_t n_tokens, const float* known_gates);
-    // The same for one token, gate, up and down rows of each range in one pass.
+    // The same for one token: the gate (unless known), up and down rows of each range in one pass.
     void neuron_sum_token(const LayerWeights& l, const NeuronRows& neurons, const float* known_gates,
                           const void* gate_act, const void* up_act);
     // A batch: h into gate_, then the down projection. Its threads take chunks of this many

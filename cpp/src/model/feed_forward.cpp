@@ -153,7 +153,9 @@ void Session::neuron_sum(const LayerWeights& l, int64_t n, const float* known_ga
     const ModelConfig& c = model_->config();
     std::fill(gate_.begin(), gate_.begin() + n * c.n_ff, 0.0f);
     const bool same_format = activation_format(l.ffn_gate.type) == activation_format(l.ffn_up.type);
-    const PreparedInput gate_in = prepare_input(l.ffn_gate, xn_.data(), n, 0, true);
+    // Known gates came from list_dense_neurons' product, which left xn_ in the gate's format
+    // in slot 0 already.
+    const PreparedInput gate_in = prepare_input(l.ffn_gate, xn_.data(), n, 0, known_gates == nullptr);
     const PreparedInput up_in = prepare_input(l.ffn_up, xn_.data(), n, same_format ? 0 : 1, !same_format);
     const NeuronRows neurons{l, gather_dot(kernels_, l.ffn_gate.type), gather_dot(kernels_, l.ffn_up.type),
                              c.relu_up, c.n_embd};

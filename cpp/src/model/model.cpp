@@ -18,6 +18,18 @@ namespace {
 constexpr int64_t kMaxDimension = 1 << 20;
 constexpr int64_t kMaxLayers = 4096;
 
+// Whether m's rows have an interleaved form: a type the kernels have an eight-row product for.
+bool interleaves(const Matrix& m) { return rows8_dot(active_kernels(), m.type) != nullptr && m.rows % 8 == 0; }
+
+// m's rows, wherever they lie (m.stride apart), interleaved eight at a time into dst
+// (m.rows * m.row_bytes bytes).
+void interleave_into(const Matrix& m, uint8_t* dst) {
+    for (int64_t g = 0; g < m.rows / 8; ++g) {
+        interleave_rows8(m.type, static_cast<const uint8_t*>(m.row(8 * g)), m.stride, m.cols / kQK,
+                         dst + g * 8 * m.row_bytes);
+    }
+}
+
 }  // namespace
 
 std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOptions& options) {
@@ -36,7 +48,6 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
     if (model->config_.powerinfer) {
         model->bundle_neurons();
         for (const LayerWeights& l : model->layers_) model->dense_gates_.push_back(l.ffn_gate);
-        model->dense_gate_ready_.assign(model->layers_.size(), false);
     }
     return model;
 }
@@ -302,13 +313,10 @@ void Model::interleave_matrices() {
     // Only matrices that are read whole, by matrix products: a PowerInfer file's gate and up
     // rows are also gathered one by one (the sparse FFN), so they stay as stored.
     auto interleave = [this](Matrix& m) {
-        if (rows8_dot(active_kernels(), m.type) == nullptr || m.rows % 8 != 0 || m.interleaved != nullptr) return;
-        const size_t group_bytes = 8 * m.row_bytes;
+        if (!interleaves(m) || m.interleaved != nullptr) return;
         uint8_t* dst = owned_copy(static_cast<uint64_t>(m.rows) * m.row_bytes,
                                   "interleaved copies of its quantised matrices for the CPU kernels");
-        for (int64_t g = 0; g < m.rows / 8; ++g) {
-            interleave_rows8(m.type, m.data + g * group_bytes, m.row_bytes, m.cols / kQK, dst + g * group_bytes);
-        }
+        interleave_into(m, dst);
         m.interleaved = dst;
         release_stored_rows(m);
     };
@@ -346,24 +354,14 @@ void Model::prepare_dense_gates(int64_t n_layers) const {
     const std::lock_guard<std::mutex> lock(dense_gates_mutex_);
     for (int64_t il = 0; il < n_layers && il < static_cast<int64_t>(dense_gates_.size()); ++il) {
         Matrix& gate = dense_gates_[static_cast<size_t>(il)];
-        if (dense_gate_ready_[static_cast<size_t>(il)]) continue;
-        if (rows8_dot(active_kernels(), gate.type) != nullptr && gate.rows % 8 == 0) {
-            const uint64_t bytes = static_cast<uint64_t>(gate.rows) * gate.row_bytes;
-            const std::string what = "interleaved copies of its gate matrices for a dense session";
-            require_memory(file_->describe(what), owned_bytes_ + dense_gate_bytes_ + bytes);
-            uint8_t* dst = dense_gate_copies_.emplace_back(static_cast<size_t>(bytes), file_->describe(what)).data();
-            dense_gate_bytes_ += bytes;
-            std::vector<uint8_t> eight_rows(8 * gate.row_bytes);  // the bundles' rows, side by side
-            for (int64_t g = 0; g < gate.rows / 8; ++g) {
-                for (int64_t r = 0; r < 8; ++r) {
-                    std::memcpy(eight_rows.data() + r * gate.row_bytes, gate.row(8 * g + r), gate.row_bytes);
-                }
-                interleave_rows8(gate.type, eight_rows.data(), gate.row_bytes, gate.cols / kQK,
-                                 dst + g * 8 * gate.row_bytes);
-            }
-            gate.interleaved = dst;
-        }
-        dense_gate_ready_[static_cast<size_t>(il)] = true;
+        if (gate.interleaved != nullptr || !interleaves(gate)) continue;
+        const uint64_t bytes = static_cast<uint64_t>(gate.rows) * gate.row_bytes;
+        const std::string what = "interleaved copies of its gate matrices for a dense session";
+        require_memory(file_->describe(what), owned_bytes_ + dense_gate_bytes_ + bytes);
+        uint8_t* dst = dense_gate_copies_.emplace_back(static_cast<size_t>(bytes), file_->describe(what)).data();
+        dense_gate_bytes_ += bytes;
+        interleave_into(gate, dst);
+        gate.interleaved = dst;
     }
 }
 

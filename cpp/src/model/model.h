@@ -147,10 +147,10 @@ private:
     std::vector<bool> predictor_q8_layers_;
     std::vector<WeightBuffer> owned_weights_;  // weights converted at load
     uint64_t owned_bytes_ = 0;
-    // prepare_dense_gates' results: sized at load, a layer's entry written once under the mutex.
+    // prepare_dense_gates' results: sized at load, a layer's interleaved copy set once under the
+    // mutex.
     mutable std::mutex dense_gates_mutex_;
     mutable std::vector<Matrix> dense_gates_;
-    mutable std::vector<bool> dense_gate_ready_;
     mutable std::vector<WeightBuffer> dense_gate_copies_;
     mutable uint64_t dense_gate_bytes_ = 0;
 };

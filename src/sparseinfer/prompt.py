@@ -330,6 +330,11 @@ def _text_size(value: Any) -> int:
     return total
 
 
+def _joined_size(items: list, separator: str) -> int:
+    """About how many characters joining `items` with `separator` builds (also a sum's items)."""
+    return sum(_text_size(v) for v in items) + len(items) * len(separator)
+
+
 def _charge_result(value: Any, what: str) -> Any:
     _budget().charge(_sized(value), what)
     return value
@@ -429,7 +434,7 @@ def _bounded_filter(name: str, jinja_filter: Callable[..., Any]) -> Callable[...
                 if not isinstance(start, (int, float)):
                     _refuse("a chat template may only sum numbers")
             separator = rest[0] if name == "join" and rest and isinstance(rest[0], str) else ""
-            _check_size(sum(_text_size(v) for v in value) + len(value) * len(separator), what)
+            _check_size(_joined_size(value, separator), what)
             call_args = call_args[:len(call_args) - len(args)] + (value,) + tuple(rest)
         elif isinstance(value, str):
             if name == "format":
@@ -517,15 +522,11 @@ def _sandbox() -> Any:
                 for seq, n in ((left, right), (right, left)):
                     if (isinstance(seq, (str, list, tuple)) and isinstance(n, int)
                             and len(seq) * n > _MAX_REPEAT):
-                        raise jinja2.sandbox.SecurityError(
-                            f"a chat template may not build a value of more than "
-                            f"{_MAX_REPEAT} items with '*'")
+                        _refuse(f"a chat template may not build a value of more than {_MAX_REPEAT} items with '*'")
             elif (operator == "**" and isinstance(left, int) and isinstance(right, int)
                   and right > 0 and abs(left) > 1
                   and right * abs(left).bit_length() > _MAX_POWER_BITS):
-                raise jinja2.sandbox.SecurityError(
-                    f"a chat template may not compute integers of more than "
-                    f"{_MAX_POWER_BITS} bits with '**'")
+                _refuse(f"a chat template may not compute integers of more than {_MAX_POWER_BITS} bits with '**'")
             elif operator == "%" and isinstance(left, str):
                 _check_format_fields(left, "'%' formatting", printf=True)
                 _check_size(len(left) + _text_size(right), "'%' formatting")
@@ -549,7 +550,7 @@ def _sandbox() -> Any:
                 what = f"str.{name}"
                 if name == "join" and args:
                     items = list(args[0])
-                    _check_size(sum(_text_size(v) for v in items) + len(owner) * len(items), what)
+                    _check_size(_joined_size(items, owner), what)
                     args = (items,) + args[1:]
                 else:
                     _check_size(_estimated_growth(name, owner, args, kwargs), what)
@@ -560,7 +561,7 @@ def _sandbox() -> Any:
             sandboxed = super().wrap_str_format(value)
             if sandboxed is None:
                 return None
-            what, is_map = f"str.{value.__name__}", value.__name__ == "format_map"
+            what = f"str.{value.__name__}"
 
             def bounded(*args: Any, **kwargs: Any) -> Any:
                 _check_format_fields(value.__self__, what, printf=False)

@@ -4,6 +4,7 @@ they compute): each thread must get exactly the logits it gets alone."""
 import threading
 
 import numpy as np
+import pytest
 
 import ggufgen
 import sparsegen
@@ -65,3 +66,52 @@ def test_sparse_sessions_on_many_threads_match_running_alone(tmp_path):
     together = _run_concurrently(model, prompts, sparse=True)
     for prompt, got in zip(prompts, together):
         np.testing.assert_array_equal(got, _alone(model, prompt, sparse=True))
+
+
+def test_a_session_computing_beside_another_runs_on_the_cores_left_with_the_same_logits(tmp_path):
+    # While one session holds every core (a long prompt), another runs on the cores still free,
+    # at least one, instead of a second pool of all of them: its logits are the same bits as
+    # alone, since no result depends on the thread count.
+    path = tmp_path / "slow.gguf"
+    ggufgen.write_llama_model(path, n_embd=256, n_layer=8, n_head=4, n_head_kv=4, n_ff=512, n_ctx=4096, seed=1)
+    model = _core.Model(str(path))
+    capacity = _core._core_share_stats()["capacity"]
+    prompt = [1, 7, 300, 41, 9, 100]
+    short = _core.Session(model, 64, capacity + 1)  # wants more cores than the machine has
+    short.eval(prompt, all_logits=True)
+    alone = short.logits()
+
+    long_session = _core.Session(model, 4096, capacity)
+    long_prompt = [1] + [int(t) for t in np.random.default_rng(0).integers(3, model.n_vocab, 3000)]
+    errors = []
+
+    def long_prompt_work():
+        try:
+            long_session.eval(long_prompt, all_logits=False)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    narrowed_before = _core._core_share_stats()["narrowed"]
+    worker = threading.Thread(target=long_prompt_work)
+    worker.start()
+    while worker.is_alive() and _core._core_share_stats()["in_use"] == 0:
+        pass
+    beside = 0
+    while worker.is_alive():
+        short.reset()
+        short.eval(prompt, all_logits=True)
+        np.testing.assert_array_equal(short.logits(), alone)
+        beside += 1
+    worker.join()
+    assert not errors, errors
+    assert beside > 0
+    assert _core._core_share_stats()["narrowed"] > narrowed_before
+    assert _core._core_share_stats()["in_use"] == 0  # every share was given back
+
+
+def test_a_pool_beyond_the_width_of_a_job_word_is_refused(tmp_path):
+    path = tmp_path / "dense.gguf"
+    ggufgen.write_llama_model(path, seed=2)
+    model = _core.Model(str(path))
+    with pytest.raises(ValueError, match="n_threads must be at most 65535, got 70000"):
+        _core.Session(model, 64, 70000)

@@ -288,6 +288,43 @@ def test_model_and_sessions_work_in_a_forked_child(kind, dense_path, sparse_path
         session.close()
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+def test_a_child_forked_while_the_parent_computes_has_every_core(slow_path):
+    # The cores a parent's thread held at the fork are not the child's to share: there the
+    # count starts at zero, and the child's session computes on all the threads it asked for.
+    import multiprocessing
+
+    from sparseinfer import _core
+
+    context = multiprocessing.get_context("fork")
+    with si.Model(slow_path, n_ctx=4096, n_threads=2) as m:
+        expected = m.generate(PROMPTS[0], max_tokens=4, temperature=0, ignore_eos=True)
+        busy = m.session()
+        long_prompt = threading.Thread(target=busy.logits, args=([1] + [5 + i % 200 for i in range(3000)],))
+        long_prompt.start()
+        while long_prompt.is_alive() and _core._core_share_stats()["in_use"] == 0:
+            pass
+        results = context.Queue()
+
+        def in_child():
+            cores_held = _core._core_share_stats()["in_use"]
+            results.put((cores_held, m.generate(PROMPTS[0], max_tokens=4, temperature=0, ignore_eos=True)))
+
+        child = context.Process(target=in_child)
+        child.start()
+        try:
+            cores_held, reply = results.get(timeout=120)
+            child.join(60)
+        finally:
+            if child.is_alive():
+                child.kill()
+                child.join()
+            long_prompt.join()
+        assert child.exitcode == 0
+        assert (cores_held, reply) == (0, expected)
+        busy.close()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
 def test_a_thread_that_cannot_start_is_a_memory_error(dense_path):
     # Under an address-space limit the system refuses thread stacks: the pool's error, not

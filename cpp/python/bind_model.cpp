@@ -147,6 +147,15 @@ void bind_model(py::module_& m) {
         d["hardware_threads"] = std::thread::hardware_concurrency();
         return d;
     });
+    m.def("_core_share_stats", [] {
+        const CoreShare::Stats s = CoreShare::stats();
+        py::dict d;
+        d["capacity"] = s.capacity;
+        d["in_use"] = s.in_use;
+        d["shares"] = s.shares;
+        d["narrowed"] = s.narrowed;
+        return d;
+    }, "How the process's sessions share its cores (cpu/thread_pool.h, CoreShare), for tests");
     m.def("memory_read_bandwidth", [](size_t bytes, int n_threads, int repeats) {
         py::gil_scoped_release release;
         return measure_read_bandwidth(bytes, n_threads, repeats);

@@ -11,6 +11,10 @@ def memory_read_bandwidth(bytes: int = 1 << 30, n_threads: int = 1, repeats: int
     """Bytes per second that n_threads threads stream from a buffer of `bytes` (best of
     `repeats` passes): the ceiling of decoding, which the benchmarks report against."""
 
+def _core_share_stats() -> dict[str, int]:
+    """How the process's sessions share its cores: {'capacity', 'in_use', 'shares',
+    'narrowed'} (for tests)."""
+
 def read_gguf_info(path: str) -> dict[str, object]:
     """Header summary without loading weights: {'version', 'powerinfer', 'metadata': dict,
     'tensors': [(name, type_name, shape tuple), ...]}."""

@@ -1,10 +1,18 @@
 #include "cpu/thread_pool.h"
 
+#include <algorithm>
 #include <chrono>
 #include <string>
 #include <system_error>
 
 #include "common/errors.h"
+
+#if defined(__linux__)
+#include <sched.h>
+#endif
+#if !defined(_WIN32)
+#include <pthread.h>
+#endif
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(_M_IX86)
 #include <immintrin.h>
@@ -25,9 +33,42 @@ constexpr auto kSpinTime = std::chrono::milliseconds(2);
 // Pause instructions between yields while spinning.
 constexpr unsigned kSpinsBeforeYield = 256;
 
+// The CPUs this process may run on (its affinity mask where the system has one).
+int usable_cpus() {
+#if defined(__linux__)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+#endif
+    const unsigned n = std::thread::hardware_concurrency();
+    return n > 0 ? static_cast<int>(n) : 1;
+}
+
+// The process's cores held by CoreShares, and counts for CoreShare::stats().
+std::atomic<int> g_cores_in_use{0};
+std::atomic<uint64_t> g_shares{0}, g_narrowed{0};
+
+// In a child made by fork() only the forking thread lives on: what the parent's other
+// threads held is not the child's to wait for.
+void free_cores_in_child() { g_cores_in_use.store(0); }
+
+int core_capacity() {
+    static const int capacity = [] {
+#if !defined(_WIN32)
+        pthread_atfork(nullptr, nullptr, free_cores_in_child);
+#endif
+        return usable_cpus();
+    }();
+    return capacity;
+}
+
 }  // namespace
 
-ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
+ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads), width_(n_threads_) {
+    constexpr int kMaxThreads = (1 << kWidthBits) - 1;
+    if (n_threads_ > kMaxThreads) {
+        throw ArgumentError("n_threads must be at most " + std::to_string(kMaxThreads) + ", got " +
+                            std::to_string(n_threads_));
+    }
     workers_.reserve(static_cast<size_t>(n_threads_ - 1));
     for (int i = 1; i < n_threads_; ++i) {
         try {
@@ -61,18 +102,22 @@ void ThreadPool::split(int64_t n, int index, int count, int64_t* begin, int64_t*
 }
 
 void ThreadPool::run(const std::function<void(int, int)>& job) {
-    if (n_threads_ == 1) {
+    const int width = width_;
+    if (width == 1) {
         job(0, 1);
         return;
     }
     job_ = &job;
-    unfinished_.store(n_threads_ - 1);
-    generation_.fetch_add(1);  // seq_cst: pairs with the sleeping_ check below
+    unfinished_.store(width - 1);
+    // seq_cst: pairs with the sleeping_ check below. The count of jobs issued rises by one
+    // in the bits above the width.
+    const uint64_t issued = generation_.load(std::memory_order_relaxed) >> kWidthBits;
+    generation_.store((issued + 1) << kWidthBits | static_cast<uint64_t>(width));
     if (sleeping_.load() > 0) {
         std::lock_guard<std::mutex> lock(mutex_);
         wake_.notify_all();
     }
-    job(0, n_threads_);
+    job(0, width);
     // Spin for the stragglers, but give the core away now and then: when the machine is
     // oversubscribed a worker may be waiting for exactly this core.
     for (unsigned spins = 1; unfinished_.load(std::memory_order_acquire) != 0; ++spins) {
@@ -85,30 +130,63 @@ void ThreadPool::run(const std::function<void(int, int)>& job) {
     job_ = nullptr;
 }
 
+bool ThreadPool::yield_cores() const {
+    return !sharing_.load(std::memory_order_relaxed) && g_cores_in_use.load(std::memory_order_relaxed) > 0;
+}
+
 void ThreadPool::worker_loop(int index) {
     uint64_t seen = 0;
+    bool idle = false;  // the last job was too narrow for this worker: sleep at once
     for (;;) {
         auto spin_start = std::chrono::steady_clock::now();
         unsigned spins = 0;
         while (generation_.load(std::memory_order_acquire) == seen && !stopping_.load()) {
-            if (++spins % kSpinsBeforeYield == 0) {
-                std::this_thread::yield();
-            } else {
+            if (!idle && ++spins % kSpinsBeforeYield != 0) {
                 SI_CPU_RELAX();
+                continue;
             }
-            if (spins % 1024 == 0 && std::chrono::steady_clock::now() - spin_start > kSpinTime) {
-                std::unique_lock<std::mutex> lock(mutex_);
-                sleeping_.fetch_add(1);  // seq_cst: run() sees it, or we see its generation
-                wake_.wait(lock, [&] { return generation_.load() != seen || stopping_.load(); });
-                sleeping_.fetch_sub(1);
-                break;
+            if (!idle && !yield_cores() && std::chrono::steady_clock::now() - spin_start <= kSpinTime) {
+                std::this_thread::yield();
+                continue;
             }
+            std::unique_lock<std::mutex> lock(mutex_);
+            sleeping_.fetch_add(1);  // seq_cst: run() sees it, or we see its generation
+            wake_.wait(lock, [&] { return generation_.load() != seen || stopping_.load(); });
+            sleeping_.fetch_sub(1);
+            break;
         }
         if (stopping_.load()) return;
         seen = generation_.load(std::memory_order_acquire);
-        (*job_)(index, n_threads_);
+        const int width = static_cast<int>(seen & ((uint64_t{1} << kWidthBits) - 1));
+        idle = index >= width;
+        if (idle) continue;
+        (*job_)(index, width);
         unfinished_.fetch_sub(1, std::memory_order_release);
     }
+}
+
+CoreShare::CoreShare(ThreadPool& pool) : pool_(pool) {
+    const int capacity = core_capacity(), wanted = pool.size();
+    // Marked before the cores are counted, so that its own idle workers never take them for
+    // another session's and fall asleep between two layers.
+    pool_.sharing_.store(true, std::memory_order_relaxed);
+    int in_use = g_cores_in_use.load(std::memory_order_relaxed);
+    do {
+        cores_ = in_use == 0 ? wanted : std::clamp(capacity - in_use, 1, wanted);
+    } while (!g_cores_in_use.compare_exchange_weak(in_use, in_use + cores_, std::memory_order_relaxed));
+    pool_.width_ = cores_;
+    g_shares.fetch_add(1, std::memory_order_relaxed);
+    if (cores_ < wanted) g_narrowed.fetch_add(1, std::memory_order_relaxed);
+}
+
+CoreShare::~CoreShare() {
+    g_cores_in_use.fetch_sub(cores_, std::memory_order_relaxed);
+    pool_.width_ = pool_.size();
+    pool_.sharing_.store(false, std::memory_order_relaxed);
+}
+
+CoreShare::Stats CoreShare::stats() {
+    return {core_capacity(), g_cores_in_use.load(), g_shares.load(), g_narrowed.load()};
 }
 
 }  // namespace si

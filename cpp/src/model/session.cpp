@@ -234,7 +234,7 @@ void Session::matmul(std::initializer_list<MatmulOutput> outputs, const float* x
         total_bytes += static_cast<uint64_t>(out.w->rows) * out.w->row_bytes;
     }
     // Chunks of at most kMatmulChunkBytes, and at least kMatmulChunksPerThread per thread.
-    const uint64_t least_chunks = static_cast<uint64_t>(pool_.size()) * kMatmulChunksPerThread;
+    const uint64_t least_chunks = static_cast<uint64_t>(pool_.width()) * kMatmulChunksPerThread;
     const uint64_t chunk_bytes =
         std::max<uint64_t>(1, std::min<uint64_t>(kMatmulChunkBytes, total_bytes / least_chunks));
     int64_t chunk_rows[kMaxMatmulOutputs], first_chunk[kMaxMatmulOutputs + 1] = {0};
@@ -376,6 +376,7 @@ void Session::forward(const std::vector<int32_t>& tokens, bool all_logits) {
         // The CPU layers come first; the hidden state then goes up once for the GPU layers.
         for (int64_t il = 0; il < c.n_layer; ++il) {
             throw_if_cancelled();  // a long prompt stops within one layer's work
+            const CoreShare cores(pool_);  // taken anew each layer, as other sessions come and go
             if (il < first_gpu_layer_) {
                 cpu_attention(static_cast<int>(il), n);
                 feed_forward(static_cast<int>(il), n);
@@ -395,6 +396,7 @@ void Session::forward(const std::vector<int32_t>& tokens, bool all_logits) {
             gpu_->output(first_kept, dst);
             gpu_->add_hot_active_counts(layer_active_);
         } else if (keep) {
+            const CoreShare cores(pool_);
             rms_norm_rows(x_.data() + first_kept * c.n_embd, model_->output_norm().data(),
                           n - first_kept, c.n_embd, c.rms_eps, xn_.data());
             matmul({{&model_->output(), dst}}, xn_.data(), n - first_kept);

@@ -141,7 +141,7 @@ def test_bad_model_arguments_raise_clear_errors(tiny, kwargs, error, match):
     ("8GB", 8 * 10**9), ("1.5g", 1_500_000_000), ("2", 2 * 2**30), ("100b", 100), ("0", 0),
 ])
 def test_memory_sizes_parse_to_bytes(text, expected):
-    from sparseinfer.model import parse_memory_size
+    from sparseinfer._arguments import parse_memory_size
     assert parse_memory_size("vram_budget", text) == expected
 
 

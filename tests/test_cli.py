@@ -103,6 +103,8 @@ def test_info_system_reports_the_isa_in_use():
         (["generate", "-m", "{tiny}", "-p", "hi", "-ngl", "-5"], "n_gpu_layers"),
         (["generate", "-m", "{tiny}", "-p", "hi", "--device", "cuda"], "device='cuda'"),
         (["generate", "-m", "{tiny}", "-p", "hi", "--device", "tpu"], "device"),
+        (["generate", "-m", "{tiny}", "-p", "hi", "--sparse-threshold", "0.1"], "sparse_threshold applies to"),
+        (["generate", "-m", "{tiny}", "-p", "hi", "--sparse-threshold", "nan"], "sparse_threshold must be"),
         (["info", "{junk}"], "junk.gguf"),
         (["info", "/no/such/model.gguf"], "/no/such/model.gguf"),
         (["info"], "MODEL"),
@@ -118,6 +120,20 @@ def test_errors_print_one_line_and_exit_non_zero(tiny, tmp_path, args, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sparseinfer: error:")
     assert message in lines[0]
+
+
+def test_sparse_threshold_reaches_the_model(tmp_path):
+    import sparsegen
+
+    w = sparsegen.write_pwri_model(tmp_path / "sparse.gguf", seed=4)
+    with si.Model(w.path, n_ctx=128, sparse_threshold=0.3) as model:
+        expected = model.generate(PROMPT, max_tokens=12, temperature=0, ignore_eos=True)
+    with si.Model(w.path, n_ctx=128) as model:
+        assert model.generate(PROMPT, max_tokens=12, temperature=0, ignore_eos=True) != expected
+    result = run_cli("generate", "-m", w.path, "-p", PROMPT, "-n", "12", "--temp", "0",
+                     "--ignore-eos", "-c", "128", "--sparse-threshold", "0.3")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == expected + "\n"
 
 
 def test_usage_errors_exit_with_status_2():

@@ -75,7 +75,7 @@ def test_a_session_computing_beside_another_runs_on_the_cores_left_with_the_same
     path = tmp_path / "slow.gguf"
     ggufgen.write_llama_model(path, n_embd=256, n_layer=8, n_head=4, n_head_kv=4, n_ff=512, n_ctx=4096, seed=1)
     model = _core.Model(str(path))
-    capacity = _core._core_share_stats()["capacity"]
+    capacity = _core.testing.core_share_stats()["capacity"]
     prompt = [1, 7, 300, 41, 9, 100]
     short = _core.Session(model, 64, capacity + 1)  # wants more cores than the machine has
     short.eval(prompt, all_logits=True)
@@ -91,10 +91,10 @@ def test_a_session_computing_beside_another_runs_on_the_cores_left_with_the_same
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
-    narrowed_before = _core._core_share_stats()["narrowed"]
+    narrowed_before = _core.testing.core_share_stats()["narrowed"]
     worker = threading.Thread(target=long_prompt_work)
     worker.start()
-    while worker.is_alive() and _core._core_share_stats()["in_use"] == 0:
+    while worker.is_alive() and _core.testing.core_share_stats()["in_use"] == 0:
         pass
     beside = 0
     while worker.is_alive():
@@ -105,8 +105,8 @@ def test_a_session_computing_beside_another_runs_on_the_cores_left_with_the_same
     worker.join()
     assert not errors, errors
     assert beside > 0
-    assert _core._core_share_stats()["narrowed"] > narrowed_before
-    assert _core._core_share_stats()["in_use"] == 0  # every share was given back
+    assert _core.testing.core_share_stats()["narrowed"] > narrowed_before
+    assert _core.testing.core_share_stats()["in_use"] == 0  # every share was given back
 
 
 def test_a_pool_beyond_the_width_of_a_job_word_is_refused(tmp_path):

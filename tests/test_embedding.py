@@ -60,15 +60,18 @@ def run(program, path, *args):
     return dict(line.split(" ", 1) for line in proc.stdout.splitlines())
 
 
-@pytest.mark.parametrize("kind", ["dense", "sparse"])
+@pytest.mark.parametrize("kind", ["dense", "sparse", "sparse, threshold 0.3"])
 def test_cpp_api_matches_python(embed_check, tmp_path, kind):
     path = tmp_path / "m.gguf"
     if kind == "dense":
         ggufgen.write_llama_model(path, weight_type="Q4_0")
     else:
         sparsegen.write_pwri_model(path, weight_type="Q4_0")
-    out = run(embed_check, path, *(["sparse"] if kind == "sparse" else []))
-    with sparseinfer.Model(str(path), n_ctx=64, n_threads=2, sparse=kind == "sparse") as m:
+    threshold = 0.3 if kind.endswith("0.3") else None
+    args = [] if kind == "dense" else ["sparse"] + ([str(threshold)] if threshold is not None else [])
+    out = run(embed_check, path, *args)
+    with sparseinfer.Model(str(path), n_ctx=64, n_threads=2, sparse=kind != "dense",
+                           sparse_threshold=threshold) as m:
         ids = m.tokenize("Hello world, hello!")
         assert [int(t) for t in out["tokens"].split()] == ids
         want = m.logits(ids)[-1, :5]

@@ -68,7 +68,7 @@ def test_row_dot_matches_numpy_for_every_length(isa, qtype):
     for n in lengths:
         raw = make_row(rng, qtype, n)
         x = rng.standard_normal(n).astype(np.float32)
-        got = float(_core._kernel_row_dot(isa, int(qtype), raw, x)[0])
+        got = float(_core.testing.kernel_row_dot(isa, int(qtype), raw, x)[0])
         want = expected_dot(raw, qtype, x)
         bound = 1e-5 * (np.sqrt(n) * 4 + 1) * (1 + np.abs(dequantised(raw, qtype, n)).max() * np.abs(x).max())
         assert abs(got - want) <= bound, (isa, qtype.name, n, got, want)
@@ -81,8 +81,8 @@ def test_simd_level_agrees_with_generic(isa, qtype):
     for n in [32, 64, 96, 576, 1536]:
         raw = make_row(rng, qtype, n)
         x = (rng.standard_normal(n) * rng.uniform(0.01, 100)).astype(np.float32)
-        a = float(_core._kernel_row_dot(isa, int(qtype), raw, x)[0])
-        b = float(_core._kernel_row_dot("generic", int(qtype), raw, x)[0])
+        a = float(_core.testing.kernel_row_dot(isa, int(qtype), raw, x)[0])
+        b = float(_core.testing.kernel_row_dot("generic", int(qtype), raw, x)[0])
         assert a == pytest.approx(b, rel=1e-4, abs=float(1e-4 * np.abs(x).max())), (n, a, b)
 
 
@@ -94,9 +94,9 @@ def test_four_token_dot_equals_four_single_dots(isa, qtype):
     for n in lengths:
         raw = make_row(rng, qtype, n)
         x4 = rng.standard_normal((4, n)).astype(np.float32)
-        got = _core._kernel_row_dot(isa, int(qtype), raw, x4)
+        got = _core.testing.kernel_row_dot(isa, int(qtype), raw, x4)
         for k in range(4):
-            single = float(_core._kernel_row_dot(isa, int(qtype), raw, x4[k])[0])
+            single = float(_core.testing.kernel_row_dot(isa, int(qtype), raw, x4[k])[0])
             assert got[k] == pytest.approx(single, rel=1e-5, abs=1e-5), (isa, n, k)
             assert got[k] == pytest.approx(expected_dot(raw, qtype, x4[k]), rel=1e-4, abs=1e-3), (isa, n, k)
 
@@ -105,16 +105,16 @@ def test_zero_activation_block_gives_zero():
     rng = np.random.default_rng(3)
     raw = make_row(rng, T.Q4_0, 64)
     for isa in ISAS:
-        assert _core._kernel_row_dot(isa, int(T.Q4_0), raw, np.zeros(64, np.float32))[0] == 0.0
+        assert _core.testing.kernel_row_dot(isa, int(T.Q4_0), raw, np.zeros(64, np.float32))[0] == 0.0
 
 
 def test_unknown_isa_and_bad_lengths_raise():
     with pytest.raises(ValueError):
-        _core._kernel_row_dot("no-such-isa", int(T.F32), b"\0" * 4, np.zeros(1, np.float32))
+        _core.testing.kernel_row_dot("no-such-isa", int(T.F32), b"\0" * 4, np.zeros(1, np.float32))
     with pytest.raises(ValueError):
-        _core._kernel_row_dot("generic", int(T.Q4_0), b"\0" * 18, np.zeros(31, np.float32))
+        _core.testing.kernel_row_dot("generic", int(T.Q4_0), b"\0" * 18, np.zeros(31, np.float32))
     with pytest.raises(ValueError):
-        _core._kernel_row_dot("generic", int(T.F32), b"\0" * 3, np.zeros(1, np.float32))
+        _core.testing.kernel_row_dot("generic", int(T.F32), b"\0" * 3, np.zeros(1, np.float32))
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -126,7 +126,7 @@ def test_row_axpy_matches_numpy(isa, qtype):
         raw = make_row(rng, qtype, n)
         y = rng.standard_normal(n).astype(np.float32)
         a = float(rng.uniform(-2, 2))
-        got = _core._kernel_row_axpy(isa, int(qtype), raw, a, y)
+        got = _core.testing.kernel_row_axpy(isa, int(qtype), raw, a, y)
         want = y.astype(np.float64) + a * dequantised(raw, qtype, n)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{isa} {qtype.name} n={n}")
 

@@ -302,12 +302,12 @@ def test_a_child_forked_while_the_parent_computes_has_every_core(slow_path):
         busy = m.session()
         long_prompt = threading.Thread(target=busy.logits, args=([1] + [5 + i % 200 for i in range(3000)],))
         long_prompt.start()
-        while long_prompt.is_alive() and _core._core_share_stats()["in_use"] == 0:
+        while long_prompt.is_alive() and _core.testing.core_share_stats()["in_use"] == 0:
             pass
         results = context.Queue()
 
         def in_child():
-            cores_held = _core._core_share_stats()["in_use"]
+            cores_held = _core.testing.core_share_stats()["in_use"]
             results.put((cores_held, m.generate(PROMPTS[0], max_tokens=4, temperature=0, ignore_eos=True)))
 
         child = context.Process(target=in_child)

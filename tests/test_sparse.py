@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -340,17 +341,68 @@ def test_isa_levels_agree(tmp_path, weight_type):
         assert np.allclose(got_info["layers"], info["layers"], atol=FRACTION_TOL[weight_type], rtol=0)
 
 
-def test_threshold_environment_override(tmp_path):
-    """LLAMA_SPARSE_PRED_THRESHOLD overrides the file's threshold, as in PowerInfer."""
+_THRESHOLD_CHILD = textwrap.dedent("""
+    import json, sys
+    import sparseinfer as si
+    path, toks = sys.argv[1], json.loads(sys.argv[2])
+    try:
+        with si.Model(path, n_ctx=64, n_threads=2, predictor_q8=False) as m:
+            print(json.dumps({"threshold": m.sparse_threshold, "logits": m.logits(toks).tolist()}))
+    except ValueError as error:
+        print(json.dumps({"error": str(error)}))
+""")
+
+
+def _threshold_in_child(path, toks, variable):
+    env = {k: v for k, v in os.environ.items() if k != "LLAMA_SPARSE_PRED_THRESHOLD"}
+    if variable is not None:
+        env["LLAMA_SPARSE_PRED_THRESHOLD"] = variable
+    r = subprocess.run([sys.executable, "-c", _THRESHOLD_CHILD, str(path), json.dumps(toks)],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_threshold_option_then_powerinfer_variable_then_the_file(tmp_path):
+    """sparse_threshold=X replaces the file's threshold; without it PowerInfer's variable
+    LLAMA_SPARSE_PRED_THRESHOLD does, read by the Python front (not the native loader)."""
     raw = sparsegen.make_sparse_weights(seed=12)
     toks = sparsegen.tokens(16, seed=12)
     w0 = sparsegen.write_pwri_model(tmp_path / "t0.gguf", raw=raw)
     w3 = sparsegen.write_pwri_model(tmp_path / "t3.gguf", raw=raw, threshold=0.3)
     want = sref.SparseReference(w3)
     want_logits = want.eval(toks)
-    got, info = run_child(w0.path, toks, tmp_path / "o.npy", LLAMA_SPARSE_PRED_THRESHOLD="0.3")
-    assert_close(got, want_logits, "F32", "env threshold 0.3")
-    assert np.allclose(info["layers"], want.layer_fractions(), atol=1e-12, rtol=0)
+    with sparseinfer.Model(w0.path, n_ctx=64, n_threads=2, predictor_q8=False, sparse_threshold=0.3) as m:
+        assert m.sparse_threshold == pytest.approx(0.3)
+        explicit = m.logits(toks)
+        assert np.allclose(m.stats()["layers"], want.layer_fractions(), atol=1e-12, rtol=0)
+    assert_close(explicit.astype(np.float64), want_logits, "F32", "sparse_threshold=0.3")
+    by_variable = _threshold_in_child(w0.path, toks, "0.3")
+    assert by_variable["threshold"] == pytest.approx(0.3)
+    np.testing.assert_array_equal(np.array(by_variable["logits"], dtype=np.float32), explicit)
+    assert _threshold_in_child(w3.path, toks, None)["threshold"] == pytest.approx(0.3)  # the file's
+    assert _threshold_in_child(w3.path, toks, "0")["threshold"] == 0.0  # the variable over the file's
+    # The native loader itself reads no environment variable.
+    with mock.patch.dict(os.environ, {"LLAMA_SPARSE_PRED_THRESHOLD": "0.3"}):
+        assert _core.Model(str(w0.path), predictor_q8=False).sparse_threshold == 0.0
+    bad = _threshold_in_child(w0.path, toks, "abc")["error"]
+    assert bad == "the environment variable LLAMA_SPARSE_PRED_THRESHOLD='abc' is not a finite number"
+
+
+def test_a_threshold_for_a_file_without_predictors_or_not_finite_is_refused(tmp_path):
+    dense = tmp_path / "dense.gguf"
+    ggufgen.write_llama_model(dense, seed=1)
+    with pytest.raises(ValueError, match="sparse_threshold applies to PowerInfer files"):
+        sparseinfer.Model(str(dense), n_ctx=32, sparse_threshold=0.1)
+    with mock.patch.dict(os.environ, {"LLAMA_SPARSE_PRED_THRESHOLD": "0.3"}):  # not PowerInfer's: ignored
+        with sparseinfer.Model(str(dense), n_ctx=32) as m:
+            assert m.sparse_threshold is None
+    w = sparsegen.write_pwri_model(tmp_path / "s.gguf", seed=1)
+    for value, error in [(float("nan"), ValueError), (float("inf"), ValueError), ("0.1", TypeError)]:
+        with pytest.raises(error, match="sparse_threshold must be a"):
+            sparseinfer.Model(w.path, n_ctx=32, sparse_threshold=value)
+    with pytest.raises(ValueError, match="sparse_threshold must be a finite number"):
+        _core.Model(w.path, sparse_threshold=1e300)  # inf as the engine's float
 
 
 # ---- 8. determinism -----------------------------------------------------------------------

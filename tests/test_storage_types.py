@@ -25,7 +25,7 @@ def test_reference_dequantisation_matches_gguf(qtype):
     x = (rng.standard_normal((1, 1024)) * rng.uniform(0.01, 10)).astype(np.float32)
     raw = ggufgen.quantize_q6_k(x) if qtype == T.Q6_K else quants.quantize(x, qtype)
     want = quants.dequantize(raw, qtype).reshape(-1)
-    got = _core._dequantize_row(int(qtype), raw.tobytes(), x.size)
+    got = _core.testing.dequantize_row(int(qtype), raw.tobytes(), x.size)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
 
 

@@ -75,68 +75,6 @@ py::list tensor_list(const GgufFile& f) {
     return out;
 }
 
-// Test hooks below take one raw row (ggml layout) of `n` elements of a type.
-std::string checked_row(uint32_t ggml_type, const py::bytes& data, int64_t n) {
-    uint64_t need = 0;
-    if (!dtype_info(ggml_type) || !row_bytes(static_cast<DType>(ggml_type), n, &need)) {
-        throw ArgumentError("bad type or length for a row of " + std::string(dtype_name(ggml_type)));
-    }
-    std::string row = data;
-    if (row.size() != need) throw ArgumentError("the row has the wrong number of bytes");
-    return row;
-}
-
-const KernelTable& named_kernels(const std::string& isa) {
-    const KernelTable* k = kernels_for(isa);
-    if (!k) throw ArgumentError("ISA level '" + isa + "' is not available here");
-    return *k;
-}
-
-// One weight row dotted with one float activation x (n,) or four (4, n) through the
-// four-token kernel, using the named ISA level, so tests can compare every level with the
-// generic one.
-py::array_t<float> kernel_row_dot(const std::string& isa, uint32_t ggml_type, py::bytes weight,
-                                  py::array_t<float, py::array::c_style | py::array::forcecast> x) {
-    const KernelTable& k = named_kernels(isa);
-    if (x.ndim() != 1 && !(x.ndim() == 2 && x.shape(0) == 4)) {
-        throw ArgumentError("x must be one activation or four (shape (4, n))");
-    }
-    const DType type = static_cast<DType>(ggml_type);
-    const int64_t n = static_cast<int64_t>(x.shape(x.ndim() - 1));
-    const std::string w = checked_row(ggml_type, weight, n);
-    const int64_t rows = x.ndim() == 2 ? 4 : 1;
-    const size_t stride = activation_bytes(type, n);
-    std::vector<uint8_t> act(stride * static_cast<size_t>(rows));
-    for (int64_t r = 0; r < rows; ++r) prepare_activation(k, type, x.data() + r * n, act.data() + r * stride, n);
-    py::array_t<float> out(rows);
-    if (rows == 4) {
-        row_dot4(k, type)(n, w.data(), act.data(), stride, out.mutable_data());
-    } else {
-        out.mutable_data()[0] = row_dot(k, type)(n, w.data(), act.data());
-    }
-    return out;
-}
-
-// y + a * row for a weight row, with the named ISA level.
-py::array_t<float> kernel_row_axpy(const std::string& isa, uint32_t ggml_type, py::bytes weight,
-                                   float a, py::array_t<float, py::array::c_style | py::array::forcecast> y) {
-    const KernelTable& k = named_kernels(isa);
-    const int64_t n = static_cast<int64_t>(y.size());
-    const std::string w = checked_row(ggml_type, weight, n);
-    py::array_t<float> out(n);
-    std::memcpy(out.mutable_data(), y.data(), static_cast<size_t>(n) * sizeof(float));
-    row_axpy(k, static_cast<DType>(ggml_type))(n, a, w.data(), out.mutable_data());
-    return out;
-}
-
-// The reference dequantisation of a row (tests of the storage-only types).
-py::array_t<float> dequantize_row(uint32_t ggml_type, py::bytes data, int64_t n) {
-    const std::string raw = checked_row(ggml_type, data, n);
-    py::array_t<float> out(n);
-    dequantize_row_ref(static_cast<DType>(ggml_type), raw.data(), out.mutable_data(), n);
-    return out;
-}
-
 }  // namespace
 
 void bind_model(py::module_& m) {
@@ -147,15 +85,6 @@ void bind_model(py::module_& m) {
         d["hardware_threads"] = std::thread::hardware_concurrency();
         return d;
     });
-    m.def("_core_share_stats", [] {
-        const CoreShare::Stats s = CoreShare::stats();
-        py::dict d;
-        d["capacity"] = s.capacity;
-        d["in_use"] = s.in_use;
-        d["shares"] = s.shares;
-        d["narrowed"] = s.narrowed;
-        return d;
-    }, "How the process's sessions share its cores (cpu/thread_pool.h, CoreShare), for tests");
     m.def("memory_read_bandwidth", [](size_t bytes, int n_threads, int repeats) {
         py::gil_scoped_release release;
         return measure_read_bandwidth(bytes, n_threads, repeats);
@@ -174,14 +103,9 @@ void bind_model(py::module_& m) {
         d["tensors"] = tensor_list(*f);
         return d;
     }, py::arg("path"));
-    m.def("_kernel_row_dot", &kernel_row_dot, py::arg("isa"), py::arg("ggml_type"),
-          py::arg("weight"), py::arg("x"));
-    m.def("_dequantize_row", &dequantize_row, py::arg("ggml_type"), py::arg("data"), py::arg("n"));
-    m.def("_kernel_row_axpy", &kernel_row_axpy, py::arg("isa"), py::arg("ggml_type"),
-          py::arg("weight"), py::arg("a"), py::arg("y"));
-
     py::class_<Model, std::shared_ptr<Model>>(m, "Model")
-        .def(py::init([](const std::string& path, const py::object& predictor_q8) {
+        .def(py::init([](const std::string& path, const py::object& predictor_q8,
+                         std::optional<float> sparse_threshold) {
                  LoadOptions options;
                  if (py::isinstance<py::bool_>(predictor_q8)) {
                      options.predictor_q8 = predictor_q8.cast<bool>() ? PredictorQ8::on : PredictorQ8::off;
@@ -191,10 +115,11 @@ void bind_model(py::module_& m) {
                      throw ArgumentError("predictor_q8 must be True, False or 'auto', got " +
                                          py::repr(predictor_q8).cast<std::string>());
                  }
+                 options.sparse_threshold = sparse_threshold;
                  py::gil_scoped_release release;
                  return std::const_pointer_cast<Model>(Model::load(path, options));
              }),
-             py::arg("path"), py::arg("predictor_q8") = "auto")
+             py::arg("path"), py::arg("predictor_q8") = "auto", py::arg("sparse_threshold") = py::none())
         .def_property_readonly("predictor_q8_layers", [](const Model& self) { return self.predictor_q8_layers(); })
         .def_property_readonly("path", [](const Model& self) { return self.file().path(); })
         .def_property_readonly("arch", [](const Model& self) { return self.config().arch; })

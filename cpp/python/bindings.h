@@ -8,5 +8,6 @@ namespace si::python {
 void bind_model(pybind11::module_& m);
 void bind_tokenizer(pybind11::module_& m);
 void bind_sampler(pybind11::module_& m);
+void bind_testing(pybind11::module_& m);  // the submodule _core.testing
 
 }  // namespace si::python

@@ -44,4 +44,5 @@ PYBIND11_MODULE(_core, m) {
     si::python::bind_model(m);
     si::python::bind_tokenizer(m);
     si::python::bind_sampler(m);
+    si::python::bind_testing(m);
 }

@@ -1,7 +1,7 @@
 // A C++ application of the public API (cpp/include/sparseinfer/sparseinfer.h), used by
 // tests/test_embedding.py: its output is compared with the Python package's on the same file.
 //
-//   embed_check MODEL.gguf [sparse]
+//   embed_check MODEL.gguf [sparse [THRESHOLD]]
 //
 // Prints, one per line: "tokens" and the ids of a text; "logits" and the first five logits
 // after evaluating them; "text" and eight greedily generated tokens' text (hex, so any
@@ -29,11 +29,13 @@ std::string hex(const std::string& bytes) {
 
 int main(int argc, char** argv) {
     if (argc < 2) {
-        std::fprintf(stderr, "usage: embed_check MODEL.gguf [sparse]\n");
+        std::fprintf(stderr, "usage: embed_check MODEL.gguf [sparse [THRESHOLD]]\n");
         return 2;
     }
     try {
-        auto model = sparseinfer::Model::load(argv[1]);
+        sparseinfer::LoadOptions load_options;
+        if (argc > 3) load_options.sparse_threshold = std::stof(argv[3]);
+        auto model = sparseinfer::Model::load(argv[1], load_options);
         sparseinfer::SessionOptions options;
         options.n_ctx = 64;
         options.n_threads = 2;

@@ -1,6 +1,6 @@
 """The native module: thin bindings over the C++ engine. Private; use sparseinfer.Model."""
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -10,10 +10,6 @@ def system_info() -> dict[str, object]:
 def memory_read_bandwidth(bytes: int = 1 << 30, n_threads: int = 1, repeats: int = 3) -> float:
     """Bytes per second that n_threads threads stream from a buffer of `bytes` (best of
     `repeats` passes): the ceiling of decoding, which the benchmarks report against."""
-
-def _core_share_stats() -> dict[str, int]:
-    """How the process's sessions share its cores: {'capacity', 'in_use', 'shares',
-    'narrowed'} (for tests)."""
 
 def read_gguf_info(path: str) -> dict[str, object]:
     """Header summary without loading weights: {'version', 'powerinfer', 'metadata': dict,
@@ -37,7 +33,8 @@ class StreamDecoder:
 
 class Model:
     """Immutable after load; shared by sessions. The GIL is released while loading."""
-    def __init__(self, path: str, predictor_q8: Union[bool, str] = "auto") -> None: ...
+    def __init__(self, path: str, predictor_q8: Union[bool, str] = "auto",
+                 sparse_threshold: Optional[float] = None) -> None: ...  # None: the file's
     predictor_q8_layers: list[bool]  # per layer: its predictor runs as an 8-bit copy
     path: str
     arch: str
@@ -94,3 +91,18 @@ class Sampler:
     def sample(self, logits: np.ndarray) -> int: ...  # 1-D float32 logits
     def accept(self, token: int) -> None: ...
     def reset(self) -> None: ...
+
+
+class testing:  # a submodule: hooks for sparseinfer's tests, not an API
+    @staticmethod
+    def kernel_row_dot(isa: str, ggml_type: int, weight: bytes, x: np.ndarray) -> np.ndarray:
+        """One raw weight row dotted with one activation (n,) or four (4, n), at ISA level `isa`."""
+    @staticmethod
+    def kernel_row_axpy(isa: str, ggml_type: int, weight: bytes, a: float, y: np.ndarray) -> np.ndarray:
+        """y + a * row, at ISA level `isa`."""
+    @staticmethod
+    def dequantize_row(ggml_type: int, data: bytes, n: int) -> np.ndarray:
+        """The reference dequantisation of one raw row of n elements."""
+    @staticmethod
+    def core_share_stats() -> dict[str, int]:
+        """How the process's sessions share its cores: {'capacity', 'in_use', 'shares', 'narrowed'}."""

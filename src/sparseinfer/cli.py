@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="window length in tokens; each window is a fresh sequence "
                               "(default: %(default)s)")
     profile.add_argument("-t", "--threads", type=int, default=None, metavar="N",
-                         help="CPU threads (default: the available cores, at most 16)")
+                         help="CPU threads (default: the physical cores, at most 16)")
     profile.add_argument("-o", "--output", default=None, metavar="OUT",
                          help="where to write the profile (default: MODEL.profile.npz, the model "
                               "file's whole name and .profile.npz)")
@@ -144,7 +144,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GGUF model file, or a repository id (org/name) or short name "
                              "(minicpm-s-1b) to fetch")
     parser.add_argument("-t", "--threads", type=int, default=None, metavar="N",
-                        help="CPU threads (default: the physical cores)")
+                        help="CPU threads (default: the physical cores, at most 16)")
     parser.add_argument("-c", "--ctx-size", type=int, default=None, metavar="N",
                         help="context window in tokens (default: the length the model was trained for, "
                              "at most 4096)")
@@ -155,6 +155,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a sparse model's predictors as 8-bit copies: auto (each layer whose "
                              "decisions agree on 99.5%% of random probes), on or off "
                              "(default: %(default)s)")
+    parser.add_argument("--sparse-threshold", type=float, default=None, metavar="X",
+                        help="a sparse model's neuron threshold: a neuron is computed when its predictor's "
+                             "score is at least X (default: LLAMA_SPARSE_PRED_THRESHOLD when set, else the "
+                             "file's)")
     parser.add_argument("--device", default="auto", metavar="DEVICE",
                         help="auto, cpu or cuda[:N] (default: %(default)s)")
     parser.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1, metavar="N",
@@ -168,7 +172,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def _open_model(args: argparse.Namespace) -> Model:
     sparse = {"auto": "auto", "on": True, "off": False}[args.sparse]
     return Model(args.model, n_ctx=args.ctx_size, n_threads=args.threads, sparse=sparse,
-                 predictor_q8={"auto": "auto", "on": True, "off": False}[args.predictor_q8], device=args.device,
+                 predictor_q8={"auto": "auto", "on": True, "off": False}[args.predictor_q8],
+                 sparse_threshold=args.sparse_threshold, device=args.device,
                  n_gpu_layers=args.n_gpu_layers, vram_budget=args.vram_budget)
 
 

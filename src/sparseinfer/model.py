@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
-import numbers
-import operator
 import os
-import random
-import re
 import signal
 import sys
 import threading
@@ -20,6 +15,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from . import _arguments as _args
 from . import _core
 from . import fetch as _fetch
 from . import placement as _placement
@@ -31,13 +27,8 @@ from .errors import (CancelledError, ContextLengthWarning, ContextOverflowError,
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-# More threads than this rarely helps token generation, which is bound by memory bandwidth.
-_MAX_DEFAULT_THREADS = 16
-# A guard against typos such as n_threads=80000, each of which would become an OS thread.
-_MAX_THREADS = 1024
 # How many recent tokens the repetition penalty looks at (llama.cpp's default).
 _REPEAT_LAST_N = 64
-_INT32_MAX = 2**31 - 1
 # GPU memory left free when no vram_budget is given: CUDA's own workspaces, other processes.
 _VRAM_RESERVE = 256 * 2**20
 # A Model's n_ctx when none is given: the model's training length, at most this.
@@ -252,7 +243,7 @@ class _Inference:
         that would follow tokens[: i + 1]. Raises CancelledError when cancel() ends it.
         """
         seq = self._sequence()
-        ids = _token_ids(tokens)
+        ids = _args.token_ids(tokens)
         if not ids:
             raise ValueError("tokens must not be empty")
         if len(ids) > seq.n_ctx:
@@ -305,8 +296,8 @@ class _Inference:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
         if max_tokens is not None:
-            _require_int("max_tokens", max_tokens, minimum=0, maximum=None)
-        stops = _stop_strings(stop)
+            _args.require_int("max_tokens", max_tokens, minimum=0, maximum=None)
+        stops = _args.stop_strings(stop)
         sampler = _make_sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repeat_penalty=repeat_penalty, seed=seed)
         pieces = self._generate(seq, self._loaded()._encode_prompt(prompt, seq.n_ctx), sampler,
@@ -343,7 +334,7 @@ class _Inference:
         seq = self._sequence()
         model = self._loaded()
         if max_tokens is not None:
-            _require_int("max_tokens", max_tokens, minimum=0, maximum=None)
+            _args.require_int("max_tokens", max_tokens, minimum=0, maximum=None)
         chat_template = _prompt.resolve_template(template, model._metadata)
         text = chat_template.render(messages, add_generation_prompt=True)
         end_ids = set()
@@ -354,7 +345,7 @@ class _Inference:
         sampler = _make_sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repeat_penalty=repeat_penalty, seed=seed)
         pieces = self._generate(seq, model._encode_prompt(text, seq.n_ctx), sampler, max_tokens,
-                                list(chat_template.end_of_turn) + _stop_strings(stop),
+                                list(chat_template.end_of_turn) + _args.stop_strings(stop),
                                 ignore_eos=False, end_ids=frozenset(end_ids))
         return pieces if stream else "".join(pieces)
 
@@ -481,6 +472,7 @@ class Model(_Inference):
         n_gpu_layers: int = -1,
         vram_budget: Union[float, str, None] = None,
         predictor_q8: Union[bool, str] = "auto",
+        sparse_threshold: Optional[float] = None,
     ) -> None:
         """Loads the model file (memory-mapped; the weights are not copied).
 
@@ -520,6 +512,11 @@ class Model(_Inference):
                 layer whose F32/F16/BF16 predictor agrees with its 8-bit copy on at least
                 99.5% of the neuron decisions for random probe inputs (predictor_q8_layers
                 says which); True: every layer; False: as stored.
+            sparse_threshold: a PowerInfer file's neuron threshold: a neuron is computed
+                when its predictor's score is at least this. None: PowerInfer's environment
+                variable LLAMA_SPARSE_PRED_THRESHOLD when set, else the file's
+                powerinfer.sparse_threshold (0 when absent). A file without predictors
+                refuses a number here (and ignores the variable).
         """
         self._path = os.fspath(path)
         if not os.path.exists(self._path) and _fetch.is_model_reference(self._path):
@@ -528,17 +525,19 @@ class Model(_Inference):
             except FetchError as error:
                 raise FetchError(f"{self._path}: no such file, and fetching it as a model "
                                  f"repository failed: {error}") from error
-        explicit_n_ctx = None if n_ctx is None else _require_int("n_ctx", n_ctx, minimum=1)
-        self._n_threads = _thread_count(n_threads)
+        explicit_n_ctx = None if n_ctx is None else _args.require_int("n_ctx", n_ctx, minimum=1)
+        self._n_threads = _args.thread_count(n_threads)
         if sparse != "auto" and not isinstance(sparse, bool):
             raise ValueError(f"sparse must be 'auto', True or False, got {sparse!r}")
-        self._cuda = _check_device(device)
-        self._n_gpu_layers = _require_int("n_gpu_layers", n_gpu_layers, minimum=-1)
-        self._vram_budget = None if vram_budget is None else parse_memory_size("vram_budget", vram_budget)
+        self._cuda = _args.cuda_device(device)
+        self._n_gpu_layers = _args.require_int("n_gpu_layers", n_gpu_layers, minimum=-1)
+        self._vram_budget = None if vram_budget is None else _args.parse_memory_size("vram_budget", vram_budget)
 
         if predictor_q8 != "auto" and not isinstance(predictor_q8, bool):
             raise ValueError(f"predictor_q8 must be 'auto', True or False, got {predictor_q8!r}")
-        self._native: Optional[_core.Model] = _core.Model(self._path, predictor_q8=predictor_q8)
+        threshold = _args.sparse_threshold(sparse_threshold, self._path)
+        self._native: Optional[_core.Model] = _core.Model(self._path, predictor_q8=predictor_q8,
+                                                          sparse_threshold=threshold)
         if sparse is True and not self._native.is_powerinfer:
             raise UnsupportedModelError(
                 f"{self._path}: sparse=True needs a PowerInfer model (file magic PWRI, with "
@@ -558,6 +557,7 @@ class Model(_Inference):
             self._placement, self._device_model = self._place_on_device()
         self._tokenizer = self._native.tokenizer
         self._predictor_q8_layers = list(self._native.predictor_q8_layers)
+        self._sparse_threshold = self._native.sparse_threshold if self._native.is_powerinfer else None
         self._arch, self._n_vocab, self._n_layer = (
             self._native.arch, self._native.n_vocab, self._native.n_layer)
         self._sessions_lock = threading.Lock()
@@ -646,6 +646,12 @@ class Model(_Inference):
         return self._sparse
 
     @property
+    def sparse_threshold(self) -> Optional[float]:
+        """A PowerInfer file's neuron threshold in use (the sparse_threshold argument); None
+        for a file without predictors."""
+        return self._sparse_threshold
+
+    @property
     def metadata(self) -> dict[str, Any]:
         """The file's GGUF metadata (key -> value); a copy, so changing it changes nothing."""
         return dict(self._metadata)
@@ -670,7 +676,7 @@ class Model(_Inference):
     def detokenize(self, tokens: Iterable[int]) -> str:
         """The text of `tokens`; bytes that are not valid UTF-8 become U+FFFD."""
         self._check_open()
-        return self._tokenizer.decode(_token_ids(tokens)).decode("utf-8", errors="replace")
+        return self._tokenizer.decode(_args.token_ids(tokens)).decode("utf-8", errors="replace")
 
     # ---- sessions -------------------------------------------------------------------------
 
@@ -689,9 +695,9 @@ class Model(_Inference):
         if n_ctx is None:
             n_ctx = self._n_ctx
         else:
-            n_ctx = _require_int("n_ctx", n_ctx, minimum=1)
+            n_ctx = _args.require_int("n_ctx", n_ctx, minimum=1)
             self._warn_beyond_training(n_ctx)
-        n_threads = self._n_threads if n_threads is None else _thread_count(n_threads)
+        n_threads = self._n_threads if n_threads is None else _args.thread_count(n_threads)
         return Session(self, self._open_sequence(n_ctx, n_threads,
                                                  f"a session of the Model for {self._path}"))
 
@@ -860,7 +866,7 @@ class Session(_Inference):
         return self._model
 
 
-# ---- argument checking ----------------------------------------------------------------------
+# ---- helpers (the argument checks are in _arguments.py) -----------------------------------
 
 def _stack_level_outside_package() -> int:
     """The warnings.warn stacklevel of the nearest caller outside this package (the user's
@@ -872,150 +878,21 @@ def _stack_level_outside_package() -> int:
     return level
 
 
-def _require_int(name: str, value: object, *, minimum: Optional[int] = None,
-                 maximum: Optional[int] = _INT32_MAX) -> int:
-    """value as an int within [minimum, maximum] (by default what the engine's int32 sizes
-    hold), or an error naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    value = int(value)
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value}")
-    return value
-
-
-def _require_real(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    return float(value)
-
-
 def _make_sampler(*, temperature: float, top_k: int, top_p: float, min_p: float,
                   repeat_penalty: float, seed: Optional[int]) -> _core.Sampler:
     return _core.Sampler(
-        temperature=_require_real("temperature", temperature),
-        top_k=max(0, min(_require_int("top_k", top_k, maximum=None), _INT32_MAX)),
-        top_p=_require_real("top_p", top_p),
-        min_p=_require_real("min_p", min_p),
-        repeat_penalty=_require_real("repeat_penalty", repeat_penalty),
+        temperature=_args.require_real("temperature", temperature),
+        top_k=max(0, min(_args.require_int("top_k", top_k, maximum=None), _args.INT32_MAX)),
+        top_p=_args.require_real("top_p", top_p),
+        min_p=_args.require_real("min_p", min_p),
+        repeat_penalty=_args.require_real("repeat_penalty", repeat_penalty),
         repeat_last_n=_REPEAT_LAST_N,
-        seed=_resolve_seed(seed),
+        seed=_args.resolve_seed(seed),
     )
-
-
-def _token_ids(tokens: Iterable[int]) -> list[int]:
-    try:
-        ids = [operator.index(token) for token in tokens]
-    except TypeError:
-        raise TypeError("tokens must be a sequence of int token ids") from None
-    for i, token in enumerate(ids):
-        if not 0 <= token <= _INT32_MAX:  # the engine's ids are int32; it names one beyond n_vocab
-            raise ValueError(f"token id {token} (at {i}) is not a valid token id")
-    return ids
-
-
-_MEMORY_UNITS = {"": 2**30, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6,
-                 "mb": 10**6, "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30,
-                 "t": 10**12, "tb": 10**12, "tib": 2**40}
-
-
-def parse_memory_size(name: str, value: Union[float, str]) -> int:
-    """Bytes in `value`: a number of GiB, or a string "<number><unit>" with units B, KB/MB/
-    GB/TB (powers of 1000) or KiB/MiB/GiB/TiB (powers of 1024); a bare number is GiB."""
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", value)
-        unit = match.group(2).lower() if match else None
-        if unit not in _MEMORY_UNITS:
-            raise ValueError(f"{name} must be a number of GiB or a size such as '6GiB' or "
-                             f"'512MiB', got {value!r}")
-        amount, scale = float(match.group(1)), _MEMORY_UNITS[unit]
-    else:
-        amount, scale = _require_real(name, value), 2**30
-    if not (amount >= 0 and math.isfinite(amount * scale)):
-        raise ValueError(f"{name} must be a finite size >= 0, got {value!r}")
-    return int(amount * scale)
-
-
-def _thread_count(n_threads: Optional[int]) -> int:
-    if n_threads is None:
-        return _default_thread_count()
-    n_threads = _require_int("n_threads", n_threads, minimum=1)
-    if n_threads > _MAX_THREADS:
-        raise ValueError(f"n_threads must be at most {_MAX_THREADS}, got {n_threads}")
-    return n_threads
-
-
-def _check_device(device: object) -> Optional[tuple[str, int]]:
-    """None for the CPU; for "cuda" / "cuda:N", the CUDA plugin's path and the device index
-    (DeviceUnavailableError with CUDA's reason when there is no such device)."""
-    if device in ("auto", "cpu"):
-        return None
-    if isinstance(device, str) and (device == "cuda" or device.startswith("cuda:")):
-        index_text = device[len("cuda:"):] if device.startswith("cuda:") else "0"
-        if not index_text.isdigit():
-            raise ValueError(f"device must be 'cuda' or 'cuda:N' with N a device index, got {device!r}")
-        from ._cuda import cuda_info  # finds and loads the CUDA plugin, once
-
-        info = cuda_info()
-        if not info["available"]:
-            raise DeviceUnavailableError(f"device={device!r}: {info['reason']}; use device='cpu' or 'auto'")
-        index = int(index_text)
-        if index >= len(info["devices"]):
-            raise DeviceUnavailableError(f"device={device!r}: {info['reason']}, and there is no "
-                                         f"device {index}; use device='cuda:0' or 'cpu'")
-        return os.path.abspath(info["plugin"]), index
-    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-
-
-def _stop_strings(stop: Union[str, Sequence[str], None]) -> list[str]:
-    if stop is None:
-        return []
-    if isinstance(stop, str):
-        stops = [stop]
-    elif isinstance(stop, Iterable):
-        stops = list(stop)
-    else:
-        raise TypeError(f"stop must be a str or a sequence of str, got {stop!r}")
-    for s in stops:
-        if not isinstance(s, str):
-            raise TypeError(f"stop must be a str or a sequence of str, got an item {s!r}")
-        if not s:
-            raise ValueError("stop strings must not be empty")
-    return stops
-
-
-def _resolve_seed(seed: Optional[int]) -> int:
-    if seed is None:
-        return random.SystemRandom().getrandbits(64)
-    return _require_int("seed", seed, minimum=0, maximum=2**64 - 1)
 
 
 def _rate(count: int, seconds: float) -> float:
     return count / seconds if seconds > 0 else 0.0
-
-
-def _physical_core_count(cpus: Sequence[int]) -> Optional[int]:
-    """Cores among `cpus`, counting hyper-threads once (Linux sysfs; None elsewhere)."""
-    siblings = set()
-    for cpu in cpus:
-        try:
-            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list") as f:
-                siblings.add(f.read().strip())
-        except OSError:
-            return None
-    return len(siblings) or None
-
-
-def _default_thread_count() -> int:
-    """Physical cores this process may run on, at most _MAX_DEFAULT_THREADS."""
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cpus = list(range(os.cpu_count() or 1))
-    cores = _physical_core_count(cpus) or len(cpus)
-    return max(1, min(cores, _MAX_DEFAULT_THREADS))
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork()

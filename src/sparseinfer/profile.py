@@ -47,6 +47,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
+from . import _arguments as _args
 from . import _core
 from .errors import SparseInferError
 
@@ -167,7 +168,7 @@ def profile_model(model: Union[PathLike, "_core.Model", object], texts: Union[st
     path = native.path
     if isinstance(texts, (str, bytes)):
         texts = [texts]
-    threads = _default_threads() if n_threads is None else int(n_threads)
+    threads = _args.thread_count(n_threads)
     session = _core.Session(native, int(n_ctx), threads, sparse=False)
     session.set_neuron_counting(True)  # raises for a dense SiLU model
     tokenizer = native.tokenizer
@@ -198,14 +199,6 @@ def _native_model(model: object) -> "_core.Model":
     if isinstance(path, (str, os.PathLike)):
         return _core.Model(os.fspath(path), predictor_q8=False)
     raise TypeError(f"model must be a path or a model, not {type(model).__name__}")
-
-
-def _default_threads() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    return max(1, min(16, n))
 
 
 def _model_identity(path: PathLike) -> tuple[int, str]:

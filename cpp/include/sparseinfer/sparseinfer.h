@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -61,6 +62,10 @@ enum class PredictorQ8 {
 
 struct LoadOptions {
     PredictorQ8 predictor_q8 = PredictorQ8::Auto;
+    // A PowerInfer file's neuron threshold (a neuron is computed when its predictor's score
+    // is at least this) in place of the file's powerinfer.sparse_threshold; ArgumentError for
+    // a file without predictors or a value that is not finite.
+    std::optional<float> sparse_threshold;
 };
 
 class Model {

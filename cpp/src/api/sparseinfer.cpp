@@ -20,6 +20,7 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
         case PredictorQ8::On: engine_options.predictor_q8 = si::PredictorQ8::on; break;
         case PredictorQ8::Auto: engine_options.predictor_q8 = si::PredictorQ8::automatic; break;
     }
+    engine_options.sparse_threshold = options.sparse_threshold;
     return std::shared_ptr<const Model>(new Model(si::Model::load(path, engine_options)));
 }
 

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 
 #include "common/errors.h"
@@ -35,7 +34,7 @@ void interleave_into(const Matrix& m, uint8_t* dst) {
 std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOptions& options) {
     std::shared_ptr<Model> model(new Model());
     model->file_ = GgufFile::open(path);
-    model->read_config();
+    model->read_config(options);
     model->tokenizer_ = Tokenizer::create(VocabData::from_gguf(*model->file_));
     if (model->tokenizer_->n_vocab() != model->config_.n_vocab) {
         throw FormatError(model->file_->describe(
@@ -52,7 +51,7 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
     return model;
 }
 
-void Model::read_config() {
+void Model::read_config(const LoadOptions& options) {
     const GgufFile& f = *file_;
     ModelConfig& c = config_;
     c.arch = f.get_string("general.architecture", "");
@@ -113,19 +112,17 @@ void Model::read_config() {
             throw UnsupportedError(f.describe("RoPE scaling '" + scaling + "' is not supported"));
         }
     }
+    if (options.sparse_threshold && !c.powerinfer) {
+        throw ArgumentError(f.describe("sparse_threshold applies to PowerInfer files (magic PWRI), whose "
+                                       "activation predictors it thresholds; this file has none"));
+    }
+    if (options.sparse_threshold && !std::isfinite(*options.sparse_threshold)) {
+        throw ArgumentError("sparse_threshold must be a finite number");
+    }
     if (c.powerinfer) {
-        // As PowerInfer: the key is read only from PWRI files, and the environment variable
-        // LLAMA_SPARSE_PRED_THRESHOLD overrides it.
-        c.sparse_threshold = static_cast<float>(f.get_float("powerinfer.sparse_threshold", 0.0));
-        if (const char* env = std::getenv("LLAMA_SPARSE_PRED_THRESHOLD"); env && *env) {
-            char* end = nullptr;
-            const double v = std::strtod(env, &end);
-            if (end == env || *end != '\0' || !std::isfinite(v)) {
-                throw ArgumentError(std::string("LLAMA_SPARSE_PRED_THRESHOLD='") + env +
-                                    "' is not a number");
-            }
-            c.sparse_threshold = static_cast<float>(v);
-        }
+        c.sparse_threshold = options.sparse_threshold
+            ? *options.sparse_threshold
+            : static_cast<float>(f.get_float("powerinfer.sparse_threshold", 0.0));
         if (!std::isfinite(c.sparse_threshold)) {
             throw FormatError(f.describe("powerinfer.sparse_threshold is not finite"));
         }

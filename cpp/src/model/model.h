@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,7 +36,8 @@ struct ModelConfig {
     // (ffn_down_t) and each layer has an activation predictor (fc1, fc2).
     bool powerinfer = false;
     bool relu_up = false;  // bamboo
-    // A neuron is active when its predictor score is >= this (powerinfer.sparse_threshold).
+    // A neuron is active when its predictor score is >= this (powerinfer.sparse_threshold,
+    // or LoadOptions::sparse_threshold).
     float sparse_threshold = 0.0f;
 };
 
@@ -84,6 +86,9 @@ constexpr double kPredictorQ8Agreement = 0.995;
 
 struct LoadOptions {
     PredictorQ8 predictor_q8 = PredictorQ8::automatic;
+    // A PowerInfer file's threshold in place of its powerinfer.sparse_threshold (ArgumentError
+    // for a file without predictors, or a value that is not finite).
+    std::optional<float> sparse_threshold;
 };
 
 class Model {
@@ -116,7 +121,7 @@ public:
 
 private:
     Model() = default;
-    void read_config();
+    void read_config(const LoadOptions& options);
     void bind_weights();
     Matrix matrix(const std::string& name, int64_t cols, int64_t rows) const;
     std::vector<float> vector(const std::string& name, int64_t n) const;

@@ -41,7 +41,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         const si::ModelConfig& c = model->config();
         // A forward step only for models small enough to keep the fuzzer fast.
         if (c.n_embd * c.n_layer <= 4096 && c.n_ff <= 1024 && c.n_vocab <= 4096) {
-            si::Session session(model, 4, 1, c.powerinfer);
+            si::Session session(model, 4, 1, c.has_predictors());
             session.eval({0}, false);
         }
     } catch (const si::Error&) {

@@ -14,8 +14,9 @@ flags=(-std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recov
        -Icpp/src -Icpp/include -DSPARSEINFER_X86=1)
 
 engine=(cpp/src/common/memory.cpp cpp/src/gguf/gguf_file.cpp cpp/src/tensor/dtype.cpp cpp/src/cpu/dispatch.cpp
-        cpp/src/cpu/kernels_generic.cpp cpp/src/cpu/thread_pool.cpp cpp/src/model/model.cpp
-        cpp/src/model/session.cpp cpp/src/model/feed_forward.cpp cpp/src/gpu/*.cpp cpp/src/tokenizer/*.cpp)
+        cpp/src/cpu/kernels_generic.cpp cpp/src/cpu/thread_pool.cpp cpp/src/model/*.cpp
+        cpp/src/model/architectures/*.cpp
+        cpp/src/gpu/*.cpp cpp/src/tokenizer/*.cpp)
 # The x86 SIMD files need their own flags; the fuzzer runs the generic level, so they are
 # compiled in (dispatch refers to them) but SPARSEINFER_ISA=generic keeps them unused.
 "$cxx" "${flags[@]}" -mavx2 -mfma -mf16c -c cpp/src/cpu/kernels_avx2.cpp -o "$out/avx2.o"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -23,6 +24,9 @@ from gguf import GGUFValueType as VT
 sys.path.insert(0, os.path.dirname(__file__))
 import ggufgen  # noqa: E402
 from ggufgen import RawTensor, encode_value, gguf_bytes, pack_str  # noqa: E402
+
+import sparseinfer.errors  # noqa: E402
+from sparseinfer import _core  # noqa: E402
 
 FORMAT = ("ModelFormatError",)
 FORMAT_OR_UNSUPPORTED = ("ModelFormatError", "UnsupportedModelError")
@@ -430,3 +434,14 @@ def test_nested_arrays_valid(tmp_path):
     md = core.read_gguf_info(str(p))["metadata"]
     assert _norm(md["x.nested"]) == [[1, 2], [], [3]]
     assert _norm(md["x.nested_str"]) == [["x", "yz"], []]
+
+
+@pytest.mark.parametrize("arch, message", [
+    ("gpt-17", "architecture 'gpt-17' is not supported (supported: llama, bamboo)"),
+    ("bamboo", "architecture 'bamboo' runs from PowerInfer files (magic PWRI) only, and this file is not one"),
+])
+def test_an_architecture_the_engine_cannot_run_is_named(tmp_path, arch, message):
+    p = tmp_path / "m.gguf"
+    ggufgen.write_llama_model(p, n_layer=2, arch=arch)
+    with pytest.raises(sparseinfer.errors.UnsupportedModelError, match=re.escape(message)):
+        _core.Model(str(p))

@@ -128,8 +128,9 @@ void bind_model(py::module_& m) {
         .def_property_readonly("n_layer", [](const Model& self) { return self.config().n_layer; })
         .def_property_readonly("n_ctx_train",
                                [](const Model& self) { return self.config().n_ctx_train; })
+        // Whether its layers have activation predictors (a PowerInfer file): it can run sparse.
         .def_property_readonly("is_powerinfer",
-                               [](const Model& self) { return self.file().is_powerinfer(); })
+                               [](const Model& self) { return self.config().has_predictors(); })
         .def_property_readonly("sparse_threshold",
                                [](const Model& self) { return self.config().sparse_threshold; })
         .def_property_readonly("tokenizer", [](const Model& self) {

@@ -27,7 +27,7 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
 std::string Model::arch() const { return engine_->config().arch; }
 int64_t Model::n_vocab() const { return engine_->config().n_vocab; }
 int64_t Model::n_ctx_train() const { return engine_->config().n_ctx_train; }
-bool Model::is_powerinfer() const { return engine_->config().powerinfer; }
+bool Model::is_powerinfer() const { return engine_->config().has_predictors(); }
 
 std::vector<int32_t> Model::tokenize(const std::string& text, bool add_bos, bool parse_special) const {
     const si::Tokenizer& tokenizer = engine_->tokenizer();

@@ -31,7 +31,7 @@ DeviceModel::DeviceModel(std::shared_ptr<const Model> model, const std::string& 
     if (n_gpu < -1) throw ArgumentError("n_gpu_layers must be -1 (every layer) or >= 0");
     first_gpu_layer_ = n_gpu == -1 || n_gpu >= c.n_layer ? 0 : c.n_layer - n_gpu;
     if (!placement.all_hot()) {
-        if (!c.powerinfer) {
+        if (!c.has_predictors()) {
             throw ArgumentError("hot neurons are a PowerInfer file's placement; this model is dense");
         }
         if (static_cast<int64_t>(placement.hot_neurons.size()) != c.n_layer) {
@@ -43,24 +43,23 @@ DeviceModel::DeviceModel(std::shared_ptr<const Model> model, const std::string& 
 
     for (int64_t il = first_gpu_layer_; il < c.n_layer; ++il) {
         const LayerWeights& l = model_->layers()[static_cast<size_t>(il)];
-        const std::string blk = "blk." + std::to_string(il) + ".";
         Layer d;
         d.attn_norm = upload_bytes(l.attn_norm.data(), l.attn_norm.size() * sizeof(float), "attn_norm");
-        d.wq = upload_matrix(l.wq, blk + "attn_q.weight");
-        d.wk = upload_matrix(l.wk, blk + "attn_k.weight");
-        d.wv = upload_matrix(l.wv, blk + "attn_v.weight");
-        d.wo = upload_matrix(l.wo, blk + "attn_output.weight");
+        d.wq = upload_matrix(l.wq);
+        d.wk = upload_matrix(l.wk);
+        d.wv = upload_matrix(l.wv);
+        d.wo = upload_matrix(l.wo);
         d.ffn_norm = upload_bytes(l.ffn_norm.data(), l.ffn_norm.size() * sizeof(float), "ffn_norm");
-        if (!c.powerinfer) {
-            d.ffn_gate = upload_matrix(l.ffn_gate, blk + "ffn_gate.weight");
-            d.ffn_up = upload_matrix(l.ffn_up, blk + "ffn_up.weight");
-            d.ffn_down = upload_matrix(l.ffn_down, blk + "ffn_down.weight");
+        if (!c.has_predictors()) {
+            d.ffn_gate = upload_matrix(l.ffn_gate);
+            d.ffn_up = upload_matrix(l.ffn_up);
+            d.ffn_down = upload_matrix(l.ffn_down);
             d.n_hot = c.n_ff;
             layers_.push_back(std::move(d));
             continue;
         }
-        d.fc1 = upload_matrix(l.fc1, blk + "fc1.weight");
-        d.fc2 = upload_matrix(l.fc2, blk + "fc2.weight");
+        d.fc1 = upload_matrix(l.fc1);
+        d.fc2 = upload_matrix(l.fc2);
         std::vector<int32_t> ids;
         if (placement.all_hot()) {
             ids.resize(static_cast<size_t>(c.n_ff));
@@ -80,13 +79,13 @@ DeviceModel::DeviceModel(std::shared_ptr<const Model> model, const std::string& 
         }
         d.n_hot = static_cast<int64_t>(ids.size());
         if (d.n_hot == c.n_ff) {  // every neuron: the matrices as stored
-            d.ffn_gate = upload_matrix(l.ffn_gate, blk + "ffn_gate.weight");
-            d.ffn_up = upload_matrix(l.ffn_up, blk + "ffn_up.weight");
-            d.ffn_down = upload_matrix(l.ffn_down_t, blk + "ffn_down_t.weight");
+            d.ffn_gate = upload_matrix(l.ffn_gate);
+            d.ffn_up = upload_matrix(l.ffn_up);
+            d.ffn_down = upload_matrix(l.ffn_down_t);
         } else if (d.n_hot > 0) {
-            d.ffn_gate = upload_rows(l.ffn_gate, ids, blk + "ffn_gate.weight");
-            d.ffn_up = upload_rows(l.ffn_up, ids, blk + "ffn_up.weight");
-            d.ffn_down = upload_rows(l.ffn_down_t, ids, blk + "ffn_down_t.weight");
+            d.ffn_gate = upload_rows(l.ffn_gate, ids);
+            d.ffn_up = upload_rows(l.ffn_up, ids);
+            d.ffn_down = upload_rows(l.ffn_down_t, ids);
         }
         if (d.n_hot > 0) d.hot_ids = upload_bytes(ids.data(), ids.size() * sizeof(int32_t), "hot neuron ids");
         layers_.push_back(std::move(d));
@@ -100,7 +99,7 @@ DeviceModel::DeviceModel(std::shared_ptr<const Model> model, const std::string& 
     if (any_on_gpu()) {
         const std::vector<float>& norm = model_->output_norm();
         output_norm_ = upload_bytes(norm.data(), norm.size() * sizeof(float), "output_norm");
-        output_ = upload_matrix(model_->output(), "output.weight");
+        output_ = upload_matrix(model_->output());
     }
     ctx_.synchronize();  // the sessions' streams read these weights
 }
@@ -113,36 +112,34 @@ std::vector<int64_t> DeviceModel::hot_counts() const {
     return out;
 }
 
-DeviceModel::Matrix DeviceModel::upload_matrix(const si::Matrix& m, const std::string& name) {
-    if (m.stride == m.row_bytes) return upload_typed(m, m.rows, m.data, name);
+DeviceModel::Matrix DeviceModel::upload_matrix(const si::Matrix& m) {
+    if (m.stride == m.row_bytes) return upload_typed(m, m.rows, m.data);
     // Rows bundled with other matrices' (a PowerInfer FFN, model.h): packed into one block first.
     std::vector<int32_t> every_row(static_cast<size_t>(m.rows));
     std::iota(every_row.begin(), every_row.end(), 0);
-    return upload_rows(m, every_row, name);
+    return upload_rows(m, every_row);
 }
 
-DeviceModel::Matrix DeviceModel::upload_rows(const si::Matrix& m, const std::vector<int32_t>& ids,
-                                             const std::string& name) {
+DeviceModel::Matrix DeviceModel::upload_rows(const si::Matrix& m, const std::vector<int32_t>& ids) {
     std::vector<uint8_t> gathered(ids.size() * m.row_bytes);
     for (size_t k = 0; k < ids.size(); ++k) {
         std::memcpy(gathered.data() + k * m.row_bytes, m.row(ids[k]), m.row_bytes);
     }
-    return upload_typed(m, static_cast<int64_t>(ids.size()), gathered.data(), name);
+    return upload_typed(m, static_cast<int64_t>(ids.size()), gathered.data());
 }
 
-DeviceModel::Matrix DeviceModel::upload_typed(const si::Matrix& m, int64_t rows, const void* data,
-                                              const std::string& name) {
+DeviceModel::Matrix DeviceModel::upload_typed(const si::Matrix& m, int64_t rows, const void* data) {
     Matrix d;
     d.type = plugin_type(m.type);
     if (d.type < 0) {
         throw UnsupportedError(model_->file().describe(
-            "tensor " + name + " is " + dtype_name(static_cast<uint32_t>(m.type)) +
+            "tensor " + m.name + " is " + dtype_name(static_cast<uint32_t>(m.type)) +
             ", which the CUDA kernels do not read (F32, F16, Q8_0, Q4_0, Q4_1); use device='cpu'"));
     }
     d.rows = rows;
     d.cols = m.cols;
     const size_t bytes = static_cast<size_t>(rows) * m.row_bytes;
-    d.data = Buffer(ctx_, bytes, name.c_str());
+    d.data = Buffer(ctx_, bytes, m.name.c_str());
     ctx_.upload(d.data.data(), data, bytes);
     weight_bytes_ += bytes;
     return d;

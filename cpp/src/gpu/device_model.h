@@ -72,11 +72,11 @@ public:
     std::vector<int64_t> hot_counts() const;
 
 private:
-    Matrix upload_matrix(const si::Matrix& m, const std::string& name);
+    Matrix upload_matrix(const si::Matrix& m);
     // The rows `ids` of m, gathered in order into one device matrix.
-    Matrix upload_rows(const si::Matrix& m, const std::vector<int32_t>& ids, const std::string& name);
+    Matrix upload_rows(const si::Matrix& m, const std::vector<int32_t>& ids);
     // `rows` rows of m's type and width from host memory at `data`.
-    Matrix upload_typed(const si::Matrix& m, int64_t rows, const void* data, const std::string& name);
+    Matrix upload_typed(const si::Matrix& m, int64_t rows, const void* data);
     Buffer upload_bytes(const void* data, size_t bytes, const char* what);
 
     std::shared_ptr<const Model> model_;

@@ -45,10 +45,10 @@ void GpuForward::ensure_batch_capacity(int64_t n) {
     attn_out_ = Buffer(ctx_, floats(n * c.n_embd), "activations");
     gate_ = Buffer(ctx_, floats(n * c.n_ff), "activations");
     // PowerInfer files: room after the scores for the normed input (handoff_offset).
-    up_ = Buffer(ctx_, floats(c.powerinfer ? handoff_offset(n, c.n_ff) + n * c.n_embd : n * c.n_ff), "activations");
+    up_ = Buffer(ctx_, floats(c.has_predictors() ? handoff_offset(n, c.n_ff) + n * c.n_embd : n * c.n_ff), "activations");
     logits_ = Buffer(ctx_, floats(n * c.n_vocab), "logits");
     positions_ = Buffer(ctx_, static_cast<size_t>(n) * sizeof(int32_t), "positions");
-    if (c.powerinfer) {
+    if (c.has_predictors()) {
         predictor_hidden_ = Buffer(ctx_, floats(n * max_rank), "predictor activations");
         rows_ = Buffer(ctx_, static_cast<size_t>(c.n_ff) * sizeof(int32_t), "active neuron lists");
         mask_ = Buffer(ctx_, static_cast<size_t>(n * c.n_ff), "active neuron masks");
@@ -111,7 +111,7 @@ void GpuForward::dense_ffn(int64_t il) {
     float* xn = xn_.f32();
     ctx_.run("rms_norm", api.si_cuda_rms_norm, static_cast<const float*>(xd), l.ffn_norm.as<const float>(), n,
              c.n_embd, c.rms_eps, xn);
-    if (!c.powerinfer) {
+    if (!c.has_predictors()) {
         // x += W_down (silu(W_gate xn) * W_up xn)
         matmul(l.ffn_gate, xn, n, gate_.f32());
         matmul(l.ffn_up, xn, n, up_.f32());
@@ -129,7 +129,7 @@ void GpuForward::dense_ffn(int64_t il) {
     const int32_t* all = nullptr;  // no row list and no count: every row, in order
     ctx_.run("ffn_gate_up", api.si_cuda_ffn_gate_up, l.ffn_gate.type, static_cast<const void*>(l.ffn_gate.data.data()),
              l.ffn_up.type, static_cast<const void*>(l.ffn_up.data.data()), c.n_ff, c.n_embd, all, all, c.n_ff,
-             static_cast<const uint8_t*>(nullptr), static_cast<const float*>(xn), n, c.relu_up ? 1 : 0, gate_.f32());
+             static_cast<const uint8_t*>(nullptr), static_cast<const float*>(xn), n, c.block.up_activation == Activation::relu ? 1 : 0, gate_.f32());
     ctx_.run("ffn_down", api.si_cuda_ffn_down, l.ffn_down.type, static_cast<const void*>(l.ffn_down.data.data()),
              c.n_ff, c.n_embd, all, all, c.n_ff, static_cast<const float*>(gate_.f32()), n, xd);
 }
@@ -168,7 +168,7 @@ void GpuForward::sparse_ffn(int64_t il, float* scores, float* xn_host) {
     ctx_.run("ffn_gate_up", api.si_cuda_ffn_gate_up, l.ffn_gate.type, static_cast<const void*>(l.ffn_gate.data.data()),
              l.ffn_up.type, static_cast<const void*>(l.ffn_up.data.data()), l.n_hot, c.n_embd,
              static_cast<const int32_t*>(rows), static_cast<const int32_t*>(count), l.n_hot,
-             static_cast<const uint8_t*>(mask), static_cast<const float*>(xn), n, c.relu_up ? 1 : 0, gate_.f32());
+             static_cast<const uint8_t*>(mask), static_cast<const float*>(xn), n, c.block.up_activation == Activation::relu ? 1 : 0, gate_.f32());
     ctx_.run("ffn_down", api.si_cuda_ffn_down, l.ffn_down.type, static_cast<const void*>(l.ffn_down.data.data()),
              l.n_hot, c.n_embd, static_cast<const int32_t*>(rows), static_cast<const int32_t*>(count), l.n_hot,
              static_cast<const float*>(gate_.f32()), n, xd);

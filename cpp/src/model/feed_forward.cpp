@@ -80,7 +80,7 @@ void Session::feed_forward(int layer, int64_t n) {
     const LayerWeights& l = model_->layers()[static_cast<size_t>(layer)];
     const int64_t hidden = n * c.n_ff;
 
-    if (!c.powerinfer) {
+    if (!c.has_predictors()) {
         rms_norm_rows(x_.data(), l.ffn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
         matmul({{&l.ffn_gate, gate_.data()}, {&l.ffn_up, up_.data()}}, xn_.data(), n);
         for (int64_t i = 0; i < hidden; ++i) {
@@ -158,7 +158,7 @@ void Session::neuron_sum(const LayerWeights& l, int64_t n, const float* known_ga
     const PreparedInput gate_in = prepare_input(l.ffn_gate, xn_.data(), n, 0, known_gates == nullptr);
     const PreparedInput up_in = prepare_input(l.ffn_up, xn_.data(), n, same_format ? 0 : 1, !same_format);
     const NeuronRows neurons{l, gather_dot(kernels_, l.ffn_gate.type), gather_dot(kernels_, l.ffn_up.type),
-                             c.relu_up, c.n_embd};
+                             c.block.up_activation == Activation::relu, c.n_embd};
     if (n == 1) {
         neuron_sum_token(l, neurons, known_gates, gate_in.data, up_in.data);
     } else {
@@ -314,7 +314,7 @@ std::vector<double> Session::active_fractions() const {
 
 void Session::set_neuron_counting(bool on) {
     const ModelConfig& c = model_->config();
-    if (on && !c.powerinfer) {
+    if (on && !c.has_predictors()) {
         throw UnsupportedError(model_->file().describe(
             "neuron counting needs a ReLU model (a PowerInfer file, magic PWRI): the SiLU of a "
             "dense model is almost never exactly zero, so every neuron would count as firing"));

@@ -12,11 +12,6 @@ namespace si {
 
 namespace {
 
-// Bounds on hyperparameters; far beyond any real model, they stop absurd values before
-// they size an allocation.
-constexpr int64_t kMaxDimension = 1 << 20;
-constexpr int64_t kMaxLayers = 4096;
-
 // Whether m's rows have an interleaved form: a type the kernels have an eight-row product for.
 bool interleaves(const Matrix& m) { return rows8_dot(active_kernels(), m.type) != nullptr && m.rows % 8 == 0; }
 
@@ -44,9 +39,9 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
     model->bind_weights();
     model->requantize_predictors(options.predictor_q8);
     model->interleave_matrices();
-    if (model->config_.powerinfer) {
+    if (model->config_.has_predictors()) {
         model->bundle_neurons();
-        for (const LayerWeights& l : model->layers_) model->dense_gates_.push_back(l.ffn_gate);
+        for (const LayerWeights& l : model->weights_.layers) model->dense_gates_.push_back(l.ffn_gate);
     }
     return model;
 }
@@ -54,72 +49,16 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
 void Model::read_config(const LoadOptions& options) {
     const GgufFile& f = *file_;
     ModelConfig& c = config_;
-    c.arch = f.get_string("general.architecture", "");
-    if (c.arch.empty()) throw FormatError(f.describe("general.architecture is missing"));
-    c.powerinfer = f.is_powerinfer();
-    const bool supported = c.arch == "llama" || (c.powerinfer && c.arch == "bamboo");
-    if (!supported) {
-        throw UnsupportedError(f.describe("architecture '" + c.arch + "' is not supported " +
-                                          "(supported: llama; bamboo in PowerInfer files)"));
-    }
-    c.relu_up = c.arch == "bamboo";
-    const std::string p = c.arch + ".";
-    auto required = [&](const std::string& key) {
-        const GgufValue* v = f.find(key);
-        if (!v) throw FormatError(f.describe("metadata key '" + key + "' is missing"));
-        int64_t x = f.get_int(key, 0);
-        if (x <= 0 || x > kMaxDimension) {
-            throw FormatError(f.describe("metadata key '" + key + "' has a bad value " +
-                                         std::to_string(x)));
-        }
-        return x;
-    };
-    c.n_embd = required(p + "embedding_length");
-    c.n_layer = required(p + "block_count");
-    if (c.n_layer > kMaxLayers) throw FormatError(f.describe("absurd block_count"));
-    c.n_head = required(p + "attention.head_count");
-    c.n_head_kv = f.find(p + "attention.head_count_kv") ? required(p + "attention.head_count_kv")
-                                                         : c.n_head;
-    c.n_ff = required(p + "feed_forward_length");
-    c.n_ctx_train = f.find(p + "context_length") ? required(p + "context_length") : 4096;
-    if (c.n_embd % c.n_head != 0) {
-        throw FormatError(f.describe("embedding_length " + std::to_string(c.n_embd) +
-                                     " is not a multiple of head_count " + std::to_string(c.n_head)));
-    }
-    if (c.n_head % c.n_head_kv != 0) {
-        throw FormatError(f.describe("head_count " + std::to_string(c.n_head) +
-                                     " is not a multiple of head_count_kv " +
-                                     std::to_string(c.n_head_kv)));
-    }
-    c.head_dim = c.n_embd / c.n_head;
-    c.rope_dim = f.find(p + "rope.dimension_count") ? required(p + "rope.dimension_count")
-                                                     : c.head_dim;
-    if (c.rope_dim > c.head_dim || c.rope_dim % 2 != 0) {
-        throw FormatError(f.describe("rope.dimension_count " + std::to_string(c.rope_dim) +
-                                     " does not fit head size " + std::to_string(c.head_dim)));
-    }
-    c.rope_base = static_cast<float>(f.get_float(p + "rope.freq_base", 10000.0));
-    c.rms_eps = static_cast<float>(f.get_float(p + "attention.layer_norm_rms_epsilon", 1e-5));
-    if (!(c.rope_base > 0.0f) || !std::isfinite(c.rope_base)) {
-        throw FormatError(f.describe("rope.freq_base must be a positive number"));
-    }
-    if (!(c.rms_eps > 0.0f) || !std::isfinite(c.rms_eps)) {
-        throw FormatError(f.describe("attention.layer_norm_rms_epsilon must be a positive number"));
-    }
-    if (f.find(p + "rope.scaling.type")) {
-        std::string scaling = f.get_string(p + "rope.scaling.type", "none");
-        if (scaling != "none") {
-            throw UnsupportedError(f.describe("RoPE scaling '" + scaling + "' is not supported"));
-        }
-    }
-    if (options.sparse_threshold && !c.powerinfer) {
+    architecture_ = &find_architecture(f);
+    architecture_->read_config(f, c);
+    if (options.sparse_threshold && !c.has_predictors()) {
         throw ArgumentError(f.describe("sparse_threshold applies to PowerInfer files (magic PWRI), whose "
                                        "activation predictors it thresholds; this file has none"));
     }
     if (options.sparse_threshold && !std::isfinite(*options.sparse_threshold)) {
         throw ArgumentError("sparse_threshold must be a finite number");
     }
-    if (c.powerinfer) {
+    if (c.has_predictors()) {
         c.sparse_threshold = options.sparse_threshold
             ? *options.sparse_threshold
             : static_cast<float>(f.get_float("powerinfer.sparse_threshold", 0.0));
@@ -127,11 +66,6 @@ void Model::read_config(const LoadOptions& options) {
             throw FormatError(f.describe("powerinfer.sparse_threshold is not finite"));
         }
     }
-    const GgufTensor* embd = f.find_tensor("token_embd.weight");
-    if (!embd || embd->shape.size() != 2) {
-        throw FormatError(f.describe("tensor 'token_embd.weight' is missing or not 2-D"));
-    }
-    c.n_vocab = embd->shape[1];
 }
 
 Matrix Model::matrix(const std::string& name, int64_t cols, int64_t rows) const {
@@ -147,6 +81,7 @@ Matrix Model::matrix(const std::string& name, int64_t cols, int64_t rows) const 
                                           std::to_string(rows) + "]"));
     }
     Matrix m;
+    m.name = name;
     m.type = static_cast<DType>(t->ggml_type);
     m.rows = rows;
     m.cols = cols;
@@ -160,7 +95,7 @@ Matrix Model::matrix(const std::string& name, int64_t cols, int64_t rows) const 
     return m;
 }
 
-std::vector<float> Model::vector(const std::string& name, int64_t n) const {
+std::vector<float> Model::vector(const std::string& name, int64_t n) {
     Matrix m = matrix(name, n, 1);
     std::vector<float> out(static_cast<size_t>(n));
     dequantize_row_ref(m.type, m.data, out.data(), n);
@@ -265,9 +200,9 @@ bool wider_than_q8_0(DType type) { return type == DType::F32 || type == DType::F
 }  // namespace
 
 void Model::requantize_predictors(PredictorQ8 mode) {
-    predictor_q8_layers_.assign(layers_.size(), false);
+    predictor_q8_layers_.assign(weights_.layers.size(), false);
     if (mode == PredictorQ8::off) return;
-    if (!config_.powerinfer) {
+    if (!config_.has_predictors()) {
         if (mode == PredictorQ8::on) {
             throw ArgumentError(file_->describe("predictor_q8 needs a PowerInfer file with predictors"));
         }
@@ -275,8 +210,8 @@ void Model::requantize_predictors(PredictorQ8 mode) {
     }
     // Probes per layer when deciding: 8 x n_ff decisions (30,720 for MiniCPM-S-1B).
     constexpr int kProbes = 8;
-    for (size_t il = 0; il < layers_.size(); ++il) {
-        LayerWeights& l = layers_[il];
+    for (size_t il = 0; il < weights_.layers.size(); ++il) {
+        LayerWeights& l = weights_.layers[il];
         if (mode == PredictorQ8::automatic && !(wider_than_q8_0(l.fc1.type) || wider_than_q8_0(l.fc2.type))) continue;
         const size_t owned_before = owned_weights_.size();
         const uint64_t owned_bytes_before = owned_bytes_;
@@ -317,18 +252,18 @@ void Model::interleave_matrices() {
         m.interleaved = dst;
         release_stored_rows(m);
     };
-    for (LayerWeights& l : layers_) {
+    for (LayerWeights& l : weights_.layers) {
         for (Matrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.fc1, &l.fc2}) interleave(*m);
-        if (!config_.powerinfer) {
+        if (!config_.has_predictors()) {
             for (Matrix* m : {&l.ffn_gate, &l.ffn_up, &l.ffn_down}) interleave(*m);
         }
     }
-    interleave(output_);
+    interleave(weights_.output);
 }
 
 void Model::bundle_neurons() {
     const int64_t n_ff = config_.n_ff;
-    for (LayerWeights& l : layers_) {
+    for (LayerWeights& l : weights_.layers) {
         Matrix* parts[] = {&l.ffn_gate, &l.ffn_up, &l.ffn_down_t};
         size_t stride = 0;
         for (const Matrix* m : parts) stride += m->row_bytes;
@@ -362,40 +297,6 @@ void Model::prepare_dense_gates(int64_t n_layers) const {
     }
 }
 
-void Model::bind_weights() {
-    const ModelConfig& c = config_;
-    const int64_t kv_dim = c.n_head_kv * c.head_dim;
-    token_embd_ = weight("token_embd.weight", c.n_embd, c.n_vocab);
-    output_norm_ = vector("output_norm.weight", c.n_embd);
-    // Models with tied embeddings (SmolLM2, ...) have no output.weight and reuse token_embd.
-    output_ = file_->find_tensor("output.weight") ? weight("output.weight", c.n_embd, c.n_vocab)
-                                                  : token_embd_;
-    layers_.resize(static_cast<size_t>(c.n_layer));
-    for (int64_t i = 0; i < c.n_layer; ++i) {
-        const std::string b = "blk." + std::to_string(i) + ".";
-        LayerWeights& l = layers_[static_cast<size_t>(i)];
-        l.attn_norm = vector(b + "attn_norm.weight", c.n_embd);
-        l.wq = weight(b + "attn_q.weight", c.n_embd, c.n_embd);
-        l.wk = weight(b + "attn_k.weight", c.n_embd, kv_dim);
-        l.wv = weight(b + "attn_v.weight", c.n_embd, kv_dim);
-        l.wo = weight(b + "attn_output.weight", c.n_embd, c.n_embd);
-        l.ffn_norm = vector(b + "ffn_norm.weight", c.n_embd);
-        l.ffn_gate = weight(b + "ffn_gate.weight", c.n_embd, c.n_ff);
-        l.ffn_up = weight(b + "ffn_up.weight", c.n_embd, c.n_ff);
-        if (!c.powerinfer) {
-            l.ffn_down = weight(b + "ffn_down.weight", c.n_ff, c.n_embd);
-            continue;
-        }
-        l.ffn_down_t = weight(b + "ffn_down_t.weight", c.n_embd, c.n_ff);
-        // The predictor's rank is whatever fc1 says, and may differ from layer to layer.
-        const GgufTensor* fc1 = file_->find_tensor(b + "fc1.weight");
-        if (!fc1 || fc1->shape.size() != 2) {
-            throw FormatError(file_->describe("tensor '" + b + "fc1.weight' is missing or not 2-D"));
-        }
-        const int64_t rank = fc1->shape[1];
-        l.fc1 = weight(b + "fc1.weight", c.n_embd, rank);
-        l.fc2 = weight(b + "fc2.weight", rank, c.n_ff);
-    }
-}
+void Model::bind_weights() { architecture_->bind_weights(*this, config_, weights_); }
 
 }  // namespace si

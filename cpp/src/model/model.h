@@ -11,67 +11,12 @@
 
 #include "common/memory.h"
 #include "gguf/gguf_file.h"
+#include "model/architecture.h"
+#include "model/weights.h"
 #include "tensor/dtype.h"
 #include "tokenizer/tokenizer.h"
 
 namespace si {
-
-// Hyperparameters of the llama family (llama, SmolLM2, TinyLlama, ReLU-llama, MiniCPM-S
-// as PowerInfer converts it).
-struct ModelConfig {
-    std::string arch;
-    int64_t n_vocab = 0;
-    int64_t n_embd = 0;
-    int64_t n_layer = 0;
-    int64_t n_head = 0;
-    int64_t n_head_kv = 0;
-    int64_t head_dim = 0;
-    int64_t n_ff = 0;
-    int64_t n_ctx_train = 0;
-    int64_t rope_dim = 0;  // leading dimensions of each head that RoPE rotates
-    float rope_base = 10000.0f;
-    float rms_eps = 1e-5f;
-    // PowerInfer files (magic PWRI) hold ReLU models in every mode: relu(gate) * up, or
-    // relu(gate) * relu(up) for bamboo. Their down projection is stored transposed
-    // (ffn_down_t) and each layer has an activation predictor (fc1, fc2).
-    bool powerinfer = false;
-    bool relu_up = false;  // bamboo
-    // A neuron is active when its predictor score is >= this (powerinfer.sparse_threshold,
-    // or LoadOptions::sparse_threshold).
-    float sparse_threshold = 0.0f;
-};
-
-// A 2-D weight: `rows` rows of `cols` elements, each row `row_bytes` long and `stride` bytes
-// after the one before (row_bytes in the mapping; more where rows of several matrices are
-// bundled, below).
-struct Matrix {
-    DType type = DType::F32;
-    int64_t rows = 0;
-    int64_t cols = 0;
-    size_t row_bytes = 0;
-    size_t stride = 0;
-    const uint8_t* data = nullptr;
-    // The same rows interleaved eight at a time (BlockQ4_0x8 / Q4_1x8 / Q8_0x8,
-    // cpu/kernels.h) for the CPU's matrix products, where the kernels have a product for
-    // them; null otherwise. `data` stays valid (row gathers, the GPU upload).
-    const uint8_t* interleaved = nullptr;
-
-    const void* row(int64_t i) const { return data + static_cast<size_t>(i) * stride; }
-};
-
-struct LayerWeights {
-    std::vector<float> attn_norm;
-    Matrix wq, wk, wv, wo;
-    std::vector<float> ffn_norm;
-    // PowerInfer files keep neuron j's gate row, up row and ffn_down_t row side by side in a
-    // copy made at load (row j of each of the three matrices lies in one block of their common
-    // stride), so that an active neuron is one contiguous read ("row-column bundling", LLM in
-    // a Flash); dense files keep the matrices as stored.
-    Matrix ffn_gate, ffn_up;
-    Matrix ffn_down;    // dense files: n_embd rows of n_ff
-    Matrix ffn_down_t;  // PowerInfer files: n_ff rows of n_embd, row j = neuron j's output
-    Matrix fc1, fc2;    // PowerInfer predictor: score = fc2 relu(fc1 x), x before ffn_norm
-};
 
 // Whether a PowerInfer file's predictors (fc1, fc2) run as Q8_0 copies made at load. They are
 // read in full for every token, so 8 bits instead of 16 speed up sparse decoding, at the cost
@@ -91,20 +36,22 @@ struct LoadOptions {
     std::optional<float> sparse_threshold;
 };
 
-class Model {
+// The file's architecture (model/architecture.h) reads the config and binds the weights
+// through the model, which serves them as WeightSource.
+class Model : private WeightSource {
 public:
     // Loads and validates every tensor the architecture needs (shapes, types) from `path`.
     static std::shared_ptr<const Model> load(const std::string& path, const LoadOptions& options = {});
 
-    const GgufFile& file() const { return *file_; }
+    const GgufFile& file() const override { return *file_; }
     const ModelConfig& config() const { return config_; }
     const Tokenizer& tokenizer() const { return *tokenizer_; }
     std::shared_ptr<const Tokenizer> shared_tokenizer() const { return tokenizer_; }
 
-    const Matrix& token_embd() const { return token_embd_; }
-    const std::vector<float>& output_norm() const { return output_norm_; }
-    const Matrix& output() const { return output_; }  // token_embd when tied
-    const std::vector<LayerWeights>& layers() const { return layers_; }
+    const Matrix& token_embd() const { return weights_.token_embd; }
+    const std::vector<float>& output_norm() const { return weights_.output_norm; }
+    const Matrix& output() const { return weights_.output; }  // token_embd when tied
+    const std::vector<LayerWeights>& layers() const { return weights_.layers; }
     // Per layer, whether its predictor runs as a Q8_0 copy (LoadOptions::predictor_q8).
     const std::vector<bool>& predictor_q8_layers() const { return predictor_q8_layers_; }
 
@@ -124,9 +71,10 @@ private:
     void read_config(const LoadOptions& options);
     void bind_weights();
     Matrix matrix(const std::string& name, int64_t cols, int64_t rows) const;
-    std::vector<float> vector(const std::string& name, int64_t n) const;
-    // matrix(), converted to Q8_0 when its type has no kernels.
-    Matrix weight(const std::string& name, int64_t cols, int64_t rows);
+    // WeightSource: matrix(), converted to Q8_0 when its type has no kernels; a float copy
+    // of a vector.
+    Matrix weight(const std::string& name, int64_t cols, int64_t rows) override;
+    std::vector<float> vector(const std::string& name, int64_t n) override;
     // A copy of m requantised to Q8_0, owned by the model (m's mapped pages stay).
     Matrix requantize_q8_0(const Matrix& m);
     // The predictors as LoadOptions::predictor_q8 asks.
@@ -143,12 +91,10 @@ private:
     void release_stored_rows(const Matrix& m) const;
 
     std::shared_ptr<GgufFile> file_;
+    const Architecture* architecture_ = nullptr;
     ModelConfig config_;
     std::shared_ptr<const Tokenizer> tokenizer_;
-    Matrix token_embd_;
-    std::vector<float> output_norm_;
-    Matrix output_;
-    std::vector<LayerWeights> layers_;
+    ModelWeights weights_;
     std::vector<bool> predictor_q8_layers_;
     std::vector<WeightBuffer> owned_weights_;  // weights converted at load
     uint64_t owned_bytes_ = 0;

@@ -101,7 +101,7 @@ Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_thread
     : model_(std::move(model)), kernels_(active_kernels()), pool_(n_threads), n_ctx_(n_ctx),
       sparse_(sparse) {
     const ModelConfig& c = model_->config();
-    if (sparse && !c.powerinfer) {
+    if (sparse && !c.has_predictors()) {
         throw UnsupportedError(model_->file().describe(
             "sparse inference needs a PowerInfer file with activation predictors (magic PWRI)"));
     }
@@ -114,7 +114,7 @@ Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_thread
     first_gpu_layer_ = c.n_layer;
     if (device) {
         if (&device->model() != model_.get()) throw ArgumentError("the device weights belong to another model");
-        for (int64_t il = device->first_gpu_layer(); il < c.n_layer && c.powerinfer && !sparse; ++il) {
+        for (int64_t il = device->first_gpu_layer(); il < c.n_layer && c.has_predictors() && !sparse; ++il) {
             if (device->layer(il).n_hot != c.n_ff) {
                 throw ArgumentError("a dense session runs a GPU layer's whole FFN on the GPU, and layer " +
                                     std::to_string(il) + " keeps cold neurons on the CPU; use sparse=True");
@@ -123,7 +123,7 @@ Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_thread
         first_gpu_layer_ = device->first_gpu_layer();
         gpu_ = std::make_unique<gpu::GpuForward>(std::move(device), n_ctx);
     }
-    if (c.powerinfer && !sparse) model_->prepare_dense_gates(first_gpu_layer_);
+    if (c.has_predictors() && !sparse) model_->prepare_dense_gates(first_gpu_layer_);
     // Two caches of 2-byte halves for the CPU layers: n_ctx is at most 2^20 and the config's
     // sizes are bounded at load, so the product cannot overflow; refuse before allocating
     // what cannot fit.

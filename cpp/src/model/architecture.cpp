@@ -1,0 +1,91 @@
+#include "model/architecture.h"
+
+#include <cmath>
+
+#include "common/errors.h"
+#include "model/architectures/architectures.h"
+
+namespace si {
+
+namespace {
+
+// Bounds on hyperparameters; far beyond any real model, they stop absurd values before
+// they size an allocation.
+constexpr int64_t kMaxDimension = 1 << 20;
+constexpr int64_t kMaxLayers = 4096;
+
+// The architectures there are (model/architectures/).
+const Architecture* const kArchitectures[] = {&kLlama, &kBamboo};
+
+}  // namespace
+
+const Architecture& find_architecture(const GgufFile& file) {
+    const std::string name = file.get_string("general.architecture", "");
+    if (name.empty()) throw FormatError(file.describe("general.architecture is missing"));
+    std::string known;
+    for (const Architecture* arch : kArchitectures) {
+        if (name == arch->name) return *arch;
+        known += std::string(known.empty() ? "" : ", ") + arch->name;
+    }
+    throw UnsupportedError(file.describe("architecture '" + name + "' is not supported (supported: " + known + ")"));
+}
+
+void read_common_config(const GgufFile& f, ModelConfig& c) {
+    c.arch = f.get_string("general.architecture", "");
+    const std::string p = c.arch + ".";
+    auto required = [&](const std::string& key) {
+        const GgufValue* v = f.find(key);
+        if (!v) throw FormatError(f.describe("metadata key '" + key + "' is missing"));
+        int64_t x = f.get_int(key, 0);
+        if (x <= 0 || x > kMaxDimension) {
+            throw FormatError(f.describe("metadata key '" + key + "' has a bad value " +
+                                         std::to_string(x)));
+        }
+        return x;
+    };
+    c.n_embd = required(p + "embedding_length");
+    c.n_layer = required(p + "block_count");
+    if (c.n_layer > kMaxLayers) throw FormatError(f.describe("absurd block_count"));
+    c.n_head = required(p + "attention.head_count");
+    c.n_head_kv = f.find(p + "attention.head_count_kv") ? required(p + "attention.head_count_kv")
+                                                         : c.n_head;
+    c.n_ff = required(p + "feed_forward_length");
+    c.n_ctx_train = f.find(p + "context_length") ? required(p + "context_length") : 4096;
+    if (c.n_embd % c.n_head != 0) {
+        throw FormatError(f.describe("embedding_length " + std::to_string(c.n_embd) +
+                                     " is not a multiple of head_count " + std::to_string(c.n_head)));
+    }
+    if (c.n_head % c.n_head_kv != 0) {
+        throw FormatError(f.describe("head_count " + std::to_string(c.n_head) +
+                                     " is not a multiple of head_count_kv " +
+                                     std::to_string(c.n_head_kv)));
+    }
+    c.head_dim = c.n_embd / c.n_head;
+    c.rope_dim = f.find(p + "rope.dimension_count") ? required(p + "rope.dimension_count")
+                                                     : c.head_dim;
+    if (c.rope_dim > c.head_dim || c.rope_dim % 2 != 0) {
+        throw FormatError(f.describe("rope.dimension_count " + std::to_string(c.rope_dim) +
+                                     " does not fit head size " + std::to_string(c.head_dim)));
+    }
+    c.rope_base = static_cast<float>(f.get_float(p + "rope.freq_base", 10000.0));
+    c.rms_eps = static_cast<float>(f.get_float(p + "attention.layer_norm_rms_epsilon", 1e-5));
+    if (!(c.rope_base > 0.0f) || !std::isfinite(c.rope_base)) {
+        throw FormatError(f.describe("rope.freq_base must be a positive number"));
+    }
+    if (!(c.rms_eps > 0.0f) || !std::isfinite(c.rms_eps)) {
+        throw FormatError(f.describe("attention.layer_norm_rms_epsilon must be a positive number"));
+    }
+    if (f.find(p + "rope.scaling.type")) {
+        std::string scaling = f.get_string(p + "rope.scaling.type", "none");
+        if (scaling != "none") {
+            throw UnsupportedError(f.describe("RoPE scaling '" + scaling + "' is not supported"));
+        }
+    }
+    const GgufTensor* embd = f.find_tensor("token_embd.weight");
+    if (!embd || embd->shape.size() != 2) {
+        throw FormatError(f.describe("tensor 'token_embd.weight' is missing or not 2-D"));
+    }
+    c.n_vocab = embd->shape[1];
+}
+
+}  // namespace si

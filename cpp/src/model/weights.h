@@ -1,0 +1,99 @@
+// A model's hyperparameters, the description of its layers (BlockSpec) and typed views of its
+// weights: the data an architecture (model/architectures/) produces from a file and the
+// forward passes read.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tensor/dtype.h"
+
+namespace si {
+
+// What every layer of a model computes, as data: the forward passes (model/session.cpp,
+// model/feed_forward.cpp, gpu/) branch on this, never on an architecture's name. An
+// architecture (model/architectures/) sets it when it reads a file; a new kind of block is a
+// field here and the branches that honour it.
+enum class Activation { identity, relu };
+
+enum class FeedForwardKind {
+    // down (SiLU(gate x) * (up x)) over every neuron, the matrices as stored.
+    silu_gated,
+    // PowerInfer's (files of magic PWRI): relu(gate x) * up_activation(up x), the down
+    // projection stored transposed (ffn_down_t: a row per neuron), and a predictor per layer
+    // (fc1, fc2) whose scores mark the neurons a sparse session computes.
+    relu_predicted,
+};
+
+struct BlockSpec {
+    FeedForwardKind ffn = FeedForwardKind::silu_gated;
+    Activation up_activation = Activation::identity;  // of relu_predicted: relu for bamboo
+};
+
+// Hyperparameters, and the block every layer is.
+struct ModelConfig {
+    std::string arch;  // general.architecture, for messages and info
+    int64_t n_vocab = 0;
+    int64_t n_embd = 0;
+    int64_t n_layer = 0;
+    int64_t n_head = 0;
+    int64_t n_head_kv = 0;
+    int64_t head_dim = 0;
+    int64_t n_ff = 0;
+    int64_t n_ctx_train = 0;
+    int64_t rope_dim = 0;  // leading dimensions of each head that RoPE rotates
+    float rope_base = 10000.0f;
+    float rms_eps = 1e-5f;
+    BlockSpec block;
+    // A neuron is active when its predictor score is >= this (powerinfer.sparse_threshold,
+    // or LoadOptions::sparse_threshold).
+    float sparse_threshold = 0.0f;
+
+    // Whether the layers have activation predictors: the model can run sparse.
+    bool has_predictors() const { return block.ffn == FeedForwardKind::relu_predicted; }
+};
+
+// A 2-D weight: `rows` rows of `cols` elements, each row `row_bytes` long and `stride` bytes
+// after the one before (row_bytes in the mapping; more where rows of several matrices are
+// bundled, below).
+struct Matrix {
+    DType type = DType::F32;
+    int64_t rows = 0;
+    int64_t cols = 0;
+    size_t row_bytes = 0;
+    size_t stride = 0;
+    const uint8_t* data = nullptr;
+    // The same rows interleaved eight at a time (BlockQ4_0x8 / Q4_1x8 / Q8_0x8,
+    // cpu/kernels.h) for the CPU's matrix products, where the kernels have a product for
+    // them; null otherwise. `data` stays valid (row gathers, the GPU upload).
+    const uint8_t* interleaved = nullptr;
+    std::string name;  // the tensor it was bound from, for messages
+
+    const void* row(int64_t i) const { return data + static_cast<size_t>(i) * stride; }
+};
+
+struct LayerWeights {
+    std::vector<float> attn_norm;
+    Matrix wq, wk, wv, wo;
+    std::vector<float> ffn_norm;
+    // PowerInfer files keep neuron j's gate row, up row and ffn_down_t row side by side in a
+    // copy made at load (row j of each of the three matrices lies in one block of their common
+    // stride), so that an active neuron is one contiguous read ("row-column bundling", LLM in
+    // a Flash); dense files keep the matrices as stored.
+    Matrix ffn_gate, ffn_up;
+    Matrix ffn_down;    // silu_gated: n_embd rows of n_ff
+    Matrix ffn_down_t;  // relu_predicted: n_ff rows of n_embd, row j = neuron j's output
+    Matrix fc1, fc2;    // relu_predicted's predictor: score = fc2 relu(fc1 x), x before ffn_norm
+};
+
+// Every weight a model's forward pass reads.
+struct ModelWeights {
+    Matrix token_embd;
+    std::vector<float> output_norm;
+    Matrix output;  // token_embd when tied
+    std::vector<LayerWeights> layers;
+};
+
+}  // namespace si

@@ -415,7 +415,7 @@ void check_axpy(const KernelTable& level, const KernelTable& generic, DType type
     // The same update as a batch makes it: the row dequantised, then added as floats.
     std::vector<float> row(static_cast<size_t>(n)), ybatch(y0);
     level.dequantize_row(type, wbuf.data(), row.data(), n);
-    level.axpy_f32(n, a, row.data(), ybatch.data());
+    level.of(DType::F32).axpy(n, a, row.data(), ybatch.data());
     const bool same = n == 0 || std::memcmp(ybatch.data(), ygot.data(), static_cast<size_t>(n) * 4) == 0;
     record(same, "%s axpy_%s n=%lld woff=%zu: differs from dequantize_row + axpy_f32 (must be identical)", level.isa,
            type_name(type), (long long)n, w_offset);

@@ -130,12 +130,8 @@ const KernelTable& active_kernels() {
 }
 
 DType activation_format(DType weight) {
-    switch (weight) {
-        case DType::Q8_0: return DType::Q8_0;
-        case DType::Q4_0:
-        case DType::Q4_1: return DType::Q8_1;
-        default: return DType::F32;
-    }
+    const DTypeInfo* info = dtype_info(static_cast<uint32_t>(weight));
+    return info != nullptr && info->has_kernels ? info->activation : DType::F32;
 }
 
 size_t activation_bytes(DType weight, int64_t n) {
@@ -146,34 +142,20 @@ size_t activation_bytes(DType weight, int64_t n) {
     }
 }
 
-RowDotFn row_dot(const KernelTable& k, DType weight) {
-    switch (weight) {
-        case DType::F32: return k.dot_f32;
-        case DType::F16: return k.dot_f16;
-        case DType::BF16: return k.dot_bf16;
-        case DType::Q4_0: return k.dot_q4_0;
-        case DType::Q4_1: return k.dot_q4_1;
-        case DType::Q8_0: return k.dot_q8_0;
-        default: throw UnsupportedError("no dot kernel for this weight type");
+namespace {
+
+// kernel, or UnsupportedError naming what is missing.
+template <typename Fn>
+Fn required(Fn kernel, const char* what, DType weight) {
+    if (kernel == nullptr) {
+        throw UnsupportedError(std::string("no ") + what + " kernel for " + dtype_name(static_cast<uint32_t>(weight)));
     }
+    return kernel;
 }
 
-Rows8DotFn rows8_dot(const KernelTable& k, DType weight) {
-    switch (weight) {
-        case DType::Q4_0: return k.dot_q4_0x8;
-        case DType::Q4_1: return k.dot_q4_1x8;
-        case DType::Q8_0: return k.dot_q8_0x8;
-        default: return nullptr;
-    }
-}
+}  // namespace
 
-Rows4DotFn rows4_dot(const KernelTable& k, DType weight) {
-    switch (weight) {
-        case DType::F32: return k.dot4x4_f32;
-        case DType::F16: return k.dot4x4_f16;
-        default: return nullptr;
-    }
-}
+RowDotFn row_dot(const KernelTable& k, DType weight) { return required(k.of(weight).dot, "dot", weight); }
 
 namespace {
 
@@ -202,52 +184,16 @@ void interleave_rows8(DType type, const uint8_t* rows, size_t row_bytes, int64_t
     }
 }
 
-RowDot4Fn row_dot4(const KernelTable& k, DType weight) {
-    switch (weight) {
-        case DType::F32: return k.dot4_f32;
-        case DType::F16: return k.dot4_f16;
-        case DType::BF16: return k.dot4_bf16;
-        case DType::Q4_0: return k.dot4_q4_0;
-        case DType::Q4_1: return k.dot4_q4_1;
-        case DType::Q8_0: return k.dot4_q8_0;
-        default: throw UnsupportedError("no dot kernel for this weight type");
-    }
-}
+RowDot4Fn row_dot4(const KernelTable& k, DType weight) { return required(k.of(weight).dot4, "dot", weight); }
 
-RowAxpyFn row_axpy(const KernelTable& k, DType weight) {
-    switch (weight) {
-        case DType::F32: return k.axpy_f32;
-        case DType::F16: return k.axpy_f16;
-        case DType::BF16: return k.axpy_bf16;
-        case DType::Q4_0: return k.axpy_q4_0;
-        case DType::Q4_1: return k.axpy_q4_1;
-        case DType::Q8_0: return k.axpy_q8_0;
-        default: throw UnsupportedError("no axpy kernel for this weight type");
-    }
-}
+RowAxpyFn row_axpy(const KernelTable& k, DType weight) { return required(k.of(weight).axpy, "axpy", weight); }
 
 GatherDotFn gather_dot(const KernelTable& k, DType weight) {
-    switch (weight) {
-        case DType::F32: return k.gather_dot_f32;
-        case DType::F16: return k.gather_dot_f16;
-        case DType::BF16: return k.gather_dot_bf16;
-        case DType::Q4_0: return k.gather_dot_q4_0;
-        case DType::Q4_1: return k.gather_dot_q4_1;
-        case DType::Q8_0: return k.gather_dot_q8_0;
-        default: throw UnsupportedError("no dot kernel for this weight type");
-    }
+    return required(k.of(weight).gather_dot, "gathered dot", weight);
 }
 
 GatherAxpyFn gather_axpy(const KernelTable& k, DType weight) {
-    switch (weight) {
-        case DType::F32: return k.gather_axpy_f32;
-        case DType::F16: return k.gather_axpy_f16;
-        case DType::BF16: return k.gather_axpy_bf16;
-        case DType::Q4_0: return k.gather_axpy_q4_0;
-        case DType::Q4_1: return k.gather_axpy_q4_1;
-        case DType::Q8_0: return k.gather_axpy_q8_0;
-        default: throw UnsupportedError("no axpy kernel for this weight type");
-    }
+    return required(k.of(weight).gather_axpy, "gathered axpy", weight);
 }
 
 void prepare_activation(const KernelTable& k, DType weight, const float* x, void* dst, int64_t n) {

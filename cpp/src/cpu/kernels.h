@@ -75,51 +75,39 @@ constexpr int kKeyBlock = 16;
 using KeyScoresFn = void (*)(int64_t head_dim, int64_t n_keys, const uint16_t* key_blocks, const float* q,
                              size_t q_stride, int n_heads, float* scores, size_t score_stride);
 
+// The kernels of one weight type at one level. A type the level computes has dot, dot4, axpy,
+// gather_dot and gather_axpy; rows8 (the types that interleave) and rows4 (float types) only
+// where the level has them (null: the one-row kernels serve, matrices stay as stored).
+struct TypeKernels {
+    RowDotFn dot = nullptr;  // against an activation in activation_format(type)
+    RowDot4Fn dot4 = nullptr;
+    Rows8DotFn rows8 = nullptr;
+    Rows4DotFn rows4 = nullptr;
+    RowAxpyFn axpy = nullptr;
+    GatherDotFn gather_dot = nullptr;
+    GatherAxpyFn gather_axpy = nullptr;
+};
+
+// ggml's type ids are below this: the kernel table has a row for each.
+constexpr size_t kTypeSlots = 40;
+
 struct KernelTable {
     const char* isa;
-    // Dot of one weight row with an activation in activation_format(type); index by DType.
-    RowDotFn dot_f32;
-    RowDotFn dot_f16;
-    RowDotFn dot_bf16;
-    RowDotFn dot_q4_0;
-    RowDotFn dot_q4_1;
-    RowDotFn dot_q8_0;
-    RowDot4Fn dot4_f32;
-    RowDot4Fn dot4_f16;
-    RowDot4Fn dot4_bf16;
-    RowDot4Fn dot4_q4_0;
-    RowDot4Fn dot4_q4_1;
-    RowDot4Fn dot4_q8_0;
-    // Null where a level has none (generic, NEON): matrices then stay as stored.
-    Rows8DotFn dot_q4_0x8;
-    Rows8DotFn dot_q4_1x8;
-    Rows8DotFn dot_q8_0x8;  // Q8_0 rows against Q8_0 activations
-    // Null where a level has none: the one-row kernels above serve.
-    Rows4DotFn dot4x4_f32;
-    Rows4DotFn dot4x4_f16;
+    // One row per weight type, by ggml type id; every kernel null for a type without kernels
+    // at this level. A new type is its row in tensor/dtype.cpp and here at every level.
+    TypeKernels types[kTypeSlots];
     void (*quantize_q8_0)(const float* x, void* dst, int64_t n);
     void (*quantize_q8_1)(const float* x, void* dst, int64_t n);
     // Dequantise a weight row to F32 (embedding lookups).
     void (*dequantize_row)(DType type, const void* src, float* dst, int64_t n);
-    RowAxpyFn axpy_f32;
-    RowAxpyFn axpy_f16;
-    RowAxpyFn axpy_bf16;
-    RowAxpyFn axpy_q4_0;
-    RowAxpyFn axpy_q4_1;
-    RowAxpyFn axpy_q8_0;
-    GatherDotFn gather_dot_f32;
-    GatherDotFn gather_dot_f16;
-    GatherDotFn gather_dot_bf16;
-    GatherDotFn gather_dot_q4_0;
-    GatherDotFn gather_dot_q4_1;
-    GatherDotFn gather_dot_q8_0;
-    GatherAxpyFn gather_axpy_f32;
-    GatherAxpyFn gather_axpy_f16;
-    GatherAxpyFn gather_axpy_bf16;
-    GatherAxpyFn gather_axpy_q4_0;
-    GatherAxpyFn gather_axpy_q4_1;
-    GatherAxpyFn gather_axpy_q8_0;
     KeyScoresFn key_scores;
+
+    TypeKernels& of(DType type) { return types[static_cast<size_t>(type)]; }  // filling a table
+    // A row of nulls for an id beyond the slots.
+    const TypeKernels& of(DType type) const {
+        static const TypeKernels none;
+        return static_cast<size_t>(type) < kTypeSlots ? types[static_cast<size_t>(type)] : none;
+    }
 };
 
 // Eight Q4_0 rows, block by block: the rows' eight scales, then for g = 0..3 and row
@@ -146,13 +134,14 @@ struct BlockQ8_0x8 {
 static_assert(sizeof(BlockQ8_0x8) == 8 * sizeof(BlockQ8_0), "Q8_0x8 block layout");
 // The eight-row product of a level for a weight type, or null (no kernel, or not a type
 // that interleaves).
-Rows8DotFn rows8_dot(const KernelTable& k, DType weight);
+inline Rows8DotFn rows8_dot(const KernelTable& k, DType weight) { return k.of(weight).rows8; }
 // The four-row float product of a level for a weight type, or null.
-Rows4DotFn rows4_dot(const KernelTable& k, DType weight);
+inline Rows4DotFn rows4_dot(const KernelTable& k, DType weight) { return k.of(weight).rows4; }
 // Interleaves rows [0, 8) of a Q4_0, Q4_1 or Q8_0 matrix (rows row_bytes apart, n_blocks blocks
 // each) into dst (8 * row_bytes bytes).
 void interleave_rows8(DType type, const uint8_t* rows, size_t row_bytes, int64_t n_blocks, uint8_t* dst);
 
+// A level's kernel for a weight type; UnsupportedError where it has none.
 RowDotFn row_dot(const KernelTable& k, DType weight);
 RowDot4Fn row_dot4(const KernelTable& k, DType weight);
 RowAxpyFn row_axpy(const KernelTable& k, DType weight);

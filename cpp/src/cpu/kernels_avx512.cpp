@@ -326,28 +326,26 @@ const KernelTable* kernels_avx512() {
     static const KernelTable table = [] {
         KernelTable t = *kernels_avx2();
         t.isa = "avx512";
-        t.dot_f32 = avx512_dot_f32;
-        t.dot_f16 = avx512_dot_f16;
-        t.dot4_f32 = four_dots<avx512_dot_f32>;
-        t.dot4_f16 = four_dots<avx512_dot_f16>;
-        t.dot4x4_f32 = avx512_dot4x4_f32;
-        t.dot4x4_f16 = avx512_dot4x4_f16;
-        t.axpy_f32 = avx512_axpy_f32;
-        t.axpy_f16 = avx512_axpy_f16;
-        t.gather_dot_f32 = avx512_gather_dot_f32;
-        t.gather_dot_f16 = avx512_gather_dot_f16;
-        t.gather_dot_q4_0 = avx2_gather_dot_q4_0;  // this file's copies: eight rows at a time
-        t.gather_dot_q4_1 = avx2_gather_dot_q4_1;
-        t.gather_dot_q8_0 = avx2_gather_dot_q8_0;
-        t.gather_axpy_f32 = avx512_gather_axpy_f32;
-        t.gather_axpy_f16 = avx512_gather_axpy_f16;
+        for (DType type : {DType::F32, DType::F16}) {
+            TypeKernels& k = t.of(type);
+            const bool f32 = type == DType::F32;
+            k.dot = f32 ? avx512_dot_f32 : avx512_dot_f16;
+            k.dot4 = f32 ? four_dots<avx512_dot_f32> : four_dots<avx512_dot_f16>;
+            k.rows4 = f32 ? avx512_dot4x4_f32 : avx512_dot4x4_f16;
+            k.axpy = f32 ? avx512_axpy_f32 : avx512_axpy_f16;
+            k.gather_dot = f32 ? avx512_gather_dot_f32 : avx512_gather_dot_f16;
+            k.gather_axpy = f32 ? avx512_gather_axpy_f32 : avx512_gather_axpy_f16;
+        }
+        t.of(DType::Q4_0).gather_dot = avx2_gather_dot_q4_0;  // this file's copies: eight rows at a time
+        t.of(DType::Q4_1).gather_dot = avx2_gather_dot_q4_1;
+        t.of(DType::Q8_0).gather_dot = avx2_gather_dot_q8_0;
+        t.of(DType::Q4_0).axpy = avx512_axpy_blocks<DType::Q4_0>;
+        t.of(DType::Q4_1).axpy = avx512_axpy_blocks<DType::Q4_1>;
+        t.of(DType::Q8_0).axpy = avx512_axpy_blocks<DType::Q8_0>;
+        t.of(DType::Q4_0).gather_axpy = avx512_gather_axpy_blocks<DType::Q4_0>;
+        t.of(DType::Q4_1).gather_axpy = avx512_gather_axpy_blocks<DType::Q4_1>;
+        t.of(DType::Q8_0).gather_axpy = avx512_gather_axpy_blocks<DType::Q8_0>;
         t.dequantize_row = avx512_dequantize_row;
-        t.axpy_q4_0 = avx512_axpy_blocks<DType::Q4_0>;
-        t.axpy_q4_1 = avx512_axpy_blocks<DType::Q4_1>;
-        t.axpy_q8_0 = avx512_axpy_blocks<DType::Q8_0>;
-        t.gather_axpy_q4_0 = avx512_gather_axpy_blocks<DType::Q4_0>;
-        t.gather_axpy_q4_1 = avx512_gather_axpy_blocks<DType::Q4_1>;
-        t.gather_axpy_q8_0 = avx512_gather_axpy_blocks<DType::Q8_0>;
         t.key_scores = avx512_key_scores;
         return t;
     }();

@@ -15,39 +15,22 @@ const KernelTable* kernels_generic() {
     static const KernelTable table = [] {
         KernelTable t{};
         t.isa = "generic";
-        t.dot_f32 = scalar_dot_f32;
-        t.dot_f16 = scalar_dot_f16;
-        t.dot_bf16 = scalar_dot_bf16;
-        t.dot_q4_0 = scalar_dot_q4_0;
-        t.dot_q4_1 = scalar_dot_q4_1;
-        t.dot_q8_0 = scalar_dot_q8_0;
-        t.dot4_f32 = scalar_dot4_f32;
-        t.dot4_f16 = scalar_dot4_f16;
-        t.dot4_bf16 = scalar_dot4_bf16;
-        t.dot4_q4_0 = scalar_dot4_q4_0;
-        t.dot4_q4_1 = scalar_dot4_q4_1;
-        t.dot4_q8_0 = scalar_dot4_q8_0;
+        // Each type's row: {dot, dot4, rows8, rows4, axpy, gather_dot, gather_axpy}.
+        t.of(DType::F32) = {scalar_dot_f32, scalar_dot4_f32, nullptr, nullptr, scalar_axpy_f32,
+                            dots_one_by_one<scalar_dot_f32>, axpys_one_by_one<scalar_axpy_f32>};
+        t.of(DType::F16) = {scalar_dot_f16, scalar_dot4_f16, nullptr, nullptr, scalar_axpy_f16,
+                            dots_one_by_one<scalar_dot_f16>, axpys_one_by_one<scalar_axpy_f16>};
+        t.of(DType::BF16) = {scalar_dot_bf16, scalar_dot4_bf16, nullptr, nullptr, scalar_axpy_bf16,
+                             dots_one_by_one<scalar_dot_bf16>, axpys_one_by_one<scalar_axpy_bf16>};
+        t.of(DType::Q4_0) = {scalar_dot_q4_0, scalar_dot4_q4_0, nullptr, nullptr, scalar_axpy_q4_0,
+                             dots_one_by_one<scalar_dot_q4_0>, axpys_one_by_one<scalar_axpy_q4_0>};
+        t.of(DType::Q4_1) = {scalar_dot_q4_1, scalar_dot4_q4_1, nullptr, nullptr, scalar_axpy_q4_1,
+                             dots_one_by_one<scalar_dot_q4_1>, axpys_one_by_one<scalar_axpy_q4_1>};
+        t.of(DType::Q8_0) = {scalar_dot_q8_0, scalar_dot4_q8_0, nullptr, nullptr, scalar_axpy_q8_0,
+                             dots_one_by_one<scalar_dot_q8_0>, axpys_one_by_one<scalar_axpy_q8_0>};
         t.quantize_q8_0 = scalar_quantize_q8_0;
         t.quantize_q8_1 = scalar_quantize_q8_1;
         t.dequantize_row = scalar_dequantize_row;
-        t.axpy_f32 = scalar_axpy_f32;
-        t.axpy_f16 = scalar_axpy_f16;
-        t.axpy_bf16 = scalar_axpy_bf16;
-        t.axpy_q4_0 = scalar_axpy_q4_0;
-        t.axpy_q4_1 = scalar_axpy_q4_1;
-        t.axpy_q8_0 = scalar_axpy_q8_0;
-        t.gather_dot_f32 = dots_one_by_one<scalar_dot_f32>;
-        t.gather_dot_f16 = dots_one_by_one<scalar_dot_f16>;
-        t.gather_dot_bf16 = dots_one_by_one<scalar_dot_bf16>;
-        t.gather_dot_q4_0 = dots_one_by_one<scalar_dot_q4_0>;
-        t.gather_dot_q4_1 = dots_one_by_one<scalar_dot_q4_1>;
-        t.gather_dot_q8_0 = dots_one_by_one<scalar_dot_q8_0>;
-        t.gather_axpy_f32 = axpys_one_by_one<scalar_axpy_f32>;
-        t.gather_axpy_f16 = axpys_one_by_one<scalar_axpy_f16>;
-        t.gather_axpy_bf16 = axpys_one_by_one<scalar_axpy_bf16>;
-        t.gather_axpy_q4_0 = axpys_one_by_one<scalar_axpy_q4_0>;
-        t.gather_axpy_q4_1 = axpys_one_by_one<scalar_axpy_q4_1>;
-        t.gather_axpy_q8_0 = axpys_one_by_one<scalar_axpy_q8_0>;
         t.key_scores = scalar_key_scores;
         return t;
     }();

@@ -261,6 +261,7 @@ void Session::down_projection(const Matrix& down_t, int64_t n) {
     const ModelConfig& c = model_->config();
     const DTypeInfo* info = dtype_info(static_cast<uint32_t>(down_t.type));
     const int64_t unit = info->block_elems;  // a slice must be whole blocks
+    const RowAxpyFn axpy_f32 = row_axpy(kernels_, DType::F32);
     pool_.run([&](int ith, int nth) {
         int64_t begin, end;
         ThreadPool::split(c.n_embd / unit, ith, nth, &begin, &end);
@@ -284,7 +285,7 @@ void Session::down_projection(const Matrix& down_t, int64_t n) {
                                             cols);
                     for (int64_t t = t0; t < t0 + tn; ++t) {
                         const float h = gate_[t * c.n_ff + j];
-                        if (h != 0.0f) kernels_.axpy_f32(cols, h, row, range_sums + (t - t0) * cols);
+                        if (h != 0.0f) axpy_f32(cols, h, row, range_sums + (t - t0) * cols);
                     }
                 }
                 for (int64_t t = t0; t < t0 + tn; ++t) {

@@ -8,30 +8,6 @@
 
 namespace si {
 
-const DTypeInfo* dtype_info(uint32_t ggml_type) {
-    static const DTypeInfo f32{"F32", 1, 4, true};
-    static const DTypeInfo f16{"F16", 1, 2, true};
-    static const DTypeInfo bf16{"BF16", 1, 2, true};
-    static const DTypeInfo q4_0{"Q4_0", kQK, sizeof(BlockQ4_0), true};
-    static const DTypeInfo q4_1{"Q4_1", kQK, sizeof(BlockQ4_1), true};
-    static const DTypeInfo q8_0{"Q8_0", kQK, sizeof(BlockQ8_0), true};
-    static const DTypeInfo q5_0{"Q5_0", kQK, sizeof(BlockQ5_0), false};
-    static const DTypeInfo q5_1{"Q5_1", kQK, sizeof(BlockQ5_1), false};
-    static const DTypeInfo q6_k{"Q6_K", kQK_K, sizeof(BlockQ6_K), false};
-    switch (static_cast<DType>(ggml_type)) {
-        case DType::F32: return &f32;
-        case DType::F16: return &f16;
-        case DType::BF16: return &bf16;
-        case DType::Q4_0: return &q4_0;
-        case DType::Q4_1: return &q4_1;
-        case DType::Q8_0: return &q8_0;
-        case DType::Q5_0: return &q5_0;
-        case DType::Q5_1: return &q5_1;
-        case DType::Q6_K: return &q6_k;
-        default: return nullptr;
-    }
-}
-
 const char* dtype_name(uint32_t ggml_type) {
     if (const DTypeInfo* info = dtype_info(ggml_type)) return info->name;
     // Names of ggml types we can recognise but not run, for clearer messages.
@@ -106,110 +82,128 @@ float bf16_to_fp32(uint16_t h) {
     return out;
 }
 
-void dequantize_row_ref(DType type, const void* src, float* dst, int64_t n) {
-    switch (type) {
-        case DType::F32:
-            std::memcpy(dst, src, static_cast<size_t>(n) * 4);
-            return;
-        case DType::F16: {
-            auto s = static_cast<const uint16_t*>(src);
-            for (int64_t i = 0; i < n; ++i) dst[i] = fp16_to_fp32(s[i]);
-            return;
-        }
-        case DType::BF16: {
-            auto s = static_cast<const uint16_t*>(src);
-            for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_fp32(s[i]);
-            return;
-        }
-        case DType::Q4_0: {
-            auto b = static_cast<const BlockQ4_0*>(src);
-            for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
-                float d = fp16_to_fp32(b[i].d);
-                for (int j = 0; j < kQK / 2; ++j) {
-                    dst[j] = d * static_cast<float>((b[i].qs[j] & 0x0f) - 8);
-                    dst[j + kQK / 2] = d * static_cast<float>((b[i].qs[j] >> 4) - 8);
-                }
-            }
-            return;
-        }
-        case DType::Q4_1: {
-            auto b = static_cast<const BlockQ4_1*>(src);
-            for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
-                float d = fp16_to_fp32(b[i].d), m = fp16_to_fp32(b[i].m);
-                for (int j = 0; j < kQK / 2; ++j) {
-                    dst[j] = d * static_cast<float>(b[i].qs[j] & 0x0f) + m;
-                    dst[j + kQK / 2] = d * static_cast<float>(b[i].qs[j] >> 4) + m;
-                }
-            }
-            return;
-        }
-        case DType::Q8_0: {
-            auto b = static_cast<const BlockQ8_0*>(src);
-            for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
-                float d = fp16_to_fp32(b[i].d);
-                for (int j = 0; j < kQK; ++j) dst[j] = d * static_cast<float>(b[i].qs[j]);
-            }
-            return;
-        }
-        case DType::Q5_0:
-        case DType::Q5_1: {
-            const bool has_min = type == DType::Q5_1;
-            const size_t block_bytes = has_min ? sizeof(BlockQ5_1) : sizeof(BlockQ5_0);
-            auto bytes = static_cast<const uint8_t*>(src);
-            for (int64_t i = 0; i < n / kQK; ++i, dst += kQK, bytes += block_bytes) {
-                uint16_t d16, m16 = 0;
-                std::memcpy(&d16, bytes, 2);
-                if (has_min) std::memcpy(&m16, bytes + 2, 2);
-                const uint8_t* qh_bytes = bytes + (has_min ? 4 : 2);
-                const uint8_t* qs = qh_bytes + 4;
-                const uint32_t qh = static_cast<uint32_t>(qh_bytes[0]) | (static_cast<uint32_t>(qh_bytes[1]) << 8) |
-                                    (static_cast<uint32_t>(qh_bytes[2]) << 16) | (static_cast<uint32_t>(qh_bytes[3]) << 24);
-                const float d = fp16_to_fp32(d16);
-                const float m = has_min ? fp16_to_fp32(m16) : -16.0f * d;  // Q5_0: d * (q - 16)
-                for (int j = 0; j < kQK / 2; ++j) {
-                    const int lo = (qs[j] & 0x0f) | static_cast<int>(((qh >> j) & 1) << 4);
-                    const int hi = (qs[j] >> 4) | static_cast<int>(((qh >> (j + 16)) & 1) << 4);
-                    dst[j] = d * static_cast<float>(lo) + m;
-                    dst[j + kQK / 2] = d * static_cast<float>(hi) + m;
-                }
-            }
-            return;
-        }
-        case DType::Q6_K: {
-            auto b = static_cast<const BlockQ6_K*>(src);
-            for (int64_t i = 0; i < n / kQK_K; ++i, dst += kQK_K) {
-                const float d = fp16_to_fp32(b[i].d);
-                // Two halves of 128: in each, 32 positions l give four values (l, l+32, l+64,
-                // l+96) from the low and high nibbles of ql[l], ql[l+32] and the 2-bit pairs of
-                // qh[l]; every 16 values share one scale.
-                for (int half = 0; half < 2; ++half) {
-                    const uint8_t* ql = b[i].ql + 64 * half;
-                    const uint8_t* qh = b[i].qh + 32 * half;
-                    const int8_t* sc = b[i].scales + 8 * half;
-                    float* y = dst + 128 * half;
-                    for (int l = 0; l < 32; ++l) {
-                        const int g = l / 16;
-                        const int q1 = ((ql[l] & 0x0f) | (((qh[l] >> 0) & 3) << 4)) - 32;
-                        const int q2 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) - 32;
-                        const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-                        const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-                        y[l] = d * static_cast<float>(sc[g] * q1);
-                        y[l + 32] = d * static_cast<float>(sc[g + 2] * q2);
-                        y[l + 64] = d * static_cast<float>(sc[g + 4] * q3);
-                        y[l + 96] = d * static_cast<float>(sc[g + 6] * q4);
-                    }
-                }
-            }
-            return;
-        }
-        case DType::Q8_1: {
-            auto b = static_cast<const BlockQ8_1*>(src);
-            for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
-                for (int j = 0; j < kQK; ++j) dst[j] = b[i].d * static_cast<float>(b[i].qs[j]);
-            }
-            return;
+namespace {
+
+// The reference dequantisations, one per type (DTypeInfo::dequantize).
+
+void dequantize_f32(const void* src, float* dst, int64_t n) { std::memcpy(dst, src, static_cast<size_t>(n) * 4); }
+
+void dequantize_f16(const void* src, float* dst, int64_t n) {
+    auto s = static_cast<const uint16_t*>(src);
+    for (int64_t i = 0; i < n; ++i) dst[i] = fp16_to_fp32(s[i]);
+}
+
+void dequantize_bf16(const void* src, float* dst, int64_t n) {
+    auto s = static_cast<const uint16_t*>(src);
+    for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_fp32(s[i]);
+}
+
+void dequantize_q4_0(const void* src, float* dst, int64_t n) {
+    auto b = static_cast<const BlockQ4_0*>(src);
+    for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
+        float d = fp16_to_fp32(b[i].d);
+        for (int j = 0; j < kQK / 2; ++j) {
+            dst[j] = d * static_cast<float>((b[i].qs[j] & 0x0f) - 8);
+            dst[j + kQK / 2] = d * static_cast<float>((b[i].qs[j] >> 4) - 8);
         }
     }
+}
+
+void dequantize_q4_1(const void* src, float* dst, int64_t n) {
+    auto b = static_cast<const BlockQ4_1*>(src);
+    for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
+        float d = fp16_to_fp32(b[i].d), m = fp16_to_fp32(b[i].m);
+        for (int j = 0; j < kQK / 2; ++j) {
+            dst[j] = d * static_cast<float>(b[i].qs[j] & 0x0f) + m;
+            dst[j + kQK / 2] = d * static_cast<float>(b[i].qs[j] >> 4) + m;
+        }
+    }
+}
+
+void dequantize_q8_0(const void* src, float* dst, int64_t n) {
+    auto b = static_cast<const BlockQ8_0*>(src);
+    for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
+        float d = fp16_to_fp32(b[i].d);
+        for (int j = 0; j < kQK; ++j) dst[j] = d * static_cast<float>(b[i].qs[j]);
+    }
+}
+
+// Q5_0 and Q5_1 (has_min): the fifth bits come from qh, Q5_0's offset is -16 d.
+template <bool has_min>
+void dequantize_q5(const void* src, float* dst, int64_t n) {
+    const size_t block_bytes = has_min ? sizeof(BlockQ5_1) : sizeof(BlockQ5_0);
+    auto bytes = static_cast<const uint8_t*>(src);
+    for (int64_t i = 0; i < n / kQK; ++i, dst += kQK, bytes += block_bytes) {
+        uint16_t d16, m16 = 0;
+        std::memcpy(&d16, bytes, 2);
+        if (has_min) std::memcpy(&m16, bytes + 2, 2);
+        const uint8_t* qh_bytes = bytes + (has_min ? 4 : 2);
+        const uint8_t* qs = qh_bytes + 4;
+        const uint32_t qh = static_cast<uint32_t>(qh_bytes[0]) | (static_cast<uint32_t>(qh_bytes[1]) << 8) |
+                            (static_cast<uint32_t>(qh_bytes[2]) << 16) | (static_cast<uint32_t>(qh_bytes[3]) << 24);
+        const float d = fp16_to_fp32(d16);
+        const float m = has_min ? fp16_to_fp32(m16) : -16.0f * d;  // Q5_0: d * (q - 16)
+        for (int j = 0; j < kQK / 2; ++j) {
+            const int lo = (qs[j] & 0x0f) | static_cast<int>(((qh >> j) & 1) << 4);
+            const int hi = (qs[j] >> 4) | static_cast<int>(((qh >> (j + 16)) & 1) << 4);
+            dst[j] = d * static_cast<float>(lo) + m;
+            dst[j + kQK / 2] = d * static_cast<float>(hi) + m;
+        }
+    }
+}
+
+void dequantize_q6_k(const void* src, float* dst, int64_t n) {
+    auto b = static_cast<const BlockQ6_K*>(src);
+    for (int64_t i = 0; i < n / kQK_K; ++i, dst += kQK_K) {
+        const float d = fp16_to_fp32(b[i].d);
+        // Two halves of 128: in each, 32 positions l give four values (l, l+32, l+64,
+        // l+96) from the low and high nibbles of ql[l], ql[l+32] and the 2-bit pairs of
+        // qh[l]; every 16 values share one scale.
+        for (int half = 0; half < 2; ++half) {
+            const uint8_t* ql = b[i].ql + 64 * half;
+            const uint8_t* qh = b[i].qh + 32 * half;
+            const int8_t* sc = b[i].scales + 8 * half;
+            float* y = dst + 128 * half;
+            for (int l = 0; l < 32; ++l) {
+                const int g = l / 16;
+                const int q1 = ((ql[l] & 0x0f) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                const int q2 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                y[l] = d * static_cast<float>(sc[g] * q1);
+                y[l + 32] = d * static_cast<float>(sc[g + 2] * q2);
+                y[l + 64] = d * static_cast<float>(sc[g + 4] * q3);
+                y[l + 96] = d * static_cast<float>(sc[g + 6] * q4);
+            }
+        }
+    }
+}
+
+// The weight types: {type, name, elements and bytes per block, kernels, activation format,
+// reference dequantisation}. The dot formats are explained in cpu/kernels.h.
+const DTypeInfo kTypes[] = {
+    {DType::F32, "F32", 1, 4, true, DType::F32, dequantize_f32},
+    {DType::F16, "F16", 1, 2, true, DType::F32, dequantize_f16},
+    {DType::BF16, "BF16", 1, 2, true, DType::F32, dequantize_bf16},
+    {DType::Q4_0, "Q4_0", kQK, sizeof(BlockQ4_0), true, DType::Q8_1, dequantize_q4_0},
+    {DType::Q4_1, "Q4_1", kQK, sizeof(BlockQ4_1), true, DType::Q8_1, dequantize_q4_1},
+    {DType::Q8_0, "Q8_0", kQK, sizeof(BlockQ8_0), true, DType::Q8_0, dequantize_q8_0},
+    {DType::Q5_0, "Q5_0", kQK, sizeof(BlockQ5_0), false, DType::F32, dequantize_q5<false>},
+    {DType::Q5_1, "Q5_1", kQK, sizeof(BlockQ5_1), false, DType::F32, dequantize_q5<true>},
+    {DType::Q6_K, "Q6_K", kQK_K, sizeof(BlockQ6_K), false, DType::F32, dequantize_q6_k},
+};
+
+}  // namespace
+
+const DTypeInfo* dtype_info(uint32_t ggml_type) {
+    for (const DTypeInfo& info : kTypes) {
+        if (static_cast<uint32_t>(info.type) == ggml_type) return &info;
+    }
+    return nullptr;
+}
+
+void dequantize_row_ref(DType type, const void* src, float* dst, int64_t n) {
+    dtype_info(static_cast<uint32_t>(type))->dequantize(src, dst, n);
 }
 
 namespace {

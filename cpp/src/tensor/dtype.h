@@ -82,11 +82,19 @@ struct BlockQ6_K {
 };
 static_assert(sizeof(BlockQ6_K) == 210, "Q6_K block layout");
 
+// A weight type's row in the table of types (dtype.cpp): a new type is a row there, its block
+// layout above, and its kernels at every level (cpu/kernels.h, TypeKernels).
 struct DTypeInfo {
+    DType type;
     const char* name;
     int64_t block_elems;  // elements per block (1 for plain floats)
     size_t block_bytes;   // bytes per block
     bool has_kernels;     // false: storage only, converted to Q8_0 when a model loads it
+    // The format its activations take for its dot kernels (cpu/kernels.h; F32 for storage-only
+    // types, which are never dotted).
+    DType activation;
+    // The reference dequantisation of n elements (n a whole number of blocks).
+    void (*dequantize)(const void* src, float* dst, int64_t n);
 };
 
 // nullptr for a type id this engine does not implement.
@@ -101,7 +109,8 @@ float fp16_to_fp32(uint16_t h);
 uint16_t fp32_to_fp16(float f);  // round to nearest even
 float bf16_to_fp32(uint16_t h);
 
-// Reference (scalar) dequantisation of n elements; n a multiple of the block size.
+// Reference (scalar) dequantisation of n elements of a weight type (dtype_info(type) not
+// null); n a multiple of the block size.
 void dequantize_row_ref(DType type, const void* src, float* dst, int64_t n);
 // Reference quantisation of activations: n a multiple of 32.
 void quantize_row_q8_0_ref(const float* x, BlockQ8_0* dst, int64_t n);

@@ -367,6 +367,25 @@ def test_vram_budget_is_respected_and_weights_are_shared(tmp_path):
 
 
 @in_child
+@pytest.mark.parametrize("sparse", [False, True])
+def test_the_priced_weights_are_what_the_model_uploads(tmp_path, sparse):
+    # The engine prices a model's parts (model_costs, gpu/device_costs.cpp) as it uploads
+    # them: a placement's weights, less the KV caches and a batch's activations, are exactly
+    # the bytes the device model holds.
+    path = tmp_path / "p.gguf"
+    sparsegen.write_pwri_model(path, weight_type="Q4_0", n_layer=3, n_ff=256, seed=2)
+    n_ctx = 64
+    costs = sparseinfer.model_costs(path, n_ctx=n_ctx)
+    kv = costs.fixed_bytes[0] - sparseinfer.model_costs(path, n_ctx=n_ctx - 1).fixed_bytes[0]
+    budget = budget_for(path, 0.5, 2, n_ctx=n_ctx)
+    with gpu_model(path, n_ctx=n_ctx, sparse=sparse, n_gpu_layers=2,
+                   vram_budget=f"{budget if sparse else 10**9}B") as m:
+        plan = m.placement
+        assert plan.n_gpu_layers == 2 and (plan.hot is not None) == sparse
+        assert m.gpu_weight_bytes == plan.planned_bytes - costs.batch_bytes - 2 * n_ctx * kv
+
+
+@in_child
 def test_budget_errors_name_the_sizes(tmp_path):
     path = tmp_path / "p.gguf"
     sparsegen.write_pwri_model(path, weight_type="F32", n_layer=2)

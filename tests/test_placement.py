@@ -161,7 +161,7 @@ def test_model_costs_price_the_file_tensors(tmp_path, weight_type, row_bytes):
                                    rank=[16, 32, 8], weight_type=weight_type, pred_type="F16")
     costs = si.model_costs(w.path, n_ctx=50)
     assert costs.n_neurons == (96, 96, 96)
-    assert costs.neuron_bytes == (3 * row_bytes,) * 3  # gate, up and down_t rows of n_embd
+    assert costs.neuron_bytes == (3 * row_bytes + 4,) * 3  # gate, up and down_t rows of n_embd, its id
     kv = 2 * 50 * (2 * 16) * 2  # K and V, n_ctx x kv_dim halves (2 kv heads of 16)
     for l, rank in enumerate([16, 32, 8]):
         p = f"blk.{l}."
@@ -173,7 +173,7 @@ def test_model_costs_price_the_file_tensors(tmp_path, weight_type, row_bytes):
     assert costs.shared_bytes == 64 * 4 + w["output.weight"].size * row_bytes // 64
     plan = si.plan_placement(None, n_neurons=costs.n_neurons, neuron_bytes=costs.neuron_bytes,
                              fixed_bytes=costs.fixed_bytes, shared_bytes=costs.shared_bytes,
-                             budget=sum(costs.fixed_bytes) + costs.shared_bytes + 90 * 3 * row_bytes)
+                             budget=sum(costs.fixed_bytes) + costs.shared_bytes + 90 * (3 * row_bytes + 4))
     assert plan.n_hot == [30, 30, 30]
 
 

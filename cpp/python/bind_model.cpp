@@ -13,6 +13,7 @@
 #include "cpu/bandwidth.h"
 #include "cpu/kernels.h"
 #include "gguf/gguf_file.h"
+#include "gpu/device_costs.h"
 #include "gpu/device_model.h"
 #include "model/model.h"
 #include "model/session.h"
@@ -142,6 +143,18 @@ void bind_model(py::module_& m) {
     // sessions of a sparseinfer.Model: the CUDA plugin at cuda_plugin (sparseinfer._cuda found
     // and loaded it), device cuda_device; the last n_gpu_layers layers (-1: all) and, for a
     // PowerInfer file, per layer the ascending ids of its hot neurons (None: all).
+    m.def("device_costs", [](const Model& model, int64_t n_ctx) {
+        if (n_ctx < 1) throw ArgumentError("n_ctx must be at least 1");
+        const gpu::DeviceCosts c = gpu::device_costs(model, n_ctx);
+        py::dict d;
+        d["n_neurons"] = c.n_neurons;
+        d["neuron_bytes"] = c.neuron_bytes;
+        d["fixed_bytes"] = c.fixed_bytes;
+        d["shared_bytes"] = c.shared_bytes;
+        d["batch_bytes"] = c.batch_bytes;
+        return d;
+    }, py::arg("model"), py::arg("n_ctx"), "What each part of the model takes on a GPU (gpu/device_costs.h)");
+
     py::class_<gpu::DeviceModel, std::shared_ptr<gpu::DeviceModel>>(m, "DeviceModel")
         .def(py::init([](std::shared_ptr<Model> model, const std::string& cuda_plugin, int cuda_device,
                          int64_t n_gpu_layers, std::optional<std::vector<HotIds>> hot_neurons) {

@@ -47,6 +47,11 @@ class Model:
     tokenizer: Tokenizer
     def metadata(self) -> dict[str, object]: ...
 
+def device_costs(model: Model, n_ctx: int) -> dict[str, object]:
+    """What each part of the model takes on a GPU, as DeviceModel uploads and GpuForward
+    allocates it: {'n_neurons', 'neuron_bytes', 'fixed_bytes' (lists per layer),
+    'shared_bytes', 'batch_bytes'} (placement.model_costs)."""
+
 class Session:
     """KV cache, scratch buffers and a thread pool for one sequence."""
     def __init__(self, model: Model, n_ctx: int, n_threads: int, sparse: bool = False,

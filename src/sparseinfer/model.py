@@ -757,7 +757,7 @@ class Model(_Inference):
             free, _ = ctx.memory_info()
         budget = max(0, free - _VRAM_RESERVE) if self._vram_budget is None else self._vram_budget
         profile = _profile.find_profile(self._path) if self._sparse else None
-        plan = _placement.plan_device(self._path, n_ctx=self._n_ctx, sparse=self._sparse,
+        plan = _placement.plan_device(self._native, n_ctx=self._n_ctx, sparse=self._sparse,
                                       budget=budget, n_gpu_layers=self._n_gpu_layers,
                                       profile=profile)
         if plan.planned_bytes > free:

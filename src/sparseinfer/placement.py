@@ -43,18 +43,6 @@ from .profile import NeuronProfile
 
 IntOrList = Union[int, Sequence[int]]
 
-# GGML block layouts: type name -> (elements per block, bytes per block).
-GGML_TYPE_SIZES = {
-    "F32": (1, 4), "F16": (1, 2), "BF16": (1, 2),
-    "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24),
-    "Q8_0": (32, 34), "Q8_1": (32, 36),
-    "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176),
-    "Q6_K": (256, 210), "Q8_K": (256, 292),
-    "I8": (1, 1), "I16": (1, 2), "I32": (1, 4), "I64": (1, 8), "F64": (1, 8),
-}
-KV_BYTES_PER_VALUE = 2  # the engine's KV cache holds IEEE halves
-
-
 @dataclass(frozen=True)
 class PlacementPlan:
     """hot[l]: sorted int32 ids of layer l's GPU neurons."""
@@ -191,87 +179,29 @@ def plan_placement(counts: Union[NeuronProfile, Sequence[np.ndarray], None], *,
 
 @dataclass(frozen=True)
 class ModelCosts:
-    """VRAM bytes of a model's parts, from its file's tensor types and shapes."""
+    """GPU bytes of a model's parts, as the engine uploads and allocates them."""
 
     n_neurons: tuple[int, ...]     # FFN neurons per layer
     neuron_bytes: tuple[int, ...]  # per layer: one neuron's ffn_gate + ffn_up + ffn_down(_t) rows
-    fixed_bytes: tuple[int, ...]   # per layer: the other tensors of the layer + its KV cache
+    fixed_bytes: tuple[int, ...]   # per layer: its other weights + its KV cache
     shared_bytes: int              # output norm and output head
     batch_bytes: int = 0           # a session's activations on the GPU for a full batch
 
 
-# The engine evaluates prompts in batches of at most this many tokens (kMaxBatch in
-# cpp/src/model/session.cpp); the GPU's activation buffers are sized for one batch.
-MAX_BATCH = 256
-# The CUDA down projection sums neurons in slices of this many rows, for up to this many
-# tokens per launch (kDownSliceRows, kMaxTokens in cpp/src/cuda).
-DOWN_SLICE_ROWS = 256
-DOWN_KERNEL_TOKENS = 8
-# GpuForward's handoff: the normed input starts at a multiple of this many floats after the
-# predictor's scores (kHandoffAlignFloats in cpp/src/gpu/gpu_forward.cpp).
-HANDOFF_ALIGN_FLOATS = 64
+def model_costs(model: Union[str, "os.PathLike[str]", "_core.Model"], *, n_ctx: int) -> ModelCosts:
+    """What each part of a model takes on a GPU, as the engine reports it (the types it
+    uploads, a KV cache of n_ctx positions in halves, the activation buffers of a batch).
 
-
-def model_costs(model_path: Union[str, "os.PathLike[str]"], *, n_ctx: int) -> ModelCosts:
-    """Reads the tensor index of a GGUF file (no weights) and prices its parts in the types
-    the file stores, with a KV cache of n_ctx positions in halves. A PowerInfer file's
-    neurons are rows of ffn_gate, ffn_up and ffn_down_t; a dense file's FFN is priced the
-    same way (its ffn_down's columns), though it only moves to the GPU whole."""
-    info = _core.read_gguf_info(os.fspath(model_path))
-    metadata = info["metadata"]
-    arch = metadata.get("general.architecture")
-    tensors = {name: (type_name, shape) for name, type_name, shape in info["tensors"]}
-
-    def nbytes(name: str) -> int:
-        type_name, shape = tensors[name]
-        if type_name not in GGML_TYPE_SIZES:
-            raise ValueError(f"{model_path}: {name} has type {type_name}, whose size is not known here")
-        block, block_bytes = GGML_TYPE_SIZES[type_name]
-        elems = int(np.prod(shape, dtype=np.int64))
-        return elems // block * block_bytes
-
-    n_layer = int(metadata.get(f"{arch}.block_count", 0))
-    n_head = int(metadata.get(f"{arch}.attention.head_count", 0))
-    n_head_kv = int(metadata.get(f"{arch}.attention.head_count_kv", n_head))
-    n_embd = int(metadata.get(f"{arch}.embedding_length", 0))
-    if n_layer <= 0 or n_head <= 0 or n_embd <= 0:
-        raise ValueError(f"{model_path}: the file lacks the model's shape ({arch}.block_count ...)")
-    kv_dim = n_embd // n_head * n_head_kv
-    kv_bytes = 2 * int(n_ctx) * kv_dim * KV_BYTES_PER_VALUE
-    n_neurons, neuron_bytes, fixed, max_rank = [], [], [], 0
-    for l in range(n_layer):
-        prefix = f"blk.{l}."
-        down = "ffn_down_t.weight" if prefix + "ffn_down_t.weight" in tensors else "ffn_down.weight"
-        ffn = ("ffn_gate.weight", "ffn_up.weight", down)
-        names = [n for n in tensors if n.startswith(prefix)]
-        missing = [prefix + f for f in ffn if prefix + f not in tensors]
-        if missing:
-            raise ValueError(f"{model_path}: {missing[0]} is missing")
-        rows = int(tensors[prefix + "ffn_up.weight"][1][1])  # ggml shape (n_embd, n_ff)
-        n_neurons.append(rows)
-        neuron_bytes.append(sum(nbytes(prefix + f) for f in ffn) // rows)
-        fixed.append(sum(nbytes(n) for n in names if n[len(prefix):] not in ffn) + kv_bytes)
-        if prefix + "fc1.weight" in tensors:
-            max_rank = max(max_rank, int(tensors[prefix + "fc1.weight"][1][1]))
-    shared = sum(nbytes(n) for n in ("output_norm.weight", "output.weight") if n in tensors)
-    if "output.weight" not in tensors and "token_embd.weight" in tensors:
-        shared += nbytes("token_embd.weight")  # tied head: the GPU needs a copy
-    n_vocab = int(tensors["token_embd.weight"][1][1]) if "token_embd.weight" in tensors else 0
-    n_ff = max(n_neurons)
-    # As GpuForward allocates them: x, xn, q, attention output; k, v; gate, up; logits;
-    # positions; predictor hidden layer; and for PowerInfer files a row list, a mask, the
-    # per-layer counts and room after the scores (in `up`) for the normed input, so that
-    # both come down to the CPU in one copy.
-    batch_floats = MAX_BATCH * (4 * n_embd + 2 * kv_dim + 2 * n_ff + n_vocab + 1 + max_rank)
-    batch_bytes = 4 * batch_floats
-    if max_rank:
-        batch_bytes += 4 * n_ff + MAX_BATCH * n_ff + 4 * n_layer
-        batch_bytes += 4 * (MAX_BATCH * n_embd + HANDOFF_ALIGN_FLOATS)
-        # The plugin's scratch for the down projection's per-slice sums (si_cuda_ffn_down).
-        n_slices = -(-n_ff // DOWN_SLICE_ROWS)
-        if n_slices > 1:
-            batch_bytes += 4 * DOWN_KERNEL_TOKENS * n_embd * n_slices
-    return ModelCosts(tuple(n_neurons), tuple(neuron_bytes), tuple(fixed), shared, batch_bytes)
+    model: a GGUF path (opened with its predictors as stored) or a loaded native model
+    (sparseinfer._core.Model: what that model would upload, its predictor_q8 choice
+    included). A PowerInfer file's neurons are rows of ffn_gate, ffn_up and ffn_down_t; a
+    dense file's FFN is priced the same way (its ffn_down's columns), though it only moves
+    to the GPU whole."""
+    n_ctx = _int_value(n_ctx, "n_ctx", 1)
+    native = model if isinstance(model, _core.Model) else _core.Model(os.fspath(model), predictor_q8=False)
+    c = _core.device_costs(native, n_ctx)
+    return ModelCosts(tuple(c["n_neurons"]), tuple(c["neuron_bytes"]), tuple(c["fixed_bytes"]),
+                      c["shared_bytes"], c["batch_bytes"])
 
 
 @dataclass(frozen=True)
@@ -293,7 +223,7 @@ class DevicePlan:
         return None if self.hot is None else [len(h) for h in self.hot]
 
 
-def plan_device(model_path: Union[str, "os.PathLike[str]"], *, n_ctx: int, sparse: bool,
+def plan_device(model: Union[str, "os.PathLike[str]", "_core.Model"], *, n_ctx: int, sparse: bool,
                 budget: int, n_gpu_layers: int = -1,
                 profile: Optional[NeuronProfile] = None) -> DevicePlan:
     """The placement of a model on a GPU with `budget` bytes.
@@ -306,7 +236,7 @@ def plan_device(model_path: Union[str, "os.PathLike[str]"], *, n_ctx: int, spars
     for every token) first, then spends what is left on the hottest FFN neurons of those
     layers (plan_placement, with the profile's counts, or equal shares without one).
     """
-    costs = model_costs(model_path, n_ctx=n_ctx)
+    costs = model_costs(model, n_ctx=n_ctx)
     n_layer = len(costs.fixed_bytes)
     budget = _int_value(budget, "budget", 0)
     n_gpu_layers = _int_value(n_gpu_layers, "n_gpu_layers", -1)
@@ -325,7 +255,7 @@ def plan_device(model_path: Union[str, "os.PathLike[str]"], *, n_ctx: int, spars
             raise ValueError(
                 f"a VRAM budget of {_mib(budget)} cannot hold one layer and the output head "
                 f"({_mib(cost_of_last(1))} with the KV cache for n_ctx={n_ctx} and the activations "
-                f"of a {MAX_BATCH}-token batch); give more, lower n_ctx, or run on the CPU")
+                f"of a full batch); give more, lower n_ctx, or run on the CPU")
     else:
         n_gpu = min(n_gpu_layers, n_layer)
         if cost_of_last(n_gpu) > budget:

@@ -38,6 +38,10 @@
 
 #define SI_CUDA_ABI_VERSION 3
 
+// Sizes of the plugin's own device scratch (si_cuda_ffn_down).
+#define SI_CUDA_DOWN_SLICE_ROWS 256
+#define SI_CUDA_DOWN_SLICE_TOKENS 8
+
 // Weight types the kernels read: ggml's type ids (cpp/src/tensor/dtype.h).
 #define SI_CUDA_TYPE_F32 0
 #define SI_CUDA_TYPE_F16 1
@@ -203,7 +207,8 @@ SI_CUDA_API int si_cuda_ffn_gate_up(si_cuda_context* ctx, int gate_type, const v
 // h[t * max_count + k] * down_t row rows[k] (rows, count as in si_cuda_ffn_gate_up; zero
 // h entries are skipped, as the CPU does). down_t: n_rows rows of n_embd (the ffn_down_t
 // layout: one row per neuron). The sum's order is fixed: the same bits on every run. Above
-// 256 rows the context keeps 4 * 8 * n_embd * ceil(n_rows / 256) bytes of device scratch.
+// SI_CUDA_DOWN_SLICE_ROWS rows the context keeps SI_CUDA_DOWN_SLICE_TOKENS * n_embd floats of
+// device scratch per slice of that many rows (what a host budgets for).
 SI_CUDA_API int si_cuda_ffn_down(si_cuda_context* ctx, int down_type, const void* down_t,
                                  int64_t n_rows, int64_t n_embd, const int32_t* rows,
                                  const int32_t* count, int64_t max_count, const float* h,

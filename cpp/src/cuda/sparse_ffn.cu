@@ -19,7 +19,9 @@ constexpr int kSelectThreads = 1024;  // one block compacts the whole list
 constexpr int kGateUpRowsPerBlock = 4;
 constexpr int kDownWarps = 8;  // warps sharing one 32-column tile of the output
 constexpr int kDownWarpRows = kWarp;  // row ids per warp in the down projection
-constexpr int kDownSliceRows = kDownWarps * kDownWarpRows;  // DOWN_SLICE_ROWS in src/sparseinfer/placement.py
+constexpr int kDownSliceRows = kDownWarps * kDownWarpRows;
+static_assert(kDownSliceRows == SI_CUDA_DOWN_SLICE_ROWS && kMaxTokens == SI_CUDA_DOWN_SLICE_TOKENS,
+              "the scratch of si_cuda_ffn_down as plugin_api.h states it");
 constexpr int kSumThreads = 256;
 
 // One block walks the candidates 1024 at a time: each thread decides one candidate, a

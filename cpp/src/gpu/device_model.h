@@ -68,6 +68,8 @@ public:
     const Matrix& output() const { return output_; }
     // Device bytes the weights take (the sessions' KV caches and activations come on top).
     uint64_t weight_bytes() const { return weight_bytes_; }
+    // Device bytes a host matrix takes once uploaded (its rows packed, in its type).
+    static uint64_t uploaded_bytes(const si::Matrix& m) { return static_cast<uint64_t>(m.rows) * m.row_bytes; }
     // Hot neurons per layer (n_ff for dense GPU layers, 0 for CPU layers).
     std::vector<int64_t> hot_counts() const;
 

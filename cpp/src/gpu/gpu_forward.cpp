@@ -25,35 +25,67 @@ int64_t handoff_offset(int64_t n, int64_t n_ff) {
 GpuForward::GpuForward(std::shared_ptr<const DeviceModel> weights, int64_t n_ctx)
     : weights_(std::move(weights)), ctx_(weights_->plugin(), weights_->device()), n_ctx_(n_ctx) {
     const ModelConfig& c = weights_->model().config();
-    const size_t kv_bytes = static_cast<size_t>(n_ctx) * static_cast<size_t>(c.n_head_kv * c.head_dim) * 2;
+    const size_t kv_bytes = static_cast<size_t>(kv_cache_bytes(c, n_ctx) / 2);
     for (int64_t il = weights_->first_gpu_layer(); il < c.n_layer; ++il) {
         caches_.push_back({Buffer(ctx_, kv_bytes, "the K cache"), Buffer(ctx_, kv_bytes, "the V cache")});
     }
 }
 
-void GpuForward::ensure_batch_capacity(int64_t n) {
-    if (n <= batch_capacity_) return;
-    const ModelConfig& c = weights_->model().config();
+GpuForward::BatchBuffers GpuForward::batch_buffers(const Model& model, int64_t n) {
+    const ModelConfig& c = model.config();
     const int64_t kv_dim = c.n_head_kv * c.head_dim;
     int64_t max_rank = 0;
-    for (const LayerWeights& l : weights_->model().layers()) max_rank = std::max(max_rank, l.fc1.rows);
-    x_ = Buffer(ctx_, floats(n * c.n_embd), "activations");
-    xn_ = Buffer(ctx_, floats(n * c.n_embd), "activations");
-    q_ = Buffer(ctx_, floats(n * c.n_embd), "activations");
-    k_ = Buffer(ctx_, floats(n * kv_dim), "activations");
-    v_ = Buffer(ctx_, floats(n * kv_dim), "activations");
-    attn_out_ = Buffer(ctx_, floats(n * c.n_embd), "activations");
-    gate_ = Buffer(ctx_, floats(n * c.n_ff), "activations");
+    for (const LayerWeights& l : model.layers()) max_rank = std::max(max_rank, l.fc1.rows);
+    BatchBuffers b;
+    b.hidden = floats(n * c.n_embd);
+    b.kv = floats(n * kv_dim);
+    b.gate = floats(n * c.n_ff);
     // PowerInfer files: room after the scores for the normed input (handoff_offset).
-    up_ = Buffer(ctx_, floats(c.has_predictors() ? handoff_offset(n, c.n_ff) + n * c.n_embd : n * c.n_ff), "activations");
-    logits_ = Buffer(ctx_, floats(n * c.n_vocab), "logits");
-    positions_ = Buffer(ctx_, static_cast<size_t>(n) * sizeof(int32_t), "positions");
+    b.up = floats(c.has_predictors() ? handoff_offset(n, c.n_ff) + n * c.n_embd : n * c.n_ff);
+    b.logits = floats(n * c.n_vocab);
+    b.positions = static_cast<size_t>(n) * sizeof(int32_t);
     if (c.has_predictors()) {
-        predictor_hidden_ = Buffer(ctx_, floats(n * max_rank), "predictor activations");
-        rows_ = Buffer(ctx_, static_cast<size_t>(c.n_ff) * sizeof(int32_t), "active neuron lists");
-        mask_ = Buffer(ctx_, static_cast<size_t>(n * c.n_ff), "active neuron masks");
-        rows_count_ = Buffer(ctx_, sizeof(int32_t), "active neuron lists");
-        active_counts_ = Buffer(ctx_, static_cast<size_t>(c.n_layer) * sizeof(int32_t), "active neuron counts");
+        b.predictor_hidden = floats(n * max_rank);
+        b.rows = static_cast<size_t>(c.n_ff) * sizeof(int32_t);
+        b.mask = static_cast<size_t>(n * c.n_ff);
+        b.rows_count = sizeof(int32_t);
+        b.active_counts = static_cast<size_t>(c.n_layer) * sizeof(int32_t);
+        // The plugin's own scratch for the down projection (plugin_api.h, si_cuda_ffn_down).
+        const int64_t slices = (c.n_ff + SI_CUDA_DOWN_SLICE_ROWS - 1) / SI_CUDA_DOWN_SLICE_ROWS;
+        if (slices > 1) b.plugin_scratch = floats(SI_CUDA_DOWN_SLICE_TOKENS * c.n_embd * slices);
+    }
+    return b;
+}
+
+uint64_t GpuForward::kv_cache_bytes(const ModelConfig& c, int64_t n_ctx) {
+    return 2 * static_cast<uint64_t>(n_ctx) * static_cast<uint64_t>(c.n_head_kv * c.head_dim) * 2;  // K and V halves
+}
+
+uint64_t GpuForward::batch_bytes(const Model& model, int64_t n) {
+    const BatchBuffers b = batch_buffers(model, n);
+    return 4 * static_cast<uint64_t>(b.hidden) + 2 * static_cast<uint64_t>(b.kv) + b.gate + b.up + b.logits +
+           b.positions + b.predictor_hidden + b.rows + b.mask + b.rows_count + b.active_counts + b.plugin_scratch;
+}
+
+void GpuForward::ensure_batch_capacity(int64_t n) {
+    if (n <= batch_capacity_) return;
+    const BatchBuffers b = batch_buffers(weights_->model(), n);
+    x_ = Buffer(ctx_, b.hidden, "activations");
+    xn_ = Buffer(ctx_, b.hidden, "activations");
+    q_ = Buffer(ctx_, b.hidden, "activations");
+    attn_out_ = Buffer(ctx_, b.hidden, "activations");
+    k_ = Buffer(ctx_, b.kv, "activations");
+    v_ = Buffer(ctx_, b.kv, "activations");
+    gate_ = Buffer(ctx_, b.gate, "activations");
+    up_ = Buffer(ctx_, b.up, "activations");
+    logits_ = Buffer(ctx_, b.logits, "logits");
+    positions_ = Buffer(ctx_, b.positions, "positions");
+    if (weights_->model().config().has_predictors()) {
+        predictor_hidden_ = Buffer(ctx_, b.predictor_hidden, "predictor activations");
+        rows_ = Buffer(ctx_, b.rows, "active neuron lists");
+        mask_ = Buffer(ctx_, b.mask, "active neuron masks");
+        rows_count_ = Buffer(ctx_, b.rows_count, "active neuron lists");
+        active_counts_ = Buffer(ctx_, b.active_counts, "active neuron counts");
     }
     host_positions_.resize(static_cast<size_t>(n));
     batch_capacity_ = n;

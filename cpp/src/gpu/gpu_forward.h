@@ -26,6 +26,12 @@ public:
     // positions.
     GpuForward(std::shared_ptr<const DeviceModel> weights, int64_t n_ctx);
 
+    // Device bytes of one session's activations for a batch of n tokens, the plugin's scratch
+    // included (what placement budgets for one full batch).
+    static uint64_t batch_bytes(const Model& model, int64_t n);
+    // Device bytes of one GPU layer's KV cache (K and V in IEEE halves) for n_ctx positions.
+    static uint64_t kv_cache_bytes(const ModelConfig& c, int64_t n_ctx);
+
     const DeviceModel& weights() const { return *weights_; }
 
     // Starts a batch of n tokens at positions n_past..n_past + n - 1.
@@ -53,6 +59,15 @@ public:
     void output(int64_t first_kept, float* logits);
 
 private:
+    // The sizes in bytes of the activation buffers of a batch of n tokens (zero: not needed).
+    struct BatchBuffers {
+        size_t hidden = 0;  // each of x, xn, q and the attention output
+        size_t kv = 0;      // each of k and v
+        size_t gate = 0, up = 0, logits = 0, positions = 0;
+        size_t predictor_hidden = 0, rows = 0, mask = 0, rows_count = 0, active_counts = 0;
+        size_t plugin_scratch = 0;  // kept by the plugin's context, not allocated here
+    };
+    static BatchBuffers batch_buffers(const Model& model, int64_t n);
     void matmul(const DeviceModel::Matrix& w, const float* x, int64_t n, float* y);
     void ensure_batch_capacity(int64_t n);
     struct Cache {

@@ -16,9 +16,6 @@ namespace si {
 
 namespace {
 
-// Prompts are evaluated in chunks of at most this many tokens, which bounds the scratch
-// buffers while keeping each weight row's reuse across tokens.
-constexpr int64_t kMaxBatch = 256;
 // Weight bytes a batched matrix product keeps hot while every token group passes over them
 // (about half a core's L2 on current x86 and Arm cores).
 constexpr size_t kMatmulChunkBytes = 256 * 1024;

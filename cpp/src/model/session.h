@@ -32,6 +32,11 @@ public:
             std::shared_ptr<const gpu::DeviceModel> device = nullptr);
     ~Session();
 
+    // The most tokens one forward batch holds: a longer eval goes in batches of this many,
+    // which bounds the scratch (and a GPU session's activations) while each weight row still
+    // serves many tokens.
+    static constexpr int64_t kMaxBatch = 256;
+
     const Model& model() const { return *model_; }
     int64_t n_ctx() const { return n_ctx_; }
     int64_t n_past() const { return n_past_; }

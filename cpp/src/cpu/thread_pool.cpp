@@ -102,7 +102,7 @@ void ThreadPool::split(int64_t n, int index, int count, int64_t* begin, int64_t*
 }
 
 void ThreadPool::run(const std::function<void(int, int)>& job) {
-    const int width = width_;
+    const int width = width_.load(std::memory_order_relaxed);
     if (width == 1) {
         job(0, 1);
         return;
@@ -130,8 +130,9 @@ void ThreadPool::run(const std::function<void(int, int)>& job) {
     job_ = nullptr;
 }
 
-bool ThreadPool::yield_cores() const {
-    return !sharing_.load(std::memory_order_relaxed) && g_cores_in_use.load(std::memory_order_relaxed) > 0;
+bool ThreadPool::yield_cores(int index) const {
+    return index >= width_.load(std::memory_order_relaxed) ||
+           (!sharing_.load(std::memory_order_relaxed) && g_cores_in_use.load(std::memory_order_relaxed) > 0);
 }
 
 void ThreadPool::worker_loop(int index) {
@@ -145,7 +146,7 @@ void ThreadPool::worker_loop(int index) {
                 SI_CPU_RELAX();
                 continue;
             }
-            if (!idle && !yield_cores() && std::chrono::steady_clock::now() - spin_start <= kSpinTime) {
+            if (!idle && !yield_cores(index) && std::chrono::steady_clock::now() - spin_start <= kSpinTime) {
                 std::this_thread::yield();
                 continue;
             }
@@ -174,14 +175,14 @@ CoreShare::CoreShare(ThreadPool& pool) : pool_(pool) {
     do {
         cores_ = in_use == 0 ? wanted : std::clamp(capacity - in_use, 1, wanted);
     } while (!g_cores_in_use.compare_exchange_weak(in_use, in_use + cores_, std::memory_order_relaxed));
-    pool_.width_ = cores_;
+    pool_.width_.store(cores_, std::memory_order_relaxed);
     g_shares.fetch_add(1, std::memory_order_relaxed);
     if (cores_ < wanted) g_narrowed.fetch_add(1, std::memory_order_relaxed);
 }
 
 CoreShare::~CoreShare() {
     g_cores_in_use.fetch_sub(cores_, std::memory_order_relaxed);
-    pool_.width_ = pool_.size();
+    pool_.width_.store(pool_.size(), std::memory_order_relaxed);
     pool_.sharing_.store(false, std::memory_order_relaxed);
 }
 

@@ -29,7 +29,7 @@ public:
 
     int size() const { return n_threads_; }
     // How many of its threads run() uses now (size() unless a CoreShare narrowed it).
-    int width() const { return width_; }
+    int width() const { return width_.load(std::memory_order_relaxed); }
     // Calls job(thread_index, width()) on the first width() threads; index 0 is the calling
     // thread. The split of the work must not change a result (the engine's results are the
     // same bits for any thread count).
@@ -41,9 +41,9 @@ public:
 private:
     friend class CoreShare;
     void worker_loop(int index);
-    // Whether an idle worker should sleep now rather than spin: another session computes
-    // while this pool holds no share.
-    bool yield_cores() const;
+    // Whether idle worker `index` should sleep now rather than spin: another session computes
+    // while this pool holds no share, or the pool's share leaves this worker out.
+    bool yield_cores(int index) const;
     // A job's generation and width travel in one word, so that a worker never pairs one
     // job's generation with another's width.
     static constexpr int kWidthBits = 16;
@@ -53,7 +53,7 @@ private:
     int n_threads_;
     std::vector<std::thread> workers_;
     const std::function<void(int, int)>* job_ = nullptr;
-    int width_;
+    std::atomic<int> width_;  // read by idle workers; set by CoreShare
     std::atomic<uint64_t> generation_{0};  // jobs issued << kWidthBits | the job's width
     std::atomic<int> unfinished_{0};
     std::atomic<int> sleeping_{0};

@@ -14,7 +14,7 @@ import ggufgen
 import sparsegen
 
 import sparseinfer as si
-from sparseinfer import placement
+from sparseinfer import _core, placement
 
 
 def distinct_counts(rng, sizes, tokens=10_000):
@@ -245,3 +245,19 @@ def test_plan_device_sparse_puts_dense_parts_first_then_hot_neurons(tmp_path):
     with pytest.raises(si.ProfileError, match="layers"):
         si.plan_device(path, n_ctx=64, sparse=True, budget=10**9, profile=si.profile.NeuronProfile(
             (np.zeros(128, np.int64),)))
+
+
+@pytest.mark.parametrize("kind", ["dense Q5_0", "dense Q6_K", "sparse Q4_0"])
+def test_a_path_is_priced_as_the_loaded_model_uploads_without_loading_it(tmp_path, kind):
+    # model_costs(path) binds the file as stored (no copies) and prices a type without CPU
+    # kernels as the Q8_0 copy a loaded model uploads.
+    path = tmp_path / "m.gguf"
+    if kind.startswith("dense"):
+        ggufgen.write_llama_model(path, weight_type=kind.split()[1], n_embd=256, n_ff=512, seed=3)
+    else:
+        sparsegen.write_pwri_model(path, weight_type="Q4_0", seed=3)
+    loaded = _core.Model(str(path), predictor_q8=False)
+    assert si.model_costs(path, n_ctx=40) == si.model_costs(loaded, n_ctx=40)
+    unprepared = _core.Model(str(path), prepare_weights=False)
+    with pytest.raises(ValueError, match="prepare_weights=False"):
+        _core.Session(unprepared, 16, 1)

@@ -106,7 +106,7 @@ void bind_model(py::module_& m) {
     }, py::arg("path"));
     py::class_<Model, std::shared_ptr<Model>>(m, "Model")
         .def(py::init([](const std::string& path, const py::object& predictor_q8,
-                         std::optional<float> sparse_threshold) {
+                         std::optional<float> sparse_threshold, bool prepare_weights) {
                  LoadOptions options;
                  if (py::isinstance<py::bool_>(predictor_q8)) {
                      options.predictor_q8 = predictor_q8.cast<bool>() ? PredictorQ8::on : PredictorQ8::off;
@@ -117,10 +117,12 @@ void bind_model(py::module_& m) {
                                          py::repr(predictor_q8).cast<std::string>());
                  }
                  options.sparse_threshold = sparse_threshold;
+                 options.prepare_weights = prepare_weights;
                  py::gil_scoped_release release;
                  return std::const_pointer_cast<Model>(Model::load(path, options));
              }),
-             py::arg("path"), py::arg("predictor_q8") = "auto", py::arg("sparse_threshold") = py::none())
+             py::arg("path"), py::arg("predictor_q8") = "auto", py::arg("sparse_threshold") = py::none(),
+             py::arg("prepare_weights") = true)
         .def_property_readonly("predictor_q8_layers", [](const Model& self) { return self.predictor_q8_layers(); })
         .def_property_readonly("path", [](const Model& self) { return self.file().path(); })
         .def_property_readonly("arch", [](const Model& self) { return self.config().arch; })
@@ -139,10 +141,6 @@ void bind_model(py::module_& m) {
         })
         .def("metadata", [](const Model& self) { return metadata_dict(self.file()); });
 
-    // A model's weights on a GPU for one placement (gpu/device_model.h), shared by the
-    // sessions of a sparseinfer.Model: the CUDA plugin at cuda_plugin (sparseinfer._cuda found
-    // and loaded it), device cuda_device; the last n_gpu_layers layers (-1: all) and, for a
-    // PowerInfer file, per layer the ascending ids of its hot neurons (None: all).
     m.def("device_costs", [](const Model& model, int64_t n_ctx) {
         if (n_ctx < 1) throw ArgumentError("n_ctx must be at least 1");
         const gpu::DeviceCosts c = gpu::device_costs(model, n_ctx);
@@ -155,6 +153,10 @@ void bind_model(py::module_& m) {
         return d;
     }, py::arg("model"), py::arg("n_ctx"), "What each part of the model takes on a GPU (gpu/device_costs.h)");
 
+    // A model's weights on a GPU for one placement (gpu/device_model.h), shared by the
+    // sessions of a sparseinfer.Model: the CUDA plugin at cuda_plugin (sparseinfer._cuda found
+    // and loaded it), device cuda_device; the last n_gpu_layers layers (-1: all) and, for a
+    // PowerInfer file, per layer the ascending ids of its hot neurons (None: all).
     py::class_<gpu::DeviceModel, std::shared_ptr<gpu::DeviceModel>>(m, "DeviceModel")
         .def(py::init([](std::shared_ptr<Model> model, const std::string& cuda_plugin, int cuda_device,
                          int64_t n_gpu_layers, std::optional<std::vector<HotIds>> hot_neurons) {

@@ -143,7 +143,7 @@ def default_thread_count() -> int:
     """Physical cores this process may run on, at most MAX_DEFAULT_THREADS."""
     try:
         cpus = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
+    except (AttributeError, OSError):  # macOS, Windows; a sandbox that refuses the call
         cpus = list(range(os.cpu_count() or 1))
     cores = _physical_core_count(cpus) or len(cpus)
     return max(1, min(cores, MAX_DEFAULT_THREADS))

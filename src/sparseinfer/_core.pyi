@@ -33,8 +33,10 @@ class StreamDecoder:
 
 class Model:
     """Immutable after load; shared by sessions. The GIL is released while loading."""
+    # sparse_threshold None: the file's; prepare_weights=False: bound as stored, only to be
+    # priced (device_costs), never run
     def __init__(self, path: str, predictor_q8: Union[bool, str] = "auto",
-                 sparse_threshold: Optional[float] = None) -> None: ...  # None: the file's
+                 sparse_threshold: Optional[float] = None, prepare_weights: bool = True) -> None: ...
     predictor_q8_layers: list[bool]  # per layer: its predictor runs as an 8-bit copy
     path: str
     arch: str

@@ -192,13 +192,14 @@ def model_costs(model: Union[str, "os.PathLike[str]", "_core.Model"], *, n_ctx: 
     """What each part of a model takes on a GPU, as the engine reports it (the types it
     uploads, a KV cache of n_ctx positions in halves, the activation buffers of a batch).
 
-    model: a GGUF path (opened with its predictors as stored) or a loaded native model
-    (sparseinfer._core.Model: what that model would upload, its predictor_q8 choice
-    included). A PowerInfer file's neurons are rows of ffn_gate, ffn_up and ffn_down_t; a
+    model: a GGUF path (memory-mapped and read as stored, with no copies made: cheap for any
+    size; its predictors priced as stored) or a loaded native model (sparseinfer._core.Model:
+    what that model would upload, its predictor_q8 choice included). A PowerInfer file's neurons are rows of ffn_gate, ffn_up and ffn_down_t; a
     dense file's FFN is priced the same way (its ffn_down's columns), though it only moves
     to the GPU whole."""
     n_ctx = _int_value(n_ctx, "n_ctx", 1)
-    native = model if isinstance(model, _core.Model) else _core.Model(os.fspath(model), predictor_q8=False)
+    native = (model if isinstance(model, _core.Model)
+              else _core.Model(os.fspath(model), predictor_q8=False, prepare_weights=False))
     c = _core.device_costs(native, n_ctx)
     return ModelCosts(tuple(c["n_neurons"]), tuple(c["neuron_bytes"]), tuple(c["fixed_bytes"]),
                       c["shared_bytes"], c["batch_bytes"])

@@ -64,7 +64,9 @@ struct LoadOptions {
     PredictorQ8 predictor_q8 = PredictorQ8::Auto;
     // A PowerInfer file's neuron threshold (a neuron is computed when its predictor's score
     // is at least this) in place of the file's powerinfer.sparse_threshold; ArgumentError for
-    // a file without predictors or a value that is not finite.
+    // a file without predictors or a value that is not finite. (PowerInfer's environment
+    // variable LLAMA_SPARSE_PRED_THRESHOLD is read by the Python package only; an application
+    // that wants it reads it and sets this.)
     std::optional<float> sparse_threshold;
 };
 

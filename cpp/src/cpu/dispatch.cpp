@@ -184,7 +184,9 @@ void interleave_rows8(DType type, const uint8_t* rows, size_t row_bytes, int64_t
     }
 }
 
-RowDot4Fn row_dot4(const KernelTable& k, DType weight) { return required(k.of(weight).dot4, "dot", weight); }
+RowDot4Fn row_dot4(const KernelTable& k, DType weight) {
+    return required(k.of(weight).dot4, "four-token dot", weight);
+}
 
 RowAxpyFn row_axpy(const KernelTable& k, DType weight) { return required(k.of(weight).axpy, "axpy", weight); }
 

@@ -43,13 +43,18 @@ int usable_cpus() {
     return n > 0 ? static_cast<int>(n) : 1;
 }
 
-// The process's cores held by CoreShares, and counts for CoreShare::stats().
+// The process's cores held by CoreShares, the shares that hold them, and counts for
+// CoreShare::stats().
 std::atomic<int> g_cores_in_use{0};
+std::atomic<int> g_shares_held{0};
 std::atomic<uint64_t> g_shares{0}, g_narrowed{0};
 
 // In a child made by fork() only the forking thread lives on: what the parent's other
 // threads held is not the child's to wait for.
-void free_cores_in_child() { g_cores_in_use.store(0); }
+void free_cores_in_child() {
+    g_cores_in_use.store(0);
+    g_shares_held.store(0);
+}
 
 int core_capacity() {
     static const int capacity = [] {
@@ -69,6 +74,8 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads
         throw ArgumentError("n_threads must be at most " + std::to_string(kMaxThreads) + ", got " +
                             std::to_string(n_threads_));
     }
+    wakes_ = std::make_unique<std::condition_variable[]>(static_cast<size_t>(n_threads_));
+    asleep_ = std::make_unique<bool[]>(static_cast<size_t>(n_threads_));  // all false
     workers_.reserve(static_cast<size_t>(n_threads_ - 1));
     for (int i = 1; i < n_threads_; ++i) {
         try {
@@ -91,7 +98,7 @@ void ThreadPool::stop_workers() {
         std::lock_guard<std::mutex> lock(mutex_);
         stopping_.store(true);
     }
-    wake_.notify_all();
+    for (int i = 1; i < n_threads_; ++i) wakes_[i].notify_one();
     for (std::thread& t : workers_) t.join();
     workers_.clear();
 }
@@ -113,9 +120,11 @@ void ThreadPool::run(const std::function<void(int, int)>& job) {
     // in the bits above the width.
     const uint64_t issued = generation_.load(std::memory_order_relaxed) >> kWidthBits;
     generation_.store((issued + 1) << kWidthBits | static_cast<uint64_t>(width));
-    if (sleeping_.load() > 0) {
+    if (sleeping_.load() > 0) {  // wake the sleepers this job needs, and only those
         std::lock_guard<std::mutex> lock(mutex_);
-        wake_.notify_all();
+        for (int i = 1; i < width; ++i) {
+            if (asleep_[i]) wakes_[i].notify_one();
+        }
     }
     job(0, width);
     // Spin for the stragglers, but give the core away now and then: when the machine is
@@ -151,14 +160,20 @@ void ThreadPool::worker_loop(int index) {
                 continue;
             }
             std::unique_lock<std::mutex> lock(mutex_);
+            asleep_[index] = true;
             sleeping_.fetch_add(1);  // seq_cst: run() sees it, or we see its generation
-            wake_.wait(lock, [&] { return generation_.load() != seen || stopping_.load(); });
+            // Until a job that needs this worker (a narrower one passes it by, asleep).
+            wakes_[index].wait(lock, [&] {
+                const uint64_t latest = generation_.load();
+                return (latest != seen && index < width_of(latest)) || stopping_.load();
+            });
             sleeping_.fetch_sub(1);
+            asleep_[index] = false;
             break;
         }
         if (stopping_.load()) return;
         seen = generation_.load(std::memory_order_acquire);
-        const int width = static_cast<int>(seen & ((uint64_t{1} << kWidthBits) - 1));
+        const int width = width_of(seen);
         idle = index >= width;
         if (idle) continue;
         (*job_)(index, width);
@@ -171,9 +186,13 @@ CoreShare::CoreShare(ThreadPool& pool) : pool_(pool) {
     // Marked before the cores are counted, so that its own idle workers never take them for
     // another session's and fall asleep between two layers.
     pool_.sharing_.store(true, std::memory_order_relaxed);
+    // Alone, a pool gets what it asked for; beside others, what is free up to an even split
+    // of the cores, so that sessions that keep computing converge on equal shares.
+    const int others = g_shares_held.fetch_add(1, std::memory_order_relaxed);
+    const int even_split = std::max(1, capacity / (others + 1));
     int in_use = g_cores_in_use.load(std::memory_order_relaxed);
     do {
-        cores_ = in_use == 0 ? wanted : std::clamp(capacity - in_use, 1, wanted);
+        cores_ = in_use == 0 && others == 0 ? wanted : std::clamp(std::min(capacity - in_use, even_split), 1, wanted);
     } while (!g_cores_in_use.compare_exchange_weak(in_use, in_use + cores_, std::memory_order_relaxed));
     pool_.width_.store(cores_, std::memory_order_relaxed);
     g_shares.fetch_add(1, std::memory_order_relaxed);
@@ -182,6 +201,7 @@ CoreShare::CoreShare(ThreadPool& pool) : pool_(pool) {
 
 CoreShare::~CoreShare() {
     g_cores_in_use.fetch_sub(cores_, std::memory_order_relaxed);
+    g_shares_held.fetch_sub(1, std::memory_order_relaxed);
     pool_.width_.store(pool_.size(), std::memory_order_relaxed);
     pool_.sharing_.store(false, std::memory_order_relaxed);
 }

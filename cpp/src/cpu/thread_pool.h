@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -47,6 +48,9 @@ private:
     // A job's generation and width travel in one word, so that a worker never pairs one
     // job's generation with another's width.
     static constexpr int kWidthBits = 16;
+    static int width_of(uint64_t generation) {
+        return static_cast<int>(generation & ((uint64_t{1} << kWidthBits) - 1));
+    }
     // Wakes the workers to end and joins them.
     void stop_workers();
 
@@ -60,13 +64,17 @@ private:
     std::atomic<bool> stopping_{false};
     std::atomic<bool> sharing_{false};  // a CoreShare holds cores for this pool
     std::mutex mutex_;
-    std::condition_variable wake_;
+    // Per worker, under mutex_: whether it sleeps, and what wakes it (run() wakes only the
+    // workers a job needs).
+    std::unique_ptr<std::condition_variable[]> wakes_;
+    std::unique_ptr<bool[]> asleep_;
 };
 
-// For its lifetime, the cores a pool computes on, out of the process's (the CPUs its
-// affinity allows): all of its threads when no other session holds any, else the ones still
-// free, at least one, so that nobody waits. Taking and giving back are one atomic operation
-// each. A child made by fork() starts with every core free.
+// For its lifetime, the cores a pool computes on, out of the process's (the logical CPUs its
+// affinity allows; the default thread count is the physical cores, so two default sessions on
+// an SMT machine fit side by side): all of its threads when no other session holds any, else
+// the ones still free up to an even split, at least one, so that nobody waits. Taking and
+// giving back are a few atomic operations. A child made by fork() starts with every core free.
 class CoreShare {
 public:
     explicit CoreShare(ThreadPool& pool);

@@ -10,6 +10,13 @@ namespace {
 
 uint64_t floats(const std::vector<float>& v) { return static_cast<uint64_t>(v.size()) * sizeof(float); }
 
+// A matrix as a prepared model uploads it: a type without CPU kernels goes as its Q8_0 copy
+// (Model::weight), which a model loaded to be priced has not made.
+uint64_t priced_bytes(const Matrix& m) {
+    if (dtype_info(static_cast<uint32_t>(m.type))->has_kernels || m.rows == 0) return DeviceModel::uploaded_bytes(m);
+    return static_cast<uint64_t>(m.rows) * static_cast<uint64_t>(m.cols / kQK) * sizeof(BlockQ8_0);
+}
+
 }  // namespace
 
 DeviceCosts device_costs(const Model& model, int64_t n_ctx) {
@@ -19,17 +26,16 @@ DeviceCosts device_costs(const Model& model, int64_t n_ctx) {
     for (const LayerWeights& l : model.layers()) {
         // A dense layer's neuron j is row j of gate and up and column j of ffn_down.
         const Matrix& down = c.has_predictors() ? l.ffn_down_t : l.ffn_down;
-        const uint64_t ffn = DeviceModel::uploaded_bytes(l.ffn_gate) + DeviceModel::uploaded_bytes(l.ffn_up) +
-                             DeviceModel::uploaded_bytes(down);
+        const uint64_t ffn = priced_bytes(l.ffn_gate) + priced_bytes(l.ffn_up) + priced_bytes(down);
         costs.n_neurons.push_back(c.n_ff);
         // A PowerInfer layer's GPU neurons also keep their ids there (DeviceModel::Layer::hot_ids).
         const uint64_t id_bytes = c.has_predictors() ? sizeof(int32_t) : 0;
         costs.neuron_bytes.push_back(ffn / static_cast<uint64_t>(c.n_ff) + id_bytes);
         uint64_t fixed = floats(l.attn_norm) + floats(l.ffn_norm) + kv;
-        for (const Matrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.fc1, &l.fc2}) fixed += DeviceModel::uploaded_bytes(*m);
+        for (const Matrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.fc1, &l.fc2}) fixed += priced_bytes(*m);
         costs.fixed_bytes.push_back(fixed);
     }
-    costs.shared_bytes = floats(model.output_norm()) + DeviceModel::uploaded_bytes(model.output());
+    costs.shared_bytes = floats(model.output_norm()) + priced_bytes(model.output());
     costs.batch_bytes = GpuForward::batch_bytes(model, Session::kMaxBatch);
     return costs;
 }

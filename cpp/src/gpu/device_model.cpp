@@ -27,6 +27,7 @@ DeviceModel::DeviceModel(std::shared_ptr<const Model> model, const std::string& 
                          Placement placement)
     : model_(std::move(model)), plugin_(Plugin::load(plugin_path)), ctx_(plugin_, device) {
     const ModelConfig& c = model_->config();
+    if (!model_->prepared()) throw ArgumentError("a model loaded with prepare_weights=False cannot go to a GPU");
     const int64_t n_gpu = placement.n_gpu_layers;
     if (n_gpu < -1) throw ArgumentError("n_gpu_layers must be -1 (every layer) or >= 0");
     first_gpu_layer_ = n_gpu == -1 || n_gpu >= c.n_layer ? 0 : c.n_layer - n_gpu;

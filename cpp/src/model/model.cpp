@@ -29,6 +29,7 @@ void interleave_into(const Matrix& m, uint8_t* dst) {
 std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOptions& options) {
     std::shared_ptr<Model> model(new Model());
     model->file_ = GgufFile::open(path);
+    model->prepared_ = options.prepare_weights;
     model->read_config(options);
     model->tokenizer_ = Tokenizer::create(VocabData::from_gguf(*model->file_));
     if (model->tokenizer_->n_vocab() != model->config_.n_vocab) {
@@ -37,6 +38,7 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
             " tokens but token_embd.weight has " + std::to_string(model->config_.n_vocab) + " rows"));
     }
     model->bind_weights();
+    if (!model->prepared_) return model;
     model->requantize_predictors(options.predictor_q8);
     model->interleave_matrices();
     if (model->config_.has_predictors()) {
@@ -106,7 +108,7 @@ Matrix Model::weight(const std::string& name, int64_t cols, int64_t rows) {
     Matrix m = matrix(name, cols, rows);
     // Types the kernels do not implement (Q5_0, Q5_1, Q6_K: PowerInfer's Q4_0 files keep
     // output.weight and the predictors in them) run as Q8_0 copies made here.
-    if (dtype_info(static_cast<uint32_t>(m.type))->has_kernels) return m;
+    if (dtype_info(static_cast<uint32_t>(m.type))->has_kernels || !prepared_) return m;
     const Matrix q = requantize_q8_0(m);
     release_stored_rows(m);
     return q;

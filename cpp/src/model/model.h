@@ -34,6 +34,10 @@ struct LoadOptions {
     // A PowerInfer file's threshold in place of its powerinfer.sparse_threshold (ArgumentError
     // for a file without predictors, or a value that is not finite).
     std::optional<float> sparse_threshold;
+    // False: the weights are bound as stored, without the copies the CPU kernels need
+    // (Q8_0 copies, interleaving, bundling): enough to read and price them (gpu/device_costs.h)
+    // at the cost of a memory mapping, not to run (a session refuses such a model).
+    bool prepare_weights = true;
 };
 
 // The file's architecture (model/architecture.h) reads the config and binds the weights
@@ -44,6 +48,8 @@ public:
     static std::shared_ptr<const Model> load(const std::string& path, const LoadOptions& options = {});
 
     const GgufFile& file() const override { return *file_; }
+    // Whether the weights were prepared for the CPU kernels (LoadOptions::prepare_weights).
+    bool prepared() const { return prepared_; }
     const ModelConfig& config() const { return config_; }
     const Tokenizer& tokenizer() const { return *tokenizer_; }
     std::shared_ptr<const Tokenizer> shared_tokenizer() const { return tokenizer_; }
@@ -92,6 +98,7 @@ private:
 
     std::shared_ptr<GgufFile> file_;
     const Architecture* architecture_ = nullptr;
+    bool prepared_ = true;
     ModelConfig config_;
     std::shared_ptr<const Tokenizer> tokenizer_;
     ModelWeights weights_;

@@ -98,6 +98,10 @@ Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_thread
     : model_(std::move(model)), kernels_(active_kernels()), pool_(n_threads), n_ctx_(n_ctx),
       sparse_(sparse) {
     const ModelConfig& c = model_->config();
+    if (!model_->prepared()) {
+        throw ArgumentError(model_->file().describe("the model was loaded without preparing its weights "
+                                                    "(prepare_weights=False), to price them; load it again to run it"));
+    }
     if (sparse && !c.has_predictors()) {
         throw UnsupportedError(model_->file().describe(
             "sparse inference needs a PowerInfer file with activation predictors (magic PWRI)"));
@@ -373,8 +377,8 @@ void Session::forward(const std::vector<int32_t>& tokens, bool all_logits) {
         // The CPU layers come first; the hidden state then goes up once for the GPU layers.
         for (int64_t il = 0; il < c.n_layer; ++il) {
             throw_if_cancelled();  // a long prompt stops within one layer's work
-            const CoreShare cores(pool_);  // taken anew each layer, as other sessions come and go
             if (il < first_gpu_layer_) {
+                const CoreShare cores(pool_);  // taken anew each layer, as other sessions come and go
                 cpu_attention(static_cast<int>(il), n);
                 feed_forward(static_cast<int>(il), n);
                 continue;
@@ -444,6 +448,7 @@ void Session::gpu_feed_forward(int il, int64_t n) {
     const bool has_cold = on_device.n_hot < c.n_ff;
     gpu_->sparse_ffn(il, up_.data(), xn_.data());
     if (!has_cold) return;
+    const CoreShare cores(pool_);  // the CPU's part of a GPU layer
     if (cold_feed_forward(il, n, on_device.is_hot.data())) gpu_->add_to_hidden(xn_.data());
 }
 

@@ -3,8 +3,10 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <string>
 
 #include "common/checked_math.h"
+#include "common/errors.h"
 
 namespace si {
 
@@ -203,7 +205,11 @@ const DTypeInfo* dtype_info(uint32_t ggml_type) {
 }
 
 void dequantize_row_ref(DType type, const void* src, float* dst, int64_t n) {
-    dtype_info(static_cast<uint32_t>(type))->dequantize(src, dst, n);
+    const DTypeInfo* info = dtype_info(static_cast<uint32_t>(type));
+    if (info == nullptr) {
+        throw UnsupportedError(std::string("no dequantisation for ") + dtype_name(static_cast<uint32_t>(type)));
+    }
+    info->dequantize(src, dst, n);
 }
 
 namespace {

@@ -12,7 +12,7 @@
 #include "common/errors.h"
 #include "gguf/gguf_file.h"
 #include "model/model.h"
-#include "model/session.h"
+#include "session/session.h"
 
 namespace {
 

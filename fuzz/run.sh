@@ -14,7 +14,8 @@ flags=(-std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recov
        -Icpp/src -Icpp/include -DSPARSEINFER_X86=1)
 
 engine=(cpp/src/common/memory.cpp cpp/src/gguf/gguf_file.cpp cpp/src/tensor/dtype.cpp cpp/src/cpu/dispatch.cpp
-        cpp/src/cpu/kernels_generic.cpp cpp/src/cpu/thread_pool.cpp cpp/src/model/*.cpp
+        cpp/src/cpu/kernels_generic.cpp cpp/src/cpu/thread_pool.cpp cpp/src/cpu/matmul.cpp
+        cpp/src/cpu/attention.cpp cpp/src/cpu/neuron_sum.cpp cpp/src/model/*.cpp cpp/src/session/*.cpp
         cpp/src/model/architectures/*.cpp
         cpp/src/gpu/*.cpp cpp/src/tokenizer/*.cpp)
 # The x86 SIMD files need their own flags; the fuzzer runs the generic level, so they are

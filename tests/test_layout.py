@@ -14,11 +14,12 @@ ALLOWED = {
     "cpu": {"common", "tensor"},
     "tokenizer": {"common", "gguf"},
     "sample": {"common"},
-    "model": {"common", "tensor", "gguf", "cpu", "tokenizer", "gpu", "model/architectures"},
+    "model": {"common", "tensor", "gguf", "cpu", "tokenizer", "model/architectures"},
     "model/architectures": {"common", "tensor", "gguf", "model"},
     "gpu": {"common", "model", "cuda/plugin_api.h"},
     "cuda": set(),
-    "api": {"sparseinfer", "common", "tensor", "gguf", "cpu", "tokenizer", "sample", "model", "gpu"},
+    "session": {"common", "tensor", "cpu", "model", "gpu"},
+    "api": {"sparseinfer", "common", "tensor", "gguf", "cpu", "tokenizer", "sample", "model", "gpu", "session"},
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
 

@@ -16,7 +16,7 @@
 #include "gpu/device_costs.h"
 #include "gpu/device_model.h"
 #include "model/model.h"
-#include "model/session.h"
+#include "session/session.h"
 #include "sample/sampler.h"
 #include "tensor/dtype.h"
 

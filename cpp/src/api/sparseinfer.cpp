@@ -4,7 +4,7 @@
 #include <string_view>
 
 #include "model/model.h"
-#include "model/session.h"
+#include "session/session.h"
 #include "sample/sampler.h"
 #include "tokenizer/tokenizer.h"
 

@@ -1,5 +1,5 @@
 // Causal grouped-query attention of a batch of new tokens over an F16 KV cache, with the
-// semantics of Session::attention (cpp/src/model/session.cpp): token t at position
+// semantics of the CPU's attention (cpp/src/cpu/attention.cpp): token t at position
 // n_past + t sees the cache rows 0..n_past + t; query head h reads KV head
 // h / (n_head / n_head_kv); scores are q . k / sqrt(head_dim), softmaxed in float.
 #include <cuda_runtime.h>

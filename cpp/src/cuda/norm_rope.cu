@@ -1,4 +1,4 @@
-// RMSNorm and RoPE (GGML's "normal" mode), as cpp/src/model/norm.h and session.cpp compute
+// RMSNorm and RoPE (GGML's "normal" mode), as cpp/src/cpu/norm.h computes
 // them on the CPU; and the two element-wise steps of a layer (the residual add, SiLU * up).
 #include <cuda_runtime.h>
 

@@ -165,7 +165,7 @@ SI_CUDA_API int si_cuda_add(si_cuda_context* ctx, float* y, const float* x, int6
 SI_CUDA_API int si_cuda_silu_mul(si_cuda_context* ctx, float* gate, const float* up, int64_t n,
                                  char* err, size_t err_len);
 
-// ---- the sparse FFN (PowerInfer; cpp/src/model/feed_forward.cpp) -------------------------
+// ---- the sparse FFN (PowerInfer; cpp/src/session/session.cpp) -------------------------
 // A neuron list is a device array of row indices with a device count and a host capacity
 // (max_count); per-token values of listed neurons are laid out [token][max_count].
 

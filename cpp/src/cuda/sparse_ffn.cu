@@ -1,5 +1,5 @@
-// The sparse FFN of PowerInfer files on the GPU (cpp/src/model/feed_forward.cpp is the CPU's):
-// which neurons are active, gate and up of those neurons only, and the down projection as a
+// The sparse FFN of PowerInfer files on the GPU (cpp/src/session/session.cpp and
+// cpp/src/cpu/neuron_sum.cpp are the CPU's): which neurons are active, gate and up of those neurons only, and the down projection as a
 // sum of the active neurons' ffn_down_t rows scaled by their activations.
 //
 // Every result is computed in a fixed order (the active list in ascending order, each

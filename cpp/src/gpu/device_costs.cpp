@@ -2,7 +2,6 @@
 
 #include "gpu/device_model.h"
 #include "gpu/gpu_forward.h"
-#include "model/session.h"
 
 namespace si::gpu {
 
@@ -38,7 +37,7 @@ DeviceCosts device_costs(const Model& model, int64_t n_ctx) {
         costs.fixed_bytes.push_back(fixed);
     }
     costs.shared_bytes = floats(model.output_norm()) + priced_bytes(model.output());
-    costs.batch_bytes = GpuForward::batch_bytes(model, Session::kMaxBatch);
+    costs.batch_bytes = GpuForward::batch_bytes(model, kMaxBatch);
     return costs;
 }
 

@@ -15,7 +15,7 @@ struct DeviceCosts {
     std::vector<uint64_t> neuron_bytes;  // per layer: one neuron's gate, up and down rows
     std::vector<uint64_t> fixed_bytes;   // per layer: its other weights and a KV cache of n_ctx positions
     uint64_t shared_bytes = 0;           // the output norm and head
-    uint64_t batch_bytes = 0;            // one session's activations for a full batch (Session::kMaxBatch)
+    uint64_t batch_bytes = 0;            // one session's activations for a full batch (kMaxBatch)
 };
 
 DeviceCosts device_costs(const Model& model, int64_t n_ctx);

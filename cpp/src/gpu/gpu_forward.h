@@ -1,6 +1,6 @@
 // One session's share of the GPU: its own context (stream), the F16 KV cache of the GPU
 // layers and the activations of a batch, over the weights a DeviceModel holds for every
-// session of the model. Session (model/session.cpp) drives it layer by layer and keeps the
+// session of the model. Session (session/session.cpp) drives it layer by layer and keeps the
 // bookkeeping (n_past, chunks, cancel, the CPU layers and the CPU's cold neurons).
 //
 // Per batch: the hidden state goes up once (upload_hidden) before the first GPU layer; each

@@ -40,6 +40,11 @@ struct LoadOptions {
     bool prepare_weights = true;
 };
 
+// The most tokens one forward batch holds: a longer eval goes in batches of this many, which
+// bounds the scratch (and a GPU session's activations) while each weight row still serves
+// many tokens. The session (session/) and the GPU's batch buffers (gpu/) are sized for it.
+constexpr int64_t kMaxBatch = 256;
+
 // The file's architecture (model/architecture.h) reads the config and binds the weights
 // through the model, which serves them as WeightSource.
 class Model : private WeightSource {

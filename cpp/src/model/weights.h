@@ -9,11 +9,12 @@
 #include <vector>
 
 #include "tensor/dtype.h"
+#include "tensor/matrix.h"
 
 namespace si {
 
-// What every layer of a model computes, as data: the forward passes (model/session.cpp,
-// model/feed_forward.cpp, gpu/) branch on this, never on an architecture's name. An
+// What every layer of a model computes, as data: the forward passes (session/session.cpp,
+// gpu/, cuda/) branch on this, never on an architecture's name. An
 // architecture (model/architectures/) sets it when it reads a file; a new kind of block is a
 // field here and the branches that honour it.
 enum class Activation { identity, relu };
@@ -53,25 +54,6 @@ struct ModelConfig {
 
     // Whether the layers have activation predictors: the model can run sparse.
     bool has_predictors() const { return block.ffn == FeedForwardKind::relu_predicted; }
-};
-
-// A 2-D weight: `rows` rows of `cols` elements, each row `row_bytes` long and `stride` bytes
-// after the one before (row_bytes in the mapping; more where rows of several matrices are
-// bundled, below).
-struct Matrix {
-    DType type = DType::F32;
-    int64_t rows = 0;
-    int64_t cols = 0;
-    size_t row_bytes = 0;
-    size_t stride = 0;
-    const uint8_t* data = nullptr;
-    // The same rows interleaved eight at a time (BlockQ4_0x8 / Q4_1x8 / Q8_0x8,
-    // cpu/kernels.h) for the CPU's matrix products, where the kernels have a product for
-    // them; null otherwise. `data` stays valid (row gathers, the GPU upload).
-    const uint8_t* interleaved = nullptr;
-    std::string name;  // the tensor it was bound from, for messages
-
-    const void* row(int64_t i) const { return data + static_cast<size_t>(i) * stride; }
 };
 
 struct LayerWeights {

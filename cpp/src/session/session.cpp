@@ -1,0 +1,412 @@
+#include "session/session.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "common/errors.h"
+#include "common/memory.h"
+#include "cpu/norm.h"
+#include "gpu/device_model.h"
+#include "gpu/gpu_forward.h"
+
+namespace si {
+
+namespace {
+
+// Bound on a session's context: far above any model here, it stops absurd requests.
+constexpr int64_t kMaxContext = 1 << 20;
+
+}  // namespace
+
+Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_threads, bool sparse,
+                 std::shared_ptr<const gpu::DeviceModel> device)
+    : model_(std::move(model)), kernels_(active_kernels()), pool_(n_threads), n_ctx_(n_ctx),
+      sparse_(sparse) {
+    const ModelConfig& c = model_->config();
+    if (!model_->prepared()) {
+        throw ArgumentError(model_->file().describe("the model was loaded without preparing its weights "
+                                                    "(prepare_weights=False), to price them; load it again to run it"));
+    }
+    if (sparse && !c.has_predictors()) {
+        throw UnsupportedError(model_->file().describe(
+            "sparse inference needs a PowerInfer file with activation predictors (magic PWRI)"));
+    }
+    for (const LayerWeights& l : model_->layers()) max_rank_ = std::max(max_rank_, l.fc1.rows);
+    layer_active_.assign(static_cast<size_t>(c.n_layer), 0);
+    if (n_ctx <= 0 || n_ctx > kMaxContext) {
+        throw ArgumentError("n_ctx must be between 1 and " + std::to_string(kMaxContext) +
+                            ", got " + std::to_string(n_ctx));
+    }
+    first_gpu_layer_ = c.n_layer;
+    if (device) {
+        if (&device->model() != model_.get()) throw ArgumentError("the device weights belong to another model");
+        for (int64_t il = device->first_gpu_layer(); il < c.n_layer && c.has_predictors() && !sparse; ++il) {
+            if (device->layer(il).n_hot != c.n_ff) {
+                throw ArgumentError("a dense session runs a GPU layer's whole FFN on the GPU, and layer " +
+                                    std::to_string(il) + " keeps cold neurons on the CPU; use sparse=True");
+            }
+        }
+        first_gpu_layer_ = device->first_gpu_layer();
+        gpu_ = std::make_unique<gpu::GpuForward>(std::move(device), n_ctx);
+    }
+    if (c.has_predictors() && !sparse) model_->prepare_dense_gates(first_gpu_layer_);
+    kv_cache_ = KvCache(first_gpu_layer_, c.n_head_kv, c.head_dim, n_ctx);
+    for (int64_t i = 0; i < c.rope_dim / 2; ++i) {
+        rope_inv_freq_.push_back(std::pow(static_cast<double>(c.rope_base),
+                                          -2.0 * static_cast<double>(i) / static_cast<double>(c.rope_dim)));
+    }
+}
+
+Session::~Session() = default;
+
+void Session::ensure_batch_capacity(int64_t n) {
+    if (n <= batch_capacity_) return;
+    const ModelConfig& c = model_->config();
+    const int64_t kv_dim = c.n_head_kv * c.head_dim;
+    const int64_t widest = std::max({c.n_embd, c.n_ff, max_rank_});
+    // Dimensions are at most 2^20 and n at most kMaxBatch, so these sums cannot overflow.
+    // Per token: x, xn, q, attn_out; k, v; gate, up and the active list (n_ff int32s); the
+    // predictor's hidden layer and the rotation angles. Per thread: attention scores.
+    const uint64_t floats = static_cast<uint64_t>(n) *
+        (4 * c.n_embd + 2 * kv_dim + 3 * c.n_ff + max_rank_ + c.rope_dim) +
+        static_cast<uint64_t>(pool_.size()) * static_cast<uint64_t>(attention_scratch_floats(kv_cache_.positions())) +
+        NeuronSum::scratch_floats(c.n_embd, pool_.size());
+    require_memory("scratch buffers for a batch of " + std::to_string(n) + " tokens",
+                   floats * 4 + ActivationSlots::bytes(n, widest));
+    auto sized = [](std::vector<float>& v, int64_t count) { v.assign(static_cast<size_t>(count), 0.0f); };
+    sized(x_, n * c.n_embd);
+    sized(xn_, n * c.n_embd);
+    sized(q_, n * c.n_embd);
+    sized(k_, n * kv_dim);
+    sized(v_, n * kv_dim);
+    sized(attn_out_, n * c.n_embd);
+    sized(gate_, n * c.n_ff);
+    sized(predictor_hidden_, n * max_rank_);
+    active_.resize(static_cast<size_t>(n));
+    for (std::vector<int32_t>& a : active_) a.reserve(static_cast<size_t>(c.n_ff));
+    sized(up_, n * c.n_ff);
+    sized(rope_cos_, n * (c.rope_dim / 2));
+    sized(rope_sin_, n * (c.rope_dim / 2));
+    sized(attention_scratch_, static_cast<int64_t>(pool_.size()) * attention_scratch_floats(kv_cache_.positions()));
+    neuron_sum_.reserve(c.n_embd, pool_.size());
+    activations_.reserve(n, widest);
+    batch_capacity_ = n;
+}
+
+void Session::truncate(int64_t n_past) {
+    if (n_past < 0 || n_past > n_past_) {
+        throw ArgumentError("truncate: n_past must be between 0 and " + std::to_string(n_past_));
+    }
+    n_past_ = n_past;
+}
+
+void Session::eval(const std::vector<int32_t>& tokens, bool all_logits) {
+    const ModelConfig& c = model_->config();
+    const int64_t n_total = static_cast<int64_t>(tokens.size());
+    if (n_total == 0) throw ArgumentError("eval needs at least one token");
+    if (n_past_ + n_total > n_ctx_) {
+        throw ContextOverflowError("context overflow: " + std::to_string(n_past_) +
+                                   " tokens in the cache + " + std::to_string(n_total) +
+                                   " new > n_ctx " + std::to_string(n_ctx_));
+    }
+    for (int32_t id : tokens) {
+        if (id < 0 || id >= c.n_vocab) {
+            throw ArgumentError("token id " + std::to_string(id) + " is outside the vocabulary (0.." +
+                                std::to_string(c.n_vocab - 1) + ")");
+        }
+    }
+    if (gpu_ && count_neurons_) {
+        throw UnsupportedError("neuron counting runs on the CPU only in this version: use a "
+                               "session with device='cpu' to profile");
+    }
+    throw_if_cancelled();
+    const int64_t n_past_before = n_past_;
+    try {
+        forward(tokens, all_logits);
+    } catch (const CancelledError&) {
+        // The cache rows written past n_past_before are simply forgotten.
+        n_past_ = n_past_before;
+        logit_rows_ = 0;
+        throw;
+    }
+}
+
+void Session::throw_if_cancelled() const {
+    if (cancel_requested()) throw CancelledError("the evaluation was cancelled");
+}
+
+void Session::forward(const std::vector<int32_t>& tokens, bool all_logits) {
+    const ModelConfig& c = model_->config();
+    const int64_t n_total = static_cast<int64_t>(tokens.size());
+    logit_rows_ = all_logits ? n_total : 1;
+    stats_tokens_ += n_total;
+    logits_.assign(static_cast<size_t>(logit_rows_ * c.n_vocab), 0.0f);
+
+    for (int64_t start = 0; start < n_total; start += kMaxBatch) {
+        const int64_t n = std::min(kMaxBatch, n_total - start);
+        ensure_batch_capacity(n);
+
+        for (int64_t t = 0; t < n; ++t) {
+            const Matrix& e = model_->token_embd();
+            kernels_.dequantize_row(e.type, e.row(tokens[static_cast<size_t>(start + t)]),
+                                    x_.data() + t * c.n_embd, c.n_embd);
+        }
+
+        // The rotation angles depend on the position alone: compute them once per token,
+        // theta_i = pos * base^(-2i / rope_dim), in double for large positions.
+        const int64_t half_rope = c.rope_dim / 2;
+        for (int64_t t = 0; t < n && first_gpu_layer_ > 0; ++t) {
+            const double pos = static_cast<double>(n_past_ + t);
+            for (int64_t i = 0; i < half_rope; ++i) {
+                const double theta = pos * rope_inv_freq_[static_cast<size_t>(i)];
+                rope_cos_[static_cast<size_t>(t * half_rope + i)] = static_cast<float>(std::cos(theta));
+                rope_sin_[static_cast<size_t>(t * half_rope + i)] = static_cast<float>(std::sin(theta));
+            }
+        }
+        if (first_gpu_layer_ < c.n_layer) gpu_->begin_batch(n, n_past_);
+
+        // The CPU layers come first; the hidden state then goes up once for the GPU layers.
+        for (int64_t il = 0; il < c.n_layer; ++il) {
+            throw_if_cancelled();  // a long prompt stops within one layer's work
+            if (il < first_gpu_layer_) {
+                const CoreShare cores(pool_);  // taken anew each layer, as other sessions come and go
+                cpu_attention(static_cast<int>(il), n);
+                feed_forward(static_cast<int>(il), n);
+                continue;
+            }
+            if (il == first_gpu_layer_) gpu_->upload_hidden(x_.data());
+            gpu_->attention(il);
+            gpu_feed_forward(static_cast<int>(il), n);
+        }
+
+        // Output head for the rows whose logits are kept (none for a chunk of a prompt
+        // whose logits are dropped).
+        const bool keep = all_logits || start + n == n_total;
+        const int64_t first_kept = keep ? (all_logits ? 0 : n - 1) : n;
+        float* dst = logits_.data() + (all_logits ? start * c.n_vocab : 0);
+        if (first_gpu_layer_ < c.n_layer) {
+            gpu_->output(first_kept, dst);
+            gpu_->add_hot_active_counts(layer_active_);
+        } else if (keep) {
+            const CoreShare cores(pool_);
+            rms_norm_rows(x_.data() + first_kept * c.n_embd, model_->output_norm().data(),
+                          n - first_kept, c.n_embd, c.rms_eps, xn_.data());
+            matmul({{&model_->output(), dst}}, xn_.data(), n - first_kept);
+        }
+        n_past_ += n;
+    }
+}
+
+void Session::cpu_attention(int il, int64_t n) {
+    // x += Wo * attention(rope(Wq xn), rope(Wk xn), Wv xn), K and V stored at n_past..
+    const ModelConfig& c = model_->config();
+    const LayerWeights& l = model_->layers()[static_cast<size_t>(il)];
+    const int64_t kv_dim = c.n_head_kv * c.head_dim, half_rope = c.rope_dim / 2;
+    rms_norm_rows(x_.data(), l.attn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
+    matmul({{&l.wq, q_.data()}, {&l.wk, k_.data()}, {&l.wv, v_.data()}}, xn_.data(), n);
+    for (int64_t t = 0; t < n; ++t) {
+        const float* cos = rope_cos_.data() + t * half_rope;
+        const float* sin = rope_sin_.data() + t * half_rope;
+        for (int64_t h = 0; h < c.n_head; ++h) rope(q_.data() + t * c.n_embd + h * c.head_dim, c.rope_dim, cos, sin);
+        for (int64_t h = 0; h < c.n_head_kv; ++h) rope(k_.data() + t * kv_dim + h * c.head_dim, c.rope_dim, cos, sin);
+        kv_cache_.store(il, n_past_ + t, k_.data() + t * kv_dim, v_.data() + t * kv_dim);
+    }
+    attention(pool_, kernels_, kv_cache_, il, {c.n_head, c.n_head_kv, c.head_dim}, q_.data(), n, n_past_,
+              attention_scratch_.data(), attn_out_.data());
+    matmul({{&l.wo, xn_.data()}}, attn_out_.data(), n);
+    for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] += xn_[i];
+}
+
+// The feed-forward block of a layer, in its forms (BlockSpec::ffn):
+//   silu_gated:      x += W_down (silu(W_gate xn) * W_up xn)
+//   relu_predicted:  h_j = relu(gate_j . xn) * up_j . xn (relu on up too for bamboo),
+//                    x += sum_j h_j down_t[j] (cpu/neuron_sum.h), over
+//     - dense: every neuron; where the kernels have an eight-row product for the gate's
+//       type, every gate in one matrix product (Model::dense_gate), and the neurons with a
+//       positive one go on as the sparse form's active ones;
+//     - sparse: the neurons the predictor marks active, score = fc2 relu(fc1 x) >= threshold,
+//       x taken before ffn_norm; gate and up rows of the others are never read;
+//     - a GPU layer: the GPU computes the predictor and its hot neurons, the CPU the active
+//       cold ones (cold_feed_forward), whose partial sum is added on the GPU.
+// (FACTS.md: PowerInfer's llm_build_ffn_sparse and its CPU kernels.)
+void Session::feed_forward(int layer, int64_t n) {
+    const ModelConfig& c = model_->config();
+    const LayerWeights& l = model_->layers()[static_cast<size_t>(layer)];
+    const int64_t hidden = n * c.n_ff;
+
+    if (!c.has_predictors()) {
+        rms_norm_rows(x_.data(), l.ffn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
+        matmul({{&l.ffn_gate, gate_.data()}, {&l.ffn_up, up_.data()}}, xn_.data(), n);
+        for (int64_t i = 0; i < hidden; ++i) {
+            const float g = gate_[i];
+            gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];  // SiLU(g) * up
+        }
+        matmul({{&l.ffn_down, xn_.data()}}, gate_.data(), n);
+        for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] += xn_[i];
+        layer_active_[static_cast<size_t>(layer)] += hidden;
+        return;
+    }
+
+    // The predictor reads x before the norm, so it runs first.
+    if (sparse_) predict_active_neurons(l, n);
+    rms_norm_rows(x_.data(), l.ffn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
+    neuron_sum(l, n, sparse_ ? nullptr : list_dense_neurons(layer, n));
+    if (sparse_) {
+        for (int64_t t = 0; t < n; ++t) {
+            layer_active_[static_cast<size_t>(layer)] += static_cast<int64_t>(active_[static_cast<size_t>(t)].size());
+        }
+    } else {
+        layer_active_[static_cast<size_t>(layer)] += hidden;
+    }
+    if (count_neurons_) count_fired_neurons(layer, n);
+    for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] += xn_[i];
+}
+
+void Session::predict_active_neurons(const LayerWeights& l, int64_t n) {
+    // score = fc2 relu(fc1 x); up_ is free until gate/up run, so the scores land there.
+    const int64_t rank = l.fc1.rows;
+    matmul({{&l.fc1, predictor_hidden_.data()}}, x_.data(), n);
+    for (int64_t i = 0; i < n * rank; ++i) predictor_hidden_[i] = std::max(predictor_hidden_[i], 0.0f);
+    matmul({{&l.fc2, up_.data()}}, predictor_hidden_.data(), n);
+    select_active_neurons(up_.data(), n, nullptr);
+}
+
+void Session::select_active_neurons(const float* scores, int64_t n, const uint8_t* skip) {
+    const ModelConfig& c = model_->config();
+    for (int64_t t = 0; t < n; ++t) {
+        std::vector<int32_t>& active = active_[static_cast<size_t>(t)];
+        active.clear();
+        const float* score = scores + t * c.n_ff;
+        for (int64_t j = 0; j < c.n_ff; ++j) {
+            if (score[j] >= c.sparse_threshold && (skip == nullptr || !skip[j])) {
+                active.push_back(static_cast<int32_t>(j));
+            }
+        }
+    }
+}
+
+const float* Session::list_dense_neurons(int layer, int64_t n) {
+    const int64_t n_ff = model_->config().n_ff;
+    const Matrix& gates = model_->dense_gate(layer);
+    if (gates.interleaved == nullptr) {
+        // Without an eight-row product the gates are best read with their up rows, as the
+        // sparse form reads them (F16 dense decode: 16.7 tok/s so, 12.3 with the gates first
+        // in one product over the bundled rows): every neuron is listed.
+        for (int64_t t = 0; t < n; ++t) {
+            std::vector<int32_t>& listed = active_[static_cast<size_t>(t)];
+            listed.resize(static_cast<size_t>(n_ff));
+            for (int64_t j = 0; j < n_ff; ++j) listed[static_cast<size_t>(j)] = static_cast<int32_t>(j);
+        }
+        return nullptr;
+    }
+    // up_ is free until the up rows are read: the gates land there, and each token's neurons
+    // with relu(gate) > 0 (the only ones whose up and down rows matter) become its list.
+    matmul({{&gates, up_.data()}}, xn_.data(), n);
+    for (int64_t t = 0; t < n; ++t) {
+        std::vector<int32_t>& positive = active_[static_cast<size_t>(t)];
+        positive.clear();
+        const float* gate = up_.data() + t * n_ff;
+        for (int64_t j = 0; j < n_ff; ++j) {
+            if (!(gate[j] <= 0.0f)) positive.push_back(static_cast<int32_t>(j));  // as cpu/neuron_sum.cpp: NaN goes on
+        }
+    }
+    return up_.data();
+}
+
+void Session::neuron_sum(const LayerWeights& l, int64_t n, const float* known_gates) {
+    const NeuronMatrices neurons{l.ffn_gate, l.ffn_up, l.ffn_down_t,
+                                 model_->config().block.up_activation == Activation::relu};
+    neuron_sum_.run(pool_, kernels_, activations_, neurons, active_, n, xn_.data(), known_gates, gate_.data(),
+                    xn_.data());
+}
+
+void Session::gpu_feed_forward(int il, int64_t n) {
+    const ModelConfig& c = model_->config();
+    if (!sparse_) {
+        gpu_->dense_ffn(il);
+        layer_active_[static_cast<size_t>(il)] += n * c.n_ff;
+        return;
+    }
+    // The GPU computes the predictor and the active hot neurons (their count comes with the
+    // batch's logits); meanwhile the CPU computes the active cold ones, whose sum goes up.
+    const gpu::DeviceModel::Layer& on_device = gpu_->weights().layer(il);
+    const bool has_cold = on_device.n_hot < c.n_ff;
+    gpu_->sparse_ffn(il, up_.data(), xn_.data());
+    if (!has_cold) return;
+    const CoreShare cores(pool_);  // the CPU's part of a GPU layer
+    if (cold_feed_forward(il, n, on_device.is_hot.data())) gpu_->add_to_hidden(xn_.data());
+}
+
+bool Session::cold_feed_forward(int layer, int64_t n, const uint8_t* is_hot) {
+    // The GPU left the predictor's scores in up_ and the normed input in xn_.
+    const ModelConfig& c = model_->config();
+    const LayerWeights& l = model_->layers()[static_cast<size_t>(layer)];
+    select_active_neurons(up_.data(), n, is_hot);
+    int64_t computed = 0;
+    for (int64_t t = 0; t < n; ++t) computed += static_cast<int64_t>(active_[static_cast<size_t>(t)].size());
+    layer_active_[static_cast<size_t>(layer)] += computed;
+    if (computed == 0) return false;
+    neuron_sum(l, n, nullptr);
+    return true;
+}
+
+void Session::reset_stats() {
+    std::fill(layer_active_.begin(), layer_active_.end(), 0);
+    stats_tokens_ = 0;
+}
+
+std::vector<double> Session::active_fractions() const {
+    const ModelConfig& c = model_->config();
+    std::vector<double> out;
+    for (int64_t count : layer_active_) {
+        const double total = static_cast<double>(stats_tokens_) * static_cast<double>(c.n_ff);
+        out.push_back(total > 0 ? static_cast<double>(count) / total : 0.0);
+    }
+    return out;
+}
+
+void Session::set_neuron_counting(bool on) {
+    const ModelConfig& c = model_->config();
+    if (on && !c.has_predictors()) {
+        throw UnsupportedError(model_->file().describe(
+            "neuron counting needs a ReLU model (a PowerInfer file, magic PWRI): the SiLU of a "
+            "dense model is almost never exactly zero, so every neuron would count as firing"));
+    }
+    if (on && neuron_counts_.empty()) {
+        neuron_counts_.assign(static_cast<size_t>(c.n_layer * c.n_ff), 0);
+        batch_neuron_counts_.assign(neuron_counts_.size(), 0);
+    }
+    count_neurons_ = on;
+}
+
+void Session::reset_neuron_counts() {
+    std::fill(neuron_counts_.begin(), neuron_counts_.end(), 0);
+    neuron_count_tokens_ = 0;
+}
+
+void Session::count_fired_neurons(int layer, int64_t n) {
+    // gate_ holds h for the batch, zero wherever the neuron was not computed or its
+    // activation is zero. Each thread owns a range of neurons and walks every token, so each
+    // count has one writer (and integer sums do not depend on the order anyway).
+    const int64_t n_ff = model_->config().n_ff;
+    const int64_t n_layer = model_->config().n_layer;
+    if (layer == 0) std::fill(batch_neuron_counts_.begin(), batch_neuron_counts_.end(), 0);
+    int64_t* counts = batch_neuron_counts_.data() + static_cast<size_t>(layer) * n_ff;
+    pool_.run([&](int ith, int nth) {
+        int64_t begin, end;
+        ThreadPool::split(n_ff, ith, nth, &begin, &end);
+        for (int64_t t = 0; t < n; ++t) {
+            const float* h = gate_.data() + t * n_ff;
+            for (int64_t j = begin; j < end; ++j) counts[j] += h[j] != 0.0f ? 1 : 0;
+        }
+    });
+    if (layer == n_layer - 1) {  // the batch went through every layer: commit it
+        for (size_t i = 0; i < neuron_counts_.size(); ++i) neuron_counts_[i] += batch_neuron_counts_[i];
+        neuron_count_tokens_ += n;
+    }
+}
+
+}  // namespace si

@@ -18,6 +18,7 @@ import ggufgen  # noqa: E402
 import sparsegen  # noqa: E402
 
 import sparseinfer  # noqa: E402
+from sparseinfer import _core  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,6 +71,12 @@ def test_cpp_api_matches_python(embed_check, tmp_path, kind):
     threshold = 0.3 if kind.endswith("0.3") else None
     args = [] if kind == "dense" else ["sparse"] + ([str(threshold)] if threshold is not None else [])
     out = run(embed_check, path, *args)
+    info = _core.read_gguf_info(str(path))
+    assert out["info"] == f"{info['metadata']['general.architecture']} {len(info['tensors'])} {int(info['powerinfer'])}"
+    tokenizer = _core.Tokenizer(str(path))
+    assert out["vocab"] == f"{tokenizer.n_vocab} {tokenizer.bos_id}"
+    costs = _core.device_costs(_core.Model(str(path), sparse_threshold=threshold, prepare_weights=False), 64)
+    assert out["costs"] == f"{costs['batch_bytes']} {costs['shared_bytes']}"
     with sparseinfer.Model(str(path), n_ctx=64, n_threads=2, sparse=kind != "dense",
                            sparse_threshold=threshold) as m:
         ids = m.tokenize("Hello world, hello!")
@@ -79,10 +86,30 @@ def test_cpp_api_matches_python(embed_check, tmp_path, kind):
         text = m.generate("Once upon a time", max_tokens=8, temperature=0)
     assert bytes.fromhex(out["text"]).decode("utf-8", errors="replace") == text
     assert out["streamed"] == "same"
+    assert bytes.fromhex(out["sampled"]) == _sampled_text(path, kind != "dense", threshold).encode()
     assert "is outside the vocabulary" in out["error"]
     assert out["cancelled"] == "yes"
     n_past, after = out["n_past"].split()
     assert n_past == after  # neither the bad id nor the cancelled eval changed the sequence
+
+
+def _sampled_text(path, sparse, threshold):
+    """Eight tokens drawn with seed 42 after "Once upon a time", through the Python bindings."""
+    model = _core.Model(str(path), sparse_threshold=threshold)
+    session = _core.Session(model, 64, 2, sparse)
+    sampler = _core.Sampler(seed=42)
+    decoder = _core.StreamDecoder(model.tokenizer)
+    prompt = model.tokenizer.encode("Once upon a time", add_bos=model.tokenizer.add_bos)
+    for token in prompt:
+        sampler.accept(token)
+    session.eval(prompt)
+    text = ""
+    for _ in range(8):
+        token = session.sample(sampler)
+        sampler.accept(token)
+        text += decoder.feed(token)
+        session.eval([token])
+    return text + decoder.flush()
 
 
 def test_cpp_api_reports_a_broken_file(embed_check, tmp_path):

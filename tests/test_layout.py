@@ -56,3 +56,17 @@ def test_only_the_architecture_files_know_tensor_names():
     found = [str(p.relative_to(ROOT)) for p in SRC.rglob("*.cpp")
              if names.search(p.read_text(encoding="utf-8")) and _directory(p) != "model/architectures"]
     assert found == ["cpp/src/model/architecture.cpp"], found  # token_embd.weight gives n_vocab
+
+
+def test_the_python_binding_goes_through_the_public_header():
+    # The one front door: what Python can do, an embedder can do through sparseinfer.h. Only
+    # the test hooks (_core.testing) reach inside.
+    bindings = ROOT / "cpp" / "python"
+    broken = []
+    for path in sorted(bindings.glob("*.cpp")) + sorted(bindings.glob("*.h")):
+        if path.name == "bind_testing.cpp":
+            continue
+        for included in INCLUDE.findall(path.read_text(encoding="utf-8")):
+            if included != "bindings.h" and not included.startswith("sparseinfer/"):
+                broken.append(f"{path.relative_to(ROOT)} includes {included}")
+    assert not broken, "the bindings must include only the public headers:\n" + "\n".join(broken)

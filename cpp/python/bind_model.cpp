@@ -1,4 +1,5 @@
-// Model, Session, file inspection and kernel test hooks.
+// Model, Session, DeviceModel, file inspection and the machine's facts, over the public
+// C++ API (sparseinfer/sparseinfer.h) alone.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -6,23 +7,13 @@
 #include <algorithm>
 #include <cstring>
 #include <optional>
-#include <thread>
 
 #include "bindings.h"
-#include "common/errors.h"
-#include "cpu/bandwidth.h"
-#include "cpu/kernels.h"
-#include "gguf/gguf_file.h"
-#include "gpu/device_costs.h"
-#include "gpu/device_model.h"
-#include "model/model.h"
-#include "session/session.h"
-#include "sample/sampler.h"
-#include "tensor/dtype.h"
+#include "sparseinfer/sparseinfer.h"
 
 namespace py = pybind11;
 
-namespace si::python {
+namespace sparseinfer::python {
 
 namespace {
 
@@ -35,43 +26,34 @@ py::str utf8(std::string_view s) {
     return py::reinterpret_steal<py::str>(o);
 }
 
-py::object to_python(const GgufValue& v) {
-    switch (v.type) {
-        case GgufType::UINT8: case GgufType::UINT16: case GgufType::UINT32: case GgufType::UINT64:
-            return py::int_(v.u64);
-        case GgufType::INT8: case GgufType::INT16: case GgufType::INT32: case GgufType::INT64:
-            return py::int_(v.i64);
-        case GgufType::FLOAT32: case GgufType::FLOAT64:
-            return py::float_(v.f64);
-        case GgufType::BOOL:
-            return py::bool_(v.u64 != 0);
-        case GgufType::STRING:
-            return utf8(v.str);
-        case GgufType::ARRAY: {
-            py::list out;
-            if (v.elem_type == GgufType::STRING || v.elem_type == GgufType::ARRAY) {
-                for (const GgufValue& item : v.items) out.append(to_python(item));
-            } else {
-                for (uint64_t i = 0; i < v.count; ++i) out.append(to_python(v.element(i)));
-            }
+py::object to_python(const MetadataValue& v) {
+    switch (v.kind) {
+        case MetadataValue::Kind::unsigned_integer: return py::int_(v.u);
+        case MetadataValue::Kind::signed_integer: return py::int_(v.i);
+        case MetadataValue::Kind::floating: return py::float_(v.f);
+        case MetadataValue::Kind::boolean: return py::bool_(v.b);
+        case MetadataValue::Kind::string: return utf8(v.s);
+        case MetadataValue::Kind::array: {
+            py::list out(v.items.size());
+            for (size_t i = 0; i < v.items.size(); ++i) out[i] = to_python(v.items[i]);
             return std::move(out);
         }
     }
     return py::none();
 }
 
-py::dict metadata_dict(const GgufFile& f) {
+py::dict metadata_dict(const Metadata& metadata) {
     py::dict d;
-    for (const auto& [key, value] : f.metadata()) d[utf8(key)] = to_python(value);
+    for (const auto& [key, value] : metadata) d[utf8(key)] = to_python(value);
     return d;
 }
 
-py::list tensor_list(const GgufFile& f) {
+py::list tensor_list(const std::vector<TensorInfo>& tensors) {
     py::list out;
-    for (const GgufTensor& t : f.tensors()) {
+    for (const TensorInfo& t : tensors) {
         py::tuple shape(t.shape.size());
         for (size_t i = 0; i < t.shape.size(); ++i) shape[i] = py::int_(t.shape[i]);
-        out.append(py::make_tuple(utf8(t.name), dtype_name(t.ggml_type), shape));
+        out.append(py::make_tuple(utf8(t.name), t.type, shape));
     }
     return out;
 }
@@ -80,10 +62,11 @@ py::list tensor_list(const GgufFile& f) {
 
 void bind_model(py::module_& m) {
     m.def("system_info", [] {
+        const SystemInfo info = system_info();
         py::dict d;
-        d["isa"] = active_kernels().isa;
-        d["available_isas"] = available_isas();
-        d["hardware_threads"] = std::thread::hardware_concurrency();
+        d["isa"] = info.isa;
+        d["available_isas"] = info.available_isas;
+        d["hardware_threads"] = info.hardware_threads;
         return d;
     });
     m.def("memory_read_bandwidth", [](size_t bytes, int n_threads, int repeats) {
@@ -92,16 +75,16 @@ void bind_model(py::module_& m) {
     }, py::arg("bytes") = size_t{1} << 30, py::arg("n_threads") = 1, py::arg("repeats") = 3,
        "Bytes per second n_threads threads read from memory (best of `repeats` passes over `bytes`)");
     m.def("read_gguf_info", [](const std::string& path) {
-        std::shared_ptr<GgufFile> f;
+        GgufInfo info;
         {
             py::gil_scoped_release release;
-            f = GgufFile::open(path);
+            info = read_gguf_info(path);
         }
         py::dict d;
-        d["version"] = f->version();
-        d["powerinfer"] = f->is_powerinfer();
-        d["metadata"] = metadata_dict(*f);
-        d["tensors"] = tensor_list(*f);
+        d["version"] = info.version;
+        d["powerinfer"] = info.powerinfer;
+        d["metadata"] = metadata_dict(info.metadata);
+        d["tensors"] = tensor_list(info.tensors);
         return d;
     }, py::arg("path"));
     py::class_<Model, std::shared_ptr<Model>>(m, "Model")
@@ -109,9 +92,9 @@ void bind_model(py::module_& m) {
                          std::optional<float> sparse_threshold, bool prepare_weights) {
                  LoadOptions options;
                  if (py::isinstance<py::bool_>(predictor_q8)) {
-                     options.predictor_q8 = predictor_q8.cast<bool>() ? PredictorQ8::on : PredictorQ8::off;
+                     options.predictor_q8 = predictor_q8.cast<bool>() ? PredictorQ8::On : PredictorQ8::Off;
                  } else if (py::isinstance<py::str>(predictor_q8) && predictor_q8.cast<std::string>() == "auto") {
-                     options.predictor_q8 = PredictorQ8::automatic;
+                     options.predictor_q8 = PredictorQ8::Auto;
                  } else {
                      throw ArgumentError("predictor_q8 must be True, False or 'auto', got " +
                                          py::repr(predictor_q8).cast<std::string>());
@@ -123,27 +106,23 @@ void bind_model(py::module_& m) {
              }),
              py::arg("path"), py::arg("predictor_q8") = "auto", py::arg("sparse_threshold") = py::none(),
              py::arg("prepare_weights") = true)
-        .def_property_readonly("predictor_q8_layers", [](const Model& self) { return self.predictor_q8_layers(); })
-        .def_property_readonly("path", [](const Model& self) { return self.file().path(); })
-        .def_property_readonly("arch", [](const Model& self) { return self.config().arch; })
-        .def_property_readonly("n_vocab", [](const Model& self) { return self.config().n_vocab; })
-        .def_property_readonly("n_embd", [](const Model& self) { return self.config().n_embd; })
-        .def_property_readonly("n_layer", [](const Model& self) { return self.config().n_layer; })
-        .def_property_readonly("n_ctx_train",
-                               [](const Model& self) { return self.config().n_ctx_train; })
+        .def_property_readonly("predictor_q8_layers", &Model::predictor_q8_layers)
+        .def_property_readonly("path", &Model::path)
+        .def_property_readonly("arch", &Model::arch)
+        .def_property_readonly("n_vocab", &Model::n_vocab)
+        .def_property_readonly("n_embd", &Model::n_embd)
+        .def_property_readonly("n_layer", &Model::n_layer)
+        .def_property_readonly("n_ctx_train", &Model::n_ctx_train)
         // Whether its layers have activation predictors (a PowerInfer file): it can run sparse.
-        .def_property_readonly("is_powerinfer",
-                               [](const Model& self) { return self.config().has_predictors(); })
-        .def_property_readonly("sparse_threshold",
-                               [](const Model& self) { return self.config().sparse_threshold; })
+        .def_property_readonly("is_powerinfer", &Model::is_powerinfer)
+        .def_property_readonly("sparse_threshold", &Model::sparse_threshold)
         .def_property_readonly("tokenizer", [](const Model& self) {
-            return std::const_pointer_cast<Tokenizer>(self.shared_tokenizer());
+            return std::const_pointer_cast<Tokenizer>(self.tokenizer());
         })
-        .def("metadata", [](const Model& self) { return metadata_dict(self.file()); });
+        .def("metadata", [](const Model& self) { return metadata_dict(self.metadata()); });
 
     m.def("device_costs", [](const Model& model, int64_t n_ctx) {
-        if (n_ctx < 1) throw ArgumentError("n_ctx must be at least 1");
-        const gpu::DeviceCosts c = gpu::device_costs(model, n_ctx);
+        const DeviceCosts c = device_costs(model, n_ctx);
         py::dict d;
         d["n_neurons"] = c.n_neurons;
         d["neuron_bytes"] = c.neuron_bytes;
@@ -151,17 +130,16 @@ void bind_model(py::module_& m) {
         d["shared_bytes"] = c.shared_bytes;
         d["batch_bytes"] = c.batch_bytes;
         return d;
-    }, py::arg("model"), py::arg("n_ctx"), "What each part of the model takes on a GPU (gpu/device_costs.h)");
+    }, py::arg("model"), py::arg("n_ctx"), "What each part of the model takes on a GPU (sparseinfer::device_costs)");
 
-    // A model's weights on a GPU for one placement (gpu/device_model.h), shared by the
+    // A model's weights on a GPU for one placement (sparseinfer::DeviceModel), shared by the
     // sessions of a sparseinfer.Model: the CUDA plugin at cuda_plugin (sparseinfer._cuda found
     // and loaded it), device cuda_device; the last n_gpu_layers layers (-1: all) and, for a
     // PowerInfer file, per layer the ascending ids of its hot neurons (None: all).
-    py::class_<gpu::DeviceModel, std::shared_ptr<gpu::DeviceModel>>(m, "DeviceModel")
+    py::class_<DeviceModel, std::shared_ptr<DeviceModel>>(m, "DeviceModel")
         .def(py::init([](std::shared_ptr<Model> model, const std::string& cuda_plugin, int cuda_device,
                          int64_t n_gpu_layers, std::optional<std::vector<HotIds>> hot_neurons) {
-                 if (cuda_device < 0) throw ArgumentError("cuda_device must be >= 0");
-                 gpu::Placement placement;
+                 GpuPlacement placement;
                  placement.n_gpu_layers = n_gpu_layers;
                  if (hot_neurons) {
                      for (const HotIds& ids : *hot_neurons) {
@@ -169,22 +147,26 @@ void bind_model(py::module_& m) {
                      }
                  }
                  py::gil_scoped_release release;
-                 return std::make_shared<gpu::DeviceModel>(std::move(model), cuda_plugin, cuda_device,
-                                                           std::move(placement));
+                 return std::const_pointer_cast<DeviceModel>(
+                     DeviceModel::upload(std::move(model), cuda_plugin, cuda_device, placement));
              }),
              py::arg("model"), py::arg("cuda_plugin"), py::arg("cuda_device") = 0,
              py::arg("n_gpu_layers") = -1, py::arg("hot_neurons") = py::none())
-        .def_property_readonly("weight_bytes", &gpu::DeviceModel::weight_bytes)
-        .def_property_readonly("first_gpu_layer", &gpu::DeviceModel::first_gpu_layer)
-        .def("hot_counts", &gpu::DeviceModel::hot_counts);
+        .def_property_readonly("weight_bytes", &DeviceModel::weight_bytes)
+        .def_property_readonly("first_gpu_layer", &DeviceModel::first_gpu_layer)
+        .def("hot_counts", &DeviceModel::hot_counts);
 
     py::class_<Session>(m, "Session")
         // device: the model's weights on a GPU (DeviceModel of this model), or None: the CPU.
         .def(py::init([](std::shared_ptr<Model> model, int64_t n_ctx, int n_threads, bool sparse,
-                         std::shared_ptr<gpu::DeviceModel> device) {
-                 if (n_threads < 1) throw ArgumentError("n_threads must be at least 1");
+                         std::shared_ptr<DeviceModel> device) {
+                 SessionOptions options;
+                 options.n_ctx = n_ctx;
+                 options.n_threads = n_threads;
+                 options.sparse = sparse;
+                 options.device = std::move(device);
                  py::gil_scoped_release release;
-                 return new Session(std::move(model), n_ctx, n_threads, sparse, std::move(device));
+                 return new Session(std::move(model), options);
              }),
              py::arg("model"), py::arg("n_ctx"), py::arg("n_threads"), py::arg("sparse") = false,
              py::arg("device") = py::none())
@@ -197,8 +179,7 @@ void bind_model(py::module_& m) {
         .def_property_readonly("neuron_counting", &Session::neuron_counting)
         .def("neuron_counts",
              [](const Session& self) {
-                 const ModelConfig& c = self.model().config();
-                 py::array_t<int64_t> out({c.n_layer, c.n_ff});
+                 py::array_t<int64_t> out({self.model().n_layer(), self.model().n_ff()});
                  const std::vector<int64_t>& counts = self.neuron_counts();
                  if (counts.empty()) {
                      std::fill(out.mutable_data(), out.mutable_data() + out.size(), 0);
@@ -219,28 +200,27 @@ void bind_model(py::module_& m) {
              py::arg("tokens"), py::arg("all_logits") = false)
         .def("logits",
              [](const Session& self) {
-                 const int64_t rows = self.logit_rows(), cols = self.model().config().n_vocab;
+                 const int64_t rows = self.logit_rows(), cols = self.model().n_vocab();
                  py::array_t<float> out({rows, cols});
                  if (rows > 0) {
-                     std::memcpy(out.mutable_data(), self.logits().data(),
-                                 static_cast<size_t>(rows * cols) * sizeof(float));
+                     std::memcpy(out.mutable_data(), self.logits(), static_cast<size_t>(rows * cols) * sizeof(float));
                  }
                  return out;
              })
         .def("sample",
              [](Session& self, Sampler& sampler) {
                  if (self.logit_rows() == 0) throw ArgumentError("sample before any eval");
-                 const int64_t n_vocab = self.model().config().n_vocab;
-                 const float* last = self.logits().data() + (self.logit_rows() - 1) * n_vocab;
+                 const int64_t n_vocab = self.model().n_vocab();
+                 const float* last = self.logits() + (self.logit_rows() - 1) * n_vocab;
                  py::gil_scoped_release release;
                  return sampler.sample(last, static_cast<int32_t>(n_vocab));
              },
              py::arg("sampler"))
-        .def("request_cancel", &Session::request_cancel)
+        .def("request_cancel", &Session::cancel)
         .def("clear_cancel", &Session::clear_cancel)
-        .def_property_readonly("cancel_requested", &Session::cancel_requested)
+        .def_property_readonly("cancel_requested", &Session::cancelled)
         .def("reset", &Session::reset)
         .def("truncate", &Session::truncate, py::arg("n_past"));
 }
 
-}  // namespace si::python
+}  // namespace sparseinfer::python

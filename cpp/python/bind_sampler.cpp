@@ -1,16 +1,15 @@
-// _core.Sampler: si::Sampler with keyword arguments; sample() reads a 1-D float32 array.
+// _core.Sampler: sparseinfer::Sampler with keyword arguments; sample() reads a 1-D float32 array.
 #include <pybind11/numpy.h>
 
 #include <cstdint>
 #include <string>
 
 #include "bindings.h"
-#include "common/errors.h"
-#include "sample/sampler.h"
+#include "sparseinfer/sparseinfer.h"
 
 namespace py = pybind11;
 
-namespace si::python {
+namespace sparseinfer::python {
 
 namespace {
 
@@ -18,7 +17,7 @@ using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>
 
 Sampler make_sampler(float temperature, int32_t top_k, float top_p, float min_p,
                      float repeat_penalty, int32_t repeat_last_n, uint64_t seed) {
-    SamplerParams params;
+    SamplingParams params;
     params.temperature = temperature;
     params.top_k = top_k;
     params.top_p = top_p;
@@ -58,4 +57,4 @@ void bind_sampler(py::module_& m) {
         .def("reset", &Sampler::reset, "Forgets the recorded tokens and reseeds.");
 }
 
-}  // namespace si::python
+}  // namespace sparseinfer::python

@@ -84,7 +84,13 @@ py::array_t<float> dequantize_row(uint32_t ggml_type, py::bytes data, int64_t n)
 
 }  // namespace
 
+}  // namespace si::python
+
+namespace sparseinfer::python {
+
 void bind_testing(py::module_& m) {
+    using namespace si::python;
+    using si::CoreShare;
     py::module_ t = m.def_submodule("testing", "hooks for sparseinfer's tests (not an API)");
     t.def("kernel_row_dot", &kernel_row_dot, py::arg("isa"), py::arg("ggml_type"), py::arg("weight"), py::arg("x"));
     t.def("dequantize_row", &dequantize_row, py::arg("ggml_type"), py::arg("data"), py::arg("n"));
@@ -101,4 +107,4 @@ void bind_testing(py::module_& m) {
     }, "How the process's sessions share its cores (cpu/thread_pool.h, CoreShare)");
 }
 
-}  // namespace si::python
+}  // namespace sparseinfer::python

@@ -1,7 +1,7 @@
-// _core.Tokenizer and _core.StreamDecoder. The Python class wraps si::Tokenizer held by
-// std::shared_ptr<si::Tokenizer> (the engine hands out shared_ptr<const Tokenizer>; Python
-// only reaches const methods, so other bindings return std::const_pointer_cast of it and
-// pybind11 gives the same Python class).
+// _core.Tokenizer and _core.StreamDecoder over sparseinfer::Tokenizer / StreamDecoder. The
+// Python class holds std::shared_ptr<Tokenizer> (the API hands out shared_ptr<const
+// Tokenizer>; Python only reaches const methods, so the bindings return
+// std::const_pointer_cast of it and pybind11 gives the same Python class).
 #include <pybind11/stl.h>
 
 #include <climits>
@@ -12,13 +12,11 @@
 #include <vector>
 
 #include "bindings.h"
-#include "common/errors.h"
-#include "gguf/gguf_file.h"
-#include "tokenizer/tokenizer.h"
+#include "sparseinfer/sparseinfer.h"
 
 namespace py = pybind11;
 
-namespace si::python {
+namespace sparseinfer::python {
 
 namespace {
 
@@ -30,8 +28,7 @@ std::shared_ptr<Tokenizer> open_tokenizer(const std::string& path) {
     std::shared_ptr<const Tokenizer> tokenizer;
     {
         py::gil_scoped_release unlocked;
-        const std::shared_ptr<GgufFile> file = GgufFile::open(path);
-        tokenizer = Tokenizer::create(VocabData::from_gguf(*file));
+        tokenizer = Tokenizer::open(path);
     }
     return std::const_pointer_cast<Tokenizer>(tokenizer);
 }
@@ -92,9 +89,9 @@ void bind_tokenizer(py::module_& m) {
         m, "Tokenizer", "The vocabulary of a GGUF file (SentencePiece or GPT-2 BPE), without weights.")
         .def(py::init(&open_tokenizer), py::arg("path"))
         .def_property_readonly("n_vocab", &Tokenizer::n_vocab)
-        .def_property_readonly("bos_id", [](const Tokenizer& t) { return t.vocab().bos_id; })
-        .def_property_readonly("eos_id", [](const Tokenizer& t) { return t.vocab().eos_id; })
-        .def_property_readonly("add_bos", [](const Tokenizer& t) { return t.vocab().add_bos; })
+        .def_property_readonly("bos_id", &Tokenizer::bos_id)
+        .def_property_readonly("eos_id", &Tokenizer::eos_id)
+        .def_property_readonly("add_bos", &Tokenizer::add_bos)
         .def("encode", &encode, py::arg("text"), py::arg("add_bos") = true,
              py::arg("parse_special") = false,
              "Token ids of text (str, or bytes that need not be valid UTF-8). add_bos prepends "
@@ -127,4 +124,4 @@ void bind_tokenizer(py::module_& m) {
              "Whatever is held back, an unfinished character as U+FFFD.");
 }
 
-}  // namespace si::python
+}  // namespace sparseinfer::python

@@ -5,7 +5,7 @@
 #include <new>
 
 #include "bindings.h"
-#include "common/errors.h"
+#include "sparseinfer/errors.h"
 
 namespace py = pybind11;
 
@@ -23,26 +23,26 @@ PYBIND11_MODULE(_core, m) {
     py::register_exception_translator([](std::exception_ptr p) {
         try {
             if (p) std::rethrow_exception(p);
-        } catch (const si::IoError& e) {
+        } catch (const sparseinfer::IoError& e) {
             PyErr_SetString(PyExc_OSError, e.what());
-        } catch (const si::FormatError& e) {
+        } catch (const sparseinfer::FormatError& e) {
             raise_as("ModelFormatError", e.what());
-        } catch (const si::UnsupportedError& e) {
+        } catch (const sparseinfer::UnsupportedError& e) {
             raise_as("UnsupportedModelError", e.what());
-        } catch (const si::ContextOverflowError& e) {
+        } catch (const sparseinfer::ContextOverflowError& e) {
             raise_as("ContextOverflowError", e.what());
-        } catch (const si::ArgumentError& e) {
+        } catch (const sparseinfer::ArgumentError& e) {
             PyErr_SetString(PyExc_ValueError, e.what());
-        } catch (const si::OutOfMemoryError& e) {
+        } catch (const sparseinfer::OutOfMemoryError& e) {
             PyErr_SetString(PyExc_MemoryError, e.what());
-        } catch (const si::CancelledError& e) {
+        } catch (const sparseinfer::CancelledError& e) {
             raise_as("CancelledError", e.what());
-        } catch (const si::Error& e) {
+        } catch (const sparseinfer::Error& e) {
             raise_as("SparseInferError", e.what());
         }
     });
-    si::python::bind_model(m);
-    si::python::bind_tokenizer(m);
-    si::python::bind_sampler(m);
-    si::python::bind_testing(m);
+    sparseinfer::python::bind_model(m);
+    sparseinfer::python::bind_tokenizer(m);
+    sparseinfer::python::bind_sampler(m);
+    sparseinfer::python::bind_testing(m);
 }

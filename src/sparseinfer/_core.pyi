@@ -54,14 +54,25 @@ def device_costs(model: Model, n_ctx: int) -> dict[str, object]:
     allocates it: {'n_neurons', 'neuron_bytes', 'fixed_bytes' (lists per layer),
     'shared_bytes', 'batch_bytes'} (placement.model_costs)."""
 
+class DeviceModel:
+    """A model's weights on a GPU for one placement, shared by the sessions that name it."""
+    def __init__(self, model: Model, cuda_plugin: str, cuda_device: int = 0, n_gpu_layers: int = -1,
+                 hot_neurons: Optional[Sequence[np.ndarray]] = None) -> None:
+        """cuda_plugin: the plugin library's path (sparseinfer._cuda finds it); the last
+        n_gpu_layers layers (-1: all); per layer the ascending hot neuron ids of a PowerInfer
+        file (None: every neuron). A plugin of another ABI raises UnsupportedModelError, a
+        failing device call SparseInferError (MemoryError when the GPU is out of memory)."""
+    weight_bytes: int
+    first_gpu_layer: int
+    def hot_counts(self) -> list[int]: ...
+
 class Session:
     """KV cache, scratch buffers and a thread pool for one sequence."""
     def __init__(self, model: Model, n_ctx: int, n_threads: int, sparse: bool = False,
-                 cuda_plugin: str = "", cuda_device: int = 0) -> None:
-        """cuda_plugin: path of the CUDA plugin library (sparseinfer._cuda finds it) to run
-        the whole forward pass on GPU cuda_device (dense only: sparse must be False); ""
-        runs on the CPU. A plugin of another ABI raises UnsupportedModelError, a failing
-        device call SparseInferError (MemoryError when the GPU is out of memory)."""
+                 device: Optional["DeviceModel"] = None) -> None:
+        """device: the model's weights on a GPU (a DeviceModel of this model): its GPU layers
+        run there; None runs on the CPU. A dense session of a PowerInfer file needs every
+        neuron of the GPU layers hot (ValueError otherwise)."""
     on_gpu: bool
     n_ctx: int
     n_past: int  # tokens in the KV cache

@@ -1,6 +1,7 @@
 // sparseinfer for C++ applications that embed the engine: load a GGUF model (dense llama
-// family or PowerInfer), open sessions over it, evaluate tokens, read logits, sample and
-// generate. The Python package is built on the same engine.
+// family or PowerInfer), place it on a GPU or not, open sessions over it, evaluate tokens,
+// read logits, sample and generate. The Python package is built on this header alone
+// (cpp/python/), so everything it does an application can do too.
 //
 // Build: add the repository with add_subdirectory (set SPARSEINFER_PYTHON=OFF to skip the
 // Python module), link the target sparseinfer_engine, include <sparseinfer/sparseinfer.h>.
@@ -11,26 +12,131 @@
 //   greedy.temperature = 0.0f;
 //   std::string text = sparseinfer::generate(session, "Once upon a time", 64, greedy);
 //
-// A Model is immutable and shared by any number of sessions (shared_ptr). A Session owns a
-// KV cache and a thread pool and is used by one thread at a time; cancel() is the exception.
+// A Model is immutable and shared by any number of sessions (shared_ptr), as are a
+// Tokenizer and a DeviceModel. A Session owns a KV cache and a thread pool and is used by one
+// thread at a time; cancel() is the exception. A Sampler and a StreamDecoder belong to one
+// sequence.
 // Failures throw sparseinfer::Error subclasses (errors.h) with a message naming the cause.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "sparseinfer/errors.h"
 
 namespace si {
 class Model;
+class Sampler;
 class Session;
+class StreamDecoder;
+class Tokenizer;
+namespace gpu {
+class DeviceModel;
+}  // namespace gpu
 }  // namespace si
 
 namespace sparseinfer {
+
+struct ApiAccess;  // the implementation's way to the engine objects behind these classes
+
+// ---- the machine ------------------------------------------------------------------------
+
+struct SystemInfo {
+    std::string isa;                          // the CPU kernels' level in use ("avx512", "neon", ...)
+    std::vector<std::string> available_isas;  // the levels this CPU runs
+    unsigned hardware_threads = 0;            // std::thread::hardware_concurrency()
+};
+SystemInfo system_info();
+
+// Bytes per second at which n_threads threads read a buffer of `bytes`, each streaming its
+// own share, the best of `repeats` passes: the ceiling of decoding.
+double measure_read_bandwidth(size_t bytes, int n_threads = 1, int repeats = 3);
+
+// ---- GGUF files ---------------------------------------------------------------------------
+
+// A metadata value as the file holds it.
+struct MetadataValue {
+    enum class Kind { signed_integer, unsigned_integer, floating, boolean, string, array };
+    Kind kind = Kind::signed_integer;
+    int64_t i = 0;     // signed_integer
+    uint64_t u = 0;    // unsigned_integer
+    double f = 0.0;    // floating
+    bool b = false;    // boolean
+    std::string s;     // string: the file's bytes (meant to be UTF-8, not checked)
+    std::vector<MetadataValue> items;  // array
+};
+using Metadata = std::vector<std::pair<std::string, MetadataValue>>;  // in the file's order
+
+struct TensorInfo {
+    std::string name;
+    std::string type;            // "F16", "Q4_0", ...
+    std::vector<int64_t> shape;  // GGUF order: the row length first
+};
+
+struct GgufInfo {
+    uint32_t version = 0;
+    bool powerinfer = false;  // magic PWRI
+    Metadata metadata;
+    std::vector<TensorInfo> tensors;
+};
+// The header of a GGUF file, without loading its weights (FormatError for a broken one).
+GgufInfo read_gguf_info(const std::string& path);
+
+// ---- text ---------------------------------------------------------------------------------
+
+// A GGUF file's vocabulary (SentencePiece or GPT-2 byte-level BPE). Ids outside
+// [0, n_vocab()) are refused with ArgumentError.
+class Tokenizer {
+public:
+    // The vocabulary of the file at path, without its weights.
+    static std::shared_ptr<const Tokenizer> open(const std::string& path);
+    ~Tokenizer();
+
+    int32_t n_vocab() const;
+    int32_t bos_id() const;  // -1 when the vocabulary has none
+    int32_t eos_id() const;
+    bool add_bos() const;    // whether the vocabulary asks for BOS in front of a text
+    // Token ids of UTF-8 text (invalid bytes are tokenised as bytes, never refused). add_bos
+    // prepends BOS when the vocabulary has one; parse_special turns the text of control
+    // tokens ("<|im_start|>") into those tokens.
+    std::vector<int32_t> encode(std::string_view text, bool add_bos, bool parse_special) const;
+    // The bytes a token stands for (render_special: control tokens as their text, else "").
+    std::string token_to_bytes(int32_t token, bool render_special = false) const;
+    std::string decode(const std::vector<int32_t>& tokens, bool render_special = false) const;
+    // EOS, EOT and the tokens the vocabulary marks as ending a turn.
+    bool is_end_of_generation(int32_t token) const;
+
+    Tokenizer(const Tokenizer&) = delete;
+    Tokenizer& operator=(const Tokenizer&) = delete;
+
+private:
+    friend struct ApiAccess;
+    explicit Tokenizer(std::shared_ptr<const si::Tokenizer> engine);
+    std::shared_ptr<const si::Tokenizer> engine_;
+};
+
+// Token ids to text as they come, holding back the bytes of an unfinished UTF-8 character.
+class StreamDecoder {
+public:
+    explicit StreamDecoder(std::shared_ptr<const Tokenizer> tokenizer);
+    ~StreamDecoder();
+    StreamDecoder(StreamDecoder&&) noexcept;
+    StreamDecoder& operator=(StreamDecoder&&) noexcept;
+    std::string feed(int32_t token);  // the complete characters this token finishes (may be "")
+    std::string flush();              // whatever is held back, an unfinished character as U+FFFD
+
+private:
+    std::unique_ptr<si::StreamDecoder> engine_;
+};
+
+// ---- sampling -----------------------------------------------------------------------------
 
 struct SamplingParams {
     float temperature = 0.8f;  // <= 0: greedy
@@ -39,17 +145,24 @@ struct SamplingParams {
     float min_p = 0.05f;       // <= 0: off
     float repeat_penalty = 1.0f;
     uint64_t seed = 0;
+    int32_t repeat_last_n = 64;  // how many recent tokens the penalty looks at
 };
 
-class Session;
+// Repetition penalty, top-k, top-p, min-p, temperature, then a seeded draw (ArgumentError for
+// parameters out of range). One sampler per sequence: it is not thread-safe.
+class Sampler {
+public:
+    explicit Sampler(const SamplingParams& params = {});
+    ~Sampler();
+    Sampler(Sampler&&) noexcept;
+    Sampler& operator=(Sampler&&) noexcept;
+    int32_t sample(const float* logits, int32_t n_vocab);  // the logits are not modified
+    void accept(int32_t token);  // a token of the sequence, for the repetition penalty
+    void reset();                // forgets the accepted tokens and reseeds
 
-// Evaluates the prompt (tokenised with BOS as the vocabulary asks, special tokens parsed)
-// after what the session holds, then samples up to max_tokens tokens, stopping at the end
-// of generation or a full context. on_text, if given, receives the text as it comes
-// (never a partial UTF-8 character) and may return false to stop. Returns the text.
-std::string generate(Session& session, const std::string& prompt, int max_tokens,
-                     const SamplingParams& params = {},
-                     const std::function<bool(const std::string&)>& on_text = nullptr);
+private:
+    std::unique_ptr<si::Sampler> engine_;
+};
 
 // Whether a PowerInfer file's predictors run as 8-bit copies made at load: they are read in
 // full for every token, so sparse decoding gets faster; a few near-threshold decisions flip.
@@ -68,7 +181,13 @@ struct LoadOptions {
     // variable LLAMA_SPARSE_PRED_THRESHOLD is read by the Python package only; an application
     // that wants it reads it and sets this.)
     std::optional<float> sparse_threshold;
+    // False: the weights are bound as stored, without the copies the CPU kernels need: enough
+    // to read and price them (device_costs) at the cost of a memory mapping; a session or a
+    // DeviceModel refuses such a model.
+    bool prepare_weights = true;
 };
+
+// ---- models -------------------------------------------------------------------------------
 
 class Model {
 public:
@@ -76,11 +195,21 @@ public:
     static std::shared_ptr<const Model> load(const std::string& path, const LoadOptions& options = {});
     ~Model();
 
+    std::string path() const;
     std::string arch() const;
     int64_t n_vocab() const;
+    int64_t n_embd() const;
+    int64_t n_layer() const;
+    int64_t n_ff() const;  // FFN neurons per layer
     int64_t n_ctx_train() const;
     // A PowerInfer file (magic PWRI) with activation predictors: it can run sparse.
     bool is_powerinfer() const;
+    // A PowerInfer file's neuron threshold in use (LoadOptions::sparse_threshold or the file's).
+    float sparse_threshold() const;
+    // Per layer, whether its predictor runs as an 8-bit copy (LoadOptions::predictor_q8).
+    std::vector<bool> predictor_q8_layers() const;
+    const std::shared_ptr<const Tokenizer>& tokenizer() const { return tokenizer_; }
+    Metadata metadata() const;
 
     // add_bos: prepend BOS when the vocabulary asks for it; parse_special: recognise the
     // text of special tokens ("<|im_start|>") as those tokens.
@@ -93,12 +222,60 @@ public:
     Model& operator=(const Model&) = delete;
 
 private:
-    friend class Session;
-    friend std::string generate(Session&, const std::string&, int, const SamplingParams&,
-                                const std::function<bool(const std::string&)>&);
+    friend struct ApiAccess;
     explicit Model(std::shared_ptr<const si::Model> engine);
     std::shared_ptr<const si::Model> engine_;
+    std::shared_ptr<const Tokenizer> tokenizer_;
 };
+
+// ---- GPUs ---------------------------------------------------------------------------------
+
+// What each part of a model takes on a GPU, in the bytes DeviceModel uploads and a GPU
+// session allocates: what a placement policy decides from.
+struct DeviceCosts {
+    std::vector<int64_t> n_neurons;      // FFN neurons per layer
+    std::vector<uint64_t> neuron_bytes;  // per layer: one neuron's gate, up and down rows
+    std::vector<uint64_t> fixed_bytes;   // per layer: its other weights and a KV cache of n_ctx positions
+    uint64_t shared_bytes = 0;           // the output norm and head
+    uint64_t batch_bytes = 0;            // one session's activations for a full batch
+};
+DeviceCosts device_costs(const Model& model, int64_t n_ctx);
+
+// Which layers run on the GPU and, for a PowerInfer file, which FFN neurons of each GPU layer
+// are "hot" there (the others stay on the CPU).
+struct GpuPlacement {
+    int64_t n_gpu_layers = -1;  // the last n layers (llama.cpp's convention); -1: every layer
+    // Per layer (n_layer entries, those of CPU layers empty), the hot neuron ids, ascending
+    // and distinct; none at all: every neuron of a GPU layer.
+    std::vector<std::vector<int32_t>> hot_neurons;
+};
+
+// A model's weights on a GPU for one placement, uploaded once and shared by the sessions that
+// name it (each adds its own KV cache and activations there).
+class DeviceModel {
+public:
+    // Through the CUDA plugin library at cuda_plugin (the Python package's sparseinfer._cuda
+    // finds the one installed), on device `device`. ArgumentError for a placement that does
+    // not fit the model, UnsupportedError for a weight type the GPU kernels do not read or a
+    // plugin of another ABI, OutOfMemoryError when the device is full.
+    static std::shared_ptr<const DeviceModel> upload(std::shared_ptr<const Model> model, const std::string& cuda_plugin,
+                                                     int device, const GpuPlacement& placement = {});
+    ~DeviceModel();
+
+    uint64_t weight_bytes() const;      // on the device
+    int64_t first_gpu_layer() const;    // n_layer: none
+    std::vector<int64_t> hot_counts() const;  // per layer, its neurons on the GPU
+
+    DeviceModel(const DeviceModel&) = delete;
+    DeviceModel& operator=(const DeviceModel&) = delete;
+
+private:
+    friend struct ApiAccess;
+    explicit DeviceModel(std::shared_ptr<const si::gpu::DeviceModel> engine);
+    std::shared_ptr<const si::gpu::DeviceModel> engine_;
+};
+
+// ---- sessions -----------------------------------------------------------------------------
 
 struct SessionOptions {
     int64_t n_ctx = 4096;  // context window in tokens
@@ -106,6 +283,9 @@ struct SessionOptions {
     // Compute only the FFN neurons the predictor marks active (PowerInfer files only:
     // UnsupportedError otherwise). Off: every neuron.
     bool sparse = false;
+    // The model's weights on a GPU: its GPU layers run there (a dense session of a PowerInfer
+    // file needs every neuron of them hot). None: the CPU.
+    std::shared_ptr<const DeviceModel> device;
 };
 
 class Session {
@@ -131,9 +311,22 @@ public:
     // as does every later one until clear_cancel().
     void cancel();
     void clear_cancel();
+    bool cancelled() const;
+    bool sparse() const;
+    bool on_gpu() const;
     // Per layer, the fraction of FFN neurons computed since the last reset_stats().
     std::vector<double> active_fractions() const;
     void reset_stats();
+
+    // Neuron firing counts, for hot/cold placement profiles: off by default (decoding pays
+    // nothing). While on, each evaluated token adds 1 to every FFN neuron whose activation it
+    // computed nonzero. PowerInfer files on the CPU only (UnsupportedError otherwise).
+    void set_neuron_counting(bool on);
+    bool neuron_counting() const;
+    // n_layer x n_ff, row-major (empty until counting was first turned on).
+    const std::vector<int64_t>& neuron_counts() const;
+    int64_t neuron_count_tokens() const;  // tokens counted since the last reset
+    void reset_neuron_counts();
 
     const Model& model() const { return *model_; }
 
@@ -145,5 +338,14 @@ private:
     std::unique_ptr<si::Session> engine_;
 };
 
+// ---- generation ---------------------------------------------------------------------------
+
+// Evaluates the prompt (tokenised with BOS as the vocabulary asks, special tokens parsed)
+// after what the session holds, then samples up to max_tokens tokens, stopping at the end
+// of generation or a full context. on_text, if given, receives the text as it comes
+// (never a partial UTF-8 character) and may return false to stop. Returns the text.
+std::string generate(Session& session, const std::string& prompt, int max_tokens,
+                     const SamplingParams& params = {},
+                     const std::function<bool(const std::string&)>& on_text = nullptr);
 
 }  // namespace sparseinfer

@@ -31,28 +31,36 @@ GpuForward::GpuForward(std::shared_ptr<const DeviceModel> weights, int64_t n_ctx
     }
 }
 
-GpuForward::BatchBuffers GpuForward::batch_buffers(const Model& model, int64_t n) {
+std::vector<GpuForward::BatchBuffer> GpuForward::batch_buffers(const Model& model, int64_t n) {
     const ModelConfig& c = model.config();
     const int64_t kv_dim = c.n_head_kv * c.head_dim;
-    int64_t max_rank = 0;
-    for (const LayerWeights& l : model.layers()) max_rank = std::max(max_rank, l.fc1.rows);
-    BatchBuffers b;
-    b.hidden = floats(n * c.n_embd);
-    b.kv = floats(n * kv_dim);
-    b.gate = floats(n * c.n_ff);
-    // PowerInfer files: room after the scores for the normed input (handoff_offset).
-    b.up = floats(c.has_predictors() ? handoff_offset(n, c.n_ff) + n * c.n_embd : n * c.n_ff);
-    b.logits = floats(n * c.n_vocab);
-    b.positions = static_cast<size_t>(n) * sizeof(int32_t);
+    const size_t hidden = floats(n * c.n_embd);
+    // PowerInfer files: room in up_ after the scores for the normed input (handoff_offset).
+    const size_t up = floats(c.has_predictors() ? handoff_offset(n, c.n_ff) + n * c.n_embd : n * c.n_ff);
+    std::vector<BatchBuffer> b = {
+        {&GpuForward::x_, hidden, "activations"},
+        {&GpuForward::xn_, hidden, "activations"},
+        {&GpuForward::q_, hidden, "activations"},
+        {&GpuForward::attn_out_, hidden, "activations"},
+        {&GpuForward::k_, floats(n * kv_dim), "activations"},
+        {&GpuForward::v_, floats(n * kv_dim), "activations"},
+        {&GpuForward::gate_, floats(n * c.n_ff), "activations"},
+        {&GpuForward::up_, up, "activations"},
+        {&GpuForward::logits_, floats(n * c.n_vocab), "logits"},
+        {&GpuForward::positions_, static_cast<size_t>(n) * sizeof(int32_t), "positions"},
+    };
     if (c.has_predictors()) {
-        b.predictor_hidden = floats(n * max_rank);
-        b.rows = static_cast<size_t>(c.n_ff) * sizeof(int32_t);
-        b.mask = static_cast<size_t>(n * c.n_ff);
-        b.rows_count = sizeof(int32_t);
-        b.active_counts = static_cast<size_t>(c.n_layer) * sizeof(int32_t);
+        int64_t max_rank = 0;
+        for (const LayerWeights& l : model.layers()) max_rank = std::max(max_rank, l.fc1.rows);
+        b.push_back({&GpuForward::predictor_hidden_, floats(n * max_rank), "predictor activations"});
+        b.push_back({&GpuForward::rows_, static_cast<size_t>(c.n_ff) * sizeof(int32_t), "active neuron lists"});
+        b.push_back({&GpuForward::mask_, static_cast<size_t>(n * c.n_ff), "active neuron masks"});
+        b.push_back({&GpuForward::rows_count_, sizeof(int32_t), "active neuron lists"});
+        b.push_back({&GpuForward::active_counts_, static_cast<size_t>(c.n_layer) * sizeof(int32_t),
+                     "active neuron counts"});
         // The plugin's own scratch for the down projection (plugin_api.h, si_cuda_ffn_down).
         const int64_t slices = (c.n_ff + SI_CUDA_DOWN_SLICE_ROWS - 1) / SI_CUDA_DOWN_SLICE_ROWS;
-        if (slices > 1) b.plugin_scratch = floats(SI_CUDA_DOWN_SLICE_TOKENS * c.n_embd * slices);
+        if (slices > 1) b.push_back({nullptr, floats(SI_CUDA_DOWN_SLICE_TOKENS * c.n_embd * slices), "plugin scratch"});
     }
     return b;
 }
@@ -62,30 +70,15 @@ uint64_t GpuForward::kv_cache_bytes(const ModelConfig& c, int64_t n_ctx) {
 }
 
 uint64_t GpuForward::batch_bytes(const Model& model, int64_t n) {
-    const BatchBuffers b = batch_buffers(model, n);
-    return 4 * static_cast<uint64_t>(b.hidden) + 2 * static_cast<uint64_t>(b.kv) + b.gate + b.up + b.logits +
-           b.positions + b.predictor_hidden + b.rows + b.mask + b.rows_count + b.active_counts + b.plugin_scratch;
+    uint64_t total = 0;
+    for (const BatchBuffer& b : batch_buffers(model, n)) total += b.bytes;
+    return total;
 }
 
 void GpuForward::ensure_batch_capacity(int64_t n) {
     if (n <= batch_capacity_) return;
-    const BatchBuffers b = batch_buffers(weights_->model(), n);
-    x_ = Buffer(ctx_, b.hidden, "activations");
-    xn_ = Buffer(ctx_, b.hidden, "activations");
-    q_ = Buffer(ctx_, b.hidden, "activations");
-    attn_out_ = Buffer(ctx_, b.hidden, "activations");
-    k_ = Buffer(ctx_, b.kv, "activations");
-    v_ = Buffer(ctx_, b.kv, "activations");
-    gate_ = Buffer(ctx_, b.gate, "activations");
-    up_ = Buffer(ctx_, b.up, "activations");
-    logits_ = Buffer(ctx_, b.logits, "logits");
-    positions_ = Buffer(ctx_, b.positions, "positions");
-    if (weights_->model().config().has_predictors()) {
-        predictor_hidden_ = Buffer(ctx_, b.predictor_hidden, "predictor activations");
-        rows_ = Buffer(ctx_, b.rows, "active neuron lists");
-        mask_ = Buffer(ctx_, b.mask, "active neuron masks");
-        rows_count_ = Buffer(ctx_, b.rows_count, "active neuron lists");
-        active_counts_ = Buffer(ctx_, b.active_counts, "active neuron counts");
+    for (const BatchBuffer& b : batch_buffers(weights_->model(), n)) {
+        if (b.buffer != nullptr) this->*b.buffer = Buffer(ctx_, b.bytes, b.what);
     }
     host_positions_.resize(static_cast<size_t>(n));
     batch_capacity_ = n;

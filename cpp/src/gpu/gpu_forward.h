@@ -59,15 +59,15 @@ public:
     void output(int64_t first_kept, float* logits);
 
 private:
-    // The sizes in bytes of the activation buffers of a batch of n tokens (zero: not needed).
-    struct BatchBuffers {
-        size_t hidden = 0;  // each of x, xn, q and the attention output
-        size_t kv = 0;      // each of k and v
-        size_t gate = 0, up = 0, logits = 0, positions = 0;
-        size_t predictor_hidden = 0, rows = 0, mask = 0, rows_count = 0, active_counts = 0;
-        size_t plugin_scratch = 0;  // kept by the plugin's context, not allocated here
+    // The activation buffers of a batch of n tokens, each once: what ensure_batch_capacity
+    // allocates and batch_bytes adds up. buffer null: the plugin's own scratch, kept by its
+    // context (counted, not allocated here).
+    struct BatchBuffer {
+        Buffer GpuForward::*buffer;
+        size_t bytes;
+        const char* what;
     };
-    static BatchBuffers batch_buffers(const Model& model, int64_t n);
+    static std::vector<BatchBuffer> batch_buffers(const Model& model, int64_t n);
     void matmul(const DeviceModel::Matrix& w, const float* x, int64_t n, float* y);
     void ensure_batch_capacity(int64_t n);
     struct Cache {

@@ -111,6 +111,19 @@ def fetch_model(
     return _fetch_huggingface(repo_id, filename, revision=revision, cache_dir=cache, token=token)
 
 
+def resolve_path(path: str) -> str:
+    """A model argument as a file: `path` itself when it exists or does not look like a
+    model to fetch (is_model_reference), else the file fetch_model brings; FetchError naming
+    both when that fails."""
+    if os.path.exists(path) or not is_model_reference(path):
+        return path
+    try:
+        return os.fspath(fetch_model(path))
+    except FetchError as error:
+        raise FetchError(f"{path}: no such file, and fetching it as a model repository failed: "
+                         f"{error}") from error
+
+
 def is_model_reference(text: str) -> bool:
     """Whether `text` names a model to fetch rather than a file: a short name, or an
     "org/name" repository id that is not spelled like a GGUF file name."""

@@ -14,21 +14,15 @@ import numpy as np
 
 from . import _arguments as _args
 from . import _core
+from . import _generation as _gen
 from . import _sequence as _seq
 from . import fetch as _fetch
 from . import placement as _placement
-from . import profile as _profile
 from . import prompt as _prompt
-from ._stops import StopStringFilter
-from .errors import (CancelledError, ContextLengthWarning, ContextOverflowError,
-                     FetchError, UnsupportedModelError)
+from .errors import CancelledError, ContextLengthWarning, ContextOverflowError, UnsupportedModelError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-# How many recent tokens the repetition penalty looks at (llama.cpp's default).
-_REPEAT_LAST_N = 64
-# GPU memory left free when no vram_budget is given: CUDA's own workspaces, other processes.
-_VRAM_RESERVE = 256 * 2**20
 # A Model's n_ctx when none is given: the model's training length, at most this.
 DEFAULT_N_CTX = 4096
 
@@ -105,10 +99,11 @@ class _Inference:
         if max_tokens is not None:
             _args.require_int("max_tokens", max_tokens, minimum=0, maximum=None)
         stops = _args.stop_strings(stop)
-        sampler = _make_sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        sampler = _gen.make_sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repeat_penalty=repeat_penalty, seed=seed)
-        pieces = self._generate(seq, self._loaded()._encode_prompt(prompt, seq.n_ctx), sampler,
-                                max_tokens, stops, bool(ignore_eos))
+        model = self._loaded()
+        pieces = _gen.pieces(seq, model._tokenizer, model._prompts.encode(prompt, seq.n_ctx), sampler,
+                             max_tokens, stops, ignore_eos=bool(ignore_eos))
         return pieces if stream else "".join(pieces)
 
     def chat(
@@ -149,68 +144,12 @@ class _Inference:
             ids = model._tokenizer.encode(end, add_bos=False, parse_special=True)
             if len(ids) == 1:  # a token of its own, which may not render as text
                 end_ids.add(ids[0])
-        sampler = _make_sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        sampler = _gen.make_sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repeat_penalty=repeat_penalty, seed=seed)
-        pieces = self._generate(seq, model._encode_prompt(text, seq.n_ctx), sampler, max_tokens,
-                                list(chat_template.end_of_turn) + _args.stop_strings(stop),
-                                ignore_eos=False, end_ids=frozenset(end_ids))
+        pieces = _gen.pieces(seq, model._tokenizer, model._prompts.encode(text, seq.n_ctx), sampler, max_tokens,
+                             list(chat_template.end_of_turn) + _args.stop_strings(stop),
+                             ignore_eos=False, end_ids=frozenset(end_ids))
         return pieces if stream else "".join(pieces)
-
-    def _generate(self, seq: _seq.Sequence, prompt_ids: list[int], sampler: _core.Sampler,
-                  max_tokens: Optional[int], stops: list[str],
-                  ignore_eos: bool, end_ids: frozenset[int] = frozenset()) -> Iterator[str]:
-        tokenizer = self._loaded()._tokenizer
-        call_id, stats = seq.start_call(prompt_tokens=len(prompt_ids))
-        decoder = _core.StreamDecoder(tokenizer)
-        if prompt_ids == [tokenizer.bos_id]:
-            # Text right after BOS drops SentencePiece's leading space, as detokenize() does.
-            decoder.feed(prompt_ids[0])
-        stop_filter = StopStringFilter(stops)
-
-        started = time.perf_counter()
-        with seq.exclusive(call_id) as session:
-            stats.reused_tokens = seq.reuse_prefix(session, prompt_ids)
-            try:
-                seq.eval(session, prompt_ids[stats.reused_tokens:])
-            except CancelledError:
-                seq.check_open(during_call=True)  # closed rather than cancelled: say so
-                return
-            finally:
-                # True figures for a prompt cancelled or interrupted (Ctrl-C) too: the
-                # context then holds the batches it finished, and no more.
-                stats.prompt_seconds = time.perf_counter() - started
-                stats.prompt_tokens = min(stats.prompt_tokens, session.n_past)
-        for token in prompt_ids[-_REPEAT_LAST_N:]:
-            sampler.accept(token)
-
-        while max_tokens is None or stats.generated_tokens < max_tokens:
-            if seq.cancel_requested():
-                break
-            started = time.perf_counter()
-            with seq.exclusive(call_id) as session:
-                token = session.sample(sampler)
-                if not ignore_eos and (tokenizer.is_end_of_generation(token) or token in end_ids):
-                    break
-                sampler.accept(token)
-                stats.generated_tokens += 1
-                text = stop_filter.feed(decoder.feed(token))
-                go_on = ((max_tokens is None or stats.generated_tokens < max_tokens)
-                         and not stop_filter.stopped
-                         and session.n_past < seq.n_ctx)  # a full context stops cleanly
-                if go_on:
-                    try:
-                        seq.eval(session, [token])
-                    except CancelledError:
-                        go_on = False
-            stats.decode_seconds += time.perf_counter() - started
-            if text:
-                yield text
-            if not go_on:
-                break
-        seq.check_open(during_call=True)
-        tail = stop_filter.feed(decoder.flush()) + stop_filter.flush()
-        if tail:
-            yield tail
 
     def cancel(self) -> None:
         """Ends the generate(), chat() or logits() in progress, from any thread: a prompt
@@ -246,10 +185,10 @@ class _Inference:
             "prompt_tokens": s.prompt_tokens,
             "reused_tokens": s.reused_tokens,
             "prompt_seconds": s.prompt_seconds,
-            "prompt_tokens_per_second": _rate(s.prompt_tokens - s.reused_tokens, s.prompt_seconds),
+            "prompt_tokens_per_second": _gen.rate(s.prompt_tokens - s.reused_tokens, s.prompt_seconds),
             "generated_tokens": s.generated_tokens,
             "decode_seconds": s.decode_seconds,
-            "decode_tokens_per_second": _rate(s.generated_tokens, s.decode_seconds),
+            "decode_tokens_per_second": _gen.rate(s.generated_tokens, s.decode_seconds),
             "active_fraction": sum(layers) / len(layers) if layers else 0.0,
             "layers": layers,
         }
@@ -325,13 +264,7 @@ class Model(_Inference):
                 powerinfer.sparse_threshold (0 when absent). A file without predictors
                 refuses a number here (and ignores the variable).
         """
-        self._path = os.fspath(path)
-        if not os.path.exists(self._path) and _fetch.is_model_reference(self._path):
-            try:
-                self._path = os.fspath(_fetch.fetch_model(self._path))
-            except FetchError as error:
-                raise FetchError(f"{self._path}: no such file, and fetching it as a model "
-                                 f"repository failed: {error}") from error
+        self._path = _fetch.resolve_path(os.fspath(path))
         explicit_n_ctx = None if n_ctx is None else _args.require_int("n_ctx", n_ctx, minimum=1)
         self._n_threads = _args.thread_count(n_threads)
         if sparse != "auto" and not isinstance(sparse, bool):
@@ -361,7 +294,10 @@ class Model(_Inference):
         self._placement: Optional[_placement.DevicePlan] = None
         self._device_model: Optional[_core.DeviceModel] = None
         if self._cuda is not None:
-            self._placement, self._device_model = self._place_on_device()
+            plugin_path, index = self._cuda
+            self._placement, self._device_model = _placement.place_on_device(
+                self._native, path=self._path, cuda_plugin=plugin_path, cuda_device=index, n_ctx=self._n_ctx,
+                sparse=self._sparse, vram_budget=self._vram_budget, n_gpu_layers=self._n_gpu_layers)
         self._tokenizer = self._native.tokenizer
         self._predictor_q8_layers = list(self._native.predictor_q8_layers)
         self._sparse_threshold = self._native.sparse_threshold if self._native.is_powerinfer else None
@@ -370,7 +306,7 @@ class Model(_Inference):
         self._sessions_lock = threading.Lock()
         self._sessions: "weakref.WeakSet[_seq.Sequence]" = weakref.WeakSet()
         _seq.fork_aware.add(self)
-        self._longest_token: Optional[int] = None
+        self._prompts = _gen.PromptEncoder(self._tokenizer, self._n_vocab)
         self._own = self._open_sequence(self._n_ctx, self._n_threads, f"the Model for {self._path}")
 
     @classmethod
@@ -556,28 +492,6 @@ class Model(_Inference):
 
     # ---- helpers --------------------------------------------------------------------------
 
-    def _place_on_device(self) -> tuple[_placement.DevicePlan, _core.DeviceModel]:
-        from ._cuda import plugin as cuda_plugin
-
-        plugin_path, index = self._cuda
-        with cuda_plugin().context(index) as ctx:
-            free, _ = ctx.memory_info()
-        budget = max(0, free - _VRAM_RESERVE) if self._vram_budget is None else self._vram_budget
-        profile = _profile.find_profile(self._path) if self._sparse else None
-        plan = _placement.plan_device(self._native, n_ctx=self._n_ctx, sparse=self._sparse,
-                                      budget=budget, n_gpu_layers=self._n_gpu_layers,
-                                      profile=profile)
-        if plan.planned_bytes > free:
-            raise MemoryError(
-                f"{self._path}: the GPU placement needs {plan.planned_bytes / 2**20:.1f} MiB "
-                f"(vram_budget {budget / 2**20:.1f} MiB, {plan.n_gpu_layers} layers, KV cache for "
-                f"n_ctx={self._n_ctx}) and cuda:{index} has {free / 2**20:.1f} MiB free; lower "
-                f"vram_budget, n_gpu_layers or n_ctx")
-        hot = None if plan.hot is None else list(plan.hot)
-        device_model = _core.DeviceModel(self._native, plugin_path, index,
-                                         n_gpu_layers=plan.n_gpu_layers, hot_neurons=hot)
-        return plan, device_model
-
     def _check_open(self) -> None:
         if self._native is None:
             raise ValueError(f"the Model for {self._path} is closed")
@@ -588,40 +502,6 @@ class Model(_Inference):
 
     def _loaded(self) -> "Model":
         return self
-
-    def _longest_token_bytes(self) -> int:
-        """The most bytes of text one token stands for (special tokens' texts included): a
-        text of B bytes is at least B / this many tokens. Found once, when first needed."""
-        if self._longest_token is None:
-            token_bytes = self._tokenizer.token_to_bytes
-            self._longest_token = max([1] + [len(token_bytes(t, render_special=True)) for t in range(self._n_vocab)])
-        return self._longest_token
-
-    def _encode_prompt(self, prompt: str, n_ctx: int) -> list[int]:
-        """Token ids of a prompt, special-token texts parsed: BOS first when the file asks
-        for it, once, also when the text starts with the BOS text (a chat template's)."""
-        bos_id = self._tokenizer.bos_id
-        bos_text = (self._tokenizer.token_to_bytes(bos_id, render_special=True)
-                    .decode("utf-8", errors="replace") if bos_id >= 0 else "")
-        add_bos = self._tokenizer.add_bos and not (bos_text and prompt.startswith(bos_text))
-        if len(prompt) >= n_ctx:  # long enough to be refused before it is tokenized
-            n_bytes = len(prompt.encode("utf-8", errors="surrogatepass"))
-            longest = self._longest_token_bytes()
-            at_least = -(-n_bytes // longest)
-            if at_least >= n_ctx:
-                raise ContextOverflowError(
-                    f"the prompt is {n_bytes} bytes, so at least {at_least} tokens (no token of "
-                    f"this model is longer than {longest} bytes), and n_ctx is {n_ctx}: shorten "
-                    f"the prompt or use a larger n_ctx")
-        prompt_ids = self._tokenizer.encode(prompt, add_bos=add_bos, parse_special=True)
-        if not prompt_ids:
-            raise ValueError("the prompt is empty and this model adds no BOS token: "
-                             "there is nothing to continue")
-        if len(prompt_ids) >= n_ctx:
-            raise ContextOverflowError(
-                f"the prompt is {len(prompt_ids)} tokens and n_ctx is {n_ctx}: no room "
-                f"left to generate; shorten the prompt or use a larger n_ctx")
-        return prompt_ids
 
 
 class Session(_Inference):
@@ -683,21 +563,3 @@ def _stack_level_outside_package() -> int:
     while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == package:
         frame, level = frame.f_back, level + 1
     return level
-
-
-def _make_sampler(*, temperature: float, top_k: int, top_p: float, min_p: float,
-                  repeat_penalty: float, seed: Optional[int]) -> _core.Sampler:
-    return _core.Sampler(
-        temperature=_args.require_real("temperature", temperature),
-        top_k=max(0, min(_args.require_int("top_k", top_k, maximum=None), _args.INT32_MAX)),
-        top_p=_args.require_real("top_p", top_p),
-        min_p=_args.require_real("min_p", min_p),
-        repeat_penalty=_args.require_real("repeat_penalty", repeat_penalty),
-        repeat_last_n=_REPEAT_LAST_N,
-        seed=_args.resolve_seed(seed),
-    )
-
-
-def _rate(count: int, seconds: float) -> float:
-    return count / seconds if seconds > 0 else 0.0
-

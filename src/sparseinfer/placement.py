@@ -28,6 +28,9 @@ is always a prefix of its neurons sorted by count.
 Without a profile every neuron is taken as equally likely to fire, and the budget is
 shared equally: each layer gets the same fraction of its neurons (within one neuron),
 lowest ids first.
+
+:func:`place_on_device` carries a plan out for a Model: the GPU's free memory, the profile
+next to the file, the plan, the upload.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from . import _core
-from .profile import NeuronProfile
+from .profile import NeuronProfile, find_profile
 
 IntOrList = Union[int, Sequence[int]]
 
@@ -194,9 +197,9 @@ def model_costs(model: Union[str, "os.PathLike[str]", "_core.Model"], *, n_ctx: 
 
     model: a GGUF path (memory-mapped and read as stored, with no copies made: cheap for any
     size; its predictors priced as stored) or a loaded native model (sparseinfer._core.Model:
-    what that model would upload, its predictor_q8 choice included). A PowerInfer file's neurons are rows of ffn_gate, ffn_up and ffn_down_t; a
-    dense file's FFN is priced the same way (its ffn_down's columns), though it only moves
-    to the GPU whole."""
+    what that model would upload, its predictor_q8 choice included). A PowerInfer file's
+    neurons are rows of ffn_gate, ffn_up and ffn_down_t; a dense file's FFN is priced the same
+    way (its ffn_down's columns), though it only moves to the GPU whole."""
     n_ctx = _int_value(n_ctx, "n_ctx", 1)
     native = (model if isinstance(model, _core.Model)
               else _core.Model(os.fspath(model), predictor_q8=False, prepare_weights=False))
@@ -284,6 +287,36 @@ def plan_device(model: Union[str, "os.PathLike[str]", "_core.Model"], *, n_ctx: 
     else:
         share = sum(len(h) for h in hot) / sum(costs.n_neurons)
     return DevicePlan(n_gpu, hot, budget, plan.bytes_used, share)
+
+
+# GPU memory left free when no vram_budget is given: CUDA's own workspaces, other processes.
+VRAM_RESERVE = 256 * 2**20
+
+
+def place_on_device(model: "_core.Model", *, path: str, cuda_plugin: str, cuda_device: int, n_ctx: int,
+                    sparse: bool, vram_budget: Optional[int],
+                    n_gpu_layers: int) -> tuple[DevicePlan, "_core.DeviceModel"]:
+    """Plans `model` (loaded from `path`) on GPU cuda_device under vram_budget (None: what the
+    GPU has free, less VRAM_RESERVE), with the firing profile found next to the file for a
+    sparse model, and uploads it through the plugin at cuda_plugin. MemoryError, before
+    anything is uploaded, when the plan needs more than the GPU has free."""
+    from ._cuda import plugin  # the plugin is loaded only for a GPU
+
+    with plugin().context(cuda_device) as ctx:
+        free, _ = ctx.memory_info()
+    budget = max(0, free - VRAM_RESERVE) if vram_budget is None else vram_budget
+    profile = find_profile(path) if sparse else None
+    plan = plan_device(model, n_ctx=n_ctx, sparse=sparse, budget=budget, n_gpu_layers=n_gpu_layers,
+                       profile=profile)
+    if plan.planned_bytes > free:
+        raise MemoryError(
+            f"{path}: the GPU placement needs {_mib(plan.planned_bytes)} (vram_budget {_mib(budget)}, "
+            f"{plan.n_gpu_layers} layers, KV cache for n_ctx={n_ctx}) and cuda:{cuda_device} has "
+            f"{_mib(free)} free; lower vram_budget, n_gpu_layers or n_ctx")
+    hot = None if plan.hot is None else list(plan.hot)
+    device_model = _core.DeviceModel(model, cuda_plugin, cuda_device, n_gpu_layers=plan.n_gpu_layers,
+                                     hot_neurons=hot)
+    return plan, device_model
 
 
 def _mib(n: int) -> str:

@@ -17,8 +17,8 @@ Each row also shows the placement: GPU layers, the share of firing neurons the G
 (expected, from the profile or equal shares) and the bytes planned. A configuration this
 build or machine cannot run is reported with the reason (no GPU, no CUDA plugin, a budget
 too small) instead of a number. With SPARSEINFER_CUDA_PLUGIN naming the CPU emulator's
-plugin (tests/cuda_build.py) the script runs end to end anywhere; its GPU figures are then
-meaningless.
+plugin (tests/support/cuda_build.py) the script runs end to end anywhere; its GPU figures
+are then meaningless.
 
   python benchmarks/bench_gpu.py --shape minicpm-s-1b --budgets 0.5GiB 1GiB --save
   python benchmarks/bench_gpu.py --small                       # a smoke test of the script

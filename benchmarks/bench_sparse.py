@@ -64,8 +64,8 @@ import gguf
 from gguf import GGMLQuantizationType as QT
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-import ggufgen  # noqa: E402  (tests/ggufgen.py: the SentencePiece-style test vocabulary)
+sys.path.insert(0, str(HERE.parent / "tests" / "support"))
+import ggufgen  # noqa: E402  (tests/support/ggufgen.py: the SentencePiece-style test vocabulary)
 import benchutil  # noqa: E402  (quiet checks, residency, bandwidth)
 
 FORMAT_VERSION = 1  # bump when the generated weights change, to invalidate caches

@@ -7,7 +7,7 @@ import shutil
 import sys
 
 here = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(here, "..", "tests"))
+sys.path.insert(0, os.path.join(here, "..", "tests", "support"))
 
 import ggufgen  # noqa: E402
 import sparsegen  # noqa: E402

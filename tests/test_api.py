@@ -1,7 +1,7 @@
 """sparseinfer.Model, the public Python API, on tiny synthetic llama models.
 
 Oracles: the model's own single-pass logits() (greedy generation must follow their argmax
-chain token by token), the NumPy reference forward pass (tests/reference.py), plain
+chain token by token), the NumPy reference forward pass (tests/support/reference.py), plain
 str.find for stop strings, and NumPy for everything numeric.
 """
 

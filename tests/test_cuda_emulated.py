@@ -1,6 +1,6 @@
 """The CUDA kernels' logic on machines without a GPU: the plugin's sources built for the CPU
-emulator in tests/cuda_emulator, then test_cuda_kernels.py run against that library in a
-child process (an emulator abort, e.g. a deadlocked barrier, fails this test instead of
+emulator in tests/support/cuda_emulator, then test_cuda_kernels.py run against that library
+in a child process (an emulator abort, e.g. a deadlocked barrier, fails this test instead of
 ending the run). What the emulator cannot check (memory ordering, launch limits, alignment,
 speed) is left to test_cuda_kernels.py on a GPU."""
 

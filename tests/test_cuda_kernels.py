@@ -1,11 +1,11 @@
 """The CUDA plugin's kernels (cpp/src/cuda), driven through its C ABI with ctypes.
 
-The plugin is built from the sources by tests/cuda_build.py (every kernel, one GPU
+The plugin is built from the sources by tests/support/cuda_build.py (every kernel, one GPU
 architecture): where nvcc exists the build always runs, so a machine without a GPU still
 compiles every kernel. Without nvcc everything here skips; without a GPU (or driver) the
 kernel tests skip with the reason CUDA gives. test_cuda_emulated.py runs this file again
-against the kernels built for a CPU emulator (tests/cuda_emulator), so their logic is
-tested on every machine.
+against the kernels built for a CPU emulator (tests/support/cuda_emulator), so their logic
+is tested on every machine.
 
 Oracles are NumPy in float64: weights dequantised by the `gguf` package (the same values
 the kernels compute: d * (q - 8), d * q + m and d * q are exact or rounded once in float32
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import sys
 import zlib
 
 import numpy as np
@@ -28,11 +27,10 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 from gguf import quants
 
-sys.path.insert(0, os.path.dirname(__file__))
-import cuda_build  # noqa: E402
-import reference  # noqa: E402
+import cuda_build
+import reference
 
-from sparseinfer import _cuda  # noqa: E402
+from sparseinfer import _cuda
 
 U = 2.0 ** -24  # float32's unit roundoff
 TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q8_0")

@@ -6,9 +6,10 @@ found the way a user's install would have it:
 - stand-ins built here with the C compiler (no CUDA needed) for the failure paths: no
   device, another ABI, not a plugin at all;
 - the real plugin (cpp/src/cuda, every kernel) built with nvcc for one architecture
-  (tests/cuda_build.py), laid out as the sparseinfer-cudaNN wheel and NVIDIA's runtime wheel
-  lay it out in site-packages: it loads, preloads the runtime from there, and reports no GPU
-  or driver (or, on a machine with a GPU, the GPUs). Skipped where nvcc is missing.
+  (tests/support/cuda_build.py), laid out as the sparseinfer-cudaNN wheel and NVIDIA's
+  runtime wheel lay it out in site-packages: it loads, preloads the runtime from there, and
+  reports no GPU or driver (or, on a machine with a GPU, the GPUs). Skipped where nvcc is
+  missing.
 And, without any compiler: the loader's ctypes prototypes match plugin_api.h.
 """
 
@@ -26,10 +27,9 @@ import textwrap
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-import cuda_build  # noqa: E402
-import ggufgen  # noqa: E402
-from cuda_build import LIB_NAME, compiler_env  # noqa: E402
+import cuda_build
+import ggufgen
+from cuda_build import LIB_NAME, compiler_env
 
 # A stand-in plugin: the ABI's entry points in plain C, answering like a machine without a
 # GPU (or with another ABI version). The entry points past the device queries are stubs

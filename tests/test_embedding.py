@@ -8,17 +8,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-import ggufgen  # noqa: E402
-import sparsegen  # noqa: E402
+import ggufgen
+import sparsegen
 
-import sparseinfer  # noqa: E402
-from sparseinfer import _core  # noqa: E402
+import sparseinfer
+from sparseinfer import _core
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

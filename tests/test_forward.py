@@ -1,6 +1,7 @@
-"""The dense llama forward pass against the NumPy float64 reference (tests/reference.py).
+"""The dense llama forward pass against the NumPy float64 reference
+(tests/support/reference.py).
 
-Models are tiny random llama GGUF files built in tmp_path by tests/ggufgen.py; the
+Models are tiny random llama GGUF files built in tmp_path by tests/support/ggufgen.py; the
 reference runs over the exact weights the file holds (after quantisation round trips).
 
 Tolerances are relative to the reference logits' standard deviation (about 3 here) and were
@@ -15,18 +16,14 @@ F32 cache against the exact reference: 1.2e-6).
 
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-import ggufgen  # noqa: E402
-import reference  # noqa: E402
+import ggufgen
+import reference
 
-import sparseinfer  # noqa: E402
-from sparseinfer import errors  # noqa: E402
+import sparseinfer
+from sparseinfer import errors
 
 # weight type -> (max |diff| / std, mean |diff| / std)
 TOL = {

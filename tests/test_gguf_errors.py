@@ -1,8 +1,8 @@
 """Malformed GGUF files must raise a sparseinfer error naming the file, never crash.
 
-Every broken file is generated here with raw struct packing (tests/ggufgen.py's raw packer)
-and opened in a child interpreter, so that a crash (segfault, abort, hang) fails the test
-instead of killing pytest.
+Every broken file is generated here with raw struct packing (tests/support/ggufgen.py's raw
+packer) and opened in a child interpreter, so that a crash (segfault, abort, hang) fails the
+test instead of killing pytest.
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ import gguf
 from gguf import GGMLQuantizationType as QT
 from gguf import GGUFValueType as VT
 
-sys.path.insert(0, os.path.dirname(__file__))
-import ggufgen  # noqa: E402
-from ggufgen import RawTensor, encode_value, gguf_bytes, pack_str  # noqa: E402
+import ggufgen
+from ggufgen import RawTensor, encode_value, gguf_bytes, pack_str
 
-import sparseinfer.errors  # noqa: E402
-from sparseinfer import _core  # noqa: E402
+import sparseinfer.errors
+from sparseinfer import _core
 
 FORMAT = ("ModelFormatError",)
 FORMAT_OR_UNSUPPORTED = ("ModelFormatError", "UnsupportedModelError")

@@ -5,9 +5,9 @@ The GPU tests run in a child process whose sparseinfer loads a given plugin libr
 SPARSEINFER_CUDA_PLUGIN variable of src/sparseinfer/_cuda.py; a plugin, once loaded, stays
 loaded, so the parent cannot switch):
 - test_gpu_forward_on_the_cpu_emulator: the plugin's sources built for the CPU emulator
-  (tests/cuda_emulator), on every Linux machine with a C++ compiler;
-- test_gpu_forward_on_a_gpu: the plugin built with nvcc (tests/cuda_build.py), where a GPU
-  answers; skipped otherwise.
+  (tests/support/cuda_emulator), on every Linux machine with a C++ compiler;
+- test_gpu_forward_on_a_gpu: the plugin built with nvcc (tests/support/cuda_build.py), where
+  a GPU answers; skipped otherwise.
 In the parent the GPU cases skip (they need SPARSEINFER_TEST_GPU_CHILD); the loader's failure
 paths (another ABI, no device, a missing file) run here directly with a stand-in plugin.
 
@@ -31,16 +31,15 @@ import threading
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-import cuda_build  # noqa: E402
-import ggufgen  # noqa: E402
-import reference  # noqa: E402
-import sparse_reference  # noqa: E402
-import sparsegen  # noqa: E402
-from test_prefix_reuse import logits_in_chunks  # noqa: E402
+import cuda_build
+import ggufgen
+import reference
+import sparse_reference
+import sparsegen
+from test_prefix_reuse import logits_in_chunks
 
-import sparseinfer  # noqa: E402
-from sparseinfer import _core  # noqa: E402
+import sparseinfer
+from sparseinfer import _core
 
 CHILD = os.environ.get("SPARSEINFER_TEST_GPU_CHILD")  # "emulated" or "gpu" in the child
 

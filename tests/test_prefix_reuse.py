@@ -22,6 +22,7 @@ import pytest
 
 import ggufgen
 import sparsegen
+from paths import SUPPORT
 import sparseinfer as si
 from sparseinfer import _core
 
@@ -77,7 +78,7 @@ def test_logits_do_not_depend_on_how_the_tokens_were_split(level, models):
     script = textwrap.dedent("""
         import json, sys
         import numpy as np
-        sys.path.insert(0, sys.argv[1])
+        sys.path[:0] = json.loads(sys.argv[1])  # this file's folder and tests/support
         import test_prefix_reuse as t
         paths = json.loads(sys.argv[2])
         report = {}
@@ -93,7 +94,8 @@ def test_logits_do_not_depend_on_how_the_tokens_were_split(level, models):
     """)
     env = dict(os.environ, SPARSEINFER_ISA=level)
     paths = {f"{kind}:{weight_type}": path for (kind, weight_type), path in models.items()}
-    done = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__), json.dumps(paths)],
+    search_path = json.dumps([os.path.dirname(os.path.abspath(__file__)), SUPPORT])
+    done = subprocess.run([sys.executable, "-c", script, search_path, json.dumps(paths)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,8 +1,8 @@
 """Neuron firing counts (Session.set_neuron_counting), profile files and PowerInfer's
 activation statistics.
 
-Oracle for the counts: tests/sparse_reference.py, the float64 PowerInfer model, recording
-each layer's gate and up pre-activations. A neuron fires for a token when its activation
+Oracle for the counts: tests/support/sparse_reference.py, the float64 PowerInfer model,
+recording each layer's gate and up pre-activations. A neuron fires for a token when its activation
 relu(g) * u (relu(g) * relu(u) for bamboo) is nonzero, and on the sparse path only when
 the predictor also marks it (score >= threshold). Where g, u or the score lies within
 float noise of the boundary the engine may land on either side: such (token, neuron)
@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 import ggufgen
+import paths
 import sparse_reference as sref
 import sparsegen
 
@@ -546,7 +547,7 @@ def test_broken_powerinfer_files_are_refused(tmp_path, fake_torch):
 #   activation_0.pt, activation_2.pt: torch.randint(0, 1000, (96,), dtype=torch.int64)
 #   activation_1.pt: torch.rand(96) * 100 (float32)
 #   view.pt: torch.arange(200, dtype=torch.int32)[10:106] (a view into a larger storage)
-TORCH_SAVED = os.path.join(os.path.dirname(__file__), "data", "torch_saved")
+TORCH_SAVED = os.path.join(paths.DATA, "torch_saved")
 
 
 def test_files_saved_by_real_torch_read_as_torch_loads_them():

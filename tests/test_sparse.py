@@ -1,8 +1,8 @@
 """The sparse (PowerInfer) FFN path against NumPy oracles.
 
-Models are tiny PowerInfer files (magic PWRI) built by tests/sparsegen.py; the oracle is
-tests/sparse_reference.py, a float64 model that applies the predictor's mask the way
-FACTS.md says (score = fc2 relu(fc1 ffn_inp) >= threshold; relu(gate) * up, or
+Models are tiny PowerInfer files (magic PWRI) built by tests/support/sparsegen.py; the
+oracle is tests/support/sparse_reference.py, a float64 model that applies the predictor's mask
+the way FACTS.md says (score = fc2 relu(fc1 ffn_inp) >= threshold; relu(gate) * up, or
 relu(gate) * relu(up) for bamboo; down projection from ffn_down_t) and rounds what the
 engine rounds (8-bit block inputs for quantised weights, the IEEE-half KV cache), so that its
 scores, and with them its masks, sit within float32 noise of the engine's.

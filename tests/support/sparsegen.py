@@ -14,9 +14,9 @@ and no blk.N.ffn_down.weight. The threshold lives in powerinfer.sparse_threshold
 absent means 0.0).
 
 Every builder returns the float32 weights exactly as the file holds them (quantised types
-go through a quantise/dequantise round trip, tests/ggufgen.py's `roundtrip`), plus
-`.hparams` for tests/sparse_reference.py, which records each tensor's stored type so that
-the reference can round matrix-vector inputs the way the engine does.
+go through a quantise/dequantise round trip, tests/support/ggufgen.py's `roundtrip`), plus
+`.hparams` for tests/support/sparse_reference.py, which records each tensor's stored type so
+that the reference can round matrix-vector inputs the way the engine does.
 
 Predictors:
   "random": fc1, fc2 random; which neurons fire has nothing to do with the gate, so the

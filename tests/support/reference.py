@@ -8,7 +8,7 @@ Conventions (llama.cpp for arch "llama", read for facts only):
 - Causal softmax with scale 1/sqrt(head_dim).
 - FFN: down(act(gate(x)) * up(x)), act = SiLU (or ReLU for ReLU models).
 - Output: final RMSNorm, then output.weight (or token_embd.weight when tied).
-Weights are numpy (out, in) arrays as returned by tests/ggufgen.py.
+Weights are numpy (out, in) arrays as returned by tests/support/ggufgen.py.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ as the sparseinfer-cudaNN wheels link it; runtime_library() finds the toolkit's 
 
 Used by test_cuda_plugin.py (the loader) and test_cuda_kernels.py (the kernels); standard
 library only. build_emulated_plugin() builds the same sources for the CPU emulator in
-tests/cuda_emulator (test_cuda_emulated.py).
+tests/support/cuda_emulator (test_cuda_emulated.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from paths import ROOT, SUPPORT, TESTS
+
 CUDA_SOURCES = os.path.join(ROOT, "cpp", "src", "cuda")
 PLUGIN_HEADER = os.path.join(CUDA_SOURCES, "plugin_api.h")
 LIB_NAME = "sparseinfer_cuda.dll" if sys.platform == "win32" else "libsparseinfer_cuda.so"
@@ -146,7 +147,7 @@ def build_plugin() -> Built:
     return _built
 
 
-EMULATOR = os.path.join(ROOT, "tests", "cuda_emulator")
+EMULATOR = os.path.join(SUPPORT, "cuda_emulator")
 
 
 _emulated: Optional[str] = None
@@ -199,10 +200,9 @@ def run_tests_in_child(test_file: str, env_extra: dict, min_passed: int) -> None
     everything skipped does not count as a pass."""
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     env.update(env_extra)
-    tests_dir = os.path.join(ROOT, "tests")
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.join(tests_dir, test_file)],
-        capture_output=True, text=True, timeout=1200, env=env, cwd=tests_dir)
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.join(TESTS, test_file)],
+        capture_output=True, text=True, timeout=1200, env=env, cwd=TESTS)
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-3000:]
     passed = re.search(r"(\d+) passed", summary)

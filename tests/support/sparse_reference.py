@@ -11,8 +11,8 @@ The rules (FACTS.md, PowerInfer GGUF files), per layer, after the attention resi
     h_j     = 0 for inactive neurons (sparse mode only; dense mode computes every neuron)
     x       = ffn_inp + sum_j h_j * ffn_down_t[j]
 
-Attention, RoPE and the output head are those of tests/reference.py (GGML "normal" RoPE,
-grouped-query attention, causal softmax), reused from there.
+Attention, RoPE and the output head are those of tests/support/reference.py (GGML "normal"
+RoPE, grouped-query attention, causal softmax), reused from there.
 
 `emulate=True` (the default) rounds what the engine rounds, so that the predictor's
 scores, and with them the masks, land within float32 noise of the engine's:

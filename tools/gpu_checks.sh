@@ -2,7 +2,7 @@
 # Everything a machine with an NVIDIA GPU can check that this project's CI cannot, in one
 # go (for a session lent a GPU: the `device` tool runs it in a copy of the working tree):
 #   1. the CUDA kernels against NumPy, the engine's GPU forward pass and the hot/cold split
-#      against the references, and the plugin loader (tests/test_cuda_kernels.py,
+#      against the references, and the plugin loader (tests/gpu/test_cuda_kernels.py,
 #      test_gpu_forward.py, test_cuda_plugin.py: they build the plugin with nvcc themselves);
 #   2. benchmarks/bench_gpu.py on the shapes in GPU_BENCH_SHAPES (default minicpm-s-1b;
 #      relu-llama-7b builds a 3.8 GB model first) and the weight types in GPU_BENCH_TYPES
@@ -51,8 +51,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --f
 status=0
 if [ "${1:-}" != "bench" ]; then
     # The emulator's run of the GPU forward tests is CI's (as is test_cuda_emulated.py).
-    "$py" -m pytest -q -rs --durations=10 tests/test_cuda_kernels.py tests/test_gpu_forward.py \
-        tests/test_cuda_plugin.py --deselect tests/test_gpu_forward.py::test_gpu_forward_on_the_cpu_emulator \
+    "$py" -m pytest -q -rs --durations=10 tests/gpu/test_cuda_kernels.py tests/gpu/test_gpu_forward.py \
+        tests/gpu/test_cuda_plugin.py --deselect tests/gpu/test_gpu_forward.py::test_gpu_forward_on_the_cpu_emulator \
         || status=$?
 fi
 if [ "${1:-}" != "tests" ]; then

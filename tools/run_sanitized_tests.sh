@@ -2,7 +2,7 @@
 # Builds sparseinfer with AddressSanitizer + UndefinedBehaviorSanitizer into a private venv
 # and runs the test suite (or the pytest arguments given) under it. Linux, GCC or Clang.
 #   tools/run_sanitized_tests.sh                 # every test
-#   tools/run_sanitized_tests.sh tests/test_forward.py -k Q4_0
+#   tools/run_sanitized_tests.sh tests/model/test_forward.py -k Q4_0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${SANITIZE_VENV:-/tmp/sparseinfer-asan-venv}

@@ -194,14 +194,14 @@ def build_emulated_plugin() -> str:
     return lib
 
 
-def run_tests_in_child(test_file: str, env_extra: dict, min_passed: int) -> None:
+def run_tests_in_child(test_path: str, env_extra: dict, min_passed: int) -> None:
     """Runs a test file in a fresh interpreter (without a sanitizer preload) with env_extra
     set; fails unless it passes with at least min_passed tests run, so that a child in which
     everything skipped does not count as a pass."""
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     env.update(env_extra)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.join(TESTS, test_file)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_path],
         capture_output=True, text=True, timeout=1200, env=env, cwd=TESTS)
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-3000:]

@@ -1,5 +1,5 @@
 // A CPU emulation of the CUDA subset the plugin (cpp/src/cuda) uses, so that its kernels'
-// logic is tested on machines without a GPU (tests/test_cuda_emulated.py). The blocks of a
+// logic is tested on machines without a GPU (tests/gpu/test_cuda_emulated.py). The blocks of a
 // launch run one after another; each block's threads run as fibers (ucontext) on one OS
 // thread and switch only at __syncthreads and at warp collectives (shuffles, ballot), which
 // are barriers. It checks what a kernel computes, not how it behaves on a GPU: memory

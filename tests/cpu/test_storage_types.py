@@ -13,10 +13,9 @@ from gguf import quants
 
 import ggufgen
 import reference
+from logits import assert_close
 from sparseinfer import _core
 import sparseinfer
-
-from test_forward import assert_close
 
 
 @pytest.mark.parametrize("qtype", [T.Q5_0, T.Q5_1, T.Q6_K], ids=lambda t: t.name)

@@ -11,9 +11,10 @@ import re
 
 import pytest
 
+from paths import ROOT
+
 tomllib = pytest.importorskip("tomllib", reason="tomllib is in Python 3.11+")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if not os.path.exists(os.path.join(ROOT, "pyproject.toml")):
     pytest.skip("no source tree next to the tests", allow_module_level=True)
 

@@ -22,6 +22,7 @@ import pytest
 
 import ggufgen
 import sparsegen
+from logits import logits_in_chunks
 from paths import SUPPORT
 import sparseinfer as si
 from sparseinfer import _core
@@ -31,17 +32,6 @@ LEVELS = _core.system_info()["available_isas"]
 # Ways to cut 37 tokens into evaluations: one batch, prefix + one at a time, uneven chunks
 # (a chunk of 1, tails of 1..3 after groups of four).
 SPLITS = [[37], [9] + [1] * 28, [5, 8, 17, 1, 6], [1, 2, 3, 31]]
-
-
-def logits_in_chunks(session, tokens, sizes):
-    """The logits of every position of `tokens`, evaluated by `session` (a native session,
-    from where it stands) in chunks of the given sizes (also used by test_gpu_forward.py)."""
-    rows, start = [], 0
-    for size in sizes:
-        session.eval(tokens[start:start + size], all_logits=True)
-        rows.append(session.logits())
-        start += size
-    return np.concatenate(rows)
 
 
 def _split_logits(path, tokens, splits, sparse):
@@ -204,7 +194,7 @@ def test_a_cancelled_prompt_leaves_only_what_was_evaluated_before_it(tmp_path):
     ggufgen.write_llama_model(path, n_embd=256, n_layer=8, n_head=4, n_head_kv=4, n_ff=512,
                               n_ctx=4096, seed=1)
     short = "hello world " * 3
-    long = short + "hello world " * 165  # about a second to evaluate (tests/test_sessions.py)
+    long = short + "hello world " * 165  # about a second to evaluate (tests/api/test_sessions.py)
     with si.Model(str(path), n_ctx=4096, n_threads=1) as model:
         model.generate(short, max_tokens=2, temperature=0, ignore_eos=True)
         cached = list(model._own.cached)

@@ -14,11 +14,10 @@ import pytest
 
 import ggufgen
 import sparsegen
+from paths import ROOT
 
 import sparseinfer
 from sparseinfer import _core
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # The build and the program are not instrumented: no sanitizer runtime preloaded into them

@@ -4,7 +4,9 @@ and the directories the table there lists for it, so the layout cannot rot unsee
 import pathlib
 import re
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+import paths
+
+ROOT = pathlib.Path(paths.ROOT)
 SRC = ROOT / "cpp" / "src"
 # "sparseinfer" is the public include directory (cpp/include/sparseinfer).
 ALLOWED = {

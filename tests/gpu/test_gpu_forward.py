@@ -36,7 +36,7 @@ import ggufgen
 import reference
 import sparse_reference
 import sparsegen
-from test_prefix_reuse import logits_in_chunks
+from logits import logits_in_chunks
 
 import sparseinfer
 from sparseinfer import _core
@@ -81,7 +81,7 @@ def gpu_model(path, **kw):
 
 def run_child(plugin, kind, extra_env=None):
     env = dict(extra_env or {}, SPARSEINFER_CUDA_PLUGIN=plugin, SPARSEINFER_TEST_GPU_CHILD=kind)
-    cuda_build.run_tests_in_child("test_gpu_forward.py", env, min_passed=15)  # the GPU cases ran
+    cuda_build.run_tests_in_child(os.path.abspath(__file__), env, min_passed=15)  # the GPU cases ran
 
 
 @pytest.mark.skipif(bool(CHILD), reason="the parent's test")

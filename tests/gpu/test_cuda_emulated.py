@@ -19,5 +19,5 @@ def test_kernels_pass_on_the_cpu_emulator():
     except FileNotFoundError as error:
         pytest.skip(str(error))
     # Every kernel test runs there (only the no-device case skips): the run checks something.
-    cuda_build.run_tests_in_child("test_cuda_kernels.py",
-                                  {"SPARSEINFER_TEST_EMULATED_CUDA_PLUGIN": lib}, min_passed=150)
+    kernel_tests = os.path.join(os.path.dirname(os.path.abspath(__file__)), "test_cuda_kernels.py")
+    cuda_build.run_tests_in_child(kernel_tests, {"SPARSEINFER_TEST_EMULATED_CUDA_PLUGIN": lib}, min_passed=150)

@@ -41,13 +41,37 @@ _WORDS = (
 ).split()
 
 
-class LlamaWeights(dict):
-    """dict of GGUF tensor name -> float32 ndarray (numpy (out, in) layout), plus
-    `.hparams` (a dict the reference forward pass takes) and `.path`."""
+class ModelWeights(dict):
+    """dict of GGUF tensor name -> float32 ndarray (numpy (out, in) layout) as the file holds
+    it, plus `.hparams` (a dict the reference forward passes take), `.path` and `.vocab`."""
 
     hparams: dict
     path: str
     vocab: list
+
+
+class RandomWeights:
+    """Random float32 weights from one generator: the same seed and the same order of calls
+    give the same model. Scales: RMS-normed inputs have unit RMS, so a matrix with std
+    1/sqrt(in) keeps outputs O(1); norm weights are about 1."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+
+    def matrix(self, rows: int, cols: int, std: float) -> np.ndarray:
+        return (self.rng.standard_normal((rows, cols)) * std).astype(np.float32)
+
+    def norm(self, n: int) -> np.ndarray:
+        return (1.0 + 0.1 * self.rng.standard_normal(n)).astype(np.float32)
+
+    def add_attention(self, raw: dict, prefix: str, n_embd: int, n_kv: int) -> None:
+        """A layer's attention norm and its q, k, v and output matrices, into raw."""
+        raw[prefix + "attn_norm.weight"] = self.norm(n_embd)
+        # q/k a little larger so that attention is not uniform
+        raw[prefix + "attn_q.weight"] = self.matrix(n_embd, n_embd, 1.5 / np.sqrt(n_embd))
+        raw[prefix + "attn_k.weight"] = self.matrix(n_kv, n_embd, 1.5 / np.sqrt(n_embd))
+        raw[prefix + "attn_v.weight"] = self.matrix(n_kv, n_embd, 1.0 / np.sqrt(n_embd))
+        raw[prefix + "attn_output.weight"] = self.matrix(n_embd, n_embd, 0.7 / np.sqrt(n_embd))
 
 
 def default_vocab(n_vocab: int) -> list[tuple[str, float, int]]:
@@ -128,6 +152,46 @@ def quantize_q6_k(arr: np.ndarray) -> np.ndarray:
     return blocks.reshape(rows, cols // 256 * 210)
 
 
+def add_hparams(writer, prefix: str, *, name: str, n_ctx: int, n_embd: int, n_layer: int, n_ff: int,
+                n_head: int, n_head_kv: int, rope_base: float, rope_dim: int, rms_eps: float,
+                n_vocab: int) -> None:
+    """The model's name and its hyperparameters as llama.cpp reads them, under `prefix`
+    ("llama.", "bamboo.")."""
+    writer.add_string("general.name", name)
+    writer.add_uint32(prefix + "context_length", n_ctx)
+    writer.add_uint32(prefix + "embedding_length", n_embd)
+    writer.add_uint32(prefix + "block_count", n_layer)
+    writer.add_uint32(prefix + "feed_forward_length", n_ff)
+    writer.add_uint32(prefix + "attention.head_count", n_head)
+    writer.add_uint32(prefix + "attention.head_count_kv", n_head_kv)
+    writer.add_float32(prefix + "rope.freq_base", rope_base)
+    writer.add_uint32(prefix + "rope.dimension_count", rope_dim)
+    writer.add_float32(prefix + "attention.layer_norm_rms_epsilon", rms_eps)
+    writer.add_uint32(prefix + "vocab_size", n_vocab)
+
+
+def add_tensor(writer, name: str, arr: np.ndarray, weight_type: str) -> np.ndarray:
+    """Adds a tensor: a 1-D one (a norm weight) as F32, a matrix in weight_type. Returns the
+    float32 values the file holds."""
+    if arr.ndim == 1:
+        writer.add_tensor(name, arr)
+        return arr.copy()
+    data, back, qt = roundtrip(arr, weight_type)
+    if qt is None:
+        writer.add_tensor(name, data)
+    else:
+        writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qt)
+    return back
+
+
+def write_file(writer) -> None:
+    """Writes the header, metadata and tensors added to a gguf.GGUFWriter, and closes it."""
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 def add_spm_vocab(writer, vocab: Sequence[tuple[str, float, int]]) -> None:
     """Writes a SentencePiece-style vocabulary (text, score, token type) as llama.cpp's
     converter does: <unk>, <s>, </s> at UNK_ID, BOS_ID, EOS_ID, BOS added, EOS not."""
@@ -169,7 +233,7 @@ def write_llama_model(
     skip_keys: Iterable[str] = (),
     skip_tensors: Iterable[str] = (),
     reshape_tensors: Optional[dict] = None,
-) -> LlamaWeights:
+) -> ModelWeights:
     """Writes a random tiny llama model to `path` and returns the weights it holds.
 
     weight_type applies to every 2-D matrix; embd_type / output_type override it for
@@ -201,42 +265,30 @@ def write_llama_model(
     if len(vocab) != n_vocab:
         raise ValueError(f"vocab has {len(vocab)} entries, n_vocab is {n_vocab}")
 
-    rng = np.random.default_rng(seed)
+    draw = RandomWeights(seed)
     n_kv = n_head_kv * head_dim
 
-    def mat(rows: int, cols: int, std: float) -> np.ndarray:
-        return (rng.standard_normal((rows, cols)) * std).astype(np.float32)
-
-    def norm(n: int) -> np.ndarray:
-        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
-
-    # Scales: RMS-normed inputs have unit RMS, so a matrix with std 1/sqrt(in) keeps
-    # outputs O(1). The residual stream starts from embeddings of std ~1. Logits get a
-    # std of about `logit_scale` so that the softmax is neither flat nor one-hot.
+    # The residual stream starts from embeddings of std ~1. Logits get a std of about
+    # `logit_scale` so that the softmax is neither flat nor one-hot.
     raw: dict[str, np.ndarray] = {}
-    raw["token_embd.weight"] = mat(n_vocab, n_embd, 1.0)
+    raw["token_embd.weight"] = draw.matrix(n_vocab, n_embd, 1.0)
     for i in range(n_layer):
         p = f"blk.{i}."
-        raw[p + "attn_norm.weight"] = norm(n_embd)
-        # q/k a little larger so that attention is not uniform
-        raw[p + "attn_q.weight"] = mat(n_embd, n_embd, 1.5 / np.sqrt(n_embd))
-        raw[p + "attn_k.weight"] = mat(n_kv, n_embd, 1.5 / np.sqrt(n_embd))
-        raw[p + "attn_v.weight"] = mat(n_kv, n_embd, 1.0 / np.sqrt(n_embd))
-        raw[p + "attn_output.weight"] = mat(n_embd, n_embd, 0.7 / np.sqrt(n_embd))
-        raw[p + "ffn_norm.weight"] = norm(n_embd)
-        raw[p + "ffn_gate.weight"] = mat(n_ff, n_embd, 1.0 / np.sqrt(n_embd))
-        raw[p + "ffn_up.weight"] = mat(n_ff, n_embd, 1.0 / np.sqrt(n_embd))
-        raw[p + "ffn_down.weight"] = mat(n_embd, n_ff, 1.0 / np.sqrt(n_ff))
-    raw["output_norm.weight"] = norm(n_embd)
+        draw.add_attention(raw, p, n_embd, n_kv)
+        raw[p + "ffn_norm.weight"] = draw.norm(n_embd)
+        raw[p + "ffn_gate.weight"] = draw.matrix(n_ff, n_embd, 1.0 / np.sqrt(n_embd))
+        raw[p + "ffn_up.weight"] = draw.matrix(n_ff, n_embd, 1.0 / np.sqrt(n_embd))
+        raw[p + "ffn_down.weight"] = draw.matrix(n_embd, n_ff, 1.0 / np.sqrt(n_ff))
+    raw["output_norm.weight"] = draw.norm(n_embd)
     if tie_embeddings:
         # tied: logits = h . embd; the embedding's std (1) times sqrt(n_embd) would be
         # too large, but the residual stream needs embeddings O(1): keep them, the
         # output norm weight absorbs the scale.
         raw["output_norm.weight"] = (raw["output_norm.weight"] * logit_scale / np.sqrt(n_embd)).astype(np.float32)
     else:
-        raw["output.weight"] = mat(n_vocab, n_embd, logit_scale / np.sqrt(n_embd))
+        raw["output.weight"] = draw.matrix(n_vocab, n_embd, logit_scale / np.sqrt(n_embd))
 
-    w = LlamaWeights()
+    w = ModelWeights()
     skip_keys = set(skip_keys)
     skip_tensors = set(skip_tensors)
     reshape_tensors = dict(reshape_tensors or {})
@@ -252,17 +304,9 @@ def write_llama_model(
         writer.kv_data[0].pop("general.architecture", None)
     if alignment is not None:
         writer.add_custom_alignment(alignment)
-    writer.add_string("general.name", "sparseinfer-test-tiny-llama")
-    writer.add_uint32("llama.context_length", n_ctx)
-    writer.add_uint32("llama.embedding_length", n_embd)
-    writer.add_uint32("llama.block_count", n_layer)
-    writer.add_uint32("llama.feed_forward_length", n_ff)
-    writer.add_uint32("llama.attention.head_count", n_head)
-    writer.add_uint32("llama.attention.head_count_kv", n_head_kv)
-    writer.add_float32("llama.rope.freq_base", rope_base)
-    writer.add_uint32("llama.rope.dimension_count", rope_dim)
-    writer.add_float32("llama.attention.layer_norm_rms_epsilon", rms_eps)
-    writer.add_uint32("llama.vocab_size", n_vocab)
+    add_hparams(writer, "llama.", name="sparseinfer-test-tiny-llama", n_ctx=n_ctx, n_embd=n_embd,
+                n_layer=n_layer, n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv, rope_base=rope_base,
+                rope_dim=rope_dim, rms_eps=rms_eps, n_vocab=n_vocab)
     add_spm_vocab(writer, vocab)
     for k, v in (extra_kv or {}).items():
         # extra keys override the builder's own (which the wrapper skipped)
@@ -282,21 +326,9 @@ def write_llama_model(
             continue
         if name in reshape_tensors:
             arr = arr.reshape(reshape_tensors[name])
-        if arr.ndim == 1:
-            data, back, qt = arr, arr.copy(), None
-        else:
-            t = embd_type if name == "token_embd.weight" else output_type if name == "output.weight" else weight_type
-            data, back, qt = roundtrip(arr, t)
-        if qt is None:
-            writer.add_tensor(name, data)
-        else:
-            writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qt)
-        w[name] = back
-
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+        t = embd_type if name == "token_embd.weight" else output_type if name == "output.weight" else weight_type
+        w[name] = add_tensor(writer, name, arr, t)
+    write_file(writer)
 
     w.hparams = dict(
         n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv,

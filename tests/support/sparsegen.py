@@ -37,24 +37,14 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 import gguf
-from gguf import GGUFValueType as VT
 
 import ggufgen
-from ggufgen import BOS_ID, default_vocab, roundtrip
+from ggufgen import BOS_ID, ModelWeights, RandomWeights, add_hparams, add_tensor, default_vocab, write_file
 
 PWRI_MAGIC = b"PWRI"
 GGUF_MAGIC = b"GGUF"
 SPARSE_WEIGHT_TYPES = ("F32", "F16", "Q8_0", "Q4_0")
 ARCHS = ("llama", "bamboo")
-
-
-class SparseWeights(dict):
-    """dict of tensor name -> float32 ndarray (numpy (out, in) layout) as the file holds it,
-    plus `.hparams` (for the reference), `.path` and `.vocab`."""
-
-    hparams: dict
-    path: str
-    vocab: list
 
 
 def set_magic(path: Union[str, os.PathLike], magic: bytes) -> None:
@@ -111,46 +101,36 @@ def make_sparse_weights(
     if n_embd % n_head or n_head % n_head_kv:
         raise ValueError("bad head counts")
     ranks = _ranks(rank, n_layer)
-    rng = np.random.default_rng(seed)
+    draw = RandomWeights(seed)
     head_dim = n_embd // n_head
     n_kv = n_head_kv * head_dim
 
-    def mat(rows: int, cols: int, std: float) -> np.ndarray:
-        return (rng.standard_normal((rows, cols)) * std).astype(np.float32)
-
-    def norm(n: int) -> np.ndarray:
-        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
-
-    raw: dict[str, np.ndarray] = {"token_embd.weight": mat(n_vocab, n_embd, 1.0)}
+    raw: dict[str, np.ndarray] = {"token_embd.weight": draw.matrix(n_vocab, n_embd, 1.0)}
     for i in range(n_layer):
         p = f"blk.{i}."
-        raw[p + "attn_norm.weight"] = norm(n_embd)
-        raw[p + "attn_q.weight"] = mat(n_embd, n_embd, 1.5 / np.sqrt(n_embd))
-        raw[p + "attn_k.weight"] = mat(n_kv, n_embd, 1.5 / np.sqrt(n_embd))
-        raw[p + "attn_v.weight"] = mat(n_kv, n_embd, 1.0 / np.sqrt(n_embd))
-        raw[p + "attn_output.weight"] = mat(n_embd, n_embd, 0.7 / np.sqrt(n_embd))
-        ffn_norm = norm(n_embd)
+        draw.add_attention(raw, p, n_embd, n_kv)
+        ffn_norm = draw.norm(n_embd)
         raw[p + "ffn_norm.weight"] = ffn_norm
         r = ranks[i]
         if predictor == "exact":
-            a = rng.standard_normal((r, n_embd)) / np.sqrt(n_embd)
-            b = rng.standard_normal((n_ff, r)) / np.sqrt(r)
+            a = draw.rng.standard_normal((r, n_embd)) / np.sqrt(n_embd)
+            b = draw.rng.standard_normal((n_ff, r)) / np.sqrt(r)
             # gate = B A diag(1/ffn_norm): gate . (x s w) = s (B A x)
             raw[p + "ffn_gate.weight"] = ((b @ a) / ffn_norm.astype(np.float64)[None, :]).astype(np.float32)
             raw[p + "fc1.weight"] = np.concatenate([a, -a], axis=0).astype(np.float32)
             raw[p + "fc2.weight"] = np.concatenate([b, -b], axis=1).astype(np.float32)
         else:
-            raw[p + "ffn_gate.weight"] = mat(n_ff, n_embd, 1.0 / np.sqrt(n_embd))
-            raw[p + "fc1.weight"] = mat(r, n_embd, 1.0 / np.sqrt(n_embd))
-            fc2 = mat(n_ff, r, pred_scale / np.sqrt(r)) - np.float32(pred_offset / np.sqrt(r))
+            raw[p + "ffn_gate.weight"] = draw.matrix(n_ff, n_embd, 1.0 / np.sqrt(n_embd))
+            raw[p + "fc1.weight"] = draw.matrix(r, n_embd, 1.0 / np.sqrt(n_embd))
+            fc2 = draw.matrix(n_ff, r, pred_scale / np.sqrt(r)) - np.float32(pred_offset / np.sqrt(r))
             raw[p + "fc2.weight"] = fc2.astype(np.float32)
         if zero_pred_rows:
             raw[p + "fc2.weight"][:zero_pred_rows] = 0.0
-        raw[p + "ffn_up.weight"] = mat(n_ff, n_embd, 1.0 / np.sqrt(n_embd))
+        raw[p + "ffn_up.weight"] = draw.matrix(n_ff, n_embd, 1.0 / np.sqrt(n_embd))
         # numpy (n_ff, n_embd): row j = neuron j's contribution (W_down = ffn_down_t.T)
-        raw[p + "ffn_down_t.weight"] = mat(n_ff, n_embd, 1.5 / np.sqrt(n_ff))
-    raw["output_norm.weight"] = norm(n_embd)
-    raw["output.weight"] = mat(n_vocab, n_embd, logit_scale / np.sqrt(n_embd))
+        raw[p + "ffn_down_t.weight"] = draw.matrix(n_ff, n_embd, 1.5 / np.sqrt(n_ff))
+    raw["output_norm.weight"] = draw.norm(n_embd)
+    raw["output.weight"] = draw.matrix(n_vocab, n_embd, logit_scale / np.sqrt(n_embd))
     return raw
 
 
@@ -178,7 +158,7 @@ def write_pwri_model(
     seed: int = 0,
     magic: bytes = PWRI_MAGIC,
     raw: Optional[dict[str, np.ndarray]] = None,
-) -> SparseWeights:
+) -> ModelWeights:
     """Writes a random tiny PowerInfer model and returns the weights it holds.
 
     weight_type: every 2-D matrix but the predictor; pred_type: fc1/fc2 (default:
@@ -204,40 +184,23 @@ def write_pwri_model(
     vocab = default_vocab(n_vocab)
 
     writer = gguf.GGUFWriter(str(path), arch)
-    k = arch + "."
-    writer.add_string("general.name", "sparseinfer-test-tiny-powerinfer")
-    writer.add_uint32(k + "context_length", n_ctx)
-    writer.add_uint32(k + "embedding_length", n_embd)
-    writer.add_uint32(k + "block_count", n_layer)
-    writer.add_uint32(k + "feed_forward_length", n_ff)
-    writer.add_uint32(k + "attention.head_count", n_head)
-    writer.add_uint32(k + "attention.head_count_kv", n_head_kv)
-    writer.add_float32(k + "rope.freq_base", rope_base)
-    writer.add_uint32(k + "rope.dimension_count", n_embd // n_head)
-    writer.add_float32(k + "attention.layer_norm_rms_epsilon", rms_eps)
-    writer.add_uint32(k + "vocab_size", n_vocab)
+    add_hparams(writer, arch + ".", name="sparseinfer-test-tiny-powerinfer", n_ctx=n_ctx, n_embd=n_embd,
+                n_layer=n_layer, n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv, rope_base=rope_base,
+                rope_dim=n_embd // n_head, rms_eps=rms_eps, n_vocab=n_vocab)
     if threshold is not None:
         writer.add_float32("powerinfer.sparse_threshold", float(threshold))
     ggufgen.add_spm_vocab(writer, vocab)
 
-    w = SparseWeights()
+    w = ModelWeights()
     types: dict[str, str] = {}
     for name, arr in raw.items():
         if arr.ndim == 1:
-            data, back, qt, t = arr, arr.copy(), None, "F32"
+            t = "F32"
         else:
             t = pred_type if name.endswith(("fc1.weight", "fc2.weight")) else weight_type
-            data, back, qt = roundtrip(arr, t)
-        if qt is None:
-            writer.add_tensor(name, data)
-        else:
-            writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qt)
-        w[name] = back
+        w[name] = add_tensor(writer, name, arr, t)
         types[name] = t
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_file(writer)
     set_magic(path, magic)
 
     w.hparams = dict(

@@ -111,7 +111,7 @@ def models(tmp_path_factory):
 def test_counts_match_reference(models, arch, weight_type, n_threads, sparse):
     w = models[arch, weight_type]
     # A prompt, then single tokens (the decoding path) through one KV cache.
-    toks = sparsegen.tokens(30, seed=3)
+    toks = ggufgen.random_tokens(30, seed=3)
     batches = [toks[:24]] + [[t] for t in toks[24:]]
     ref = RecordingReference(w, sparse=sparse)
     pieces = [[] for _ in range(ref.n_layer)]
@@ -130,7 +130,7 @@ def test_counts_match_reference(models, arch, weight_type, n_threads, sparse):
 
 def test_counts_do_not_depend_on_the_thread_count(models):
     w = models["llama", "F16"]
-    toks = [sparsegen.tokens(40, seed=9)]
+    toks = [ggufgen.random_tokens(40, seed=9)]
     first, _ = count_with_engine(w.path, toks, sparse=True, n_threads=1)
     for n_threads in (2, 4):
         again, _ = count_with_engine(w.path, toks, sparse=True, n_threads=n_threads)
@@ -141,7 +141,7 @@ def test_counts_span_several_batches(tmp_path):
     # The engine evaluates at most 256 tokens per batch; counts are committed per batch.
     w = sparsegen.write_pwri_model(tmp_path / "long.gguf", n_layer=2, n_embd=32, n_ff=64,
                                    rank=16, seed=4)
-    toks = sparsegen.tokens(300, seed=4)
+    toks = ggufgen.random_tokens(300, seed=4)
     ref = RecordingReference(w, sparse=False)
     ref.eval(toks)
     session = _core.Session(_core.Model(w.path, predictor_q8=False), 320, 2)
@@ -153,7 +153,7 @@ def test_counts_span_several_batches(tmp_path):
 
 def test_counting_is_opt_in_and_resets(models):
     w = models["llama", "F32"]
-    toks = sparsegen.tokens(12, seed=1)
+    toks = ggufgen.random_tokens(12, seed=1)
     session = _core.Session(_core.Model(w.path, predictor_q8=False), N_CTX, 2)
     session.eval(toks)
     assert session.neuron_count_tokens == 0

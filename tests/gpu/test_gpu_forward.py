@@ -58,11 +58,6 @@ def assert_close(got, want, max_tol=MAX_TOL, mean_tol=MEAN_TOL):
     assert diff.mean() / std <= mean_tol, f"mean |diff| / std = {diff.mean() / std:.3g}"
 
 
-def tokens(n, seed=0, n_vocab=320):
-    rng = np.random.default_rng(seed)
-    return [ggufgen.BOS_ID] + [int(t) for t in rng.integers(3, n_vocab, n - 1)]
-
-
 class Float32Reference(sparse_reference.SparseReference):
     """The PowerInfer reference, dense, with the GPU's rounding: K and V to half, activations
     not rounded (float32 on the GPU, exact here)."""
@@ -184,7 +179,7 @@ def test_model_without_a_device_raises_device_unavailable(tiny_model, stub_plugi
 def test_dense_logits_match_the_reference(tmp_path, weight_type):
     # GQA: 4 query heads over 2 KV heads
     w = ggufgen.write_llama_model(tmp_path / "m.gguf", weight_type=weight_type, n_head=4, n_head_kv=2)
-    ids = tokens(8)
+    ids = ggufgen.random_tokens(8)
     with gpu_model(tmp_path / "m.gguf") as m:
         assert m.device == "cuda:0" and not m.is_sparse
         got = m.logits(ids)
@@ -196,7 +191,7 @@ def test_dense_logits_match_the_reference(tmp_path, weight_type):
 def test_tied_embeddings(tmp_path, weight_type):
     w = ggufgen.write_llama_model(tmp_path / "m.gguf", weight_type=weight_type, tie_embeddings=True,
                                   n_head_kv=1)
-    ids = tokens(6, seed=3)
+    ids = ggufgen.random_tokens(6, seed=3)
     with gpu_model(tmp_path / "m.gguf") as m:
         got = m.logits(ids)
     assert_close(got, reference.forward(w, ids, kv_f16=True))
@@ -206,7 +201,7 @@ def test_tied_embeddings(tmp_path, weight_type):
 @pytest.mark.parametrize("arch, weight_type", [("llama", "F32"), ("llama", "Q4_0"), ("bamboo", "Q8_0")])
 def test_powerinfer_file_runs_densely(tmp_path, arch, weight_type):
     w = sparsegen.write_pwri_model(tmp_path / "p.gguf", arch=arch, weight_type=weight_type)
-    ids = tokens(8, seed=1)
+    ids = ggufgen.random_tokens(8, seed=1)
     with gpu_model(tmp_path / "p.gguf", sparse=False) as m:
         assert not m.is_sparse and m.placement.hot is None
         got = m.logits(ids)
@@ -272,7 +267,7 @@ def test_hybrid_sparse_logits_match_the_reference(tmp_path, arch, weight_type, h
     path = tmp_path / "p.gguf"
     w = sparsegen.write_pwri_model(path, arch=arch, weight_type=weight_type, n_layer=2, seed=7)
     budget = budget_for(path, hot_share, n_gpu_layers)
-    ids = tokens(8, seed=1)
+    ids = ggufgen.random_tokens(8, seed=1)
     with gpu_model(path, sparse=True, vram_budget=f"{budget}B") as m:  # n_gpu_layers: as many as fit
         plan = m.placement
         assert m.is_sparse and plan.planned_bytes <= budget and plan.n_gpu_layers == n_gpu_layers
@@ -290,7 +285,7 @@ def test_hybrid_decoding_matches_the_cpu_and_counts_the_active_neurons(tmp_path)
     path = tmp_path / "p.gguf"
     w = sparsegen.write_pwri_model(path, weight_type="F32", n_layer=2, seed=3)
     budget = budget_for(path, 0.5, 2)
-    ids = tokens(6, seed=5)
+    ids = ggufgen.random_tokens(6, seed=5)
     with gpu_model(path, sparse=True, vram_budget=f"{budget}B") as m:
         ref, want = checked_reference(m, w, ids)
         native = m._sequence().native
@@ -328,7 +323,7 @@ def test_hybrid_placement_follows_the_profile(tmp_path):
     counts = [np.where(np.arange(128) % 2 == 1, 1000 - np.arange(128), 0) for _ in range(2)]
     NeuronProfile(tuple(np.asarray(c, dtype=np.int64) for c in counts), tokens=1000).save(
         default_profile_path(path))
-    ids = tokens(8, seed=2)
+    ids = ggufgen.random_tokens(8, seed=2)
     with gpu_model(path, sparse=True, vram_budget=f"{budget_for(path, 0.25, 2)}B") as m:
         for hot in m.placement.hot:  # room for 32 of each layer's 128 neurons
             assert list(hot) == list(range(1, 64, 2))
@@ -353,13 +348,13 @@ def test_vram_budget_is_respected_and_weights_are_shared(tmp_path):
     with _cuda.plugin().context(0) as probe:
         free_before, _ = probe.memory_info()
         with gpu_model(path, n_ctx=96, sparse=True, vram_budget=f"{budget}B") as m:
-            m.logits(tokens(20, seed=3))
+            m.logits(ggufgen.random_tokens(20, seed=3))
             used = free_before - probe.memory_info()[0]
             assert m.placement.planned_bytes <= budget
             assert 0 < used <= budget + slack, (used, budget)
             assert m.gpu_weight_bytes <= used
             with m.session(n_ctx=96) as s:  # a session adds its KV cache and activations only
-                s.logits(tokens(20, seed=3))
+                s.logits(ggufgen.random_tokens(20, seed=3))
                 added = free_before - probe.memory_info()[0] - used
                 assert 0 < added <= used - m.gpu_weight_bytes + slack, (added, used)
         assert free_before - probe.memory_info()[0] <= slack  # all freed with the Model
@@ -400,7 +395,7 @@ def test_budget_errors_name_the_sizes(tmp_path):
 @in_child
 def test_dense_model_with_some_layers_on_the_cpu(tmp_path):
     w = ggufgen.write_llama_model(tmp_path / "m.gguf", weight_type="F32", n_layer=3)
-    ids = tokens(7)
+    ids = ggufgen.random_tokens(7)
     want = reference.forward(w, ids, kv_f16=True)
     for n_gpu_layers in (0, 1, 2):
         with gpu_model(tmp_path / "m.gguf", n_gpu_layers=n_gpu_layers) as m:
@@ -434,7 +429,7 @@ def test_logits_do_not_depend_on_how_the_tokens_were_split(tmp_path, q4_model, k
         path = tmp_path / "p.gguf"
         sparsegen.write_pwri_model(path, weight_type="Q4_0", n_layer=2, seed=7)
         args = dict(sparse=True, vram_budget=f"{budget_for(path, 0.5, 1)}B")
-    ids = tokens(11, seed=2)
+    ids = ggufgen.random_tokens(11, seed=2)
     results = []
     with gpu_model(path, **args) as m:
         assert kind == "dense" or 0 < m.placement.n_hot[1] < 128
@@ -458,7 +453,7 @@ def test_logits_do_not_depend_on_how_the_tokens_were_split(tmp_path, q4_model, k
 def test_long_prompt_runs_in_chunks(tmp_path):
     # more than one batch of 256 tokens (Session's chunks): the second chunk attends to the first
     w = ggufgen.write_llama_model(tmp_path / "m.gguf", n_ctx=320)
-    ids = tokens(270, seed=4)
+    ids = ggufgen.random_tokens(270, seed=4)
     with gpu_model(tmp_path / "m.gguf", n_ctx=300) as m:
         got = m.logits(ids)
         native = m._sequence().native
@@ -486,7 +481,7 @@ def test_greedy_generation_matches_the_cpu(tmp_path):
 @in_child
 def test_context_overflow_and_truncate(q4_model):
     path, w = q4_model
-    ids = tokens(10, seed=5)
+    ids = ggufgen.random_tokens(10, seed=5)
     with gpu_model(path, n_ctx=10) as m:
         native = m._sequence().native
         native.eval(ids[:6])
@@ -505,7 +500,7 @@ def test_context_overflow_and_truncate(q4_model):
 @in_child
 def test_cancel(q4_model):
     path, w = q4_model
-    ids = tokens(8, seed=6)
+    ids = ggufgen.random_tokens(8, seed=6)
     want = reference.forward(w, ids, kv_f16=True)
     with gpu_model(path) as m:
         native = m._sequence().native
@@ -525,7 +520,7 @@ def test_cancel(q4_model):
 
         def run():
             try:
-                native.eval(tokens(48, seed=7))
+                native.eval(ggufgen.random_tokens(48, seed=7))
                 outcome["done"] = True
             except sparseinfer.CancelledError:
                 outcome["cancelled"] = True

@@ -35,11 +35,6 @@ def ref_forward(w, tokens):
     return reference.forward(w, tokens, kv_f16=KV_F16)
 
 
-def _tokens(n, seed=0, n_vocab=320):
-    rng = np.random.default_rng(seed)
-    return [ggufgen.BOS_ID] + [int(t) for t in rng.integers(3, n_vocab, n - 1)]
-
-
 def engine_logits(path, tokens, n_ctx=128, n_threads=N_THREADS):
     m = sparseinfer.Model(str(path), n_ctx=n_ctx, n_threads=n_threads)
     out = m.logits(tokens)
@@ -56,7 +51,7 @@ def engine_logits(path, tokens, n_ctx=128, n_threads=N_THREADS):
 def test_logits_match_reference(tmp_path, weight_type):
     p = tmp_path / f"m_{weight_type}.gguf"
     w = ggufgen.write_llama_model(p, weight_type=weight_type, seed=1)
-    toks = _tokens(40, seed=1)
+    toks = ggufgen.random_tokens(40, seed=1)
     ref = ref_forward(w, toks)
     got = engine_logits(p, toks)
     assert_close(got, ref, weight_type, "prompt of 40")
@@ -75,7 +70,7 @@ def test_single_token(tmp_path, weight_type):
 def test_threads_bitwise_identical(tmp_path, weight_type):
     p = tmp_path / "m.gguf"
     ggufgen.write_llama_model(p, weight_type=weight_type, seed=3)
-    toks = _tokens(33, seed=3)
+    toks = ggufgen.random_tokens(33, seed=3)
     a = engine_logits(p, toks, n_threads=1)
     b = engine_logits(p, toks, n_threads=2)
     c = engine_logits(p, toks, n_threads=3)  # more threads than this machine's cores, uneven split
@@ -92,7 +87,7 @@ def test_kv_cache_incremental(tmp_path, weight_type):
 
     p = tmp_path / "m.gguf"
     w = ggufgen.write_llama_model(p, weight_type=weight_type, seed=4)
-    toks = _tokens(30, seed=4)
+    toks = ggufgen.random_tokens(30, seed=4)
     ref = ref_forward(w, toks)
     full = engine_logits(p, toks)
 
@@ -162,7 +157,7 @@ def test_generate_greedy_matches_reference(tmp_path):
 def test_gqa_variants(tmp_path, n_head_kv):
     p = tmp_path / "m.gguf"
     w = ggufgen.write_llama_model(p, n_head=4, n_head_kv=n_head_kv, seed=6)
-    toks = _tokens(24, seed=6)
+    toks = ggufgen.random_tokens(24, seed=6)
     assert_close(engine_logits(p, toks), ref_forward(w, toks), "F32", f"n_head_kv={n_head_kv}")
 
 
@@ -171,7 +166,7 @@ def test_tied_embeddings(tmp_path, weight_type):
     p = tmp_path / "m.gguf"
     w = ggufgen.write_llama_model(p, weight_type=weight_type, tie_embeddings=True, seed=7)
     assert "output.weight" not in w
-    toks = _tokens(24, seed=7)
+    toks = ggufgen.random_tokens(24, seed=7)
     assert_close(engine_logits(p, toks), ref_forward(w, toks), weight_type, "tied")
 
 
@@ -179,7 +174,7 @@ def test_mixed_types(tmp_path):
     """Q4_0 layers with an F16 embedding and a Q8_0 output (as real files mix types)."""
     p = tmp_path / "m.gguf"
     w = ggufgen.write_llama_model(p, weight_type="Q4_0", embd_type="F16", output_type="Q8_0", seed=8)
-    toks = _tokens(24, seed=8)
+    toks = ggufgen.random_tokens(24, seed=8)
     assert_close(engine_logits(p, toks), ref_forward(w, toks), "Q4_0", "mixed")
 
 
@@ -189,7 +184,7 @@ def test_other_shapes(tmp_path):
     p = tmp_path / "m.gguf"
     w = ggufgen.write_llama_model(p, n_embd=128, n_head=4, n_head_kv=2, n_layer=3, n_ff=160,
                                   rope_base=500.0, rms_eps=0.05, n_vocab=300, seed=9)
-    toks = _tokens(20, seed=9, n_vocab=300)
+    toks = ggufgen.random_tokens(20, seed=9, n_vocab=300)
     assert_close(engine_logits(p, toks), ref_forward(w, toks), "F32", "other shapes")
 
 
@@ -198,7 +193,7 @@ def test_partial_rope(tmp_path):
     (llama.cpp refuses such llama files; the engine must either be right or refuse.)"""
     p = tmp_path / "m.gguf"
     w = ggufgen.write_llama_model(p, rope_dim=8, seed=10)
-    toks = _tokens(24, seed=10)
+    toks = ggufgen.random_tokens(24, seed=10)
     try:
         got = engine_logits(p, toks)
     except errors.UnsupportedModelError as e:
@@ -211,7 +206,7 @@ def test_full_context(tmp_path):
     """Exactly n_ctx tokens (the file's context, 128): the last position sees them all."""
     p = tmp_path / "m.gguf"
     w = ggufgen.write_llama_model(p, weight_type="F32", n_ctx=128, seed=11)
-    toks = _tokens(128, seed=11)
+    toks = ggufgen.random_tokens(128, seed=11)
     got = engine_logits(p, toks, n_ctx=128)
     ref = ref_forward(w, toks)
     assert_close(got, ref, "F32", "128 tokens")
@@ -222,7 +217,7 @@ def test_long_prompt_batches(tmp_path):
     chunks), so later chunks must attend to the earlier ones through the cache."""
     p = tmp_path / "m.gguf"
     w = ggufgen.write_llama_model(p, weight_type="Q8_0", n_ctx=512, seed=16)
-    toks = _tokens(300, seed=16)
+    toks = ggufgen.random_tokens(300, seed=16)
     got = engine_logits(p, toks, n_ctx=512)
     assert_close(got, ref_forward(w, toks), "Q8_0", "300 tokens")
 
@@ -232,15 +227,15 @@ def test_context_overflow(tmp_path):
     ggufgen.write_llama_model(p, seed=12)
     m = sparseinfer.Model(str(p), n_ctx=32, n_threads=N_THREADS)
     with pytest.raises(errors.ContextOverflowError):
-        m.logits(_tokens(33, seed=12))
+        m.logits(ggufgen.random_tokens(33, seed=12))
     assert issubclass(errors.ContextOverflowError, ValueError)
     # exactly n_ctx is fine
-    assert m.logits(_tokens(32, seed=12)).shape == (32, 320)
+    assert m.logits(ggufgen.random_tokens(32, seed=12)).shape == (32, 320)
 
     from sparseinfer import _core
 
     s = _core.Session(_core.Model(str(p)), 16, 1)
-    s.eval(_tokens(10))
+    s.eval(ggufgen.random_tokens(10))
     with pytest.raises(errors.ContextOverflowError):
         s.eval(list(range(3, 10)))  # 10 + 7 > 16
     s.eval(list(range(3, 9)))  # 10 + 6 == 16 still fits
@@ -261,7 +256,7 @@ def test_bad_token_ids(tmp_path):
 def test_relu_reference_differs_from_silu(tmp_path):
     """The ReLU variant of the reference is a different function (sanity of the oracle)."""
     w = ggufgen.write_llama_model(tmp_path / "m.gguf", seed=14)
-    toks = _tokens(10, seed=14)
+    toks = ggufgen.random_tokens(10, seed=14)
     a = reference.forward(w, toks, dict(w.hparams, activation="silu"))
     b = reference.forward(w, toks, dict(w.hparams, activation="relu"))
     assert np.abs(a - b).max() > 0.1 * a.std()
@@ -277,7 +272,7 @@ def test_reference_matches_llama_cpp(tmp_path, kw):
     llama_cpp = pytest.importorskip("llama_cpp")
     p = tmp_path / "m.gguf"
     w = ggufgen.write_llama_model(p, **kw)
-    toks = _tokens(40, seed=15)
+    toks = ggufgen.random_tokens(40, seed=15)
     # F32 KV cache (type 0 = GGML_TYPE_F32) so that nothing is rounded on llama.cpp's side
     llm = llama_cpp.Llama(str(p), n_ctx=128, n_threads=N_THREADS, logits_all=True, verbose=False,
                           type_k=0, type_v=0)

@@ -7,11 +7,12 @@ Q8_0. Loading the F32-predictor file with predictor_q8 must then run exactly tha
 import numpy as np
 import pytest
 
+import ggufgen
 import sparsegen
 import sparseinfer
 from sparseinfer import _core
 
-TOKENS = sparsegen.tokens(12, seed=3)
+TOKENS = ggufgen.random_tokens(12, seed=3)
 
 
 def logits_and_fractions(path, **kw):
@@ -45,7 +46,6 @@ def test_requantised_predictor_equals_a_q8_0_predictor_file(tmp_path, weight_typ
 
 
 def test_predictor_q8_on_a_dense_file_is_refused(tmp_path):
-    import ggufgen
     path = tmp_path / "dense.gguf"
     ggufgen.write_llama_model(path)
     with pytest.raises(ValueError, match="predictor_q8"):
@@ -103,7 +103,6 @@ def test_auto_leaves_predictors_stored_in_8_bits_or_fewer_and_dense_files(tmp_pa
     for pred_type in ["Q8_0", "Q4_0"]:
         path = write(tmp_path, f"{pred_type}.gguf", weight_type="F32", pred_type=pred_type)
         assert _core.Model(str(path)).predictor_q8_layers == [False, False, False]
-    import ggufgen
     dense = tmp_path / "dense.gguf"
     ggufgen.write_llama_model(dense)
     with sparseinfer.Model(str(dense), n_ctx=16) as m:  # "auto" is no error on a dense file

@@ -110,7 +110,7 @@ def check_against_reference(w, toks, weight_type, *, sparse=True, what=""):
 def test_exact_predictor_sparse_equals_dense(tmp_path, weight_type):
     w = sparsegen.write_pwri_model(tmp_path / "exact.gguf", predictor="exact", rank=16,
                                    weight_type=weight_type, seed=1)
-    toks = sparsegen.tokens(24, seed=1)
+    toks = ggufgen.random_tokens(24, seed=1)
     # The oracle itself: the predictor marks exactly the neurons with gate pre-activation
     # >= 0, up to neurons whose gate is ~0 (F16 rounds gate and predictor apart).
     ref = sref.SparseReference(w, sparse=True)
@@ -146,7 +146,7 @@ def test_exact_predictor_sparse_equals_dense(tmp_path, weight_type):
 def test_random_predictor_matches_reference(tmp_path, weight_type, pred_type):
     w = sparsegen.write_pwri_model(tmp_path / "rand.gguf", predictor="random", weight_type=weight_type,
                                    pred_type=pred_type, threshold=0.15, seed=4)
-    toks = sparsegen.tokens(24, seed=4)
+    toks = ggufgen.random_tokens(24, seed=4)
     got, want, ref = check_against_reference(w, toks, weight_type, what="random predictor")
     assert 0.25 < ref.active_fraction() < 0.5
     # the mask must matter: the dense ReLU result is far from the sparse one
@@ -162,7 +162,7 @@ def test_random_predictor_matches_reference(tmp_path, weight_type, pred_type):
 def test_bamboo(tmp_path, weight_type, sparse):
     w = sparsegen.write_pwri_model(tmp_path / "bamboo.gguf", arch="bamboo", weight_type=weight_type, seed=5)
     assert w.hparams["relu_up"]
-    toks = sparsegen.tokens(20, seed=5)
+    toks = ggufgen.random_tokens(20, seed=5)
     got, want, _ = check_against_reference(w, toks, weight_type, sparse=sparse, what="bamboo")
     # and the llama rule (up without relu) would be clearly different
     as_llama = sref.SparseReference(w, sparse=sparse)
@@ -175,7 +175,7 @@ def test_bamboo(tmp_path, weight_type, sparse):
 
 def test_threshold_from_metadata(tmp_path):
     raw = sparsegen.make_sparse_weights(seed=4, zero_pred_rows=8)
-    toks = sparsegen.tokens(20, seed=4)
+    toks = ggufgen.random_tokens(20, seed=4)
     fractions = {}
     for thr in (None, 0.3, -0.2):
         w = sparsegen.write_pwri_model(tmp_path / f"t{thr}.gguf", raw=raw, threshold=thr)
@@ -199,7 +199,7 @@ def test_threshold_from_metadata(tmp_path):
 @pytest.mark.parametrize("weight_type", ["F32", "Q4_0"])
 def test_incremental_equals_batch(tmp_path, weight_type):
     w = sparsegen.write_pwri_model(tmp_path / "inc.gguf", weight_type=weight_type, threshold=0.1, seed=5)
-    toks = sparsegen.tokens(24, seed=5)
+    toks = ggufgen.random_tokens(24, seed=5)
     model = _core.Model(w.path, predictor_q8=False)
 
     s = _core.Session(model, N_CTX, N_THREADS, sparse=True)
@@ -234,7 +234,7 @@ def test_incremental_equals_batch(tmp_path, weight_type):
 def test_prompt_longer_than_a_batch(tmp_path):
     """300 tokens: the engine evaluates them in more than one batch; masks stay per token."""
     w = sparsegen.write_pwri_model(tmp_path / "long.gguf", n_ctx=512, seed=6)
-    toks = sparsegen.tokens(300, seed=6)
+    toks = ggufgen.random_tokens(300, seed=6)
     ref = sref.SparseReference(w)
     want = ref.eval(toks)
     got, stats, _ = run_engine(w.path, toks, n_ctx=320)
@@ -261,7 +261,7 @@ def test_predictor_rank_per_layer(tmp_path):
     w = sparsegen.write_pwri_model(tmp_path / "ranks.gguf", rank=[32, 96, 64], n_layer=3,
                                    weight_type="F16", seed=8)
     assert w.hparams["ranks"] == [32, 96, 64]
-    check_against_reference(w, sparsegen.tokens(16, seed=8), "F16", what="per-layer ranks")
+    check_against_reference(w, ggufgen.random_tokens(16, seed=8), "F16", what="per-layer ranks")
 
 
 # ---- 6. the sparse flag ------------------------------------------------------------------
@@ -277,7 +277,7 @@ def test_sparse_flag(tmp_path):
         assert m.stats()["active_fraction"] == 1.0
 
     w = sparsegen.write_pwri_model(tmp_path / "pwri.gguf", weight_type="F16", seed=9)
-    toks = sparsegen.tokens(16, seed=9)
+    toks = ggufgen.random_tokens(16, seed=9)
     for sparse in ("auto", True):
         with sparseinfer.Model(w.path, n_ctx=N_CTX, sparse=sparse, predictor_q8=False) as m:
             assert m.is_sparse
@@ -326,7 +326,7 @@ def run_child(path, toks, out, **env):
 @pytest.mark.parametrize("weight_type", ["F32", "Q4_0"])
 def test_isa_levels_agree(tmp_path, weight_type):
     w = sparsegen.write_pwri_model(tmp_path / "isa.gguf", weight_type=weight_type, threshold=0.1, seed=5)
-    toks = sparsegen.tokens(20, seed=5)
+    toks = ggufgen.random_tokens(20, seed=5)
     want = sref.SparseReference(w)
     want_logits = want.eval(toks)
     base, info = run_child(w.path, toks, tmp_path / "generic.npy", SPARSEINFER_ISA="generic")
@@ -367,7 +367,7 @@ def test_threshold_option_then_powerinfer_variable_then_the_file(tmp_path):
     """sparse_threshold=X replaces the file's threshold; without it PowerInfer's variable
     LLAMA_SPARSE_PRED_THRESHOLD does, read by the Python front (not the native loader)."""
     raw = sparsegen.make_sparse_weights(seed=12)
-    toks = sparsegen.tokens(16, seed=12)
+    toks = ggufgen.random_tokens(16, seed=12)
     w0 = sparsegen.write_pwri_model(tmp_path / "t0.gguf", raw=raw)
     w3 = sparsegen.write_pwri_model(tmp_path / "t3.gguf", raw=raw, threshold=0.3)
     want = sref.SparseReference(w3)
@@ -412,7 +412,7 @@ def test_a_threshold_for_a_file_without_predictors_or_not_finite_is_refused(tmp_
 @pytest.mark.parametrize("sparse", [True, False])
 def test_deterministic_across_runs_and_threads(tmp_path, weight_type, sparse):
     w = sparsegen.write_pwri_model(tmp_path / "det.gguf", weight_type=weight_type, seed=13)
-    toks = sparsegen.tokens(24, seed=13)
+    toks = ggufgen.random_tokens(24, seed=13)
     a, sa, is_sparse = run_engine(w.path, toks, sparse=sparse, n_threads=1)
     assert is_sparse == sparse
     b, sb, _ = run_engine(w.path, toks, sparse=sparse, n_threads=2)

@@ -152,6 +152,12 @@ def quantize_q6_k(arr: np.ndarray) -> np.ndarray:
     return blocks.reshape(rows, cols // 256 * 210)
 
 
+def random_tokens(n: int, seed: int = 0, n_vocab: int = 320) -> list[int]:
+    """BOS then n - 1 random ordinary token ids."""
+    rng = np.random.default_rng(seed)
+    return [BOS_ID] + [int(t) for t in rng.integers(3, n_vocab, n - 1)]
+
+
 def add_hparams(writer, prefix: str, *, name: str, n_ctx: int, n_embd: int, n_layer: int, n_ff: int,
                 n_head: int, n_head_kv: int, rope_base: float, rope_dim: int, rms_eps: float,
                 n_vocab: int) -> None:

@@ -39,7 +39,7 @@ import numpy as np
 import gguf
 
 import ggufgen
-from ggufgen import BOS_ID, ModelWeights, RandomWeights, add_hparams, add_tensor, default_vocab, write_file
+from ggufgen import ModelWeights, RandomWeights, add_hparams, add_tensor, default_vocab, write_file
 
 PWRI_MAGIC = b"PWRI"
 GGUF_MAGIC = b"GGUF"
@@ -214,9 +214,3 @@ def write_pwri_model(
     w.path = str(path)
     w.vocab = list(vocab)
     return w
-
-
-def tokens(n: int, seed: int = 0, n_vocab: int = 320) -> list[int]:
-    """BOS then n - 1 random ordinary token ids."""
-    rng = np.random.default_rng(seed)
-    return [BOS_ID] + [int(t) for t in rng.integers(3, n_vocab, n - 1)]

@@ -42,7 +42,10 @@ def silu(x: np.ndarray) -> np.ndarray:
 
 
 class ReferenceLlama:
-    """Keeps a KV cache so that incremental evaluation can be checked too."""
+    """Keeps a KV cache so that incremental evaluation can be checked too.
+
+    A subclass may change how a matrix product rounds its input (_mv) and the feed-forward
+    block (_feed_forward): sparse_reference.py's PowerInfer model is one."""
 
     def __init__(self, weights: Mapping[str, np.ndarray], hparams: Optional[dict] = None,
                  kv_f16: bool = False):
@@ -68,6 +71,21 @@ class ReferenceLlama:
         self.v_cache = [np.zeros((0, self.n_head_kv, self.head_dim)) for _ in range(self.n_layer)]
         self.n_past = 0
 
+    def _mv(self, x: np.ndarray, name: str) -> np.ndarray:
+        """x (n, in) @ W.T for the weight matrix `name`."""
+        return x @ self.w[name].T
+
+    def _kv(self, a: np.ndarray) -> np.ndarray:
+        """K or V as the KV cache holds them."""
+        return a.astype(np.float16).astype(np.float64) if self.kv_f16 else a
+
+    def _feed_forward(self, x: np.ndarray, prefix: str) -> np.ndarray:
+        """The residual after the FFN block of the layer whose tensors start with `prefix`."""
+        h = rms_norm(x, self.w[prefix + "ffn_norm.weight"], self.eps)
+        g = self._mv(h, prefix + "ffn_gate.weight")
+        u = self._mv(h, prefix + "ffn_up.weight")
+        return x + self._mv(self.act(g) * u, prefix + "ffn_down.weight")
+
     def eval(self, tokens: Sequence[int]) -> np.ndarray:
         """Appends tokens; returns logits (len(tokens), n_vocab) in float64."""
         w = self.w
@@ -81,16 +99,13 @@ class ReferenceLlama:
         for il in range(self.n_layer):
             p = f"blk.{il}."
             h = rms_norm(x, w[p + "attn_norm.weight"], self.eps)
-            q = (h @ w[p + "attn_q.weight"].T).reshape(n, nh, hd)
-            k = (h @ w[p + "attn_k.weight"].T).reshape(n, nkv, hd)
-            v = (h @ w[p + "attn_v.weight"].T).reshape(n, nkv, hd)
+            q = self._mv(h, p + "attn_q.weight").reshape(n, nh, hd)
+            k = self._mv(h, p + "attn_k.weight").reshape(n, nkv, hd)
+            v = self._mv(h, p + "attn_v.weight").reshape(n, nkv, hd)
             q = rope_normal(q, pos, self.rope_dim, self.rope_base)
             k = rope_normal(k, pos, self.rope_dim, self.rope_base)
-            if self.kv_f16:
-                k = k.astype(np.float16).astype(np.float64)
-                v = v.astype(np.float16).astype(np.float64)
-            K = np.concatenate([self.k_cache[il], k], axis=0)  # (n_past+n, nkv, hd)
-            V = np.concatenate([self.v_cache[il], v], axis=0)
+            K = np.concatenate([self.k_cache[il], self._kv(k)], axis=0)  # (n_past+n, nkv, hd)
+            V = np.concatenate([self.v_cache[il], self._kv(v)], axis=0)
             self.k_cache[il], self.v_cache[il] = K, V
             n_kv_tok = K.shape[0]
             # causal mask: query i (absolute pos n_past+i) sees keys j <= n_past+i
@@ -104,15 +119,12 @@ class ReferenceLlama:
                 e = np.exp(s)
                 pr = e / e.sum(axis=1, keepdims=True)
                 attn[:, hh, :] = pr @ V[:, kh, :]
-            x = x + attn.reshape(n, nh * hd) @ w[p + "attn_output.weight"].T
-            h = rms_norm(x, w[p + "ffn_norm.weight"], self.eps)
-            g = h @ w[p + "ffn_gate.weight"].T
-            u = h @ w[p + "ffn_up.weight"].T
-            x = x + (self.act(g) * u) @ w[p + "ffn_down.weight"].T
+            x = x + self._mv(attn.reshape(n, nh * hd), p + "attn_output.weight")
+            x = self._feed_forward(x, p)
         h = rms_norm(x, w["output_norm.weight"], self.eps)
-        out_w = w["output.weight"] if "output.weight" in w else w["token_embd.weight"]
+        out_name = "output.weight" if "output.weight" in w else "token_embd.weight"
         self.n_past += n
-        return h @ out_w.T
+        return self._mv(h, out_name)
 
 
 def relu(x: np.ndarray) -> np.ndarray:

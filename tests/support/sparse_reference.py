@@ -12,7 +12,8 @@ The rules (FACTS.md, PowerInfer GGUF files), per layer, after the attention resi
     x       = ffn_inp + sum_j h_j * ffn_down_t[j]
 
 Attention, RoPE and the output head are those of tests/support/reference.py (GGML "normal"
-RoPE, grouped-query attention, causal softmax), reused from there.
+RoPE, grouped-query attention, causal softmax): SparseReference is its ReferenceLlama with
+this feed-forward block.
 
 `emulate=True` (the default) rounds what the engine rounds, so that the predictor's
 scores, and with them the masks, land within float32 noise of the engine's:
@@ -30,7 +31,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from reference import relu, rms_norm, rope_normal
+from reference import ReferenceLlama, relu, rms_norm
 
 QK = 32
 
@@ -55,7 +56,7 @@ def round_activation(x: np.ndarray, weight_type: str) -> np.ndarray:
     return (q.astype(np.float64) * scale).reshape(shape)
 
 
-class SparseReference:
+class SparseReference(ReferenceLlama):
     """Keeps a KV cache (for incremental evaluation) and the masks of the last eval.
 
     After eval(): `masks[l]` (n_tokens, n_ff) bool, `scores[l]` (n_tokens, n_ff) float64,
@@ -64,28 +65,18 @@ class SparseReference:
 
     def __init__(self, weights: Mapping[str, np.ndarray], hparams: Optional[dict] = None, *,
                  sparse: bool = True, threshold: Optional[float] = None, emulate: bool = True):
-        hp = dict(hparams if hparams is not None else getattr(weights, "hparams"))
-        self.hp = hp
-        self.w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
+        super().__init__(weights, hparams, kv_f16=emulate)
+        hp = self.hp
         self.types = dict(hp.get("tensor_types") or {})
         self.sparse = sparse
         thr = hp.get("threshold", 0.0) if threshold is None else threshold
         self.threshold = float(np.float32(thr))  # the engine compares float32 scores with a float32
         self.emulate = emulate
         self.relu_up = bool(hp.get("relu_up", hp.get("arch") == "bamboo"))
-        self.n_head, self.n_head_kv, self.n_embd = hp["n_head"], hp["n_head_kv"], hp["n_embd"]
-        self.head_dim = self.n_embd // self.n_head
-        self.rope_dim = hp.get("rope_dim") or self.head_dim
-        self.rope_base = hp.get("rope_base", 10000.0)
-        self.eps = hp.get("rms_eps", 1e-5)
-        self.n_layer = hp["n_layer"]
         self.n_ff = hp["n_ff"]
-        self.reset()
 
     def reset(self) -> None:
-        self.k_cache = [np.zeros((0, self.n_head_kv, self.head_dim)) for _ in range(self.n_layer)]
-        self.v_cache = [np.zeros((0, self.n_head_kv, self.head_dim)) for _ in range(self.n_layer)]
-        self.n_past = 0
+        super().reset()
         self.masks: list[np.ndarray] = []
         self.scores: list[np.ndarray] = []
         self.gates: list[np.ndarray] = []
@@ -94,61 +85,29 @@ class SparseReference:
         """x (n, in) @ W.T with the engine's input rounding for W's stored type."""
         if self.emulate:
             x = round_activation(x, self.types.get(name, "F32"))
-        return x @ self.w[name].T
+        return super()._mv(x, name)
 
-    def _kv(self, a: np.ndarray) -> np.ndarray:
-        return a.astype(np.float16).astype(np.float64) if self.emulate else a
+    def _feed_forward(self, x: np.ndarray, prefix: str) -> np.ndarray:
+        """The feed-forward block, PowerInfer style; records the layer's mask, scores and gates."""
+        w = self.w
+        ffn_inp = x
+        score = self._mv(relu(self._mv(ffn_inp, prefix + "fc1.weight")), prefix + "fc2.weight")
+        mask = score >= self.threshold
+        cur = rms_norm(ffn_inp, w[prefix + "ffn_norm.weight"], self.eps)
+        g = self._mv(cur, prefix + "ffn_gate.weight")
+        u = self._mv(cur, prefix + "ffn_up.weight")
+        hidden = relu(g) * (relu(u) if self.relu_up else u)
+        if self.sparse:
+            hidden = np.where(mask, hidden, 0.0)
+        self.masks.append(mask)
+        self.scores.append(score)
+        self.gates.append(g)
+        return ffn_inp + hidden @ w[prefix + "ffn_down_t.weight"]
 
     def eval(self, tokens: Sequence[int]) -> np.ndarray:
         """Appends tokens; returns logits (len(tokens), n_vocab) in float64."""
-        w = self.w
-        tokens = np.asarray(tokens, dtype=np.int64)
-        n = len(tokens)
-        hd, nh, nkv = self.head_dim, self.n_head, self.n_head_kv
-        group = nh // nkv
-        pos = np.arange(self.n_past, self.n_past + n)
-        x = w["token_embd.weight"][tokens]
-        scale = 1.0 / np.sqrt(hd)
         self.masks, self.scores, self.gates = [], [], []
-        for il in range(self.n_layer):
-            p = f"blk.{il}."
-            h = rms_norm(x, w[p + "attn_norm.weight"], self.eps)
-            q = self._mv(h, p + "attn_q.weight").reshape(n, nh, hd)
-            k = self._mv(h, p + "attn_k.weight").reshape(n, nkv, hd)
-            v = self._mv(h, p + "attn_v.weight").reshape(n, nkv, hd)
-            q = rope_normal(q, pos, self.rope_dim, self.rope_base)
-            k = rope_normal(k, pos, self.rope_dim, self.rope_base)
-            K = np.concatenate([self.k_cache[il], self._kv(k)], axis=0)
-            V = np.concatenate([self.v_cache[il], self._kv(v)], axis=0)
-            self.k_cache[il], self.v_cache[il] = K, V
-            causal = np.arange(K.shape[0])[None, :] > pos[:, None]
-            attn = np.empty((n, nh, hd))
-            for hh in range(nh):
-                kh = hh // group
-                s = (q[:, hh, :] @ K[:, kh, :].T) * scale
-                s = np.where(causal, -np.inf, s)
-                e = np.exp(s - s.max(axis=1, keepdims=True))
-                attn[:, hh, :] = (e / e.sum(axis=1, keepdims=True)) @ V[:, kh, :]
-            x = x + self._mv(attn.reshape(n, nh * hd), p + "attn_output.weight")
-
-            # the feed-forward block, PowerInfer style
-            ffn_inp = x
-            score = self._mv(relu(self._mv(ffn_inp, p + "fc1.weight")), p + "fc2.weight")
-            mask = score >= self.threshold
-            cur = rms_norm(ffn_inp, w[p + "ffn_norm.weight"], self.eps)
-            g = self._mv(cur, p + "ffn_gate.weight")
-            u = self._mv(cur, p + "ffn_up.weight")
-            hidden = relu(g) * (relu(u) if self.relu_up else u)
-            if self.sparse:
-                hidden = np.where(mask, hidden, 0.0)
-            x = ffn_inp + hidden @ w[p + "ffn_down_t.weight"]
-            self.masks.append(mask)
-            self.scores.append(score)
-            self.gates.append(g)
-        h = rms_norm(x, w["output_norm.weight"], self.eps)
-        out_name = "output.weight" if "output.weight" in w else "token_embd.weight"
-        self.n_past += n
-        return self._mv(h, out_name)
+        return super().eval(tokens)
 
     # ---- statistics of the last eval ----------------------------------------------------
 

@@ -1,8 +1,9 @@
 """Every CPU kernel level this machine runs, against NumPy and against the generic level.
 
 The oracle for quantised rows emulates the engine's documented arithmetic exactly: the
-activation is quantised to 8-bit blocks (scale max|x|/127, round half to even), the weights
-are dequantised by the `gguf` package, and the integer block sums are scaled in float64.
+activation is quantised to 8-bit blocks (scale max|x|/127, round half to even; the
+references' q8_blocks), the weights are dequantised by the `gguf` package, and the integer
+block sums are scaled in float64.
 """
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from gguf import GGMLQuantizationType as T
 from gguf import quants
 
+from reference import q8_blocks
 from sparseinfer import _core
 
 ISAS = _core.system_info()["available_isas"]
@@ -30,23 +32,12 @@ def dequantised(raw: bytes, qtype, n: int) -> np.ndarray:
     return quants.dequantize(data, qtype).reshape(-1)[:n].astype(np.float64)
 
 
-def q8_activation(x: np.ndarray, scale_as_half: bool):
-    """Blocks of 32: (scale, int8 values) as the engine quantises activations."""
-    blocks = x.astype(np.float32).reshape(-1, 32)
-    amax = np.abs(blocks).max(axis=1)
-    d = (amax / np.float32(127)).astype(np.float32)
-    inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
-    q = np.rint(blocks * inv[:, None]).astype(np.int64)
-    scale = d.astype(np.float16).astype(np.float64) if scale_as_half else d.astype(np.float64)
-    return scale, q
-
-
 def expected_dot(raw: bytes, qtype, x: np.ndarray) -> float:
     n = x.size
     w = dequantised(raw, qtype, n)
     if qtype in FLOATS:
         return float(w @ x.astype(np.float64))
-    scale, q = q8_activation(x, scale_as_half=qtype == T.Q8_0)
+    scale, q = q8_blocks(x, scale_as_half=qtype == T.Q8_0)
     # Dequantised weights times dequantised activation: equal to the engine's integer
     # block sums up to float rounding.
     return float(np.sum(w.reshape(-1, 32) * (scale[:, None] * q)))

@@ -31,7 +31,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from reference import ReferenceLlama, relu, rms_norm
+from reference import ReferenceLlama, q8_blocks, relu, rms_norm
 
 QK = 32
 
@@ -43,17 +43,8 @@ def round_activation(x: np.ndarray, weight_type: str) -> np.ndarray:
     shape = x.shape
     if shape[-1] % QK:
         raise ValueError("row length is not a multiple of 32")
-    x32 = np.asarray(x, dtype=np.float32).reshape(-1, shape[-1] // QK, QK)
-    amax = np.abs(x32).max(axis=-1, keepdims=True)
-    d = (amax / np.float32(127.0)).astype(np.float32)
-    with np.errstate(divide="ignore"):
-        inv = np.where(d != 0, np.float32(1.0) / np.where(d != 0, d, np.float32(1.0)), np.float32(0.0)).astype(np.float32)
-    q = np.rint((x32 * inv).astype(np.float32))
-    if weight_type in ("Q4_0", "Q4_1"):  # Q8_1 blocks: the scale stays a float
-        scale = d.astype(np.float64)
-    else:
-        scale = d.astype(np.float16).astype(np.float64)
-    return (q.astype(np.float64) * scale).reshape(shape)
+    scale, q = q8_blocks(x, scale_as_half=weight_type == "Q8_0")  # Q4_0 / Q4_1: Q8_1 blocks
+    return (q * scale[:, None]).reshape(shape)
 
 
 class SparseReference(ReferenceLlama):

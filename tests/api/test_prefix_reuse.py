@@ -22,7 +22,7 @@ import pytest
 
 import ggufgen
 import sparsegen
-from logits import logits_in_chunks
+from logit_checks import logits_in_chunks
 from paths import SUPPORT
 import sparseinfer as si
 from sparseinfer import _core

@@ -13,7 +13,7 @@ from gguf import quants
 
 import ggufgen
 import reference
-from logits import assert_close
+from logit_checks import assert_close
 from sparseinfer import _core
 import sparseinfer
 

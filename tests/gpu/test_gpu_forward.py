@@ -36,7 +36,7 @@ import ggufgen
 import reference
 import sparse_reference
 import sparsegen
-from logits import logits_in_chunks
+from logit_checks import logits_in_chunks
 
 import sparseinfer
 from sparseinfer import _core

@@ -21,7 +21,7 @@ import pytest
 
 import ggufgen
 import reference
-from logits import DENSE_TOLERANCES, assert_close
+from logit_checks import DENSE_TOLERANCES, assert_close
 
 import sparseinfer
 from sparseinfer import errors

@@ -19,6 +19,7 @@ Tolerances (relative to the reference logits' std, about 3):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -30,6 +31,7 @@ import numpy as np
 import pytest
 
 import ggufgen
+import logit_checks
 import sparse_reference as sref
 import sparsegen
 
@@ -47,6 +49,8 @@ TOL = {  # weight type -> (max |diff| / std, mean |diff| / std)
 QUANTISED = ("Q8_0", "Q4_0")
 FRACTION_TOL = {"F32": 1e-12, "F16": 1e-12, "Q8_0": 0.01, "Q4_0": 0.01}
 MIN_MARGIN = 3e-5  # no score this close (x std) to the threshold in exact-mask tests
+# the dense tests' logit check with these tolerances
+assert_close = functools.partial(logit_checks.assert_close, tolerances=TOL)
 
 
 def run_engine(path, tokens, *, sparse="auto", n_threads=N_THREADS, n_ctx=N_CTX):
@@ -59,25 +63,6 @@ def run_engine(path, tokens, *, sparse="auto", n_threads=N_THREADS, n_ctx=N_CTX)
         return out, m.stats(), m.is_sparse
     finally:
         m.close()
-
-
-def assert_close(got, ref, weight_type, what=""):
-    got = np.asarray(got, dtype=np.float64)
-    assert got.shape == ref.shape, (got.shape, ref.shape)
-    assert np.all(np.isfinite(got)), f"{what}: non-finite logits"
-    s = ref.std()
-    d = np.abs(got - ref)
-    max_tol, mean_tol = TOL[weight_type]
-    msg = (f"{what} [{weight_type}] max|diff|/std={d.max() / s:.3g} (tol {max_tol}), "
-           f"mean|diff|/std={d.mean() / s:.3g} (tol {mean_tol}), "
-           f"worst at {np.unravel_index(d.argmax(), d.shape)}")
-    assert d.max() <= max_tol * s and d.mean() <= mean_tol * s, msg
-    agree = got.argmax(1) == ref.argmax(1)
-    srt = np.sort(ref, axis=1)
-    margin = (srt[:, -1] - srt[:, -2]) / s
-    clear = margin > (0.15 if weight_type in QUANTISED else 0.01)
-    assert agree[clear].all(), f"{what}: top-1 differs at clear positions {np.nonzero(clear & ~agree)[0]}"
-    assert agree.mean() >= 0.85, f"{what}: top-1 agreement {agree.mean():.2f}"
 
 
 def assert_fractions(stats, ref: sref.SparseReference, weight_type, what=""):

@@ -189,13 +189,10 @@ def test_a_full_context_then_another_prompt(dense_q4):
         assert text == fresh.generate("x y w", max_tokens=4, temperature=0, ignore_eos=True)
 
 
-def test_a_cancelled_prompt_leaves_only_what_was_evaluated_before_it(tmp_path):
-    path = tmp_path / "slow.gguf"
-    ggufgen.write_llama_model(path, n_embd=256, n_layer=8, n_head=4, n_head_kv=4, n_ff=512,
-                              n_ctx=4096, seed=1)
+def test_a_cancelled_prompt_leaves_only_what_was_evaluated_before_it(slow_model_path):
     short = "hello world " * 3
-    long = short + "hello world " * 165  # about a second to evaluate (tests/api/test_sessions.py)
-    with si.Model(str(path), n_ctx=4096, n_threads=1) as model:
+    long = short + "hello world " * 165  # about a second to evaluate
+    with si.Model(slow_model_path, n_ctx=4096, n_threads=1) as model:
         model.generate(short, max_tokens=2, temperature=0, ignore_eos=True)
         cached = list(model._own.cached)
         n_long = len(model.tokenize(long))
@@ -215,5 +212,5 @@ def test_a_cancelled_prompt_leaves_only_what_was_evaluated_before_it(tmp_path):
         assert model._own.cached == cached[:len(model._own.cached)]
         text = model.generate(short + "again", max_tokens=4, temperature=0, ignore_eos=True)
         assert model.stats()["reused_tokens"] > 0
-    with si.Model(str(path), n_ctx=4096, n_threads=1) as fresh:
+    with si.Model(slow_model_path, n_ctx=4096, n_threads=1) as fresh:
         assert text == fresh.generate(short + "again", max_tokens=4, temperature=0, ignore_eos=True)

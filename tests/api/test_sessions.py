@@ -34,15 +34,6 @@ def sparse_path(tmp_path_factory):
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def slow_path(tmp_path_factory):
-    """A model whose 2000-token prompt takes about a second: long enough to cancel into."""
-    path = tmp_path_factory.mktemp("sessions") / "slow.gguf"
-    ggufgen.write_llama_model(path, n_embd=256, n_layer=8, n_head=4, n_head_kv=4, n_ff=512,
-                              n_ctx=4096, seed=1)
-    return str(path)
-
-
 def _calls(i):
     """What thread i asks: a greedy and a seeded sampled generation, and logits."""
     return [("generate", PROMPTS[i], dict(max_tokens=12, temperature=0, ignore_eos=True)),
@@ -127,8 +118,8 @@ def _wait_for_call(target, n_prompt_tokens):
         time.sleep(0.001)
 
 
-def test_cancel_stops_a_long_prompt_and_the_model_stays_usable(slow_path):
-    with si.Model(slow_path, n_ctx=4096, n_threads=1) as model:
+def test_cancel_stops_a_long_prompt_and_the_model_stays_usable(slow_model_path):
+    with si.Model(slow_model_path, n_ctx=4096, n_threads=1) as model:
         prompt = "hello world " * 170
         n_prompt = len(model.tokenize(prompt))
         assert n_prompt > 1500
@@ -161,7 +152,7 @@ def test_cancel_stops_a_long_prompt_and_the_model_stays_usable(slow_path):
         worker.join(timeout=60)
         assert len(errors) == 1 and "cancel" in str(errors[0])
         short = model.tokenize("hello world " * 3)
-        with si.Model(slow_path, n_ctx=64, n_threads=1) as fresh:
+        with si.Model(slow_model_path, n_ctx=64, n_threads=1) as fresh:
             np.testing.assert_array_equal(model.logits(short), fresh.logits(short))
             assert (model.generate("hello", max_tokens=4, temperature=0, ignore_eos=True)
                     == fresh.generate("hello", max_tokens=4, temperature=0, ignore_eos=True))
@@ -202,8 +193,8 @@ def test_closing_the_model_while_another_thread_streams(dense_path):
     assert pieces and len(errors) == 1 and "closed during the call" in str(errors[0])
 
 
-def test_closing_the_model_during_a_long_prompt(slow_path):
-    model = si.Model(slow_path, n_ctx=4096, n_threads=1)
+def test_closing_the_model_during_a_long_prompt(slow_model_path):
+    model = si.Model(slow_model_path, n_ctx=4096, n_threads=1)
     prompt = "hello world " * 170
     n_prompt = len(model.tokenize(prompt))
     errors = []
@@ -293,7 +284,7 @@ def test_model_and_sessions_work_in_a_forked_child(kind, dense_path, sparse_path
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
-def test_a_child_forked_while_the_parent_computes_has_every_core(slow_path):
+def test_a_child_forked_while_the_parent_computes_has_every_core(slow_model_path):
     # The cores a parent's thread held at the fork are not the child's to share: there the
     # count starts at zero, and the child's session computes on all the threads it asked for.
     import multiprocessing
@@ -301,7 +292,7 @@ def test_a_child_forked_while_the_parent_computes_has_every_core(slow_path):
     from sparseinfer import _core
 
     context = multiprocessing.get_context("fork")
-    with si.Model(slow_path, n_ctx=4096, n_threads=2) as m:
+    with si.Model(slow_model_path, n_ctx=4096, n_threads=2) as m:
         expected = m.generate(PROMPTS[0], max_tokens=4, temperature=0, ignore_eos=True)
         busy = m.session()
         long_prompt = threading.Thread(target=busy.logits, args=([1] + [5 + i % 200 for i in range(3000)],))

@@ -68,13 +68,11 @@ def test_sparse_sessions_on_many_threads_match_running_alone(tmp_path):
         np.testing.assert_array_equal(got, _alone(model, prompt, sparse=True))
 
 
-def test_a_session_computing_beside_another_runs_on_the_cores_left_with_the_same_logits(tmp_path):
+def test_a_session_computing_beside_another_runs_on_the_cores_left_with_the_same_logits(slow_model_path):
     # While one session holds every core (a long prompt), another runs on the cores still free,
     # at least one, instead of a second pool of all of them: its logits are the same bits as
     # alone, since no result depends on the thread count.
-    path = tmp_path / "slow.gguf"
-    ggufgen.write_llama_model(path, n_embd=256, n_layer=8, n_head=4, n_head_kv=4, n_ff=512, n_ctx=4096, seed=1)
-    model = _core.Model(str(path))
+    model = _core.Model(slow_model_path)
     capacity = _core.testing.core_share_stats()["capacity"]
     prompt = [1, 7, 300, 41, 9, 100]
     short = _core.Session(model, 64, capacity + 1)  # wants more cores than the machine has

@@ -28,7 +28,6 @@ import textwrap
 import pytest
 
 import cuda_build
-import ggufgen
 from cuda_build import LIB_NAME, compiler_env
 
 # A stand-in plugin: the ABI's entry points in plain C, answering like a machine without a
@@ -81,13 +80,6 @@ PROBE = textwrap.dedent("""
         out["text"] = model.generate("hello", max_tokens=4, temperature=0)
     print(json.dumps(out))
 """)
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny.gguf"
-    ggufgen.write_llama_model(path)
-    return str(path)
 
 
 def run_probe(model_path, *, env_extra=None, packages=None, pythonpath=None):
@@ -179,10 +171,10 @@ def test_loader_prototypes_match_the_header():
                                                          defines["SI_CUDA_ERROR_INDEX"])
 
 
-def test_no_plugin_is_a_clean_cpu_fallback(model_path):
+def test_no_plugin_is_a_clean_cpu_fallback(tiny_llama_path):
     if in_package_plugin():
         pytest.skip("this sparseinfer was built with its own CUDA plugin")
-    out = run_probe(model_path, packages=["sparseinfer_cuda_none_such"])
+    out = run_probe(tiny_llama_path, packages=["sparseinfer_cuda_none_such"])
     info = out["info"]
     assert info["status"] == "no-plugin" and not info["available"]
     assert info["reason"].startswith("no CUDA plugin installed")
@@ -190,8 +182,8 @@ def test_no_plugin_is_a_clean_cpu_fallback(model_path):
     assert isinstance(out["text"], str)
 
 
-def test_no_device(model_path, fake_plugins):
-    out = run_probe(model_path, env_extra={"SPARSEINFER_CUDA_PLUGIN": fake_plugins["current"]})
+def test_no_device(tiny_llama_path, fake_plugins):
+    out = run_probe(tiny_llama_path, env_extra={"SPARSEINFER_CUDA_PLUGIN": fake_plugins["current"]})
     info = out["info"]
     assert info["status"] == "no-device" and not info["available"], info
     assert info["reason"].startswith("CUDA plugin present but no GPU or driver"), info["reason"]
@@ -201,26 +193,26 @@ def test_no_device(model_path, fake_plugins):
     assert isinstance(out["text"], str)
 
 
-def test_abi_mismatch(model_path, fake_plugins):
-    out = run_probe(model_path, env_extra={"SPARSEINFER_CUDA_PLUGIN": fake_plugins[99]})
+def test_abi_mismatch(tiny_llama_path, fake_plugins):
+    out = run_probe(tiny_llama_path, env_extra={"SPARSEINFER_CUDA_PLUGIN": fake_plugins[99]})
     assert out["info"]["status"] == "abi-mismatch"
     assert "ABI 99" in out["info"]["reason"] and "ABI 99" in out["cuda_error"]
 
 
-def test_not_a_library(model_path, tmp_path):
+def test_not_a_library(tiny_llama_path, tmp_path):
     bogus = tmp_path / LIB_NAME
     bogus.write_bytes(b"this is not a shared library")
-    out = run_probe(model_path, env_extra={"SPARSEINFER_CUDA_PLUGIN": str(bogus)})
+    out = run_probe(tiny_llama_path, env_extra={"SPARSEINFER_CUDA_PLUGIN": str(bogus)})
     assert out["info"]["status"] == "load-failed"
     assert "could not be loaded" in out["info"]["reason"]
     assert isinstance(out["text"], str)
 
 
-def test_real_plugin_from_site_packages(model_path, real_plugin_site):
+def test_real_plugin_from_site_packages(tiny_llama_path, real_plugin_site):
     if in_package_plugin():  # found first, before any plugin package
         pytest.skip("this sparseinfer was built with its own CUDA plugin")
     site, major, have_runtime = real_plugin_site
-    out = run_probe(model_path, pythonpath=site, packages=[f"sparseinfer_cuda{major}"])
+    out = run_probe(tiny_llama_path, pythonpath=site, packages=[f"sparseinfer_cuda{major}"])
     info = out["info"]
     assert info["source"] == f"sparseinfer-cuda{major}", info
     assert info["plugin"] == os.path.join(site, f"sparseinfer_cuda{major}", LIB_NAME)
@@ -238,7 +230,7 @@ def test_real_plugin_from_site_packages(model_path, real_plugin_site):
     assert isinstance(out["text"], str)
 
 
-def test_cli_reports_cuda(model_path, fake_plugins):
+def test_cli_reports_cuda(tiny_llama_path, fake_plugins):
     env = dict(os.environ, SPARSEINFER_CUDA_PLUGIN=fake_plugins["current"])
     proc = subprocess.run([sys.executable, "-m", "sparseinfer", "info", "--system"],
                           capture_output=True, text=True, env=env, timeout=120)

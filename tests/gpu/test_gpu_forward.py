@@ -120,13 +120,6 @@ def runtime_env(built):
 # ---- the loader's failure paths, in the parent -----------------------------------------
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "tiny.gguf"
-    ggufgen.write_llama_model(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def stub_plugins(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("stub"))
     try:
@@ -136,27 +129,27 @@ def stub_plugins(tmp_path_factory):
         pytest.skip(str(error))
 
 
-def test_engine_refuses_a_plugin_of_another_abi(tiny_model, stub_plugins):
-    model = _core.Model(tiny_model, predictor_q8=False)
+def test_engine_refuses_a_plugin_of_another_abi(tiny_llama_path, stub_plugins):
+    model = _core.Model(tiny_llama_path, predictor_q8=False)
     with pytest.raises(sparseinfer.UnsupportedModelError, match="speaks ABI 99"):
         _core.DeviceModel(model, stub_plugins[99])
 
 
-def test_engine_reports_no_device_in_cudas_words(tiny_model, stub_plugins):
-    model = _core.Model(tiny_model, predictor_q8=False)
+def test_engine_reports_no_device_in_cudas_words(tiny_llama_path, stub_plugins):
+    model = _core.Model(tiny_llama_path, predictor_q8=False)
     current = cuda_build.header_defines()["SI_CUDA_ABI_VERSION"]
     with pytest.raises(sparseinfer.SparseInferError, match="no CUDA-capable device is detected"):
         _core.DeviceModel(model, stub_plugins[current])
 
 
-def test_engine_reports_a_plugin_that_cannot_be_loaded(tiny_model, tmp_path):
-    model = _core.Model(tiny_model, predictor_q8=False)
+def test_engine_reports_a_plugin_that_cannot_be_loaded(tiny_llama_path, tmp_path):
+    model = _core.Model(tiny_llama_path, predictor_q8=False)
     missing = str(tmp_path / "nothing-here.so")
     with pytest.raises(sparseinfer.UnsupportedModelError, match="could not be loaded"):
         _core.DeviceModel(model, missing)
 
 
-def test_model_without_a_device_raises_device_unavailable(tiny_model, stub_plugins):
+def test_model_without_a_device_raises_device_unavailable(tiny_llama_path, stub_plugins):
     current = cuda_build.header_defines()["SI_CUDA_ABI_VERSION"]
     script = ("import sys, sparseinfer\n"
               "try:\n"
@@ -166,7 +159,7 @@ def test_model_without_a_device_raises_device_unavailable(tiny_model, stub_plugi
     env = {k: v for k, v in os.environ.items() if k != "SPARSEINFER_TEST_GPU_CHILD"}
     for plugin, reason in ((stub_plugins[current], "no GPU or driver"), (stub_plugins[99], "ABI 99")):
         env["SPARSEINFER_CUDA_PLUGIN"] = plugin
-        proc = subprocess.run([sys.executable, "-c", script, tiny_model], capture_output=True,
+        proc = subprocess.run([sys.executable, "-c", script, tiny_llama_path], capture_output=True,
                               text=True, timeout=120, env=env)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith("unavailable:") and reason in proc.stdout, proc.stdout

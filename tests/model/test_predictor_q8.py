@@ -45,11 +45,9 @@ def test_requantised_predictor_equals_a_q8_0_predictor_file(tmp_path, weight_typ
     assert original_fractions != fractions or not np.allclose(original, requantised, atol=1e-5)
 
 
-def test_predictor_q8_on_a_dense_file_is_refused(tmp_path):
-    path = tmp_path / "dense.gguf"
-    ggufgen.write_llama_model(path)
+def test_predictor_q8_on_a_dense_file_is_refused(tiny_llama_path):
     with pytest.raises(ValueError, match="predictor_q8"):
-        _core.Model(str(path), predictor_q8=True)
+        _core.Model(tiny_llama_path, predictor_q8=True)
 
 
 # ---- predictor_q8="auto" (the default): per layer, by agreement on random probes ------------
@@ -99,13 +97,11 @@ def test_auto_keeps_the_stored_predictor_where_an_8_bit_copy_flips_decisions(tmp
     assert _core.Model(str(mixed)).predictor_q8_layers == [True, False, True]
 
 
-def test_auto_leaves_predictors_stored_in_8_bits_or_fewer_and_dense_files(tmp_path):
+def test_auto_leaves_predictors_stored_in_8_bits_or_fewer_and_dense_files(tmp_path, tiny_llama_path):
     for pred_type in ["Q8_0", "Q4_0"]:
         path = write(tmp_path, f"{pred_type}.gguf", weight_type="F32", pred_type=pred_type)
         assert _core.Model(str(path)).predictor_q8_layers == [False, False, False]
-    dense = tmp_path / "dense.gguf"
-    ggufgen.write_llama_model(dense)
-    with sparseinfer.Model(str(dense), n_ctx=16) as m:  # "auto" is no error on a dense file
+    with sparseinfer.Model(tiny_llama_path, n_ctx=16) as m:  # "auto" is no error on a dense file
         assert not any(m.predictor_q8_layers)
 
 

@@ -469,9 +469,7 @@ def test_cli_stats_report_the_same_fraction_as_the_api(tmp_path):
     assert dense.returncode == 0 and "sparse:" not in dense.stderr
 
 
-def test_cli_sparse_on_a_dense_file_is_a_clean_error(tmp_path):
-    path = tmp_path / "dense.gguf"
-    ggufgen.write_llama_model(path)
-    run = _cli("generate", "-m", path, "-p", "hi", "-n", 2, "--sparse", "on")
+def test_cli_sparse_on_a_dense_file_is_a_clean_error(tiny_llama_path):
+    run = _cli("generate", "-m", tiny_llama_path, "-p", "hi", "-n", 2, "--sparse", "on")
     assert run.returncode == 1
     assert "PowerInfer" in run.stderr and "Traceback" not in run.stderr

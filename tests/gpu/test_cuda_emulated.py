@@ -13,11 +13,8 @@ import cuda_build
 
 @pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
                     reason="the child needs the uninstrumented engine (the kernels have no ASan build)")
-def test_kernels_pass_on_the_cpu_emulator():
-    try:
-        lib = cuda_build.build_emulated_plugin()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
+def test_kernels_pass_on_the_cpu_emulator(emulated_plugin):
     # Every kernel test runs there (only the no-device case skips): the run checks something.
     kernel_tests = os.path.join(os.path.dirname(os.path.abspath(__file__)), "test_cuda_kernels.py")
-    cuda_build.run_tests_in_child(kernel_tests, {"SPARSEINFER_TEST_EMULATED_CUDA_PLUGIN": lib}, min_passed=150)
+    cuda_build.run_tests_in_child(kernel_tests, {"SPARSEINFER_TEST_EMULATED_CUDA_PLUGIN": emulated_plugin},
+                                  min_passed=150)

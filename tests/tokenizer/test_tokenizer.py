@@ -13,13 +13,14 @@ import pytest
 
 import gguf
 
+import ggufgen
+from ggufgen import TT_BYTE, TT_CONTROL, TT_NORMAL, TT_UNKNOWN, TT_UNUSED, TT_USER_DEFINED
 from sparseinfer import _core
 from sparseinfer.errors import ModelFormatError, UnsupportedModelError
 
 spm = pytest.importorskip("sentencepiece")
 hf = pytest.importorskip("tokenizers")
 
-TT_NORMAL, TT_UNKNOWN, TT_CONTROL, TT_USER_DEFINED, TT_UNUSED, TT_BYTE = 1, 2, 3, 4, 5, 6
 USER_DEFINED = ["<|user|>"]  # user-defined symbols of the SentencePiece model
 
 CORPUS = [
@@ -92,10 +93,7 @@ def write_vocab_gguf(path, *, model, tokens, token_types, scores=None, merges=No
         writer.add_add_bos_token(add_bos)
     if add_space_prefix is not None:
         writer.add_bool("tokenizer.ggml.add_space_prefix", add_space_prefix)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    ggufgen.write_file(writer)
     return str(path)
 
 
@@ -397,11 +395,7 @@ def test_bad_vocabulary_metadata(tmp_path):
     with pytest.raises(UnsupportedModelError, match="bert"):
         _core.Tokenizer(write_vocab_gguf(tmp_path / "bert.gguf", model="bert", tokens=tokens,
                                          token_types=[1] * 3))
-    writer = gguf.GGUFWriter(str(tmp_path / "none.gguf"), arch="llama")
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    ggufgen.write_file(gguf.GGUFWriter(str(tmp_path / "none.gguf"), arch="llama"))
     with pytest.raises(ModelFormatError, match="tokenizer.ggml.model"):
         _core.Tokenizer(str(tmp_path / "none.gguf"))
 

@@ -94,6 +94,27 @@ def header_defines() -> dict[str, int]:
             for m in re.finditer(r"#define\s+(SI_CUDA_\w+)\s+\(?(-?\d+)\)?", text)}
 
 
+def compile_and_link(compile_command, sources: list[str], link_command: list[str], out_dir: str) -> list[str]:
+    """Compiles each source to out_dir/<its name>.o, several at once (compile_command(source,
+    obj) is the command), then runs link_command with the objects appended. Returns the
+    messages of what failed: none when the library was built."""
+
+    def compile_one(source: str) -> tuple[str, subprocess.CompletedProcess]:
+        obj = os.path.join(out_dir, os.path.basename(source) + ".o")
+        return obj, subprocess.run(compile_command(source, obj), capture_output=True, text=True, timeout=600,
+                                   env=compiler_env())
+
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        results = list(pool.map(compile_one, sources))
+    errors = [f"{obj}:\n{proc.stderr}" for obj, proc in results if proc.returncode != 0]
+    if not errors:
+        proc = subprocess.run(link_command + [obj for obj, _ in results], capture_output=True, text=True,
+                              timeout=600, env=compiler_env())
+        if proc.returncode != 0:
+            errors.append(f"link:\n{proc.stderr}")
+    return errors
+
+
 @dataclass
 class Built:
     path: str                # the plugin library
@@ -122,24 +143,11 @@ def build_plugin() -> Built:
     out_dir = tempfile.mkdtemp(prefix="sparseinfer-cuda-test-")
     atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
     common = ["-O2", "-std=c++17", f"-arch=sm_{ARCH}", "-cudart", "shared"]
-
-    def compile_one(source: str) -> tuple[str, subprocess.CompletedProcess]:
-        obj = os.path.join(out_dir, os.path.basename(source) + ".o")
-        proc = subprocess.run(
-            [nvcc, *common, "-Xcompiler", "-fPIC,-fvisibility=hidden", f'-DSI_CUDA_ARCHS="{ARCH}"',
-             "-c", source, "-o", obj],
-            capture_output=True, text=True, timeout=600, env=compiler_env())
-        return obj, proc
-
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        results = list(pool.map(compile_one, cuda_sources()))
-    errors = [f"{obj}:\n{proc.stderr}" for obj, proc in results if proc.returncode != 0]
-    if not errors:
-        lib = os.path.join(out_dir, LIB_NAME)
-        proc = subprocess.run([nvcc, *common, "-shared", "-o", lib] + [obj for obj, _ in results],
-                              capture_output=True, text=True, timeout=600, env=compiler_env())
-        if proc.returncode != 0:
-            errors.append(f"link:\n{proc.stderr}")
+    lib = os.path.join(out_dir, LIB_NAME)
+    errors = compile_and_link(
+        lambda source, obj: [nvcc, *common, "-Xcompiler", "-fPIC,-fvisibility=hidden",
+                             f'-DSI_CUDA_ARCHS="{ARCH}"', "-c", source, "-o", obj],
+        cuda_sources(), [nvcc, *common, "-shared", "-o", lib], out_dir)
     if errors:
         _failure = "building the CUDA plugin failed:\n" + "\n".join(errors)
         raise RuntimeError(_failure)
@@ -172,22 +180,10 @@ def build_emulated_plugin() -> str:
                    check=True, timeout=120)
     sources = sorted(os.path.join(translated, n) for n in os.listdir(translated) if n.endswith(".cpp"))
     lib = os.path.join(out_dir, LIB_NAME)
-
-    def compile_one(source: str) -> tuple[str, subprocess.CompletedProcess]:
-        obj = os.path.join(out_dir, os.path.basename(source) + ".o")
-        proc = subprocess.run([cxx, "-std=c++17", "-O1", "-fPIC", "-Wno-unknown-pragmas",
-                               f"-I{EMULATOR}", f"-I{translated}", "-c", source, "-o", obj],
-                              capture_output=True, text=True, timeout=600, env=compiler_env())
-        return obj, proc
-
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        results = list(pool.map(compile_one, sources + [os.path.join(EMULATOR, "emulator.cpp")]))
-    errors = [f"{obj}:\n{proc.stderr}" for obj, proc in results if proc.returncode != 0]
-    if not errors:
-        proc = subprocess.run([cxx, "-shared", "-o", lib] + [obj for obj, _ in results],
-                              capture_output=True, text=True, timeout=600, env=compiler_env())
-        if proc.returncode != 0:
-            errors.append(f"link:\n{proc.stderr}")
+    errors = compile_and_link(
+        lambda source, obj: [cxx, "-std=c++17", "-O1", "-fPIC", "-Wno-unknown-pragmas", f"-I{EMULATOR}",
+                             f"-I{translated}", "-c", source, "-o", obj],
+        sources + [os.path.join(EMULATOR, "emulator.cpp")], [cxx, "-shared", "-o", lib], out_dir)
     if errors:
         raise RuntimeError("building the emulated CUDA plugin failed:\n" + "\n".join(errors))
     _emulated = lib

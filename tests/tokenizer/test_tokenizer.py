@@ -15,6 +15,7 @@ import gguf
 
 import ggufgen
 from ggufgen import TT_BYTE, TT_CONTROL, TT_NORMAL, TT_UNKNOWN, TT_UNUSED, TT_USER_DEFINED
+from hf_bpe_reference import hf_bpe_tokenizer
 from sparseinfer import _core
 from sparseinfer.errors import ModelFormatError, UnsupportedModelError
 
@@ -202,24 +203,7 @@ def test_spm_round_trip(sentencepiece_pair, text):
 
 # ---- Hugging Face byte-level BPE oracle --------------------------------------------------
 
-# The split patterns of llama.cpp's pre-tokenizer types (which copy the models' tokenizer.json).
-LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
-                  r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
-                 r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-
-
-def hf_pre_tokenizer(pre):
-    from tokenizers import Regex, pre_tokenizers as pt
-    byte_level = pt.ByteLevel(add_prefix_space=False, use_regex=True)
-    byte_level_only = pt.ByteLevel(add_prefix_space=False, use_regex=False)
-    if pre == "gpt2":
-        return byte_level
-    if pre == "smollm":
-        return pt.Sequence([pt.Digits(individual_digits=True), byte_level])
-    pattern = {"llama-bpe": LLAMA3_PATTERN, "qwen2": QWEN2_PATTERN}[pre]
-    return pt.Sequence([pt.Split(Regex(pattern), behavior="isolated", invert=False), byte_level_only])
 
 
 @pytest.fixture(scope="module")
@@ -241,15 +225,9 @@ def trained_bpe():
 @pytest.fixture(scope="module", params=["gpt2", "smollm", "llama-bpe", "qwen2"])
 def bpe_pair(request, trained_bpe, tmp_path_factory):
     """(HF tokenizer, our tokenizer) over the same vocabulary, for one pre-tokenizer."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models
     pre = request.param
     vocab, merges = trained_bpe
-    model = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges],
-                       ignore_merges=pre == "llama-bpe")
-    reference = Tokenizer(model)
-    reference.pre_tokenizer = hf_pre_tokenizer(pre)
-    reference.decoder = decoders.ByteLevel()
-    reference.add_special_tokens([AddedToken(t, special=True) for t in SPECIAL_TOKENS])
+    reference = hf_bpe_tokenizer(vocab, merges, pre, SPECIAL_TOKENS, ignore_merges=pre == "llama-bpe")
 
     tokens = [None] * len(vocab)
     for text, i in vocab.items():

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from hf_bpe_reference import hf_bpe_tokenizer
 from smollm2 import smollm2_path
 from sparseinfer import _core
 
@@ -51,8 +52,6 @@ def llama():
 def hf_reference():
     """HF tokenizers over the file's own vocabulary and merges."""
     gguf = pytest.importorskip("gguf")
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers as pt
-
     reader = gguf.GGUFReader(smollm2_path())
 
     def strings(key):
@@ -63,13 +62,8 @@ def hf_reference():
     merges = strings("tokenizer.ggml.merges")
     type_field = reader.fields["tokenizer.ggml.token_type"]
     types = [int(type_field.parts[i][0]) for i in type_field.data]
-    reference = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)},
-                                     merges=[tuple(m.split(" ", 1)) for m in merges]))
-    reference.pre_tokenizer = pt.Sequence([pt.Digits(individual_digits=True),
-                                           pt.ByteLevel(add_prefix_space=False, use_regex=True)])
-    reference.decoder = decoders.ByteLevel()
-    reference.add_special_tokens([AddedToken(t, special=True) for t, k in zip(tokens, types) if k == 3])
-    return reference
+    special = [t for t, k in zip(tokens, types) if k == 3]
+    return hf_bpe_tokenizer({t: i for i, t in enumerate(tokens)}, merges, "smollm", special)
 
 
 def test_metadata(ours):

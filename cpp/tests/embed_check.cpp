@@ -1,5 +1,5 @@
 // A C++ application of the public API (cpp/include/sparseinfer/sparseinfer.h), used by
-// tests/test_embedding.py: its output is compared with the Python package's on the same file.
+// tests/api/test_embedding.py: its output is compared with the Python package's on the same file.
 //
 //   embed_check MODEL.gguf [sparse [THRESHOLD]]
 //

@@ -1,6 +1,6 @@
 """Finds, loads and asks the CUDA plugin (libsparseinfer_cuda.so / sparseinfer_cuda.dll).
 
-The CUDA backend is a separate shared library behind a small C ABI (cpp/src/cuda/plugin_api.h),
+The CUDA backend is a separate shared library behind a small C ABI (cpp/src/cuda_abi/plugin_api.h),
 shipped in its own distribution (`pip install "sparseinfer[cuda12]"` installs
 sparseinfer-cuda12) or built into this package from source (-DSPARSEINFER_CUDA=ON). It is
 loaded here with ctypes, so the native core needs no CUDA and no plugin to import, and a
@@ -17,10 +17,10 @@ CuPy and PyTorch do, so no LD_LIBRARY_PATH or PATH is needed.
 
 Once loaded, Plugin binds every entry point of the ABI (PROTOTYPES), and Context wraps a
 device context of the plugin (its stream, device buffers, kernel calls) for the tests
-(tests/test_cuda_kernels.py). The engine's GPU forward pass (cpp/src/gpu) gets the found
+(tests/gpu/test_cuda_kernels.py). The engine's GPU forward pass (cpp/src/gpu) gets the found
 library's path from Model(device="cuda") and opens it itself (dlopen returns the copy loaded
 here, with NVIDIA's runtime already in place). SPARSEINFER_CUDA_PLUGIN is also how the tests
-point everything at the CPU emulator's build (tests/test_gpu_forward.py).
+point everything at the CPU emulator's build (tests/gpu/test_gpu_forward.py).
 
 This module uses the standard library alone (cuda/check_plugin.py loads it by path, without
 the rest of the package).
@@ -36,7 +36,7 @@ import sys
 import threading
 from typing import Any, Optional
 
-ABI_VERSION = 3  # SI_CUDA_ABI_VERSION in cpp/src/cuda/plugin_api.h
+ABI_VERSION = 3  # SI_CUDA_ABI_VERSION in cpp/src/cuda_abi/plugin_api.h
 PLUGIN_PACKAGES = ("sparseinfer_cuda13", "sparseinfer_cuda12")
 ENV_PLUGIN = "SPARSEINFER_CUDA_PLUGIN"
 INSTALL_HINT = ("CUDA does not exist on macOS" if sys.platform == "darwin"

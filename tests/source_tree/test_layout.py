@@ -18,8 +18,9 @@ ALLOWED = {
     "sample": {"common"},
     "model": {"common", "tensor", "gguf", "cpu", "tokenizer", "model/architectures"},
     "model/architectures": {"common", "tensor", "gguf", "model"},
-    "gpu": {"common", "model", "cuda/plugin_api.h"},
-    "cuda": set(),
+    "gpu": {"common", "model", "cuda_abi"},
+    "cuda": {"cuda_abi"},
+    "cuda_abi": set(),
     "session": {"common", "tensor", "cpu", "model", "gpu"},
     "api": {"sparseinfer", "common", "tensor", "gguf", "cpu", "tokenizer", "sample", "model", "gpu", "session"},
 }

@@ -39,7 +39,7 @@ def test_cuda_wheel_repair_keeps_nvidia_libraries_out():
 
 
 def test_loader_and_header_agree_on_the_abi():
-    with open(os.path.join(ROOT, "cpp", "src", "cuda", "plugin_api.h")) as f:
+    with open(os.path.join(ROOT, "cpp", "src", "cuda_abi", "plugin_api.h")) as f:
         header = f.read()
     abi = int(re.search(r"#define SI_CUDA_ABI_VERSION (\d+)", header).group(1))
     from sparseinfer import _cuda

@@ -26,8 +26,10 @@ from typing import Optional
 
 from paths import ROOT, SUPPORT, TESTS
 
-CUDA_SOURCES = os.path.join(ROOT, "cpp", "src", "cuda")
-PLUGIN_HEADER = os.path.join(CUDA_SOURCES, "plugin_api.h")
+ENGINE_SOURCES = os.path.join(ROOT, "cpp", "src")  # the include root of cuda_abi/plugin_api.h
+CUDA_SOURCES = os.path.join(ENGINE_SOURCES, "cuda")
+ABI_SOURCES = os.path.join(ENGINE_SOURCES, "cuda_abi")
+PLUGIN_HEADER = os.path.join(ABI_SOURCES, "plugin_api.h")
 LIB_NAME = "sparseinfer_cuda.dll" if sys.platform == "win32" else "libsparseinfer_cuda.so"
 ARCH = "75"
 
@@ -146,7 +148,7 @@ def build_plugin() -> Built:
     lib = os.path.join(out_dir, LIB_NAME)
     errors = compile_and_link(
         lambda source, obj: [nvcc, *common, "-Xcompiler", "-fPIC,-fvisibility=hidden",
-                             f'-DSI_CUDA_ARCHS="{ARCH}"', "-c", source, "-o", obj],
+                             f'-DSI_CUDA_ARCHS="{ARCH}"', f"-I{ENGINE_SOURCES}", "-c", source, "-o", obj],
         cuda_sources(), [nvcc, *common, "-shared", "-o", lib], out_dir)
     if errors:
         _failure = "building the CUDA plugin failed:\n" + "\n".join(errors)
@@ -182,7 +184,7 @@ def build_emulated_plugin() -> str:
     lib = os.path.join(out_dir, LIB_NAME)
     errors = compile_and_link(
         lambda source, obj: [cxx, "-std=c++17", "-O1", "-fPIC", "-Wno-unknown-pragmas", f"-I{EMULATOR}",
-                             f"-I{translated}", "-c", source, "-o", obj],
+                             f"-I{translated}", f"-I{ENGINE_SOURCES}", "-c", source, "-o", obj],
         sources + [os.path.join(EMULATOR, "emulator.cpp")], [cxx, "-shared", "-o", lib], out_dir)
     if errors:
         raise RuntimeError("building the emulated CUDA plugin failed:\n" + "\n".join(errors))
@@ -237,7 +239,7 @@ def build_stub_plugin(out_dir: str, abi_version: int) -> str:
     lib_dir = os.path.join(out_dir, f"stub_abi{abi_version}")
     os.makedirs(lib_dir, exist_ok=True)
     lib = os.path.join(lib_dir, LIB_NAME)
-    proc = subprocess.run([cc, "-shared", "-fPIC", "-O1", f"-I{CUDA_SOURCES}", "-o", lib, src],
+    proc = subprocess.run([cc, "-shared", "-fPIC", "-O1", f"-I{ABI_SOURCES}", "-o", lib, src],
                           capture_output=True, text=True, timeout=120, env=compiler_env())
     if proc.returncode != 0:
         raise RuntimeError("building the stand-in plugin failed:\n" + proc.stderr)

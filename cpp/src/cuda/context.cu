@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "plugin_api.h"
+#include "cuda_abi/plugin_api.h"
 #include "plugin_internal.cuh"
 
 namespace {

@@ -13,7 +13,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#include "plugin_api.h"
+#include "cuda_abi/plugin_api.h"
 #include "plugin_internal.cuh"
 
 namespace si_cuda {

@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "plugin_api.h"
+#include "cuda_abi/plugin_api.h"
 #include "plugin_internal.cuh"
 
 #ifndef SI_CUDA_ARCHS

@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "plugin_api.h"
+#include "cuda_abi/plugin_api.h"
 
 struct si_cuda_context {
     int device;

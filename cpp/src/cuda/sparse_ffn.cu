@@ -8,7 +8,7 @@
 #include <cuda_runtime.h>
 
 #include "device_common.cuh"
-#include "plugin_api.h"
+#include "cuda_abi/plugin_api.h"
 #include "plugin_internal.cuh"
 
 namespace {

@@ -14,7 +14,7 @@
 #include <string>
 
 #include "common/errors.h"
-#include "cuda/plugin_api.h"
+#include "cuda_abi/plugin_api.h"
 
 namespace si::gpu {
 

@@ -1,4 +1,7 @@
-// The C ABI of the CUDA plugin (libsparseinfer_cuda.so / sparseinfer_cuda.dll).
+// The C ABI of the CUDA plugin (libsparseinfer_cuda.so / sparseinfer_cuda.dll): the contract
+// between the engine's host code (gpu/, which includes it for its types and prototypes only)
+// and the plugin (cuda/, which implements it). It sits in a folder of its own so that each
+// side includes it without depending on the other.
 //
 // The plugin is a separate shared library, loaded at run time by the Python package
 // (src/sparseinfer/_cuda.py) when it is installed (the sparseinfer-cuda12 distribution) or

@@ -436,8 +436,9 @@ void GgufFile::parse() {
     for (GgufTensor& t : tensors_) {
         const DTypeInfo* info = dtype_info(t.ggml_type);
         if (!info) {
-            throw UnsupportedError(describe("tensor '" + t.name + "' has unsupported type " +
-                                            dtype_name(t.ggml_type)));
+            throw UnsupportedError(describe("tensor '" + t.name + "' has type " + dtype_name(t.ggml_type) +
+                                            ", which this version cannot run (it runs " + weight_type_names() +
+                                            ")"));
         }
         if (t.shape[0] % info->block_elems != 0) {
             throw FormatError(describe("tensor '" + t.name + "' row length " +

@@ -12,13 +12,25 @@ namespace si {
 
 const char* dtype_name(uint32_t ggml_type) {
     if (const DTypeInfo* info = dtype_info(ggml_type)) return info->name;
-    // Names of ggml types we can recognise but not run, for clearer messages.
+    // ggml's names of the types this engine does not run, for clearer messages.
     switch (ggml_type) {
-        case 10: return "Q2_K";
-        case 11: return "Q3_K";
-        case 12: return "Q4_K";
-        case 13: return "Q5_K";
+        case 9: return "Q8_1";
         case 15: return "Q8_K";
+        case 16: return "IQ2_XXS";
+        case 17: return "IQ2_XS";
+        case 18: return "IQ3_XXS";
+        case 19: return "IQ1_S";
+        case 21: return "IQ3_S";
+        case 22: return "IQ2_S";
+        case 24: return "I8";
+        case 25: return "I16";
+        case 26: return "I32";
+        case 27: return "I64";
+        case 28: return "F64";
+        case 29: return "IQ1_M";
+        case 34: return "TQ1_0";
+        case 35: return "TQ2_0";
+        case 39: return "MXFP4";
         default: break;
     }
     static thread_local char buf[32];
@@ -181,6 +193,133 @@ void dequantize_q6_k(const void* src, float* dst, int64_t n) {
     }
 }
 
+// Q4_K and Q5_K's 6-bit scale and min of group g (0..7) from their 12 packed bytes: groups 0-3
+// in the low 6 bits of bytes g (scale) and g + 4 (min); groups 4-7 in the nibbles of bytes
+// g + 4 with their top 2 bits in the top bits of bytes g - 4 (scale) and g (min).
+void k_scale_min(const uint8_t* packed, int g, int* scale, int* min) {
+    if (g < 4) {
+        *scale = packed[g] & 63;
+        *min = packed[g + 4] & 63;
+    } else {
+        *scale = (packed[g + 4] & 0x0f) | ((packed[g - 4] >> 6) << 4);
+        *min = (packed[g + 4] >> 4) | ((packed[g] >> 6) << 4);
+    }
+}
+
+void dequantize_q2_k(const void* src, float* dst, int64_t n) {
+    auto b = static_cast<const BlockQ2_K*>(src);
+    for (int64_t i = 0; i < n / kQK_K; ++i) {
+        const float d = fp16_to_fp32(b[i].d), dmin = fp16_to_fp32(b[i].dmin);
+        // Two halves of 128: the 32 bytes of qs of a half hold four 2-bit planes, plane p
+        // (shift 2p) giving 32 values in two groups of 16, each with its scale byte.
+        int group = 0;
+        for (int half = 0; half < 2; ++half) {
+            const uint8_t* q = b[i].qs + 32 * half;
+            for (int plane = 0; plane < 4; ++plane) {
+                for (int part = 0; part < 2; ++part, ++group) {
+                    const uint8_t sc = b[i].scales[group];
+                    const float dl = d * static_cast<float>(sc & 0x0f), ml = dmin * static_cast<float>(sc >> 4);
+                    for (int l = 0; l < 16; ++l) {
+                        *dst++ = dl * static_cast<float>((q[16 * part + l] >> (2 * plane)) & 3) - ml;
+                    }
+                }
+            }
+        }
+    }
+}
+
+void dequantize_q3_k(const void* src, float* dst, int64_t n) {
+    auto b = static_cast<const BlockQ3_K*>(src);
+    for (int64_t i = 0; i < n / kQK_K; ++i) {
+        const float d = fp16_to_fp32(b[i].d);
+        // The 16 6-bit scales: low 4 bits in the nibbles of bytes 0-7 (groups 0-7 low
+        // nibbles, 8-15 high), high 2 bits in the 2-bit pairs of bytes 8-11.
+        int scales[16];
+        for (int g = 0; g < 16; ++g) {
+            const int low = (b[i].scales[g % 8] >> (4 * (g / 8))) & 0x0f;
+            const int high = (b[i].scales[8 + g % 4] >> (2 * (g / 4))) & 3;
+            scales[g] = (low | (high << 4)) - 32;
+        }
+        // As Q2_K's planes, the third bit of each value from hmask: bit (4 half + plane) of
+        // the byte at its position.
+        int group = 0;
+        for (int half = 0; half < 2; ++half) {
+            const uint8_t* q = b[i].qs + 32 * half;
+            for (int plane = 0; plane < 4; ++plane) {
+                const uint8_t high_bit = static_cast<uint8_t>(1u << (4 * half + plane));
+                for (int part = 0; part < 2; ++part, ++group) {
+                    const float dl = d * static_cast<float>(scales[group]);
+                    for (int l = 0; l < 16; ++l) {
+                        const int k = 16 * part + l;
+                        const int value = ((q[k] >> (2 * plane)) & 3) - ((b[i].hmask[k] & high_bit) ? 0 : 4);
+                        *dst++ = dl * static_cast<float>(value);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// Q4_K and Q5_K (has_high_bit): four chunks of 64, each the low then the high nibbles of 32
+// bytes of qs, groups 2c and 2c + 1; Q5_K's fifth bits are bits 2c and 2c + 1 of qh.
+template <bool has_high_bit>
+void dequantize_q45_k(const void* src, float* dst, int64_t n) {
+    const size_t block_bytes = has_high_bit ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
+    auto bytes = static_cast<const uint8_t*>(src);
+    for (int64_t i = 0; i < n / kQK_K; ++i, bytes += block_bytes) {
+        uint16_t d16, dmin16;
+        std::memcpy(&d16, bytes, 2);
+        std::memcpy(&dmin16, bytes + 2, 2);
+        const float d = fp16_to_fp32(d16), dmin = fp16_to_fp32(dmin16);
+        const uint8_t* packed = bytes + 4;
+        const uint8_t* qh = packed + 12;
+        const uint8_t* qs = has_high_bit ? qh + kQK_K / 8 : qh;
+        for (int chunk = 0; chunk < 4; ++chunk, qs += 32) {
+            for (int nibble = 0; nibble < 2; ++nibble) {
+                int scale, min;
+                k_scale_min(packed, 2 * chunk + nibble, &scale, &min);
+                const float dl = d * static_cast<float>(scale), ml = dmin * static_cast<float>(min);
+                for (int l = 0; l < 32; ++l) {
+                    int q = (qs[l] >> (4 * nibble)) & 0x0f;
+                    if (has_high_bit) q |= ((qh[l] >> (2 * chunk + nibble)) & 1) << 4;
+                    *dst++ = dl * static_cast<float>(q) - ml;
+                }
+            }
+        }
+    }
+}
+
+// IQ4_NL and IQ4_XS's 16 levels (ggml's kvalues_iq4nl).
+constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+void dequantize_iq4_nl(const void* src, float* dst, int64_t n) {
+    auto b = static_cast<const BlockIQ4_NL*>(src);
+    for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int j = 0; j < kQK / 2; ++j) {
+            dst[j] = d * static_cast<float>(kIq4Values[b[i].qs[j] & 0x0f]);
+            dst[j + kQK / 2] = d * static_cast<float>(kIq4Values[b[i].qs[j] >> 4]);
+        }
+    }
+}
+
+void dequantize_iq4_xs(const void* src, float* dst, int64_t n) {
+    auto b = static_cast<const BlockIQ4_XS*>(src);
+    for (int64_t i = 0; i < n / kQK_K; ++i) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int g = 0; g < 8; ++g, dst += kQK) {
+            const int scale =
+                ((b[i].scales_l[g / 2] >> (4 * (g % 2))) & 0x0f) | (((b[i].scales_h >> (2 * g)) & 3) << 4);
+            const float dl = d * static_cast<float>(scale - 32);
+            const uint8_t* qs = b[i].qs + 16 * g;
+            for (int j = 0; j < kQK / 2; ++j) {
+                dst[j] = dl * static_cast<float>(kIq4Values[qs[j] & 0x0f]);
+                dst[j + kQK / 2] = dl * static_cast<float>(kIq4Values[qs[j] >> 4]);
+            }
+        }
+    }
+}
+
 // The weight types: {type, name, elements and bytes per block, kernels, activation format,
 // reference dequantisation}. The dot formats are explained in cpu/kernels.h.
 const DTypeInfo kTypes[] = {
@@ -192,7 +331,13 @@ const DTypeInfo kTypes[] = {
     {DType::Q8_0, "Q8_0", kQK, sizeof(BlockQ8_0), true, DType::Q8_0, dequantize_q8_0},
     {DType::Q5_0, "Q5_0", kQK, sizeof(BlockQ5_0), false, DType::F32, dequantize_q5<false>},
     {DType::Q5_1, "Q5_1", kQK, sizeof(BlockQ5_1), false, DType::F32, dequantize_q5<true>},
+    {DType::Q2_K, "Q2_K", kQK_K, sizeof(BlockQ2_K), false, DType::F32, dequantize_q2_k},
+    {DType::Q3_K, "Q3_K", kQK_K, sizeof(BlockQ3_K), false, DType::F32, dequantize_q3_k},
+    {DType::Q4_K, "Q4_K", kQK_K, sizeof(BlockQ4_K), false, DType::F32, dequantize_q45_k<false>},
+    {DType::Q5_K, "Q5_K", kQK_K, sizeof(BlockQ5_K), false, DType::F32, dequantize_q45_k<true>},
     {DType::Q6_K, "Q6_K", kQK_K, sizeof(BlockQ6_K), false, DType::F32, dequantize_q6_k},
+    {DType::IQ4_NL, "IQ4_NL", kQK, sizeof(BlockIQ4_NL), false, DType::F32, dequantize_iq4_nl},
+    {DType::IQ4_XS, "IQ4_XS", kQK_K, sizeof(BlockIQ4_XS), false, DType::F32, dequantize_iq4_xs},
 };
 
 }  // namespace
@@ -202,6 +347,12 @@ const DTypeInfo* dtype_info(uint32_t ggml_type) {
         if (static_cast<uint32_t>(info.type) == ggml_type) return &info;
     }
     return nullptr;
+}
+
+std::string weight_type_names() {
+    std::string names;
+    for (const DTypeInfo& info : kTypes) names += (names.empty() ? "" : ", ") + std::string(info.name);
+    return names;
 }
 
 void dequantize_row_ref(DType type, const void* src, float* dst, int64_t n) {

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace si {
 
@@ -14,7 +15,13 @@ enum class DType : uint32_t {
     Q4_1 = 3,
     Q5_0 = 6,  // storage only: converted to Q8_0 at load
     Q5_1 = 7,  // storage only
-    Q6_K = 14, // storage only (PowerInfer's Q4_0 files keep output.weight in it)
+    Q2_K = 10,    // storage only
+    Q3_K = 11,    // storage only
+    Q4_K = 12,    // storage only
+    Q5_K = 13,    // storage only
+    Q6_K = 14,    // storage only (PowerInfer's Q4_0 files keep output.weight in it)
+    IQ4_NL = 20,  // storage only
+    IQ4_XS = 23,  // storage only
     Q8_0 = 8,
     Q8_1 = 9,  // activations only: never a weight type here
     BF16 = 30,
@@ -82,6 +89,66 @@ struct BlockQ6_K {
 };
 static_assert(sizeof(BlockQ6_K) == 210, "Q6_K block layout");
 
+// The K-quants below keep 256 weights in sub-blocks with their own scales (and mins), the
+// scales themselves quantised against the block's d (and dmin). Layouts: ggml's
+// ggml-common.h; the arithmetic: its reference dequantisation (dtype.cpp).
+
+// Q2_K: 16 groups of 16, w = d * (scale & 15) * q - dmin * (scale >> 4), q 2 bits.
+struct BlockQ2_K {
+    uint8_t scales[kQK_K / 16];
+    uint8_t qs[kQK_K / 4];
+    uint16_t d;
+    uint16_t dmin;
+};
+static_assert(sizeof(BlockQ2_K) == 84, "Q2_K block layout");
+
+// Q3_K: 16 groups of 16, w = d * (scale - 32) * (q - 4), q 3 bits: 2 in qs, the third in
+// hmask (set: no -4); the 6-bit scales packed in 12 bytes.
+struct BlockQ3_K {
+    uint8_t hmask[kQK_K / 8];
+    uint8_t qs[kQK_K / 4];
+    uint8_t scales[12];
+    uint16_t d;
+};
+static_assert(sizeof(BlockQ3_K) == 110, "Q3_K block layout");
+
+// Q4_K: 8 groups of 32, w = d * scale * q - dmin * min, q 4 bits, 6-bit scales and mins
+// packed in 12 bytes.
+struct BlockQ4_K {
+    uint16_t d;
+    uint16_t dmin;
+    uint8_t scales[12];
+    uint8_t qs[kQK_K / 2];
+};
+static_assert(sizeof(BlockQ4_K) == 144, "Q4_K block layout");
+
+// Q5_K: Q4_K with a fifth bit per weight in qh.
+struct BlockQ5_K {
+    uint16_t d;
+    uint16_t dmin;
+    uint8_t scales[12];
+    uint8_t qh[kQK_K / 8];
+    uint8_t qs[kQK_K / 2];
+};
+static_assert(sizeof(BlockQ5_K) == 176, "Q5_K block layout");
+
+// IQ4_NL: 32 weights = d * kIq4Values[q], q 4 bits (nibbles as in Q4_0): a non-linear grid.
+struct BlockIQ4_NL {
+    uint16_t d;
+    uint8_t qs[kQK / 2];
+};
+static_assert(sizeof(BlockIQ4_NL) == 18, "IQ4_NL block layout");
+
+// IQ4_XS: 8 groups of 32 on IQ4_NL's grid, w = d * (scale - 32) * kIq4Values[q], the 6-bit
+// scales' low 4 bits in scales_l, high 2 in scales_h.
+struct BlockIQ4_XS {
+    uint16_t d;
+    uint16_t scales_h;
+    uint8_t scales_l[kQK_K / 64];
+    uint8_t qs[kQK_K / 2];
+};
+static_assert(sizeof(BlockIQ4_XS) == 136, "IQ4_XS block layout");
+
 // A weight type's row in the table of types (dtype.cpp): a new type is a row there, its block
 // layout above, and its kernels at every level (cpu/kernels.h, TypeKernels).
 struct DTypeInfo {
@@ -99,7 +166,8 @@ struct DTypeInfo {
 
 // nullptr for a type id this engine does not implement.
 const DTypeInfo* dtype_info(uint32_t ggml_type);
-const char* dtype_name(uint32_t ggml_type);  // "type 42" style for unknown ids
+const char* dtype_name(uint32_t ggml_type);  // ggml's name, or "type 42" for an unknown id
+std::string weight_type_names();  // the types this engine runs, for messages: "F32, F16, ..."
 
 // Bytes of a row of n elements; false if n is not a whole number of blocks or on overflow.
 bool row_bytes(DType type, int64_t n, uint64_t* bytes);

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 #include <optional>
+#include <string>
 
 #include "bindings.h"
 #include "sparseinfer/sparseinfer.h"
@@ -139,6 +140,9 @@ void bind_model(py::module_& m) {
     py::class_<DeviceModel, std::shared_ptr<DeviceModel>>(m, "DeviceModel")
         .def(py::init([](std::shared_ptr<Model> model, const std::string& cuda_plugin, int cuda_device,
                          int64_t n_gpu_layers, std::optional<std::vector<HotIds>> hot_neurons) {
+                 if (cuda_device < 0) {
+                     throw ArgumentError("cuda_device must be >= 0, got " + std::to_string(cuda_device));
+                 }
                  GpuPlacement placement;
                  placement.n_gpu_layers = n_gpu_layers;
                  if (hot_neurons) {

@@ -31,20 +31,13 @@
 
 #include "sparseinfer/errors.h"
 
-namespace si {
-class Model;
-class Sampler;
-class Session;
-class StreamDecoder;
-class Tokenizer;
-namespace gpu {
-class DeviceModel;
-}  // namespace gpu
-}  // namespace si
-
 namespace sparseinfer {
 
-struct ApiAccess;  // the implementation's way to the engine objects behind these classes
+// Each class below holds the engine object it stands for in an Impl of its own, defined in
+// the implementation (cpp/src/api/), so that no engine name reaches this header.
+namespace detail {
+struct Access;  // the implementation's way to those objects; not for applications
+}  // namespace detail
 
 // ---- the machine ------------------------------------------------------------------------
 
@@ -117,12 +110,14 @@ public:
     Tokenizer& operator=(const Tokenizer&) = delete;
 
 private:
-    friend struct ApiAccess;
-    explicit Tokenizer(std::shared_ptr<const si::Tokenizer> engine);
-    std::shared_ptr<const si::Tokenizer> engine_;
+    friend struct detail::Access;
+    struct Impl;
+    explicit Tokenizer(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
 };
 
 // Token ids to text as they come, holding back the bytes of an unfinished UTF-8 character.
+// (As with the Sampler, a moved-from one may only be assigned to or destroyed.)
 class StreamDecoder {
 public:
     explicit StreamDecoder(std::shared_ptr<const Tokenizer> tokenizer);
@@ -133,7 +128,8 @@ public:
     std::string flush();              // whatever is held back, an unfinished character as U+FFFD
 
 private:
-    std::unique_ptr<si::StreamDecoder> engine_;
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
 };
 
 // ---- sampling -----------------------------------------------------------------------------
@@ -149,7 +145,8 @@ struct SamplingParams {
 };
 
 // Repetition penalty, top-k, top-p, min-p, temperature, then a seeded draw (ArgumentError for
-// parameters out of range). One sampler per sequence: it is not thread-safe.
+// parameters out of range). One sampler per sequence: it is not thread-safe. A moved-from
+// one may only be assigned to or destroyed.
 class Sampler {
 public:
     explicit Sampler(const SamplingParams& params = {});
@@ -161,7 +158,8 @@ public:
     void reset();                // forgets the accepted tokens and reseeds
 
 private:
-    std::unique_ptr<si::Sampler> engine_;
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
 };
 
 // Whether a PowerInfer file's predictors run as 8-bit copies made at load: they are read in
@@ -215,16 +213,18 @@ public:
     // text of special tokens ("<|im_start|>") as those tokens.
     std::vector<int32_t> tokenize(const std::string& text, bool add_bos = true, bool parse_special = false) const;
     std::string detokenize(const std::vector<int32_t>& tokens) const;
-    // EOS, EOT and the tokens the vocabulary marks as ending a turn.
+    // EOS, EOT and the tokens the vocabulary marks as ending a turn (ArgumentError for an id
+    // outside the vocabulary).
     bool is_end_of_generation(int32_t token) const;
 
     Model(const Model&) = delete;
     Model& operator=(const Model&) = delete;
 
 private:
-    friend struct ApiAccess;
-    explicit Model(std::shared_ptr<const si::Model> engine);
-    std::shared_ptr<const si::Model> engine_;
+    friend struct detail::Access;
+    struct Impl;
+    explicit Model(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
     std::shared_ptr<const Tokenizer> tokenizer_;
 };
 
@@ -270,9 +270,10 @@ public:
     DeviceModel& operator=(const DeviceModel&) = delete;
 
 private:
-    friend struct ApiAccess;
-    explicit DeviceModel(std::shared_ptr<const si::gpu::DeviceModel> engine);
-    std::shared_ptr<const si::gpu::DeviceModel> engine_;
+    friend struct detail::Access;
+    struct Impl;
+    explicit DeviceModel(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
 };
 
 // ---- sessions -----------------------------------------------------------------------------
@@ -335,7 +336,8 @@ public:
 
 private:
     std::shared_ptr<const Model> model_;
-    std::unique_ptr<si::Session> engine_;
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
 };
 
 // ---- generation ---------------------------------------------------------------------------

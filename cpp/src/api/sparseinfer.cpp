@@ -18,24 +18,53 @@
 
 namespace sparseinfer {
 
-struct ApiAccess {
-    static const si::Model& engine(const Model& model) { return *model.engine_; }
-    static const std::shared_ptr<const si::Tokenizer>& engine(const Tokenizer& tokenizer) { return tokenizer.engine_; }
-    static std::shared_ptr<const si::gpu::DeviceModel> engine(const DeviceModel& device) { return device.engine_; }
-    static std::shared_ptr<const si::Model> shared_engine(const Model& model) { return model.engine_; }
+struct Tokenizer::Impl {
+    std::shared_ptr<const si::Tokenizer> engine;
+};
+struct StreamDecoder::Impl {
+    si::StreamDecoder engine;
+};
+struct Sampler::Impl {
+    si::Sampler engine;
+};
+struct Model::Impl {
+    std::shared_ptr<const si::Model> engine;
+};
+struct DeviceModel::Impl {
+    std::shared_ptr<const si::gpu::DeviceModel> engine;
+};
+struct Session::Impl {
+    template <typename... Args>
+    explicit Impl(Args&&... args) : engine(std::forward<Args>(args)...) {}
+    si::Session engine;
+};
+
+namespace detail {
+
+struct Access {
+    static const si::Model& engine(const Model& model) { return *model.impl_->engine; }
+    static std::shared_ptr<const si::Model> shared_engine(const Model& model) { return model.impl_->engine; }
+    static const std::shared_ptr<const si::Tokenizer>& engine(const Tokenizer& t) { return t.impl_->engine; }
+    static std::shared_ptr<const si::gpu::DeviceModel> engine(const DeviceModel& d) { return d.impl_->engine; }
 
     static std::shared_ptr<const Tokenizer> wrap(std::shared_ptr<const si::Tokenizer> engine) {
-        return std::shared_ptr<const Tokenizer>(new Tokenizer(std::move(engine)));
+        return std::shared_ptr<const Tokenizer>(new Tokenizer(std::make_unique<Tokenizer::Impl>(Tokenizer::Impl{
+            std::move(engine)})));
     }
     static std::shared_ptr<const Model> wrap(std::shared_ptr<const si::Model> engine) {
-        auto model = std::shared_ptr<Model>(new Model(std::move(engine)));
-        model->tokenizer_ = wrap(model->engine_->shared_tokenizer());
+        auto model = std::shared_ptr<Model>(new Model(std::make_unique<Model::Impl>(Model::Impl{std::move(engine)})));
+        model->tokenizer_ = wrap(model->impl_->engine->shared_tokenizer());
         return model;
     }
     static std::shared_ptr<const DeviceModel> wrap(std::shared_ptr<const si::gpu::DeviceModel> engine) {
-        return std::shared_ptr<const DeviceModel>(new DeviceModel(std::move(engine)));
+        return std::shared_ptr<const DeviceModel>(
+            new DeviceModel(std::make_unique<DeviceModel::Impl>(DeviceModel::Impl{std::move(engine)})));
     }
 };
+
+}  // namespace detail
+
+using detail::Access;
 
 namespace {
 
@@ -134,59 +163,60 @@ GgufInfo read_gguf_info(const std::string& path) {
 
 // ---- text ---------------------------------------------------------------------------------
 
-Tokenizer::Tokenizer(std::shared_ptr<const si::Tokenizer> engine) : engine_(std::move(engine)) {}
+Tokenizer::Tokenizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Tokenizer::~Tokenizer() = default;
 
 std::shared_ptr<const Tokenizer> Tokenizer::open(const std::string& path) {
     const std::shared_ptr<si::GgufFile> file = si::GgufFile::open(path);
-    return ApiAccess::wrap(si::Tokenizer::create(si::VocabData::from_gguf(*file)));
+    return Access::wrap(si::Tokenizer::create(si::VocabData::from_gguf(*file)));
 }
 
-int32_t Tokenizer::n_vocab() const { return engine_->n_vocab(); }
-int32_t Tokenizer::bos_id() const { return engine_->vocab().bos_id; }
-int32_t Tokenizer::eos_id() const { return engine_->vocab().eos_id; }
-bool Tokenizer::add_bos() const { return engine_->vocab().add_bos; }
+int32_t Tokenizer::n_vocab() const { return impl_->engine->n_vocab(); }
+int32_t Tokenizer::bos_id() const { return impl_->engine->vocab().bos_id; }
+int32_t Tokenizer::eos_id() const { return impl_->engine->vocab().eos_id; }
+bool Tokenizer::add_bos() const { return impl_->engine->vocab().add_bos; }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos, bool parse_special) const {
-    return engine_->encode(text, add_bos, parse_special);
+    return impl_->engine->encode(text, add_bos, parse_special);
 }
 
 std::string Tokenizer::token_to_bytes(int32_t token, bool render_special) const {
-    return engine_->token_to_bytes(token, render_special);
+    return impl_->engine->token_to_bytes(token, render_special);
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& tokens, bool render_special) const {
-    return engine_->decode(tokens, render_special);
+    return impl_->engine->decode(tokens, render_special);
 }
 
 bool Tokenizer::is_end_of_generation(int32_t token) const {
-    check_token(*engine_, token);
-    return engine_->is_end_of_generation(token);
+    check_token(*impl_->engine, token);
+    return impl_->engine->is_end_of_generation(token);
 }
 
 StreamDecoder::StreamDecoder(std::shared_ptr<const Tokenizer> tokenizer) {
     if (!tokenizer) throw ArgumentError("StreamDecoder needs a tokenizer");
-    engine_ = std::make_unique<si::StreamDecoder>(ApiAccess::engine(*tokenizer));
+    impl_ = std::make_unique<Impl>(Impl{si::StreamDecoder(Access::engine(*tokenizer))});
 }
 StreamDecoder::~StreamDecoder() = default;
 StreamDecoder::StreamDecoder(StreamDecoder&&) noexcept = default;
 StreamDecoder& StreamDecoder::operator=(StreamDecoder&&) noexcept = default;
-std::string StreamDecoder::feed(int32_t token) { return engine_->feed(token); }
-std::string StreamDecoder::flush() { return engine_->flush(); }
+std::string StreamDecoder::feed(int32_t token) { return impl_->engine.feed(token); }
+std::string StreamDecoder::flush() { return impl_->engine.flush(); }
 
 // ---- sampling -----------------------------------------------------------------------------
 
-Sampler::Sampler(const SamplingParams& params) : engine_(std::make_unique<si::Sampler>(engine_params(params))) {}
+Sampler::Sampler(const SamplingParams& params)
+    : impl_(std::make_unique<Impl>(Impl{si::Sampler(engine_params(params))})) {}
 Sampler::~Sampler() = default;
 Sampler::Sampler(Sampler&&) noexcept = default;
 Sampler& Sampler::operator=(Sampler&&) noexcept = default;
-int32_t Sampler::sample(const float* logits, int32_t n_vocab) { return engine_->sample(logits, n_vocab); }
-void Sampler::accept(int32_t token) { engine_->accept(token); }
-void Sampler::reset() { engine_->reset(); }
+int32_t Sampler::sample(const float* logits, int32_t n_vocab) { return impl_->engine.sample(logits, n_vocab); }
+void Sampler::accept(int32_t token) { impl_->engine.accept(token); }
+void Sampler::reset() { impl_->engine.reset(); }
 
 // ---- models -------------------------------------------------------------------------------
 
-Model::Model(std::shared_ptr<const si::Model> engine) : engine_(std::move(engine)) {}
+Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Model::~Model() = default;
 
 std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOptions& options) {
@@ -198,20 +228,20 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
     }
     engine_options.sparse_threshold = options.sparse_threshold;
     engine_options.prepare_weights = options.prepare_weights;
-    return ApiAccess::wrap(si::Model::load(path, engine_options));
+    return Access::wrap(si::Model::load(path, engine_options));
 }
 
-std::string Model::path() const { return engine_->file().path(); }
-std::string Model::arch() const { return engine_->config().arch; }
-int64_t Model::n_vocab() const { return engine_->config().n_vocab; }
-int64_t Model::n_embd() const { return engine_->config().n_embd; }
-int64_t Model::n_layer() const { return engine_->config().n_layer; }
-int64_t Model::n_ff() const { return engine_->config().n_ff; }
-int64_t Model::n_ctx_train() const { return engine_->config().n_ctx_train; }
-bool Model::is_powerinfer() const { return engine_->config().has_predictors(); }
-float Model::sparse_threshold() const { return engine_->config().sparse_threshold; }
-std::vector<bool> Model::predictor_q8_layers() const { return engine_->predictor_q8_layers(); }
-Metadata Model::metadata() const { return metadata_of(engine_->file()); }
+std::string Model::path() const { return impl_->engine->file().path(); }
+std::string Model::arch() const { return impl_->engine->config().arch; }
+int64_t Model::n_vocab() const { return impl_->engine->config().n_vocab; }
+int64_t Model::n_embd() const { return impl_->engine->config().n_embd; }
+int64_t Model::n_layer() const { return impl_->engine->config().n_layer; }
+int64_t Model::n_ff() const { return impl_->engine->config().n_ff; }
+int64_t Model::n_ctx_train() const { return impl_->engine->config().n_ctx_train; }
+bool Model::is_powerinfer() const { return impl_->engine->config().has_predictors(); }
+float Model::sparse_threshold() const { return impl_->engine->config().sparse_threshold; }
+std::vector<bool> Model::predictor_q8_layers() const { return impl_->engine->predictor_q8_layers(); }
+Metadata Model::metadata() const { return metadata_of(impl_->engine->file()); }
 
 std::vector<int32_t> Model::tokenize(const std::string& text, bool add_bos, bool parse_special) const {
     return tokenizer_->encode(text, add_bos && tokenizer_->add_bos(), parse_special);
@@ -225,12 +255,12 @@ bool Model::is_end_of_generation(int32_t token) const { return tokenizer_->is_en
 
 DeviceCosts device_costs(const Model& model, int64_t n_ctx) {
     if (n_ctx < 1) throw ArgumentError("n_ctx must be at least 1");
-    si::gpu::DeviceCosts c = si::gpu::device_costs(ApiAccess::engine(model), n_ctx);
+    si::gpu::DeviceCosts c = si::gpu::device_costs(Access::engine(model), n_ctx);
     return {std::move(c.n_neurons), std::move(c.neuron_bytes), std::move(c.fixed_bytes), c.shared_bytes,
             c.batch_bytes};
 }
 
-DeviceModel::DeviceModel(std::shared_ptr<const si::gpu::DeviceModel> engine) : engine_(std::move(engine)) {}
+DeviceModel::DeviceModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 DeviceModel::~DeviceModel() = default;
 
 std::shared_ptr<const DeviceModel> DeviceModel::upload(std::shared_ptr<const Model> model,
@@ -241,46 +271,45 @@ std::shared_ptr<const DeviceModel> DeviceModel::upload(std::shared_ptr<const Mod
     si::gpu::Placement engine_placement;
     engine_placement.n_gpu_layers = placement.n_gpu_layers;
     engine_placement.hot_neurons = placement.hot_neurons;
-    return ApiAccess::wrap(std::make_shared<const si::gpu::DeviceModel>(ApiAccess::shared_engine(*model), cuda_plugin,
+    return Access::wrap(std::make_shared<const si::gpu::DeviceModel>(Access::shared_engine(*model), cuda_plugin,
                                                                          device, std::move(engine_placement)));
 }
 
-uint64_t DeviceModel::weight_bytes() const { return engine_->weight_bytes(); }
-int64_t DeviceModel::first_gpu_layer() const { return engine_->first_gpu_layer(); }
-std::vector<int64_t> DeviceModel::hot_counts() const { return engine_->hot_counts(); }
+uint64_t DeviceModel::weight_bytes() const { return impl_->engine->weight_bytes(); }
+int64_t DeviceModel::first_gpu_layer() const { return impl_->engine->first_gpu_layer(); }
+std::vector<int64_t> DeviceModel::hot_counts() const { return impl_->engine->hot_counts(); }
 
 // ---- sessions -----------------------------------------------------------------------------
 
 Session::Session(std::shared_ptr<const Model> model, const SessionOptions& options) : model_(std::move(model)) {
     if (!model_) throw ArgumentError("Session needs a model");
     if (options.n_threads < 1) throw ArgumentError("n_threads must be at least 1");
-    engine_ = std::make_unique<si::Session>(ApiAccess::shared_engine(*model_), options.n_ctx, options.n_threads,
-                                            options.sparse,
-                                            options.device ? ApiAccess::engine(*options.device) : nullptr);
+    impl_ = std::make_unique<Impl>(Access::shared_engine(*model_), options.n_ctx, options.n_threads, options.sparse,
+                                   options.device ? Access::engine(*options.device) : nullptr);
 }
 
 Session::~Session() = default;
 
-void Session::eval(const std::vector<int32_t>& tokens, bool all_logits) { engine_->eval(tokens, all_logits); }
+void Session::eval(const std::vector<int32_t>& tokens, bool all_logits) { impl_->engine.eval(tokens, all_logits); }
 
-const float* Session::logits() const { return engine_->logits().data(); }
-int64_t Session::logit_rows() const { return engine_->logit_rows(); }
-int64_t Session::n_past() const { return engine_->n_past(); }
-int64_t Session::n_ctx() const { return engine_->n_ctx(); }
-void Session::reset() { engine_->reset(); }
-void Session::truncate(int64_t n_past) { engine_->truncate(n_past); }
-void Session::cancel() { engine_->request_cancel(); }
-void Session::clear_cancel() { engine_->clear_cancel(); }
-bool Session::cancelled() const { return engine_->cancel_requested(); }
-bool Session::sparse() const { return engine_->sparse(); }
-bool Session::on_gpu() const { return engine_->on_gpu(); }
-std::vector<double> Session::active_fractions() const { return engine_->active_fractions(); }
-void Session::reset_stats() { engine_->reset_stats(); }
-void Session::set_neuron_counting(bool on) { engine_->set_neuron_counting(on); }
-bool Session::neuron_counting() const { return engine_->neuron_counting(); }
-const std::vector<int64_t>& Session::neuron_counts() const { return engine_->neuron_counts(); }
-int64_t Session::neuron_count_tokens() const { return engine_->neuron_count_tokens(); }
-void Session::reset_neuron_counts() { engine_->reset_neuron_counts(); }
+const float* Session::logits() const { return impl_->engine.logits().data(); }
+int64_t Session::logit_rows() const { return impl_->engine.logit_rows(); }
+int64_t Session::n_past() const { return impl_->engine.n_past(); }
+int64_t Session::n_ctx() const { return impl_->engine.n_ctx(); }
+void Session::reset() { impl_->engine.reset(); }
+void Session::truncate(int64_t n_past) { impl_->engine.truncate(n_past); }
+void Session::cancel() { impl_->engine.request_cancel(); }
+void Session::clear_cancel() { impl_->engine.clear_cancel(); }
+bool Session::cancelled() const { return impl_->engine.cancel_requested(); }
+bool Session::sparse() const { return impl_->engine.sparse(); }
+bool Session::on_gpu() const { return impl_->engine.on_gpu(); }
+std::vector<double> Session::active_fractions() const { return impl_->engine.active_fractions(); }
+void Session::reset_stats() { impl_->engine.reset_stats(); }
+void Session::set_neuron_counting(bool on) { impl_->engine.set_neuron_counting(on); }
+bool Session::neuron_counting() const { return impl_->engine.neuron_counting(); }
+const std::vector<int64_t>& Session::neuron_counts() const { return impl_->engine.neuron_counts(); }
+int64_t Session::neuron_count_tokens() const { return impl_->engine.neuron_count_tokens(); }
+void Session::reset_neuron_counts() { impl_->engine.reset_neuron_counts(); }
 
 // ---- generation ---------------------------------------------------------------------------
 

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <string>
+
+#include "common/errors.h"
 
 namespace si {
 
@@ -75,10 +78,15 @@ ActivationSlots::Prepared ActivationSlots::prepare(const KernelTable& kernels, c
                                                    int64_t n, int slot, bool convert) {
     const size_t slot_bytes = data_.size() / kSlots;
     Prepared in{data_.data() + static_cast<size_t>(slot) * slot_bytes, activation_bytes(w.type, w.cols)};
+    const Held wanted{x, n, w.cols, activation_format(w.type)};
+    Held& held = held_[slot];
     if (convert) {
         for (int64_t t = 0; t < n; ++t) {
             prepare_activation(kernels, w.type, x + t * w.cols, in.data + t * in.stride, w.cols);
         }
+        held = wanted;
+    } else if (held.x != wanted.x || held.n < wanted.n || held.cols != wanted.cols || held.format != wanted.format) {
+        throw Error("internal error: activation slot " + std::to_string(slot) + " does not hold the input asked for");
     }
     return in;
 }

@@ -443,6 +443,7 @@ def _info(args: argparse.Namespace) -> None:
         info = _core.read_gguf_info(args.model)
         for label, value in _describe_model(args.model, info):
             out.write(f"{label + ':':<16}{value}\n")
+        out.write(f"{'runs:':<16}{_run_status(args.model)}\n")
         if info["powerinfer"]:
             out.write(f"{'profile:':<16}{_profile_status(args.model)}\n")
     if args.system:
@@ -508,6 +509,18 @@ def _describe_model(path: str, info: dict[str, Any]) -> list[tuple[str, str]]:
         ("tensor types", ", ".join(f"{name} x{count}" for name, count in sorted(types.items()))),
     ]
     return lines
+
+
+def _run_status(path: str) -> str:
+    """Whether this version runs the file ("yes"), else what stops it (a tensor's type, the
+    architecture, a missing tensor...), found by binding its weights as stored: a mapping of
+    the file, no copies."""
+    try:
+        _core.Model(path, predictor_q8=False, prepare_weights=False)
+    except (SparseInferError, ValueError) as error:
+        reason = str(error)
+        return "no: " + (reason[len(path) + 2:] if reason.startswith(f"{path}: ") else reason)
+    return "yes"
 
 
 def _human_count(n: int) -> str:

@@ -81,6 +81,7 @@ def test_info_describes_the_file_without_loading_it(tiny):
     assert fields["chat template"] == "present"
     assert fields["tensors"].startswith(f"{len(tiny)} ")
     assert fields["tensor types"] == f"F32 x{len(tiny)}"
+    assert fields["runs"] == "yes"
 
 
 def test_info_system_reports_the_isa_in_use():

@@ -12,6 +12,9 @@ it block by block).
 from __future__ import annotations
 
 import ctypes
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -22,6 +25,7 @@ import ggufgen
 import reference
 from logit_checks import assert_close
 import sparseinfer
+from sparseinfer import _core
 
 PRESETS = ["Q4_K_M", "Q4_K_S", "Q5_K_M", "Q6_K", "Q3_K_M", "Q2_K", "IQ4_NL", "IQ4_XS"]
 
@@ -73,8 +77,16 @@ def test_a_type_the_engine_cannot_run_is_named_with_its_tensor(tmp_path, f32_mod
     source, _ = f32_model
     path = tmp_path / "TQ2_0.gguf"
     quantize(source, path, "TQ2_0")  # ternary weights: not a type this version runs
-    first = next(t for t in GGUFReader(str(path)).tensors if t.tensor_type.name == "TQ2_0")
-    with pytest.raises(sparseinfer.errors.UnsupportedModelError,
-                       match=f"tensor '{first.name}' has type TQ2_0, which this version cannot run "
-                             r"\(it runs F32, F16, .*Q4_K.*\)"):
+    ternary = {t.name for t in GGUFReader(str(path)).tensors if t.tensor_type.name == "TQ2_0"}
+    pattern = r"tensor '([^']+)' has type TQ2_0, which this version cannot run \(it runs F32, F16, .*Q4_K.*\)"
+    with pytest.raises(sparseinfer.errors.UnsupportedModelError, match=pattern) as refused:
         sparseinfer.Model(str(path))
+    assert re.search(pattern, str(refused.value)).group(1) in ternary
+    # The file is still read and described, and `info` says what stops it.
+    info = _core.read_gguf_info(str(path))
+    assert "TQ2_0" in {type_name for _, type_name, _ in info["tensors"]}
+    result = subprocess.run([sys.executable, "-m", "sparseinfer", "info", str(path)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    runs = next(line for line in result.stdout.splitlines() if line.startswith("runs:"))
+    assert re.fullmatch(r"runs:\s+no: tensor '[^']+' has type TQ2_0, which this version cannot run .*", runs), runs

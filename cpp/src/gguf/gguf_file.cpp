@@ -434,17 +434,18 @@ void GgufFile::parse() {
     }
 
     for (GgufTensor& t : tensors_) {
-        const DTypeInfo* info = dtype_info(t.ggml_type);
-        if (!info) {
-            throw UnsupportedError(describe("tensor '" + t.name + "' has type " + dtype_name(t.ggml_type) +
-                                            ", which this version cannot run (it runs " + weight_type_names() +
-                                            ")"));
+        // Any type whose storage is known can be read (and described); whether it runs is the
+        // model's question (model.cpp names the tensor it cannot run).
+        int64_t block_elems = 0;
+        uint64_t block_bytes = 0;
+        if (!storage_block(t.ggml_type, &block_elems, &block_bytes)) {
+            throw UnsupportedError(describe("tensor '" + t.name + "' has " + dtype_name(t.ggml_type) +
+                                            ", which this version does not know"));
         }
-        if (t.shape[0] % info->block_elems != 0) {
+        if (t.shape[0] % block_elems != 0) {
             throw FormatError(describe("tensor '" + t.name + "' row length " +
                                        std::to_string(t.shape[0]) + " is not a multiple of " +
-                                       std::to_string(info->block_elems) + " for type " +
-                                       info->name));
+                                       std::to_string(block_elems) + " for type " + dtype_name(t.ggml_type)));
         }
         uint64_t n_elements = 1;
         for (int64_t d : t.shape) {
@@ -452,8 +453,8 @@ void GgufFile::parse() {
                 throw FormatError(describe("tensor '" + t.name + "' size overflows"));
             }
         }
-        uint64_t blocks = n_elements / static_cast<uint64_t>(info->block_elems);
-        if (!checked_mul(blocks, info->block_bytes, &t.nbytes)) {
+        uint64_t blocks = n_elements / static_cast<uint64_t>(block_elems);
+        if (!checked_mul(blocks, block_bytes, &t.nbytes)) {
             throw FormatError(describe("tensor '" + t.name + "' size overflows"));
         }
         if (t.offset % alignment_ != 0) {

@@ -82,6 +82,11 @@ Matrix Model::matrix(const std::string& name, int64_t cols, int64_t rows) const 
                                           "], expected [" + std::to_string(cols) + " x " +
                                           std::to_string(rows) + "]"));
     }
+    if (!dtype_info(t->ggml_type)) {
+        throw UnsupportedError(file_->describe("tensor '" + name + "' has type " + dtype_name(t->ggml_type) +
+                                               ", which this version cannot run (it runs " + weight_type_names() +
+                                               ")"));
+    }
     Matrix m;
     m.name = name;
     m.type = static_cast<DType>(t->ggml_type);

@@ -10,32 +10,53 @@
 
 namespace si {
 
+namespace {
+
+// ggml's types that this engine does not run, by name and storage (ggml's type traits), so
+// that a file holding them can still be read and described, and the tensor that stops it
+// from running named.
+struct OtherType {
+    uint32_t ggml_type;
+    const char* name;
+    int64_t block_elems;
+    uint64_t block_bytes;
+};
+constexpr OtherType kOtherTypes[] = {
+    {15, "Q8_K", 256, 292},  {16, "IQ2_XXS", 256, 66}, {17, "IQ2_XS", 256, 74}, {18, "IQ3_XXS", 256, 98},
+    {19, "IQ1_S", 256, 50},  {21, "IQ3_S", 256, 110},  {22, "IQ2_S", 256, 82},  {24, "I8", 1, 1},
+    {25, "I16", 1, 2},       {26, "I32", 1, 4},        {27, "I64", 1, 8},      {28, "F64", 1, 8},
+    {29, "IQ1_M", 256, 56},  {34, "TQ1_0", 256, 54},   {35, "TQ2_0", 256, 66}, {39, "MXFP4", 32, 17},
+};
+
+const OtherType* other_type(uint32_t ggml_type) {
+    for (const OtherType& t : kOtherTypes) {
+        if (t.ggml_type == ggml_type) return &t;
+    }
+    return nullptr;
+}
+
+}  // namespace
+
 const char* dtype_name(uint32_t ggml_type) {
     if (const DTypeInfo* info = dtype_info(ggml_type)) return info->name;
-    // ggml's names of the types this engine does not run, for clearer messages.
-    switch (ggml_type) {
-        case 9: return "Q8_1";
-        case 15: return "Q8_K";
-        case 16: return "IQ2_XXS";
-        case 17: return "IQ2_XS";
-        case 18: return "IQ3_XXS";
-        case 19: return "IQ1_S";
-        case 21: return "IQ3_S";
-        case 22: return "IQ2_S";
-        case 24: return "I8";
-        case 25: return "I16";
-        case 26: return "I32";
-        case 27: return "I64";
-        case 28: return "F64";
-        case 29: return "IQ1_M";
-        case 34: return "TQ1_0";
-        case 35: return "TQ2_0";
-        case 39: return "MXFP4";
-        default: break;
-    }
+    if (const OtherType* other = other_type(ggml_type)) return other->name;
     static thread_local char buf[32];
     std::snprintf(buf, sizeof(buf), "type %u", ggml_type);
     return buf;
+}
+
+bool storage_block(uint32_t ggml_type, int64_t* block_elems, uint64_t* block_bytes) {
+    if (const DTypeInfo* info = dtype_info(ggml_type)) {
+        *block_elems = info->block_elems;
+        *block_bytes = info->block_bytes;
+        return true;
+    }
+    if (const OtherType* other = other_type(ggml_type)) {
+        *block_elems = other->block_elems;
+        *block_bytes = other->block_bytes;
+        return true;
+    }
+    return false;
 }
 
 bool row_bytes(DType type, int64_t n, uint64_t* bytes) {

@@ -167,6 +167,10 @@ struct DTypeInfo {
 // nullptr for a type id this engine does not implement.
 const DTypeInfo* dtype_info(uint32_t ggml_type);
 const char* dtype_name(uint32_t ggml_type);  // ggml's name, or "type 42" for an unknown id
+// The block of any ggml type whose storage this engine knows, whether it runs it or not (a
+// file's index can be read and described; a type without a DTypeInfo cannot run); false for
+// an unknown id.
+bool storage_block(uint32_t ggml_type, int64_t* block_elems, uint64_t* block_bytes);
 std::string weight_type_names();  // the types this engine runs, for messages: "F32, F16, ..."
 
 // Bytes of a row of n elements; false if n is not a whole number of blocks or on overflow.

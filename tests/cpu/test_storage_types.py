@@ -60,7 +60,8 @@ def test_dequantisation_of_random_blocks_matches_gguf(qtype):
 @pytest.mark.parametrize("types", [
     dict(weight_type="Q4_0", output_type="Q6_K"),               # PowerInfer's Q4_0 files
     dict(weight_type="Q5_0", embd_type="Q5_1", output_type="Q6_K"),
-], ids=["q4_0+q6_k", "q5"])
+    dict(weight_type="Q4_K", embd_type="IQ4_NL", output_type="Q5_K"),   # written by our own quantisers
+], ids=["q4_0+q6_k", "q5", "k-quants"])
 def test_models_with_storage_types_match_the_reference(tmp_path, types):
     path = tmp_path / "m.gguf"
     w = ggufgen.write_llama_model(path, n_embd=256, n_head=4, n_head_kv=2, n_ff=256, seed=3, **types)

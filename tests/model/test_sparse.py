@@ -46,8 +46,11 @@ TOL = {  # weight type -> (max |diff| / std, mean |diff| / std)
     "Q8_0": (0.25, 0.035),
     "Q4_0": (0.25, 0.035),
 }
-QUANTISED = ("Q8_0", "Q4_0")
-FRACTION_TOL = {"F32": 1e-12, "F16": 1e-12, "Q8_0": 0.01, "Q4_0": 0.01}
+# Types stored without kernels run as Q8_0 copies: Q8_0's tolerances.
+for _storage in ("Q4_K", "Q5_K", "Q6_K", "IQ4_NL"):
+    TOL[_storage] = TOL["Q8_0"]
+QUANTISED = ("Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL")
+FRACTION_TOL = {"F32": 1e-12, "F16": 1e-12, **{t: 0.01 for t in QUANTISED}}
 MIN_MARGIN = 3e-5  # no score this close (x std) to the threshold in exact-mask tests
 # the dense tests' logit check with these tolerances
 assert_close = functools.partial(logit_checks.assert_close, tolerances=TOL)
@@ -135,6 +138,22 @@ def test_random_predictor_matches_reference(tmp_path, weight_type, pred_type):
     got, want, ref = check_against_reference(w, toks, weight_type, what="random predictor")
     assert 0.25 < ref.active_fraction() < 0.5
     # the mask must matter: the dense ReLU result is far from the sparse one
+    dense = sref.forward(w, toks, sparse=False)
+    assert np.abs(dense - want).max() > 0.5 * want.std()
+
+
+@pytest.mark.parametrize("weight_type,pred_type", [
+    ("Q4_K", "F16"), ("Q5_K", "F16"), ("Q6_K", "F16"), ("IQ4_NL", "IQ4_NL"),
+])
+def test_storage_types_run_sparse(tmp_path, weight_type, pred_type):
+    # PowerInfer files in the types the engine runs as Q8_0 copies (K-quant rows are whole
+    # blocks of 256: n_embd 256; fc2's rows are the predictor's rank, 32, so the K-quant files
+    # keep their predictors in F16, as PowerInfer's converter does).
+    w = sparsegen.write_pwri_model(tmp_path / "storage.gguf", predictor="random", weight_type=weight_type,
+                                   pred_type=pred_type, n_embd=256, n_ff=256, threshold=0.15, seed=4)
+    toks = ggufgen.random_tokens(24, seed=4)
+    got, want, ref = check_against_reference(w, toks, weight_type, what=f"{weight_type} storage")
+    assert 0.2 < ref.active_fraction() < 0.6
     dense = sref.forward(w, toks, sparse=False)
     assert np.abs(dense - want).max() > 0.5 * want.std()
 

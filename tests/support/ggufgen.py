@@ -25,7 +25,7 @@ from gguf import GGUFValueType as VT
 
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
 # Types the engine stores but has no kernels for: it runs them as Q8_0 copies made at load.
-STORAGE_TYPES = ("Q5_0", "Q5_1", "Q6_K")
+STORAGE_TYPES = ("Q5_0", "Q5_1", "Q6_K", "Q4_K", "Q5_K", "IQ4_NL")
 
 # token types (llama.cpp's llama_token_type / gguf.TokenType)
 TT_NORMAL, TT_UNKNOWN, TT_CONTROL, TT_USER_DEFINED, TT_UNUSED, TT_BYTE = 1, 2, 3, 4, 5, 6
@@ -120,7 +120,8 @@ def roundtrip(arr: np.ndarray, weight_type: str) -> tuple[np.ndarray, np.ndarray
         h = arr.astype(np.float16)
         return h, h.astype(np.float32), None
     qt = QT[weight_type]
-    q = quantize_q6_k(arr) if weight_type == "Q6_K" else gguf.quants.quantize(arr, qt)
+    own = {"Q6_K": quantize_q6_k, "Q4_K": quantize_q4_k, "Q5_K": quantize_q5_k, "IQ4_NL": quantize_iq4_nl}
+    q = own[weight_type](arr) if weight_type in own else gguf.quants.quantize(arr, qt)
     back = gguf.quants.dequantize(q, qt).astype(np.float32).reshape(arr.shape)
     return q, back, qt
 
@@ -150,6 +151,73 @@ def quantize_q6_k(arr: np.ndarray) -> np.ndarray:
     blocks = np.concatenate([ql.reshape(-1, 128), qh.reshape(-1, 64), scales.view(np.uint8),
                              d.view(np.uint8).reshape(-1, 2)], axis=1)
     return blocks.reshape(rows, cols // 256 * 210)
+
+
+def _quantize_k_groups(arr: np.ndarray, levels: int):
+    """Q4_K / Q5_K's arithmetic (the gguf package has no quantizer for them): per 256 values,
+    8 groups of 32, w = d * scale * q - dmin * min with q < levels and 6-bit scales and mins.
+    Returns (blocks of 256 values, q (blocks, 8, 32), d and dmin as halves, scales, mins)."""
+    x = arr.reshape(-1, 256).astype(np.float32)
+    groups = x.reshape(-1, 8, 32)
+    low = np.minimum(groups.min(axis=2), 0.0)
+    group_scale = (groups.max(axis=2) - low) / (levels - 1)
+    group_min = -low
+    d = (group_scale.max(axis=1) / 63.0).astype(np.float16)
+    dmin = (group_min.max(axis=1) / 63.0).astype(np.float16)
+    d32, dmin32 = d.astype(np.float32), dmin.astype(np.float32)
+    scales = np.clip(np.rint(group_scale / np.where(d32 > 0, d32, 1.0)[:, None]), 0, 63).astype(np.uint8)
+    mins = np.clip(np.rint(group_min / np.where(dmin32 > 0, dmin32, 1.0)[:, None]), 0, 63).astype(np.uint8)
+    step = d32[:, None] * scales
+    offset = dmin32[:, None] * mins
+    safe_step = np.where(step > 0, step, 1.0)[:, :, None]
+    q = np.where(step[:, :, None] > 0, np.rint((groups + offset[:, :, None]) / safe_step), 0)
+    q = np.clip(q, 0, levels - 1).astype(np.uint8)
+    # The 12 bytes of scales and mins: groups 0-3 in the low 6 bits of bytes g and g + 4,
+    # groups 4-7 in the nibbles of bytes g + 4 with their top 2 bits over bytes g - 4 and g.
+    packed = np.zeros((x.shape[0], 12), np.uint8)
+    packed[:, 0:4] = scales[:, 0:4] | ((scales[:, 4:8] >> 4) << 6)
+    packed[:, 4:8] = mins[:, 0:4] | ((mins[:, 4:8] >> 4) << 6)
+    packed[:, 8:12] = (scales[:, 4:8] & 0xF) | ((mins[:, 4:8] & 0xF) << 4)
+    halves = np.concatenate([d.view(np.uint8).reshape(-1, 2), dmin.view(np.uint8).reshape(-1, 2)], axis=1)
+    return x, q, halves, packed
+
+
+def quantize_q4_k(arr: np.ndarray) -> np.ndarray:
+    """Q4_K blocks: d, dmin, the 12 scale bytes, then four chunks of 32 bytes, each the low
+    nibbles of group 2c and the high nibbles of group 2c + 1."""
+    rows, cols = arr.shape
+    x, q, halves, packed = _quantize_k_groups(arr, 16)
+    qs = (q[:, 0::2] | (q[:, 1::2] << 4)).reshape(-1, 128)
+    return np.concatenate([halves, packed, qs], axis=1).reshape(rows, cols // 256 * 144)
+
+
+def quantize_q5_k(arr: np.ndarray) -> np.ndarray:
+    """Q5_K blocks: Q4_K's with the fifth bit of value l of group g in bit g of qh[l]."""
+    rows, cols = arr.shape
+    x, q, halves, packed = _quantize_k_groups(arr, 32)
+    low = q & 0xF
+    qs = (low[:, 0::2] | (low[:, 1::2] << 4)).reshape(-1, 128)
+    qh = np.zeros((x.shape[0], 32), np.uint8)
+    for g in range(8):
+        qh |= ((q[:, g] >> 4) & 1) << g
+    return np.concatenate([halves, packed, qh, qs], axis=1).reshape(rows, cols // 256 * 176)
+
+
+# IQ4_NL's 16 levels (ggml's kvalues_iq4nl).
+IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
+
+
+def quantize_iq4_nl(arr: np.ndarray) -> np.ndarray:
+    """IQ4_NL blocks: per 32 values d (half) and each value's nearest level of IQ4_VALUES
+    times d, nibbles as in Q4_0 (value j low, j + 16 high)."""
+    rows, cols = arr.shape
+    x = arr.reshape(-1, 32).astype(np.float32)
+    d = (np.abs(x).max(axis=1) / 127.0).astype(np.float16)
+    d32 = d.astype(np.float32)
+    scaled = x / np.where(d32 > 0, d32, 1.0)[:, None]
+    q = np.abs(scaled[:, :, None] - IQ4_VALUES).argmin(axis=2).astype(np.uint8)
+    qs = q[:, :16] | (q[:, 16:] << 4)
+    return np.concatenate([d.view(np.uint8).reshape(-1, 2), qs], axis=1).reshape(rows, cols // 32 * 18)
 
 
 def random_tokens(n: int, seed: int = 0, n_vocab: int = 320) -> list[int]:

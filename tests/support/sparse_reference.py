@@ -20,6 +20,9 @@ scores, and with them the masks, land within float32 noise of the engine's:
   - the input of each matrix-vector product with Q8_0 weights is quantised to Q8_0 blocks
     (d = amax / 127 in float32, q = rint(x / d), d stored as IEEE half), with Q4_0 / Q4_1
     weights to Q8_1 blocks (d kept in float32); F32 / F16 / BF16 weights see float inputs;
+  - the weights of the types stored without kernels (ggufgen.STORAGE_TYPES: K-quants,
+    IQ4_NL, ...) are requantised to Q8_0 as the engine's load-time copies are, and treated
+    as Q8_0;
   - K (after RoPE) and V are stored in the KV cache as IEEE halves;
   - the down projection is an axpy of float h over ffn_down_t rows: h is not rounded.
 With emulate=False the reference is the plain float64 model.
@@ -31,6 +34,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from ggufgen import STORAGE_TYPES
 from reference import ReferenceLlama, q8_blocks, relu, rms_norm
 
 QK = 32
@@ -59,6 +63,14 @@ class SparseReference(ReferenceLlama):
         super().__init__(weights, hparams, kv_f16=emulate)
         hp = self.hp
         self.types = dict(hp.get("tensor_types") or {})
+        if emulate:
+            # The engine runs the types it has no kernels for (ggufgen.STORAGE_TYPES) as Q8_0
+            # copies of their values: requantised as it quantises activations.
+            for name, stored in list(self.types.items()):
+                if stored in STORAGE_TYPES:
+                    scale, q = q8_blocks(self.w[name], scale_as_half=True)
+                    self.w[name] = (q * scale[:, None]).reshape(self.w[name].shape)
+                    self.types[name] = "Q8_0"
         self.sparse = sparse
         thr = hp.get("threshold", 0.0) if threshold is None else threshold
         self.threshold = float(np.float32(thr))  # the engine compares float32 scores with a float32

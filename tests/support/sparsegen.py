@@ -172,7 +172,7 @@ def write_pwri_model(
         raise ValueError(f"arch must be one of {ARCHS}")
     pred_type = pred_type or weight_type
     for t in (weight_type, pred_type):
-        if t not in ggufgen.WEIGHT_TYPES:
+        if t not in ggufgen.WEIGHT_TYPES + ggufgen.STORAGE_TYPES:
             raise ValueError(f"unknown weight type {t!r}")
     if raw is None:
         raw = make_sparse_weights(

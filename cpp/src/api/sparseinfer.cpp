@@ -117,13 +117,6 @@ MetadataValue to_public(const si::GgufValue& v) {
     return out;
 }
 
-void check_token(const si::Tokenizer& tokenizer, int32_t token) {
-    if (token < 0 || token >= tokenizer.n_vocab()) {
-        throw ArgumentError("token id " + std::to_string(token) + " is outside the vocabulary [0, " +
-                            std::to_string(tokenizer.n_vocab()) + ")");
-    }
-}
-
 Metadata metadata_of(const si::GgufFile& file) {
     Metadata out;
     out.reserve(file.metadata().size());
@@ -189,7 +182,7 @@ std::string Tokenizer::decode(const std::vector<int32_t>& tokens, bool render_sp
 }
 
 bool Tokenizer::is_end_of_generation(int32_t token) const {
-    check_token(*impl_->engine, token);
+    impl_->engine->check_token_id(token);
     return impl_->engine->is_end_of_generation(token);
 }
 

@@ -67,12 +67,14 @@ void Session::ensure_batch_capacity(int64_t n) {
     const ModelConfig& c = model_->config();
     const int64_t kv_dim = c.n_head_kv * c.head_dim;
     const int64_t widest = std::max({c.n_embd, c.n_ff, max_rank_});
+    const int64_t attention_floats =
+        static_cast<int64_t>(pool_.size()) * attention_scratch_floats(kv_cache_.positions());
     // Dimensions are at most 2^20 and n at most kMaxBatch, so these sums cannot overflow.
     // Per token: x, xn, q, attn_out; k, v; gate, up and the active list (n_ff int32s); the
     // predictor's hidden layer and the rotation angles. Per thread: attention scores.
     const uint64_t floats = static_cast<uint64_t>(n) *
         (4 * c.n_embd + 2 * kv_dim + 3 * c.n_ff + max_rank_ + c.rope_dim) +
-        static_cast<uint64_t>(pool_.size()) * static_cast<uint64_t>(attention_scratch_floats(kv_cache_.positions())) +
+        static_cast<uint64_t>(attention_floats) +
         NeuronSum::scratch_floats(c.n_embd, pool_.size());
     require_memory("scratch buffers for a batch of " + std::to_string(n) + " tokens",
                    floats * 4 + ActivationSlots::bytes(n, widest));
@@ -90,7 +92,7 @@ void Session::ensure_batch_capacity(int64_t n) {
     sized(up_, n * c.n_ff);
     sized(rope_cos_, n * (c.rope_dim / 2));
     sized(rope_sin_, n * (c.rope_dim / 2));
-    sized(attention_scratch_, static_cast<int64_t>(pool_.size()) * attention_scratch_floats(kv_cache_.positions()));
+    sized(attention_scratch_, attention_floats);
     neuron_sum_.reserve(c.n_embd, pool_.size());
     activations_.reserve(n, widest);
     batch_capacity_ = n;

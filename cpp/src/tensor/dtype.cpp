@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "common/checked_math.h"
 #include "common/errors.h"
@@ -281,28 +282,26 @@ void dequantize_q3_k(const void* src, float* dst, int64_t n) {
     }
 }
 
-// Q4_K and Q5_K (has_high_bit): four chunks of 64, each the low then the high nibbles of 32
-// bytes of qs, groups 2c and 2c + 1; Q5_K's fifth bits are bits 2c and 2c + 1 of qh.
-template <bool has_high_bit>
+// Q4_K and Q5_K (BlockQ5_K, with a fifth bit): four chunks of 64, each the low then the high
+// nibbles of 32 bytes of qs, groups 2c and 2c + 1; Q5_K's fifth bits are bits 2c and 2c + 1
+// of qh.
+template <typename Block>
 void dequantize_q45_k(const void* src, float* dst, int64_t n) {
-    const size_t block_bytes = has_high_bit ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
-    auto bytes = static_cast<const uint8_t*>(src);
-    for (int64_t i = 0; i < n / kQK_K; ++i, bytes += block_bytes) {
-        uint16_t d16, dmin16;
-        std::memcpy(&d16, bytes, 2);
-        std::memcpy(&dmin16, bytes + 2, 2);
-        const float d = fp16_to_fp32(d16), dmin = fp16_to_fp32(dmin16);
-        const uint8_t* packed = bytes + 4;
-        const uint8_t* qh = packed + 12;
-        const uint8_t* qs = has_high_bit ? qh + kQK_K / 8 : qh;
+    constexpr bool has_high_bit = std::is_same<Block, BlockQ5_K>::value;
+    auto b = static_cast<const Block*>(src);
+    for (int64_t i = 0; i < n / kQK_K; ++i) {
+        const float d = fp16_to_fp32(b[i].d), dmin = fp16_to_fp32(b[i].dmin);
+        const uint8_t* qh = nullptr;
+        if constexpr (has_high_bit) qh = b[i].qh;
+        const uint8_t* qs = b[i].qs;
         for (int chunk = 0; chunk < 4; ++chunk, qs += 32) {
             for (int nibble = 0; nibble < 2; ++nibble) {
                 int scale, min;
-                k_scale_min(packed, 2 * chunk + nibble, &scale, &min);
+                k_scale_min(b[i].scales, 2 * chunk + nibble, &scale, &min);
                 const float dl = d * static_cast<float>(scale), ml = dmin * static_cast<float>(min);
                 for (int l = 0; l < 32; ++l) {
                     int q = (qs[l] >> (4 * nibble)) & 0x0f;
-                    if (has_high_bit) q |= ((qh[l] >> (2 * chunk + nibble)) & 1) << 4;
+                    if constexpr (has_high_bit) q |= ((qh[l] >> (2 * chunk + nibble)) & 1) << 4;
                     *dst++ = dl * static_cast<float>(q) - ml;
                 }
             }
@@ -354,8 +353,8 @@ const DTypeInfo kTypes[] = {
     {DType::Q5_1, "Q5_1", kQK, sizeof(BlockQ5_1), false, DType::F32, dequantize_q5<true>},
     {DType::Q2_K, "Q2_K", kQK_K, sizeof(BlockQ2_K), false, DType::F32, dequantize_q2_k},
     {DType::Q3_K, "Q3_K", kQK_K, sizeof(BlockQ3_K), false, DType::F32, dequantize_q3_k},
-    {DType::Q4_K, "Q4_K", kQK_K, sizeof(BlockQ4_K), false, DType::F32, dequantize_q45_k<false>},
-    {DType::Q5_K, "Q5_K", kQK_K, sizeof(BlockQ5_K), false, DType::F32, dequantize_q45_k<true>},
+    {DType::Q4_K, "Q4_K", kQK_K, sizeof(BlockQ4_K), false, DType::F32, dequantize_q45_k<BlockQ4_K>},
+    {DType::Q5_K, "Q5_K", kQK_K, sizeof(BlockQ5_K), false, DType::F32, dequantize_q45_k<BlockQ5_K>},
     {DType::Q6_K, "Q6_K", kQK_K, sizeof(BlockQ6_K), false, DType::F32, dequantize_q6_k},
     {DType::IQ4_NL, "IQ4_NL", kQK, sizeof(BlockIQ4_NL), false, DType::F32, dequantize_iq4_nl},
     {DType::IQ4_XS, "IQ4_XS", kQK_K, sizeof(BlockIQ4_XS), false, DType::F32, dequantize_iq4_xs},

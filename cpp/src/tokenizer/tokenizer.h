@@ -54,6 +54,8 @@ public:
     int32_t n_vocab() const { return static_cast<int32_t>(vocab_.tokens.size()); }
     // End of generation: EOS, EOT, EOM and tokens the vocabulary marks as such.
     bool is_end_of_generation(int32_t id) const;
+    // Throws ArgumentError unless 0 <= id < n_vocab().
+    void check_token_id(int32_t id) const;
 
 protected:
     // Builds the lookups below; `vocab` must already be validated (create() does that).
@@ -72,8 +74,6 @@ protected:
     TokenType token_type(int32_t id) const;
     // Id of the token whose text is exactly `text`, or -1.
     int32_t find_token(std::string_view text) const;
-    // Throws ArgumentError unless 0 <= id < n_vocab().
-    void check_token_id(int32_t id) const;
 
     VocabData vocab_;
     std::vector<int32_t> end_of_generation_ids_;  // sorted

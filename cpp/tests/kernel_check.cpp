@@ -8,7 +8,7 @@
 //     level; a four-row or eight-row product's value for a row and token equals the same
 //     kernel's for that row and token alone; a typed axpy equals the level's dequantize_row
 //     followed by its axpy_f32;
-//   * quantize_q8_0 / quantize_q8_1 write the same bytes as generic;
+//   * quantize_q8_0 / quantize_q8_1 / quantize_q8_k write the same bytes as generic;
 //   * axpy agrees with generic element by element and writes nothing outside y[0..n);
 //   * dequantize_row equals the reference conversion;
 //   * the eight-row Q4_0 / Q4_1 / Q8_0 kernels (where a level has them) agree with generic's dot of
@@ -22,6 +22,7 @@
 // Prints one line per failure (the first 40), a NOTE line per known platform-dependent corner
 // (not counted), then "N passed, M failed"; exits 1 if anything failed.
 #include <cfloat>
+#include <cstddef>
 #include <cmath>
 #include <cstdarg>
 #include <cstdint>
@@ -143,6 +144,24 @@ void fill_weights(DType type, int64_t n, uint8_t* dst) {
                 std::memcpy(dst + b * sizeof blk, &blk, sizeof blk);
             }
             return;
+        case DType::Q4_K:
+        case DType::Q6_K: {
+            // Random bytes (every scale and minimum pattern, Q6_K's negative scales) with finite
+            // block scales.
+            const size_t block_bytes = type == DType::Q4_K ? sizeof(si::BlockQ4_K) : sizeof(si::BlockQ6_K);
+            for (int64_t b = 0; b < n / si::kQK_K; ++b) {
+                uint8_t* blk = dst + b * block_bytes;
+                for (size_t i = 0; i < block_bytes; ++i) blk[i] = static_cast<uint8_t>(uniform_int(0, 255));
+                const uint16_t d = si::fp32_to_fp16(normal(1e-3f)), dmin = si::fp32_to_fp16(normal(1e-3f));
+                if (type == DType::Q4_K) {
+                    std::memcpy(blk + offsetof(si::BlockQ4_K, d), &d, 2);
+                    std::memcpy(blk + offsetof(si::BlockQ4_K, dmin), &dmin, 2);
+                } else {
+                    std::memcpy(blk + offsetof(si::BlockQ6_K, d), &d, 2);
+                }
+            }
+            return;
+        }
         default:
             return;
     }
@@ -209,6 +228,34 @@ double magnitude(DType type, int64_t n, const uint8_t* w, const uint8_t* x) {
                 mag += std::fabs(double(si::fp16_to_fp32(wa.d)) * si::fp16_to_fp32(xb.d)) * s;
             }
             return mag;
+        case DType::Q4_K:
+        case DType::Q6_K: {
+            // Each value's terms as the kernels compute them: d scale q and dmin min (Q4_K), or
+            // d scale q and d scale 32 (Q6_K), times the activation's d q_x.
+            const int64_t nb = n / si::kQK_K;
+            const size_t block_bytes = type == DType::Q4_K ? sizeof(si::BlockQ4_K) : sizeof(si::BlockQ6_K);
+            for (int64_t b = 0; b < nb; ++b) {
+                const uint8_t* wb = w + b * block_bytes;
+                auto xb = load<si::BlockQ8_K>(x + b * sizeof(si::BlockQ8_K));
+                float values[si::kQK_K];
+                si::dequantize_row_ref(type, wb, values, si::kQK_K);
+                double offsets[si::kQK_K / 16];
+                if (type == DType::Q4_K) {
+                    auto wa = load<si::BlockQ4_K>(wb);
+                    uint8_t scales[8], mins[8];
+                    si::unpack_k_scales(wa.scales, scales, mins);
+                    for (int g = 0; g < 16; ++g) offsets[g] = 2.0 * si::fp16_to_fp32(wa.dmin) * mins[g / 2];
+                } else {
+                    auto wa = load<si::BlockQ6_K>(wb);
+                    for (int g = 0; g < 16; ++g) offsets[g] = 64.0 * si::fp16_to_fp32(wa.d) * wa.scales[g];
+                }
+                for (int j = 0; j < si::kQK_K; ++j) {
+                    const double x_j = std::fabs(double(xb.d) * xb.qs[j]);
+                    mag += (std::fabs(double(values[j])) + std::fabs(offsets[j / 16])) * x_j;
+                }
+            }
+            return mag;
+        }
         default:
             return 0.0;
     }
@@ -219,7 +266,11 @@ double dot_tolerance(double mag, int64_t terms) {
     return (16.0 + 2.0 * std::sqrt(double(terms))) * FLT_EPSILON * mag + 1e-30;
 }
 
-bool is_block_type(DType t) { return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q8_0; }
+bool is_block_type(DType t) {
+    return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q8_0 || t == DType::Q4_K || t == DType::Q6_K;
+}
+
+int64_t block_elems(DType t) { return si::dtype_info(static_cast<uint32_t>(t))->block_elems; }
 
 const char* type_name(DType t) { return si::dtype_name(static_cast<uint32_t>(t)); }
 
@@ -254,7 +305,7 @@ void check_dots(const KernelTable& level, const KernelTable& generic, DType type
 
     const si::RowDotFn dot = si::row_dot(level, type), dot_ref = si::row_dot(generic, type);
     const si::RowDot4Fn dot4 = si::row_dot4(level, type);
-    const int64_t terms = is_block_type(type) ? n / kQK + 4 : n;
+    const int64_t terms = is_block_type(type) ? n / block_elems(type) + 4 : n;
     float single[4];
     for (int k = 0; k < 4; ++k) {
         const uint8_t* xk = xbuf.data() + k * stride;
@@ -579,11 +630,17 @@ void check_quantize(const KernelTable& level, const KernelTable& generic, int64_
     std::memcpy(xbuf.data(), x.data(), x.size() * 4);
     const float* xp = reinterpret_cast<const float*>(xbuf.data());
 
-    for (int which = 0; which < 2; ++which) {
-        const size_t bytes = static_cast<size_t>(nblocks) * (which == 0 ? sizeof(si::BlockQ8_0) : sizeof(si::BlockQ8_1));
+    // Q8_0, Q8_1, and Q8_K (blocks of 256) where the values make whole blocks of it.
+    for (int which = 0; which < (n % si::kQK_K == 0 ? 3 : 2); ++which) {
+        using Quantize = void (*)(const float*, void*, int64_t);
+        const Quantize want[] = {generic.quantize_q8_0, generic.quantize_q8_1, generic.quantize_q8_k};
+        const Quantize test[] = {level.quantize_q8_0, level.quantize_q8_1, level.quantize_q8_k};
+        const size_t bytes = which == 0 ? static_cast<size_t>(nblocks) * sizeof(si::BlockQ8_0)
+                             : which == 1 ? static_cast<size_t>(nblocks) * sizeof(si::BlockQ8_1)
+                                          : static_cast<size_t>(n / si::kQK_K) * sizeof(si::BlockQ8_K);
         Buffer ref(bytes, dst_offset), got(bytes, dst_offset);
-        (which == 0 ? generic.quantize_q8_0 : generic.quantize_q8_1)(xp, ref.data(), n);
-        (which == 0 ? level.quantize_q8_0 : level.quantize_q8_1)(xp, got.data(), n);
+        want[which](xp, ref.data(), n);
+        test[which](xp, got.data(), n);
         size_t first = bytes;
         for (size_t i = 0; i < bytes; ++i) {
             if (ref.data()[i] != got.data()[i]) {
@@ -591,10 +648,11 @@ void check_quantize(const KernelTable& level, const KernelTable& generic, int64_
                 break;
             }
         }
-        record(first == bytes, "%s quantize_q8_%d blocks=%lld xoff=%zu dstoff=%zu: bytes differ from generic at byte %zu",
-               level.isa, which, (long long)nblocks, x_offset, dst_offset, first);
-        record(got.guards_intact() && xbuf.guards_intact(), "%s quantize_q8_%d blocks=%lld: wrote out of bounds",
-               level.isa, which, (long long)nblocks);
+        const char* format = which == 0 ? "q8_0" : which == 1 ? "q8_1" : "q8_k";
+        record(first == bytes,
+               "%s quantize_%s blocks=%lld xoff=%zu dstoff=%zu: bytes differ from generic at byte %zu", level.isa, format, (long long)nblocks, x_offset, dst_offset, first);
+        record(got.guards_intact() && xbuf.guards_intact(), "%s quantize_%s blocks=%lld: wrote out of bounds",
+               level.isa, format, (long long)nblocks);
     }
 }
 
@@ -648,6 +706,8 @@ int main() {
         float_lengths.push_back(n);
     }
     std::vector<int64_t> block_counts = {1, 2, 3, 4, 5, 6, 7, 8, 9, 48};
+    // The K-quants' blocks of 256 (Q8_K's quantisation runs at the multiples of 8 above).
+    std::vector<int64_t> super_block_counts = {1, 2, 3, 6};
 
     for (const std::string& isa : isas) {
         const KernelTable& level = *si::kernels_for(isa);
@@ -671,6 +731,15 @@ int main() {
                 }
             }
         }
+        for (DType type : {DType::Q4_K, DType::Q6_K}) {
+            for (int64_t nb : super_block_counts) {
+                for (size_t off = 0; off < 16; ++off) {
+                    check_dots(level, *generic, type, nb * si::kQK_K, off, (off * 7 + 3) % 16);
+                    check_axpy(level, *generic, type, nb * si::kQK_K, off, (off * 5 + 1) % 16);
+                    check_dequantize(level, type, nb * si::kQK_K, off, (off * 3 + 2) % 16);
+                }
+            }
+        }
         for (int64_t nb : block_counts) {
             for (size_t off = 0; off < 16; ++off) {
                 for (int rep = 0; rep < 4; ++rep) check_quantize(level, *generic, nb, off, (off * 3 + rep) % 16);
@@ -686,6 +755,11 @@ int main() {
             for (DType type : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) {
                 for (int64_t nb : block_counts) {
                     check_gather(level, *generic, type, nb * kQK, n_rows, static_cast<size_t>(nb) % 16);
+                }
+            }
+            for (DType type : {DType::Q4_K, DType::Q6_K}) {
+                for (int64_t nb : super_block_counts) {
+                    check_gather(level, *generic, type, nb * si::kQK_K, n_rows, static_cast<size_t>(nb) % 16);
                 }
             }
         }

@@ -2,8 +2,9 @@
 
 The oracle for quantised rows emulates the engine's documented arithmetic exactly: the
 activation is quantised to 8-bit blocks (scale max|x|/127, round half to even; the
-references' q8_blocks), the weights are dequantised by the `gguf` package, and the integer
-block sums are scaled in float64.
+references' q8_blocks; blocks of 256 for the K-quants), the weights are dequantised by the
+`gguf` package, and the integer block sums are scaled in float64. K-quant rows are random
+bytes (every scale and minimum pattern, Q6_K's negative scales) with finite block scales.
 """
 
 import numpy as np
@@ -15,8 +16,21 @@ from reference import q8_blocks
 from sparseinfer import _core
 
 ISAS = _core.system_info()["available_isas"]
-QUANTISED = [T.Q4_0, T.Q4_1, T.Q8_0]
+BLOCK_32 = [T.Q4_0, T.Q4_1, T.Q8_0]
+K_QUANTS = [T.Q4_K, T.Q6_K]
+QUANTISED = BLOCK_32 + K_QUANTS
 FLOATS = [T.F32, T.F16, T.BF16]
+# Where each K-quant keeps its block's IEEE half scales (d, and Q4_K's dmin), and its size.
+K_SCALE_OFFSETS = {T.Q4_K: (0, 2), T.Q6_K: (208,)}
+K_BLOCK_BYTES = {T.Q4_K: 144, T.Q6_K: 210}
+
+
+def block_elems(qtype) -> int:
+    return 256 if qtype in K_QUANTS else 32
+
+
+def quantised_lengths(qtype, blocks) -> list[int]:
+    return [block_elems(qtype) * b for b in blocks]
 
 
 def weight_bytes(w: np.ndarray, qtype) -> bytes:
@@ -37,13 +51,22 @@ def expected_dot(raw: bytes, qtype, x: np.ndarray) -> float:
     w = dequantised(raw, qtype, n)
     if qtype in FLOATS:
         return float(w @ x.astype(np.float64))
-    scale, q = q8_blocks(x, scale_as_half=qtype == T.Q8_0)
+    scale, q = q8_blocks(x, scale_as_half=qtype == T.Q8_0, block=block_elems(qtype))
     # Dequantised weights times dequantised activation: equal to the engine's integer
     # block sums up to float rounding.
-    return float(np.sum(w.reshape(-1, 32) * (scale[:, None] * q)))
+    return float(np.sum(w.reshape(scale.size, -1) * (scale[:, None] * q)))
+
+
+def random_k_blocks(rng, qtype, n) -> bytes:
+    raw = rng.integers(0, 256, size=(n // 256, K_BLOCK_BYTES[qtype]), dtype=np.uint8)
+    for offset in K_SCALE_OFFSETS[qtype]:
+        raw[:, offset:offset + 2] = rng.uniform(1e-4, 1e-2, n // 256).astype(np.float16).view(np.uint8).reshape(-1, 2)
+    return raw.tobytes()
 
 
 def make_row(rng, qtype, n):
+    if qtype in K_QUANTS:
+        return random_k_blocks(rng, qtype, n)
     w = rng.standard_normal(n).astype(np.float32)
     if qtype == T.BF16:
         bits = (w.view(np.uint32) >> 16).astype(np.uint16)  # truncate to bfloat16
@@ -55,7 +78,7 @@ def make_row(rng, qtype, n):
 @pytest.mark.parametrize("qtype", QUANTISED + FLOATS, ids=lambda t: t.name)
 def test_row_dot_matches_numpy_for_every_length(isa, qtype):
     rng = np.random.default_rng(int(qtype) + 7)
-    lengths = [32 * b for b in range(1, 10)] if qtype in QUANTISED else list(range(1, 70)) + [576, 1000]
+    lengths = quantised_lengths(qtype, range(1, 10)) if qtype in QUANTISED else list(range(1, 70)) + [576, 1000]
     for n in lengths:
         raw = make_row(rng, qtype, n)
         x = rng.standard_normal(n).astype(np.float32)
@@ -69,7 +92,7 @@ def test_row_dot_matches_numpy_for_every_length(isa, qtype):
 @pytest.mark.parametrize("qtype", QUANTISED + FLOATS, ids=lambda t: t.name)
 def test_simd_level_agrees_with_generic(isa, qtype):
     rng = np.random.default_rng(1234)
-    for n in [32, 64, 96, 576, 1536]:
+    for n in [256, 512, 1536] if qtype in K_QUANTS else [32, 64, 96, 576, 1536]:
         raw = make_row(rng, qtype, n)
         x = (rng.standard_normal(n) * rng.uniform(0.01, 100)).astype(np.float32)
         a = float(_core.testing.kernel_row_dot(isa, int(qtype), raw, x)[0])
@@ -81,7 +104,7 @@ def test_simd_level_agrees_with_generic(isa, qtype):
 @pytest.mark.parametrize("qtype", QUANTISED + FLOATS, ids=lambda t: t.name)
 def test_four_token_dot_equals_four_single_dots(isa, qtype):
     rng = np.random.default_rng(int(qtype) + 21)
-    lengths = [32, 96, 576] if qtype in QUANTISED else [1, 7, 8, 9, 33, 576]
+    lengths = quantised_lengths(qtype, [1, 3, 18]) if qtype in QUANTISED else [1, 7, 8, 9, 33, 576]
     for n in lengths:
         raw = make_row(rng, qtype, n)
         x4 = rng.standard_normal((4, n)).astype(np.float32)
@@ -112,7 +135,7 @@ def test_unknown_isa_and_bad_lengths_raise():
 @pytest.mark.parametrize("qtype", QUANTISED + FLOATS, ids=lambda t: t.name)
 def test_row_axpy_matches_numpy(isa, qtype):
     rng = np.random.default_rng(int(qtype) + 11)
-    lengths = [32 * b for b in range(1, 10)] if qtype in QUANTISED else list(range(1, 70)) + [576]
+    lengths = quantised_lengths(qtype, range(1, 10)) if qtype in QUANTISED else list(range(1, 70)) + [576]
     for n in lengths:
         raw = make_row(rng, qtype, n)
         y = rng.standard_normal(n).astype(np.float32)

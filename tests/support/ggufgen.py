@@ -24,7 +24,7 @@ from gguf import GGMLQuantizationType as QT
 from gguf import GGUFValueType as VT
 
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
-# Types the engine stores but has no kernels for: it runs them as Q8_0 copies made at load.
+# The other types the tests write (quantisers of our own where the gguf package has none).
 STORAGE_TYPES = ("Q5_0", "Q5_1", "Q6_K", "Q4_K", "Q5_K", "IQ4_NL")
 
 # token types (llama.cpp's llama_token_type / gguf.TokenType)

@@ -41,13 +41,13 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
-def q8_blocks(x: np.ndarray, scale_as_half: bool) -> tuple[np.ndarray, np.ndarray]:
-    """x (a multiple of 32 values) in the 8-bit blocks the engine quantises activations to:
-    per 32 values a scale d = max|x| / 127 in float32 and q = rint(x / d), round half to even.
+def q8_blocks(x: np.ndarray, scale_as_half: bool, block: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """x (a multiple of `block` values) in the 8-bit blocks the engine quantises activations
+    to: per block a scale d = max|x| / 127 in float32 and q = rint(x / d), round half to even.
     The scale is stored as an IEEE half when scale_as_half (Q8_0 blocks, for Q8_0 weights),
-    else kept (Q8_1 blocks, for Q4_0 / Q4_1 weights). Returns (scales (blocks,) float64,
-    q (blocks, 32): whole numbers in float32)."""
-    blocks = np.asarray(x, dtype=np.float32).reshape(-1, 32)
+    else kept (Q8_1 blocks, for Q4_0 / Q4_1 weights; Q8_K blocks of 256, for the K-quants).
+    Returns (scales (blocks,) float64, q (blocks, block): whole numbers in float32)."""
+    blocks = np.asarray(x, dtype=np.float32).reshape(-1, block)
     d = (np.abs(blocks).max(axis=1) / np.float32(127)).astype(np.float32)
     inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, np.float32(1)), np.float32(0)).astype(np.float32)
     q = np.rint(blocks * inv[:, None])

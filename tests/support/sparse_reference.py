@@ -19,10 +19,10 @@ this feed-forward block.
 scores, and with them the masks, land within float32 noise of the engine's:
   - the input of each matrix-vector product with Q8_0 weights is quantised to Q8_0 blocks
     (d = amax / 127 in float32, q = rint(x / d), d stored as IEEE half), with Q4_0 / Q4_1
-    weights to Q8_1 blocks (d kept in float32); F32 / F16 / BF16 weights see float inputs;
-  - the weights of the types stored without kernels (ggufgen.STORAGE_TYPES: K-quants,
-    IQ4_NL, ...) are requantised to Q8_0 as the engine's load-time copies are, and treated
-    as Q8_0;
+    weights to Q8_1 blocks (d kept in float32), with K-quant weights (Q4_K, Q6_K) to Q8_K
+    blocks (the same over 256 values); F32 / F16 / BF16 weights see float inputs;
+  - the weights of the types stored without kernels (COPIED_TO_Q8_0) are requantised to
+    Q8_0 as the engine's load-time copies are, and treated as Q8_0;
   - K (after RoPE) and V are stored in the KV cache as IEEE halves;
   - the down projection is an axpy of float h over ffn_down_t rows: h is not rounded.
 With emulate=False the reference is the plain float64 model.
@@ -34,20 +34,25 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from ggufgen import STORAGE_TYPES
 from reference import ReferenceLlama, q8_blocks, relu, rms_norm
 
 QK = 32
+# The types the engine has no kernels for: it runs them as Q8_0 copies made at load.
+COPIED_TO_Q8_0 = ("Q5_0", "Q5_1", "Q5_K", "IQ4_NL")
+# Dot format of each quantised weight type: (block size, scale stored as an IEEE half).
+ACTIVATION_BLOCKS = {"Q8_0": (32, True), "Q4_0": (32, False), "Q4_1": (32, False),
+                     "Q4_K": (256, False), "Q6_K": (256, False)}
 
 
 def round_activation(x: np.ndarray, weight_type: str) -> np.ndarray:
     """x (..., n) as the engine feeds it to a dot product with weights of `weight_type`."""
-    if weight_type not in ("Q4_0", "Q8_0", "Q4_1"):
+    if weight_type not in ACTIVATION_BLOCKS:
         return x
+    block, scale_as_half = ACTIVATION_BLOCKS[weight_type]
     shape = x.shape
-    if shape[-1] % QK:
-        raise ValueError("row length is not a multiple of 32")
-    scale, q = q8_blocks(x, scale_as_half=weight_type == "Q8_0")  # Q4_0 / Q4_1: Q8_1 blocks
+    if shape[-1] % block:
+        raise ValueError(f"row length is not a multiple of {block}")
+    scale, q = q8_blocks(x, scale_as_half=scale_as_half, block=block)
     return (q * scale[:, None]).reshape(shape)
 
 
@@ -64,10 +69,10 @@ class SparseReference(ReferenceLlama):
         hp = self.hp
         self.types = dict(hp.get("tensor_types") or {})
         if emulate:
-            # The engine runs the types it has no kernels for (ggufgen.STORAGE_TYPES) as Q8_0
-            # copies of their values: requantised as it quantises activations.
+            # The engine runs the types it has no kernels for as Q8_0 copies of their values:
+            # requantised as it quantises activations.
             for name, stored in list(self.types.items()):
-                if stored in STORAGE_TYPES:
+                if stored in COPIED_TO_Q8_0:
                     scale, q = q8_blocks(self.w[name], scale_as_half=True)
                     self.w[name] = (q * scale[:, None]).reshape(self.w[name].shape)
                     self.types[name] = "Q8_0"

@@ -138,6 +138,7 @@ size_t activation_bytes(DType weight, int64_t n) {
     switch (activation_format(weight)) {
         case DType::Q8_0: return static_cast<size_t>(n / kQK) * sizeof(BlockQ8_0);
         case DType::Q8_1: return static_cast<size_t>(n / kQK) * sizeof(BlockQ8_1);
+        case DType::Q8_K: return static_cast<size_t>(n / kQK_K) * sizeof(BlockQ8_K);
         default: return static_cast<size_t>(n) * sizeof(float);
     }
 }
@@ -202,6 +203,7 @@ void prepare_activation(const KernelTable& k, DType weight, const float* x, void
     switch (activation_format(weight)) {
         case DType::Q8_0: k.quantize_q8_0(x, dst, n); return;
         case DType::Q8_1: k.quantize_q8_1(x, dst, n); return;
+        case DType::Q8_K: k.quantize_q8_k(x, dst, n); return;
         default: std::memcpy(dst, x, static_cast<size_t>(n) * sizeof(float)); return;
     }
 }

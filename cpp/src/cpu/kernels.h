@@ -25,6 +25,9 @@ namespace si {
 //   Q4_0, Q4_1 weights      -> Q8_1 blocks: the 4-bit values stay unsigned (0..15), one
 //     multiply-add of unsigned by signed bytes per pair, and Q4_0's offset of -8 (Q4_1's m)
 //     comes back through s = d * sum(q): d_w (sum q_w q_x) d_x + m s, m = -8 d_w for Q4_0
+//   K-quant weights         -> Q8_K blocks of 256: per block one integer sum of the groups'
+//     integer dots times their integer scales, and the groups' minimums (Q4_K) or offsets
+//     (Q6_K's -32) through the activation's sums over each 16 (bsums), in integers too
 DType activation_format(DType weight);
 // Bytes of an activation of n elements in the format for `weight`.
 size_t activation_bytes(DType weight, int64_t n);
@@ -98,6 +101,7 @@ struct KernelTable {
     TypeKernels types[kTypeSlots];
     void (*quantize_q8_0)(const float* x, void* dst, int64_t n);
     void (*quantize_q8_1)(const float* x, void* dst, int64_t n);
+    void (*quantize_q8_k)(const float* x, void* dst, int64_t n);  // n a multiple of 256
     // Dequantise a weight row to F32 (embedding lookups).
     void (*dequantize_row)(DType type, const void* src, float* dst, int64_t n);
     KeyScoresFn key_scores;

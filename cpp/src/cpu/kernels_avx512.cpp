@@ -23,6 +23,7 @@ constexpr int kGatherGroup = 16;
 constexpr int kFloatGatherGroup = 8;
 #include "cpu/kernels_scalar.inc"
 #include "cpu/kernels_avx2.inc"
+#include "cpu/kernels_avx2_kquants.inc"
 
 inline float hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
 
@@ -285,6 +286,16 @@ void avx512_gather_axpy_blocks(int64_t n, const float* a, const void* const* row
     });
 }
 
+// The K-quants' typed axpys: blocks dequantised by the reference (this level's dequantize_row
+// for them), added as avx512_axpy_f32 adds.
+void avx512_axpy_q4_k(int64_t n, float a, const void* row, float* y) {
+    axpy_dequantised_blocks<DType::Q4_K, kQK_K, avx512_axpy_f32>(n, a, row, y);
+}
+
+void avx512_axpy_q6_k(int64_t n, float a, const void* row, float* y) {
+    axpy_dequantised_blocks<DType::Q6_K, kQK_K, avx512_axpy_f32>(n, a, row, y);
+}
+
 // Attention scores (kernels.h, KeyScoresFn): per block of sixteen keys one vector per head,
 // a multiply-add per dimension.
 template <int kHeads>
@@ -339,6 +350,11 @@ const KernelTable* kernels_avx512() {
         t.of(DType::Q4_0).gather_dot = avx2_gather_dot_q4_0;  // this file's copies: eight rows at a time
         t.of(DType::Q4_1).gather_dot = avx2_gather_dot_q4_1;
         t.of(DType::Q8_0).gather_dot = avx2_gather_dot_q8_0;
+        t.of(DType::Q4_K) = {avx2_dot_q4_k, avx2_dot4_q4_k, nullptr, nullptr, avx512_axpy_q4_k,
+                             avx2_gather_dot_q4_k, axpys_one_by_one<avx512_axpy_q4_k>};
+        t.of(DType::Q6_K) = {avx2_dot_q6_k, avx2_dot4_q6_k, nullptr, nullptr, avx512_axpy_q6_k,
+                             avx2_gather_dot_q6_k, axpys_one_by_one<avx512_axpy_q6_k>};
+        t.quantize_q8_k = avx2_quantize_q8_k;
         t.of(DType::Q4_0).axpy = avx512_axpy_blocks<DType::Q4_0>;
         t.of(DType::Q4_1).axpy = avx512_axpy_blocks<DType::Q4_1>;
         t.of(DType::Q8_0).axpy = avx512_axpy_blocks<DType::Q8_0>;

@@ -1,4 +1,5 @@
 // The generic level: plain C++ that any CPU runs; the reference for every SIMD level.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -28,8 +29,13 @@ const KernelTable* kernels_generic() {
                              dots_one_by_one<scalar_dot_q4_1>, axpys_one_by_one<scalar_axpy_q4_1>};
         t.of(DType::Q8_0) = {scalar_dot_q8_0, scalar_dot4_q8_0, nullptr, nullptr, scalar_axpy_q8_0,
                              dots_one_by_one<scalar_dot_q8_0>, axpys_one_by_one<scalar_axpy_q8_0>};
+        t.of(DType::Q4_K) = {scalar_dot_q4_k, scalar_dot4_q4_k, nullptr, nullptr, scalar_axpy_q4_k,
+                             dots_one_by_one<scalar_dot_q4_k>, axpys_one_by_one<scalar_axpy_q4_k>};
+        t.of(DType::Q6_K) = {scalar_dot_q6_k, scalar_dot4_q6_k, nullptr, nullptr, scalar_axpy_q6_k,
+                             dots_one_by_one<scalar_dot_q6_k>, axpys_one_by_one<scalar_axpy_q6_k>};
         t.quantize_q8_0 = scalar_quantize_q8_0;
         t.quantize_q8_1 = scalar_quantize_q8_1;
+        t.quantize_q8_k = scalar_quantize_q8_k;
         t.dequantize_row = scalar_dequantize_row;
         t.key_scores = scalar_key_scores;
         return t;

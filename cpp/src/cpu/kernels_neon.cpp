@@ -592,8 +592,15 @@ const KernelTable* kernels_neon() {
                              dots_one_by_one<neon_dot_q4_1>, axpys_one_by_one<neon_axpy_q4_1>};
         t.of(DType::Q8_0) = {neon_dot_q8_0, neon_dot4_q8_0, nullptr, nullptr, neon_axpy_q8_0,
                              dots_one_by_one<neon_dot_q8_0>, axpys_one_by_one<neon_axpy_q8_0>};
+        constexpr auto axpy_q4_k = axpy_dequantised_blocks<DType::Q4_K, kQK_K, neon_axpy_f32>;
+        constexpr auto axpy_q6_k = axpy_dequantised_blocks<DType::Q6_K, kQK_K, neon_axpy_f32>;
+        t.of(DType::Q4_K) = {scalar_dot_q4_k, scalar_dot4_q4_k, nullptr, nullptr, axpy_q4_k,
+                             dots_one_by_one<scalar_dot_q4_k>, axpys_one_by_one<axpy_q4_k>};
+        t.of(DType::Q6_K) = {scalar_dot_q6_k, scalar_dot4_q6_k, nullptr, nullptr, axpy_q6_k,
+                             dots_one_by_one<scalar_dot_q6_k>, axpys_one_by_one<axpy_q6_k>};
         t.quantize_q8_0 = neon_quantize_q8_0;
         t.quantize_q8_1 = neon_quantize_q8_1;
+        t.quantize_q8_k = scalar_quantize_q8_k;
         t.dequantize_row = neon_dequantize_row;
         t.key_scores = neon_key_scores;
         return t;

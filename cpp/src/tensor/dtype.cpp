@@ -215,19 +215,6 @@ void dequantize_q6_k(const void* src, float* dst, int64_t n) {
     }
 }
 
-// Q4_K and Q5_K's 6-bit scale and min of group g (0..7) from their 12 packed bytes: groups 0-3
-// in the low 6 bits of bytes g (scale) and g + 4 (min); groups 4-7 in the nibbles of bytes
-// g + 4 with their top 2 bits in the top bits of bytes g - 4 (scale) and g (min).
-void k_scale_min(const uint8_t* packed, int g, int* scale, int* min) {
-    if (g < 4) {
-        *scale = packed[g] & 63;
-        *min = packed[g + 4] & 63;
-    } else {
-        *scale = (packed[g + 4] & 0x0f) | ((packed[g - 4] >> 6) << 4);
-        *min = (packed[g + 4] >> 4) | ((packed[g] >> 6) << 4);
-    }
-}
-
 void dequantize_q2_k(const void* src, float* dst, int64_t n) {
     auto b = static_cast<const BlockQ2_K*>(src);
     for (int64_t i = 0; i < n / kQK_K; ++i) {
@@ -294,11 +281,12 @@ void dequantize_q45_k(const void* src, float* dst, int64_t n) {
         const uint8_t* qh = nullptr;
         if constexpr (has_high_bit) qh = b[i].qh;
         const uint8_t* qs = b[i].qs;
+        uint8_t scales[8], mins[8];
+        unpack_k_scales(b[i].scales, scales, mins);
         for (int chunk = 0; chunk < 4; ++chunk, qs += 32) {
             for (int nibble = 0; nibble < 2; ++nibble) {
-                int scale, min;
-                k_scale_min(b[i].scales, 2 * chunk + nibble, &scale, &min);
-                const float dl = d * static_cast<float>(scale), ml = dmin * static_cast<float>(min);
+                const int g = 2 * chunk + nibble;
+                const float dl = d * static_cast<float>(scales[g]), ml = dmin * static_cast<float>(mins[g]);
                 for (int l = 0; l < 32; ++l) {
                     int q = (qs[l] >> (4 * nibble)) & 0x0f;
                     if constexpr (has_high_bit) q |= ((qh[l] >> (2 * chunk + nibble)) & 1) << 4;
@@ -353,9 +341,9 @@ const DTypeInfo kTypes[] = {
     {DType::Q5_1, "Q5_1", kQK, sizeof(BlockQ5_1), false, DType::F32, dequantize_q5<true>},
     {DType::Q2_K, "Q2_K", kQK_K, sizeof(BlockQ2_K), false, DType::F32, dequantize_q2_k},
     {DType::Q3_K, "Q3_K", kQK_K, sizeof(BlockQ3_K), false, DType::F32, dequantize_q3_k},
-    {DType::Q4_K, "Q4_K", kQK_K, sizeof(BlockQ4_K), false, DType::F32, dequantize_q45_k<BlockQ4_K>},
+    {DType::Q4_K, "Q4_K", kQK_K, sizeof(BlockQ4_K), true, DType::Q8_K, dequantize_q45_k<BlockQ4_K>},
     {DType::Q5_K, "Q5_K", kQK_K, sizeof(BlockQ5_K), false, DType::F32, dequantize_q45_k<BlockQ5_K>},
-    {DType::Q6_K, "Q6_K", kQK_K, sizeof(BlockQ6_K), false, DType::F32, dequantize_q6_k},
+    {DType::Q6_K, "Q6_K", kQK_K, sizeof(BlockQ6_K), true, DType::Q8_K, dequantize_q6_k},
     {DType::IQ4_NL, "IQ4_NL", kQK, sizeof(BlockIQ4_NL), false, DType::F32, dequantize_iq4_nl},
     {DType::IQ4_XS, "IQ4_XS", kQK_K, sizeof(BlockIQ4_XS), false, DType::F32, dequantize_iq4_xs},
 };
@@ -385,16 +373,16 @@ void dequantize_row_ref(DType type, const void* src, float* dst, int64_t n) {
 
 namespace {
 
-// Quantises one block of 32 to int8 with scale amax/127; returns the scale.
-float quantize_block_q8(const float* x, int8_t* q) {
+// Quantises a block of n values to int8 with scale amax/127; returns the scale.
+float quantize_block_q8(const float* x, int8_t* q, int n = kQK) {
     float amax = 0.0f;
-    for (int j = 0; j < kQK; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+    for (int j = 0; j < n; ++j) amax = std::fmax(amax, std::fabs(x[j]));
     float d = amax / 127.0f;
     // A block of (near) zeros: 1/d would overflow, and the values round to 0 anyway. Every
     // ISA level uses this same rule so they all produce the same bytes.
     float id = d != 0.0f ? 1.0f / d : 0.0f;
     if (!std::isfinite(id)) id = 0.0f;
-    for (int j = 0; j < kQK; ++j) q[j] = static_cast<int8_t>(std::lrintf(x[j] * id));
+    for (int j = 0; j < n; ++j) q[j] = static_cast<int8_t>(std::lrintf(x[j] * id));
     return d;
 }
 
@@ -414,6 +402,17 @@ void quantize_row_q8_1_ref(const float* x, BlockQ8_1* dst, int64_t n) {
         for (int j = 0; j < kQK; ++j) sum += dst[i].qs[j];
         dst[i].d = d;
         dst[i].s = d * static_cast<float>(sum);
+    }
+}
+
+void quantize_row_q8_k_ref(const float* x, BlockQ8_K* dst, int64_t n) {
+    for (int64_t i = 0; i < n / kQK_K; ++i) {
+        dst[i].d = quantize_block_q8(x + i * kQK_K, dst[i].qs, kQK_K);
+        for (int g = 0; g < kQK_K / 16; ++g) {
+            int sum = 0;
+            for (int j = 0; j < 16; ++j) sum += dst[i].qs[16 * g + j];
+            dst[i].bsums[g] = static_cast<int16_t>(sum);
+        }
     }
 }
 

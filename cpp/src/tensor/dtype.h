@@ -17,13 +17,14 @@ enum class DType : uint32_t {
     Q5_1 = 7,  // storage only
     Q2_K = 10,    // storage only
     Q3_K = 11,    // storage only
-    Q4_K = 12,    // storage only
+    Q4_K = 12,
     Q5_K = 13,    // storage only
-    Q6_K = 14,    // storage only (PowerInfer's Q4_0 files keep output.weight in it)
+    Q6_K = 14,    // PowerInfer's Q4_0 files keep output.weight in it
     IQ4_NL = 20,  // storage only
     IQ4_XS = 23,  // storage only
     Q8_0 = 8,
-    Q8_1 = 9,  // activations only: never a weight type here
+    Q8_1 = 9,   // activations only: never a weight type here
+    Q8_K = 15,  // activations only (the K-quants' dot format)
     BF16 = 30,
 };
 
@@ -89,6 +90,15 @@ struct BlockQ6_K {
 };
 static_assert(sizeof(BlockQ6_K) == 210, "Q6_K block layout");
 
+// Q8_K (activations for the K-quants' dots): 256 values = d * q, q in -127..127, with the
+// sums of q over each 16 (bsums), which carry the K-quants' offsets and minimums.
+struct BlockQ8_K {
+    float d;
+    int8_t qs[kQK_K];
+    int16_t bsums[kQK_K / 16];
+};
+static_assert(sizeof(BlockQ8_K) == 292, "Q8_K block layout");
+
 // The K-quants below keep 256 weights in sub-blocks with their own scales (and mins), the
 // scales themselves quantised against the block's d (and dmin). Layouts: ggml's
 // ggml-common.h; the arithmetic: its reference dequantisation (dtype.cpp).
@@ -121,6 +131,18 @@ struct BlockQ4_K {
     uint8_t qs[kQK_K / 2];
 };
 static_assert(sizeof(BlockQ4_K) == 144, "Q4_K block layout");
+
+// Q4_K and Q5_K's eight 6-bit scales and mins from their 12 packed bytes: groups 0-3 in the
+// low 6 bits of bytes g (scale) and g + 4 (min); groups 4-7 in the nibbles of bytes g + 4,
+// their top 2 bits in the top bits of bytes g - 4 (scale) and g (min).
+inline void unpack_k_scales(const uint8_t packed[12], uint8_t scales[8], uint8_t mins[8]) {
+    for (int g = 0; g < 4; ++g) {
+        scales[g] = packed[g] & 63;
+        mins[g] = packed[g + 4] & 63;
+        scales[g + 4] = static_cast<uint8_t>((packed[g + 8] & 0x0f) | ((packed[g] >> 6) << 4));
+        mins[g + 4] = static_cast<uint8_t>((packed[g + 8] >> 4) | ((packed[g + 4] >> 6) << 4));
+    }
+}
 
 // Q5_K: Q4_K with a fifth bit per weight in qh.
 struct BlockQ5_K {
@@ -187,5 +209,7 @@ void dequantize_row_ref(DType type, const void* src, float* dst, int64_t n);
 // Reference quantisation of activations: n a multiple of 32.
 void quantize_row_q8_0_ref(const float* x, BlockQ8_0* dst, int64_t n);
 void quantize_row_q8_1_ref(const float* x, BlockQ8_1* dst, int64_t n);
+// n a multiple of 256; d = max|x| / 127 over each 256 values, rounded as the 32-value blocks.
+void quantize_row_q8_k_ref(const float* x, BlockQ8_K* dst, int64_t n);
 
 }  // namespace si

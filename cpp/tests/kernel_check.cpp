@@ -144,6 +144,23 @@ void fill_weights(DType type, int64_t n, uint8_t* dst) {
                 std::memcpy(dst + b * sizeof blk, &blk, sizeof blk);
             }
             return;
+        case DType::Q5_0:
+        case DType::Q5_1:
+            for (int64_t b = 0; b < n / kQK; ++b) {
+                si::BlockQ5_1 blk;  // Q5_0's block is this one without m
+                blk.d = si::fp32_to_fp16(type == DType::Q5_0 ? normal(0.03f) : std::fabs(normal(0.01f)));
+                blk.m = si::fp32_to_fp16(normal(0.1f));
+                for (auto& q : blk.qh) q = static_cast<uint8_t>(uniform_int(0, 255));
+                for (auto& q : blk.qs) q = static_cast<uint8_t>(uniform_int(0, 255));
+                uint8_t* out = dst + b * (type == DType::Q5_0 ? sizeof(si::BlockQ5_0) : sizeof(si::BlockQ5_1));
+                if (type == DType::Q5_0) {
+                    std::memcpy(out, &blk.d, 2);
+                    std::memcpy(out + 2, &blk.qh, 4 + sizeof blk.qs);
+                } else {
+                    std::memcpy(out, &blk, sizeof blk);
+                }
+            }
+            return;
         case DType::Q4_K:
         case DType::Q6_K: {
             // Random bytes (every scale and minimum pattern, Q6_K's negative scales) with finite
@@ -228,6 +245,28 @@ double magnitude(DType type, int64_t n, const uint8_t* w, const uint8_t* x) {
                 mag += std::fabs(double(si::fp16_to_fp32(wa.d)) * si::fp16_to_fp32(xb.d)) * s;
             }
             return mag;
+        case DType::Q5_0:
+        case DType::Q5_1: {
+            // Computed as d dy sum q y + m s (m = -16 d for Q5_0): both terms count.
+            const bool q5_0 = type == DType::Q5_0;
+            const size_t block_bytes = q5_0 ? sizeof(si::BlockQ5_0) : sizeof(si::BlockQ5_1);
+            for (int64_t b = 0; b < n / kQK; ++b) {
+                const uint8_t* wb = w + b * block_bytes;
+                const double d = si::fp16_to_fp32(load<uint16_t>(wb));
+                const double m = q5_0 ? -16.0 * d : si::fp16_to_fp32(load<uint16_t>(wb + 2));
+                const uint32_t qh = load<uint32_t>(wb + (q5_0 ? 2 : 4));
+                const uint8_t* qs = wb + (q5_0 ? 6 : 8);
+                auto xb = load<si::BlockQ8_1>(x + b * sizeof(si::BlockQ8_1));
+                double s = 0.0, sy = 0.0;
+                for (int j = 0; j < kQK / 2; ++j) {
+                    s += ((qs[j] & 15) | ((qh >> j) & 1) << 4) * std::abs(int(xb.qs[j]));
+                    s += ((qs[j] >> 4) | ((qh >> (j + 16)) & 1) << 4) * std::abs(int(xb.qs[j + 16]));
+                }
+                for (int j = 0; j < kQK; ++j) sy += std::abs(int(xb.qs[j]));
+                mag += std::fabs(d * xb.d) * s + std::fabs(m * xb.d) * sy;
+            }
+            return mag;
+        }
         case DType::Q4_K:
         case DType::Q6_K: {
             // Each value's terms as the kernels compute them: d scale q and dmin min (Q4_K), or
@@ -267,7 +306,8 @@ double dot_tolerance(double mag, int64_t terms) {
 }
 
 bool is_block_type(DType t) {
-    return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q8_0 || t == DType::Q4_K || t == DType::Q6_K;
+    return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q8_0 || t == DType::Q5_0 || t == DType::Q5_1 ||
+           t == DType::Q4_K || t == DType::Q6_K;
 }
 
 int64_t block_elems(DType t) { return si::dtype_info(static_cast<uint32_t>(t))->block_elems; }
@@ -432,17 +472,19 @@ void check_axpy(const KernelTable& level, const KernelTable& generic, DType type
     fill_weights(type, n, wbuf.data());
     std::vector<float> w(static_cast<size_t>(n)), y0(static_cast<size_t>(n));
     si::dequantize_row_ref(type, wbuf.data(), w.data(), n);
-    // Size of the terms of each element's update: |w| but, for Q4_1, |d q| + |m| (w = d q + m
-    // may cancel while a * d * q and a * m are rounded separately).
+    // Size of the terms of each element's update: |w| but, for Q4_1 and Q5_1, |d q| + |m|
+    // (w = d q + m may cancel while a * d * q and a * m are rounded separately); d q is the
+    // block dequantised with m set to 0.
     std::vector<double> wmag(w.begin(), w.end());
-    if (type == DType::Q4_1) {
+    if (type == DType::Q4_1 || type == DType::Q5_1) {
+        const size_t block_bytes = type == DType::Q4_1 ? sizeof(si::BlockQ4_1) : sizeof(si::BlockQ5_1);
         for (int64_t b = 0; b < n / kQK; ++b) {
-            auto blk = load<si::BlockQ4_1>(wbuf.data() + b * sizeof(si::BlockQ4_1));
-            const double d = si::fp16_to_fp32(blk.d), m = si::fp16_to_fp32(blk.m);
-            for (int j = 0; j < kQK / 2; ++j) {
-                wmag[b * kQK + j] = std::fabs(d * (blk.qs[j] & 15)) + std::fabs(m);
-                wmag[b * kQK + j + 16] = std::fabs(d * (blk.qs[j] >> 4)) + std::fabs(m);
-            }
+            std::vector<uint8_t> block(wbuf.data() + b * block_bytes, wbuf.data() + (b + 1) * block_bytes);
+            const double m = si::fp16_to_fp32(load<uint16_t>(block.data() + 2));
+            std::memset(block.data() + 2, 0, 2);  // m = +0
+            float dq[kQK];
+            si::dequantize_row_ref(type, block.data(), dq, kQK);
+            for (int j = 0; j < kQK; ++j) wmag[b * kQK + j] = std::fabs(double(dq[j])) + std::fabs(m);
         }
     }
     fill_floats(y0.data(), n);
@@ -580,7 +622,8 @@ void check_dequantize(const KernelTable& level, DType type, int64_t n, size_t w_
     int64_t bad = -1;
     for (int64_t i = 0; i < n && bad < 0; ++i) {
         const float g = load<float>(got.data() + 4 * i);
-        const double tol = type == DType::Q4_1 ? 2.0 * FLT_EPSILON * std::fabs(double(want[i])) + 1e-37 : 0.0;
+        const bool has_min = type == DType::Q4_1 || type == DType::Q5_1;
+        const double tol = has_min ? 2.0 * FLT_EPSILON * std::fabs(double(want[i])) + 1e-37 : 0.0;
         if (!(std::fabs(double(g) - want[i]) <= tol)) bad = i;
     }
     record(bad < 0, "%s dequantize_%s n=%lld woff=%zu: first mismatch at %lld", level.isa,
@@ -722,7 +765,7 @@ int main() {
                 }
             }
         }
-        for (DType type : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) {
+        for (DType type : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q5_0, DType::Q5_1}) {
             for (int64_t nb : block_counts) {
                 for (size_t off = 0; off < 16; ++off) {
                     check_dots(level, *generic, type, nb * kQK, off, (off * 7 + 3) % 16);
@@ -752,7 +795,7 @@ int main() {
                     check_gather(level, *generic, type, n, n_rows, static_cast<size_t>(n + n_rows) % 16);
                 }
             }
-            for (DType type : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) {
+            for (DType type : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q5_0, DType::Q5_1}) {
                 for (int64_t nb : block_counts) {
                     check_gather(level, *generic, type, nb * kQK, n_rows, static_cast<size_t>(nb) % 16);
                 }

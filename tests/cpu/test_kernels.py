@@ -16,7 +16,7 @@ from reference import q8_blocks
 from sparseinfer import _core
 
 ISAS = _core.system_info()["available_isas"]
-BLOCK_32 = [T.Q4_0, T.Q4_1, T.Q8_0]
+BLOCK_32 = [T.Q4_0, T.Q4_1, T.Q8_0, T.Q5_0, T.Q5_1]
 K_QUANTS = [T.Q4_K, T.Q6_K]
 QUANTISED = BLOCK_32 + K_QUANTS
 FLOATS = [T.F32, T.F16, T.BF16]

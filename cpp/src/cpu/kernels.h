@@ -22,9 +22,10 @@ namespace si {
 // then each weight row is dotted with it:
 //   F32, F16, BF16 weights  -> F32 activation
 //   Q8_0 weights            -> Q8_0 blocks
-//   Q4_0, Q4_1 weights      -> Q8_1 blocks: the 4-bit values stay unsigned (0..15), one
-//     multiply-add of unsigned by signed bytes per pair, and Q4_0's offset of -8 (Q4_1's m)
-//     comes back through s = d * sum(q): d_w (sum q_w q_x) d_x + m s, m = -8 d_w for Q4_0
+//   Q4_0, Q4_1, Q5_0, Q5_1  -> Q8_1 blocks: the 4- or 5-bit values stay unsigned (0..15 or
+//     0..31), one multiply-add of unsigned by signed bytes per pair, and Q4_0's offset of -8
+//     (Q5_0's -16, Q4_1's and Q5_1's m) comes back through s = d * sum(q):
+//     d_w (sum q_w q_x) d_x + m s, m = -8 d_w for Q4_0, -16 d_w for Q5_0
 //   K-quant weights         -> Q8_K blocks of 256: per block one integer sum of the groups'
 //     integer dots times their integer scales, and the groups' minimums (Q4_K) or offsets
 //     (Q6_K's -32) through the activation's sums over each 16 (bsums), in integers too

@@ -350,6 +350,8 @@ const KernelTable* kernels_avx512() {
         t.of(DType::Q4_0).gather_dot = avx2_gather_dot_q4_0;  // this file's copies: eight rows at a time
         t.of(DType::Q4_1).gather_dot = avx2_gather_dot_q4_1;
         t.of(DType::Q8_0).gather_dot = avx2_gather_dot_q8_0;
+        t.of(DType::Q5_0).gather_dot = avx2_gather_dot_q5_0;
+        t.of(DType::Q5_1).gather_dot = avx2_gather_dot_q5_1;
         t.of(DType::Q4_K) = {avx2_dot_q4_k, avx2_dot4_q4_k, nullptr, nullptr, avx512_axpy_q4_k,
                              avx2_gather_dot_q4_k, axpys_one_by_one<avx512_axpy_q4_k>};
         t.of(DType::Q6_K) = {avx2_dot_q6_k, avx2_dot4_q6_k, nullptr, nullptr, avx512_axpy_q6_k,

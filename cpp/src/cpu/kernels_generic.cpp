@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "cpu/kernels.h"
@@ -29,6 +30,10 @@ const KernelTable* kernels_generic() {
                              dots_one_by_one<scalar_dot_q4_1>, axpys_one_by_one<scalar_axpy_q4_1>};
         t.of(DType::Q8_0) = {scalar_dot_q8_0, scalar_dot4_q8_0, nullptr, nullptr, scalar_axpy_q8_0,
                              dots_one_by_one<scalar_dot_q8_0>, axpys_one_by_one<scalar_axpy_q8_0>};
+        t.of(DType::Q5_0) = {scalar_dot_q5_0, scalar_dot4_q5_0, nullptr, nullptr, scalar_axpy_q5_0,
+                             dots_one_by_one<scalar_dot_q5_0>, axpys_one_by_one<scalar_axpy_q5_0>};
+        t.of(DType::Q5_1) = {scalar_dot_q5_1, scalar_dot4_q5_1, nullptr, nullptr, scalar_axpy_q5_1,
+                             dots_one_by_one<scalar_dot_q5_1>, axpys_one_by_one<scalar_axpy_q5_1>};
         t.of(DType::Q4_K) = {scalar_dot_q4_k, scalar_dot4_q4_k, nullptr, nullptr, scalar_axpy_q4_k,
                              dots_one_by_one<scalar_dot_q4_k>, axpys_one_by_one<scalar_axpy_q4_k>};
         t.of(DType::Q6_K) = {scalar_dot_q6_k, scalar_dot4_q6_k, nullptr, nullptr, scalar_axpy_q6_k,

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 
@@ -592,6 +593,12 @@ const KernelTable* kernels_neon() {
                              dots_one_by_one<neon_dot_q4_1>, axpys_one_by_one<neon_axpy_q4_1>};
         t.of(DType::Q8_0) = {neon_dot_q8_0, neon_dot4_q8_0, nullptr, nullptr, neon_axpy_q8_0,
                              dots_one_by_one<neon_dot_q8_0>, axpys_one_by_one<neon_axpy_q8_0>};
+        constexpr auto axpy_q5_0 = axpy_dequantised_blocks<DType::Q5_0, kQK, neon_axpy_f32>;
+        constexpr auto axpy_q5_1 = axpy_dequantised_blocks<DType::Q5_1, kQK, neon_axpy_f32>;
+        t.of(DType::Q5_0) = {scalar_dot_q5_0, scalar_dot4_q5_0, nullptr, nullptr, axpy_q5_0,
+                             dots_one_by_one<scalar_dot_q5_0>, axpys_one_by_one<axpy_q5_0>};
+        t.of(DType::Q5_1) = {scalar_dot_q5_1, scalar_dot4_q5_1, nullptr, nullptr, axpy_q5_1,
+                             dots_one_by_one<scalar_dot_q5_1>, axpys_one_by_one<axpy_q5_1>};
         constexpr auto axpy_q4_k = axpy_dequantised_blocks<DType::Q4_K, kQK_K, neon_axpy_f32>;
         constexpr auto axpy_q6_k = axpy_dequantised_blocks<DType::Q6_K, kQK_K, neon_axpy_f32>;
         t.of(DType::Q4_K) = {scalar_dot_q4_k, scalar_dot4_q4_k, nullptr, nullptr, axpy_q4_k,

@@ -13,8 +13,8 @@ enum class DType : uint32_t {
     F16 = 1,
     Q4_0 = 2,
     Q4_1 = 3,
-    Q5_0 = 6,  // storage only: converted to Q8_0 at load
-    Q5_1 = 7,  // storage only
+    Q5_0 = 6,
+    Q5_1 = 7,
     Q2_K = 10,    // storage only
     Q3_K = 11,    // storage only
     Q4_K = 12,

@@ -111,9 +111,8 @@ std::vector<float> Model::vector(const std::string& name, int64_t n) {
 
 Matrix Model::weight(const std::string& name, int64_t cols, int64_t rows) {
     Matrix m = matrix(name, cols, rows);
-    // Types the kernels do not implement (storage only in tensor/dtype.cpp: Q5_0, Q5_1, the
-    // K-quants, IQ4_NL, IQ4_XS; PowerInfer's Q4_0 files keep output.weight and the predictors
-    // in Q6_K) run as Q8_0 copies made here.
+    // Types the kernels do not implement (storage only in tensor/dtype.cpp: Q2_K, Q3_K, Q5_K,
+    // IQ4_NL, IQ4_XS) run as Q8_0 copies made here.
     if (dtype_info(static_cast<uint32_t>(m.type))->has_kernels || !prepared_) return m;
     const Matrix q = requantize_q8_0(m);
     release_stored_rows(m);

@@ -65,14 +65,14 @@ from gguf import GGMLQuantizationType as QT
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "support"))
-import ggufgen  # noqa: E402  (tests/support/ggufgen.py: the SentencePiece-style test vocabulary)
+import ggufgen  # noqa: E402  (tests/support/ggufgen.py: the test vocabulary, the K-quant quantisers)
 import benchutil  # noqa: E402  (quiet checks, residency, bandwidth)
 
 FORMAT_VERSION = 1  # bump when the generated weights change, to invalidate caches
 
 FULL_SHAPE = dict(n_vocab=73440, n_embd=1536, n_layer=52, n_head=24, n_head_kv=8, n_ff=3840,
                   n_ctx=4096, rope_base=10000.0, rms_eps=1e-5)
-SMALL_SHAPE = dict(n_vocab=512, n_embd=128, n_layer=4, n_head=4, n_head_kv=2, n_ff=320,
+SMALL_SHAPE = dict(n_vocab=512, n_embd=256, n_layer=4, n_head=4, n_head_kv=2, n_ff=512,  # K-quant rows: 256s
                    n_ctx=256, rope_base=10000.0, rms_eps=1e-5)
 
 # ---- weights ------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def encode(arr: np.ndarray, type_name: str) -> np.ndarray:
         return np.ascontiguousarray(arr, dtype=np.float32)
     if type_name == "F16":
         return arr.astype(np.float16)
-    return gguf.quants.quantize(np.ascontiguousarray(arr, dtype=np.float32), QT[type_name])
+    return ggufgen.quantize(np.ascontiguousarray(arr, dtype=np.float32), type_name)
 
 
 def nbytes_of(shape_np: tuple, type_name: str) -> int:
@@ -437,7 +437,7 @@ PROMPT_TEXT = ("Sparse inference computes only the neurons that will fire. A sma
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--type", default="Q4_0", choices=["F16", "Q4_0", "Q8_0", "F32"],
+    ap.add_argument("--type", default="Q4_0", choices=["F16", "Q4_0", "Q8_0", "F32", "Q4_K", "Q6_K"],
                     help="weight type of every matrix but the predictor (default Q4_0)")
     ap.add_argument("--pred-type", default="F16", choices=["F16", "Q4_0", "Q8_0", "F32"],
                     help="predictor (fc1, fc2) type (default F16, as in PowerInfer's files)")

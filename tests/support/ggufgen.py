@@ -120,10 +120,16 @@ def roundtrip(arr: np.ndarray, weight_type: str) -> tuple[np.ndarray, np.ndarray
         h = arr.astype(np.float16)
         return h, h.astype(np.float32), None
     qt = QT[weight_type]
-    own = {"Q6_K": quantize_q6_k, "Q4_K": quantize_q4_k, "Q5_K": quantize_q5_k, "IQ4_NL": quantize_iq4_nl}
-    q = own[weight_type](arr) if weight_type in own else gguf.quants.quantize(arr, qt)
+    q = quantize(arr, weight_type)
     back = gguf.quants.dequantize(q, qt).astype(np.float32).reshape(arr.shape)
     return q, back, qt
+
+
+def quantize(arr: np.ndarray, weight_type: str) -> np.ndarray:
+    """arr (rows, cols) float32 in the blocks of a quantised type: with the gguf package's
+    quantiser, or one of our own for the types it has none for."""
+    own = {"Q6_K": quantize_q6_k, "Q4_K": quantize_q4_k, "Q5_K": quantize_q5_k, "IQ4_NL": quantize_iq4_nl}
+    return own[weight_type](arr) if weight_type in own else gguf.quants.quantize(arr, QT[weight_type])
 
 
 def quantize_q6_k(arr: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@
 //   * quantize_q8_0 / quantize_q8_1 / quantize_q8_k write the same bytes as generic;
 //   * axpy agrees with generic element by element and writes nothing outside y[0..n);
 //   * dequantize_row equals the reference conversion;
-//   * the eight-row Q4_0 / Q4_1 / Q8_0 kernels (where a level has them) agree with generic's dot of
+//   * the eight-row Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 kernels (where a level has them) agree with generic's dot of
 //     each interleaved row, for 1..4 tokens, and write only their 8 x n_tokens outputs;
 //   * the four-row float kernels agree with generic's dot for 1..4 rows x 1..4 tokens and
 //     write only those outputs.
@@ -786,7 +786,9 @@ int main() {
         for (int64_t nb : block_counts) {
             for (size_t off = 0; off < 16; ++off) {
                 for (int rep = 0; rep < 4; ++rep) check_quantize(level, *generic, nb, off, (off * 3 + rep) % 16);
-                for (DType type : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) check_rows8(level, *generic, type, nb, off);
+                for (DType type : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q5_0, DType::Q5_1}) {
+                    check_rows8(level, *generic, type, nb, off);
+                }
             }
         }
         for (int n_rows : {1, 2, 3, 4, 5, 7, 8, 9, 12, 15, 16}) {

@@ -174,6 +174,27 @@ void interleave_blocks(const uint8_t* rows, size_t row_bytes, int64_t n_blocks, 
     }
 }
 
+// Q5_0 and Q5_1: the nibbles as Q4's, the fifth bits of element e of row j (bit e of its qh)
+// as bit e / 4 of qh[4 j + e % 4] (BlockQ5_0x8).
+template <typename Block, typename Group>
+void interleave_q5_blocks(const uint8_t* rows, size_t row_bytes, int64_t n_blocks, uint8_t* dst) {
+    auto* out = reinterpret_cast<Group*>(dst);
+    for (int64_t i = 0; i < n_blocks; ++i) {
+        std::memset(out[i].qh, 0, sizeof(out[i].qh));
+        for (int j = 0; j < 8; ++j) {
+            const auto* b = reinterpret_cast<const Block*>(rows + static_cast<size_t>(j) * row_bytes) + i;
+            out[i].d[j] = b->d;
+            if constexpr (std::is_same_v<Block, BlockQ5_1>) out[i].m[j] = b->m;
+            for (int g = 0; g < 4; ++g) std::memcpy(out[i].qs[g][j], b->qs + 4 * g, 4);
+            uint32_t qh;
+            std::memcpy(&qh, b->qh, 4);
+            for (int e = 0; e < kQK; ++e) {
+                out[i].qh[4 * j + e % 4] |= static_cast<uint8_t>(((qh >> e) & 1) << (e / 4));
+            }
+        }
+    }
+}
+
 }  // namespace
 
 void interleave_rows8(DType type, const uint8_t* rows, size_t row_bytes, int64_t n_blocks, uint8_t* dst) {
@@ -181,7 +202,9 @@ void interleave_rows8(DType type, const uint8_t* rows, size_t row_bytes, int64_t
         case DType::Q4_0: interleave_blocks<BlockQ4_0, BlockQ4_0x8>(rows, row_bytes, n_blocks, dst); break;
         case DType::Q4_1: interleave_blocks<BlockQ4_1, BlockQ4_1x8>(rows, row_bytes, n_blocks, dst); break;
         case DType::Q8_0: interleave_blocks<BlockQ8_0, BlockQ8_0x8>(rows, row_bytes, n_blocks, dst); break;
-        default: throw ArgumentError("interleave_rows8: only Q4_0, Q4_1 and Q8_0 rows interleave");
+        case DType::Q5_0: interleave_q5_blocks<BlockQ5_0, BlockQ5_0x8>(rows, row_bytes, n_blocks, dst); break;
+        case DType::Q5_1: interleave_q5_blocks<BlockQ5_1, BlockQ5_1x8>(rows, row_bytes, n_blocks, dst); break;
+        default: throw ArgumentError("interleave_rows8: only Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 rows interleave");
     }
 }
 

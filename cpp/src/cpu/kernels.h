@@ -39,7 +39,7 @@ using RowDotFn = float (*)(int64_t n, const void* weight_row, const void* activa
 // single dots (their batches take the four-row kernels where they have them).
 using RowDot4Fn = void (*)(int64_t n, const void* weight_row, const void* activations,
                            size_t stride, float* out);
-// Eight Q4_0, Q4_1 or Q8_0 rows interleaved (BlockQ4_0x8 / Q4_1x8 / Q8_0x8 below, n / 32
+// Eight Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0 rows interleaved (BlockQ4_0x8 ... Q8_0x8 below, n / 32
 // blocks) times n_tokens (1..4) activations in the type's dot format, `stride` bytes apart:
 // y[t * y_stride + j] = dot(row j, activation t). One integer multiply-add serves the same four columns of all
 // eight rows, and each block's scales are applied to the eight rows at once (prompt
@@ -137,12 +137,31 @@ struct BlockQ8_0x8 {
     int8_t qs[8][8][4];
 };
 static_assert(sizeof(BlockQ8_0x8) == 8 * sizeof(BlockQ8_0), "Q8_0x8 block layout");
+// Eight Q5_0 rows: their scales, the fifth bits as bit planes, then the nibbles as in
+// BlockQ4_0x8. Unpacked, the nibbles make eight vectors v of 32 bytes (v < 4: the low nibbles
+// of qs[v], v >= 4: the high nibbles of qs[v - 4]); byte 4 j + b of vector v is element 4 v + b
+// of row j, and its fifth bit is bit v of qh[4 j + b], so that a vector's fifth bits come out
+// of one shift and one mask. The same size as the eight rows.
+struct BlockQ5_0x8 {
+    uint16_t d[8];
+    uint8_t qh[32];
+    uint8_t qs[4][8][4];
+};
+static_assert(sizeof(BlockQ5_0x8) == 8 * sizeof(BlockQ5_0), "Q5_0x8 block layout");
+// The same for Q5_1, with the rows' eight minimums after their scales.
+struct BlockQ5_1x8 {
+    uint16_t d[8];
+    uint16_t m[8];
+    uint8_t qh[32];
+    uint8_t qs[4][8][4];
+};
+static_assert(sizeof(BlockQ5_1x8) == 8 * sizeof(BlockQ5_1), "Q5_1x8 block layout");
 // The eight-row product of a level for a weight type, or null (no kernel, or not a type
 // that interleaves).
 inline Rows8DotFn rows8_dot(const KernelTable& k, DType weight) { return k.of(weight).rows8; }
 // The four-row float product of a level for a weight type, or null.
 inline Rows4DotFn rows4_dot(const KernelTable& k, DType weight) { return k.of(weight).rows4; }
-// Interleaves rows [0, 8) of a Q4_0, Q4_1 or Q8_0 matrix (rows row_bytes apart, n_blocks blocks
+// Interleaves rows [0, 8) of a Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0 matrix (rows row_bytes apart, n_blocks blocks
 // each) into dst (8 * row_bytes bytes).
 void interleave_rows8(DType type, const uint8_t* rows, size_t row_bytes, int64_t n_blocks, uint8_t* dst);
 

@@ -40,9 +40,9 @@ const KernelTable* kernels_avx2() {
                              avx2_gather_dot_q4_1, avx2_gather_axpy_q4_1};
         t.of(DType::Q8_0) = {avx2_dot_q8_0, avx2_dot4_q8_0, avx2_dot_q8_0x8, nullptr, avx2_axpy_q8_0,
                              avx2_gather_dot_q8_0, avx2_gather_axpy_q8_0};
-        t.of(DType::Q5_0) = {avx2_dot_q5_0, avx2_dot4_q5_0, nullptr, nullptr, avx2_axpy_q5_0,
+        t.of(DType::Q5_0) = {avx2_dot_q5_0, avx2_dot4_q5_0, avx2_dot_q5_0x8, nullptr, avx2_axpy_q5_0,
                              avx2_gather_dot_q5_0, avx2_gather_axpy_q5_0};
-        t.of(DType::Q5_1) = {avx2_dot_q5_1, avx2_dot4_q5_1, nullptr, nullptr, avx2_axpy_q5_1,
+        t.of(DType::Q5_1) = {avx2_dot_q5_1, avx2_dot4_q5_1, avx2_dot_q5_1x8, nullptr, avx2_axpy_q5_1,
                              avx2_gather_dot_q5_1, avx2_gather_axpy_q5_1};
         t.of(DType::Q4_K) = {avx2_dot_q4_k, avx2_dot4_q4_k, nullptr, nullptr, avx2_axpy_q4_k,
                              avx2_gather_dot_q4_k, axpys_one_by_one<avx2_axpy_q4_k>};

@@ -162,20 +162,20 @@ void fill_weights(DType type, int64_t n, uint8_t* dst) {
             }
             return;
         case DType::Q4_K:
-        case DType::Q6_K: {
-            // Random bytes (every scale and minimum pattern, Q6_K's negative scales) with finite
-            // block scales.
-            const size_t block_bytes = type == DType::Q4_K ? sizeof(si::BlockQ4_K) : sizeof(si::BlockQ6_K);
-            for (int64_t b = 0; b < n / si::kQK_K; ++b) {
-                uint8_t* blk = dst + b * block_bytes;
-                for (size_t i = 0; i < block_bytes; ++i) blk[i] = static_cast<uint8_t>(uniform_int(0, 255));
+        case DType::Q5_K:
+        case DType::Q6_K:
+        case DType::IQ4_XS:
+        case DType::IQ4_NL: {
+            // Random bytes (every scale and minimum pattern, Q6_K's and IQ4_XS's negative
+            // scales) with finite block scales: d, and Q4_K's and Q5_K's dmin.
+            const si::DTypeInfo* info = si::dtype_info(static_cast<uint32_t>(type));
+            const size_t d_offset = type == DType::Q6_K ? offsetof(si::BlockQ6_K, d) : 0;
+            for (int64_t b = 0; b < n / info->block_elems; ++b) {
+                uint8_t* blk = dst + b * info->block_bytes;
+                for (size_t i = 0; i < info->block_bytes; ++i) blk[i] = static_cast<uint8_t>(uniform_int(0, 255));
                 const uint16_t d = si::fp32_to_fp16(normal(1e-3f)), dmin = si::fp32_to_fp16(normal(1e-3f));
-                if (type == DType::Q4_K) {
-                    std::memcpy(blk + offsetof(si::BlockQ4_K, d), &d, 2);
-                    std::memcpy(blk + offsetof(si::BlockQ4_K, dmin), &dmin, 2);
-                } else {
-                    std::memcpy(blk + offsetof(si::BlockQ6_K, d), &d, 2);
-                }
+                std::memcpy(blk + d_offset, &d, 2);
+                if (type == DType::Q4_K || type == DType::Q5_K) std::memcpy(blk + 2, &dmin, 2);
             }
             return;
         }
@@ -268,28 +268,37 @@ double magnitude(DType type, int64_t n, const uint8_t* w, const uint8_t* x) {
             return mag;
         }
         case DType::Q4_K:
-        case DType::Q6_K: {
-            // Each value's terms as the kernels compute them: d scale q and dmin min (Q4_K), or
-            // d scale q and d scale 32 (Q6_K), times the activation's d q_x.
-            const int64_t nb = n / si::kQK_K;
-            const size_t block_bytes = type == DType::Q4_K ? sizeof(si::BlockQ4_K) : sizeof(si::BlockQ6_K);
-            for (int64_t b = 0; b < nb; ++b) {
-                const uint8_t* wb = w + b * block_bytes;
-                auto xb = load<si::BlockQ8_K>(x + b * sizeof(si::BlockQ8_K));
+        case DType::Q5_K:
+        case DType::Q6_K:
+        case DType::IQ4_XS:
+        case DType::IQ4_NL: {
+            // Each value's terms as the kernels compute them: d scale q and dmin min (Q4_K,
+            // Q5_K), d scale q and d scale 32 (Q6_K), or the value (IQ4), times the activation's
+            // d q_x (Q8_K; Q8_0 for IQ4_NL).
+            const si::DTypeInfo* info = si::dtype_info(static_cast<uint32_t>(type));
+            const int64_t elems = info->block_elems;
+            for (int64_t b = 0; b < n / elems; ++b) {
+                const uint8_t* wb = w + b * info->block_bytes;
                 float values[si::kQK_K];
-                si::dequantize_row_ref(type, wb, values, si::kQK_K);
-                double offsets[si::kQK_K / 16];
-                if (type == DType::Q4_K) {
-                    auto wa = load<si::BlockQ4_K>(wb);
+                si::dequantize_row_ref(type, wb, values, elems);
+                double offsets[si::kQK_K / 16] = {};
+                if (type == DType::Q4_K || type == DType::Q5_K) {
                     uint8_t scales[8], mins[8];
-                    si::unpack_k_scales(wa.scales, scales, mins);
-                    for (int g = 0; g < 16; ++g) offsets[g] = 2.0 * si::fp16_to_fp32(wa.dmin) * mins[g / 2];
-                } else {
+                    si::unpack_k_scales(wb + 4, scales, mins);
+                    for (int g = 0; g < 16; ++g) offsets[g] = 2.0 * si::fp16_to_fp32(load<uint16_t>(wb + 2)) * mins[g / 2];
+                } else if (type == DType::Q6_K) {
                     auto wa = load<si::BlockQ6_K>(wb);
                     for (int g = 0; g < 16; ++g) offsets[g] = 64.0 * si::fp16_to_fp32(wa.d) * wa.scales[g];
                 }
-                for (int j = 0; j < si::kQK_K; ++j) {
-                    const double x_j = std::fabs(double(xb.d) * xb.qs[j]);
+                for (int j = 0; j < elems; ++j) {
+                    double x_j;
+                    if (type == DType::IQ4_NL) {
+                        auto xb = load<si::BlockQ8_0>(x + b * sizeof(si::BlockQ8_0));
+                        x_j = std::fabs(double(si::fp16_to_fp32(xb.d)) * xb.qs[j]);
+                    } else {
+                        auto xb = load<si::BlockQ8_K>(x + b * sizeof(si::BlockQ8_K));
+                        x_j = std::fabs(double(xb.d) * xb.qs[j]);
+                    }
                     mag += (std::fabs(double(values[j])) + std::fabs(offsets[j / 16])) * x_j;
                 }
             }
@@ -307,7 +316,7 @@ double dot_tolerance(double mag, int64_t terms) {
 
 bool is_block_type(DType t) {
     return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q8_0 || t == DType::Q5_0 || t == DType::Q5_1 ||
-           t == DType::Q4_K || t == DType::Q6_K;
+           t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K || t == DType::IQ4_XS || t == DType::IQ4_NL;
 }
 
 int64_t block_elems(DType t) { return si::dtype_info(static_cast<uint32_t>(t))->block_elems; }
@@ -765,7 +774,7 @@ int main() {
                 }
             }
         }
-        for (DType type : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q5_0, DType::Q5_1}) {
+        for (DType type : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q5_0, DType::Q5_1, DType::IQ4_NL}) {
             for (int64_t nb : block_counts) {
                 for (size_t off = 0; off < 16; ++off) {
                     check_dots(level, *generic, type, nb * kQK, off, (off * 7 + 3) % 16);
@@ -774,7 +783,7 @@ int main() {
                 }
             }
         }
-        for (DType type : {DType::Q4_K, DType::Q6_K}) {
+        for (DType type : {DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS}) {
             for (int64_t nb : super_block_counts) {
                 for (size_t off = 0; off < 16; ++off) {
                     check_dots(level, *generic, type, nb * si::kQK_K, off, (off * 7 + 3) % 16);
@@ -797,12 +806,12 @@ int main() {
                     check_gather(level, *generic, type, n, n_rows, static_cast<size_t>(n + n_rows) % 16);
                 }
             }
-            for (DType type : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q5_0, DType::Q5_1}) {
+            for (DType type : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q5_0, DType::Q5_1, DType::IQ4_NL}) {
                 for (int64_t nb : block_counts) {
                     check_gather(level, *generic, type, nb * kQK, n_rows, static_cast<size_t>(nb) % 16);
                 }
             }
-            for (DType type : {DType::Q4_K, DType::Q6_K}) {
+            for (DType type : {DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS}) {
                 for (int64_t nb : super_block_counts) {
                     check_gather(level, *generic, type, nb * si::kQK_K, n_rows, static_cast<size_t>(nb) % 16);
                 }

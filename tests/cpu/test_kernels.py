@@ -2,9 +2,10 @@
 
 The oracle for quantised rows emulates the engine's documented arithmetic exactly: the
 activation is quantised to 8-bit blocks (scale max|x|/127, round half to even; the
-references' q8_blocks; blocks of 256 for the K-quants), the weights are dequantised by the
-`gguf` package, and the integer block sums are scaled in float64. K-quant rows are random
-bytes (every scale and minimum pattern, Q6_K's negative scales) with finite block scales.
+references' q8_blocks; blocks of 256 for the K-quants and IQ4_XS), the weights are
+dequantised by the `gguf` package, and the integer block sums are scaled in float64. K-quant
+and IQ4 rows are random bytes (every scale and minimum pattern, Q6_K's negative scales) with
+finite block scales.
 """
 
 import numpy as np
@@ -16,13 +17,16 @@ from reference import q8_blocks
 from sparseinfer import _core
 
 ISAS = _core.system_info()["available_isas"]
-BLOCK_32 = [T.Q4_0, T.Q4_1, T.Q8_0, T.Q5_0, T.Q5_1]
-K_QUANTS = [T.Q4_K, T.Q6_K]
+BLOCK_32 = [T.Q4_0, T.Q4_1, T.Q8_0, T.Q5_0, T.Q5_1, T.IQ4_NL]
+K_QUANTS = [T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS]  # blocks of 256, Q8_K activations
 QUANTISED = BLOCK_32 + K_QUANTS
 FLOATS = [T.F32, T.F16, T.BF16]
-# Where each K-quant keeps its block's IEEE half scales (d, and Q4_K's dmin), and its size.
-K_SCALE_OFFSETS = {T.Q4_K: (0, 2), T.Q6_K: (208,)}
-K_BLOCK_BYTES = {T.Q4_K: 144, T.Q6_K: 210}
+# The types whose test rows are random bytes: (bytes per block, where the block's IEEE half
+# scales lie: d, and dmin for Q4_K / Q5_K), the scales set to small finite values.
+RANDOM_BLOCKS = {T.Q4_K: (144, (0, 2)), T.Q5_K: (176, (0, 2)), T.Q6_K: (210, (208,)), T.IQ4_XS: (136, (0,)),
+                 T.IQ4_NL: (18, (0,))}
+# Activations in Q8_0 blocks (the scale an IEEE half): for Q8_0 and IQ4_NL weights.
+HALF_SCALED = (T.Q8_0, T.IQ4_NL)
 
 
 def block_elems(qtype) -> int:
@@ -51,22 +55,24 @@ def expected_dot(raw: bytes, qtype, x: np.ndarray) -> float:
     w = dequantised(raw, qtype, n)
     if qtype in FLOATS:
         return float(w @ x.astype(np.float64))
-    scale, q = q8_blocks(x, scale_as_half=qtype == T.Q8_0, block=block_elems(qtype))
+    scale, q = q8_blocks(x, scale_as_half=qtype in HALF_SCALED, block=block_elems(qtype))
     # Dequantised weights times dequantised activation: equal to the engine's integer
     # block sums up to float rounding.
     return float(np.sum(w.reshape(scale.size, -1) * (scale[:, None] * q)))
 
 
-def random_k_blocks(rng, qtype, n) -> bytes:
-    raw = rng.integers(0, 256, size=(n // 256, K_BLOCK_BYTES[qtype]), dtype=np.uint8)
-    for offset in K_SCALE_OFFSETS[qtype]:
-        raw[:, offset:offset + 2] = rng.uniform(1e-4, 1e-2, n // 256).astype(np.float16).view(np.uint8).reshape(-1, 2)
+def random_blocks(rng, qtype, n) -> bytes:
+    block_bytes, scale_offsets = RANDOM_BLOCKS[qtype]
+    blocks = n // block_elems(qtype)
+    raw = rng.integers(0, 256, size=(blocks, block_bytes), dtype=np.uint8)
+    for offset in scale_offsets:
+        raw[:, offset:offset + 2] = rng.uniform(1e-4, 1e-2, blocks).astype(np.float16).view(np.uint8).reshape(-1, 2)
     return raw.tobytes()
 
 
 def make_row(rng, qtype, n):
-    if qtype in K_QUANTS:
-        return random_k_blocks(rng, qtype, n)
+    if qtype in RANDOM_BLOCKS:
+        return random_blocks(rng, qtype, n)
     w = rng.standard_normal(n).astype(np.float32)
     if qtype == T.BF16:
         bits = (w.view(np.uint32) >> 16).astype(np.uint16)  # truncate to bfloat16

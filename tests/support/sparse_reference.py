@@ -18,9 +18,10 @@ this feed-forward block.
 `emulate=True` (the default) rounds what the engine rounds, so that the predictor's
 scores, and with them the masks, land within float32 noise of the engine's:
   - the input of each matrix-vector product with Q8_0 weights is quantised to Q8_0 blocks
-    (d = amax / 127 in float32, q = rint(x / d), d stored as IEEE half), with Q4_0 / Q4_1
-    / Q5_0 / Q5_1 weights to Q8_1 blocks (d kept in float32), with K-quant weights (Q4_K, Q6_K) to Q8_K
-    blocks (the same over 256 values); F32 / F16 / BF16 weights see float inputs;
+    (d = amax / 127 in float32, q = rint(x / d), d stored as IEEE half), as with IQ4_NL
+    weights; with Q4_0 / Q4_1 / Q5_0 / Q5_1 weights to Q8_1 blocks (d kept in float32), with
+    K-quant and IQ4_XS weights to Q8_K blocks (the same over 256 values); F32 / F16 / BF16
+    weights see float inputs;
   - the weights of the types stored without kernels (COPIED_TO_Q8_0) are requantised to
     Q8_0 as the engine's load-time copies are, and treated as Q8_0;
   - K (after RoPE) and V are stored in the KV cache as IEEE halves;
@@ -38,11 +39,11 @@ from reference import ReferenceLlama, q8_blocks, relu, rms_norm
 
 QK = 32
 # The types the engine has no kernels for: it runs them as Q8_0 copies made at load.
-COPIED_TO_Q8_0 = ("Q5_K", "IQ4_NL")
+COPIED_TO_Q8_0 = ("Q2_K", "Q3_K")
 # Dot format of each quantised weight type: (block size, scale stored as an IEEE half).
-ACTIVATION_BLOCKS = {"Q8_0": (32, True), "Q4_0": (32, False), "Q4_1": (32, False), "Q5_0": (32, False),
-                     "Q5_1": (32, False),
-                     "Q4_K": (256, False), "Q6_K": (256, False)}
+ACTIVATION_BLOCKS = {"Q8_0": (32, True), "IQ4_NL": (32, True), "Q4_0": (32, False), "Q4_1": (32, False),
+                     "Q5_0": (32, False), "Q5_1": (32, False),
+                     "Q4_K": (256, False), "Q5_K": (256, False), "Q6_K": (256, False), "IQ4_XS": (256, False)}
 
 
 def round_activation(x: np.ndarray, weight_type: str) -> np.ndarray:

@@ -44,13 +44,9 @@ const KernelTable* kernels_avx2() {
                              avx2_gather_dot_q5_0, avx2_gather_axpy_q5_0};
         t.of(DType::Q5_1) = {avx2_dot_q5_1, avx2_dot4_q5_1, avx2_dot_q5_1x8, nullptr, avx2_axpy_q5_1,
                              avx2_gather_dot_q5_1, avx2_gather_axpy_q5_1};
-        t.of(DType::Q4_K) = {avx2_dot_q4_k, avx2_dot4_q4_k, nullptr, nullptr, avx2_axpy_q4_k,
-                             avx2_gather_dot_q4_k, axpys_one_by_one<avx2_axpy_q4_k>};
-        t.of(DType::Q6_K) = {avx2_dot_q6_k, avx2_dot4_q6_k, nullptr, nullptr, avx2_axpy_q6_k,
-                             avx2_gather_dot_q6_k, axpys_one_by_one<avx2_axpy_q6_k>};
+        set_k_quant_rows<avx2_axpy_f32>(t);  // Q4_K, Q5_K, Q6_K, IQ4_XS, IQ4_NL, quantize_q8_k
         t.quantize_q8_0 = avx2_quantize_q8_0;
         t.quantize_q8_1 = avx2_quantize_q8_1;
-        t.quantize_q8_k = avx2_quantize_q8_k;
         t.dequantize_row = avx2_dequantize_row;
         t.key_scores = avx2_key_scores;
         return t;

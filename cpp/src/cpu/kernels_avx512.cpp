@@ -286,16 +286,6 @@ void avx512_gather_axpy_blocks(int64_t n, const float* a, const void* const* row
     });
 }
 
-// The K-quants' typed axpys: blocks dequantised by the reference (this level's dequantize_row
-// for them), added as avx512_axpy_f32 adds.
-void avx512_axpy_q4_k(int64_t n, float a, const void* row, float* y) {
-    axpy_dequantised_blocks<DType::Q4_K, kQK_K, avx512_axpy_f32>(n, a, row, y);
-}
-
-void avx512_axpy_q6_k(int64_t n, float a, const void* row, float* y) {
-    axpy_dequantised_blocks<DType::Q6_K, kQK_K, avx512_axpy_f32>(n, a, row, y);
-}
-
 // Attention scores (kernels.h, KeyScoresFn): per block of sixteen keys one vector per head,
 // a multiply-add per dimension.
 template <int kHeads>
@@ -352,11 +342,7 @@ const KernelTable* kernels_avx512() {
         t.of(DType::Q8_0).gather_dot = avx2_gather_dot_q8_0;
         t.of(DType::Q5_0).gather_dot = avx2_gather_dot_q5_0;
         t.of(DType::Q5_1).gather_dot = avx2_gather_dot_q5_1;
-        t.of(DType::Q4_K) = {avx2_dot_q4_k, avx2_dot4_q4_k, nullptr, nullptr, avx512_axpy_q4_k,
-                             avx2_gather_dot_q4_k, axpys_one_by_one<avx512_axpy_q4_k>};
-        t.of(DType::Q6_K) = {avx2_dot_q6_k, avx2_dot4_q6_k, nullptr, nullptr, avx512_axpy_q6_k,
-                             avx2_gather_dot_q6_k, axpys_one_by_one<avx512_axpy_q6_k>};
-        t.quantize_q8_k = avx2_quantize_q8_k;
+        set_k_quant_rows<avx512_axpy_f32>(t);  // Q4_K, Q5_K, Q6_K, IQ4_XS, IQ4_NL, quantize_q8_k
         t.of(DType::Q4_0).axpy = avx512_axpy_blocks<DType::Q4_0>;
         t.of(DType::Q4_1).axpy = avx512_axpy_blocks<DType::Q4_1>;
         t.of(DType::Q8_0).axpy = avx512_axpy_blocks<DType::Q8_0>;

@@ -36,6 +36,12 @@ const KernelTable* kernels_generic() {
                              dots_one_by_one<scalar_dot_q5_1>, axpys_one_by_one<scalar_axpy_q5_1>};
         t.of(DType::Q4_K) = {scalar_dot_q4_k, scalar_dot4_q4_k, nullptr, nullptr, scalar_axpy_q4_k,
                              dots_one_by_one<scalar_dot_q4_k>, axpys_one_by_one<scalar_axpy_q4_k>};
+        t.of(DType::Q5_K) = {scalar_dot_q5_k, scalar_dot4_q5_k, nullptr, nullptr, scalar_axpy_q5_k,
+                             dots_one_by_one<scalar_dot_q5_k>, axpys_one_by_one<scalar_axpy_q5_k>};
+        t.of(DType::IQ4_XS) = {scalar_dot_iq4_xs, scalar_dot4_iq4_xs, nullptr, nullptr, scalar_axpy_iq4_xs,
+                               dots_one_by_one<scalar_dot_iq4_xs>, axpys_one_by_one<scalar_axpy_iq4_xs>};
+        t.of(DType::IQ4_NL) = {scalar_dot_iq4_nl, scalar_dot4_iq4_nl, nullptr, nullptr, scalar_axpy_iq4_nl,
+                               dots_one_by_one<scalar_dot_iq4_nl>, axpys_one_by_one<scalar_axpy_iq4_nl>};
         t.of(DType::Q6_K) = {scalar_dot_q6_k, scalar_dot4_q6_k, nullptr, nullptr, scalar_axpy_q6_k,
                              dots_one_by_one<scalar_dot_q6_k>, axpys_one_by_one<scalar_axpy_q6_k>};
         t.quantize_q8_0 = scalar_quantize_q8_0;

@@ -600,6 +600,15 @@ const KernelTable* kernels_neon() {
         t.of(DType::Q5_1) = {scalar_dot_q5_1, scalar_dot4_q5_1, nullptr, nullptr, axpy_q5_1,
                              dots_one_by_one<scalar_dot_q5_1>, axpys_one_by_one<axpy_q5_1>};
         constexpr auto axpy_q4_k = axpy_dequantised_blocks<DType::Q4_K, kQK_K, neon_axpy_f32>;
+        constexpr auto axpy_q5_k = axpy_dequantised_blocks<DType::Q5_K, kQK_K, neon_axpy_f32>;
+        constexpr auto axpy_iq4_xs = axpy_dequantised_blocks<DType::IQ4_XS, kQK_K, neon_axpy_f32>;
+        constexpr auto axpy_iq4_nl = axpy_dequantised_blocks<DType::IQ4_NL, kQK, neon_axpy_f32>;
+        t.of(DType::Q5_K) = {scalar_dot_q5_k, scalar_dot4_q5_k, nullptr, nullptr, axpy_q5_k,
+                             dots_one_by_one<scalar_dot_q5_k>, axpys_one_by_one<axpy_q5_k>};
+        t.of(DType::IQ4_XS) = {scalar_dot_iq4_xs, scalar_dot4_iq4_xs, nullptr, nullptr, axpy_iq4_xs,
+                               dots_one_by_one<scalar_dot_iq4_xs>, axpys_one_by_one<axpy_iq4_xs>};
+        t.of(DType::IQ4_NL) = {scalar_dot_iq4_nl, scalar_dot4_iq4_nl, nullptr, nullptr, axpy_iq4_nl,
+                               dots_one_by_one<scalar_dot_iq4_nl>, axpys_one_by_one<axpy_iq4_nl>};
         constexpr auto axpy_q6_k = axpy_dequantised_blocks<DType::Q6_K, kQK_K, neon_axpy_f32>;
         t.of(DType::Q4_K) = {scalar_dot_q4_k, scalar_dot4_q4_k, nullptr, nullptr, axpy_q4_k,
                              dots_one_by_one<scalar_dot_q4_k>, axpys_one_by_one<axpy_q4_k>};

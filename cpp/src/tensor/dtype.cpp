@@ -297,9 +297,6 @@ void dequantize_q45_k(const void* src, float* dst, int64_t n) {
     }
 }
 
-// IQ4_NL and IQ4_XS's 16 levels (ggml's kvalues_iq4nl).
-constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
-
 void dequantize_iq4_nl(const void* src, float* dst, int64_t n) {
     auto b = static_cast<const BlockIQ4_NL*>(src);
     for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
@@ -316,9 +313,7 @@ void dequantize_iq4_xs(const void* src, float* dst, int64_t n) {
     for (int64_t i = 0; i < n / kQK_K; ++i) {
         const float d = fp16_to_fp32(b[i].d);
         for (int g = 0; g < 8; ++g, dst += kQK) {
-            const int scale =
-                ((b[i].scales_l[g / 2] >> (4 * (g % 2))) & 0x0f) | (((b[i].scales_h >> (2 * g)) & 3) << 4);
-            const float dl = d * static_cast<float>(scale - 32);
+            const float dl = d * static_cast<float>(iq4_xs_scale(b[i], g));
             const uint8_t* qs = b[i].qs + 16 * g;
             for (int j = 0; j < kQK / 2; ++j) {
                 dst[j] = dl * static_cast<float>(kIq4Values[qs[j] & 0x0f]);
@@ -342,10 +337,10 @@ const DTypeInfo kTypes[] = {
     {DType::Q2_K, "Q2_K", kQK_K, sizeof(BlockQ2_K), false, DType::F32, dequantize_q2_k},
     {DType::Q3_K, "Q3_K", kQK_K, sizeof(BlockQ3_K), false, DType::F32, dequantize_q3_k},
     {DType::Q4_K, "Q4_K", kQK_K, sizeof(BlockQ4_K), true, DType::Q8_K, dequantize_q45_k<BlockQ4_K>},
-    {DType::Q5_K, "Q5_K", kQK_K, sizeof(BlockQ5_K), false, DType::F32, dequantize_q45_k<BlockQ5_K>},
+    {DType::Q5_K, "Q5_K", kQK_K, sizeof(BlockQ5_K), true, DType::Q8_K, dequantize_q45_k<BlockQ5_K>},
     {DType::Q6_K, "Q6_K", kQK_K, sizeof(BlockQ6_K), true, DType::Q8_K, dequantize_q6_k},
-    {DType::IQ4_NL, "IQ4_NL", kQK, sizeof(BlockIQ4_NL), false, DType::F32, dequantize_iq4_nl},
-    {DType::IQ4_XS, "IQ4_XS", kQK_K, sizeof(BlockIQ4_XS), false, DType::F32, dequantize_iq4_xs},
+    {DType::IQ4_NL, "IQ4_NL", kQK, sizeof(BlockIQ4_NL), true, DType::Q8_0, dequantize_iq4_nl},
+    {DType::IQ4_XS, "IQ4_XS", kQK_K, sizeof(BlockIQ4_XS), true, DType::Q8_K, dequantize_iq4_xs},
 };
 
 }  // namespace

@@ -18,10 +18,10 @@ enum class DType : uint32_t {
     Q2_K = 10,    // storage only
     Q3_K = 11,    // storage only
     Q4_K = 12,
-    Q5_K = 13,    // storage only
+    Q5_K = 13,
     Q6_K = 14,    // PowerInfer's Q4_0 files keep output.weight in it
-    IQ4_NL = 20,  // storage only
-    IQ4_XS = 23,  // storage only
+    IQ4_NL = 20,
+    IQ4_XS = 23,
     Q8_0 = 8,
     Q8_1 = 9,   // activations only: never a weight type here
     Q8_K = 15,  // activations only (the K-quants' dot format)
@@ -154,6 +154,9 @@ struct BlockQ5_K {
 };
 static_assert(sizeof(BlockQ5_K) == 176, "Q5_K block layout");
 
+// IQ4_NL and IQ4_XS's 16 levels (ggml's kvalues_iq4nl).
+inline constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
 // IQ4_NL: 32 weights = d * kIq4Values[q], q 4 bits (nibbles as in Q4_0): a non-linear grid.
 struct BlockIQ4_NL {
     uint16_t d;
@@ -170,6 +173,11 @@ struct BlockIQ4_XS {
     uint8_t qs[kQK_K / 2];
 };
 static_assert(sizeof(BlockIQ4_XS) == 136, "IQ4_XS block layout");
+
+// Group g's scale (-32..31) of an IQ4_XS block; its 32 values are nibbles of qs[16 g..] as in IQ4_NL.
+inline int iq4_xs_scale(const BlockIQ4_XS& b, int g) {
+    return (((b.scales_l[g / 2] >> (4 * (g % 2))) & 0x0f) | (((b.scales_h >> (2 * g)) & 3) << 4)) - 32;
+}
 
 // A weight type's row in the table of types (dtype.cpp): a new type is a row there, its block
 // layout above, and its kernels at every level (cpu/kernels.h, TypeKernels).

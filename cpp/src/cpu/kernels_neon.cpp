@@ -3,15 +3,16 @@
 // this level on AArch64. BF16 stays on the portable kernels.
 //
 // Batch invariance (kernels.h): the quantised dot4 kernels run, per token, exactly the
-// arithmetic of the single dots; float products go through the four-row kernel at every batch
-// size (its dot4 are four single dots, for completeness); a typed axpy dequantises as
-// dequantize_row does and adds as axpy_f32 does.
-// quantize_q8_0/q8_1 produce the same bytes as the reference (round half to even via FCVTNS,
-// maxNum for max|x| as std::fmax, and the reference itself for the degenerate blocks where
-// max|x| or 1/d is not finite).
+// arithmetic of the single dots, and the K-quants' gathered rows, per row; float products go
+// through the four-row kernel at every batch size (its dot4 are four single dots, for
+// completeness); a typed axpy dequantises as dequantize_row does and adds as axpy_f32 does.
+// quantize_q8_0/q8_1/q8_k produce the same bytes as the reference (round half to even via
+// FCVTNS, maxNum for max|x| as std::fmax, and the reference itself for the degenerate blocks
+// where max|x| or 1/d is not finite).
 #include <arm_neon.h>
 
 #include <algorithm>
+#include <array>
 #include <cfloat>
 #include <cmath>
 #include <cstddef>
@@ -374,34 +375,279 @@ void neon_dot4_q8_0(int64_t n, const void* w, const void* x, size_t stride, floa
     dot4_quant<Q8_0Weights, BlockQ8_0>(n, w, x, stride, out);
 }
 
+// ---- K-quants (Q4_K, Q6_K) against Q8_K --------------------------------------------------
+//
+// Per block of 256, row and token, the groups' integer dots (widening multiplies, several
+// products per int16 lane) are multiplied by the groups' integer scales in the multiply-add
+// that widens them to int32 (by lane of the row's scale vector), so that the block's integer
+// sum builds up in an int32x4; the minimums (Q4_K) and the offset of -32 (Q6_K) come from the
+// activation's sums over each 16 (bsums), also in int32. Per block, row and token one
+// conversion to float and one fused multiply-add (a second of each for Q4_K's minimums) into
+// that pair's own accumulator.
+// k_quant_dots takes kRows rows at any addresses times kTokens activations: the single dot
+// (1, 1), dot4 (1, 4) and the gathered rows (kRows, 1) run, for each row and token, the same
+// arithmetic, so their results agree bit for bit (kernels.h).
+
+template <int kIndex>
+using Index = std::integral_constant<int, kIndex>;
+
+// Four vectors of bytes: 64 weight values or the 64 activation bytes they meet.
+struct Bytes64 {
+    int8x16_t v[4];
+};
+
+// sum + the int16 lanes of p times lane kLane of scales (a row's scale of one group): the scale
+// applied in the multiply-add that widens p into the int32 lanes.
+template <int kLane>
+SI_NEON_INLINE int32x4_t add_scaled(int32x4_t sum, int16x8_t p, int16x8_t scales) {
+    sum = vmlal_laneq_s16(sum, vget_low_s16(p), scales, kLane);
+    return vmlal_high_laneq_s16(sum, p, scales, kLane);
+}
+
+// The 32 products of small bytes (|v| <= 15; v0 elements 0..15, v1 16..31) with 32 signed
+// bytes, four to each of eight int16 lanes.
+SI_NEON_INLINE int16x8_t dot32_small(int8x16_t v0, int8x16_t v1, int8x16_t y0, int8x16_t y1) {
+    int16x8_t p = vmull_s8(vget_low_s8(v0), vget_low_s8(y0));
+    p = vmlal_high_s8(p, v0, y0);
+    p = vmlal_s8(p, vget_low_s8(v1), vget_low_s8(y1));
+    return vmlal_high_s8(p, v1, y1);
+}
+
+// Block i of a Q4_K row: four chunks of 64 values, chunk c the low (group 2c) then the high
+// (group 2c + 1) nibbles of qs[32 c .. 32 c + 31]; scales and minimums in int16 lanes (group g
+// in lane g).
+struct Q4KWeights {
+    using Block = BlockQ4_K;
+    const BlockQ4_K* w;
+    int16x8_t scales, mins;
+    float d, dmin;
+    // The scales and minimums unpacked as unpack_k_scales (tensor/dtype.h) does, in vectors: the
+    // low 6 bits of bytes 0-7 are scales 0-3 and minimums 0-3; scales 4-7 take the low nibbles
+    // of bytes 8-11 and the top 2 bits of bytes 0-3, minimums 4-7 the high nibbles and bytes 4-7.
+    explicit Q4KWeights(const BlockQ4_K* blk) : w(blk), d(half_one(blk->d)), dmin(half_one(blk->dmin)) {
+        const uint8x16_t packed = vld1q_u8(blk->scales);  // 12 bytes and 4 of qs, unused
+        const uint8x8_t first = vget_low_u8(packed), last = vget_high_u8(packed);
+        // The low nibbles of bytes 8-11, then their high nibbles.
+        const uint8x8_t nibbles = vreinterpret_u8_u32(
+            vzip1_u32(vreinterpret_u32_u8(vand_u8(last, vdup_n_u8(0x0f))), vreinterpret_u32_u8(vshr_n_u8(last, 4))));
+        const uint32x2_t low = vreinterpret_u32_u8(vand_u8(first, vdup_n_u8(63)));
+        const uint32x2_t high = vreinterpret_u32_u8(vsli_n_u8(nibbles, vshr_n_u8(first, 6), 4));
+        scales = vreinterpretq_s16_u16(vmovl_u8(vreinterpret_u8_u32(vzip1_u32(low, high))));
+        mins = vreinterpretq_s16_u16(vmovl_u8(vreinterpret_u8_u32(vzip2_u32(low, high))));
+    }
+    template <int kChunk>
+    Bytes64 values(Index<kChunk>) const {
+        const uint8x16_t q0 = vld1q_u8(w->qs + 32 * kChunk), q1 = vld1q_u8(w->qs + 32 * kChunk + 16);
+        const uint8x16_t low = vdupq_n_u8(0x0f);
+        return {{vreinterpretq_s8_u8(vandq_u8(q0, low)), vreinterpretq_s8_u8(vandq_u8(q1, low)),
+                 vreinterpretq_s8_u8(vshrq_n_u8(q0, 4)), vreinterpretq_s8_u8(vshrq_n_u8(q1, 4))}};
+    }
+    template <int kChunk>
+    static Bytes64 activations(const BlockQ8_K& b, Index<kChunk>) {
+        const int8_t* y = b.qs + 64 * kChunk;
+        return {{vld1q_s8(y), vld1q_s8(y + 16), vld1q_s8(y + 32), vld1q_s8(y + 48)}};
+    }
+    // sum + the chunk's two groups' dots times their scales. A group's 32 products go four to
+    // an int16 lane (values 0..15: at most 4 * 15 * 128 in magnitude).
+    template <int kChunk>
+    int32x4_t dot(Index<kChunk>, const Bytes64& v, const Bytes64& y, int32x4_t sum) const {
+        sum = add_scaled<2 * kChunk>(sum, dot32_small(v.v[0], v.v[1], y.v[0], y.v[1]), scales);
+        return add_scaled<2 * kChunk + 1>(sum, dot32_small(v.v[2], v.v[3], y.v[2], y.v[3]), scales);
+    }
+    // The minimums' term, sum_g min_g (bsums[2 g] + bsums[2 g + 1]) (a pair at most 2 * 16 * 128
+    // in magnitude), taken off acc before the groups' dots so that the minimums are not held
+    // through them; the integer sum starts at 0.
+    int32x4_t begin(const BlockQ8_K& b, float32x4_t& acc) const {
+        const int16x8_t pairs = vpaddq_s16(vld1q_s16(b.bsums), vld1q_s16(b.bsums + 8));
+        const int32x4_t min_sum = vmlal_high_s16(vmull_s16(vget_low_s16(mins), vget_low_s16(pairs)), mins, pairs);
+        acc = vfmsq_f32(acc, vcvtq_f32_s32(min_sum), vdupq_n_f32(dmin * b.d));
+        return vdupq_n_s32(0);
+    }
+    float32x4_t finish(int32x4_t sum, const BlockQ8_K& b, float32x4_t acc) const {
+        return vfmaq_f32(acc, vcvtq_f32_s32(sum), vdupq_n_f32(d * b.d));
+    }
+};
+
+// Block i of a Q6_K row (values: tensor/dtype.cpp, dequantize_q6_k): four chunks of 64 values,
+// chunk c = 2 half + j the planes j (low nibbles of ql[64 half + 32 j ..], groups 8 half + 2 j
+// and + 1) and j + 2 (their high nibbles, groups 8 half + 2 j + 4 and + 5), the high two bits
+// of plane p being bits 2p, 2p + 1 of qh[32 half ..]; the 16 scales in int16 lanes (groups 0-7,
+// 8-15). The values stay unsigned (0..63) and the offset of -32 comes back through bsums.
+struct Q6KWeights {
+    using Block = BlockQ6_K;
+    const BlockQ6_K* w;
+    int16x8_t scales[2];
+    float d;
+    explicit Q6KWeights(const BlockQ6_K* blk) : w(blk), d(half_one(blk->d)) {
+        const int8x16_t s = vld1q_s8(blk->scales);
+        scales[0] = vmovl_s8(vget_low_s8(s));
+        scales[1] = vmovl_high_s8(s);
+    }
+    template <int kChunk>
+    Bytes64 values(Index<kChunk>) const {
+        constexpr int half = kChunk / 2, j = kChunk % 2;
+        const uint8_t* ql = w->ql + 64 * half + 32 * j;
+        Bytes64 out;
+        for (int k = 0; k < 2; ++k) {
+            const uint8x16_t low = vld1q_u8(ql + 16 * k);
+            uint8x16_t high = vld1q_u8(w->qh + 32 * half + 16 * k);
+            if constexpr (j == 1) high = vshrq_n_u8(high, 2);  // plane j's bits at 0-1, j + 2's at 4-5
+            // Shift-insert keeps the inserted-into bits: plane j = bits 0-1 of high above the low
+            // nibble of ql, plane j + 2 = the high nibble of ql below bits 4-5 of high.
+            out.v[k] = vreinterpretq_s8_u8(vsliq_n_u8(low, vandq_u8(high, vdupq_n_u8(0x03)), 4));
+            out.v[k + 2] = vreinterpretq_s8_u8(vsriq_n_u8(vandq_u8(high, vdupq_n_u8(0x30)), low, 4));
+        }
+        return out;
+    }
+    template <int kChunk>
+    static Bytes64 activations(const BlockQ8_K& b, Index<kChunk>) {
+        const int8_t* y = b.qs + 128 * (kChunk / 2) + 32 * (kChunk % 2);
+        return {{vld1q_s8(y), vld1q_s8(y + 16), vld1q_s8(y + 64), vld1q_s8(y + 80)}};
+    }
+    // sum + the chunk's four groups' dots times their scales. A group's 16 products go two to
+    // an int16 lane (values 0..63: at most 2 * 63 * 128 in magnitude).
+    template <int kChunk>
+    int32x4_t dot(Index<kChunk>, const Bytes64& v, const Bytes64& y, int32x4_t sum) const {
+        constexpr int g = 2 * (kChunk % 2);  // the first group's lane in scales[kChunk / 2]
+        const int16x8_t& s = scales[kChunk / 2];
+        sum = add_scaled<g>(sum, dot16(v.v[0], y.v[0]), s);
+        sum = add_scaled<g + 1>(sum, dot16(v.v[1], y.v[1]), s);
+        sum = add_scaled<g + 4>(sum, dot16(v.v[2], y.v[2]), s);
+        return add_scaled<g + 5>(sum, dot16(v.v[3], y.v[3]), s);
+    }
+    // The integer sum starts at the offset of -32, exactly: -32 sum_g scale_g bsums_g.
+    int32x4_t begin(const BlockQ8_K& b, float32x4_t& /*acc*/) const {
+        const int16x8_t b0 = vld1q_s16(b.bsums), b1 = vld1q_s16(b.bsums + 8);
+        int32x4_t offset = vmull_s16(vget_low_s16(scales[0]), vget_low_s16(b0));
+        offset = vmlal_high_s16(offset, scales[0], b0);
+        offset = vmlal_s16(offset, vget_low_s16(scales[1]), vget_low_s16(b1));
+        offset = vmlal_high_s16(offset, scales[1], b1);
+        return vnegq_s32(vshlq_n_s32(offset, 5));
+    }
+    float32x4_t finish(int32x4_t sum, const BlockQ8_K& b, float32x4_t acc) const {
+        return vfmaq_f32(acc, vcvtq_f32_s32(sum), vdupq_n_f32(d * b.d));
+    }
+
+  private:
+    // The 16 products of v (0..63) and y, two to each of eight int16 lanes.
+    static int16x8_t dot16(int8x16_t v, int8x16_t y) {
+        return vmlal_high_s8(vmull_s8(vget_low_s8(v), vget_low_s8(y)), v, y);
+    }
+};
+
+// W for block i of each of the rows (W has no default constructor).
+template <typename W, size_t... R>
+SI_NEON_INLINE std::array<W, sizeof...(R)> row_blocks(const void* const* rows, int64_t i, std::index_sequence<R...>) {
+    return {{W(static_cast<const typename W::Block*>(rows[R]) + i)...}};
+}
+
+// out[r kTokens + t] = dot(rows[r], activation t), the activations `stride` bytes apart. Per
+// chunk of 64 values each token's activation bytes are loaded once for all the rows and each
+// row's values unpacked once for all the tokens; the rows are read side by side (kernels.h,
+// GatherDotFn).
+template <typename W, int kRows, int kTokens>
+void k_quant_dots(int64_t n, const void* const* rows, const void* x, size_t stride, float* out) {
+    float32x4_t acc[kRows][kTokens];
+    unrolled([&](auto k) { acc[k / kTokens][k % kTokens] = vdupq_n_f32(0.0f); },
+             std::make_index_sequence<kRows * kTokens>{});
+    for (int64_t i = 0; i < n / kQK_K; ++i) {
+        const std::array<W, kRows> w = row_blocks<W>(rows, i, std::make_index_sequence<kRows>{});
+        const BlockQ8_K* b[kTokens];
+        int32x4_t sum[kRows][kTokens];
+        unrolled([&](auto k) {
+            b[k] = token<BlockQ8_K>(x, stride, k) + i;
+        }, std::make_index_sequence<kTokens>{});
+        unrolled([&](auto k) {
+            constexpr int r = k / kTokens, t = k % kTokens;
+            sum[r][t] = w[r].begin(*b[t], acc[r][t]);
+        }, std::make_index_sequence<kRows * kTokens>{});
+        unrolled([&](auto c) {
+            Bytes64 y[kTokens];
+            unrolled([&](auto t) { y[t] = W::activations(*b[t], c); }, std::make_index_sequence<kTokens>{});
+            unrolled([&](auto r) {
+                const Bytes64 v = w[r].values(c);
+                unrolled([&](auto t) { sum[r][t] = w[r].dot(c, v, y[t], sum[r][t]); },
+                         std::make_index_sequence<kTokens>{});
+            }, std::make_index_sequence<kRows>{});
+        }, std::make_index_sequence<4>{});
+        unrolled([&](auto k) {
+            constexpr int r = k / kTokens, t = k % kTokens;
+            acc[r][t] = w[r].finish(sum[r][t], *b[t], acc[r][t]);
+        }, std::make_index_sequence<kRows * kTokens>{});
+    }
+    unrolled([&](auto k) { out[k] = vaddvq_f32(acc[k / kTokens][k % kTokens]); },
+             std::make_index_sequence<kRows * kTokens>{});
+}
+
+// Gathered K-quant rows read side by side, four as at AVX2. A row costs about the instructions
+// of its single dot (the activation loads it shares pay for the spills of the rows' scales,
+// which by-lane multiplies need in v0-v15); what a group gains is its rows' cache misses in
+// flight at once, where one row after another waits on each row's first lines (kernels.h).
+constexpr int kKQuantGatherGroup = 4;
+
+template <typename W>
+float k_quant_dot(int64_t n, const void* w, const void* x) {
+    float out;
+    k_quant_dots<W, 1, 1>(n, &w, x, 0, &out);
+    return out;
+}
+
+template <typename W>
+void k_quant_dot4(int64_t n, const void* w, const void* x, size_t stride, float* out) {
+    k_quant_dots<W, 1, 4>(n, &w, x, stride, out);
+}
+
+template <typename W>
+void k_quant_gather_dot(int64_t n, const void* const* rows, int n_rows, const void* x, float* out) {
+    in_groups<kKQuantGatherGroup>(n_rows, [&](int first, auto group) {
+        k_quant_dots<W, decltype(group)::value, 1>(n, rows + first, x, 0, out + first);
+    });
+}
+
 // ---- activation quantisation --------------------------------------------------------------
 
-// Quantises 32 floats as the reference does: d = max|x| / 127, q = round-half-even(x * 1/d).
-// Returns false (writing nothing) for a block whose max|x| or 1/d is not finite (NaN input,
-// or d so small that 1/d overflows); the caller then runs the reference on that block, so the
-// bytes match the reference for every input.
-SI_NEON_INLINE bool quantize_block(const float* x, int8_t* q, float* d_out, int* sum_out) {
-    float32x4_t v[8];
-    for (int k = 0; k < 8; ++k) v[k] = vld1q_f32(x + 4 * k);
-    // maxNum ignores quiet NaNs as std::fmax does.
-    const float32x4_t m01 = vmaxnmq_f32(vabsq_f32(v[0]), vabsq_f32(v[1]));
-    const float32x4_t m23 = vmaxnmq_f32(vabsq_f32(v[2]), vabsq_f32(v[3]));
-    const float32x4_t m45 = vmaxnmq_f32(vabsq_f32(v[4]), vabsq_f32(v[5]));
-    const float32x4_t m67 = vmaxnmq_f32(vabsq_f32(v[6]), vabsq_f32(v[7]));
-    const float amax = vmaxnmvq_f32(vmaxnmq_f32(vmaxnmq_f32(m01, m23), vmaxnmq_f32(m45, m67)));
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    if (!(amax <= FLT_MAX) || !(id <= FLT_MAX)) return false;
-    const float32x4_t vid = vdupq_n_f32(id);
+// max|x| over kValues floats (a multiple of 32). maxNum ignores quiet NaNs as std::fmax does,
+// and is exact, so the order of the maxima does not matter.
+template <int kValues>
+SI_NEON_INLINE float max_abs(const float* x) {
+    float32x4_t m[8];
+    for (int k = 0; k < 8; ++k) m[k] = vabsq_f32(vld1q_f32(x + 4 * k));
+    for (int j = 32; j < kValues; j += 32) {
+        for (int k = 0; k < 8; ++k) m[k] = vmaxnmq_f32(m[k], vabsq_f32(vld1q_f32(x + j + 4 * k)));
+    }
+    const float32x4_t m01 = vmaxnmq_f32(m[0], m[1]), m23 = vmaxnmq_f32(m[2], m[3]);
+    const float32x4_t m45 = vmaxnmq_f32(m[4], m[5]), m67 = vmaxnmq_f32(m[6], m[7]);
+    return vmaxnmvq_f32(vmaxnmq_f32(vmaxnmq_f32(m01, m23), vmaxnmq_f32(m45, m67)));
+}
+
+// d = max|x| / 127 and id = 1/d (0 where d is) as the reference computes them. False where
+// max|x| or 1/d is not finite (NaN input, or d so small that 1/d overflows): the caller then
+// runs the reference on that block, so that the bytes match the reference for every input.
+SI_NEON_INLINE bool block_scale(float amax, float* d, float* id) {
+    *d = amax / 127.0f;
+    *id = *d != 0.0f ? 1.0f / *d : 0.0f;
+    return amax <= FLT_MAX && *id <= FLT_MAX;
+}
+
+// Quantises 32 floats as the reference does: q = round-half-even(x * id) (FCVTNS), narrowed
+// with saturation (x * id rounds to at most 127 in magnitude, so it never saturates). h gets
+// the same values in int16 lanes (elements 8k..8k+7 in h[k]), for the sums.
+SI_NEON_INLINE void quantize_32(const float* x, float32x4_t id, int8_t* q, int16x8_t h[4]) {
     int32x4_t i32[8];
-    for (int k = 0; k < 8; ++k) i32[k] = vcvtnq_s32_f32(vmulq_f32(v[k], vid));  // ties to even
-    const int16x8_t h0 = vqmovn_high_s32(vqmovn_s32(i32[0]), i32[1]);
-    const int16x8_t h1 = vqmovn_high_s32(vqmovn_s32(i32[2]), i32[3]);
-    const int16x8_t h2 = vqmovn_high_s32(vqmovn_s32(i32[4]), i32[5]);
-    const int16x8_t h3 = vqmovn_high_s32(vqmovn_s32(i32[6]), i32[7]);
-    vst1q_s8(q, vqmovn_high_s16(vqmovn_s16(h0), h1));
-    vst1q_s8(q + 16, vqmovn_high_s16(vqmovn_s16(h2), h3));
-    if (sum_out) *sum_out = vaddlvq_s16(vaddq_s16(vaddq_s16(h0, h1), vaddq_s16(h2, h3)));
+    for (int k = 0; k < 8; ++k) i32[k] = vcvtnq_s32_f32(vmulq_f32(vld1q_f32(x + 4 * k), id));
+    for (int k = 0; k < 4; ++k) h[k] = vqmovn_high_s32(vqmovn_s32(i32[2 * k]), i32[2 * k + 1]);
+    vst1q_s8(q, vqmovn_high_s16(vqmovn_s16(h[0]), h[1]));
+    vst1q_s8(q + 16, vqmovn_high_s16(vqmovn_s16(h[2]), h[3]));
+}
+
+// One block of 32 (Q8_0, Q8_1), with the sum of its values where sum_out is not null; false,
+// writing nothing, where block_scale is.
+SI_NEON_INLINE bool quantize_block(const float* x, int8_t* q, float* d_out, int* sum_out) {
+    float d, id;
+    if (!block_scale(max_abs<kQK>(x), &d, &id)) return false;
+    int16x8_t h[4];
+    quantize_32(x, vdupq_n_f32(id), q, h);
+    if (sum_out) *sum_out = vaddlvq_s16(vaddq_s16(vaddq_s16(h[0], h[1]), vaddq_s16(h[2], h[3])));
     *d_out = d;
     return true;
 }
@@ -429,6 +675,32 @@ void neon_quantize_q8_1(const float* x, void* dst, int64_t n) {
         } else {
             ::si::quantize_row_q8_1_ref(x + i * kQK, out + i, kQK);
         }
+    }
+}
+
+// Q8_K: blocks of 32 quantised as above with max|x| taken over 256 values; the sums of each 16
+// by pairwise adds of the int16 values (at most 16 * 127 in magnitude).
+void neon_quantize_q8_k(const float* x, void* dst, int64_t n) {
+    auto out = static_cast<BlockQ8_K*>(dst);
+    for (int64_t i = 0; i < n / kQK_K; ++i, x += kQK_K) {
+        float d, id;
+        if (!block_scale(max_abs<kQK_K>(x), &d, &id)) {
+            ::si::quantize_row_q8_k_ref(x, out + i, kQK_K);
+            continue;
+        }
+        // quads[j]: sums of four values, lanes 0-3 of group 2j (elements 32j ..), 4-7 of 2j + 1.
+        int16x8_t quads[8];
+        for (int j = 0; j < 8; ++j) {
+            int16x8_t h[4];
+            quantize_32(x + 32 * j, vdupq_n_f32(id), out[i].qs + 32 * j, h);
+            quads[j] = vpaddq_s16(vpaddq_s16(h[0], h[1]), vpaddq_s16(h[2], h[3]));
+        }
+        // Lanes 2k, 2k + 1 of a pair of quads: group 4j + k's halves; then group by group.
+        int16x8_t halves[4];
+        for (int j = 0; j < 4; ++j) halves[j] = vpaddq_s16(quads[2 * j], quads[2 * j + 1]);
+        vst1q_s16(out[i].bsums, vpaddq_s16(halves[0], halves[1]));
+        vst1q_s16(out[i].bsums + 8, vpaddq_s16(halves[2], halves[3]));
+        out[i].d = d;
     }
 }
 
@@ -580,7 +852,8 @@ const KernelTable* kernels_neon() {
         KernelTable t{};
         t.isa = "neon";
         // Each type's row: {dot, dot4, rows8, rows4, axpy, gather_dot, gather_axpy}; gathered
-        // rows one after another (not yet timed on an Arm machine).
+        // rows one after another but the K-quants' dots, four side by side (k_quant_dots); none
+        // of it timed on an Arm machine yet.
         t.of(DType::F32) = {neon_dot_f32, four_dots<neon_dot_f32>, nullptr, neon_dot4x4_f32, neon_axpy_f32,
                             dots_one_by_one<neon_dot_f32>, axpys_one_by_one<neon_axpy_f32>};
         t.of(DType::F16) = {neon_dot_f16, four_dots<neon_dot_f16>, nullptr, neon_dot4x4_f16, neon_axpy_f16,
@@ -610,13 +883,13 @@ const KernelTable* kernels_neon() {
         t.of(DType::IQ4_NL) = {scalar_dot_iq4_nl, scalar_dot4_iq4_nl, nullptr, nullptr, axpy_iq4_nl,
                                dots_one_by_one<scalar_dot_iq4_nl>, axpys_one_by_one<axpy_iq4_nl>};
         constexpr auto axpy_q6_k = axpy_dequantised_blocks<DType::Q6_K, kQK_K, neon_axpy_f32>;
-        t.of(DType::Q4_K) = {scalar_dot_q4_k, scalar_dot4_q4_k, nullptr, nullptr, axpy_q4_k,
-                             dots_one_by_one<scalar_dot_q4_k>, axpys_one_by_one<axpy_q4_k>};
-        t.of(DType::Q6_K) = {scalar_dot_q6_k, scalar_dot4_q6_k, nullptr, nullptr, axpy_q6_k,
-                             dots_one_by_one<scalar_dot_q6_k>, axpys_one_by_one<axpy_q6_k>};
+        t.of(DType::Q4_K) = {k_quant_dot<Q4KWeights>, k_quant_dot4<Q4KWeights>, nullptr, nullptr, axpy_q4_k,
+                             k_quant_gather_dot<Q4KWeights>, axpys_one_by_one<axpy_q4_k>};
+        t.of(DType::Q6_K) = {k_quant_dot<Q6KWeights>, k_quant_dot4<Q6KWeights>, nullptr, nullptr, axpy_q6_k,
+                             k_quant_gather_dot<Q6KWeights>, axpys_one_by_one<axpy_q6_k>};
         t.quantize_q8_0 = neon_quantize_q8_0;
         t.quantize_q8_1 = neon_quantize_q8_1;
-        t.quantize_q8_k = scalar_quantize_q8_k;
+        t.quantize_q8_k = neon_quantize_q8_k;
         t.dequantize_row = neon_dequantize_row;
         t.key_scores = neon_key_scores;
         return t;

@@ -161,21 +161,27 @@ void fill_weights(DType type, int64_t n, uint8_t* dst) {
                 }
             }
             return;
+        case DType::Q2_K:
+        case DType::Q3_K:
         case DType::Q4_K:
         case DType::Q5_K:
         case DType::Q6_K:
         case DType::IQ4_XS:
         case DType::IQ4_NL: {
-            // Random bytes (every scale and minimum pattern, Q6_K's and IQ4_XS's negative
-            // scales) with finite block scales: d, and Q4_K's and Q5_K's dmin.
+            // Random bytes (every scale and minimum pattern, the negative scales of Q3_K, Q6_K
+            // and IQ4_XS) with finite block scales: d, and dmin (after d) for Q2_K, Q4_K, Q5_K.
             const si::DTypeInfo* info = si::dtype_info(static_cast<uint32_t>(type));
-            const size_t d_offset = type == DType::Q6_K ? offsetof(si::BlockQ6_K, d) : 0;
+            const size_t d_offset = type == DType::Q6_K   ? offsetof(si::BlockQ6_K, d)
+                                    : type == DType::Q2_K ? offsetof(si::BlockQ2_K, d)
+                                    : type == DType::Q3_K ? offsetof(si::BlockQ3_K, d)
+                                                          : 0;
+            const bool has_dmin = type == DType::Q2_K || type == DType::Q4_K || type == DType::Q5_K;
             for (int64_t b = 0; b < n / info->block_elems; ++b) {
                 uint8_t* blk = dst + b * info->block_bytes;
                 for (size_t i = 0; i < info->block_bytes; ++i) blk[i] = static_cast<uint8_t>(uniform_int(0, 255));
                 const uint16_t d = si::fp32_to_fp16(normal(1e-3f)), dmin = si::fp32_to_fp16(normal(1e-3f));
                 std::memcpy(blk + d_offset, &d, 2);
-                if (type == DType::Q4_K || type == DType::Q5_K) std::memcpy(blk + 2, &dmin, 2);
+                if (has_dmin) std::memcpy(blk + d_offset + 2, &dmin, 2);
             }
             return;
         }
@@ -267,14 +273,16 @@ double magnitude(DType type, int64_t n, const uint8_t* w, const uint8_t* x) {
             }
             return mag;
         }
+        case DType::Q2_K:
+        case DType::Q3_K:
         case DType::Q4_K:
         case DType::Q5_K:
         case DType::Q6_K:
         case DType::IQ4_XS:
         case DType::IQ4_NL: {
-            // Each value's terms as the kernels compute them: d scale q and dmin min (Q4_K,
-            // Q5_K), d scale q and d scale 32 (Q6_K), or the value (IQ4), times the activation's
-            // d q_x (Q8_K; Q8_0 for IQ4_NL).
+            // Each value's terms as the kernels compute them: d scale q and dmin min (Q2_K, Q4_K,
+            // Q5_K), d scale q and d scale 32 (Q6_K; 4 for Q3_K), or the value (IQ4), times the
+            // activation's d q_x (Q8_K; Q8_0 for IQ4_NL).
             const si::DTypeInfo* info = si::dtype_info(static_cast<uint32_t>(type));
             const int64_t elems = info->block_elems;
             for (int64_t b = 0; b < n / elems; ++b) {
@@ -285,10 +293,20 @@ double magnitude(DType type, int64_t n, const uint8_t* w, const uint8_t* x) {
                 if (type == DType::Q4_K || type == DType::Q5_K) {
                     uint8_t scales[8], mins[8];
                     si::unpack_k_scales(wb + 4, scales, mins);
-                    for (int g = 0; g < 16; ++g) offsets[g] = 2.0 * si::fp16_to_fp32(load<uint16_t>(wb + 2)) * mins[g / 2];
+                    const double dmin = si::fp16_to_fp32(load<uint16_t>(wb + 2));
+                    for (int g = 0; g < 16; ++g) offsets[g] = 2.0 * dmin * mins[g / 2];
                 } else if (type == DType::Q6_K) {
                     auto wa = load<si::BlockQ6_K>(wb);
                     for (int g = 0; g < 16; ++g) offsets[g] = 64.0 * si::fp16_to_fp32(wa.d) * wa.scales[g];
+                } else if (type == DType::Q2_K) {
+                    auto wa = load<si::BlockQ2_K>(wb);
+                    const double dmin = si::fp16_to_fp32(wa.dmin);
+                    for (int g = 0; g < 16; ++g) offsets[g] = 2.0 * dmin * (wa.scales[g] >> 4);
+                } else if (type == DType::Q3_K) {
+                    auto wa = load<si::BlockQ3_K>(wb);
+                    int8_t scales[16];
+                    si::unpack_q3_k_scales(wa.scales, scales);
+                    for (int g = 0; g < 16; ++g) offsets[g] = 8.0 * si::fp16_to_fp32(wa.d) * scales[g];
                 }
                 for (int j = 0; j < elems; ++j) {
                     double x_j;
@@ -316,7 +334,8 @@ double dot_tolerance(double mag, int64_t terms) {
 
 bool is_block_type(DType t) {
     return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q8_0 || t == DType::Q5_0 || t == DType::Q5_1 ||
-           t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K || t == DType::IQ4_XS || t == DType::IQ4_NL;
+           t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K ||
+           t == DType::IQ4_XS || t == DType::IQ4_NL;
 }
 
 int64_t block_elems(DType t) { return si::dtype_info(static_cast<uint32_t>(t))->block_elems; }
@@ -783,7 +802,7 @@ int main() {
                 }
             }
         }
-        for (DType type : {DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS}) {
+        for (DType type : {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS}) {
             for (int64_t nb : super_block_counts) {
                 for (size_t off = 0; off < 16; ++off) {
                     check_dots(level, *generic, type, nb * si::kQK_K, off, (off * 7 + 3) % 16);
@@ -811,7 +830,7 @@ int main() {
                     check_gather(level, *generic, type, nb * kQK, n_rows, static_cast<size_t>(nb) % 16);
                 }
             }
-            for (DType type : {DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS}) {
+            for (DType type : {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS}) {
                 for (int64_t nb : super_block_counts) {
                     check_gather(level, *generic, type, nb * si::kQK_K, n_rows, static_cast<size_t>(nb) % 16);
                 }

@@ -18,12 +18,13 @@ from sparseinfer import _core
 
 ISAS = _core.system_info()["available_isas"]
 BLOCK_32 = [T.Q4_0, T.Q4_1, T.Q8_0, T.Q5_0, T.Q5_1, T.IQ4_NL]
-K_QUANTS = [T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS]  # blocks of 256, Q8_K activations
+K_QUANTS = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS]  # blocks of 256, Q8_K activations
 QUANTISED = BLOCK_32 + K_QUANTS
 FLOATS = [T.F32, T.F16, T.BF16]
 # The types whose test rows are random bytes: (bytes per block, where the block's IEEE half
-# scales lie: d, and dmin for Q4_K / Q5_K), the scales set to small finite values.
-RANDOM_BLOCKS = {T.Q4_K: (144, (0, 2)), T.Q5_K: (176, (0, 2)), T.Q6_K: (210, (208,)), T.IQ4_XS: (136, (0,)),
+# scales lie: d, and dmin for Q2_K / Q4_K / Q5_K), the scales set to small finite values.
+RANDOM_BLOCKS = {T.Q2_K: (84, (80, 82)), T.Q3_K: (110, (108,)), T.Q4_K: (144, (0, 2)), T.Q5_K: (176, (0, 2)),
+                 T.Q6_K: (210, (208,)), T.IQ4_XS: (136, (0,)),
                  T.IQ4_NL: (18, (0,))}
 # Activations in Q8_0 blocks (the scale an IEEE half): for Q8_0 and IQ4_NL weights.
 HALF_SCALED = (T.Q8_0, T.IQ4_NL)

@@ -25,7 +25,7 @@ from gguf import GGUFValueType as VT
 
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
 # The other types the tests write (quantisers of our own where the gguf package has none).
-STORAGE_TYPES = ("Q5_0", "Q5_1", "Q6_K", "Q4_K", "Q5_K", "IQ4_NL")
+STORAGE_TYPES = ("Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
 
 # token types (llama.cpp's llama_token_type / gguf.TokenType)
 TT_NORMAL, TT_UNKNOWN, TT_CONTROL, TT_USER_DEFINED, TT_UNUSED, TT_BYTE = 1, 2, 3, 4, 5, 6
@@ -128,7 +128,8 @@ def roundtrip(arr: np.ndarray, weight_type: str) -> tuple[np.ndarray, np.ndarray
 def quantize(arr: np.ndarray, weight_type: str) -> np.ndarray:
     """arr (rows, cols) float32 in the blocks of a quantised type: with the gguf package's
     quantiser, or one of our own for the types it has none for."""
-    own = {"Q6_K": quantize_q6_k, "Q4_K": quantize_q4_k, "Q5_K": quantize_q5_k, "IQ4_NL": quantize_iq4_nl}
+    own = {"Q6_K": quantize_q6_k, "Q4_K": quantize_q4_k, "Q5_K": quantize_q5_k, "IQ4_NL": quantize_iq4_nl,
+           "Q2_K": quantize_q2_k, "Q3_K": quantize_q3_k, "IQ4_XS": quantize_iq4_xs}
     return own[weight_type](arr) if weight_type in own else gguf.quants.quantize(arr, QT[weight_type])
 
 
@@ -157,6 +158,59 @@ def quantize_q6_k(arr: np.ndarray) -> np.ndarray:
     blocks = np.concatenate([ql.reshape(-1, 128), qh.reshape(-1, 64), scales.view(np.uint8),
                              d.view(np.uint8).reshape(-1, 2)], axis=1)
     return blocks.reshape(rows, cols // 256 * 210)
+
+
+def _planes(values: np.ndarray) -> np.ndarray:
+    """Q2_K / Q3_K's 2-bit planes: values (blocks, 256) 0..3 -> qs (blocks, 64), value
+    128 h + 32 p + l in bits 2 p of byte 32 h + l."""
+    v = values.reshape(-1, 2, 4, 32).astype(np.uint8)
+    return (v[:, :, 0] | (v[:, :, 1] << 2) | (v[:, :, 2] << 4) | (v[:, :, 3] << 6)).reshape(-1, 64)
+
+
+def quantize_q2_k(arr: np.ndarray) -> np.ndarray:
+    """Q2_K blocks: per 256 values 16 groups of 16, w = d * scale * q - dmin * min with q 2 bits
+    and 4-bit scales and mins (byte g: scale | min << 4); bytes scales[16], qs[64], d, dmin."""
+    rows, cols = arr.shape
+    groups = arr.reshape(-1, 16, 16).astype(np.float32)
+    low = np.minimum(groups.min(axis=2), 0.0)
+    group_scale, group_min = (groups.max(axis=2) - low) / 3.0, -low
+    d = (group_scale.max(axis=1) / 15.0).astype(np.float16)
+    dmin = (group_min.max(axis=1) / 15.0).astype(np.float16)
+    d32, dmin32 = d.astype(np.float32), dmin.astype(np.float32)
+    scales = np.clip(np.rint(group_scale / np.where(d32 > 0, d32, 1.0)[:, None]), 0, 15).astype(np.uint8)
+    mins = np.clip(np.rint(group_min / np.where(dmin32 > 0, dmin32, 1.0)[:, None]), 0, 15).astype(np.uint8)
+    step = (d32[:, None] * scales)[:, :, None]
+    q = np.where(step > 0, np.rint((groups + (dmin32[:, None] * mins)[:, :, None]) / np.where(step > 0, step, 1.0)), 0)
+    qs = _planes(np.clip(q, 0, 3).reshape(-1, 256))
+    halves = np.concatenate([d.view(np.uint8).reshape(-1, 2), dmin.view(np.uint8).reshape(-1, 2)], axis=1)
+    return np.concatenate([scales | (mins << 4), qs, halves], axis=1).reshape(rows, cols // 256 * 84)
+
+
+def quantize_q3_k(arr: np.ndarray) -> np.ndarray:
+    """Q3_K blocks: per 256 values 16 groups of 16, w = d * scale * (u - 4) with u 3 bits (2 in
+    qs as Q2_K's, the third in bit 4 h + p of hmask[l]) and 6-bit scales stored + 32 (low 4 bits
+    in the nibbles of bytes 0-7, high 2 in bytes 8-11); bytes hmask[32], qs[64], scales[12], d."""
+    rows, cols = arr.shape
+    groups = arr.reshape(-1, 16, 16).astype(np.float32)
+    group_scale = np.abs(groups).max(axis=2) / 4.0
+    d = (group_scale.max(axis=1) / 31.0).astype(np.float16)
+    d32 = d.astype(np.float32)
+    scales = np.clip(np.rint(group_scale / np.where(d32 > 0, d32, 1.0)[:, None]), 0, 31).astype(np.int32)
+    step = (d32[:, None] * scales)[:, :, None]
+    q = np.where(step > 0, np.rint(groups / np.where(step > 0, step, 1.0)), 0)
+    u = (np.clip(q, -4, 3) + 4).astype(np.uint8).reshape(-1, 256)
+    qs = _planes(u & 3)
+    high = (u >> 2).reshape(-1, 2, 4, 32)
+    hmask = np.zeros((u.shape[0], 32), np.uint8)
+    for h in range(2):
+        for p in range(4):
+            hmask |= high[:, h, p] << (4 * h + p)
+    stored = (scales + 32).astype(np.uint8)  # (blocks, 16)
+    packed = np.zeros((u.shape[0], 12), np.uint8)
+    for g in range(16):
+        packed[:, g % 8] |= (stored[:, g] & 0xF) << (4 * (g // 8))
+        packed[:, 8 + g % 4] |= (stored[:, g] >> 4) << (2 * (g // 4))
+    return np.concatenate([hmask, qs, packed, d.view(np.uint8).reshape(-1, 2)], axis=1).reshape(rows, cols // 256 * 110)
 
 
 def _quantize_k_groups(arr: np.ndarray, levels: int):
@@ -543,3 +597,26 @@ def gguf_bytes(*, kvs: Sequence[tuple[str, bytes]], tensors: Sequence[RawTensor]
         out += b"\0" * ((-len(out)) % alignment)
     out += data
     return bytes(out)
+
+
+def quantize_iq4_xs(arr: np.ndarray) -> np.ndarray:
+    """IQ4_XS blocks: per 256 values 8 groups of 32 on IQ4_NL's levels, w = d * scale * level
+    with 6-bit scales stored + 32 (low 4 bits in the nibbles of scales_l, high 2 in scales_h);
+    bytes d, scales_h (u16), scales_l[4], qs[128] (per group 16 bytes, nibbles as IQ4_NL's)."""
+    rows, cols = arr.shape
+    groups = arr.reshape(-1, 8, 32).astype(np.float32)
+    group_scale = np.abs(groups).max(axis=2) / 127.0
+    d = (group_scale.max(axis=1) / 31.0).astype(np.float16)
+    d32 = d.astype(np.float32)
+    scales = np.clip(np.rint(group_scale / np.where(d32 > 0, d32, 1.0)[:, None]), -32, 31).astype(np.int32)
+    step = (d32[:, None] * scales)[:, :, None]
+    scaled = np.where(step != 0, groups / np.where(step != 0, step, 1.0), 0.0)
+    q = np.abs(scaled[..., None] - IQ4_VALUES).argmin(axis=-1).astype(np.uint8)  # (blocks, 8, 32)
+    qs = (q[:, :, :16] | (q[:, :, 16:] << 4)).reshape(-1, 128)
+    stored = (scales + 32).astype(np.uint16)
+    scales_h = np.zeros(stored.shape[0], np.uint16)
+    for g in range(8):
+        scales_h |= (stored[:, g] >> 4) << (2 * g)
+    scales_l = ((stored[:, 0::2] & 0xF) | ((stored[:, 1::2] & 0xF) << 4)).astype(np.uint8)
+    return np.concatenate([d.view(np.uint8).reshape(-1, 2), scales_h.view(np.uint8).reshape(-1, 2), scales_l, qs],
+                          axis=1).reshape(rows, cols // 256 * 136)

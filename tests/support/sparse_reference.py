@@ -22,8 +22,6 @@ scores, and with them the masks, land within float32 noise of the engine's:
     weights; with Q4_0 / Q4_1 / Q5_0 / Q5_1 weights to Q8_1 blocks (d kept in float32), with
     K-quant and IQ4_XS weights to Q8_K blocks (the same over 256 values); F32 / F16 / BF16
     weights see float inputs;
-  - the weights of the types stored without kernels (COPIED_TO_Q8_0) are requantised to
-    Q8_0 as the engine's load-time copies are, and treated as Q8_0;
   - K (after RoPE) and V are stored in the KV cache as IEEE halves;
   - the down projection is an axpy of float h over ffn_down_t rows: h is not rounded.
 With emulate=False the reference is the plain float64 model.
@@ -38,12 +36,11 @@ import numpy as np
 from reference import ReferenceLlama, q8_blocks, relu, rms_norm
 
 QK = 32
-# The types the engine has no kernels for: it runs them as Q8_0 copies made at load.
-COPIED_TO_Q8_0 = ("Q2_K", "Q3_K")
 # Dot format of each quantised weight type: (block size, scale stored as an IEEE half).
 ACTIVATION_BLOCKS = {"Q8_0": (32, True), "IQ4_NL": (32, True), "Q4_0": (32, False), "Q4_1": (32, False),
                      "Q5_0": (32, False), "Q5_1": (32, False),
-                     "Q4_K": (256, False), "Q5_K": (256, False), "Q6_K": (256, False), "IQ4_XS": (256, False)}
+                     "Q2_K": (256, False), "Q3_K": (256, False), "Q4_K": (256, False), "Q5_K": (256, False),
+                     "Q6_K": (256, False), "IQ4_XS": (256, False)}
 
 
 def round_activation(x: np.ndarray, weight_type: str) -> np.ndarray:
@@ -70,14 +67,6 @@ class SparseReference(ReferenceLlama):
         super().__init__(weights, hparams, kv_f16=emulate)
         hp = self.hp
         self.types = dict(hp.get("tensor_types") or {})
-        if emulate:
-            # The engine runs the types it has no kernels for as Q8_0 copies of their values:
-            # requantised as it quantises activations.
-            for name, stored in list(self.types.items()):
-                if stored in COPIED_TO_Q8_0:
-                    scale, q = q8_blocks(self.w[name], scale_as_half=True)
-                    self.w[name] = (q * scale[:, None]).reshape(self.w[name].shape)
-                    self.types[name] = "Q8_0"
         self.sparse = sparse
         thr = hp.get("threshold", 0.0) if threshold is None else threshold
         self.threshold = float(np.float32(thr))  # the engine compares float32 scores with a float32

@@ -36,6 +36,10 @@ const KernelTable* kernels_generic() {
                              dots_one_by_one<scalar_dot_q5_1>, axpys_one_by_one<scalar_axpy_q5_1>};
         t.of(DType::Q4_K) = {scalar_dot_q4_k, scalar_dot4_q4_k, nullptr, nullptr, scalar_axpy_q4_k,
                              dots_one_by_one<scalar_dot_q4_k>, axpys_one_by_one<scalar_axpy_q4_k>};
+        t.of(DType::Q2_K) = {scalar_dot_q2_k, scalar_dot4_q2_k, nullptr, nullptr, scalar_axpy_q2_k,
+                             dots_one_by_one<scalar_dot_q2_k>, axpys_one_by_one<scalar_axpy_q2_k>};
+        t.of(DType::Q3_K) = {scalar_dot_q3_k, scalar_dot4_q3_k, nullptr, nullptr, scalar_axpy_q3_k,
+                             dots_one_by_one<scalar_dot_q3_k>, axpys_one_by_one<scalar_axpy_q3_k>};
         t.of(DType::Q5_K) = {scalar_dot_q5_k, scalar_dot4_q5_k, nullptr, nullptr, scalar_axpy_q5_k,
                              dots_one_by_one<scalar_dot_q5_k>, axpys_one_by_one<scalar_axpy_q5_k>};
         t.of(DType::IQ4_XS) = {scalar_dot_iq4_xs, scalar_dot4_iq4_xs, nullptr, nullptr, scalar_axpy_iq4_xs,

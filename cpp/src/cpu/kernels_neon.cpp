@@ -876,6 +876,12 @@ const KernelTable* kernels_neon() {
         constexpr auto axpy_q5_k = axpy_dequantised_blocks<DType::Q5_K, kQK_K, neon_axpy_f32>;
         constexpr auto axpy_iq4_xs = axpy_dequantised_blocks<DType::IQ4_XS, kQK_K, neon_axpy_f32>;
         constexpr auto axpy_iq4_nl = axpy_dequantised_blocks<DType::IQ4_NL, kQK, neon_axpy_f32>;
+        constexpr auto axpy_q2_k = axpy_dequantised_blocks<DType::Q2_K, kQK_K, neon_axpy_f32>;
+        constexpr auto axpy_q3_k = axpy_dequantised_blocks<DType::Q3_K, kQK_K, neon_axpy_f32>;
+        t.of(DType::Q2_K) = {scalar_dot_q2_k, scalar_dot4_q2_k, nullptr, nullptr, axpy_q2_k,
+                             dots_one_by_one<scalar_dot_q2_k>, axpys_one_by_one<axpy_q2_k>};
+        t.of(DType::Q3_K) = {scalar_dot_q3_k, scalar_dot4_q3_k, nullptr, nullptr, axpy_q3_k,
+                             dots_one_by_one<scalar_dot_q3_k>, axpys_one_by_one<axpy_q3_k>};
         t.of(DType::Q5_K) = {scalar_dot_q5_k, scalar_dot4_q5_k, nullptr, nullptr, axpy_q5_k,
                              dots_one_by_one<scalar_dot_q5_k>, axpys_one_by_one<axpy_q5_k>};
         t.of(DType::IQ4_XS) = {scalar_dot_iq4_xs, scalar_dot4_iq4_xs, nullptr, nullptr, axpy_iq4_xs,

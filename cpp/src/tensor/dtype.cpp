@@ -241,14 +241,8 @@ void dequantize_q3_k(const void* src, float* dst, int64_t n) {
     auto b = static_cast<const BlockQ3_K*>(src);
     for (int64_t i = 0; i < n / kQK_K; ++i) {
         const float d = fp16_to_fp32(b[i].d);
-        // The 16 6-bit scales: low 4 bits in the nibbles of bytes 0-7 (groups 0-7 low
-        // nibbles, 8-15 high), high 2 bits in the 2-bit pairs of bytes 8-11.
-        int scales[16];
-        for (int g = 0; g < 16; ++g) {
-            const int low = (b[i].scales[g % 8] >> (4 * (g / 8))) & 0x0f;
-            const int high = (b[i].scales[8 + g % 4] >> (2 * (g / 4))) & 3;
-            scales[g] = (low | (high << 4)) - 32;
-        }
+        int8_t scales[16];
+        unpack_q3_k_scales(b[i].scales, scales);
         // As Q2_K's planes, the third bit of each value from hmask: bit (4 half + plane) of
         // the byte at its position.
         int group = 0;
@@ -334,8 +328,8 @@ const DTypeInfo kTypes[] = {
     {DType::Q8_0, "Q8_0", kQK, sizeof(BlockQ8_0), true, DType::Q8_0, dequantize_q8_0},
     {DType::Q5_0, "Q5_0", kQK, sizeof(BlockQ5_0), true, DType::Q8_1, dequantize_q5<false>},
     {DType::Q5_1, "Q5_1", kQK, sizeof(BlockQ5_1), true, DType::Q8_1, dequantize_q5<true>},
-    {DType::Q2_K, "Q2_K", kQK_K, sizeof(BlockQ2_K), false, DType::F32, dequantize_q2_k},
-    {DType::Q3_K, "Q3_K", kQK_K, sizeof(BlockQ3_K), false, DType::F32, dequantize_q3_k},
+    {DType::Q2_K, "Q2_K", kQK_K, sizeof(BlockQ2_K), true, DType::Q8_K, dequantize_q2_k},
+    {DType::Q3_K, "Q3_K", kQK_K, sizeof(BlockQ3_K), true, DType::Q8_K, dequantize_q3_k},
     {DType::Q4_K, "Q4_K", kQK_K, sizeof(BlockQ4_K), true, DType::Q8_K, dequantize_q45_k<BlockQ4_K>},
     {DType::Q5_K, "Q5_K", kQK_K, sizeof(BlockQ5_K), true, DType::Q8_K, dequantize_q45_k<BlockQ5_K>},
     {DType::Q6_K, "Q6_K", kQK_K, sizeof(BlockQ6_K), true, DType::Q8_K, dequantize_q6_k},

@@ -15,8 +15,8 @@ enum class DType : uint32_t {
     Q4_1 = 3,
     Q5_0 = 6,
     Q5_1 = 7,
-    Q2_K = 10,    // storage only
-    Q3_K = 11,    // storage only
+    Q2_K = 10,
+    Q3_K = 11,
     Q4_K = 12,
     Q5_K = 13,
     Q6_K = 14,    // PowerInfer's Q4_0 files keep output.weight in it
@@ -121,6 +121,16 @@ struct BlockQ3_K {
     uint16_t d;
 };
 static_assert(sizeof(BlockQ3_K) == 110, "Q3_K block layout");
+
+// Q3_K's 16 scales (-32..31): low 4 bits in the nibbles of bytes 0-7 (groups 0-7 the low
+// nibbles, 8-15 the high), high 2 bits in the 2-bit pairs of bytes 8-11.
+inline void unpack_q3_k_scales(const uint8_t packed[12], int8_t scales[16]) {
+    for (int g = 0; g < 16; ++g) {
+        const int low = (packed[g % 8] >> (4 * (g / 8))) & 0x0f;
+        const int high = (packed[8 + g % 4] >> (2 * (g / 4))) & 3;
+        scales[g] = static_cast<int8_t>((low | (high << 4)) - 32);
+    }
+}
 
 // Q4_K: 8 groups of 32, w = d * scale * q - dmin * min, q 4 bits, 6-bit scales and mins
 // packed in 12 bytes.

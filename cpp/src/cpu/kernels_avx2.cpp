@@ -44,7 +44,7 @@ const KernelTable* kernels_avx2() {
                              avx2_gather_dot_q5_0, avx2_gather_axpy_q5_0};
         t.of(DType::Q5_1) = {avx2_dot_q5_1, avx2_dot4_q5_1, avx2_dot_q5_1x8, nullptr, avx2_axpy_q5_1,
                              avx2_gather_dot_q5_1, avx2_gather_axpy_q5_1};
-        set_k_quant_rows<avx2_axpy_f32>(t);  // the K-quants, IQ4_XS, IQ4_NL, quantize_q8_k
+        set_k_quant_rows<avx2_axpy_f32, avx2_dequantize_row>(t);  // the K-quants, IQ4_XS, IQ4_NL, quantize_q8_k
         t.quantize_q8_0 = avx2_quantize_q8_0;
         t.quantize_q8_1 = avx2_quantize_q8_1;
         t.dequantize_row = avx2_dequantize_row;

@@ -342,7 +342,7 @@ const KernelTable* kernels_avx512() {
         t.of(DType::Q8_0).gather_dot = avx2_gather_dot_q8_0;
         t.of(DType::Q5_0).gather_dot = avx2_gather_dot_q5_0;
         t.of(DType::Q5_1).gather_dot = avx2_gather_dot_q5_1;
-        set_k_quant_rows<avx512_axpy_f32>(t);  // the K-quants, IQ4_XS, IQ4_NL, quantize_q8_k
+        set_k_quant_rows<avx512_axpy_f32, avx512_dequantize_row>(t);  // the K-quants, IQ4_XS, IQ4_NL, quantize_q8_k
         t.of(DType::Q4_0).axpy = avx512_axpy_blocks<DType::Q4_0>;
         t.of(DType::Q4_1).axpy = avx512_axpy_blocks<DType::Q4_1>;
         t.of(DType::Q8_0).axpy = avx512_axpy_blocks<DType::Q8_0>;

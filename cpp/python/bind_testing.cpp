@@ -74,7 +74,7 @@ py::array_t<float> kernel_row_axpy(const std::string& isa, uint32_t ggml_type, p
     return out;
 }
 
-// The reference dequantisation of a row (tests of the storage-only types).
+// The reference dequantisation of a row (the block layouts' tests).
 py::array_t<float> dequantize_row(uint32_t ggml_type, py::bytes data, int64_t n) {
     const std::string raw = checked_row(ggml_type, data, n);
     py::array_t<float> out(n);

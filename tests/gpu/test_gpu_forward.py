@@ -389,9 +389,35 @@ def test_dense_model_with_some_layers_on_the_cpu(tmp_path):
 
 
 @in_child
-def test_weight_type_without_gpu_kernels_names_the_tensor(tmp_path):
-    ggufgen.write_llama_model(tmp_path / "b.gguf", weight_type="BF16")
-    with pytest.raises(sparseinfer.UnsupportedModelError, match=r"attn_q\.weight.*BF16"):
+@pytest.mark.parametrize("weight_type", ["BF16", "Q5_0", "Q4_K", "Q6_K"])
+def test_types_without_gpu_kernels_go_as_q8_0_rows(tmp_path, weight_type):
+    # The plugin reads F32, F16, Q8_0, Q4_0 and Q4_1; a matrix in another type goes to the
+    # device as Q8_0 rows made from its values (the embedding table stays on the host).
+    w = ggufgen.write_llama_model(tmp_path / "m.gguf", weight_type=weight_type, n_embd=256, n_ff=256,
+                                  n_head=4, n_head_kv=2)
+    as_q8_0 = dict(w)
+    for name, values in w.items():
+        if values.ndim == 2 and name != "token_embd.weight":
+            scale, q = reference.q8_blocks(values, scale_as_half=True)
+            as_q8_0[name] = (q * scale[:, None]).reshape(values.shape)
+    ids = ggufgen.random_tokens(8)
+    path, n_ctx = tmp_path / "m.gguf", 128
+    costs = sparseinfer.model_costs(path, n_ctx=n_ctx)
+    kv = costs.fixed_bytes[0] - sparseinfer.model_costs(path, n_ctx=n_ctx - 1).fixed_bytes[0]
+    with gpu_model(path, n_ctx=n_ctx, vram_budget=f"{10**9}B") as m:
+        got = m.logits(ids)
+        # priced as uploaded: Q8_0 rows
+        assert m.gpu_weight_bytes == m.placement.planned_bytes - costs.batch_bytes - 2 * n_ctx * kv
+    assert_close(got, reference.forward(as_q8_0, ids, w.hparams, kv_f16=True))
+    # and the Q8_0 rounding shows: the file's own values give other logits
+    assert np.abs(got - reference.forward(w, ids, kv_f16=True)).max() > 10 * MAX_TOL * got.std()
+
+
+@in_child
+def test_rows_that_cannot_be_q8_0_name_the_tensor(tmp_path):
+    # BF16 rows of 48 values are not whole 32-value blocks: neither the plugin nor Q8_0 takes them.
+    ggufgen.write_llama_model(tmp_path / "b.gguf", weight_type="BF16", n_embd=48, n_head=4, n_head_kv=2)
+    with pytest.raises(sparseinfer.UnsupportedModelError, match=r"attn_q\.weight.*BF16.*48 values"):
         gpu_model(tmp_path / "b.gguf")
 
 

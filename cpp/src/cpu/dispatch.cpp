@@ -131,7 +131,7 @@ const KernelTable& active_kernels() {
 
 DType activation_format(DType weight) {
     const DTypeInfo* info = dtype_info(static_cast<uint32_t>(weight));
-    return info != nullptr && info->has_kernels ? info->activation : DType::F32;
+    return info != nullptr ? info->activation : DType::F32;
 }
 
 size_t activation_bytes(DType weight, int64_t n) {

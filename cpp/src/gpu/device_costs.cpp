@@ -9,14 +9,8 @@ namespace {
 
 uint64_t floats(const std::vector<float>& v) { return static_cast<uint64_t>(v.size()) * sizeof(float); }
 
-// A matrix as a prepared model uploads it: a type without CPU kernels goes as its Q8_0 copy
-// (Model::weight), which a model loaded to be priced has not made.
-uint64_t priced_bytes(const Matrix& m) {
-    if (dtype_info(static_cast<uint32_t>(m.type))->has_kernels || m.rows == 0) return DeviceModel::uploaded_bytes(m);
-    uint64_t q8_0_row = 0;  // stays 0 for rows that are not whole blocks, which no load converts
-    row_bytes(DType::Q8_0, m.cols, &q8_0_row);
-    return static_cast<uint64_t>(m.rows) * q8_0_row;
-}
+// A matrix as a model uploads it (Q8_0 rows for the types the plugin does not read).
+uint64_t priced_bytes(const Matrix& m) { return DeviceModel::uploaded_bytes(m); }
 
 }  // namespace
 

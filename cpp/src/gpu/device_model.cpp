@@ -129,17 +129,37 @@ DeviceModel::Matrix DeviceModel::upload_rows(const si::Matrix& m, const std::vec
     return upload_typed(m, static_cast<int64_t>(ids.size()), gathered.data());
 }
 
+uint64_t DeviceModel::uploaded_bytes(const si::Matrix& m) {
+    uint64_t row = m.row_bytes;
+    if (plugin_type(m.type) < 0 && !row_bytes(DType::Q8_0, m.cols, &row)) row = m.row_bytes;  // refused at upload
+    return static_cast<uint64_t>(m.rows) * row;
+}
+
 DeviceModel::Matrix DeviceModel::upload_typed(const si::Matrix& m, int64_t rows, const void* data) {
     Matrix d;
     d.type = plugin_type(m.type);
-    if (d.type < 0) {
-        throw UnsupportedError(model_->file().describe(
-            "tensor " + m.name + " is " + dtype_name(static_cast<uint32_t>(m.type)) +
-            ", which the CUDA kernels do not read (F32, F16, Q8_0, Q4_0, Q4_1); use device='cpu'"));
-    }
     d.rows = rows;
     d.cols = m.cols;
-    const size_t bytes = static_cast<size_t>(rows) * m.row_bytes;
+    std::vector<BlockQ8_0> q8_0;
+    if (d.type < 0) {
+        // A type the CUDA kernels do not read (BF16, Q5_0, Q5_1, the K-quants, IQ4_NL, IQ4_XS):
+        // its rows go as Q8_0 rows made here, as the CPU once ran such types.
+        if (m.cols % kQK != 0) {
+            throw UnsupportedError(model_->file().describe(
+                "tensor " + m.name + " is " + dtype_name(static_cast<uint32_t>(m.type)) + " in rows of " +
+                std::to_string(m.cols) + " values, which the CUDA kernels cannot read (F32, F16, Q8_0, Q4_0, "
+                "Q4_1) nor take as Q8_0 rows; use device='cpu'"));
+        }
+        q8_0.resize(static_cast<size_t>(rows * (m.cols / kQK)));
+        std::vector<float> values(static_cast<size_t>(m.cols));
+        for (int64_t r = 0; r < rows; ++r) {
+            dequantize_row_ref(m.type, static_cast<const uint8_t*>(data) + r * m.row_bytes, values.data(), m.cols);
+            quantize_row_q8_0_ref(values.data(), q8_0.data() + r * (m.cols / kQK), m.cols);
+        }
+        d.type = SI_CUDA_TYPE_Q8_0;
+        data = q8_0.data();
+    }
+    const size_t bytes = q8_0.empty() ? static_cast<size_t>(rows) * m.row_bytes : q8_0.size() * sizeof(BlockQ8_0);
     d.data = Buffer(ctx_, bytes, m.name.c_str());
     ctx_.upload(d.data.data(), data, bytes);
     weight_bytes_ += bytes;

@@ -68,8 +68,9 @@ public:
     const Matrix& output() const { return output_; }
     // Device bytes the weights take (the sessions' KV caches and activations come on top).
     uint64_t weight_bytes() const { return weight_bytes_; }
-    // Device bytes a host matrix takes once uploaded (its rows packed, in its type).
-    static uint64_t uploaded_bytes(const si::Matrix& m) { return static_cast<uint64_t>(m.rows) * m.row_bytes; }
+    // Device bytes a host matrix takes once uploaded: its rows packed, in its type, or as Q8_0
+    // rows for a type the plugin does not read (upload_typed).
+    static uint64_t uploaded_bytes(const si::Matrix& m);
     // Hot neurons per layer (n_ff for dense GPU layers, 0 for CPU layers).
     std::vector<int64_t> hot_counts() const;
 

@@ -18,7 +18,7 @@ namespace si {
 class WeightSource {
 public:
     // A weight of `rows` rows of `cols` values (FormatError naming it when it is missing or
-    // has another shape), in a type the kernels compute with (a copy where it is not).
+    // has another shape; UnsupportedError when its type does not run).
     virtual Matrix weight(const std::string& name, int64_t cols, int64_t rows) = 0;
     // A vector of n values (norm weights), as floats.
     virtual std::vector<float> vector(const std::string& name, int64_t n) = 0;

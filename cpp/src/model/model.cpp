@@ -109,15 +109,7 @@ std::vector<float> Model::vector(const std::string& name, int64_t n) {
     return out;
 }
 
-Matrix Model::weight(const std::string& name, int64_t cols, int64_t rows) {
-    Matrix m = matrix(name, cols, rows);
-    // Types the kernels do not implement (storage only in tensor/dtype.cpp: Q2_K, Q3_K, Q5_K,
-    // IQ4_NL, IQ4_XS) run as Q8_0 copies made here.
-    if (dtype_info(static_cast<uint32_t>(m.type))->has_kernels || !prepared_) return m;
-    const Matrix q = requantize_q8_0(m);
-    release_stored_rows(m);
-    return q;
-}
+Matrix Model::weight(const std::string& name, int64_t cols, int64_t rows) { return matrix(name, cols, rows); }
 
 Matrix Model::requantize_q8_0(const Matrix& m) {
     if (m.type == DType::Q8_0) return m;
@@ -131,7 +123,7 @@ Matrix Model::requantize_q8_0(const Matrix& m) {
     q.stride = q.row_bytes;
     q.interleaved = nullptr;
     uint8_t* storage = owned_copy(static_cast<uint64_t>(q.row_bytes) * static_cast<uint64_t>(m.rows),
-                                  "8-bit copies of its weights in types without kernels");
+                                  "8-bit copies of its predictors");
     std::vector<float> row(static_cast<size_t>(m.cols));
     for (int64_t r = 0; r < m.rows; ++r) {
         dequantize_row_ref(m.type, m.row(r), row.data(), m.cols);

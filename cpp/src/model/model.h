@@ -82,8 +82,8 @@ private:
     void read_config(const LoadOptions& options);
     void bind_weights();
     Matrix matrix(const std::string& name, int64_t cols, int64_t rows) const;
-    // WeightSource: matrix(), converted to Q8_0 when its type has no kernels; a float copy
-    // of a vector.
+    // WeightSource: matrix() (every type the file index can bind has kernels); a float copy of
+    // a vector.
     Matrix weight(const std::string& name, int64_t cols, int64_t rows) override;
     std::vector<float> vector(const std::string& name, int64_t n) override;
     // A copy of m requantised to Q8_0, owned by the model (m's mapped pages stay).

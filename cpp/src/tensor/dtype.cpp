@@ -317,24 +317,24 @@ void dequantize_iq4_xs(const void* src, float* dst, int64_t n) {
     }
 }
 
-// The weight types: {type, name, elements and bytes per block, kernels, activation format,
-// reference dequantisation}. The dot formats are explained in cpu/kernels.h.
+// The weight types: {type, name, elements and bytes per block, activation format, reference
+// dequantisation}. The dot formats are explained in cpu/kernels.h.
 const DTypeInfo kTypes[] = {
-    {DType::F32, "F32", 1, 4, true, DType::F32, dequantize_f32},
-    {DType::F16, "F16", 1, 2, true, DType::F32, dequantize_f16},
-    {DType::BF16, "BF16", 1, 2, true, DType::F32, dequantize_bf16},
-    {DType::Q4_0, "Q4_0", kQK, sizeof(BlockQ4_0), true, DType::Q8_1, dequantize_q4_0},
-    {DType::Q4_1, "Q4_1", kQK, sizeof(BlockQ4_1), true, DType::Q8_1, dequantize_q4_1},
-    {DType::Q8_0, "Q8_0", kQK, sizeof(BlockQ8_0), true, DType::Q8_0, dequantize_q8_0},
-    {DType::Q5_0, "Q5_0", kQK, sizeof(BlockQ5_0), true, DType::Q8_1, dequantize_q5<false>},
-    {DType::Q5_1, "Q5_1", kQK, sizeof(BlockQ5_1), true, DType::Q8_1, dequantize_q5<true>},
-    {DType::Q2_K, "Q2_K", kQK_K, sizeof(BlockQ2_K), true, DType::Q8_K, dequantize_q2_k},
-    {DType::Q3_K, "Q3_K", kQK_K, sizeof(BlockQ3_K), true, DType::Q8_K, dequantize_q3_k},
-    {DType::Q4_K, "Q4_K", kQK_K, sizeof(BlockQ4_K), true, DType::Q8_K, dequantize_q45_k<BlockQ4_K>},
-    {DType::Q5_K, "Q5_K", kQK_K, sizeof(BlockQ5_K), true, DType::Q8_K, dequantize_q45_k<BlockQ5_K>},
-    {DType::Q6_K, "Q6_K", kQK_K, sizeof(BlockQ6_K), true, DType::Q8_K, dequantize_q6_k},
-    {DType::IQ4_NL, "IQ4_NL", kQK, sizeof(BlockIQ4_NL), true, DType::Q8_0, dequantize_iq4_nl},
-    {DType::IQ4_XS, "IQ4_XS", kQK_K, sizeof(BlockIQ4_XS), true, DType::Q8_K, dequantize_iq4_xs},
+    {DType::F32, "F32", 1, 4, DType::F32, dequantize_f32},
+    {DType::F16, "F16", 1, 2, DType::F32, dequantize_f16},
+    {DType::BF16, "BF16", 1, 2, DType::F32, dequantize_bf16},
+    {DType::Q4_0, "Q4_0", kQK, sizeof(BlockQ4_0), DType::Q8_1, dequantize_q4_0},
+    {DType::Q4_1, "Q4_1", kQK, sizeof(BlockQ4_1), DType::Q8_1, dequantize_q4_1},
+    {DType::Q8_0, "Q8_0", kQK, sizeof(BlockQ8_0), DType::Q8_0, dequantize_q8_0},
+    {DType::Q5_0, "Q5_0", kQK, sizeof(BlockQ5_0), DType::Q8_1, dequantize_q5<false>},
+    {DType::Q5_1, "Q5_1", kQK, sizeof(BlockQ5_1), DType::Q8_1, dequantize_q5<true>},
+    {DType::Q2_K, "Q2_K", kQK_K, sizeof(BlockQ2_K), DType::Q8_K, dequantize_q2_k},
+    {DType::Q3_K, "Q3_K", kQK_K, sizeof(BlockQ3_K), DType::Q8_K, dequantize_q3_k},
+    {DType::Q4_K, "Q4_K", kQK_K, sizeof(BlockQ4_K), DType::Q8_K, dequantize_q45_k<BlockQ4_K>},
+    {DType::Q5_K, "Q5_K", kQK_K, sizeof(BlockQ5_K), DType::Q8_K, dequantize_q45_k<BlockQ5_K>},
+    {DType::Q6_K, "Q6_K", kQK_K, sizeof(BlockQ6_K), DType::Q8_K, dequantize_q6_k},
+    {DType::IQ4_NL, "IQ4_NL", kQK, sizeof(BlockIQ4_NL), DType::Q8_0, dequantize_iq4_nl},
+    {DType::IQ4_XS, "IQ4_XS", kQK_K, sizeof(BlockIQ4_XS), DType::Q8_K, dequantize_iq4_xs},
 };
 
 }  // namespace

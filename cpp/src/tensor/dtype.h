@@ -196,9 +196,7 @@ struct DTypeInfo {
     const char* name;
     int64_t block_elems;  // elements per block (1 for plain floats)
     size_t block_bytes;   // bytes per block
-    bool has_kernels;     // false: storage only, converted to Q8_0 when a model loads it
-    // The format its activations take for its dot kernels (cpu/kernels.h; F32 for storage-only
-    // types, which are never dotted).
+    // The format its activations take for its dot kernels (cpu/kernels.h).
     DType activation;
     // The reference dequantisation of n elements (n a whole number of blocks).
     void (*dequantize)(const void* src, float* dst, int64_t n);

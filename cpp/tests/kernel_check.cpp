@@ -4,6 +4,9 @@
 //
 // For each ISA level this build and CPU can run, and each weight type:
 //   * dot agrees with generic within a rounding tolerance (relative to sum |w_i x_i|);
+//   * for block rows at the ends of their integer ranges against activations all at +127 or
+//     all at -127, dot agrees with generic, dot4 and gathered rows equal dot bit for bit: every
+//     integer sum exact, no narrow lane overflowing (random data would not show one);
 //   * batch invariance (kernels.h), bit for bit: dot4 equals four single dots of the same
 //     level; a four-row or eight-row product's value for a row and token equals the same
 //     kernel's for that row and token alone; a typed axpy equals the level's dequantize_row
@@ -21,6 +24,7 @@
 //
 // Prints one line per failure (the first 40), a NOTE line per known platform-dependent corner
 // (not counted), then "N passed, M failed"; exits 1 if anything failed.
+#include <algorithm>
 #include <cfloat>
 #include <cstddef>
 #include <cmath>
@@ -393,6 +397,73 @@ void check_dots(const KernelTable& level, const KernelTable& generic, DType type
     }
     record(wbuf.guards_intact() && xbuf.guards_intact(), "%s dot_%s n=%lld: wrote to its inputs",
            isa.c_str(), type_name(type), (long long)n);
+}
+
+// Weights at the ends of their integer ranges against activations all at +127 or all at -127:
+// every byte of each block `pattern` (0x00, 0x7f, 0x80, 0xff: the smallest and largest codes,
+// Q8_0's -128 and 127, the IQ4 levels -127 and 113, the largest scales), then the block's half
+// scales set finite. A group's products then share one sign at nearly their largest magnitude,
+// so that an integer sum kept in lanes too narrow for it (int16 pair sums, kernels.h)
+// overflows here, where random data leave it unnoticed. dot agrees with generic; dot4 and
+// kMaxGatherRows gathered copies of the row equal the single dots bit for bit.
+void check_extreme_dots(const KernelTable& level, const KernelTable& generic, DType type, int64_t n,
+                        uint8_t pattern) {
+    const si::DTypeInfo* info = si::dtype_info(static_cast<uint32_t>(type));
+    uint64_t wbytes = 0;
+    si::row_bytes(type, n, &wbytes);
+    Buffer wbuf(static_cast<size_t>(wbytes), 0);
+    const uint16_t d = si::fp32_to_fp16(0.01f), second = si::fp32_to_fp16(-0.02f);
+    for (int64_t b = 0; b < n / info->block_elems; ++b) {
+        uint8_t* blk = wbuf.data() + b * info->block_bytes;
+        std::memset(blk, pattern, info->block_bytes);
+        const size_t d_offset = type == DType::Q6_K   ? offsetof(si::BlockQ6_K, d)
+                                : type == DType::Q2_K ? offsetof(si::BlockQ2_K, d)
+                                : type == DType::Q3_K ? offsetof(si::BlockQ3_K, d)
+                                                      : 0;
+        std::memcpy(blk + d_offset, &d, 2);
+        // The half after d: Q4_1's and Q5_1's m, Q2_K's, Q4_K's and Q5_K's dmin.
+        if (type == DType::Q4_1 || type == DType::Q5_1 || type == DType::Q2_K || type == DType::Q4_K ||
+            type == DType::Q5_K) {
+            std::memcpy(blk + d_offset + 2, &second, 2);
+        }
+    }
+    const size_t abytes = si::activation_bytes(type, n);
+    Buffer xbuf(4 * abytes, 0);
+    std::vector<float> xf(static_cast<size_t>(n));
+    for (int k = 0; k < 4; ++k) {
+        std::fill(xf.begin(), xf.end(), k % 2 == 0 ? 1.0f : -1.0f);  // quantised to +-127 throughout
+        make_activation(generic, type, xf.data(), xbuf.data() + k * abytes, n);
+    }
+
+    const si::RowDotFn dot = si::row_dot(level, type), dot_ref = si::row_dot(generic, type);
+    const int64_t terms = n / block_elems(type) + 4;
+    float single[4];
+    for (int k = 0; k < 4; ++k) {
+        const uint8_t* xk = xbuf.data() + k * abytes;
+        single[k] = dot(n, wbuf.data(), xk);
+        const float ref = dot_ref(n, wbuf.data(), xk);
+        const double tol = dot_tolerance(magnitude(type, n, wbuf.data(), xk), terms);
+        record(std::fabs(double(single[k]) - ref) <= tol,
+               "%s extreme dot_%s n=%lld bytes=0x%02x tok=%d: got %.9g want %.9g (tol %.3g)", level.isa,
+               type_name(type), (long long)n, pattern, k, single[k], ref, tol);
+    }
+    float four[4] = {NAN, NAN, NAN, NAN};
+    si::row_dot4(level, type)(n, wbuf.data(), xbuf.data(), abytes, four);
+    const void* rows[si::kMaxGatherRows];
+    std::fill(rows, rows + si::kMaxGatherRows, static_cast<const void*>(wbuf.data()));
+    for (int k = 0; k < 2; ++k) {  // one of each sign
+        float gathered[si::kMaxGatherRows];
+        si::gather_dot(level, type)(n, rows, si::kMaxGatherRows, xbuf.data() + k * abytes, gathered);
+        bool same = true;
+        for (float g : gathered) same = same && std::memcmp(&g, &single[k], 4) == 0;
+        record(same, "%s extreme gather_dot_%s n=%lld bytes=0x%02x tok=%d: differs from dot %.9g (must be identical)",
+               level.isa, type_name(type), (long long)n, pattern, k, single[k]);
+    }
+    for (int k = 0; k < 4; ++k) {
+        record(std::memcmp(&four[k], &single[k], 4) == 0,
+               "%s extreme dot4_%s n=%lld bytes=0x%02x tok=%d: dot4 %.9g, dot %.9g (must be identical)", level.isa,
+               type_name(type), (long long)n, pattern, k, four[k], single[k]);
+    }
 }
 
 void check_rows8(const KernelTable& level, const KernelTable& generic, DType type, int64_t nb, size_t x_offset) {
@@ -809,6 +880,14 @@ int main() {
                     check_dots(level, *generic, type, nb * si::kQK_K, off, (off * 7 + 3) % 16);
                     check_axpy(level, *generic, type, nb * si::kQK_K, off, (off * 5 + 1) % 16);
                     check_dequantize(level, type, nb * si::kQK_K, off, (off * 3 + 2) % 16);
+                }
+            }
+        }
+        for (DType type : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q5_0, DType::Q5_1, DType::IQ4_NL,
+                           DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS}) {
+            for (int64_t nb : {1, 3}) {
+                for (uint8_t pattern : {0x00, 0x7f, 0x80, 0xff}) {
+                    check_extreme_dots(level, *generic, type, nb * block_elems(type), pattern);
                 }
             }
         }

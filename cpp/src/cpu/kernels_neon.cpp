@@ -1,11 +1,13 @@
 // Arm64 level: AArch64 Advanced SIMD kernels (ARMv8.0 baseline only: no dotprod, i8mm or
-// fp16 arithmetic; FCVTL half -> float conversion is baseline). dispatch.cpp always offers
-// this level on AArch64. BF16 stays on the portable kernels.
+// fp16 arithmetic; FCVTL half -> float conversion and TBL are baseline). dispatch.cpp always
+// offers this level on AArch64. Every quantised type has its own dots here; BF16, and the typed
+// axpys of Q5_0, Q5_1, the K-quants and the IQ4 types, stay on the portable kernels.
 //
 // Batch invariance (kernels.h): the quantised dot4 kernels run, per token, exactly the
-// arithmetic of the single dots, and the K-quants' gathered rows, per row; float products go
-// through the four-row kernel at every batch size (its dot4 are four single dots, for
-// completeness); a typed axpy dequantises as dequantize_row does and adds as axpy_f32 does.
+// arithmetic of the single dots, and the gathered rows of the types against Q8_K (the
+// K-quants, IQ4_XS), per row; float products go through the four-row kernel at every batch
+// size (its dot4 are four single dots, for completeness); a typed axpy dequantises as
+// dequantize_row does and adds as axpy_f32 does.
 // quantize_q8_0/q8_1/q8_k produce the same bytes as the reference (round half to even via
 // FCVTNS, maxNum for max|x| as std::fmax, and the reference itself for the degenerate blocks
 // where max|x| or 1/d is not finite).
@@ -223,8 +225,10 @@ inline void unpack_nibbles(const uint8_t* qs, uint8x16_t* lo, uint8x16_t* hi) {
     *hi = vshrq_n_u8(v, 4);
 }
 
-// Sum of products of 32 small signed bytes (|lo|, |hi| <= 15; lo = elements 0..15, hi =
-// 16..31) with 32 signed bytes at b. Two products per int16 lane stay below 2 * 15 * 128.
+// Sum of products of 32 signed bytes (|lo|, |hi| <= 127, never -128; lo = elements 0..15,
+// hi = 16..31) with 32 signed bytes at b. Two products per int16 lane stay within
+// 2 * 127 * 128 = 32512, so the int16 pair sums are exact: the 4- and 5-bit values (0..31)
+// and the IQ4 levels (-127..113), not Q8_0's -128 (dot_full_i8).
 inline int32x4_t dot_small_i8(int8x16_t lo, int8x16_t hi, const int8_t* b) {
     const int8x16_t b0 = vld1q_s8(b), b1 = vld1q_s8(b + 16);
     int16x8_t p0 = vmull_s8(vget_low_s8(lo), vget_low_s8(b0));
@@ -297,6 +301,65 @@ struct Q8_0Weights {
         : q0(vld1q_s8(blk->qs)), q1(vld1q_s8(blk->qs + 16)), d(half_dup(&blk->d)) {}
     inline void step(float32x4_t& acc, float& /*off*/, const Act* b) const {
         const int32x4_t s = dot_full_i8(q0, q1, b->qs);
+        acc = vfmaq_f32(acc, vcvtq_f32_s32(s), vmulq_f32(d, half_dup(&b->d)));
+    }
+};
+
+// A Q5 block's fifth bits (qh little-endian, bit j for element j) as 0x10 in the bytes of
+// elements 0..15 (lo) and 16..31 (hi): each byte of qh spread over its eight elements, each
+// element testing its own bit.
+inline void fifth_bits(const uint8_t* qh, uint8x16_t* lo, uint8x16_t* hi) {
+    uint32_t bits;
+    std::memcpy(&bits, qh, 4);
+    const uint8x8_t bytes = vcreate_u8(bits);
+    const uint8x16_t own = vreinterpretq_u8_u64(vdupq_n_u64(0x8040201008040201u));  // 1, 2, 4, .. 128, twice
+    const uint8x16_t fifth = vdupq_n_u8(0x10);
+    *lo = vandq_u8(vtstq_u8(vcombine_u8(vdup_lane_u8(bytes, 0), vdup_lane_u8(bytes, 1)), own), fifth);
+    *hi = vandq_u8(vtstq_u8(vcombine_u8(vdup_lane_u8(bytes, 2), vdup_lane_u8(bytes, 3)), own), fifth);
+}
+
+// Q5_0 and Q5_1 against Q8_1: Q4_0 and Q4_1 with the fifth bits ored in (values 0..31), Q5_0's
+// offset of -16 coming back as m s with m = -16 d (kernels.h).
+template <typename Block>
+struct Q5Weights {
+    using Act = BlockQ8_1;
+    int8x16_t lo, hi;
+    float32x4_t d;
+    float m;
+    explicit Q5Weights(const Block* blk) {
+        uint8x16_t ulo, uhi, flo, fhi;
+        unpack_nibbles(blk->qs, &ulo, &uhi);
+        fifth_bits(blk->qh, &flo, &fhi);
+        lo = vreinterpretq_s8_u8(vorrq_u8(ulo, flo));
+        hi = vreinterpretq_s8_u8(vorrq_u8(uhi, fhi));
+        d = half_dup(&blk->d);
+        if constexpr (std::is_same<Block, BlockQ5_1>::value) {
+            m = half_one(blk->m);
+        } else {
+            m = -16.0f * half_one(blk->d);
+        }
+    }
+    inline void step(float32x4_t& acc, float& off, const Act* b) const {
+        const int32x4_t s = dot_small_i8(lo, hi, b->qs);
+        acc = vfmaq_f32(acc, vcvtq_f32_s32(s), vmulq_f32(d, vld1q_dup_f32(&b->d)));
+        off = std::fma(m, b->s, off);
+    }
+};
+
+// IQ4_NL against Q8_0: Q8_0 weights whose values are the levels the nibbles pick (TBL).
+struct IQ4NLWeights {
+    using Act = BlockQ8_0;
+    int8x16_t lo, hi;
+    float32x4_t d;
+    explicit IQ4NLWeights(const BlockIQ4_NL* blk) : d(half_dup(&blk->d)) {
+        uint8x16_t ulo, uhi;
+        unpack_nibbles(blk->qs, &ulo, &uhi);
+        const int8x16_t levels = vld1q_s8(kIq4Values);
+        lo = vqtbl1q_s8(levels, ulo);
+        hi = vqtbl1q_s8(levels, uhi);
+    }
+    inline void step(float32x4_t& acc, float& /*off*/, const Act* b) const {
+        const int32x4_t s = dot_small_i8(lo, hi, b->qs);
         acc = vfmaq_f32(acc, vcvtq_f32_s32(s), vmulq_f32(d, half_dup(&b->d)));
     }
 };
@@ -375,14 +438,34 @@ void neon_dot4_q8_0(int64_t n, const void* w, const void* x, size_t stride, floa
     dot4_quant<Q8_0Weights, BlockQ8_0>(n, w, x, stride, out);
 }
 
-// ---- K-quants (Q4_K, Q6_K) against Q8_K --------------------------------------------------
+float neon_dot_q5_0(int64_t n, const void* w, const void* x) {
+    return dot_quant<Q5Weights<BlockQ5_0>, BlockQ5_0>(n, w, x);
+}
+float neon_dot_q5_1(int64_t n, const void* w, const void* x) {
+    return dot_quant<Q5Weights<BlockQ5_1>, BlockQ5_1>(n, w, x);
+}
+float neon_dot_iq4_nl(int64_t n, const void* w, const void* x) { return dot_quant<IQ4NLWeights, BlockIQ4_NL>(n, w, x); }
+
+void neon_dot4_q5_0(int64_t n, const void* w, const void* x, size_t stride, float* out) {
+    dot4_quant<Q5Weights<BlockQ5_0>, BlockQ5_0>(n, w, x, stride, out);
+}
+
+void neon_dot4_q5_1(int64_t n, const void* w, const void* x, size_t stride, float* out) {
+    dot4_quant<Q5Weights<BlockQ5_1>, BlockQ5_1>(n, w, x, stride, out);
+}
+
+void neon_dot4_iq4_nl(int64_t n, const void* w, const void* x, size_t stride, float* out) {
+    dot4_quant<IQ4NLWeights, BlockIQ4_NL>(n, w, x, stride, out);
+}
+
+// ---- K-quants (Q4_K, Q5_K, Q6_K) and IQ4_XS against Q8_K --------------------------------
 //
 // Per block of 256, row and token, the groups' integer dots (widening multiplies, several
 // products per int16 lane) are multiplied by the groups' integer scales in the multiply-add
 // that widens them to int32 (by lane of the row's scale vector), so that the block's integer
-// sum builds up in an int32x4; the minimums (Q4_K) and the offset of -32 (Q6_K) come from the
-// activation's sums over each 16 (bsums), also in int32. Per block, row and token one
-// conversion to float and one fused multiply-add (a second of each for Q4_K's minimums) into
+// sum builds up in an int32x4; the minimums (Q4_K, Q5_K) and the offset of -32 (Q6_K) come
+// from the activation's sums over each 16 (bsums), also in int32. Per block, row and token one
+// conversion to float and one fused multiply-add (a second of each for the minimums) into
 // that pair's own accumulator.
 // k_quant_dots takes kRows rows at any addresses times kTokens activations: the single dot
 // (1, 1), dot4 (1, 4) and the gathered rows (kRows, 1) run, for each row and token, the same
@@ -396,6 +479,11 @@ struct Bytes64 {
     int8x16_t v[4];
 };
 
+// The 64 activation bytes at y, in order.
+SI_NEON_INLINE Bytes64 bytes64(const int8_t* y) {
+    return {{vld1q_s8(y), vld1q_s8(y + 16), vld1q_s8(y + 32), vld1q_s8(y + 48)}};
+}
+
 // sum + the int16 lanes of p times lane kLane of scales (a row's scale of one group): the scale
 // applied in the multiply-add that widens p into the int32 lanes.
 template <int kLane>
@@ -404,8 +492,8 @@ SI_NEON_INLINE int32x4_t add_scaled(int32x4_t sum, int16x8_t p, int16x8_t scales
     return vmlal_high_laneq_s16(sum, p, scales, kLane);
 }
 
-// The 32 products of small bytes (|v| <= 15; v0 elements 0..15, v1 16..31) with 32 signed
-// bytes, four to each of eight int16 lanes.
+// The 32 products of small bytes (0 <= v <= 63; v0 elements 0..15, v1 16..31) with 32 signed
+// bytes, four to each of eight int16 lanes (at most 4 * 63 * 128 = 32256 in magnitude).
 SI_NEON_INLINE int16x8_t dot32_small(int8x16_t v0, int8x16_t v1, int8x16_t y0, int8x16_t y1) {
     int16x8_t p = vmull_s8(vget_low_s8(v0), vget_low_s8(y0));
     p = vmlal_high_s8(p, v0, y0);
@@ -413,19 +501,27 @@ SI_NEON_INLINE int16x8_t dot32_small(int8x16_t v0, int8x16_t v1, int8x16_t y0, i
     return vmlal_high_s8(p, v1, y1);
 }
 
-// Block i of a Q4_K row: four chunks of 64 values, chunk c the low (group 2c) then the high
-// (group 2c + 1) nibbles of qs[32 c .. 32 c + 31]; scales and minimums in int16 lanes (group g
-// in lane g).
-struct Q4KWeights {
-    using Block = BlockQ4_K;
-    const BlockQ4_K* w;
+// The 16 products of v (|v| <= 127, never -128) and y, two to each of eight int16 lanes (at
+// most 2 * 127 * 128 = 32512 in magnitude).
+SI_NEON_INLINE int16x8_t dot16(int8x16_t v, int8x16_t y) {
+    return vmlal_high_s8(vmull_s8(vget_low_s8(v), vget_low_s8(y)), v, y);
+}
+
+// Block i of a Q4_K or Q5_K row: four chunks of 64 values, chunk c the low (group 2c) then the
+// high (group 2c + 1) nibbles of qs[32 c .. 32 c + 31], Q5_K's fifth bit of value l of group g
+// being bit g of qh[l]; scales and minimums in int16 lanes (group g in lane g).
+template <typename BlockT>
+struct Q45KWeights {
+    using Block = BlockT;
+    static constexpr bool kFifthBit = std::is_same<BlockT, BlockQ5_K>::value;
+    const Block* w;
     int16x8_t scales, mins;
     float d, dmin;
     // The scales and minimums unpacked as unpack_k_scales (tensor/dtype.h) does, in vectors: the
     // low 6 bits of bytes 0-7 are scales 0-3 and minimums 0-3; scales 4-7 take the low nibbles
     // of bytes 8-11 and the top 2 bits of bytes 0-3, minimums 4-7 the high nibbles and bytes 4-7.
-    explicit Q4KWeights(const BlockQ4_K* blk) : w(blk), d(half_one(blk->d)), dmin(half_one(blk->dmin)) {
-        const uint8x16_t packed = vld1q_u8(blk->scales);  // 12 bytes and 4 of qs, unused
+    explicit Q45KWeights(const Block* blk) : w(blk), d(half_one(blk->d)), dmin(half_one(blk->dmin)) {
+        const uint8x16_t packed = vld1q_u8(blk->scales);  // 12 bytes and 4 of qs (Q5_K: qh), unused
         const uint8x8_t first = vget_low_u8(packed), last = vget_high_u8(packed);
         // The low nibbles of bytes 8-11, then their high nibbles.
         const uint8x8_t nibbles = vreinterpret_u8_u32(
@@ -438,17 +534,30 @@ struct Q4KWeights {
     template <int kChunk>
     Bytes64 values(Index<kChunk>) const {
         const uint8x16_t q0 = vld1q_u8(w->qs + 32 * kChunk), q1 = vld1q_u8(w->qs + 32 * kChunk + 16);
-        const uint8x16_t low = vdupq_n_u8(0x0f);
-        return {{vreinterpretq_s8_u8(vandq_u8(q0, low)), vreinterpretq_s8_u8(vandq_u8(q1, low)),
-                 vreinterpretq_s8_u8(vshrq_n_u8(q0, 4)), vreinterpretq_s8_u8(vshrq_n_u8(q1, 4))}};
+        if constexpr (kFifthBit) {
+            // Shift-insert keeps the inserted-into bits: group 2c = bit 0 of h above the low nibble
+            // of q, group 2c + 1 = the high nibble of q below bit 1 of h moved to bit 4.
+            Bytes64 out;
+            for (int k = 0; k < 2; ++k) {
+                const uint8x16_t q = k == 0 ? q0 : q1;
+                uint8x16_t h = vld1q_u8(w->qh + 16 * k);
+                if constexpr (kChunk > 0) h = vshrq_n_u8(h, 2 * kChunk);  // bits 2c, 2c + 1 at 0, 1
+                out.v[k] = vreinterpretq_s8_u8(vsliq_n_u8(q, vandq_u8(h, vdupq_n_u8(0x01)), 4));
+                out.v[k + 2] = vreinterpretq_s8_u8(vsriq_n_u8(vandq_u8(vshlq_n_u8(h, 3), vdupq_n_u8(0x10)), q, 4));
+            }
+            return out;
+        } else {
+            const uint8x16_t low = vdupq_n_u8(0x0f);
+            return {{vreinterpretq_s8_u8(vandq_u8(q0, low)), vreinterpretq_s8_u8(vandq_u8(q1, low)),
+                     vreinterpretq_s8_u8(vshrq_n_u8(q0, 4)), vreinterpretq_s8_u8(vshrq_n_u8(q1, 4))}};
+        }
     }
     template <int kChunk>
     static Bytes64 activations(const BlockQ8_K& b, Index<kChunk>) {
-        const int8_t* y = b.qs + 64 * kChunk;
-        return {{vld1q_s8(y), vld1q_s8(y + 16), vld1q_s8(y + 32), vld1q_s8(y + 48)}};
+        return bytes64(b.qs + 64 * kChunk);
     }
     // sum + the chunk's two groups' dots times their scales. A group's 32 products go four to
-    // an int16 lane (values 0..15: at most 4 * 15 * 128 in magnitude).
+    // an int16 lane (values 0..15, Q5_K's 0..31: within dot32_small's bound).
     template <int kChunk>
     int32x4_t dot(Index<kChunk>, const Bytes64& v, const Bytes64& y, int32x4_t sum) const {
         sum = add_scaled<2 * kChunk>(sum, dot32_small(v.v[0], v.v[1], y.v[0], y.v[1]), scales);
@@ -467,6 +576,9 @@ struct Q4KWeights {
         return vfmaq_f32(acc, vcvtq_f32_s32(sum), vdupq_n_f32(d * b.d));
     }
 };
+
+using Q4KWeights = Q45KWeights<BlockQ4_K>;
+using Q5KWeights = Q45KWeights<BlockQ5_K>;
 
 // Block i of a Q6_K row (values: tensor/dtype.cpp, dequantize_q6_k): four chunks of 64 values,
 // chunk c = 2 half + j the planes j (low nibbles of ql[64 half + 32 j ..], groups 8 half + 2 j
@@ -527,11 +639,57 @@ struct Q6KWeights {
     float32x4_t finish(int32x4_t sum, const BlockQ8_K& b, float32x4_t acc) const {
         return vfmaq_f32(acc, vcvtq_f32_s32(sum), vdupq_n_f32(d * b.d));
     }
+};
 
-  private:
-    // The 16 products of v (0..63) and y, two to each of eight int16 lanes.
-    static int16x8_t dot16(int8x16_t v, int8x16_t y) {
-        return vmlal_high_s8(vmull_s8(vget_low_s8(v), vget_low_s8(y)), v, y);
+// Block i of an IQ4_XS row: four chunks of 64 values, chunk c the groups 2c and 2c + 1, group
+// g's 32 values the levels (TBL) of the low then the high nibbles of qs[16 g .. 16 g + 15];
+// the signed scales (-32..31) in int16 lanes (group g in lane g). The levels are signed
+// (-127..113), so a group's products go two to an int16 lane.
+struct IQ4XSWeights {
+    using Block = BlockIQ4_XS;
+    const BlockIQ4_XS* w;
+    int16x8_t scales;
+    float d;
+    // The scales as iq4_xs_scale (tensor/dtype.h) gives them, in a vector: scale g's low 4 bits
+    // are nibble g % 2 of scales_l[g / 2], its high 2 bits bits 2 g, 2 g + 1 of scales_h.
+    explicit IQ4XSWeights(const BlockIQ4_XS* blk) : w(blk), d(half_one(blk->d)) {
+        static constexpr int16_t kDown[8] = {0, -2, -4, -6, -8, -10, -12, -14};  // right shifts by 2 g
+        uint32_t packed;
+        std::memcpy(&packed, blk->scales_l, 4);
+        const uint8x8_t l = vcreate_u8(packed);
+        const uint8x8_t low = vzip1_u8(vand_u8(l, vdup_n_u8(0x0f)), vshr_n_u8(l, 4));
+        const uint16x8_t high = vandq_u16(vshlq_u16(vdupq_n_u16(blk->scales_h), vld1q_s16(kDown)), vdupq_n_u16(3));
+        scales = vsubq_s16(vreinterpretq_s16_u16(vsliq_n_u16(vmovl_u8(low), high, 4)), vdupq_n_s16(32));
+    }
+    template <int kChunk>
+    Bytes64 values(Index<kChunk>) const {
+        const int8x16_t levels = vld1q_s8(kIq4Values);
+        Bytes64 out;
+        for (int k = 0; k < 2; ++k) {
+            uint8x16_t lo, hi;
+            unpack_nibbles(w->qs + 32 * kChunk + 16 * k, &lo, &hi);
+            out.v[2 * k] = vqtbl1q_s8(levels, lo);
+            out.v[2 * k + 1] = vqtbl1q_s8(levels, hi);
+        }
+        return out;
+    }
+    template <int kChunk>
+    static Bytes64 activations(const BlockQ8_K& b, Index<kChunk>) {
+        return bytes64(b.qs + 64 * kChunk);
+    }
+    // sum + the chunk's two groups' dots times their scales, each group's pair sums (at most
+    // 2 * 127 * 128) widened and scaled in two halves of 16 products.
+    template <int kChunk>
+    int32x4_t dot(Index<kChunk>, const Bytes64& v, const Bytes64& y, int32x4_t sum) const {
+        sum = add_scaled<2 * kChunk>(sum, dot16(v.v[0], y.v[0]), scales);
+        sum = add_scaled<2 * kChunk>(sum, dot16(v.v[1], y.v[1]), scales);
+        sum = add_scaled<2 * kChunk + 1>(sum, dot16(v.v[2], y.v[2]), scales);
+        return add_scaled<2 * kChunk + 1>(sum, dot16(v.v[3], y.v[3]), scales);
+    }
+    // No minimums or offset: the integer sum starts at 0 (|sum| <= 256 * 127 * 128 * 32 < 2^31).
+    int32x4_t begin(const BlockQ8_K& /*b*/, float32x4_t& /*acc*/) const { return vdupq_n_s32(0); }
+    float32x4_t finish(int32x4_t sum, const BlockQ8_K& b, float32x4_t acc) const {
+        return vfmaq_f32(acc, vcvtq_f32_s32(sum), vdupq_n_f32(d * b.d));
     }
 };
 
@@ -579,10 +737,11 @@ void k_quant_dots(int64_t n, const void* const* rows, const void* x, size_t stri
              std::make_index_sequence<kRows * kTokens>{});
 }
 
-// Gathered K-quant rows read side by side, four as at AVX2. A row costs about the instructions
-// of its single dot (the activation loads it shares pay for the spills of the rows' scales,
-// which by-lane multiplies need in v0-v15); what a group gains is its rows' cache misses in
-// flight at once, where one row after another waits on each row's first lines (kernels.h).
+// Gathered K-quant and IQ4_XS rows read side by side, four as at AVX2. A row costs about the
+// instructions of its single dot (the activation loads it shares pay for the spills of the
+// rows' scales, which by-lane multiplies need in v0-v15); what a group gains is its rows' cache
+// misses in flight at once, where one row after another waits on each row's first lines
+// (kernels.h).
 constexpr int kKQuantGatherGroup = 4;
 
 template <typename W>
@@ -852,8 +1011,10 @@ const KernelTable* kernels_neon() {
         KernelTable t{};
         t.isa = "neon";
         // Each type's row: {dot, dot4, rows8, rows4, axpy, gather_dot, gather_axpy}; gathered
-        // rows one after another but the K-quants' dots, four side by side (k_quant_dots); none
-        // of it timed on an Arm machine yet.
+        // rows one after another but the dots of the types against Q8_K (the K-quants, IQ4_XS),
+        // four side by side (k_quant_dots); Q2_K and Q3_K on the portable dots still; the typed
+        // axpys of Q5_0, Q5_1, the K-quants and the IQ4 types dequantise through the reference,
+        // then add as neon_axpy_f32 does (kernels.h); none of it timed on an Arm machine yet.
         t.of(DType::F32) = {neon_dot_f32, four_dots<neon_dot_f32>, nullptr, neon_dot4x4_f32, neon_axpy_f32,
                             dots_one_by_one<neon_dot_f32>, axpys_one_by_one<neon_axpy_f32>};
         t.of(DType::F16) = {neon_dot_f16, four_dots<neon_dot_f16>, nullptr, neon_dot4x4_f16, neon_axpy_f16,
@@ -868,31 +1029,31 @@ const KernelTable* kernels_neon() {
                              dots_one_by_one<neon_dot_q8_0>, axpys_one_by_one<neon_axpy_q8_0>};
         constexpr auto axpy_q5_0 = axpy_dequantised_blocks<DType::Q5_0, kQK, neon_axpy_f32>;
         constexpr auto axpy_q5_1 = axpy_dequantised_blocks<DType::Q5_1, kQK, neon_axpy_f32>;
-        t.of(DType::Q5_0) = {scalar_dot_q5_0, scalar_dot4_q5_0, nullptr, nullptr, axpy_q5_0,
-                             dots_one_by_one<scalar_dot_q5_0>, axpys_one_by_one<axpy_q5_0>};
-        t.of(DType::Q5_1) = {scalar_dot_q5_1, scalar_dot4_q5_1, nullptr, nullptr, axpy_q5_1,
-                             dots_one_by_one<scalar_dot_q5_1>, axpys_one_by_one<axpy_q5_1>};
+        t.of(DType::Q5_0) = {neon_dot_q5_0, neon_dot4_q5_0, nullptr, nullptr, axpy_q5_0,
+                             dots_one_by_one<neon_dot_q5_0>, axpys_one_by_one<axpy_q5_0>};
+        t.of(DType::Q5_1) = {neon_dot_q5_1, neon_dot4_q5_1, nullptr, nullptr, axpy_q5_1,
+                             dots_one_by_one<neon_dot_q5_1>, axpys_one_by_one<axpy_q5_1>};
+        constexpr auto axpy_iq4_nl = axpy_dequantised_blocks<DType::IQ4_NL, kQK, neon_axpy_f32>;
+        t.of(DType::IQ4_NL) = {neon_dot_iq4_nl, neon_dot4_iq4_nl, nullptr, nullptr, axpy_iq4_nl,
+                               dots_one_by_one<neon_dot_iq4_nl>, axpys_one_by_one<axpy_iq4_nl>};
         constexpr auto axpy_q4_k = axpy_dequantised_blocks<DType::Q4_K, kQK_K, neon_axpy_f32>;
         constexpr auto axpy_q5_k = axpy_dequantised_blocks<DType::Q5_K, kQK_K, neon_axpy_f32>;
-        constexpr auto axpy_iq4_xs = axpy_dequantised_blocks<DType::IQ4_XS, kQK_K, neon_axpy_f32>;
-        constexpr auto axpy_iq4_nl = axpy_dequantised_blocks<DType::IQ4_NL, kQK, neon_axpy_f32>;
         constexpr auto axpy_q2_k = axpy_dequantised_blocks<DType::Q2_K, kQK_K, neon_axpy_f32>;
         constexpr auto axpy_q3_k = axpy_dequantised_blocks<DType::Q3_K, kQK_K, neon_axpy_f32>;
         t.of(DType::Q2_K) = {scalar_dot_q2_k, scalar_dot4_q2_k, nullptr, nullptr, axpy_q2_k,
                              dots_one_by_one<scalar_dot_q2_k>, axpys_one_by_one<axpy_q2_k>};
         t.of(DType::Q3_K) = {scalar_dot_q3_k, scalar_dot4_q3_k, nullptr, nullptr, axpy_q3_k,
                              dots_one_by_one<scalar_dot_q3_k>, axpys_one_by_one<axpy_q3_k>};
-        t.of(DType::Q5_K) = {scalar_dot_q5_k, scalar_dot4_q5_k, nullptr, nullptr, axpy_q5_k,
-                             dots_one_by_one<scalar_dot_q5_k>, axpys_one_by_one<axpy_q5_k>};
-        t.of(DType::IQ4_XS) = {scalar_dot_iq4_xs, scalar_dot4_iq4_xs, nullptr, nullptr, axpy_iq4_xs,
-                               dots_one_by_one<scalar_dot_iq4_xs>, axpys_one_by_one<axpy_iq4_xs>};
-        t.of(DType::IQ4_NL) = {scalar_dot_iq4_nl, scalar_dot4_iq4_nl, nullptr, nullptr, axpy_iq4_nl,
-                               dots_one_by_one<scalar_dot_iq4_nl>, axpys_one_by_one<axpy_iq4_nl>};
         constexpr auto axpy_q6_k = axpy_dequantised_blocks<DType::Q6_K, kQK_K, neon_axpy_f32>;
+        constexpr auto axpy_iq4_xs = axpy_dequantised_blocks<DType::IQ4_XS, kQK_K, neon_axpy_f32>;
         t.of(DType::Q4_K) = {k_quant_dot<Q4KWeights>, k_quant_dot4<Q4KWeights>, nullptr, nullptr, axpy_q4_k,
                              k_quant_gather_dot<Q4KWeights>, axpys_one_by_one<axpy_q4_k>};
+        t.of(DType::Q5_K) = {k_quant_dot<Q5KWeights>, k_quant_dot4<Q5KWeights>, nullptr, nullptr, axpy_q5_k,
+                             k_quant_gather_dot<Q5KWeights>, axpys_one_by_one<axpy_q5_k>};
         t.of(DType::Q6_K) = {k_quant_dot<Q6KWeights>, k_quant_dot4<Q6KWeights>, nullptr, nullptr, axpy_q6_k,
                              k_quant_gather_dot<Q6KWeights>, axpys_one_by_one<axpy_q6_k>};
+        t.of(DType::IQ4_XS) = {k_quant_dot<IQ4XSWeights>, k_quant_dot4<IQ4XSWeights>, nullptr, nullptr, axpy_iq4_xs,
+                               k_quant_gather_dot<IQ4XSWeights>, axpys_one_by_one<axpy_iq4_xs>};
         t.quantize_q8_0 = neon_quantize_q8_0;
         t.quantize_q8_1 = neon_quantize_q8_1;
         t.quantize_q8_k = neon_quantize_q8_k;

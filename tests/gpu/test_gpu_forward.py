@@ -388,6 +388,28 @@ def test_dense_model_with_some_layers_on_the_cpu(tmp_path):
             assert_close(m.logits(ids), want)
 
 
+def as_uploaded(w, plan):
+    """The weights w (of a file in a type the plugin does not read) as a Model placed by
+    `plan` computes with them: on the GPU, Q8_0 rows made from the file's values (the GPU
+    layers' matrices, of a sparse placement's FFN only its hot neurons' rows, and the output
+    head); elsewhere (the token embeddings, the CPU's layers and cold neurons) the values as
+    stored."""
+    out = ggufgen.ModelWeights(w)
+    out.hparams = w.hparams
+    first_gpu_layer = w.hparams["n_layer"] - plan.n_gpu_layers
+    for name, values in w.items():
+        layer = int(name.split(".")[1]) if name.startswith("blk.") else w.hparams["n_layer"]
+        if values.ndim != 2 or name == "token_embd.weight" or layer < first_gpu_layer:
+            continue
+        rows = np.arange(len(values))
+        if plan.hot is not None and name.endswith(("ffn_gate.weight", "ffn_up.weight", "ffn_down_t.weight")):
+            rows = plan.hot[layer]
+        scale, q = reference.q8_blocks(values[rows], scale_as_half=True)
+        out[name] = values.copy()
+        out[name][rows] = (q * scale[:, None]).reshape(len(rows), -1)
+    return out
+
+
 @in_child
 @pytest.mark.parametrize("weight_type", ["BF16", "Q5_0", "Q4_K", "Q6_K"])
 def test_types_without_gpu_kernels_go_as_q8_0_rows(tmp_path, weight_type):
@@ -395,22 +417,43 @@ def test_types_without_gpu_kernels_go_as_q8_0_rows(tmp_path, weight_type):
     # device as Q8_0 rows made from its values (the embedding table stays on the host).
     w = ggufgen.write_llama_model(tmp_path / "m.gguf", weight_type=weight_type, n_embd=256, n_ff=256,
                                   n_head=4, n_head_kv=2)
-    as_q8_0 = dict(w)
-    for name, values in w.items():
-        if values.ndim == 2 and name != "token_embd.weight":
-            scale, q = reference.q8_blocks(values, scale_as_half=True)
-            as_q8_0[name] = (q * scale[:, None]).reshape(values.shape)
     ids = ggufgen.random_tokens(8)
     path, n_ctx = tmp_path / "m.gguf", 128
     costs = sparseinfer.model_costs(path, n_ctx=n_ctx)
     kv = costs.fixed_bytes[0] - sparseinfer.model_costs(path, n_ctx=n_ctx - 1).fixed_bytes[0]
     with gpu_model(path, n_ctx=n_ctx, vram_budget=f"{10**9}B") as m:
         got = m.logits(ids)
+        plan = m.placement
         # priced as uploaded: Q8_0 rows
-        assert m.gpu_weight_bytes == m.placement.planned_bytes - costs.batch_bytes - 2 * n_ctx * kv
-    assert_close(got, reference.forward(as_q8_0, ids, w.hparams, kv_f16=True))
+        assert m.gpu_weight_bytes == plan.planned_bytes - costs.batch_bytes - 2 * n_ctx * kv
+    assert_close(got, reference.forward(as_uploaded(w, plan), ids, kv_f16=True))
     # and the Q8_0 rounding shows: the file's own values give other logits
     assert np.abs(got - reference.forward(w, ids, kv_f16=True)).max() > 10 * MAX_TOL * got.std()
+
+
+@in_child
+@pytest.mark.parametrize("n_gpu_layers", [2, 1])
+def test_hybrid_sparse_with_a_type_the_plugin_does_not_read(tmp_path, n_gpu_layers):
+    # The hot neurons' rows, gathered, go as Q8_0 rows; the CPU computes the cold ones from
+    # the stored BF16 rows (and layer 0, with n_gpu_layers=1). The predictor is BF16 too.
+    from sparseinfer.profile import NeuronProfile, default_profile_path
+    path = tmp_path / "p.gguf"
+    w = sparsegen.write_pwri_model(path, weight_type="BF16", n_layer=2, seed=7)
+    # a profile that scatters the hot neurons, so that each gathered row must be the right one
+    rng = np.random.default_rng(3)
+    NeuronProfile(tuple(rng.permutation(128).astype(np.int64) for _ in range(2)), tokens=128).save(
+        default_profile_path(path))
+    budget = budget_for(path, 0.5, n_gpu_layers)
+    ids = ggufgen.random_tokens(8, seed=1)
+    with gpu_model(path, sparse=True, vram_budget=f"{budget}B") as m:
+        plan = m.placement
+        assert m.is_sparse and plan.n_gpu_layers == n_gpu_layers and 0 < plan.n_hot[1] < 128
+        assert plan.hot[1][-1] > plan.n_hot[1]  # not the first n_hot neurons
+        got = m.logits(ids)
+    ref = HybridReference(as_uploaded(w, plan), 2 - n_gpu_layers, plan.hot)
+    want = ref.eval(ids)
+    assert ref.threshold_margin() > 1e-5
+    assert_close(got, want)
 
 
 @in_child

@@ -155,7 +155,10 @@ def test_bad_arguments_are_value_errors(kwargs, message):
         si.plan_placement(counts, **args)
 
 
-@pytest.mark.parametrize("weight_type, row_bytes", [("F32", 64 * 4), ("F16", 64 * 2), ("Q4_0", 2 * 18)])
+@pytest.mark.parametrize("weight_type, row_bytes", [
+    ("F32", 64 * 4), ("F16", 64 * 2), ("Q4_0", 2 * 18),
+    ("BF16", 2 * 34), ("Q5_0", 2 * 34),  # the plugin does not read them: Q8_0 rows are uploaded
+])
 def test_model_costs_price_the_file_tensors(tmp_path, weight_type, row_bytes):
     w = sparsegen.write_pwri_model(tmp_path / "m.gguf", n_layer=3, n_embd=64, n_ff=96,
                                    rank=[16, 32, 8], weight_type=weight_type, pred_type="F16")
@@ -249,8 +252,8 @@ def test_plan_device_sparse_puts_dense_parts_first_then_hot_neurons(tmp_path):
 
 @pytest.mark.parametrize("kind", ["dense Q5_0", "dense Q6_K", "sparse Q4_0"])
 def test_a_path_is_priced_as_the_loaded_model_uploads_without_loading_it(tmp_path, kind):
-    # model_costs(path) binds the file as stored (no copies) and prices a type without CPU
-    # kernels as the Q8_0 copy a loaded model uploads.
+    # model_costs(path) binds the file as stored (no copies) and prices it as a loaded model
+    # uploads it (Q5_0 and Q6_K as Q8_0 rows: the plugin does not read them).
     path = tmp_path / "m.gguf"
     if kind.startswith("dense"):
         ggufgen.write_llama_model(path, weight_type=kind.split()[1], n_embd=256, n_ff=512, seed=3)

@@ -250,41 +250,48 @@ inline int32x4_t dot_full_i8(int8x16_t a0, int8x16_t a1, const int8_t* b) {
 }
 
 // A weight block unpacked once; step() adds its dot with one activation block into acc (and,
-// for Q4_1, the m * s term into off).
-// Q4_0 against Q8_1: the 4-bit values stay unsigned and the -8 offset comes back as
-// m s with m = -8 d, as for Q4_1 (kernels.h).
-struct Q4_0Weights {
-    using Act = BlockQ8_1;
-    int8x16_t lo, hi;
-    float32x4_t d;
-    float m;
-    explicit Q4_0Weights(const BlockQ4_0* blk) {
-        uint8x16_t ulo, uhi;
-        unpack_nibbles(blk->qs, &ulo, &uhi);
-        lo = vreinterpretq_s8_u8(ulo);
-        hi = vreinterpretq_s8_u8(uhi);
-        d = half_dup(&blk->d);
-        m = -8.0f * half_one(blk->d);
-    }
-    inline void step(float32x4_t& acc, float& off, const Act* b) const {
-        const int32x4_t s = dot_small_i8(lo, hi, b->qs);
-        acc = vfmaq_f32(acc, vcvtq_f32_s32(s), vmulq_f32(d, vld1q_dup_f32(&b->d)));
-        off = std::fma(m, b->s, off);
-    }
-};
+// for the types against Q8_1, the m * s term into off).
+// A Q5 block's fifth bits (qh little-endian, bit j for element j) as 0x10 in the bytes of
+// elements 0..15 (lo) and 16..31 (hi): each byte of qh spread over its eight elements, each
+// element testing its own bit.
+inline void fifth_bits(const uint8_t* qh, uint8x16_t* lo, uint8x16_t* hi) {
+    uint32_t bits;
+    std::memcpy(&bits, qh, 4);
+    const uint8x8_t bytes = vcreate_u8(bits);
+    const uint8x16_t own = vreinterpretq_u8_u64(vdupq_n_u64(0x8040201008040201u));  // 1, 2, 4, .. 128, twice
+    const uint8x16_t fifth = vdupq_n_u8(0x10);
+    *lo = vandq_u8(vtstq_u8(vcombine_u8(vdup_lane_u8(bytes, 0), vdup_lane_u8(bytes, 1)), own), fifth);
+    *hi = vandq_u8(vtstq_u8(vcombine_u8(vdup_lane_u8(bytes, 2), vdup_lane_u8(bytes, 3)), own), fifth);
+}
 
-struct Q4_1Weights {
+// Q4_0, Q4_1, Q5_0 and Q5_1 against Q8_1: the values stay unsigned (0..15, or 0..31 with the
+// fifth bits ored in) and the offset comes back as m s: m = -8 d for Q4_0, -16 d for Q5_0,
+// the block's m for Q4_1 and Q5_1 (kernels.h).
+template <typename Block>
+struct OffsetWeights {
     using Act = BlockQ8_1;
+    static constexpr bool kFifthBit = std::is_same<Block, BlockQ5_0>::value || std::is_same<Block, BlockQ5_1>::value;
+    static constexpr bool kHasMin = std::is_same<Block, BlockQ4_1>::value || std::is_same<Block, BlockQ5_1>::value;
     int8x16_t lo, hi;
     float32x4_t d;
     float m;
-    explicit Q4_1Weights(const BlockQ4_1* blk) {
+    explicit OffsetWeights(const Block* blk) {
         uint8x16_t ulo, uhi;
         unpack_nibbles(blk->qs, &ulo, &uhi);
+        if constexpr (kFifthBit) {
+            uint8x16_t flo, fhi;
+            fifth_bits(blk->qh, &flo, &fhi);
+            ulo = vorrq_u8(ulo, flo);
+            uhi = vorrq_u8(uhi, fhi);
+        }
         lo = vreinterpretq_s8_u8(ulo);
         hi = vreinterpretq_s8_u8(uhi);
         d = half_dup(&blk->d);
-        m = half_one(blk->m);
+        if constexpr (kHasMin) {
+            m = half_one(blk->m);
+        } else {
+            m = (kFifthBit ? -16.0f : -8.0f) * half_one(blk->d);
+        }
     }
     inline void step(float32x4_t& acc, float& off, const Act* b) const {
         const int32x4_t s = dot_small_i8(lo, hi, b->qs);
@@ -302,47 +309,6 @@ struct Q8_0Weights {
     inline void step(float32x4_t& acc, float& /*off*/, const Act* b) const {
         const int32x4_t s = dot_full_i8(q0, q1, b->qs);
         acc = vfmaq_f32(acc, vcvtq_f32_s32(s), vmulq_f32(d, half_dup(&b->d)));
-    }
-};
-
-// A Q5 block's fifth bits (qh little-endian, bit j for element j) as 0x10 in the bytes of
-// elements 0..15 (lo) and 16..31 (hi): each byte of qh spread over its eight elements, each
-// element testing its own bit.
-inline void fifth_bits(const uint8_t* qh, uint8x16_t* lo, uint8x16_t* hi) {
-    uint32_t bits;
-    std::memcpy(&bits, qh, 4);
-    const uint8x8_t bytes = vcreate_u8(bits);
-    const uint8x16_t own = vreinterpretq_u8_u64(vdupq_n_u64(0x8040201008040201u));  // 1, 2, 4, .. 128, twice
-    const uint8x16_t fifth = vdupq_n_u8(0x10);
-    *lo = vandq_u8(vtstq_u8(vcombine_u8(vdup_lane_u8(bytes, 0), vdup_lane_u8(bytes, 1)), own), fifth);
-    *hi = vandq_u8(vtstq_u8(vcombine_u8(vdup_lane_u8(bytes, 2), vdup_lane_u8(bytes, 3)), own), fifth);
-}
-
-// Q5_0 and Q5_1 against Q8_1: Q4_0 and Q4_1 with the fifth bits ored in (values 0..31), Q5_0's
-// offset of -16 coming back as m s with m = -16 d (kernels.h).
-template <typename Block>
-struct Q5Weights {
-    using Act = BlockQ8_1;
-    int8x16_t lo, hi;
-    float32x4_t d;
-    float m;
-    explicit Q5Weights(const Block* blk) {
-        uint8x16_t ulo, uhi, flo, fhi;
-        unpack_nibbles(blk->qs, &ulo, &uhi);
-        fifth_bits(blk->qh, &flo, &fhi);
-        lo = vreinterpretq_s8_u8(vorrq_u8(ulo, flo));
-        hi = vreinterpretq_s8_u8(vorrq_u8(uhi, fhi));
-        d = half_dup(&blk->d);
-        if constexpr (std::is_same<Block, BlockQ5_1>::value) {
-            m = half_one(blk->m);
-        } else {
-            m = -16.0f * half_one(blk->d);
-        }
-    }
-    inline void step(float32x4_t& acc, float& off, const Act* b) const {
-        const int32x4_t s = dot_small_i8(lo, hi, b->qs);
-        acc = vfmaq_f32(acc, vcvtq_f32_s32(s), vmulq_f32(d, vld1q_dup_f32(&b->d)));
-        off = std::fma(m, b->s, off);
     }
 };
 
@@ -422,16 +388,20 @@ inline void dot4_quant(int64_t n, const void* w, const void* x, size_t stride, f
     out[3] = t3.result();
 }
 
-float neon_dot_q4_0(int64_t n, const void* w, const void* x) { return dot_quant<Q4_0Weights, BlockQ4_0>(n, w, x); }
-float neon_dot_q4_1(int64_t n, const void* w, const void* x) { return dot_quant<Q4_1Weights, BlockQ4_1>(n, w, x); }
+float neon_dot_q4_0(int64_t n, const void* w, const void* x) {
+    return dot_quant<OffsetWeights<BlockQ4_0>, BlockQ4_0>(n, w, x);
+}
+float neon_dot_q4_1(int64_t n, const void* w, const void* x) {
+    return dot_quant<OffsetWeights<BlockQ4_1>, BlockQ4_1>(n, w, x);
+}
 float neon_dot_q8_0(int64_t n, const void* w, const void* x) { return dot_quant<Q8_0Weights, BlockQ8_0>(n, w, x); }
 
 void neon_dot4_q4_0(int64_t n, const void* w, const void* x, size_t stride, float* out) {
-    dot4_quant<Q4_0Weights, BlockQ4_0>(n, w, x, stride, out);
+    dot4_quant<OffsetWeights<BlockQ4_0>, BlockQ4_0>(n, w, x, stride, out);
 }
 
 void neon_dot4_q4_1(int64_t n, const void* w, const void* x, size_t stride, float* out) {
-    dot4_quant<Q4_1Weights, BlockQ4_1>(n, w, x, stride, out);
+    dot4_quant<OffsetWeights<BlockQ4_1>, BlockQ4_1>(n, w, x, stride, out);
 }
 
 void neon_dot4_q8_0(int64_t n, const void* w, const void* x, size_t stride, float* out) {
@@ -439,19 +409,19 @@ void neon_dot4_q8_0(int64_t n, const void* w, const void* x, size_t stride, floa
 }
 
 float neon_dot_q5_0(int64_t n, const void* w, const void* x) {
-    return dot_quant<Q5Weights<BlockQ5_0>, BlockQ5_0>(n, w, x);
+    return dot_quant<OffsetWeights<BlockQ5_0>, BlockQ5_0>(n, w, x);
 }
 float neon_dot_q5_1(int64_t n, const void* w, const void* x) {
-    return dot_quant<Q5Weights<BlockQ5_1>, BlockQ5_1>(n, w, x);
+    return dot_quant<OffsetWeights<BlockQ5_1>, BlockQ5_1>(n, w, x);
 }
 float neon_dot_iq4_nl(int64_t n, const void* w, const void* x) { return dot_quant<IQ4NLWeights, BlockIQ4_NL>(n, w, x); }
 
 void neon_dot4_q5_0(int64_t n, const void* w, const void* x, size_t stride, float* out) {
-    dot4_quant<Q5Weights<BlockQ5_0>, BlockQ5_0>(n, w, x, stride, out);
+    dot4_quant<OffsetWeights<BlockQ5_0>, BlockQ5_0>(n, w, x, stride, out);
 }
 
 void neon_dot4_q5_1(int64_t n, const void* w, const void* x, size_t stride, float* out) {
-    dot4_quant<Q5Weights<BlockQ5_1>, BlockQ5_1>(n, w, x, stride, out);
+    dot4_quant<OffsetWeights<BlockQ5_1>, BlockQ5_1>(n, w, x, stride, out);
 }
 
 void neon_dot4_iq4_nl(int64_t n, const void* w, const void* x, size_t stride, float* out) {

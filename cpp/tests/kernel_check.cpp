@@ -96,6 +96,21 @@ private:
     uint8_t* start_;
 };
 
+// Where a block keeps its IEEE half scale d, and whether a second half follows it (Q4_1's and
+// Q5_1's m; Q2_K's, Q4_K's and Q5_K's dmin).
+struct HalfScales {
+    size_t d_offset;
+    bool second;
+};
+HalfScales half_scales(DType type) {
+    const size_t d_offset = type == DType::Q6_K   ? offsetof(si::BlockQ6_K, d)
+                            : type == DType::Q2_K ? offsetof(si::BlockQ2_K, d)
+                            : type == DType::Q3_K ? offsetof(si::BlockQ3_K, d)
+                                                  : 0;
+    return {d_offset, type == DType::Q4_1 || type == DType::Q5_1 || type == DType::Q2_K || type == DType::Q4_K ||
+                          type == DType::Q5_K};
+}
+
 // Random weight row of n elements in `type` into dst (row_bytes(type, n) bytes).
 void fill_weights(DType type, int64_t n, uint8_t* dst) {
     switch (type) {
@@ -175,17 +190,13 @@ void fill_weights(DType type, int64_t n, uint8_t* dst) {
             // Random bytes (every scale and minimum pattern, the negative scales of Q3_K, Q6_K
             // and IQ4_XS) with finite block scales: d, and dmin (after d) for Q2_K, Q4_K, Q5_K.
             const si::DTypeInfo* info = si::dtype_info(static_cast<uint32_t>(type));
-            const size_t d_offset = type == DType::Q6_K   ? offsetof(si::BlockQ6_K, d)
-                                    : type == DType::Q2_K ? offsetof(si::BlockQ2_K, d)
-                                    : type == DType::Q3_K ? offsetof(si::BlockQ3_K, d)
-                                                          : 0;
-            const bool has_dmin = type == DType::Q2_K || type == DType::Q4_K || type == DType::Q5_K;
+            const HalfScales scales = half_scales(type);
             for (int64_t b = 0; b < n / info->block_elems; ++b) {
                 uint8_t* blk = dst + b * info->block_bytes;
                 for (size_t i = 0; i < info->block_bytes; ++i) blk[i] = static_cast<uint8_t>(uniform_int(0, 255));
                 const uint16_t d = si::fp32_to_fp16(normal(1e-3f)), dmin = si::fp32_to_fp16(normal(1e-3f));
-                std::memcpy(blk + d_offset, &d, 2);
-                if (has_dmin) std::memcpy(blk + d_offset + 2, &dmin, 2);
+                std::memcpy(blk + scales.d_offset, &d, 2);
+                if (scales.second) std::memcpy(blk + scales.d_offset + 2, &dmin, 2);
             }
             return;
         }
@@ -413,19 +424,12 @@ void check_extreme_dots(const KernelTable& level, const KernelTable& generic, DT
     si::row_bytes(type, n, &wbytes);
     Buffer wbuf(static_cast<size_t>(wbytes), 0);
     const uint16_t d = si::fp32_to_fp16(0.01f), second = si::fp32_to_fp16(-0.02f);
+    const HalfScales scales = half_scales(type);
     for (int64_t b = 0; b < n / info->block_elems; ++b) {
         uint8_t* blk = wbuf.data() + b * info->block_bytes;
         std::memset(blk, pattern, info->block_bytes);
-        const size_t d_offset = type == DType::Q6_K   ? offsetof(si::BlockQ6_K, d)
-                                : type == DType::Q2_K ? offsetof(si::BlockQ2_K, d)
-                                : type == DType::Q3_K ? offsetof(si::BlockQ3_K, d)
-                                                      : 0;
-        std::memcpy(blk + d_offset, &d, 2);
-        // The half after d: Q4_1's and Q5_1's m, Q2_K's, Q4_K's and Q5_K's dmin.
-        if (type == DType::Q4_1 || type == DType::Q5_1 || type == DType::Q2_K || type == DType::Q4_K ||
-            type == DType::Q5_K) {
-            std::memcpy(blk + d_offset + 2, &second, 2);
-        }
+        std::memcpy(blk + scales.d_offset, &d, 2);
+        if (scales.second) std::memcpy(blk + scales.d_offset + 2, &second, 2);
     }
     const size_t abytes = si::activation_bytes(type, n);
     Buffer xbuf(4 * abytes, 0);

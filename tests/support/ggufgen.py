@@ -23,6 +23,9 @@ import gguf
 from gguf import GGMLQuantizationType as QT
 from gguf import GGUFValueType as VT
 
+# The architectures write_llama_model writes: llama's blocks, and those that add to them.
+ARCHITECTURES = ("llama", "minicpm", "qwen2", "qwen3")
+
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
 # The other types the tests write (quantisers of our own where the gguf package has none).
 STORAGE_TYPES = ("Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
@@ -64,14 +67,19 @@ class RandomWeights:
     def norm(self, n: int) -> np.ndarray:
         return (1.0 + 0.1 * self.rng.standard_normal(n)).astype(np.float32)
 
-    def add_attention(self, raw: dict, prefix: str, n_embd: int, n_kv: int) -> None:
-        """A layer's attention norm and its q, k, v and output matrices, into raw."""
+    def vector(self, n: int, std: float) -> np.ndarray:
+        return (self.rng.standard_normal(n) * std).astype(np.float32)
+
+    def add_attention(self, raw: dict, prefix: str, n_embd: int, n_kv: int, n_q: Optional[int] = None) -> None:
+        """A layer's attention norm and its q, k, v and output matrices, into raw (n_q: the
+        width of all query heads, n_embd unless heads are wider or narrower)."""
+        n_q = n_embd if n_q is None else n_q
         raw[prefix + "attn_norm.weight"] = self.norm(n_embd)
         # q/k a little larger so that attention is not uniform
-        raw[prefix + "attn_q.weight"] = self.matrix(n_embd, n_embd, 1.5 / np.sqrt(n_embd))
+        raw[prefix + "attn_q.weight"] = self.matrix(n_q, n_embd, 1.5 / np.sqrt(n_embd))
         raw[prefix + "attn_k.weight"] = self.matrix(n_kv, n_embd, 1.5 / np.sqrt(n_embd))
         raw[prefix + "attn_v.weight"] = self.matrix(n_kv, n_embd, 1.0 / np.sqrt(n_embd))
-        raw[prefix + "attn_output.weight"] = self.matrix(n_embd, n_embd, 0.7 / np.sqrt(n_embd))
+        raw[prefix + "attn_output.weight"] = self.matrix(n_embd, n_q, 0.7 / np.sqrt(n_q))
 
 
 def default_vocab(n_vocab: int) -> list[tuple[str, float, int]]:
@@ -363,7 +371,10 @@ def write_llama_model(
     logit_scale: float = 3.0,
     alignment: Optional[int] = None,
     extra_kv: Optional[dict] = None,
-    arch: str = "llama",
+    arch: Optional[str] = None,
+    architecture: str = "llama",
+    head_dim: Optional[int] = None,
+    minicpm_scales: Optional[dict] = None,
     skip_keys: Iterable[str] = (),
     skip_tensors: Iterable[str] = (),
     reshape_tensors: Optional[dict] = None,
@@ -374,18 +385,28 @@ def write_llama_model(
     token_embd / output (default: weight_type). `activation` is recorded in hparams for the
     reference only ("relu" files are not distinguishable from SiLU ones in a plain GGUF).
     `vocab` is a list of (text, score, token_type); default: default_vocab(n_vocab).
-    For broken-model tests: `arch` is written as general.architecture (the llama.* keys
-    stay), `skip_keys` / `skip_tensors` are left out of the file, and `reshape_tensors`
-    maps a tensor name to a new numpy shape (same element count) written instead.
+    `architecture` is one of ARCHITECTURES: its keys ("<architecture>.") and the tensors
+    its blocks add (qwen2: Q, K, V biases; qwen3: per-head Q and K norms, and
+    attention.key_length / value_length when head_dim is given). For minicpm,
+    `minicpm_scales` ({"embedding_scale": ..., "residual_scale": ..., "logit_scale": ...})
+    are written as keys (None: none, the engine's defaults apply); hparams carry what the
+    reference needs (rope_layout, head_dim, the scales).
+    For broken-model tests: `arch` is written as general.architecture instead (the
+    architecture's keys stay), `skip_keys` / `skip_tensors` are left out of the file, and
+    `reshape_tensors` maps a tensor name to a new numpy shape (same element count) written
+    instead.
     """
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}")
     for t in (weight_type, embd_type, output_type):
         if t is not None and t not in WEIGHT_TYPES + STORAGE_TYPES:
             raise ValueError(f"unknown weight type {t!r}")
-    if n_embd % n_head:
+    explicit_head_dim = head_dim is not None
+    if not explicit_head_dim and n_embd % n_head:
         raise ValueError("n_embd must be a multiple of n_head")
     if n_head % n_head_kv:
         raise ValueError("n_head must be a multiple of n_head_kv")
-    head_dim = n_embd // n_head
+    head_dim = head_dim if explicit_head_dim else n_embd // n_head
     if rope_dim is None:
         rope_dim = head_dim
     if rope_dim % 2 or rope_dim > head_dim:
@@ -408,7 +429,14 @@ def write_llama_model(
     raw["token_embd.weight"] = draw.matrix(n_vocab, n_embd, 1.0)
     for i in range(n_layer):
         p = f"blk.{i}."
-        draw.add_attention(raw, p, n_embd, n_kv)
+        draw.add_attention(raw, p, n_embd, n_kv, n_head * head_dim)
+        if architecture == "qwen2":
+            raw[p + "attn_q.bias"] = draw.vector(n_head * head_dim, 0.5)
+            raw[p + "attn_k.bias"] = draw.vector(n_kv, 0.5)
+            raw[p + "attn_v.bias"] = draw.vector(n_kv, 0.5)
+        if architecture == "qwen3":
+            raw[p + "attn_q_norm.weight"] = draw.norm(head_dim)
+            raw[p + "attn_k_norm.weight"] = draw.norm(head_dim)
         raw[p + "ffn_norm.weight"] = draw.norm(n_embd)
         raw[p + "ffn_gate.weight"] = draw.matrix(n_ff, n_embd, 1.0 / np.sqrt(n_embd))
         raw[p + "ffn_up.weight"] = draw.matrix(n_ff, n_embd, 1.0 / np.sqrt(n_embd))
@@ -426,7 +454,7 @@ def write_llama_model(
     skip_keys = set(skip_keys)
     skip_tensors = set(skip_tensors)
     reshape_tensors = dict(reshape_tensors or {})
-    writer = gguf.GGUFWriter(str(path), arch)
+    writer = gguf.GGUFWriter(str(path), arch or architecture)
     _add_kv = writer.add_key_value
 
     def add_key_value(key, val, vtype, sub_type=None):
@@ -438,9 +466,15 @@ def write_llama_model(
         writer.kv_data[0].pop("general.architecture", None)
     if alignment is not None:
         writer.add_custom_alignment(alignment)
-    add_hparams(writer, "llama.", name="sparseinfer-test-tiny-llama", n_ctx=n_ctx, n_embd=n_embd,
+    prefix = architecture + "."
+    add_hparams(writer, prefix, name=f"sparseinfer-test-tiny-{architecture}", n_ctx=n_ctx, n_embd=n_embd,
                 n_layer=n_layer, n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv, rope_base=rope_base,
                 rope_dim=rope_dim, rms_eps=rms_eps, n_vocab=n_vocab)
+    if explicit_head_dim:
+        writer.add_uint32(prefix + "attention.key_length", head_dim)
+        writer.add_uint32(prefix + "attention.value_length", head_dim)
+    for key, value in (minicpm_scales or {}).items():
+        writer.add_float32(prefix + key, value)
     add_spm_vocab(writer, vocab)
     for k, v in (extra_kv or {}).items():
         # extra keys override the builder's own (which the wrapper skipped)
@@ -468,7 +502,14 @@ def write_llama_model(
         n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv,
         n_ff=n_ff, n_ctx=n_ctx, rope_base=rope_base, rope_dim=rope_dim, rms_eps=rms_eps,
         activation=activation, tie_embeddings=tie_embeddings, weight_type=weight_type,
+        head_dim=head_dim, rope_layout="neox" if architecture in ("qwen2", "qwen3") else "normal",
     )
+    if architecture == "minicpm":
+        given = minicpm_scales or {}
+        # MiniCPM's published constants when the file has no keys (the engine's defaults)
+        w.hparams.update(embedding_scale=given.get("embedding_scale", 12.0),
+                         residual_scale=given.get("residual_scale", 1.4 / np.sqrt(n_layer)),
+                         logit_scale=given.get("logit_scale", n_embd / 256.0))
     w.path = str(path)
     w.vocab = list(vocab)
     return w

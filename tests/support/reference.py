@@ -1,9 +1,16 @@
-"""A NumPy float64 reference forward pass for llama-architecture models.
+"""A NumPy float64 reference forward pass for llama-architecture models and those built from
+llama's blocks (minicpm, qwen2, qwen3).
 
 Conventions (llama.cpp for arch "llama", read for facts only):
 - RMSNorm: x / sqrt(mean(x^2) + eps) * w.
 - RoPE in GGML "normal" mode (mode 0): rotates ADJACENT pairs (x[2i], x[2i+1]) of each head
   by theta_i = pos * base^(-2i/rope_dim), i < rope_dim/2; dims >= rope_dim pass through.
+  NeoX mode (hparams rope_layout "neox"; qwen2, qwen3): the pairs are (x[i], x[i + rope_dim/2]).
+- Heads are hparams["head_dim"] wide when given (qwen3), else n_embd / n_head.
+- Present in the weights, they apply: attn_q/k/v.bias added after the projections (qwen2);
+  attn_q_norm / attn_k_norm, an RMS norm of each head of Q and K before RoPE (qwen3).
+- hparams embedding_scale, residual_scale, logit_scale (minicpm): embeddings times the
+  first, each attention and FFN output times the second, logits divided by the third.
 - Grouped-query attention: query head h reads kv head h // (n_head // n_head_kv).
 - Causal softmax with scale 1/sqrt(head_dim).
 - FFN: down(act(gate(x)) * up(x)), act = SiLU (or ReLU for ReLU models).
@@ -34,6 +41,16 @@ def rope_normal(x: np.ndarray, positions: np.ndarray, rope_dim: int, base: float
     x1 = x[:, :, 1:rope_dim:2]
     out[:, :, 0:rope_dim:2] = x0 * cos - x1 * sin
     out[:, :, 1:rope_dim:2] = x0 * sin + x1 * cos
+    return out
+
+
+def rope_neox(x: np.ndarray, positions: np.ndarray, rope_dim: int, base: float) -> np.ndarray:
+    """x: (n_tokens, n_heads, head_dim). GGML NeoX mode: pairs (x[i], x[i + rope_dim/2])."""
+    half = rope_dim // 2
+    # the same rotation as rope_normal, on the values rearranged into adjacent pairs
+    order = np.stack([np.arange(half), np.arange(half) + half], axis=1).reshape(-1)
+    out = x.copy()
+    out[:, :, order] = rope_normal(x[:, :, order], positions, rope_dim, base)
     return out
 
 
@@ -72,7 +89,11 @@ class ReferenceLlama:
         self.n_head = hp["n_head"]
         self.n_head_kv = hp["n_head_kv"]
         self.n_embd = hp["n_embd"]
-        self.head_dim = self.n_embd // self.n_head
+        self.head_dim = hp.get("head_dim") or self.n_embd // self.n_head
+        self.rope = rope_neox if hp.get("rope_layout", "normal") == "neox" else rope_normal
+        self.embedding_scale = hp.get("embedding_scale", 1.0)
+        self.residual_scale = hp.get("residual_scale", 1.0)
+        self.logit_scale = hp.get("logit_scale", 1.0)
         self.rope_dim = hp.get("rope_dim") or self.head_dim
         self.rope_base = hp.get("rope_base", 10000.0)
         self.eps = hp.get("rms_eps", 1e-5)
@@ -98,7 +119,7 @@ class ReferenceLlama:
         h = rms_norm(x, self.w[prefix + "ffn_norm.weight"], self.eps)
         g = self._mv(h, prefix + "ffn_gate.weight")
         u = self._mv(h, prefix + "ffn_up.weight")
-        return x + self._mv(self.act(g) * u, prefix + "ffn_down.weight")
+        return x + self.residual_scale * self._mv(self.act(g) * u, prefix + "ffn_down.weight")
 
     def eval(self, tokens: Sequence[int]) -> np.ndarray:
         """Appends tokens; returns logits (len(tokens), n_vocab) in float64."""
@@ -108,16 +129,20 @@ class ReferenceLlama:
         hd, nh, nkv = self.head_dim, self.n_head, self.n_head_kv
         group = nh // nkv
         pos = np.arange(self.n_past, self.n_past + n)
-        x = w["token_embd.weight"][tokens]  # (n, n_embd)
+        x = w["token_embd.weight"][tokens] * self.embedding_scale  # (n, n_embd)
         scale = 1.0 / np.sqrt(hd)
         for il in range(self.n_layer):
             p = f"blk.{il}."
             h = rms_norm(x, w[p + "attn_norm.weight"], self.eps)
-            q = self._mv(h, p + "attn_q.weight").reshape(n, nh, hd)
-            k = self._mv(h, p + "attn_k.weight").reshape(n, nkv, hd)
-            v = self._mv(h, p + "attn_v.weight").reshape(n, nkv, hd)
-            q = rope_normal(q, pos, self.rope_dim, self.rope_base)
-            k = rope_normal(k, pos, self.rope_dim, self.rope_base)
+            q, k, v = (self._mv(h, p + f"attn_{name}.weight") for name in "qkv")
+            if p + "attn_q.bias" in w:
+                q, k, v = (a + w[p + f"attn_{name}.bias"] for a, name in zip((q, k, v), "qkv"))
+            q, k, v = q.reshape(n, nh, hd), k.reshape(n, nkv, hd), v.reshape(n, nkv, hd)
+            if p + "attn_q_norm.weight" in w:
+                q = rms_norm(q, w[p + "attn_q_norm.weight"], self.eps)
+                k = rms_norm(k, w[p + "attn_k_norm.weight"], self.eps)
+            q = self.rope(q, pos, self.rope_dim, self.rope_base)
+            k = self.rope(k, pos, self.rope_dim, self.rope_base)
             K = np.concatenate([self.k_cache[il], self._kv(k)], axis=0)  # (n_past+n, nkv, hd)
             V = np.concatenate([self.v_cache[il], self._kv(v)], axis=0)
             self.k_cache[il], self.v_cache[il] = K, V
@@ -133,12 +158,12 @@ class ReferenceLlama:
                 e = np.exp(s)
                 pr = e / e.sum(axis=1, keepdims=True)
                 attn[:, hh, :] = pr @ V[:, kh, :]
-            x = x + self._mv(attn.reshape(n, nh * hd), p + "attn_output.weight")
+            x = x + self.residual_scale * self._mv(attn.reshape(n, nh * hd), p + "attn_output.weight")
             x = self._feed_forward(x, p)
         h = rms_norm(x, w["output_norm.weight"], self.eps)
         out_name = "output.weight" if "output.weight" in w else "token_embd.weight"
         self.n_past += n
-        return self._mv(h, out_name)
+        return self._mv(h, out_name) / self.logit_scale
 
 
 def relu(x: np.ndarray) -> np.ndarray:

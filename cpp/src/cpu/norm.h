@@ -19,14 +19,18 @@ inline void rms_norm_rows(const float* x, const float* weight, int64_t rows, int
     }
 }
 
-// RoPE as GGML's "normal" mode, which llama GGUF files are converted for: each adjacent pair
-// (x[2i], x[2i+1]) of a head's first rope_dim values turns by the angle whose cosine and sine
-// are cos[i], sin[i].
-inline void rope(float* head, int64_t rope_dim, const float* cos, const float* sin) {
-    for (int64_t i = 0; i < rope_dim / 2; ++i) {
-        const float x0 = head[2 * i], x1 = head[2 * i + 1];
-        head[2 * i] = x0 * cos[i] - x1 * sin[i];
-        head[2 * i + 1] = x0 * sin[i] + x1 * cos[i];
+// RoPE over a head's first rope_dim values: pair i turns by the angle whose cosine and sine
+// are cos[i], sin[i], i < rope_dim / 2. Which values make pair i is the layout's business:
+//   adjacent_pairs: (x[2i], x[2i+1]), GGML's "normal" mode, for which llama files are converted;
+//   halves:         (x[i], x[i + rope_dim/2]), GGML's NeoX mode (BlockSpec::rope_layout).
+inline void rope(float* head, int64_t rope_dim, const float* cos, const float* sin, bool halves) {
+    const int64_t half = rope_dim / 2;
+    const int64_t step = halves ? 1 : 2, partner = halves ? half : 1;
+    for (int64_t i = 0; i < half; ++i) {
+        float* first = head + i * step;
+        const float x0 = first[0], x1 = first[partner];
+        first[0] = x0 * cos[i] - x1 * sin[i];
+        first[partner] = x0 * sin[i] + x1 * cos[i];
     }
 }
 

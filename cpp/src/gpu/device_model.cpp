@@ -9,6 +9,36 @@ namespace si::gpu {
 
 namespace {
 
+// What of the model's blocks the GPU layers cannot compute yet ("" when nothing): they run
+// llama's block as it stood before the BlockSpec grew (gpu_forward.cpp, cuda/).
+std::string blocks_the_gpu_lacks(const ModelConfig& c) {
+    const BlockSpec& b = c.block;
+    std::string lacking;
+    auto lack = [&](bool missing, const char* what) {
+        if (missing) lacking += std::string(lacking.empty() ? "" : ", ") + what;
+    };
+    lack(b.rope_layout != RopeLayout::adjacent_pairs, "RoPE on the halves of each head");
+    lack(b.qkv_bias, "Q, K and V biases");
+    lack(b.qk_norm, "per-head Q and K norms");
+    lack(b.embedding_scale != 1.0f || b.residual_scale != 1.0f || b.logit_scale != 1.0f,
+         "embedding, residual and logit scales");
+    lack(c.q_dim() != c.n_embd, "heads wider or narrower than n_embd / n_head");
+    return lacking;
+}
+
+// The model, once it is known to be one the GPU layers can run (checked before the plugin loads,
+// so that the reason is the message).
+std::shared_ptr<const Model> runs_on_gpu(std::shared_ptr<const Model> model) {
+    if (!model->prepared()) throw ArgumentError("a model loaded with prepare_weights=False cannot go to a GPU");
+    const std::string lacking = blocks_the_gpu_lacks(model->config());
+    if (!lacking.empty()) {
+        throw UnsupportedError(model->file().describe("architecture '" + model->config().arch +
+                                                      "' runs on the CPU only in this version (the GPU path lacks " +
+                                                      lacking + "); use device='cpu'"));
+    }
+    return model;
+}
+
 // The plugin's type id for a weight type, or -1 where its kernels have none.
 int plugin_type(DType t) {
     switch (t) {
@@ -25,9 +55,8 @@ int plugin_type(DType t) {
 
 DeviceModel::DeviceModel(std::shared_ptr<const Model> model, const std::string& plugin_path, int device,
                          Placement placement)
-    : model_(std::move(model)), plugin_(Plugin::load(plugin_path)), ctx_(plugin_, device) {
+    : model_(runs_on_gpu(std::move(model))), plugin_(Plugin::load(plugin_path)), ctx_(plugin_, device) {
     const ModelConfig& c = model_->config();
-    if (!model_->prepared()) throw ArgumentError("a model loaded with prepare_weights=False cannot go to a GPU");
     const int64_t n_gpu = placement.n_gpu_layers;
     if (n_gpu < -1) throw ArgumentError("n_gpu_layers must be -1 (every layer) or >= 0");
     first_gpu_layer_ = n_gpu == -1 || n_gpu >= c.n_layer ? 0 : c.n_layer - n_gpu;

@@ -15,7 +15,7 @@ constexpr int64_t kMaxDimension = 1 << 20;
 constexpr int64_t kMaxLayers = 4096;
 
 // The architectures there are (model/architectures/).
-const Architecture* const kArchitectures[] = {&kLlama, &kBamboo};
+const Architecture* const kArchitectures[] = {&kLlama, &kBamboo, &kMiniCpm, &kQwen2, &kQwen3};
 
 }  // namespace
 
@@ -51,7 +51,7 @@ void read_common_config(const GgufFile& f, ModelConfig& c) {
                                                          : c.n_head;
     c.n_ff = required(p + "feed_forward_length");
     c.n_ctx_train = f.find(p + "context_length") ? required(p + "context_length") : 4096;
-    if (c.n_embd % c.n_head != 0) {
+    if (!f.find(p + "attention.key_length") && c.n_embd % c.n_head != 0) {
         throw FormatError(f.describe("embedding_length " + std::to_string(c.n_embd) +
                                      " is not a multiple of head_count " + std::to_string(c.n_head)));
     }
@@ -60,7 +60,16 @@ void read_common_config(const GgufFile& f, ModelConfig& c) {
                                      " is not a multiple of head_count_kv " +
                                      std::to_string(c.n_head_kv)));
     }
-    c.head_dim = c.n_embd / c.n_head;
+    // A head's width is n_embd / n_head unless the file says otherwise (Qwen3, Gemma 3); K and
+    // V heads of different widths (value_length) are not supported.
+    c.head_dim = f.find(p + "attention.key_length") ? required(p + "attention.key_length") : c.n_embd / c.n_head;
+    if (c.q_dim() > kMaxDimension) throw FormatError(f.describe("absurd attention.key_length"));
+    if (f.find(p + "attention.value_length") && required(p + "attention.value_length") != c.head_dim) {
+        throw UnsupportedError(f.describe("attention.value_length " +
+                                          std::to_string(f.get_int(p + "attention.value_length", 0)) +
+                                          " differs from key_length " + std::to_string(c.head_dim) +
+                                          ", which this version does not run"));
+    }
     c.rope_dim = f.find(p + "rope.dimension_count") ? required(p + "rope.dimension_count")
                                                      : c.head_dim;
     if (c.rope_dim > c.head_dim || c.rope_dim % 2 != 0) {

@@ -42,8 +42,8 @@ struct Architecture {
 const Architecture& find_architecture(const GgufFile& file);
 
 // The hyperparameters every architecture in GGUF shares, under the prefix "<arch>.":
-// embedding_length, block_count, attention.head_count(_kv), feed_forward_length,
-// context_length, rope.dimension_count, rope.freq_base, attention.layer_norm_rms_epsilon;
+// embedding_length, block_count, attention.head_count(_kv), attention.key_length /
+// value_length, feed_forward_length, context_length, rope.dimension_count, rope.freq_base, attention.layer_norm_rms_epsilon;
 // n_vocab from token_embd.weight. RoPE scaling is refused.
 void read_common_config(const GgufFile& file, ModelConfig& config);
 

@@ -28,9 +28,26 @@ enum class FeedForwardKind {
     relu_predicted,
 };
 
+// Which values of a head RoPE turns together (llama.cpp's rope types).
+enum class RopeLayout {
+    adjacent_pairs,  // (x[2i], x[2i+1]): GGML's "normal" mode, for which llama files are converted
+    halves,          // (x[i], x[i + rope_dim/2]): GGML's NeoX mode (Qwen2, Qwen3, Falcon, Gemma)
+};
+
 struct BlockSpec {
     FeedForwardKind ffn = FeedForwardKind::silu_gated;
     Activation up_activation = Activation::identity;  // of relu_predicted: relu for bamboo
+    RopeLayout rope_layout = RopeLayout::adjacent_pairs;
+    bool qkv_bias = false;  // attn_q/k/v.bias added to Q, K and V (Qwen2)
+    // Each head of Q and of K RMS-normed (attn_q_norm, attn_k_norm: head_dim weights) before
+    // RoPE (Qwen3).
+    bool qk_norm = false;
+    // MiniCPM's scales (muP): the embeddings are multiplied by embedding_scale, the output of
+    // each attention and FFN block by residual_scale before it joins the residual stream, and
+    // the logits divided by logit_scale. 1 leaves a value as it is (x * 1.0f is x).
+    float embedding_scale = 1.0f;
+    float residual_scale = 1.0f;
+    float logit_scale = 1.0f;
 };
 
 // Hyperparameters, and the block every layer is.
@@ -41,7 +58,7 @@ struct ModelConfig {
     int64_t n_layer = 0;
     int64_t n_head = 0;
     int64_t n_head_kv = 0;
-    int64_t head_dim = 0;
+    int64_t head_dim = 0;  // of Q, K and V: attention.key_length, else n_embd / n_head
     int64_t n_ff = 0;
     int64_t n_ctx_train = 0;
     int64_t rope_dim = 0;  // leading dimensions of each head that RoPE rotates
@@ -52,6 +69,10 @@ struct ModelConfig {
     // or LoadOptions::sparse_threshold).
     float sparse_threshold = 0.0f;
 
+    // The width of all query heads together (of Q, and the input of attn_output): n_embd
+    // unless the file says heads are wider or narrower (Qwen3, Gemma 3).
+    int64_t q_dim() const { return n_head * head_dim; }
+    int64_t kv_dim() const { return n_head_kv * head_dim; }
     // Whether the layers have activation predictors: the model can run sparse.
     bool has_predictors() const { return block.ffn == FeedForwardKind::relu_predicted; }
 };
@@ -59,6 +80,8 @@ struct ModelConfig {
 struct LayerWeights {
     std::vector<float> attn_norm;
     Matrix wq, wk, wv, wo;
+    std::vector<float> bq, bk, bv;      // BlockSpec::qkv_bias
+    std::vector<float> q_norm, k_norm;  // BlockSpec::qk_norm: head_dim each
     std::vector<float> ffn_norm;
     // PowerInfer files keep neuron j's gate row, up row and ffn_down_t row side by side in a
     // copy made at load (row j of each of the three matrices lies in one block of their common

@@ -65,15 +65,14 @@ Session::~Session() = default;
 void Session::ensure_batch_capacity(int64_t n) {
     if (n <= batch_capacity_) return;
     const ModelConfig& c = model_->config();
-    const int64_t kv_dim = c.n_head_kv * c.head_dim;
-    const int64_t widest = std::max({c.n_embd, c.n_ff, max_rank_});
+    const int64_t widest = std::max({c.n_embd, c.q_dim(), c.n_ff, max_rank_});
     const int64_t attention_floats =
         static_cast<int64_t>(pool_.size()) * attention_scratch_floats(kv_cache_.positions());
     // Dimensions are at most 2^20 and n at most kMaxBatch, so these sums cannot overflow.
-    // Per token: x, xn, q, attn_out; k, v; gate, up and the active list (n_ff int32s); the
+    // Per token: x, xn; q, attn_out; k, v; gate, up and the active list (n_ff int32s); the
     // predictor's hidden layer and the rotation angles. Per thread: attention scores.
     const uint64_t floats = static_cast<uint64_t>(n) *
-        (4 * c.n_embd + 2 * kv_dim + 3 * c.n_ff + max_rank_ + c.rope_dim) +
+        (2 * c.n_embd + 2 * c.q_dim() + 2 * c.kv_dim() + 3 * c.n_ff + max_rank_ + c.rope_dim) +
         static_cast<uint64_t>(attention_floats) +
         NeuronSum::scratch_floats(c.n_embd, pool_.size());
     require_memory("scratch buffers for a batch of " + std::to_string(n) + " tokens",
@@ -81,10 +80,10 @@ void Session::ensure_batch_capacity(int64_t n) {
     auto sized = [](std::vector<float>& v, int64_t count) { v.assign(static_cast<size_t>(count), 0.0f); };
     sized(x_, n * c.n_embd);
     sized(xn_, n * c.n_embd);
-    sized(q_, n * c.n_embd);
-    sized(k_, n * kv_dim);
-    sized(v_, n * kv_dim);
-    sized(attn_out_, n * c.n_embd);
+    sized(q_, n * c.q_dim());
+    sized(k_, n * c.kv_dim());
+    sized(v_, n * c.kv_dim());
+    sized(attn_out_, n * c.q_dim());
     sized(gate_, n * c.n_ff);
     sized(predictor_hidden_, n * max_rank_);
     active_.resize(static_cast<size_t>(n));
@@ -156,6 +155,7 @@ void Session::forward(const std::vector<int32_t>& tokens, bool all_logits) {
             kernels_.dequantize_row(e.type, e.row(tokens[static_cast<size_t>(start + t)]),
                                     x_.data() + t * c.n_embd, c.n_embd);
         }
+        for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] *= c.block.embedding_scale;
 
         // The rotation angles depend on the position alone: compute them once per token,
         // theta_i = pos * base^(-2i / rope_dim), in double for large positions.
@@ -197,33 +197,56 @@ void Session::forward(const std::vector<int32_t>& tokens, bool all_logits) {
             rms_norm_rows(x_.data() + first_kept * c.n_embd, model_->output_norm().data(),
                           n - first_kept, c.n_embd, c.rms_eps, xn_.data());
             matmul({{&model_->output(), dst}}, xn_.data(), n - first_kept);
+            const float inverse_logit_scale = 1.0f / c.block.logit_scale;  // as llama.cpp scales them
+            for (int64_t i = 0; i < (n - first_kept) * c.n_vocab; ++i) dst[i] *= inverse_logit_scale;
         }
         n_past_ += n;
     }
 }
 
 void Session::cpu_attention(int il, int64_t n) {
-    // x += Wo * attention(rope(Wq xn), rope(Wk xn), Wv xn), K and V stored at n_past..
+    // x += residual_scale * Wo attention(rope(norm(Wq xn + bq)), rope(norm(Wk xn + bk)), Wv xn + bv),
+    // K and V stored at n_past.. (the biases and the per-head norms where the BlockSpec has them)
     const ModelConfig& c = model_->config();
+    const BlockSpec& block = c.block;
     const LayerWeights& l = model_->layers()[static_cast<size_t>(il)];
-    const int64_t kv_dim = c.n_head_kv * c.head_dim, half_rope = c.rope_dim / 2;
+    const int64_t q_dim = c.q_dim(), kv_dim = c.kv_dim(), half_rope = c.rope_dim / 2;
+    const bool halves = block.rope_layout == RopeLayout::halves;
     rms_norm_rows(x_.data(), l.attn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
     matmul({{&l.wq, q_.data()}, {&l.wk, k_.data()}, {&l.wv, v_.data()}}, xn_.data(), n);
     for (int64_t t = 0; t < n; ++t) {
+        float* q = q_.data() + t * q_dim;
+        float* k = k_.data() + t * kv_dim;
+        float* v = v_.data() + t * kv_dim;
+        if (block.qkv_bias) {
+            for (int64_t i = 0; i < q_dim; ++i) q[i] += l.bq[static_cast<size_t>(i)];
+            for (int64_t i = 0; i < kv_dim; ++i) k[i] += l.bk[static_cast<size_t>(i)];
+            for (int64_t i = 0; i < kv_dim; ++i) v[i] += l.bv[static_cast<size_t>(i)];
+        }
+        if (block.qk_norm) {
+            rms_norm_rows(q, l.q_norm.data(), c.n_head, c.head_dim, c.rms_eps, q);
+            rms_norm_rows(k, l.k_norm.data(), c.n_head_kv, c.head_dim, c.rms_eps, k);
+        }
         const float* cos = rope_cos_.data() + t * half_rope;
         const float* sin = rope_sin_.data() + t * half_rope;
-        for (int64_t h = 0; h < c.n_head; ++h) rope(q_.data() + t * c.n_embd + h * c.head_dim, c.rope_dim, cos, sin);
-        for (int64_t h = 0; h < c.n_head_kv; ++h) rope(k_.data() + t * kv_dim + h * c.head_dim, c.rope_dim, cos, sin);
-        kv_cache_.store(il, n_past_ + t, k_.data() + t * kv_dim, v_.data() + t * kv_dim);
+        for (int64_t h = 0; h < c.n_head; ++h) rope(q + h * c.head_dim, c.rope_dim, cos, sin, halves);
+        for (int64_t h = 0; h < c.n_head_kv; ++h) rope(k + h * c.head_dim, c.rope_dim, cos, sin, halves);
+        kv_cache_.store(il, n_past_ + t, k, v);
     }
     attention(pool_, kernels_, kv_cache_, il, {c.n_head, c.n_head_kv, c.head_dim}, q_.data(), n, n_past_,
               attention_scratch_.data(), attn_out_.data());
     matmul({{&l.wo, xn_.data()}}, attn_out_.data(), n);
-    for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] += xn_[i];
+    add_residual(n);
+}
+
+void Session::add_residual(int64_t n) {
+    const float scale = model_->config().block.residual_scale;
+    const int64_t values = n * model_->config().n_embd;
+    for (int64_t i = 0; i < values; ++i) x_[i] += scale * xn_[i];
 }
 
 // The feed-forward block of a layer, in its forms (BlockSpec::ffn):
-//   silu_gated:      x += W_down (silu(W_gate xn) * W_up xn)
+//   silu_gated:      x += W_down (silu(W_gate xn) * W_up xn)   (times BlockSpec::residual_scale)
 //   relu_predicted:  h_j = relu(gate_j . xn) * up_j . xn (relu on up too for bamboo),
 //                    x += sum_j h_j down_t[j] (cpu/neuron_sum.h), over
 //     - dense: every neuron; where the kernels have an eight-row product for the gate's
@@ -247,7 +270,7 @@ void Session::feed_forward(int layer, int64_t n) {
             gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];  // SiLU(g) * up
         }
         matmul({{&l.ffn_down, xn_.data()}}, gate_.data(), n);
-        for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] += xn_[i];
+        add_residual(n);
         layer_active_[static_cast<size_t>(layer)] += hidden;
         return;
     }
@@ -264,7 +287,7 @@ void Session::feed_forward(int layer, int64_t n) {
         layer_active_[static_cast<size_t>(layer)] += hidden;
     }
     if (count_neurons_) count_fired_neurons(layer, n);
-    for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] += xn_[i];
+    add_residual(n);
 }
 
 void Session::predict_active_neurons(const LayerWeights& l, int64_t n) {

@@ -76,6 +76,8 @@ private:
     // The blocks of a CPU layer: x += attention(x), x += FFN(x) for the batch (dense SiLU,
     // dense ReLU, or the sparse PowerInfer path).
     void cpu_attention(int layer, int64_t n_tokens);
+    // x_ += residual_scale * xn_: a block's output (in xn_) joins the residual stream.
+    void add_residual(int64_t n_tokens);
     void feed_forward(int layer, int64_t n_tokens);
     // The FFN of a GPU layer, with the CPU's share of a sparse one.
     void gpu_feed_forward(int layer, int64_t n_tokens);

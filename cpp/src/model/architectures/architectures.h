@@ -5,7 +5,19 @@
 
 namespace si {
 
-extern const Architecture kLlama;   // llama.cpp: dense; PowerInfer's ReLU llama in a PWRI file
-extern const Architecture kBamboo;  // PowerInfer: ReLU on gate and up, PWRI files only
+extern const Architecture kLlama;    // llama.cpp: dense; PowerInfer's ReLU llama in a PWRI file
+extern const Architecture kBamboo;   // PowerInfer: ReLU on gate and up, PWRI files only
+extern const Architecture kMiniCpm;  // llama blocks with MiniCPM's embedding, residual and logit scales
+extern const Architecture kQwen2;    // llama blocks with Q, K, V biases and NeoX RoPE
+extern const Architecture kQwen3;    // llama blocks with per-head Q and K norms and NeoX RoPE
+
+// The weights of llama-style blocks as the config's BlockSpec asks (biases, Q/K norms, a
+// PowerInfer FFN with its predictors), under llama.cpp's tensor names; output.weight, when
+// the file has none, is token_embd (tied embeddings).
+void bind_llama_weights(WeightSource& source, const ModelConfig& config, ModelWeights& weights);
+
+// UnsupportedError unless `file` is a plain GGUF file: PowerInfer's converter writes sparse
+// files (magic PWRI) for llama, bamboo, falcon and opt only.
+void require_dense_file(const GgufFile& file);
 
 }  // namespace si

@@ -27,8 +27,16 @@ void read_bamboo_config(const GgufFile& file, ModelConfig& config) {
     config.block.up_activation = Activation::relu;
 }
 
+}  // namespace
+
+void require_dense_file(const GgufFile& file) {
+    if (!file.is_powerinfer()) return;
+    throw UnsupportedError(file.describe("a PowerInfer file (magic PWRI) of architecture '" +
+                                         file.get_string("general.architecture", "") +
+                                         "' is not supported: sparse files run for llama and bamboo"));
+}
+
 void bind_llama_weights(WeightSource& source, const ModelConfig& c, ModelWeights& w) {
-    const int64_t kv_dim = c.n_head_kv * c.head_dim;
     w.token_embd = source.weight("token_embd.weight", c.n_embd, c.n_vocab);
     w.output_norm = source.vector("output_norm.weight", c.n_embd);
     // Models with tied embeddings (SmolLM2, ...) have no output.weight and reuse token_embd.
@@ -39,10 +47,19 @@ void bind_llama_weights(WeightSource& source, const ModelConfig& c, ModelWeights
         const std::string b = "blk." + std::to_string(i) + ".";
         LayerWeights& l = w.layers[static_cast<size_t>(i)];
         l.attn_norm = source.vector(b + "attn_norm.weight", c.n_embd);
-        l.wq = source.weight(b + "attn_q.weight", c.n_embd, c.n_embd);
-        l.wk = source.weight(b + "attn_k.weight", c.n_embd, kv_dim);
-        l.wv = source.weight(b + "attn_v.weight", c.n_embd, kv_dim);
-        l.wo = source.weight(b + "attn_output.weight", c.n_embd, c.n_embd);
+        l.wq = source.weight(b + "attn_q.weight", c.n_embd, c.q_dim());
+        l.wk = source.weight(b + "attn_k.weight", c.n_embd, c.kv_dim());
+        l.wv = source.weight(b + "attn_v.weight", c.n_embd, c.kv_dim());
+        l.wo = source.weight(b + "attn_output.weight", c.q_dim(), c.n_embd);
+        if (c.block.qkv_bias) {
+            l.bq = source.vector(b + "attn_q.bias", c.q_dim());
+            l.bk = source.vector(b + "attn_k.bias", c.kv_dim());
+            l.bv = source.vector(b + "attn_v.bias", c.kv_dim());
+        }
+        if (c.block.qk_norm) {
+            l.q_norm = source.vector(b + "attn_q_norm.weight", c.head_dim);
+            l.k_norm = source.vector(b + "attn_k_norm.weight", c.head_dim);
+        }
         l.ffn_norm = source.vector(b + "ffn_norm.weight", c.n_embd);
         l.ffn_gate = source.weight(b + "ffn_gate.weight", c.n_embd, c.n_ff);
         l.ffn_up = source.weight(b + "ffn_up.weight", c.n_embd, c.n_ff);
@@ -61,8 +78,6 @@ void bind_llama_weights(WeightSource& source, const ModelConfig& c, ModelWeights
         l.fc2 = source.weight(b + "fc2.weight", rank, c.n_ff);
     }
 }
-
-}  // namespace
 
 const Architecture kLlama = {"llama", read_llama_config, bind_llama_weights};
 const Architecture kBamboo = {"bamboo", read_bamboo_config, bind_llama_weights};

@@ -1,0 +1,44 @@
+// MiniCPM (openbmb's MiniCPM-1B, MiniCPM-2B; llama.cpp's `minicpm`): llama blocks (RMS norms,
+// RoPE on adjacent pairs, SiLU-gated FFN) trained with muP, whose three scales the forward pass
+// applies (BlockSpec): the embeddings times scale_emb, each attention and FFN output times
+// scale_depth / sqrt(n_layer), the logits divided by hidden_size / dim_model_base.
+//
+// llama.cpp's converter writes them as minicpm.embedding_scale, minicpm.residual_scale and
+// minicpm.logit_scale (convert_hf_to_gguf.py, MiniCPMModel.set_gguf_parameters), and its
+// loader requires them (src/llama-model.cpp, LLM_ARCH_MINICPM). Files converted before those
+// keys existed were run with MiniCPM's published constants, which stay the defaults here:
+// scale_emb 12, scale_depth 1.4, dim_model_base 256 (openbmb's configuration_minicpm.py;
+// llama.cpp's build_minicpm of 2024 hard-coded the same three numbers).
+#include <cmath>
+#include <string>
+
+#include "common/errors.h"
+#include "model/architectures/architectures.h"
+
+namespace si {
+
+namespace {
+
+constexpr double kScaleEmb = 12.0, kScaleDepth = 1.4, kDimModelBase = 256.0;
+
+void read_minicpm_config(const GgufFile& file, ModelConfig& config) {
+    require_dense_file(file);
+    read_common_config(file, config);
+    auto scale = [&](const std::string& key, double fallback) {
+        const double value = file.get_float("minicpm." + key, fallback);
+        if (!(value > 0.0) || !std::isfinite(value)) {
+            throw FormatError(file.describe("minicpm." + key + " must be a positive number"));
+        }
+        return static_cast<float>(value);
+    };
+    const double n_layer = static_cast<double>(config.n_layer), n_embd = static_cast<double>(config.n_embd);
+    config.block.embedding_scale = scale("embedding_scale", kScaleEmb);
+    config.block.residual_scale = scale("residual_scale", kScaleDepth / std::sqrt(n_layer));
+    config.block.logit_scale = scale("logit_scale", n_embd / kDimModelBase);
+}
+
+}  // namespace
+
+const Architecture kMiniCpm = {"minicpm", read_minicpm_config, bind_llama_weights};
+
+}  // namespace si

@@ -1,0 +1,193 @@
+"""The architectures built from llama's blocks: minicpm (embedding, residual and logit scales),
+qwen2 (Q, K, V biases, NeoX RoPE) and qwen3 (per-head Q and K norms, NeoX RoPE, heads of
+attention.key_length).
+
+Synthetic files in each architecture's real keys and tensor names (tests/support/ggufgen.py)
+are checked three ways: the engine against the NumPy float64 reference
+(tests/support/reference.py), the reference against llama-cpp-python on the same file (so
+that the reference holds llama.cpp's facts, not ours), and the engine's logits teacher-forced
+against llama-cpp-python's next to the noise llama.cpp shows against itself when only its KV
+cache changes from F16 to F32.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import ggufgen
+import reference
+from logit_checks import assert_close
+
+import sparseinfer
+from sparseinfer import _core, errors
+
+N_THREADS = 2
+
+# architecture -> the keyword arguments of a file of it (GQA everywhere; qwen3 with heads wider
+# than n_embd / n_head, as Qwen3's are; minicpm with explicit scales)
+SHAPES = {
+    "minicpm": dict(architecture="minicpm", n_head_kv=2,
+                    minicpm_scales=dict(embedding_scale=12.0, residual_scale=0.99, logit_scale=0.5)),
+    "qwen2": dict(architecture="qwen2", n_head_kv=2),
+    "qwen3": dict(architecture="qwen3", n_head_kv=2, head_dim=32),
+}
+
+
+def write(tmp_path, arch, **kw):
+    """A file of the architecture; K-quant rows need 256 values, so those files are wider."""
+    shape = dict(SHAPES[arch])
+    if kw.get("weight_type", "F32").endswith("_K"):
+        shape.update(n_embd=256, n_ff=256, head_dim=128 if arch == "qwen3" else None)
+    path = tmp_path / f"{arch}.gguf"
+    return path, ggufgen.write_llama_model(path, **{**shape, **kw})
+
+
+def engine_logits(path, tokens, n_ctx=128):
+    return sparseinfer.Model(str(path), n_ctx=n_ctx, n_threads=N_THREADS).logits(tokens)
+
+
+def llama_cpp_logits(path, tokens, f32_kv, n_ctx=128):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    kv = dict(type_k=0, type_v=0) if f32_kv else {}  # GGML_TYPE_F32, else llama.cpp's F16 default
+    llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=N_THREADS, logits_all=True, verbose=False, **kv)
+    try:
+        llm.eval(tokens)
+        return np.array(llm.scores[: len(tokens)], dtype=np.float64)
+    finally:
+        llm.close()
+
+
+@pytest.mark.parametrize("weight_type", ["F32", "F16", "Q8_0", "Q4_0", "Q4_K"])
+@pytest.mark.parametrize("arch", sorted(SHAPES))
+def test_logits_match_reference(tmp_path, arch, weight_type):
+    path, w = write(tmp_path, arch, weight_type=weight_type, seed=21)
+    tokens = ggufgen.random_tokens(40, seed=21)
+    ref = reference.forward(w, tokens, kv_f16=True)
+    tolerance_type = "Q4_0" if weight_type == "Q4_K" else weight_type
+    assert_close(engine_logits(path, tokens), ref, tolerance_type, f"{arch} {weight_type}")
+
+
+@pytest.mark.parametrize("arch", sorted(SHAPES))
+def test_reference_matches_llama_cpp(tmp_path, arch):
+    """The oracle's own check: the reference reproduces llama.cpp (F32 KV cache) on the file."""
+    path, w = write(tmp_path, arch, seed=22)
+    tokens = ggufgen.random_tokens(40, seed=22)
+    got = llama_cpp_logits(path, tokens, f32_kv=True)
+    ref = reference.forward(w, tokens)
+    assert np.abs(got - ref).max() <= 2e-5 * ref.std()
+
+
+@pytest.mark.parametrize("arch", sorted(SHAPES))
+def test_each_feature_changes_the_reference(tmp_path, arch):
+    """The reference with the architecture's feature taken away is a different function, so
+    that the checks above can fail."""
+    _, w = write(tmp_path, arch, seed=23)
+    tokens = ggufgen.random_tokens(20, seed=23)
+    full = reference.forward(w, tokens)
+    plain = {k: v for k, v in w.items() if not re.search(r"\.bias$|_norm\.weight$", k) or "attn_norm" in k
+             or "ffn_norm" in k or k == "output_norm.weight"}
+    hparams = dict(w.hparams, rope_layout="normal", embedding_scale=1.0, residual_scale=1.0, logit_scale=1.0)
+    if arch == "qwen3":  # the norms only (keep the NeoX layout)
+        hparams["rope_layout"] = "neox"
+    if arch == "qwen2":  # the biases only
+        hparams["rope_layout"] = "neox"
+    assert np.abs(reference.forward(plain, tokens, hparams) - full).max() > 0.1 * full.std()
+    if arch != "minicpm":  # the RoPE layout on its own
+        adjacent = reference.forward(w, tokens, dict(w.hparams, rope_layout="normal"))
+        assert np.abs(adjacent - full).max() > 0.1 * full.std()
+
+
+def mean_kl(p_logits, q_logits):
+    """Mean over positions of KL(p || q) of the softmaxes."""
+    def log_softmax(x):
+        x = x - x.max(axis=-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    lp, lq = log_softmax(np.asarray(p_logits, np.float64)), log_softmax(np.asarray(q_logits, np.float64))
+    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=-1)))
+
+
+@pytest.mark.parametrize("weight_type", ["F16", "Q4_0", "Q4_K"])
+@pytest.mark.parametrize("arch", sorted(SHAPES))
+def test_teacher_forced_within_llama_cpps_own_noise(tmp_path, arch, weight_type):
+    """300 tokens teacher-forced: mean KL and top-1 agreement against llama-cpp-python's logits
+    on the same file, next to llama.cpp's own F16-against-F32 KV cache noise.
+
+    On F16 files llama.cpp rounds every matrix product's input to F16 and the engine does not:
+    its logits sit ~1e-11 (KL) from the float64 reference and llama.cpp's ~4e-7, which on
+    these tiny models can exceed llama.cpp's KV noise (~1e-7). There the gap is llama.cpp's,
+    so a file passes when the engine is at least as close to the reference as llama.cpp is."""
+    path, w = write(tmp_path, arch, weight_type=weight_type, n_ctx=512, seed=24)
+    tokens = ggufgen.random_tokens(300, seed=24)
+    base = llama_cpp_logits(path, tokens, f32_kv=False, n_ctx=512)
+    noise = llama_cpp_logits(path, tokens, f32_kv=True, n_ctx=512)
+    ours = engine_logits(path, tokens, n_ctx=512)
+    own_kl, our_kl = mean_kl(base, noise), mean_kl(base, ours)
+    own_top1, our_top1 = np.mean(base.argmax(1) == noise.argmax(1)), np.mean(base.argmax(1) == ours.argmax(1))
+    assert 0 < own_kl < 0.05, own_kl  # the yardstick itself is sane
+    exact = reference.forward(w, tokens, kv_f16=True)
+    closer_to_exact = mean_kl(exact, ours) <= mean_kl(exact, base)
+    assert our_kl <= 1.5 * own_kl or closer_to_exact, f"mean KL {our_kl:.2e} against llama.cpp's own {own_kl:.2e}"
+    assert our_top1 >= own_top1 - 0.02, f"top-1 agreement {our_top1:.3f} against llama.cpp's own {own_top1:.3f}"
+
+
+@pytest.mark.parametrize("kw", [dict(head_dim=8), dict(head_dim=16, n_head_kv=1), dict(rope_dim=8)],
+                         ids=["narrow-heads", "mqa", "partial-rope"])
+def test_qwen3_shapes(tmp_path, kw):
+    """Heads narrower than n_embd / n_head, one KV head, RoPE on part of each head (NeoX pairs
+    the halves of the rotated part)."""
+    path, w = write(tmp_path, "qwen3", seed=25, **kw)
+    tokens = ggufgen.random_tokens(30, seed=25)
+    assert_close(engine_logits(path, tokens), reference.forward(w, tokens, kv_f16=True), "F32", str(kw))
+
+
+def test_minicpm_without_scale_keys_uses_minicpms_constants(tmp_path):
+    """A file converted before the keys existed runs with MiniCPM's published scales:
+    scale_emb 12, scale_depth 1.4 / sqrt(n_layer), n_embd / dim_model_base 256."""
+    path, w = write(tmp_path, "minicpm", minicpm_scales=None, seed=26)
+    assert w.hparams["embedding_scale"] == 12.0 and w.hparams["logit_scale"] == 64 / 256
+    tokens = ggufgen.random_tokens(30, seed=26)
+    assert_close(engine_logits(path, tokens), reference.forward(w, tokens, kv_f16=True), "F32", "defaults")
+
+
+def test_prompt_in_chunks_equals_whole(tmp_path):
+    """Batches and the KV cache: a qwen2 prompt in pieces gives the bits of the whole."""
+    path, _ = write(tmp_path, "qwen2", seed=27)
+    tokens = ggufgen.random_tokens(50, seed=27)
+    model = _core.Model(str(path))
+    whole = _core.Session(model, 128, N_THREADS)
+    whole.eval(tokens, all_logits=True)
+    pieces = _core.Session(model, 128, N_THREADS)
+    rows = []
+    for start, end in ((0, 1), (1, 17), (17, 50)):
+        pieces.eval(tokens[start:end], all_logits=True)
+        rows.append(pieces.logits())
+    np.testing.assert_array_equal(np.concatenate(rows), whole.logits())
+
+
+@pytest.mark.parametrize("case, kw, error, message", [
+    ("missing bias", dict(architecture="qwen2", skip_tensors=["blk.1.attn_k.bias"]), errors.ModelFormatError,
+     "tensor 'blk.1.attn_k.bias' is missing"),
+    ("missing q norm", dict(architecture="qwen3", skip_tensors=["blk.0.attn_q_norm.weight"]),
+     errors.ModelFormatError, "tensor 'blk.0.attn_q_norm.weight' is missing"),
+    ("bad scale", dict(architecture="minicpm", minicpm_scales=dict(residual_scale=-1.0)), errors.ModelFormatError,
+     "minicpm.residual_scale must be a positive number"),
+    ("value heads", dict(architecture="qwen3", head_dim=16, extra_kv={"qwen3.attention.value_length": 8}),
+     errors.UnsupportedModelError, "attention.value_length 8 differs from key_length 16"),
+])
+def test_bad_files_are_named(tmp_path, case, kw, error, message):
+    path = tmp_path / "m.gguf"
+    ggufgen.write_llama_model(path, **kw)
+    with pytest.raises(error, match=re.escape(message)):
+        _core.Model(str(path))
+
+
+@pytest.mark.parametrize("arch", sorted(SHAPES))
+def test_gpu_layers_refuse_blocks_they_cannot_compute(tmp_path, arch):
+    """The GPU path runs llama's plain block: another architecture is refused by name, before
+    any plugin is loaded (this one does not exist), rather than computed wrongly."""
+    path, _ = write(tmp_path, arch, seed=28)
+    with pytest.raises(errors.UnsupportedModelError, match=f"architecture '{arch}' runs on the CPU only"):
+        _core.DeviceModel(_core.Model(str(path)), str(tmp_path / "no-such-plugin.so"))

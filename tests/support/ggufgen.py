@@ -24,7 +24,7 @@ from gguf import GGMLQuantizationType as QT
 from gguf import GGUFValueType as VT
 
 # The architectures write_llama_model writes: llama's blocks, and those that add to them.
-ARCHITECTURES = ("llama", "minicpm", "qwen2", "qwen3")
+ARCHITECTURES = ("llama", "minicpm", "qwen2", "qwen3", "gemma3")
 
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
 # The other types the tests write (quantisers of our own where the gguf package has none).
@@ -375,6 +375,7 @@ def write_llama_model(
     architecture: str = "llama",
     head_dim: Optional[int] = None,
     minicpm_scales: Optional[dict] = None,
+    sliding_window: int = 16,
     skip_keys: Iterable[str] = (),
     skip_tensors: Iterable[str] = (),
     reshape_tensors: Optional[dict] = None,
@@ -389,8 +390,9 @@ def write_llama_model(
     its blocks add (qwen2: Q, K, V biases; qwen3: per-head Q and K norms, and
     attention.key_length / value_length when head_dim is given). For minicpm,
     `minicpm_scales` ({"embedding_scale": ..., "residual_scale": ..., "logit_scale": ...})
-    are written as keys (None: none, the engine's defaults apply); hparams carry what the
-    reference needs (rope_layout, head_dim, the scales).
+    are written as keys (None: none, the engine's defaults apply). gemma3 adds post-attention
+    and post-FFN norms, Q and K norms and `sliding_window` (its layers il % 6 < 5 slide).
+    hparams carry what the reference needs (rope_layout, head_dim, the scales, ...).
     For broken-model tests: `arch` is written as general.architecture instead (the
     architecture's keys stay), `skip_keys` / `skip_tensors` are left out of the file, and
     `reshape_tensors` maps a tensor name to a new numpy shape (same element count) written
@@ -434,13 +436,17 @@ def write_llama_model(
             raw[p + "attn_q.bias"] = draw.vector(n_head * head_dim, 0.5)
             raw[p + "attn_k.bias"] = draw.vector(n_kv, 0.5)
             raw[p + "attn_v.bias"] = draw.vector(n_kv, 0.5)
-        if architecture == "qwen3":
+        if architecture in ("qwen3", "gemma3"):
             raw[p + "attn_q_norm.weight"] = draw.norm(head_dim)
             raw[p + "attn_k_norm.weight"] = draw.norm(head_dim)
+        if architecture == "gemma3":
+            raw[p + "post_attention_norm.weight"] = draw.norm(n_embd)
         raw[p + "ffn_norm.weight"] = draw.norm(n_embd)
         raw[p + "ffn_gate.weight"] = draw.matrix(n_ff, n_embd, 1.0 / np.sqrt(n_embd))
         raw[p + "ffn_up.weight"] = draw.matrix(n_ff, n_embd, 1.0 / np.sqrt(n_embd))
         raw[p + "ffn_down.weight"] = draw.matrix(n_embd, n_ff, 1.0 / np.sqrt(n_ff))
+        if architecture == "gemma3":
+            raw[p + "post_ffw_norm.weight"] = draw.norm(n_embd)
     raw["output_norm.weight"] = draw.norm(n_embd)
     if tie_embeddings:
         # tied: logits = h . embd; the embedding's std (1) times sqrt(n_embd) would be
@@ -475,6 +481,8 @@ def write_llama_model(
         writer.add_uint32(prefix + "attention.value_length", head_dim)
     for key, value in (minicpm_scales or {}).items():
         writer.add_float32(prefix + key, value)
+    if architecture == "gemma3":
+        writer.add_uint32(prefix + "attention.sliding_window", sliding_window)
     add_spm_vocab(writer, vocab)
     for k, v in (extra_kv or {}).items():
         # extra keys override the builder's own (which the wrapper skipped)
@@ -502,7 +510,7 @@ def write_llama_model(
         n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv,
         n_ff=n_ff, n_ctx=n_ctx, rope_base=rope_base, rope_dim=rope_dim, rms_eps=rms_eps,
         activation=activation, tie_embeddings=tie_embeddings, weight_type=weight_type,
-        head_dim=head_dim, rope_layout="neox" if architecture in ("qwen2", "qwen3") else "normal",
+        head_dim=head_dim, rope_layout="neox" if architecture in ("qwen2", "qwen3", "gemma3") else "normal",
     )
     if architecture == "minicpm":
         given = minicpm_scales or {}
@@ -510,6 +518,10 @@ def write_llama_model(
         w.hparams.update(embedding_scale=given.get("embedding_scale", 12.0),
                          residual_scale=given.get("residual_scale", 1.4 / np.sqrt(n_layer)),
                          logit_scale=given.get("logit_scale", n_embd / 256.0))
+    if architecture == "gemma3":
+        w.hparams.update(embedding_scale=float(np.float32(np.sqrt(np.float32(n_embd)))), activation="gelu_tanh",
+                         attention_scale=1.0 / np.sqrt(head_dim), sliding_window=sliding_window,
+                         sliding_layers=[il % 6 < 5 for il in range(n_layer)], local_rope_base=10000.0)
     w.path = str(path)
     w.vocab = list(vocab)
     return w

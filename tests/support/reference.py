@@ -11,6 +11,10 @@ Conventions (llama.cpp for arch "llama", read for facts only):
   attn_q_norm / attn_k_norm, an RMS norm of each head of Q and K before RoPE (qwen3).
 - hparams embedding_scale, residual_scale, logit_scale (minicpm): embeddings times the
   first, each attention and FFN output times the second, logits divided by the third.
+- gemma3: post_attention_norm / post_ffw_norm (present in the weights) RMS-norm each block's
+  output before it is added; activation "gelu_tanh"; attention_scale in place of
+  1/sqrt(head_dim); the layers flagged in sliding_layers see the last sliding_window
+  positions (their own included) and turn RoPE by local_rope_base.
 - Grouped-query attention: query head h reads kv head h // (n_head // n_head_kv).
 - Causal softmax with scale 1/sqrt(head_dim).
 - FFN: down(act(gate(x)) * up(x)), act = SiLU (or ReLU for ReLU models).
@@ -97,7 +101,11 @@ class ReferenceLlama:
         self.rope_dim = hp.get("rope_dim") or self.head_dim
         self.rope_base = hp.get("rope_base", 10000.0)
         self.eps = hp.get("rms_eps", 1e-5)
-        self.act = relu if hp.get("activation", "silu") == "relu" else silu
+        self.act = {"relu": relu, "silu": silu, "gelu_tanh": gelu_tanh}[hp.get("activation", "silu")]
+        self.attention_scale = hp.get("attention_scale") or 1.0 / np.sqrt(self.head_dim)
+        self.sliding_window = hp.get("sliding_window", 0)
+        self.sliding_layers = hp.get("sliding_layers") or []
+        self.local_rope_base = hp.get("local_rope_base", self.rope_base)
         self.n_layer = hp["n_layer"]
         self.reset()
 
@@ -119,7 +127,14 @@ class ReferenceLlama:
         h = rms_norm(x, self.w[prefix + "ffn_norm.weight"], self.eps)
         g = self._mv(h, prefix + "ffn_gate.weight")
         u = self._mv(h, prefix + "ffn_up.weight")
-        return x + self.residual_scale * self._mv(self.act(g) * u, prefix + "ffn_down.weight")
+        return x + self._branch(self._mv(self.act(g) * u, prefix + "ffn_down.weight"), prefix + "post_ffw_norm.weight")
+
+    def _branch(self, out: np.ndarray, post_norm: str) -> np.ndarray:
+        """A block's output as it joins the residual stream: post-normed where the weights
+        have the norm, times residual_scale."""
+        if post_norm in self.w:
+            out = rms_norm(out, self.w[post_norm], self.eps)
+        return self.residual_scale * out
 
     def eval(self, tokens: Sequence[int]) -> np.ndarray:
         """Appends tokens; returns logits (len(tokens), n_vocab) in float64."""
@@ -130,9 +145,11 @@ class ReferenceLlama:
         group = nh // nkv
         pos = np.arange(self.n_past, self.n_past + n)
         x = w["token_embd.weight"][tokens] * self.embedding_scale  # (n, n_embd)
-        scale = 1.0 / np.sqrt(hd)
+        scale = self.attention_scale
         for il in range(self.n_layer):
             p = f"blk.{il}."
+            sliding = il < len(self.sliding_layers) and self.sliding_layers[il]
+            base = self.local_rope_base if sliding else self.rope_base
             h = rms_norm(x, w[p + "attn_norm.weight"], self.eps)
             q, k, v = (self._mv(h, p + f"attn_{name}.weight") for name in "qkv")
             if p + "attn_q.bias" in w:
@@ -141,14 +158,16 @@ class ReferenceLlama:
             if p + "attn_q_norm.weight" in w:
                 q = rms_norm(q, w[p + "attn_q_norm.weight"], self.eps)
                 k = rms_norm(k, w[p + "attn_k_norm.weight"], self.eps)
-            q = self.rope(q, pos, self.rope_dim, self.rope_base)
-            k = self.rope(k, pos, self.rope_dim, self.rope_base)
+            q = self.rope(q, pos, self.rope_dim, base)
+            k = self.rope(k, pos, self.rope_dim, base)
             K = np.concatenate([self.k_cache[il], self._kv(k)], axis=0)  # (n_past+n, nkv, hd)
             V = np.concatenate([self.v_cache[il], self._kv(v)], axis=0)
             self.k_cache[il], self.v_cache[il] = K, V
             n_kv_tok = K.shape[0]
             # causal mask: query i (absolute pos n_past+i) sees keys j <= n_past+i
             mask = np.arange(n_kv_tok)[None, :] > pos[:, None]  # (n, n_kv_tok)
+            if sliding:  # a key p0 is hidden from the query at p1 when p1 - p0 >= window
+                mask |= pos[:, None] - np.arange(n_kv_tok)[None, :] >= self.sliding_window
             attn = np.empty((n, nh, hd))
             for hh in range(nh):
                 kh = hh // group
@@ -158,7 +177,8 @@ class ReferenceLlama:
                 e = np.exp(s)
                 pr = e / e.sum(axis=1, keepdims=True)
                 attn[:, hh, :] = pr @ V[:, kh, :]
-            x = x + self.residual_scale * self._mv(attn.reshape(n, nh * hd), p + "attn_output.weight")
+            x = x + self._branch(self._mv(attn.reshape(n, nh * hd), p + "attn_output.weight"),
+                                 p + "post_attention_norm.weight")
             x = self._feed_forward(x, p)
         h = rms_norm(x, w["output_norm.weight"], self.eps)
         out_name = "output.weight" if "output.weight" in w else "token_embd.weight"
@@ -168,6 +188,11 @@ class ReferenceLlama:
 
 def relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0.0)
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU's tanh approximation (Gemma's gelu_pytorch_tanh)."""
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
 def forward(weights: Mapping[str, np.ndarray], tokens: Sequence[int], hparams: Optional[dict] = None,

@@ -44,7 +44,7 @@ void attention(ThreadPool& pool, const KernelTable& kernels, const KvCache& cach
     const int64_t row = shape.n_head * hd;  // of q and out
     const int64_t head_sets = (group + kAttentionHeads - 1) / kAttentionHeads;  // per KV head
     const int64_t positions = cache.positions();
-    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    const float scale = shape.scale;
     const GatherAxpyFn value_rows = gather_axpy(kernels, DType::F16);
     const int64_t jobs = n * n_head_kv * head_sets;
     pool.run([&](int ith, int nth) {
@@ -56,17 +56,22 @@ void attention(ThreadPool& pool, const KernelTable& kernels, const KvCache& cach
             const int64_t h0 = kvh * group + job % head_sets * kAttentionHeads;  // first query head
             const int heads = static_cast<int>(std::min(kAttentionHeads, (kvh + 1) * group - h0));
             const int64_t n_keys = n_past + t + 1;  // causal: positions up to this token's own
-            kernels.key_scores(hd, n_keys, cache.keys(layer, kvh), q + t * row + h0 * hd, hd, heads, scores, positions);
-            const uint16_t* values = cache.values(layer, kvh);
+            // A sliding window starts at `first`; the scores start at its key block, whose
+            // keys before `first` are left out of the softmax. scores[p] is position base + p.
+            const int64_t first = shape.window > 0 ? std::max<int64_t>(0, n_keys - shape.window) : 0;
+            const int64_t base = first / kKeyBlock * kKeyBlock;
+            kernels.key_scores(hd, n_keys - base, cache.keys(layer, kvh) + base * hd, q + t * row + h0 * hd, hd, heads,
+                               scores, positions);
+            const uint16_t* values = cache.values(layer, kvh) + base * hd;
             for (int g = 0; g < heads; ++g) {
                 float* score = scores + g * positions;
                 float max_score = -std::numeric_limits<float>::infinity();
-                for (int64_t p = 0; p < n_keys; ++p) {
+                for (int64_t p = first - base; p < n_keys - base; ++p) {
                     score[p] *= scale;
                     max_score = std::max(max_score, score[p]);
                 }
                 float total = 0.0f;
-                for (int64_t p = 0; p < n_keys; ++p) {
+                for (int64_t p = first - base; p < n_keys - base; ++p) {
                     score[p] = std::exp(score[p] - max_score);
                     total += score[p];
                 }
@@ -75,8 +80,8 @@ void attention(ThreadPool& pool, const KernelTable& kernels, const KvCache& cach
                 const float inv_total = 1.0f / total;
                 float weights[kMaxGatherRows];
                 const void* value_ptrs[kMaxGatherRows];
-                for (int64_t p = 0; p < n_keys; p += kMaxGatherRows) {
-                    const int rows = static_cast<int>(std::min<int64_t>(kMaxGatherRows, n_keys - p));
+                for (int64_t p = first - base; p < n_keys - base; p += kMaxGatherRows) {
+                    const int rows = static_cast<int>(std::min<int64_t>(kMaxGatherRows, n_keys - base - p));
                     for (int r = 0; r < rows; ++r) {
                         weights[r] = score[p + r] * inv_total;
                         value_ptrs[r] = values + (p + r) * hd;

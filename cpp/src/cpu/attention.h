@@ -43,6 +43,8 @@ private:
 
 struct AttentionShape {
     int64_t n_head, n_head_kv, head_dim;
+    float scale;         // of q.k: 1 / sqrt(head_dim) in most models
+    int64_t window = 0;  // > 0: each token sees the last `window` positions, its own included
 };
 
 // The query heads one attention job serves (the four-row key product takes four).
@@ -50,8 +52,9 @@ constexpr int64_t kAttentionHeads = 4;
 // The scratch floats attention needs per thread of the pool, for a cache of `positions`.
 inline int64_t attention_scratch_floats(int64_t positions) { return kAttentionHeads * positions; }
 
-// out[t] = softmax(q[t] K^T / sqrt(head_dim)) V per query head, for the n tokens at positions
-// n_past.. of `layer` (each sees the positions up to its own, which the cache holds already);
+// out[t] = softmax(scale q[t] K^T) V per query head, for the n tokens at positions n_past.. of
+// `layer` (each sees the positions up to its own, which the cache holds already, or the last
+// `window` of them);
 // q and out are n rows of n_head x head_dim. scratch: pool.size() x attention_scratch_floats.
 void attention(ThreadPool& pool, const KernelTable& kernels, const KvCache& cache, int64_t layer,
                const AttentionShape& shape, const float* q, int64_t n, int64_t n_past, float* scratch, float* out);

@@ -23,6 +23,10 @@ std::string blocks_the_gpu_lacks(const ModelConfig& c) {
     lack(b.embedding_scale != 1.0f || b.residual_scale != 1.0f || b.logit_scale != 1.0f,
          "embedding, residual and logit scales");
     lack(c.q_dim() != c.n_embd, "heads wider or narrower than n_embd / n_head");
+    lack(b.gate_activation != Activation::silu, "a GELU FFN");
+    lack(b.post_norms, "norms after attention and FFN");
+    lack(b.attention_scale != 0.0f, "a query scale of its own");
+    lack(!c.sliding_layers.empty(), "sliding-window attention");
     return lacking;
 }
 

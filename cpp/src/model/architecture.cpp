@@ -15,7 +15,7 @@ constexpr int64_t kMaxDimension = 1 << 20;
 constexpr int64_t kMaxLayers = 4096;
 
 // The architectures there are (model/architectures/).
-const Architecture* const kArchitectures[] = {&kLlama, &kBamboo, &kMiniCpm, &kQwen2, &kQwen3};
+const Architecture* const kArchitectures[] = {&kLlama, &kBamboo, &kMiniCpm, &kQwen2, &kQwen3, &kGemma3};
 
 }  // namespace
 

@@ -17,11 +17,16 @@ namespace si {
 // gpu/, cuda/) branch on this, never on an architecture's name. An
 // architecture (model/architectures/) sets it when it reads a file; a new kind of block is a
 // field here and the branches that honour it.
-enum class Activation { identity, relu };
+enum class Activation {
+    identity,
+    relu,
+    silu,       // x / (1 + e^-x)
+    gelu_tanh,  // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): GELU's tanh approximation (Gemma)
+};
 
 enum class FeedForwardKind {
-    // down (SiLU(gate x) * (up x)) over every neuron, the matrices as stored.
-    silu_gated,
+    // down (gate_activation(gate x) * (up x)) over every neuron, the matrices as stored.
+    gated,
     // PowerInfer's (files of magic PWRI): relu(gate x) * up_activation(up x), the down
     // projection stored transposed (ffn_down_t: a row per neuron), and a predictor per layer
     // (fc1, fc2) whose scores mark the neurons a sparse session computes.
@@ -35,7 +40,8 @@ enum class RopeLayout {
 };
 
 struct BlockSpec {
-    FeedForwardKind ffn = FeedForwardKind::silu_gated;
+    FeedForwardKind ffn = FeedForwardKind::gated;
+    Activation gate_activation = Activation::silu;    // of gated: gelu_tanh for Gemma 3
     Activation up_activation = Activation::identity;  // of relu_predicted: relu for bamboo
     RopeLayout rope_layout = RopeLayout::adjacent_pairs;
     bool qkv_bias = false;  // attn_q/k/v.bias added to Q, K and V (Qwen2)
@@ -48,6 +54,11 @@ struct BlockSpec {
     float embedding_scale = 1.0f;
     float residual_scale = 1.0f;
     float logit_scale = 1.0f;
+    // The attention and FFN outputs RMS-normed before they join the residual stream
+    // (post_attention_norm, post_ffw_norm: Gemma 3).
+    bool post_norms = false;
+    // The factor of q.k in attention; 0: 1 / sqrt(head_dim).
+    float attention_scale = 0.0f;
 };
 
 // Hyperparameters, and the block every layer is.
@@ -65,6 +76,13 @@ struct ModelConfig {
     float rope_base = 10000.0f;
     float rms_eps = 1e-5f;
     BlockSpec block;
+    // Sliding-window attention (Gemma 3): a layer whose flag is set attends to the last
+    // sliding_window positions, its own included (llama.cpp's LLAMA_SWA_TYPE_STANDARD), and
+    // turns RoPE by local_rope_base; the others attend to every position with rope_base.
+    // Empty: every layer is global.
+    std::vector<uint8_t> sliding_layers;
+    int64_t sliding_window = 0;
+    float local_rope_base = 10000.0f;
     // A neuron is active when its predictor score is >= this (powerinfer.sparse_threshold,
     // or LoadOptions::sparse_threshold).
     float sparse_threshold = 0.0f;
@@ -73,6 +91,8 @@ struct ModelConfig {
     // unless the file says heads are wider or narrower (Qwen3, Gemma 3).
     int64_t q_dim() const { return n_head * head_dim; }
     int64_t kv_dim() const { return n_head_kv * head_dim; }
+    // Whether layer il attends through a sliding window (sliding_layers).
+    bool slides(int64_t il) const { return !sliding_layers.empty() && sliding_layers[static_cast<size_t>(il)] != 0; }
     // Whether the layers have activation predictors: the model can run sparse.
     bool has_predictors() const { return block.ffn == FeedForwardKind::relu_predicted; }
 };
@@ -82,13 +102,14 @@ struct LayerWeights {
     Matrix wq, wk, wv, wo;
     std::vector<float> bq, bk, bv;      // BlockSpec::qkv_bias
     std::vector<float> q_norm, k_norm;  // BlockSpec::qk_norm: head_dim each
+    std::vector<float> attn_post_norm, ffn_post_norm;  // BlockSpec::post_norms
     std::vector<float> ffn_norm;
     // PowerInfer files keep neuron j's gate row, up row and ffn_down_t row side by side in a
     // copy made at load (row j of each of the three matrices lies in one block of their common
     // stride), so that an active neuron is one contiguous read ("row-column bundling", LLM in
     // a Flash); dense files keep the matrices as stored.
     Matrix ffn_gate, ffn_up;
-    Matrix ffn_down;    // silu_gated: n_embd rows of n_ff
+    Matrix ffn_down;    // gated: n_embd rows of n_ff
     Matrix ffn_down_t;  // relu_predicted: n_ff rows of n_embd, row j = neuron j's output
     Matrix fc1, fc2;    // relu_predicted's predictor: score = fc2 relu(fc1 x), x before ffn_norm
 };

@@ -16,6 +16,13 @@ namespace si {
 
 namespace {
 
+// GELU's tanh approximation, as Gemma's gelu_pytorch_tanh, in float (llama.cpp's CPU kernel
+// looks it up in a table of IEEE halves instead, a coarser value).
+float gelu_tanh(float x) {
+    constexpr float kSqrt2OverPi = 0.7978845608f;
+    return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x)));
+}
+
 // Bound on a session's context: far above any model here, it stops absurd requests.
 constexpr int64_t kMaxContext = 1 << 20;
 
@@ -55,8 +62,11 @@ Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_thread
     if (c.has_predictors() && !sparse) model_->prepare_dense_gates(first_gpu_layer_);
     kv_cache_ = KvCache(first_gpu_layer_, c.n_head_kv, c.head_dim, n_ctx);
     for (int64_t i = 0; i < c.rope_dim / 2; ++i) {
-        rope_inv_freq_.push_back(std::pow(static_cast<double>(c.rope_base),
-                                          -2.0 * static_cast<double>(i) / static_cast<double>(c.rope_dim)));
+        const double exponent = -2.0 * static_cast<double>(i) / static_cast<double>(c.rope_dim);
+        rope_inv_freq_.push_back(std::pow(static_cast<double>(c.rope_base), exponent));
+        if (!c.sliding_layers.empty()) {
+            local_rope_inv_freq_.push_back(std::pow(static_cast<double>(c.local_rope_base), exponent));
+        }
     }
 }
 
@@ -70,9 +80,10 @@ void Session::ensure_batch_capacity(int64_t n) {
         static_cast<int64_t>(pool_.size()) * attention_scratch_floats(kv_cache_.positions());
     // Dimensions are at most 2^20 and n at most kMaxBatch, so these sums cannot overflow.
     // Per token: x, xn; q, attn_out; k, v; gate, up and the active list (n_ff int32s); the
-    // predictor's hidden layer and the rotation angles. Per thread: attention scores.
+    // predictor's hidden layer and the rotation angles (two sets with sliding layers). Per thread:
+    // attention scores.
     const uint64_t floats = static_cast<uint64_t>(n) *
-        (2 * c.n_embd + 2 * c.q_dim() + 2 * c.kv_dim() + 3 * c.n_ff + max_rank_ + c.rope_dim) +
+        (2 * c.n_embd + 2 * c.q_dim() + 2 * c.kv_dim() + 3 * c.n_ff + max_rank_ + 2 * c.rope_dim) +
         static_cast<uint64_t>(attention_floats) +
         NeuronSum::scratch_floats(c.n_embd, pool_.size());
     require_memory("scratch buffers for a batch of " + std::to_string(n) + " tokens",
@@ -91,6 +102,10 @@ void Session::ensure_batch_capacity(int64_t n) {
     sized(up_, n * c.n_ff);
     sized(rope_cos_, n * (c.rope_dim / 2));
     sized(rope_sin_, n * (c.rope_dim / 2));
+    if (!c.sliding_layers.empty()) {
+        sized(local_rope_cos_, n * (c.rope_dim / 2));
+        sized(local_rope_sin_, n * (c.rope_dim / 2));
+    }
     sized(attention_scratch_, attention_floats);
     neuron_sum_.reserve(c.n_embd, pool_.size());
     activations_.reserve(n, widest);
@@ -158,14 +173,20 @@ void Session::forward(const std::vector<int32_t>& tokens, bool all_logits) {
         for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] *= c.block.embedding_scale;
 
         // The rotation angles depend on the position alone: compute them once per token,
-        // theta_i = pos * base^(-2i / rope_dim), in double for large positions.
+        // theta_i = pos * base^(-2i / rope_dim), in double for large positions (and again with
+        // the sliding layers' base where they have one).
         const int64_t half_rope = c.rope_dim / 2;
         for (int64_t t = 0; t < n && first_gpu_layer_ > 0; ++t) {
             const double pos = static_cast<double>(n_past_ + t);
             for (int64_t i = 0; i < half_rope; ++i) {
+                const size_t at = static_cast<size_t>(t * half_rope + i);
                 const double theta = pos * rope_inv_freq_[static_cast<size_t>(i)];
-                rope_cos_[static_cast<size_t>(t * half_rope + i)] = static_cast<float>(std::cos(theta));
-                rope_sin_[static_cast<size_t>(t * half_rope + i)] = static_cast<float>(std::sin(theta));
+                rope_cos_[at] = static_cast<float>(std::cos(theta));
+                rope_sin_[at] = static_cast<float>(std::sin(theta));
+                if (local_rope_inv_freq_.empty()) continue;
+                const double local_theta = pos * local_rope_inv_freq_[static_cast<size_t>(i)];
+                local_rope_cos_[at] = static_cast<float>(std::cos(local_theta));
+                local_rope_sin_[at] = static_cast<float>(std::sin(local_theta));
             }
         }
         if (first_gpu_layer_ < c.n_layer) gpu_->begin_batch(n, n_past_);
@@ -227,26 +248,33 @@ void Session::cpu_attention(int il, int64_t n) {
             rms_norm_rows(q, l.q_norm.data(), c.n_head, c.head_dim, c.rms_eps, q);
             rms_norm_rows(k, l.k_norm.data(), c.n_head_kv, c.head_dim, c.rms_eps, k);
         }
-        const float* cos = rope_cos_.data() + t * half_rope;
-        const float* sin = rope_sin_.data() + t * half_rope;
+        const bool local = c.slides(il);
+        const float* cos = (local ? local_rope_cos_ : rope_cos_).data() + t * half_rope;
+        const float* sin = (local ? local_rope_sin_ : rope_sin_).data() + t * half_rope;
         for (int64_t h = 0; h < c.n_head; ++h) rope(q + h * c.head_dim, c.rope_dim, cos, sin, halves);
         for (int64_t h = 0; h < c.n_head_kv; ++h) rope(k + h * c.head_dim, c.rope_dim, cos, sin, halves);
         kv_cache_.store(il, n_past_ + t, k, v);
     }
-    attention(pool_, kernels_, kv_cache_, il, {c.n_head, c.n_head_kv, c.head_dim}, q_.data(), n, n_past_,
-              attention_scratch_.data(), attn_out_.data());
+    const float scale = block.attention_scale > 0.0f ? block.attention_scale
+                                                     : 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+    const AttentionShape shape{c.n_head, c.n_head_kv, c.head_dim, scale, c.slides(il) ? c.sliding_window : 0};
+    attention(pool_, kernels_, kv_cache_, il, shape, q_.data(), n, n_past_, attention_scratch_.data(),
+              attn_out_.data());
     matmul({{&l.wo, xn_.data()}}, attn_out_.data(), n);
-    add_residual(n);
+    add_residual(n, l.attn_post_norm);
 }
 
-void Session::add_residual(int64_t n) {
-    const float scale = model_->config().block.residual_scale;
-    const int64_t values = n * model_->config().n_embd;
-    for (int64_t i = 0; i < values; ++i) x_[i] += scale * xn_[i];
+void Session::add_residual(int64_t n, const std::vector<float>& post_norm) {
+    const ModelConfig& c = model_->config();
+    if (c.block.post_norms) rms_norm_rows(xn_.data(), post_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
+    const float scale = c.block.residual_scale;
+    for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] += scale * xn_[i];
 }
 
 // The feed-forward block of a layer, in its forms (BlockSpec::ffn):
-//   silu_gated:      x += W_down (silu(W_gate xn) * W_up xn)   (times BlockSpec::residual_scale)
+//   gated:           x += W_down (act(W_gate xn) * W_up xn), act = SiLU or GELU (tanh)
+//                    (BlockSpec::gate_activation; the sum post-normed and scaled where the
+//                    BlockSpec says so, as for every block: add_residual)
 //   relu_predicted:  h_j = relu(gate_j . xn) * up_j . xn (relu on up too for bamboo),
 //                    x += sum_j h_j down_t[j] (cpu/neuron_sum.h), over
 //     - dense: every neuron; where the kernels have an eight-row product for the gate's
@@ -265,12 +293,16 @@ void Session::feed_forward(int layer, int64_t n) {
     if (!c.has_predictors()) {
         rms_norm_rows(x_.data(), l.ffn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
         matmul({{&l.ffn_gate, gate_.data()}, {&l.ffn_up, up_.data()}}, xn_.data(), n);
-        for (int64_t i = 0; i < hidden; ++i) {
-            const float g = gate_[i];
-            gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];  // SiLU(g) * up
+        if (c.block.gate_activation == Activation::gelu_tanh) {
+            for (int64_t i = 0; i < hidden; ++i) gate_[i] = gelu_tanh(gate_[i]) * up_[i];
+        } else {
+            for (int64_t i = 0; i < hidden; ++i) {
+                const float g = gate_[i];
+                gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];  // SiLU(g) * up
+            }
         }
         matmul({{&l.ffn_down, xn_.data()}}, gate_.data(), n);
-        add_residual(n);
+        add_residual(n, l.ffn_post_norm);
         layer_active_[static_cast<size_t>(layer)] += hidden;
         return;
     }
@@ -287,7 +319,7 @@ void Session::feed_forward(int layer, int64_t n) {
         layer_active_[static_cast<size_t>(layer)] += hidden;
     }
     if (count_neurons_) count_fired_neurons(layer, n);
-    add_residual(n);
+    add_residual(n, l.ffn_post_norm);
 }
 
 void Session::predict_active_neurons(const LayerWeights& l, int64_t n) {

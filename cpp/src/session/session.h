@@ -76,8 +76,9 @@ private:
     // The blocks of a CPU layer: x += attention(x), x += FFN(x) for the batch (dense SiLU,
     // dense ReLU, or the sparse PowerInfer path).
     void cpu_attention(int layer, int64_t n_tokens);
-    // x_ += residual_scale * xn_: a block's output (in xn_) joins the residual stream.
-    void add_residual(int64_t n_tokens);
+    // x_ += residual_scale * xn_: a block's output (in xn_) joins the residual stream, RMS-normed
+    // by post_norm first where the BlockSpec has post_norms.
+    void add_residual(int64_t n_tokens, const std::vector<float>& post_norm);
     void feed_forward(int layer, int64_t n_tokens);
     // The FFN of a GPU layer, with the CPU's share of a sparse one.
     void gpu_feed_forward(int layer, int64_t n_tokens);
@@ -112,6 +113,10 @@ private:
     std::vector<float> attention_scratch_;  // per thread of the pool
     std::vector<float> rope_cos_, rope_sin_;  // per token of the batch, rope_dim / 2 each
     std::vector<double> rope_inv_freq_;       // base^(-2i / rope_dim)
+    // The same for the sliding-window layers' base (ModelConfig::local_rope_base), when the model
+    // has such layers.
+    std::vector<float> local_rope_cos_, local_rope_sin_;
+    std::vector<double> local_rope_inv_freq_;
     ActivationSlots activations_;  // the input of a matrix product in its weights' dot formats
     NeuronSum neuron_sum_;
 

@@ -10,9 +10,10 @@ extern const Architecture kBamboo;   // PowerInfer: ReLU on gate and up, PWRI fi
 extern const Architecture kMiniCpm;  // llama blocks with MiniCPM's embedding, residual and logit scales
 extern const Architecture kQwen2;    // llama blocks with Q, K, V biases and NeoX RoPE
 extern const Architecture kQwen3;    // llama blocks with per-head Q and K norms and NeoX RoPE
+extern const Architecture kGemma3;   // Q/K norms, post-norms, GELU, sliding-window layers
 
-// The weights of llama-style blocks as the config's BlockSpec asks (biases, Q/K norms, a
-// PowerInfer FFN with its predictors), under llama.cpp's tensor names; output.weight, when
+// The weights of llama-style blocks as the config's BlockSpec asks (biases, Q/K norms,
+// post-norms, a PowerInfer FFN with its predictors), under llama.cpp's tensor names; output.weight, when
 // the file has none, is token_embd (tied embeddings).
 void bind_llama_weights(WeightSource& source, const ModelConfig& config, ModelWeights& weights);
 

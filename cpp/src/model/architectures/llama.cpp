@@ -61,6 +61,10 @@ void bind_llama_weights(WeightSource& source, const ModelConfig& c, ModelWeights
             l.k_norm = source.vector(b + "attn_k_norm.weight", c.head_dim);
         }
         l.ffn_norm = source.vector(b + "ffn_norm.weight", c.n_embd);
+        if (c.block.post_norms) {
+            l.attn_post_norm = source.vector(b + "post_attention_norm.weight", c.n_embd);
+            l.ffn_post_norm = source.vector(b + "post_ffw_norm.weight", c.n_embd);
+        }
         l.ffn_gate = source.weight(b + "ffn_gate.weight", c.n_embd, c.n_ff);
         l.ffn_up = source.weight(b + "ffn_up.weight", c.n_embd, c.n_ff);
         if (!c.has_predictors()) {

@@ -550,6 +550,17 @@ struct Q45KWeights {
 using Q4KWeights = Q45KWeights<BlockQ4_K>;
 using Q5KWeights = Q45KWeights<BlockQ5_K>;
 
+// sum_g weights_g bsums_g over a block's 16 groups of 16 (weights in int16 lanes, groups 0-7
+// then 8-15), each product widened to int32 (|bsums_g| <= 16 * 128): what an offset or the
+// minimums add through the activation's sums.
+SI_NEON_INLINE int32x4_t dot_bsums(const int16x8_t weights[2], const BlockQ8_K& b) {
+    const int16x8_t b0 = vld1q_s16(b.bsums), b1 = vld1q_s16(b.bsums + 8);
+    int32x4_t sum = vmull_s16(vget_low_s16(weights[0]), vget_low_s16(b0));
+    sum = vmlal_high_s16(sum, weights[0], b0);
+    sum = vmlal_s16(sum, vget_low_s16(weights[1]), vget_low_s16(b1));
+    return vmlal_high_s16(sum, weights[1], b1);
+}
+
 // Block i of a Q6_K row (values: tensor/dtype.cpp, dequantize_q6_k): four chunks of 64 values,
 // chunk c = 2 half + j the planes j (low nibbles of ql[64 half + 32 j ..], groups 8 half + 2 j
 // and + 1) and j + 2 (their high nibbles, groups 8 half + 2 j + 4 and + 5), the high two bits
@@ -599,12 +610,7 @@ struct Q6KWeights {
     }
     // The integer sum starts at the offset of -32, exactly: -32 sum_g scale_g bsums_g.
     int32x4_t begin(const BlockQ8_K& b, float32x4_t& /*acc*/) const {
-        const int16x8_t b0 = vld1q_s16(b.bsums), b1 = vld1q_s16(b.bsums + 8);
-        int32x4_t offset = vmull_s16(vget_low_s16(scales[0]), vget_low_s16(b0));
-        offset = vmlal_high_s16(offset, scales[0], b0);
-        offset = vmlal_s16(offset, vget_low_s16(scales[1]), vget_low_s16(b1));
-        offset = vmlal_high_s16(offset, scales[1], b1);
-        return vnegq_s32(vshlq_n_s32(offset, 5));
+        return vnegq_s32(vshlq_n_s32(dot_bsums(scales, b), 5));
     }
     float32x4_t finish(int32x4_t sum, const BlockQ8_K& b, float32x4_t acc) const {
         return vfmaq_f32(acc, vcvtq_f32_s32(sum), vdupq_n_f32(d * b.d));

@@ -428,15 +428,15 @@ void neon_dot4_iq4_nl(int64_t n, const void* w, const void* x, size_t stride, fl
     dot4_quant<IQ4NLWeights, BlockIQ4_NL>(n, w, x, stride, out);
 }
 
-// ---- K-quants (Q4_K, Q5_K, Q6_K) and IQ4_XS against Q8_K --------------------------------
+// ---- K-quants (Q2_K .. Q6_K) and IQ4_XS against Q8_K ---------------------------------------
 //
 // Per block of 256, row and token, the groups' integer dots (widening multiplies, several
 // products per int16 lane) are multiplied by the groups' integer scales in the multiply-add
 // that widens them to int32 (by lane of the row's scale vector), so that the block's integer
-// sum builds up in an int32x4; the minimums (Q4_K, Q5_K) and the offset of -32 (Q6_K) come
-// from the activation's sums over each 16 (bsums), also in int32. Per block, row and token one
-// conversion to float and one fused multiply-add (a second of each for the minimums) into
-// that pair's own accumulator.
+// sum builds up in an int32x4; the minimums (Q2_K, Q4_K, Q5_K) and the offsets of -4 (Q3_K)
+// and -32 (Q6_K) come from the activation's sums over each 16 (bsums), also in int32. Per
+// block, row and token one conversion to float and one fused multiply-add (a second of each
+// for the minimums) into that pair's own accumulator.
 // k_quant_dots takes kRows rows at any addresses times kTokens activations: the single dot
 // (1, 1), dot4 (1, 4) and the gathered rows (kRows, 1) run, for each row and token, the same
 // arithmetic, so their results agree bit for bit (kernels.h).
@@ -550,6 +550,17 @@ struct Q45KWeights {
 using Q4KWeights = Q45KWeights<BlockQ4_K>;
 using Q5KWeights = Q45KWeights<BlockQ5_K>;
 
+// sum_g weights_g bsums_g over a block's 16 groups of 16 (weights in int16 lanes, groups 0-7
+// then 8-15), each product widened to int32 (|bsums_g| <= 16 * 128): what an offset or the
+// minimums add through the activation's sums.
+SI_NEON_INLINE int32x4_t dot_bsums(const int16x8_t weights[2], const BlockQ8_K& b) {
+    const int16x8_t b0 = vld1q_s16(b.bsums), b1 = vld1q_s16(b.bsums + 8);
+    int32x4_t sum = vmull_s16(vget_low_s16(weights[0]), vget_low_s16(b0));
+    sum = vmlal_high_s16(sum, weights[0], b0);
+    sum = vmlal_s16(sum, vget_low_s16(weights[1]), vget_low_s16(b1));
+    return vmlal_high_s16(sum, weights[1], b1);
+}
+
 // Block i of a Q6_K row (values: tensor/dtype.cpp, dequantize_q6_k): four chunks of 64 values,
 // chunk c = 2 half + j the planes j (low nibbles of ql[64 half + 32 j ..], groups 8 half + 2 j
 // and + 1) and j + 2 (their high nibbles, groups 8 half + 2 j + 4 and + 5), the high two bits
@@ -599,17 +610,118 @@ struct Q6KWeights {
     }
     // The integer sum starts at the offset of -32, exactly: -32 sum_g scale_g bsums_g.
     int32x4_t begin(const BlockQ8_K& b, float32x4_t& /*acc*/) const {
-        const int16x8_t b0 = vld1q_s16(b.bsums), b1 = vld1q_s16(b.bsums + 8);
-        int32x4_t offset = vmull_s16(vget_low_s16(scales[0]), vget_low_s16(b0));
-        offset = vmlal_high_s16(offset, scales[0], b0);
-        offset = vmlal_s16(offset, vget_low_s16(scales[1]), vget_low_s16(b1));
-        offset = vmlal_high_s16(offset, scales[1], b1);
-        return vnegq_s32(vshlq_n_s32(offset, 5));
+        return vnegq_s32(vshlq_n_s32(dot_bsums(scales, b), 5));
     }
     float32x4_t finish(int32x4_t sum, const BlockQ8_K& b, float32x4_t acc) const {
         return vfmaq_f32(acc, vcvtq_f32_s32(sum), vdupq_n_f32(d * b.d));
     }
 };
+
+// v >> kBits in each byte, kBits = 0 included (vshrq_n_u8 takes 1..8).
+template <int kBits>
+SI_NEON_INLINE uint8x16_t shift_right(uint8x16_t v) {
+    if constexpr (kBits == 0) {
+        return v;
+    } else {
+        return vshrq_n_u8(v, kBits);
+    }
+}
+
+// Block i of a Q2_K or Q3_K row (values: tensor/dtype.cpp, dequantize_q2_k / q3_k): four chunks
+// of 64 values, chunk c = 2 half + j the planes 2j and 2j + 1 (bits 4j and 4j + 2) of the 32
+// bytes qs[32 half ..], groups 4c .. 4c + 3 in turn; Q3_K's third bit of plane p is bit
+// 4 half + p of hmask, so a chunk's are bits 2c and 2c + 1. The 16 scales in int16 lanes
+// (groups 0-7, 8-15): Q2_K's the low nibbles of scales[g], its minimums the high nibbles;
+// Q3_K's signed (-32..31), its values u = 0..7 unsigned and the -4 of w = d scale (u - 4)
+// through bsums, as Q6_K's -32.
+template <bool kQ3>
+struct Q23KWeights {
+    using Block = std::conditional_t<kQ3, BlockQ3_K, BlockQ2_K>;
+    const Block* w;
+    int16x8_t scales[2];
+    int16x8_t mins[2] = {};  // Q2_K's
+    float d, dmin = 0.0f;    // dmin: Q2_K's
+    explicit Q23KWeights(const Block* blk) : w(blk), d(half_one(blk->d)) {
+        const uint8x16_t nibble = vdupq_n_u8(0x0f);
+        if constexpr (kQ3) {
+            // As unpack_q3_k_scales (tensor/dtype.h): scale g's low 4 bits are nibble g / 8 of
+            // byte g % 8, its high 2 bits bits 2 (g / 4) of byte 8 + g % 4, which the four bytes
+            // repeated and shifted right by 2 (g / 4) bring to bits 0-1 of byte g. (Bytes 0-7 and
+            // 8-11 loaded apart: sixteen bytes from scales would read past the row's last block.)
+            static constexpr int8_t kDown[16] = {0, 0, 0, 0, -2, -2, -2, -2, -4, -4, -4, -4, -6, -6, -6, -6};
+            const uint8x8_t packed = vld1_u8(blk->scales);
+            uint32_t top;
+            std::memcpy(&top, blk->scales + 8, 4);
+            const uint8x16_t low = vcombine_u8(vand_u8(packed, vget_low_u8(nibble)), vshr_n_u8(packed, 4));
+            const uint8x16_t high =
+                vandq_u8(vshlq_u8(vreinterpretq_u8_u32(vdupq_n_u32(top)), vld1q_s8(kDown)), vdupq_n_u8(3));
+            const int8x16_t s = vsubq_s8(vreinterpretq_s8_u8(vsliq_n_u8(low, high, 4)), vdupq_n_s8(32));
+            scales[0] = vmovl_s8(vget_low_s8(s));
+            scales[1] = vmovl_high_s8(s);
+        } else {
+            const uint8x16_t packed = vld1q_u8(blk->scales);
+            const uint8x16_t low = vandq_u8(packed, nibble), high = vshrq_n_u8(packed, 4);
+            scales[0] = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(low)));
+            scales[1] = vreinterpretq_s16_u16(vmovl_high_u8(low));
+            mins[0] = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(high)));
+            mins[1] = vreinterpretq_s16_u16(vmovl_high_u8(high));
+            dmin = half_one(blk->dmin);
+        }
+    }
+    template <int kChunk>
+    Bytes64 values(Index<kChunk>) const {
+        constexpr int half = kChunk / 2, first = 4 * (kChunk % 2);  // plane 2j's bits, 2j + 1's two above
+        Bytes64 out;
+        for (int k = 0; k < 2; ++k) {
+            const uint8x16_t q = vld1q_u8(w->qs + 32 * half + 16 * k);
+            const uint8x16_t plane0 = shift_right<first>(q), plane1 = vshrq_n_u8(q, first + 2);
+            if constexpr (kQ3) {
+                // Shift-insert keeps the plane's two bits and drops those above them: the third
+                // bit (bit 0 or 1 of h, masked) goes in above them.
+                const uint8x16_t h = shift_right<2 * kChunk>(vld1q_u8(w->hmask + 16 * k)), one = vdupq_n_u8(1);
+                out.v[k] = vreinterpretq_s8_u8(vsliq_n_u8(plane0, vandq_u8(h, one), 2));
+                out.v[k + 2] = vreinterpretq_s8_u8(vsliq_n_u8(plane1, vandq_u8(vshrq_n_u8(h, 1), one), 2));
+            } else {
+                const uint8x16_t two_bits = vdupq_n_u8(3);
+                out.v[k] = vreinterpretq_s8_u8(vandq_u8(plane0, two_bits));
+                out.v[k + 2] = vreinterpretq_s8_u8(vandq_u8(plane1, two_bits));
+            }
+        }
+        return out;
+    }
+    template <int kChunk>
+    static Bytes64 activations(const BlockQ8_K& b, Index<kChunk>) {
+        return bytes64(b.qs + 64 * kChunk);
+    }
+    // sum + the chunk's four groups' dots times their scales. A group's 16 products go two to
+    // an int16 lane (values 0..7: at most 2 * 7 * 128 in magnitude).
+    template <int kChunk>
+    int32x4_t dot(Index<kChunk>, const Bytes64& v, const Bytes64& y, int32x4_t sum) const {
+        constexpr int g = 4 * (kChunk % 2);  // the first group's lane in scales[kChunk / 2]
+        const int16x8_t& s = scales[kChunk / 2];
+        sum = add_scaled<g>(sum, dot16(v.v[0], y.v[0]), s);
+        sum = add_scaled<g + 1>(sum, dot16(v.v[1], y.v[1]), s);
+        sum = add_scaled<g + 2>(sum, dot16(v.v[2], y.v[2]), s);
+        return add_scaled<g + 3>(sum, dot16(v.v[3], y.v[3]), s);
+    }
+    // Q3_K: the integer sum starts at the offset of -4, exactly: -4 sum_g scale_g bsums_g.
+    // Q2_K: the minimums' term, sum_g min_g bsums_g, taken off acc first as Q4_K's is; the
+    // integer sum starts at 0.
+    int32x4_t begin(const BlockQ8_K& b, float32x4_t& acc) const {
+        if constexpr (kQ3) {
+            return vnegq_s32(vshlq_n_s32(dot_bsums(scales, b), 2));
+        } else {
+            acc = vfmsq_f32(acc, vcvtq_f32_s32(dot_bsums(mins, b)), vdupq_n_f32(dmin * b.d));
+            return vdupq_n_s32(0);
+        }
+    }
+    float32x4_t finish(int32x4_t sum, const BlockQ8_K& b, float32x4_t acc) const {
+        return vfmaq_f32(acc, vcvtq_f32_s32(sum), vdupq_n_f32(d * b.d));
+    }
+};
+
+using Q2KWeights = Q23KWeights<false>;
+using Q3KWeights = Q23KWeights<true>;
 
 // Block i of an IQ4_XS row: four chunks of 64 values, chunk c the groups 2c and 2c + 1, group
 // g's 32 values the levels (TBL) of the low then the high nibbles of qs[16 g .. 16 g + 15];
@@ -982,9 +1094,9 @@ const KernelTable* kernels_neon() {
         t.isa = "neon";
         // Each type's row: {dot, dot4, rows8, rows4, axpy, gather_dot, gather_axpy}; gathered
         // rows one after another but the dots of the types against Q8_K (the K-quants, IQ4_XS),
-        // four side by side (k_quant_dots); Q2_K and Q3_K on the portable dots still; the typed
-        // axpys of Q5_0, Q5_1, the K-quants and the IQ4 types dequantise through the reference,
-        // then add as neon_axpy_f32 does (kernels.h); none of it timed on an Arm machine yet.
+        // four side by side (k_quant_dots); the typed axpys of Q5_0, Q5_1, the K-quants and the
+        // IQ4 types dequantise through the reference, then add as neon_axpy_f32 does (kernels.h);
+        // none of it timed on an Arm machine yet.
         t.of(DType::F32) = {neon_dot_f32, four_dots<neon_dot_f32>, nullptr, neon_dot4x4_f32, neon_axpy_f32,
                             dots_one_by_one<neon_dot_f32>, axpys_one_by_one<neon_axpy_f32>};
         t.of(DType::F16) = {neon_dot_f16, four_dots<neon_dot_f16>, nullptr, neon_dot4x4_f16, neon_axpy_f16,
@@ -1010,10 +1122,10 @@ const KernelTable* kernels_neon() {
         constexpr auto axpy_q5_k = axpy_dequantised_blocks<DType::Q5_K, kQK_K, neon_axpy_f32>;
         constexpr auto axpy_q2_k = axpy_dequantised_blocks<DType::Q2_K, kQK_K, neon_axpy_f32>;
         constexpr auto axpy_q3_k = axpy_dequantised_blocks<DType::Q3_K, kQK_K, neon_axpy_f32>;
-        t.of(DType::Q2_K) = {scalar_dot_q2_k, scalar_dot4_q2_k, nullptr, nullptr, axpy_q2_k,
-                             dots_one_by_one<scalar_dot_q2_k>, axpys_one_by_one<axpy_q2_k>};
-        t.of(DType::Q3_K) = {scalar_dot_q3_k, scalar_dot4_q3_k, nullptr, nullptr, axpy_q3_k,
-                             dots_one_by_one<scalar_dot_q3_k>, axpys_one_by_one<axpy_q3_k>};
+        t.of(DType::Q2_K) = {k_quant_dot<Q2KWeights>, k_quant_dot4<Q2KWeights>, nullptr, nullptr, axpy_q2_k,
+                             k_quant_gather_dot<Q2KWeights>, axpys_one_by_one<axpy_q2_k>};
+        t.of(DType::Q3_K) = {k_quant_dot<Q3KWeights>, k_quant_dot4<Q3KWeights>, nullptr, nullptr, axpy_q3_k,
+                             k_quant_gather_dot<Q3KWeights>, axpys_one_by_one<axpy_q3_k>};
         constexpr auto axpy_q6_k = axpy_dequantised_blocks<DType::Q6_K, kQK_K, neon_axpy_f32>;
         constexpr auto axpy_iq4_xs = axpy_dequantised_blocks<DType::IQ4_XS, kQK_K, neon_axpy_f32>;
         t.of(DType::Q4_K) = {k_quant_dot<Q4KWeights>, k_quant_dot4<Q4KWeights>, nullptr, nullptr, axpy_q4_k,

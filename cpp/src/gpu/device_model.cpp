@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "common/errors.h"
+#include "model/rope.h"
 
 namespace si::gpu {
 
@@ -21,11 +22,28 @@ int plugin_type(DType t) {
     }
 }
 
+// The model, unless the placement puts layers on the GPU and the plugin cannot compute their
+// RoPE: si_cuda_rope turns by pos * base^(-2i / rope_dim) alone, so a scaled RoPE (linear,
+// YaRN, frequency factors, attn_factor) is refused here, before the plugin loads.
+// Left for a later part of issue 17 (item 4): hand the kernel the CPU's inverse frequencies
+// and magnitude (model/rope.h) through a new plugin ABI, and lift this.
+std::shared_ptr<const Model> with_rope_the_gpu_computes(std::shared_ptr<const Model> model,
+                                                        const Placement& placement) {
+    const std::string scaling = describe_rope_scaling(model->config(), model->rope_freq_factors());
+    if (placement.n_gpu_layers != 0 && !scaling.empty()) {
+        throw UnsupportedError(model->file().describe("RoPE with " + scaling + " runs on the CPU only in this "
+                                                      "version (the GPU plugin computes unscaled RoPE); use "
+                                                      "device='cpu'"));
+    }
+    return model;
+}
+
 }  // namespace
 
 DeviceModel::DeviceModel(std::shared_ptr<const Model> model, const std::string& plugin_path, int device,
                          Placement placement)
-    : model_(std::move(model)), plugin_(Plugin::load(plugin_path)), ctx_(plugin_, device) {
+    : model_(with_rope_the_gpu_computes(std::move(model), placement)), plugin_(Plugin::load(plugin_path)),
+      ctx_(plugin_, device) {
     const ModelConfig& c = model_->config();
     if (!model_->prepared()) throw ArgumentError("a model loaded with prepare_weights=False cannot go to a GPU");
     const int64_t n_gpu = placement.n_gpu_layers;

@@ -11,6 +11,7 @@
 #include "cpu/norm.h"
 #include "gpu/device_model.h"
 #include "gpu/gpu_forward.h"
+#include "model/rope.h"
 
 namespace si {
 
@@ -54,10 +55,9 @@ Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_thread
     }
     if (c.has_predictors() && !sparse) model_->prepare_dense_gates(first_gpu_layer_);
     kv_cache_ = KvCache(first_gpu_layer_, c.n_head_kv, c.head_dim, n_ctx);
-    for (int64_t i = 0; i < c.rope_dim / 2; ++i) {
-        rope_inv_freq_.push_back(std::pow(static_cast<double>(c.rope_base),
-                                          -2.0 * static_cast<double>(i) / static_cast<double>(c.rope_dim)));
-    }
+    const RopeFrequencies rope = rope_frequencies(c, model_->rope_freq_factors());
+    rope_inv_freq_ = rope.inverse;
+    rope_magnitude_ = rope.magnitude;
 }
 
 Session::~Session() = default;
@@ -158,14 +158,16 @@ void Session::forward(const std::vector<int32_t>& tokens, bool all_logits) {
         }
 
         // The rotation angles depend on the position alone: compute them once per token,
-        // theta_i = pos * base^(-2i / rope_dim), in double for large positions.
+        // theta_i = pos * rope_inv_freq_[i] (base^(-2i / rope_dim) unscaled), in double for
+        // large positions; cos and sin times the scaling's magnitude (model/rope.h).
         const int64_t half_rope = c.rope_dim / 2;
         for (int64_t t = 0; t < n && first_gpu_layer_ > 0; ++t) {
             const double pos = static_cast<double>(n_past_ + t);
             for (int64_t i = 0; i < half_rope; ++i) {
                 const double theta = pos * rope_inv_freq_[static_cast<size_t>(i)];
-                rope_cos_[static_cast<size_t>(t * half_rope + i)] = static_cast<float>(std::cos(theta));
-                rope_sin_[static_cast<size_t>(t * half_rope + i)] = static_cast<float>(std::sin(theta));
+                const size_t at = static_cast<size_t>(t * half_rope + i);
+                rope_cos_[at] = static_cast<float>(std::cos(theta) * rope_magnitude_);
+                rope_sin_[at] = static_cast<float>(std::sin(theta) * rope_magnitude_);
             }
         }
         if (first_gpu_layer_ < c.n_layer) gpu_->begin_batch(n, n_past_);

@@ -367,6 +367,7 @@ def write_llama_model(
     skip_keys: Iterable[str] = (),
     skip_tensors: Iterable[str] = (),
     reshape_tensors: Optional[dict] = None,
+    extra_tensors: Optional[dict] = None,
 ) -> ModelWeights:
     """Writes a random tiny llama model to `path` and returns the weights it holds.
 
@@ -377,6 +378,8 @@ def write_llama_model(
     For broken-model tests: `arch` is written as general.architecture (the llama.* keys
     stay), `skip_keys` / `skip_tensors` are left out of the file, and `reshape_tensors`
     maps a tensor name to a new numpy shape (same element count) written instead.
+    `extra_tensors` maps a name to an array written after the model's own (1-D as F32, a
+    matrix in weight_type), e.g. Llama 3's "rope_freqs.weight"; its values join the weights.
     """
     for t in (weight_type, embd_type, output_type):
         if t is not None and t not in WEIGHT_TYPES + STORAGE_TYPES:
@@ -462,6 +465,8 @@ def write_llama_model(
             arr = arr.reshape(reshape_tensors[name])
         t = embd_type if name == "token_embd.weight" else output_type if name == "output.weight" else weight_type
         w[name] = add_tensor(writer, name, arr, t)
+    for name, arr in (extra_tensors or {}).items():
+        w[name] = add_tensor(writer, name, np.asarray(arr, dtype=np.float32), weight_type)
     write_file(writer)
 
     w.hparams = dict(

@@ -4,6 +4,8 @@ Conventions (llama.cpp for arch "llama", read for facts only):
 - RMSNorm: x / sqrt(mean(x^2) + eps) * w.
 - RoPE in GGML "normal" mode (mode 0): rotates ADJACENT pairs (x[2i], x[2i+1]) of each head
   by theta_i = pos * base^(-2i/rope_dim), i < rope_dim/2; dims >= rope_dim pass through.
+  With RoPE scaling (hparams["rope_scaling"]) or frequency factors (a "rope_freqs.weight"
+  weight) the speeds and the length of cos and sin change: rope_scaled_frequencies.
 - Grouped-query attention: query head h reads kv head h // (n_head // n_head_kv).
 - Causal softmax with scale 1/sqrt(head_dim).
 - FFN: down(act(gate(x)) * up(x)), act = SiLU (or ReLU for ReLU models).
@@ -30,6 +32,59 @@ def rope_normal(x: np.ndarray, positions: np.ndarray, rope_dim: int, base: float
     theta = positions.astype(np.float64)[:, None] * inv_freq[None, :]  # (n, half)
     cos = np.cos(theta)[:, None, :]
     sin = np.sin(theta)[:, None, :]
+    x0 = x[:, :, 0:rope_dim:2]
+    x1 = x[:, :, 1:rope_dim:2]
+    out[:, :, 0:rope_dim:2] = x0 * cos - x1 * sin
+    out[:, :, 1:rope_dim:2] = x0 * sin + x1 * cos
+    return out
+
+
+def rope_scaled_frequencies(rope_dim: int, base: float, scaling: Optional[dict] = None,
+                            freq_factors: Optional[np.ndarray] = None) -> tuple[np.ndarray, float]:
+    """(per pair the angle per position, the factor on cos and sin) of RoPE as llama.cpp scales
+    it (docs/rope-scaling.md). scaling: {"type": "none" | "linear" | "yarn", "factor",
+    "original_context" (yarn), "attn_factor" (default 1), "beta_fast" (32), "beta_slow" (1)};
+    freq_factors: rope_dim/2 divisors of the pairs' frequencies (Llama 3's rope_freqs).
+
+    ggml (ggml-cpu/ops.cpp ggml_rope_cache_init, rope_yarn, rope_yarn_ramp; ggml.c
+    ggml_rope_yarn_corr_dims): theta_extrap = pos base^(-2i/d) / ff_i, theta_interp =
+    theta_extrap / factor; YaRN mixes theta = theta_interp (1 - mix) + theta_extrap mix with
+    mix = 1 - clamp((i - low) / max(0.001, high - low), 0, 1) (ext_factor 1), low =
+    max(0, floor(c(beta_fast))), high = min(d - 1, ceil(c(beta_slow))), c(b) =
+    d ln(n_orig / (2 pi b)) / (2 ln base). cos and sin are multiplied by attn_factor, and by
+    1 + 0.1 ln(factor) for YaRN with a factor > 1 (llama.cpp's llama_context: for a factor <= 1
+    it divides ggml's multiplier out)."""
+    s = {"type": "none", "factor": 1.0, "attn_factor": 1.0, "beta_fast": 32.0, "beta_slow": 1.0}
+    s.update(scaling or {})
+    factor = 1.0 if s["type"] == "none" else float(s["factor"])
+    i = np.arange(rope_dim // 2, dtype=np.float64)
+    extrap = base ** (-2.0 * i / rope_dim)
+    if freq_factors is not None:
+        extrap = extrap / np.asarray(freq_factors, dtype=np.float64)
+    interp = extrap / factor
+    magnitude = float(s["attn_factor"])
+    if s["type"] != "yarn":
+        return interp, magnitude
+
+    def corr_dim(turns: float) -> float:
+        return rope_dim * np.log(s["original_context"] / (turns * 2.0 * np.pi)) / (2.0 * np.log(base))
+
+    low = max(0.0, np.floor(corr_dim(s["beta_fast"])))
+    high = min(rope_dim - 1.0, np.ceil(corr_dim(s["beta_slow"])))
+    mix = 1.0 - np.clip((i - low) / max(0.001, high - low), 0.0, 1.0)
+    if factor > 1.0:
+        magnitude *= 1.0 + 0.1 * np.log(factor)
+    return interp * (1.0 - mix) + extrap * mix, magnitude
+
+
+def rope_normal_scaled(x: np.ndarray, positions: np.ndarray, rope_dim: int, base: float,
+                       scaling: Optional[dict] = None, freq_factors: Optional[np.ndarray] = None) -> np.ndarray:
+    """rope_normal with the speeds and magnitude of rope_scaled_frequencies."""
+    inv_freq, magnitude = rope_scaled_frequencies(rope_dim, base, scaling, freq_factors)
+    theta = positions.astype(np.float64)[:, None] * inv_freq[None, :]  # (n, half)
+    cos = magnitude * np.cos(theta)[:, None, :]
+    sin = magnitude * np.sin(theta)[:, None, :]
+    out = x.copy()
     x0 = x[:, :, 0:rope_dim:2]
     x1 = x[:, :, 1:rope_dim:2]
     out[:, :, 0:rope_dim:2] = x0 * cos - x1 * sin
@@ -75,6 +130,8 @@ class ReferenceLlama:
         self.head_dim = self.n_embd // self.n_head
         self.rope_dim = hp.get("rope_dim") or self.head_dim
         self.rope_base = hp.get("rope_base", 10000.0)
+        self.rope_scaling = hp.get("rope_scaling")  # rope_scaled_frequencies' `scaling`
+        self.rope_freq_factors = self.w.get("rope_freqs.weight")
         self.eps = hp.get("rms_eps", 1e-5)
         self.act = relu if hp.get("activation", "silu") == "relu" else silu
         self.n_layer = hp["n_layer"]
@@ -88,6 +145,12 @@ class ReferenceLlama:
     def _mv(self, x: np.ndarray, name: str) -> np.ndarray:
         """x (n, in) @ W.T for the weight matrix `name`."""
         return x @ self.w[name].T
+
+    def _rope(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        if self.rope_scaling is None and self.rope_freq_factors is None:
+            return rope_normal(x, positions, self.rope_dim, self.rope_base)
+        return rope_normal_scaled(x, positions, self.rope_dim, self.rope_base, self.rope_scaling,
+                                  self.rope_freq_factors)
 
     def _kv(self, a: np.ndarray) -> np.ndarray:
         """K or V as the KV cache holds them."""
@@ -116,8 +179,8 @@ class ReferenceLlama:
             q = self._mv(h, p + "attn_q.weight").reshape(n, nh, hd)
             k = self._mv(h, p + "attn_k.weight").reshape(n, nkv, hd)
             v = self._mv(h, p + "attn_v.weight").reshape(n, nkv, hd)
-            q = rope_normal(q, pos, self.rope_dim, self.rope_base)
-            k = rope_normal(k, pos, self.rope_dim, self.rope_base)
+            q = self._rope(q, pos)
+            k = self._rope(k, pos)
             K = np.concatenate([self.k_cache[il], self._kv(k)], axis=0)  # (n_past+n, nkv, hd)
             V = np.concatenate([self.v_cache[il], self._kv(v)], axis=0)
             self.k_cache[il], self.v_cache[il] = K, V

@@ -60,8 +60,9 @@ class DeviceModel:
                  hot_neurons: Optional[Sequence[np.ndarray]] = None) -> None:
         """cuda_plugin: the plugin library's path (sparseinfer._cuda finds it); the last
         n_gpu_layers layers (-1: all); per layer the ascending hot neuron ids of a PowerInfer
-        file (None: every neuron). A plugin of another ABI raises UnsupportedModelError, a
-        failing device call SparseInferError (MemoryError when the GPU is out of memory)."""
+        file (None: every neuron). A plugin of another ABI, or scaled RoPE (linear, YaRN,
+        frequency factors) on GPU layers, raises UnsupportedModelError, a failing device call
+        SparseInferError (MemoryError when the GPU is out of memory)."""
     weight_bytes: int
     first_gpu_layer: int
     def hot_counts(self) -> list[int]: ...

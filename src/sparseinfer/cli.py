@@ -502,6 +502,7 @@ def _describe_model(path: str, info: dict[str, Any]) -> list[tuple[str, str]]:
         ("n_head", n_heads if n_heads_kv in ("?", n_heads) else f"{n_heads} (kv {n_heads_kv})"),
         ("n_ff", hparam("feed_forward_length")),
         ("n_ctx_train", hparam("context_length")),
+        ("rope scaling", _rope_scaling(metadata, arch, {name for name, _, _ in tensors})),
         ("n_vocab", str(vocab_size)),
         ("tokenizer", str(metadata.get("tokenizer.ggml.model", "none"))),
         ("chat template", "present" if "tokenizer.chat_template" in metadata else "absent"),
@@ -509,6 +510,34 @@ def _describe_model(path: str, info: dict[str, Any]) -> list[tuple[str, str]]:
         ("tensor types", ", ".join(f"{name} x{count}" for name, count in sorted(types.items()))),
     ]
     return lines
+
+
+def _rope_scaling(metadata: dict[str, Any], arch: str, tensor_names: set[str]) -> str:
+    """RoPE scaling as the engine reads it (docs/rope-scaling.md): "none", "linear x2", "yarn x4
+    from 8192 positions" (a type it refuses by its name), then the attention factor and the
+    frequency factors where the file has them."""
+    def scaling(key: str, default: Any = None) -> Any:
+        return metadata.get(f"{arch}.rope.scaling.{key}", default)
+
+    def number(x: Any) -> str:
+        return f"{x:g}" if isinstance(x, (int, float)) else str(x)
+
+    kind = scaling("type", "linear")
+    factor = scaling("factor", metadata.get(f"{arch}.rope.scale_linear", 1.0))
+    if kind not in ("none", "linear", "yarn"):
+        parts = [str(kind)]  # one the engine refuses: the runs: line says so
+    elif kind == "none" or factor == 1.0:
+        parts = ["none"]
+    elif kind == "yarn":
+        original = scaling("original_context_length", metadata.get(f"{arch}.context_length", "?"))
+        parts = [f"yarn x{number(factor)} from {original} positions"]
+    else:
+        parts = [f"linear x{number(factor)}"]
+    if scaling("attn_factor", 1.0) != 1.0:
+        parts.append(f"attn_factor {number(scaling('attn_factor'))}")
+    if "rope_freqs.weight" in tensor_names:
+        parts.append("frequency factors (rope_freqs.weight)")
+    return ", ".join(parts)
 
 
 def _run_status(path: str) -> str:

@@ -76,12 +76,39 @@ def test_info_describes_the_file_without_loading_it(tiny):
     assert fields["n_head"] == "4 (kv 2)"
     assert fields["n_ff"] == "48"
     assert fields["n_ctx_train"] == "512"
+    assert fields["rope scaling"] == "none"
     assert fields["n_vocab"] == "300"
     assert fields["tokenizer"] == "llama"
     assert fields["chat template"] == "present"
     assert fields["tensors"].startswith(f"{len(tiny)} ")
     assert fields["tensor types"] == f"F32 x{len(tiny)}"
     assert fields["runs"] == "yes"
+
+
+def _info_fields(path) -> dict[str, str]:
+    result = run_cli("info", str(path))
+    assert result.returncode == 0, result.stderr
+    return {key.strip(): value.strip() for key, value in
+            (line.split(":", 1) for line in result.stdout.splitlines() if ":" in line)}
+
+
+@pytest.mark.parametrize("kv, freq_factors, shown, runs", [
+    ({"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0,
+      "llama.rope.scaling.original_context_length": 128}, [1.0, 2.0, 4.0, 8.0],
+     "yarn x4 from 128 positions, frequency factors (rope_freqs.weight)", "yes"),
+    ({"llama.rope.scale_linear": 2.0, "llama.rope.scaling.attn_factor": 1.5}, None,
+     "linear x2, attn_factor 1.5", "yes"),
+    ({"llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 8.0}, None, "none", "yes"),
+    ({"llama.rope.scaling.type": "longrope"}, None, "longrope",
+     "no: RoPE scaling 'longrope' is not supported (supported: none, linear, yarn)"),
+], ids=["yarn_with_factors", "old_linear_key", "none", "longrope"])
+def test_info_shows_the_rope_scaling(tmp_path, kv, freq_factors, shown, runs):
+    path = tmp_path / "scaled.gguf"
+    ggufgen.write_llama_model(path, n_embd=32, n_head=4, n_ctx=512, extra_kv=kv,
+                              extra_tensors=None if freq_factors is None else {"rope_freqs.weight": freq_factors})
+    fields = _info_fields(path)
+    assert fields["rope scaling"] == shown
+    assert fields["runs"] == runs
 
 
 def test_info_system_reports_the_isa_in_use():

@@ -192,6 +192,40 @@ def test_gemma3_window_over_a_long_context(tmp_path):
     assert_close(np.concatenate(rows), ref, "F32", "gemma3 window 20")
 
 
+@pytest.mark.parametrize("case, kw, hparams", [
+    ("no window key: every layer global", dict(sliding_window=None), {}),
+    ("window pattern 3, local base 500", dict(extra_kv={"gemma3.attention.sliding_window_pattern": 3,
+                                                       "gemma3.rope.freq_base_swa": 500.0}),
+     dict(sliding_layers=[il % 3 < 2 for il in range(7)], local_rope_base=500.0)),
+    ("final logit softcap", dict(extra_kv={"gemma3.final_logit_softcapping": 2.5}), dict(final_logit_softcap=2.5)),
+])
+def test_gemma3_optional_keys(tmp_path, case, kw, hparams):
+    """The keys a Gemma 3 file may carry, as llama-cpp-python 0.3.36 reads them: the engine
+    against the reference, and the reference against llama.cpp."""
+    path, w = write(tmp_path, "gemma3", seed=31, **kw)
+    w.hparams.update(hparams)
+    tokens = ggufgen.random_tokens(40, seed=31)
+    ref = reference.forward(w, tokens, kv_f16=True)
+    assert_close(engine_logits(path, tokens), ref, "F32", case)
+    exact = reference.forward(w, tokens)
+    assert np.abs(llama_cpp_logits(path, tokens, f32_kv=True) - exact).max() <= 1e-3 * exact.std(), case
+    usual = dict(w.hparams, sliding_window=16, sliding_layers=[il % 6 < 5 for il in range(7)],
+                 local_rope_base=10000.0, final_logit_softcap=None)
+    assert np.abs(reference.forward(w, tokens, usual) - exact).max() > 0.05 * exact.std(), case
+
+
+def test_qwen2_biases_are_read_where_the_file_has_them(tmp_path):
+    """Q, K, V biases are optional, as llama.cpp reads them: a qwen2 file without any runs as
+    the reference without them, and as llama.cpp does."""
+    biases = [f"blk.{il}.attn_{name}.bias" for il in range(2) for name in "qkv"]
+    path, w = write(tmp_path, "qwen2", seed=32, skip_tensors=biases)
+    plain = {k: v for k, v in w.items() if k not in biases}
+    tokens = ggufgen.random_tokens(30, seed=32)
+    exact = reference.forward(plain, tokens, w.hparams)
+    assert_close(engine_logits(path, tokens), reference.forward(plain, tokens, w.hparams, kv_f16=True), "F32")
+    assert np.abs(llama_cpp_logits(path, tokens, f32_kv=True) - exact).max() <= 2e-5 * exact.std()
+
+
 def test_prompt_in_chunks_equals_whole(tmp_path):
     """Batches and the KV cache: a qwen2 prompt in pieces gives the bits of the whole."""
     path, _ = write(tmp_path, "qwen2", seed=27)
@@ -216,8 +250,8 @@ def test_prompt_in_chunks_equals_whole(tmp_path):
      "minicpm.residual_scale must be a positive number"),
     ("value heads", dict(architecture="qwen3", head_dim=16, extra_kv={"qwen3.attention.value_length": 8}),
      errors.UnsupportedModelError, "attention.value_length 8 differs from key_length 16"),
-    ("no window", dict(architecture="gemma3", skip_keys=["gemma3.attention.sliding_window"]),
-     errors.ModelFormatError, "metadata key 'gemma3.attention.sliding_window' is missing"),
+    ("bad softcap", dict(architecture="gemma3", extra_kv={"gemma3.final_logit_softcapping": -3.0}),
+     errors.ModelFormatError, "gemma3.final_logit_softcapping must be a positive number"),
     ("no post norm", dict(architecture="gemma3", skip_tensors=["blk.0.post_ffw_norm.weight"]),
      errors.ModelFormatError, "tensor 'blk.0.post_ffw_norm.weight' is missing"),
 ])

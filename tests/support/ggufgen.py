@@ -375,10 +375,11 @@ def write_llama_model(
     architecture: str = "llama",
     head_dim: Optional[int] = None,
     minicpm_scales: Optional[dict] = None,
-    sliding_window: int = 16,
+    sliding_window: Optional[int] = 16,
     skip_keys: Iterable[str] = (),
     skip_tensors: Iterable[str] = (),
     reshape_tensors: Optional[dict] = None,
+    extra_tensors: Optional[dict] = None,
 ) -> ModelWeights:
     """Writes a random tiny llama model to `path` and returns the weights it holds.
 
@@ -391,12 +392,15 @@ def write_llama_model(
     attention.key_length / value_length when head_dim is given). For minicpm,
     `minicpm_scales` ({"embedding_scale": ..., "residual_scale": ..., "logit_scale": ...})
     are written as keys (None: none, the engine's defaults apply). gemma3 adds post-attention
-    and post-FFN norms, Q and K norms and `sliding_window` (its layers il % 6 < 5 slide).
+    and post-FFN norms, Q and K norms and `sliding_window` (its layers il % 6 < 5 slide; None:
+    no key, every layer global).
     hparams carry what the reference needs (rope_layout, head_dim, the scales, ...).
     For broken-model tests: `arch` is written as general.architecture instead (the
     architecture's keys stay), `skip_keys` / `skip_tensors` are left out of the file, and
     `reshape_tensors` maps a tensor name to a new numpy shape (same element count) written
     instead.
+    `extra_tensors` maps a name to an array written after the model's own (1-D as F32, a
+    matrix in weight_type), e.g. Llama 3's "rope_freqs.weight"; its values join the weights.
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}")
@@ -481,7 +485,7 @@ def write_llama_model(
         writer.add_uint32(prefix + "attention.value_length", head_dim)
     for key, value in (minicpm_scales or {}).items():
         writer.add_float32(prefix + key, value)
-    if architecture == "gemma3":
+    if architecture == "gemma3" and sliding_window is not None:
         writer.add_uint32(prefix + "attention.sliding_window", sliding_window)
     add_spm_vocab(writer, vocab)
     for k, v in (extra_kv or {}).items():
@@ -504,6 +508,8 @@ def write_llama_model(
             arr = arr.reshape(reshape_tensors[name])
         t = embd_type if name == "token_embd.weight" else output_type if name == "output.weight" else weight_type
         w[name] = add_tensor(writer, name, arr, t)
+    for name, arr in (extra_tensors or {}).items():
+        w[name] = add_tensor(writer, name, np.asarray(arr, dtype=np.float32), weight_type)
     write_file(writer)
 
     w.hparams = dict(
@@ -520,8 +526,9 @@ def write_llama_model(
                          logit_scale=given.get("logit_scale", n_embd / 256.0))
     if architecture == "gemma3":
         w.hparams.update(embedding_scale=float(np.float32(np.sqrt(np.float32(n_embd)))), activation="gelu_tanh",
-                         attention_scale=1.0 / np.sqrt(head_dim), sliding_window=sliding_window,
-                         sliding_layers=[il % 6 < 5 for il in range(n_layer)], local_rope_base=10000.0)
+                         attention_scale=1.0 / np.sqrt(head_dim), sliding_window=sliding_window or 0,
+                         sliding_layers=[il % 6 < 5 for il in range(n_layer)] if sliding_window else [],
+                         local_rope_base=10000.0)
     w.path = str(path)
     w.vocab = list(vocab)
     return w

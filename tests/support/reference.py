@@ -14,7 +14,10 @@ Conventions (llama.cpp for arch "llama", read for facts only):
 - gemma3: post_attention_norm / post_ffw_norm (present in the weights) RMS-norm each block's
   output before it is added; activation "gelu_tanh"; attention_scale in place of
   1/sqrt(head_dim); the layers flagged in sliding_layers see the last sliding_window
-  positions (their own included) and turn RoPE by local_rope_base.
+  positions (their own included) and turn RoPE by local_rope_base, unscaled;
+  final_logit_softcap c caps the logits as c tanh(logits / c).
+  With RoPE scaling (hparams["rope_scaling"]) or frequency factors (a "rope_freqs.weight"
+  weight) the speeds and the length of cos and sin change: rope_scaled_frequencies.
 - Grouped-query attention: query head h reads kv head h // (n_head // n_head_kv).
 - Causal softmax with scale 1/sqrt(head_dim).
 - FFN: down(act(gate(x)) * up(x)), act = SiLU (or ReLU for ReLU models).
@@ -48,14 +51,72 @@ def rope_normal(x: np.ndarray, positions: np.ndarray, rope_dim: int, base: float
     return out
 
 
-def rope_neox(x: np.ndarray, positions: np.ndarray, rope_dim: int, base: float) -> np.ndarray:
-    """x: (n_tokens, n_heads, head_dim). GGML NeoX mode: pairs (x[i], x[i + rope_dim/2])."""
-    half = rope_dim // 2
-    # the same rotation as rope_normal, on the values rearranged into adjacent pairs
-    order = np.stack([np.arange(half), np.arange(half) + half], axis=1).reshape(-1)
+def rope_scaled_frequencies(rope_dim: int, base: float, scaling: Optional[dict] = None,
+                            freq_factors: Optional[np.ndarray] = None) -> tuple[np.ndarray, float]:
+    """(per pair the angle per position, the factor on cos and sin) of RoPE as llama.cpp scales
+    it (docs/rope-scaling.md). scaling: {"type": "none" | "linear" | "yarn", "factor",
+    "original_context" (yarn), "attn_factor" (default 1), "beta_fast" (32), "beta_slow" (1)};
+    freq_factors: rope_dim/2 divisors of the pairs' frequencies (Llama 3's rope_freqs).
+
+    ggml (ggml-cpu/ops.cpp ggml_rope_cache_init, rope_yarn, rope_yarn_ramp; ggml.c
+    ggml_rope_yarn_corr_dims): theta_extrap = pos base^(-2i/d) / ff_i, theta_interp =
+    theta_extrap / factor; YaRN mixes theta = theta_interp (1 - mix) + theta_extrap mix with
+    mix = 1 - clamp((i - low) / max(0.001, high - low), 0, 1) (ext_factor 1), low =
+    max(0, floor(c(beta_fast))), high = min(d - 1, ceil(c(beta_slow))), c(b) =
+    d ln(n_orig / (2 pi b)) / (2 ln base). cos and sin are multiplied by attn_factor, and by
+    1 + 0.1 ln(factor) for YaRN with a factor > 1 (llama.cpp's llama_context: for a factor <= 1
+    it divides ggml's multiplier out)."""
+    s = {"type": "none", "factor": 1.0, "attn_factor": 1.0, "beta_fast": 32.0, "beta_slow": 1.0}
+    s.update(scaling or {})
+    factor = 1.0 if s["type"] == "none" else float(s["factor"])
+    i = np.arange(rope_dim // 2, dtype=np.float64)
+    extrap = base ** (-2.0 * i / rope_dim)
+    if freq_factors is not None:
+        extrap = extrap / np.asarray(freq_factors, dtype=np.float64)
+    interp = extrap / factor
+    magnitude = float(s["attn_factor"])
+    if s["type"] != "yarn":
+        return interp, magnitude
+
+    def corr_dim(turns: float) -> float:
+        return rope_dim * np.log(s["original_context"] / (turns * 2.0 * np.pi)) / (2.0 * np.log(base))
+
+    low = max(0.0, np.floor(corr_dim(s["beta_fast"])))
+    high = min(rope_dim - 1.0, np.ceil(corr_dim(s["beta_slow"])))
+    mix = 1.0 - np.clip((i - low) / max(0.001, high - low), 0.0, 1.0)
+    if factor > 1.0:
+        magnitude *= 1.0 + 0.1 * np.log(factor)
+    return interp * (1.0 - mix) + extrap * mix, magnitude
+
+
+def rope_normal_scaled(x: np.ndarray, positions: np.ndarray, rope_dim: int, base: float,
+                       scaling: Optional[dict] = None, freq_factors: Optional[np.ndarray] = None) -> np.ndarray:
+    """rope_normal with the speeds and magnitude of rope_scaled_frequencies."""
+    inv_freq, magnitude = rope_scaled_frequencies(rope_dim, base, scaling, freq_factors)
+    theta = positions.astype(np.float64)[:, None] * inv_freq[None, :]  # (n, half)
+    cos = magnitude * np.cos(theta)[:, None, :]
+    sin = magnitude * np.sin(theta)[:, None, :]
     out = x.copy()
-    out[:, :, order] = rope_normal(x[:, :, order], positions, rope_dim, base)
+    x0 = x[:, :, 0:rope_dim:2]
+    x1 = x[:, :, 1:rope_dim:2]
+    out[:, :, 0:rope_dim:2] = x0 * cos - x1 * sin
+    out[:, :, 1:rope_dim:2] = x0 * sin + x1 * cos
     return out
+
+
+def to_neox(rope):
+    """A RoPE of adjacent pairs turned into GGML's NeoX mode, whose pairs are
+    (x[i], x[i + rope_dim/2]): the same rotation, on the values rearranged into adjacent pairs."""
+    def neox(x: np.ndarray, positions: np.ndarray, rope_dim: int, *args) -> np.ndarray:
+        half = rope_dim // 2
+        order = np.stack([np.arange(half), np.arange(half) + half], axis=1).reshape(-1)
+        out = x.copy()
+        out[:, :, order] = rope(x[:, :, order], positions, rope_dim, *args)
+        return out
+    return neox
+
+
+rope_neox = to_neox(rope_normal)
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -94,12 +155,14 @@ class ReferenceLlama:
         self.n_head_kv = hp["n_head_kv"]
         self.n_embd = hp["n_embd"]
         self.head_dim = hp.get("head_dim") or self.n_embd // self.n_head
-        self.rope = rope_neox if hp.get("rope_layout", "normal") == "neox" else rope_normal
+        self.rope_layout = hp.get("rope_layout", "normal")
         self.embedding_scale = hp.get("embedding_scale", 1.0)
         self.residual_scale = hp.get("residual_scale", 1.0)
         self.logit_scale = hp.get("logit_scale", 1.0)
         self.rope_dim = hp.get("rope_dim") or self.head_dim
         self.rope_base = hp.get("rope_base", 10000.0)
+        self.rope_scaling = hp.get("rope_scaling")  # rope_scaled_frequencies' `scaling`
+        self.rope_freq_factors = self.w.get("rope_freqs.weight")
         self.eps = hp.get("rms_eps", 1e-5)
         self.act = {"relu": relu, "silu": silu, "gelu_tanh": gelu_tanh}[hp.get("activation", "silu")]
         self.attention_scale = hp.get("attention_scale") or 1.0 / np.sqrt(self.head_dim)
@@ -117,6 +180,16 @@ class ReferenceLlama:
     def _mv(self, x: np.ndarray, name: str) -> np.ndarray:
         """x (n, in) @ W.T for the weight matrix `name`."""
         return x @ self.w[name].T
+
+    def _rope(self, x: np.ndarray, positions: np.ndarray, sliding: bool = False) -> np.ndarray:
+        """RoPE in the model's layout; a sliding layer's turns by local_rope_base, unscaled."""
+        neox = self.rope_layout == "neox"
+        if sliding:
+            return (rope_neox if neox else rope_normal)(x, positions, self.rope_dim, self.local_rope_base)
+        if self.rope_scaling is None and self.rope_freq_factors is None:
+            return (rope_neox if neox else rope_normal)(x, positions, self.rope_dim, self.rope_base)
+        rope = to_neox(rope_normal_scaled) if neox else rope_normal_scaled
+        return rope(x, positions, self.rope_dim, self.rope_base, self.rope_scaling, self.rope_freq_factors)
 
     def _kv(self, a: np.ndarray) -> np.ndarray:
         """K or V as the KV cache holds them."""
@@ -149,7 +222,6 @@ class ReferenceLlama:
         for il in range(self.n_layer):
             p = f"blk.{il}."
             sliding = il < len(self.sliding_layers) and self.sliding_layers[il]
-            base = self.local_rope_base if sliding else self.rope_base
             h = rms_norm(x, w[p + "attn_norm.weight"], self.eps)
             q, k, v = (self._mv(h, p + f"attn_{name}.weight") for name in "qkv")
             if p + "attn_q.bias" in w:
@@ -158,8 +230,8 @@ class ReferenceLlama:
             if p + "attn_q_norm.weight" in w:
                 q = rms_norm(q, w[p + "attn_q_norm.weight"], self.eps)
                 k = rms_norm(k, w[p + "attn_k_norm.weight"], self.eps)
-            q = self.rope(q, pos, self.rope_dim, base)
-            k = self.rope(k, pos, self.rope_dim, base)
+            q = self._rope(q, pos, sliding)
+            k = self._rope(k, pos, sliding)
             K = np.concatenate([self.k_cache[il], self._kv(k)], axis=0)  # (n_past+n, nkv, hd)
             V = np.concatenate([self.v_cache[il], self._kv(v)], axis=0)
             self.k_cache[il], self.v_cache[il] = K, V
@@ -183,7 +255,9 @@ class ReferenceLlama:
         h = rms_norm(x, w["output_norm.weight"], self.eps)
         out_name = "output.weight" if "output.weight" in w else "token_embd.weight"
         self.n_past += n
-        return self._mv(h, out_name) / self.logit_scale
+        logits = self._mv(h, out_name) / self.logit_scale
+        cap = self.hp.get("final_logit_softcap")
+        return cap * np.tanh(logits / cap) if cap else logits
 
 
 def relu(x: np.ndarray) -> np.ndarray:

@@ -256,8 +256,9 @@ class DeviceModel {
 public:
     // Through the CUDA plugin library at cuda_plugin (the Python package's sparseinfer._cuda
     // finds the one installed), on device `device`. ArgumentError for a placement that does
-    // not fit the model, UnsupportedError for a weight type the GPU kernels do not read or a
-    // plugin of another ABI, OutOfMemoryError when the device is full.
+    // not fit the model, UnsupportedError for a weight type the GPU kernels do not read, a
+    // plugin of another ABI or scaled RoPE (linear, YaRN, frequency factors) on GPU layers,
+    // OutOfMemoryError when the device is full.
     static std::shared_ptr<const DeviceModel> upload(std::shared_ptr<const Model> model, const std::string& cuda_plugin,
                                                      int device, const GpuPlacement& placement = {});
     ~DeviceModel();

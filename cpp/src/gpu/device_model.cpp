@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "common/errors.h"
+#include "model/rope.h"
 
 namespace si::gpu {
 
@@ -27,20 +28,8 @@ std::string blocks_the_gpu_lacks(const ModelConfig& c) {
     lack(b.post_norms, "norms after attention and FFN");
     lack(b.attention_scale != 0.0f, "a query scale of its own");
     lack(!c.sliding_layers.empty(), "sliding-window attention");
+    lack(b.final_logit_softcap > 0.0f, "a logit softcap");
     return lacking;
-}
-
-// The model, once it is known to be one the GPU layers can run (checked before the plugin loads,
-// so that the reason is the message).
-std::shared_ptr<const Model> runs_on_gpu(std::shared_ptr<const Model> model) {
-    if (!model->prepared()) throw ArgumentError("a model loaded with prepare_weights=False cannot go to a GPU");
-    const std::string lacking = blocks_the_gpu_lacks(model->config());
-    if (!lacking.empty()) {
-        throw UnsupportedError(model->file().describe("architecture '" + model->config().arch +
-                                                      "' runs on the CPU only in this version (the GPU path lacks " +
-                                                      lacking + "); use device='cpu'"));
-    }
-    return model;
 }
 
 // The plugin's type id for a weight type, or -1 where its kernels have none.
@@ -55,11 +44,34 @@ int plugin_type(DType t) {
     }
 }
 
+// The model, once it is known to be one whose layers the GPU can run where the placement puts
+// any there (checked before the plugin loads, so that the reason is the message). Besides the
+// blocks, si_cuda_rope turns by pos * base^(-2i / rope_dim) alone, so a scaled RoPE (linear,
+// YaRN, frequency factors, attn_factor) is refused; lifting that means handing the kernel the
+// CPU's inverse frequencies and magnitude (model/rope.h) through a new plugin ABI.
+std::shared_ptr<const Model> runs_on_gpu(std::shared_ptr<const Model> model, const Placement& placement) {
+    if (!model->prepared()) throw ArgumentError("a model loaded with prepare_weights=False cannot go to a GPU");
+    if (placement.n_gpu_layers == 0) return model;
+    const std::string lacking = blocks_the_gpu_lacks(model->config());
+    if (!lacking.empty()) {
+        throw UnsupportedError(model->file().describe("architecture '" + model->config().arch +
+                                                      "' runs on the CPU only in this version (the GPU path lacks " +
+                                                      lacking + "); use device='cpu'"));
+    }
+    const std::string scaling = describe_rope_scaling(model->config(), model->rope_freq_factors());
+    if (!scaling.empty()) {
+        throw UnsupportedError(model->file().describe("RoPE with " + scaling + " runs on the CPU only in this "
+                                                      "version (the GPU plugin computes unscaled RoPE); use "
+                                                      "device='cpu'"));
+    }
+    return model;
+}
+
 }  // namespace
 
 DeviceModel::DeviceModel(std::shared_ptr<const Model> model, const std::string& plugin_path, int device,
                          Placement placement)
-    : model_(runs_on_gpu(std::move(model))), plugin_(Plugin::load(plugin_path)), ctx_(plugin_, device) {
+    : model_(runs_on_gpu(std::move(model), placement)), plugin_(Plugin::load(plugin_path)), ctx_(plugin_, device) {
     const ModelConfig& c = model_->config();
     const int64_t n_gpu = placement.n_gpu_layers;
     if (n_gpu < -1) throw ArgumentError("n_gpu_layers must be -1 (every layer) or >= 0");

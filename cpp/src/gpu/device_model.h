@@ -52,7 +52,8 @@ public:
 
     // Opens a context on `device` of the plugin at `plugin_path` and uploads what the
     // placement puts on the GPU. Throws ArgumentError for a placement that does not fit the
-    // model, UnsupportedError for a weight type the kernels do not read (naming the tensor),
+    // model, UnsupportedError for a weight type the kernels do not read (naming the tensor)
+    // or, before loading the plugin, for scaled RoPE on GPU layers (model/rope.h),
     // OutOfMemoryError when the device is full.
     DeviceModel(std::shared_ptr<const Model> model, const std::string& plugin_path, int device,
                 Placement placement);

@@ -1,6 +1,7 @@
 #include "model/architecture.h"
 
 #include <cmath>
+#include <sstream>
 
 #include "common/errors.h"
 #include "model/architectures/architectures.h"
@@ -16,6 +17,55 @@ constexpr int64_t kMaxLayers = 4096;
 
 // The architectures there are (model/architectures/).
 const Architecture* const kArchitectures[] = {&kLlama, &kBamboo, &kMiniCpm, &kQwen2, &kQwen3, &kGemma3};
+
+std::string number_text(double x) {
+    std::ostringstream text;
+    text << x;
+    return text.str();
+}
+
+// "<arch>.rope.scaling.*" as llama.cpp's load_hparams (src/llama-model.cpp) reads it for every
+// architecture (docs/rope-scaling.md): the type defaults to "linear", which without a factor
+// changes nothing; "none" ignores the factor; the factor's older key is rope.scale_linear.
+RopeScaling read_rope_scaling(const GgufFile& f, const std::string& p, int64_t n_ctx_train) {
+    RopeScaling s;
+    const std::string type = f.get_string(p + "rope.scaling.type", "linear");
+    if (type == "none") {
+        s.type = RopeScalingType::none;
+    } else if (type == "linear") {
+        s.type = RopeScalingType::linear;
+    } else if (type == "yarn") {
+        s.type = RopeScalingType::yarn;
+    } else {
+        throw UnsupportedError(
+            f.describe("RoPE scaling '" + type + "' is not supported (supported: none, linear, yarn)"));
+    }
+    // Read as float (the engine's and llama.cpp's width), then checked: a double beyond the
+    // float range is as absurd as a negative factor.
+    const std::string factor_key =
+        f.find(p + "rope.scaling.factor") ? p + "rope.scaling.factor" : p + "rope.scale_linear";
+    s.factor = static_cast<float>(f.get_float(factor_key, 1.0));
+    if (!(s.factor > 0.0f) || !std::isfinite(s.factor)) {
+        throw FormatError(f.describe(factor_key + " must be a finite number > 0, got " + number_text(s.factor)));
+    }
+    const std::string attn_factor_key = p + "rope.scaling.attn_factor";
+    s.attn_factor = static_cast<float>(f.get_float(attn_factor_key, 1.0));
+    if (!(s.attn_factor > 0.0f) || !std::isfinite(s.attn_factor)) {
+        throw FormatError(
+            f.describe(attn_factor_key + " must be a finite number > 0, got " + number_text(s.attn_factor)));
+    }
+    const std::string original_key = p + "rope.scaling.original_context_length";
+    s.original_context = f.get_int(original_key, n_ctx_train);
+    if (s.original_context <= 0) {
+        throw FormatError(f.describe(original_key + " must be > 0, got " + std::to_string(s.original_context)));
+    }
+    // A factor of 1 scales nothing, whatever the type: such a model runs as an unscaled one.
+    if (s.type == RopeScalingType::none || s.factor == 1.0f) {
+        s.type = RopeScalingType::none;
+        s.factor = 1.0f;
+    }
+    return s;
+}
 
 }  // namespace
 
@@ -84,17 +134,27 @@ void read_common_config(const GgufFile& f, ModelConfig& c) {
     if (!(c.rms_eps > 0.0f) || !std::isfinite(c.rms_eps)) {
         throw FormatError(f.describe("attention.layer_norm_rms_epsilon must be a positive number"));
     }
-    if (f.find(p + "rope.scaling.type")) {
-        std::string scaling = f.get_string(p + "rope.scaling.type", "none");
-        if (scaling != "none") {
-            throw UnsupportedError(f.describe("RoPE scaling '" + scaling + "' is not supported"));
-        }
-    }
+    c.rope_scaling = read_rope_scaling(f, p, c.n_ctx_train);
+    // Biases on Q, K and V where the file has them (Qwen2's; llama.cpp reads them wherever present).
+    c.block.qkv_bias = f.find_tensor("blk.0.attn_q.bias") != nullptr;
     const GgufTensor* embd = f.find_tensor("token_embd.weight");
     if (!embd || embd->shape.size() != 2) {
         throw FormatError(f.describe("tensor 'token_embd.weight' is missing or not 2-D"));
     }
     c.n_vocab = embd->shape[1];
+}
+
+std::vector<float> read_rope_freq_factors(WeightSource& source, const std::string& name, int64_t n) {
+    if (!source.file().find_tensor(name)) return {};
+    std::vector<float> factors = source.vector(name, n);
+    for (size_t i = 0; i < factors.size(); ++i) {
+        if (!(factors[i] > 0.0f) || !std::isfinite(factors[i])) {
+            throw FormatError(source.file().describe("tensor '" + name + "' holds " + number_text(factors[i]) +
+                                                     " at " + std::to_string(i) +
+                                                     "; frequency factors must be finite numbers > 0"));
+        }
+    }
+    return factors;
 }
 
 }  // namespace si

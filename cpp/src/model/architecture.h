@@ -43,8 +43,14 @@ const Architecture& find_architecture(const GgufFile& file);
 
 // The hyperparameters every architecture in GGUF shares, under the prefix "<arch>.":
 // embedding_length, block_count, attention.head_count(_kv), attention.key_length /
-// value_length, feed_forward_length, context_length, rope.dimension_count, rope.freq_base, attention.layer_norm_rms_epsilon;
-// n_vocab from token_embd.weight. RoPE scaling is refused.
+// value_length, feed_forward_length, context_length, rope.dimension_count, rope.freq_base,
+// rope.scaling.* (linear and YaRN; UnsupportedError for another type),
+// attention.layer_norm_rms_epsilon; n_vocab from token_embd.weight.
 void read_common_config(const GgufFile& file, ModelConfig& config);
+
+// RoPE's per-pair frequency factors from the tensor `name` (n = rope_dim / 2 values), for
+// ModelWeights::rope_freq_factors: none when the file has no such tensor, FormatError naming
+// it for another shape or a value that is not a finite number > 0.
+std::vector<float> read_rope_freq_factors(WeightSource& source, const std::string& name, int64_t n);
 
 }  // namespace si

@@ -62,6 +62,7 @@ public:
     const Matrix& token_embd() const { return weights_.token_embd; }
     const std::vector<float>& output_norm() const { return weights_.output_norm; }
     const Matrix& output() const { return weights_.output; }  // token_embd when tied
+    const std::vector<float>& rope_freq_factors() const { return weights_.rope_freq_factors; }  // may be empty
     const std::vector<LayerWeights>& layers() const { return weights_.layers; }
     // Per layer, whether its predictor runs as a Q8_0 copy (LoadOptions::predictor_q8).
     const std::vector<bool>& predictor_q8_layers() const { return predictor_q8_layers_; }

@@ -44,7 +44,7 @@ struct BlockSpec {
     Activation gate_activation = Activation::silu;    // of gated: gelu_tanh for Gemma 3
     Activation up_activation = Activation::identity;  // of relu_predicted: relu for bamboo
     RopeLayout rope_layout = RopeLayout::adjacent_pairs;
-    bool qkv_bias = false;  // attn_q/k/v.bias added to Q, K and V (Qwen2)
+    bool qkv_bias = false;  // attn_q/k/v.bias added to Q, K and V (Qwen2; any file that has them)
     // Each head of Q and of K RMS-normed (attn_q_norm, attn_k_norm: head_dim weights) before
     // RoPE (Qwen3).
     bool qk_norm = false;
@@ -59,6 +59,29 @@ struct BlockSpec {
     bool post_norms = false;
     // The factor of q.k in attention; 0: 1 / sqrt(head_dim).
     float attention_scale = 0.0f;
+    // > 0: the logits capped as c tanh(logits / c) (Gemma 3 files that carry the key).
+    float final_logit_softcap = 0.0f;
+};
+
+// How RoPE's rotation speeds are stretched for a context beyond the trained one, as llama.cpp
+// reads "<arch>.rope.scaling.*" (docs/rope-scaling.md; model/rope.h computes the frequencies).
+enum class RopeScalingType {
+    none,
+    linear,  // positions divided by the factor
+    yarn,    // YaRN: slow pairs interpolated, fast ones kept, a ramp between; cos and sin scaled
+};
+
+struct RopeScaling {
+    RopeScalingType type = RopeScalingType::none;
+    float factor = 1.0f;  // context extension; 1 whenever type is none
+    // yarn: the context the model was trained for before the extension, which places the ramp
+    // (rope.scaling.original_context_length, else context_length).
+    int64_t original_context = 0;
+    // The YaRN ramp runs between the pairs that turn beta_fast and beta_slow times over the
+    // original context; llama.cpp's values for the llama family, which it reads from no key.
+    float beta_fast = 32.0f;
+    float beta_slow = 1.0f;
+    float attn_factor = 1.0f;  // rope.scaling.attn_factor: multiplies cos and sin, any type
 };
 
 // Hyperparameters, and the block every layer is.
@@ -74,6 +97,7 @@ struct ModelConfig {
     int64_t n_ctx_train = 0;
     int64_t rope_dim = 0;  // leading dimensions of each head that RoPE rotates
     float rope_base = 10000.0f;
+    RopeScaling rope_scaling;
     float rms_eps = 1e-5f;
     BlockSpec block;
     // Sliding-window attention (Gemma 3): a layer whose flag is set attends to the last
@@ -119,6 +143,9 @@ struct ModelWeights {
     Matrix token_embd;
     std::vector<float> output_norm;
     Matrix output;  // token_embd when tied
+    // Per RoPE pair (rope_dim / 2 values), the factor its frequency is divided by (Llama 3.x
+    // files); empty when the file has none.
+    std::vector<float> rope_freq_factors;
     std::vector<LayerWeights> layers;
 };
 

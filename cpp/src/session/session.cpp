@@ -11,6 +11,7 @@
 #include "cpu/norm.h"
 #include "gpu/device_model.h"
 #include "gpu/gpu_forward.h"
+#include "model/rope.h"
 
 namespace si {
 
@@ -61,12 +62,13 @@ Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_thread
     }
     if (c.has_predictors() && !sparse) model_->prepare_dense_gates(first_gpu_layer_);
     kv_cache_ = KvCache(first_gpu_layer_, c.n_head_kv, c.head_dim, n_ctx);
-    for (int64_t i = 0; i < c.rope_dim / 2; ++i) {
+    const RopeFrequencies rope = rope_frequencies(c, model_->rope_freq_factors());
+    rope_inv_freq_ = rope.inverse;
+    rope_magnitude_ = rope.magnitude;
+    // The sliding layers turn by their own base, unscaled (llama.cpp: rope_freq_scale_train_swa 1).
+    for (int64_t i = 0; i < c.rope_dim / 2 && !c.sliding_layers.empty(); ++i) {
         const double exponent = -2.0 * static_cast<double>(i) / static_cast<double>(c.rope_dim);
-        rope_inv_freq_.push_back(std::pow(static_cast<double>(c.rope_base), exponent));
-        if (!c.sliding_layers.empty()) {
-            local_rope_inv_freq_.push_back(std::pow(static_cast<double>(c.local_rope_base), exponent));
-        }
+        local_rope_inv_freq_.push_back(std::pow(static_cast<double>(c.local_rope_base), exponent));
     }
 }
 
@@ -173,16 +175,17 @@ void Session::forward(const std::vector<int32_t>& tokens, bool all_logits) {
         for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] *= c.block.embedding_scale;
 
         // The rotation angles depend on the position alone: compute them once per token,
-        // theta_i = pos * base^(-2i / rope_dim), in double for large positions (and again with
-        // the sliding layers' base where they have one).
+        // theta_i = pos * rope_inv_freq_[i] (base^(-2i / rope_dim) unscaled), in double for
+        // large positions; cos and sin times the scaling's magnitude (model/rope.h). The sliding
+        // layers, where the model has them, get a set of their own.
         const int64_t half_rope = c.rope_dim / 2;
         for (int64_t t = 0; t < n && first_gpu_layer_ > 0; ++t) {
             const double pos = static_cast<double>(n_past_ + t);
             for (int64_t i = 0; i < half_rope; ++i) {
                 const size_t at = static_cast<size_t>(t * half_rope + i);
                 const double theta = pos * rope_inv_freq_[static_cast<size_t>(i)];
-                rope_cos_[at] = static_cast<float>(std::cos(theta));
-                rope_sin_[at] = static_cast<float>(std::sin(theta));
+                rope_cos_[at] = static_cast<float>(std::cos(theta) * rope_magnitude_);
+                rope_sin_[at] = static_cast<float>(std::sin(theta) * rope_magnitude_);
                 if (local_rope_inv_freq_.empty()) continue;
                 const double local_theta = pos * local_rope_inv_freq_[static_cast<size_t>(i)];
                 local_rope_cos_[at] = static_cast<float>(std::cos(local_theta));
@@ -220,6 +223,9 @@ void Session::forward(const std::vector<int32_t>& tokens, bool all_logits) {
             matmul({{&model_->output(), dst}}, xn_.data(), n - first_kept);
             const float inverse_logit_scale = 1.0f / c.block.logit_scale;  // as llama.cpp scales them
             for (int64_t i = 0; i < (n - first_kept) * c.n_vocab; ++i) dst[i] *= inverse_logit_scale;
+            if (const float cap = c.block.final_logit_softcap; cap > 0.0f) {
+                for (int64_t i = 0; i < (n - first_kept) * c.n_vocab; ++i) dst[i] = cap * std::tanh(dst[i] / cap);
+            }
         }
         n_past_ += n;
     }

@@ -112,9 +112,10 @@ private:
     std::vector<float> x_, xn_, q_, k_, v_, attn_out_, gate_, up_;
     std::vector<float> attention_scratch_;  // per thread of the pool
     std::vector<float> rope_cos_, rope_sin_;  // per token of the batch, rope_dim / 2 each
-    std::vector<double> rope_inv_freq_;       // base^(-2i / rope_dim)
-    // The same for the sliding-window layers' base (ModelConfig::local_rope_base), when the model
-    // has such layers.
+    std::vector<double> rope_inv_freq_;       // base^(-2i / rope_dim), as the RoPE scaling changes it
+    double rope_magnitude_ = 1.0;             // cos and sin times this (YaRN)
+    // The same for the sliding-window layers' base (ModelConfig::local_rope_base, unscaled), when
+    // the model has such layers.
     std::vector<float> local_rope_cos_, local_rope_sin_;
     std::vector<double> local_rope_inv_freq_;
     ActivationSlots activations_;  // the input of a matrix product in its weights' dot formats

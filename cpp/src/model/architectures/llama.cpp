@@ -42,6 +42,9 @@ void bind_llama_weights(WeightSource& source, const ModelConfig& c, ModelWeights
     // Models with tied embeddings (SmolLM2, ...) have no output.weight and reuse token_embd.
     w.output = source.file().find_tensor("output.weight") ? source.weight("output.weight", c.n_embd, c.n_vocab)
                                                           : w.token_embd;
+    // Llama 3.x files carry RoPE frequency factors, one tensor every layer shares (llama.cpp's
+    // LLM_TENSOR_ROPE_FREQS, optional, rope_dim / 2 values).
+    w.rope_freq_factors = read_rope_freq_factors(source, "rope_freqs.weight", c.rope_dim / 2);
     w.layers.resize(static_cast<size_t>(c.n_layer));
     for (int64_t i = 0; i < c.n_layer; ++i) {
         const std::string b = "blk." + std::to_string(i) + ".";

@@ -8,7 +8,9 @@
 // loader requires them (src/llama-model.cpp, LLM_ARCH_MINICPM). Files converted before those
 // keys existed were run with MiniCPM's published constants, which stay the defaults here:
 // scale_emb 12, scale_depth 1.4, dim_model_base 256 (openbmb's configuration_minicpm.py;
-// llama.cpp's build_minicpm of 2024 hard-coded the same three numbers).
+// llama.cpp's build_minicpm of 2024 hard-coded the same three numbers). The logits are divided
+// by n_embd / 256, as Hugging Face's model and that llama.cpp did; llama-cpp-python 0.3.36
+// falls back to 256 / n_embd instead, the inverse (docs/architecture-facts.md).
 #include <cmath>
 #include <string>
 

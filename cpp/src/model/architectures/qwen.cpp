@@ -1,6 +1,7 @@
 // Qwen2 and Qwen3 (llama.cpp's `qwen2`, `qwen3`): llama blocks whose RoPE turns the two halves
 // of each head (GGML's NeoX mode), with
-//   - qwen2: biases on Q, K and V (attn_q.bias, attn_k.bias, attn_v.bias);
+//   - qwen2: biases on Q, K and V (attn_q.bias, attn_k.bias, attn_v.bias; read where the file
+//     has them, as llama.cpp does: read_common_config);
 //   - qwen3: no biases; each head of Q and K RMS-normed (attn_q_norm, attn_k_norm, with the
 //     model's eps) after the projection and before RoPE; heads attention.key_length wide,
 //     which need not be n_embd / n_head (Qwen3-0.6B: 16 heads of 128 on 1024).
@@ -16,7 +17,6 @@ void read_qwen2_config(const GgufFile& file, ModelConfig& config) {
     require_dense_file(file);
     read_common_config(file, config);
     config.block.rope_layout = RopeLayout::halves;
-    config.block.qkv_bias = true;
 }
 
 void read_qwen3_config(const GgufFile& file, ModelConfig& config) {

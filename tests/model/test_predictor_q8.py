@@ -112,3 +112,17 @@ def test_predictor_q8_takes_only_true_false_or_auto(tmp_path):
             sparseinfer.Model(str(path), predictor_q8=bad)
         with pytest.raises(ValueError, match="predictor_q8"):
             _core.Model(str(path), predictor_q8=bad)
+
+
+def test_predictors_of_a_rank_below_one_block_stay_as_stored(tmp_path):
+    """fc2's rows are `rank` values: a rank that is not whole 32-value blocks has no Q8_0 copy.
+    "auto" keeps such predictors as stored (the model loads and runs as with predictor_q8=False);
+    True refuses, naming the row length."""
+    path = tmp_path / "rank8.gguf"
+    sparsegen.write_pwri_model(path, n_vocab=320, n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128,
+                               rank=8, threshold=0.05, seed=12)
+    automatic, _ = logits_and_fractions(path, predictor_q8="auto")
+    stored, _ = logits_and_fractions(path, predictor_q8=False)
+    np.testing.assert_array_equal(automatic, stored)
+    with pytest.raises(sparseinfer.UnsupportedModelError, match="rows of 8 values"):
+        sparseinfer.Model(str(path), predictor_q8=True)

@@ -212,6 +212,8 @@ void Model::requantize_predictors(PredictorQ8 mode) {
     for (size_t il = 0; il < weights_.layers.size(); ++il) {
         LayerWeights& l = weights_.layers[il];
         if (mode == PredictorQ8::automatic && !(wider_than_q8_0(l.fc1.type) || wider_than_q8_0(l.fc2.type))) continue;
+        // Rows that are not whole Q8_0 blocks stay as stored unless a Q8_0 copy was asked for.
+        if (mode == PredictorQ8::automatic && (l.fc1.cols % kQK != 0 || l.fc2.cols % kQK != 0)) continue;
         const size_t owned_before = owned_weights_.size();
         const uint64_t owned_bytes_before = owned_bytes_;
         const Matrix fc1 = requantize_q8_0(l.fc1), fc2 = requantize_q8_0(l.fc2);

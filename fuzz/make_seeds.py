@@ -20,6 +20,12 @@ small = dict(n_vocab=320, n_embd=32, n_layer=1, n_head=2, n_head_kv=1, n_ff=32)
 for i, wtype in enumerate(["F32", "F16", "Q4_0", "Q8_0", "Q4_1", "BF16"]):
     ggufgen.write_llama_model(os.path.join(gguf_dir, f"dense-{wtype}.gguf"), weight_type=wtype, seed=i, **small)
 ggufgen.write_llama_model(os.path.join(gguf_dir, "tied.gguf"), tie_embeddings=True, **small)
+for arch, extra in [("minicpm", dict(minicpm_scales=dict(embedding_scale=12.0, residual_scale=1.0, logit_scale=0.5))),
+                    ("qwen2", {}), ("qwen3", dict(head_dim=8)), ("gemma3", dict(head_dim=8, sliding_window=4))]:
+    ggufgen.write_llama_model(os.path.join(gguf_dir, f"{arch}.gguf"), architecture=arch, **small, **extra)
+ggufgen.write_llama_model(os.path.join(gguf_dir, "yarn.gguf"), **small, extra_kv={
+    "llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0,
+    "llama.rope.scaling.original_context_length": 64})
 sparsegen.write_pwri_model(os.path.join(gguf_dir, "pwri.gguf"), rank=8, threshold=0.1, n_ff=64,
                            **{k: v for k, v in small.items() if k != "n_ff"})
 sparsegen.write_pwri_model(os.path.join(gguf_dir, "bamboo.gguf"), arch="bamboo", rank=8, n_ff=64,

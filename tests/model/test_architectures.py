@@ -20,7 +20,7 @@ import pytest
 
 import ggufgen
 import reference
-from logit_checks import assert_close
+from logit_checks import assert_close, mean_kl
 
 import sparseinfer
 from sparseinfer import _core, errors
@@ -108,15 +108,6 @@ def test_each_feature_changes_the_reference(tmp_path, arch):
     if arch != "minicpm":  # the RoPE layout on its own
         adjacent = reference.forward(w, tokens, dict(w.hparams, rope_layout="normal"))
         assert np.abs(adjacent - full).max() > 0.1 * full.std()
-
-
-def mean_kl(p_logits, q_logits):
-    """Mean over positions of KL(p || q) of the softmaxes."""
-    def log_softmax(x):
-        x = x - x.max(axis=-1, keepdims=True)
-        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-    lp, lq = log_softmax(np.asarray(p_logits, np.float64)), log_softmax(np.asarray(q_logits, np.float64))
-    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=-1)))
 
 
 @pytest.mark.parametrize("weight_type", ["F16", "Q4_0", "Q4_K"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from logit_checks import mean_kl
 from smollm2 import llama_greedy, smollm2_path
 
 N_THREADS = 2
@@ -174,17 +175,6 @@ def test_greedy_matches_llama_cpp(llm, model, greedy_runs, i):
     gap = ref[exp[k]] - ref[ours[k]]
     assert gap < NEAR_TIE, (f"parted at generated token {k} without a near-tie (gap {gap:.3f}):\n"
                             f"ours  {text!r}\nllama {exp_text!r}")
-
-
-def log_softmax(x):
-    x = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-
-def mean_kl(p_logits, q_logits):
-    """Mean over positions of KL(p || q) of the softmaxes."""
-    lp, lq = log_softmax(p_logits), log_softmax(q_logits)
-    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=-1)))
 
 
 def test_teacher_forced_within_llama_cpps_own_noise(llm, path, model):

@@ -51,3 +51,16 @@ def logits_in_chunks(session, tokens, sizes):
         rows.append(session.logits())
         start += size
     return np.concatenate(rows)
+
+
+def log_softmax(x):
+    x = np.asarray(x, dtype=np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def mean_kl(p_logits, q_logits):
+    """Mean over positions of KL(p || q) of the softmaxes: the teacher-forced comparison with
+    llama.cpp, next to its own KV-cache noise."""
+    lp, lq = log_softmax(p_logits), log_softmax(q_logits)
+    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=-1)))

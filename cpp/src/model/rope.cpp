@@ -21,6 +21,14 @@ double yarn_pair_for_turns(const ModelConfig& c, double turns) {
 
 }  // namespace
 
+std::vector<double> unscaled_rope_frequencies(double base, int64_t rope_dim) {
+    std::vector<double> inverse;
+    for (int64_t i = 0; i < rope_dim / 2; ++i) {
+        inverse.push_back(std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(rope_dim)));
+    }
+    return inverse;
+}
+
 RopeFrequencies rope_frequencies(const ModelConfig& c, const std::vector<float>& freq_factors) {
     const RopeScaling& s = c.rope_scaling;
     const bool yarn = s.type == RopeScalingType::yarn;
@@ -36,9 +44,9 @@ RopeFrequencies rope_frequencies(const ModelConfig& c, const std::vector<float>&
         high = std::min(static_cast<double>(c.rope_dim - 1), std::ceil(yarn_pair_for_turns(c, s.beta_slow)));
     }
     RopeFrequencies r;
+    const std::vector<double> unscaled = unscaled_rope_frequencies(c.rope_base, c.rope_dim);
     for (int64_t i = 0; i < c.rope_dim / 2; ++i) {
-        double inverse = std::pow(static_cast<double>(c.rope_base),
-                                  -2.0 * static_cast<double>(i) / static_cast<double>(c.rope_dim));
+        double inverse = unscaled[static_cast<size_t>(i)];
         if (!freq_factors.empty()) inverse /= freq_factors[static_cast<size_t>(i)];
         double speed = interpolated;
         if (yarn) {

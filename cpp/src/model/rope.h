@@ -4,6 +4,7 @@
 // length of cos and sin, never the rotation itself (cpu/norm.h's rope).
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,10 @@ struct RopeFrequencies {
     // What cos and sin are multiplied by: attn_factor, times YaRN's 1 + 0.1 ln(factor).
     double magnitude = 1.0;
 };
+
+// base^(-2i / rope_dim) per pair i < rope_dim / 2: unscaled RoPE's speeds (and what the
+// sliding layers of a model such as Gemma 3 turn by, with their own base).
+std::vector<double> unscaled_rope_frequencies(double base, int64_t rope_dim);
 
 // In double, as the engine computes the angles (ggml: float).
 RopeFrequencies rope_frequencies(const ModelConfig& config, const std::vector<float>& freq_factors);

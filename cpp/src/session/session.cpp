@@ -66,10 +66,7 @@ Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_thread
     rope_inv_freq_ = rope.inverse;
     rope_magnitude_ = rope.magnitude;
     // The sliding layers turn by their own base, unscaled (llama.cpp: rope_freq_scale_train_swa 1).
-    for (int64_t i = 0; i < c.rope_dim / 2 && !c.sliding_layers.empty(); ++i) {
-        const double exponent = -2.0 * static_cast<double>(i) / static_cast<double>(c.rope_dim);
-        local_rope_inv_freq_.push_back(std::pow(static_cast<double>(c.local_rope_base), exponent));
-    }
+    if (!c.sliding_layers.empty()) local_rope_inv_freq_ = unscaled_rope_frequencies(c.local_rope_base, c.rope_dim);
 }
 
 Session::~Session() = default;
@@ -238,7 +235,7 @@ void Session::cpu_attention(int il, int64_t n) {
     const BlockSpec& block = c.block;
     const LayerWeights& l = model_->layers()[static_cast<size_t>(il)];
     const int64_t q_dim = c.q_dim(), kv_dim = c.kv_dim(), half_rope = c.rope_dim / 2;
-    const bool halves = block.rope_layout == RopeLayout::halves;
+    const bool halves = block.rope_layout == RopeLayout::halves, local = c.slides(il);
     rms_norm_rows(x_.data(), l.attn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
     matmul({{&l.wq, q_.data()}, {&l.wk, k_.data()}, {&l.wv, v_.data()}}, xn_.data(), n);
     for (int64_t t = 0; t < n; ++t) {
@@ -254,7 +251,6 @@ void Session::cpu_attention(int il, int64_t n) {
             rms_norm_rows(q, l.q_norm.data(), c.n_head, c.head_dim, c.rms_eps, q);
             rms_norm_rows(k, l.k_norm.data(), c.n_head_kv, c.head_dim, c.rms_eps, k);
         }
-        const bool local = c.slides(il);
         const float* cos = (local ? local_rope_cos_ : rope_cos_).data() + t * half_rope;
         const float* sin = (local ? local_rope_sin_ : rope_sin_).data() + t * half_rope;
         for (int64_t h = 0; h < c.n_head; ++h) rope(q + h * c.head_dim, c.rope_dim, cos, sin, halves);
@@ -263,7 +259,7 @@ void Session::cpu_attention(int il, int64_t n) {
     }
     const float scale = block.attention_scale > 0.0f ? block.attention_scale
                                                      : 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-    const AttentionShape shape{c.n_head, c.n_head_kv, c.head_dim, scale, c.slides(il) ? c.sliding_window : 0};
+    const AttentionShape shape{c.n_head, c.n_head_kv, c.head_dim, scale, local ? c.sliding_window : 0};
     attention(pool_, kernels_, kv_cache_, il, shape, q_.data(), n, n_past_, attention_scratch_.data(),
               attn_out_.data());
     matmul({{&l.wo, xn_.data()}}, attn_out_.data(), n);

@@ -477,11 +477,20 @@ SI_NEON_INLINE int16x8_t dot16(int8x16_t v, int8x16_t y) {
     return vmlal_high_s8(vmull_s8(vget_low_s8(v), vget_low_s8(y)), v, y);
 }
 
+// The activations of weights whose chunk c is values 64 c .. 64 c + 63 in order (Q4_K, Q5_K,
+// Q2_K, Q3_K, IQ4_XS; Q6_K interleaves its chunks and reads them its own way).
+struct InOrderActivations {
+    template <int kChunk>
+    static Bytes64 activations(const BlockQ8_K& b, Index<kChunk>) {
+        return bytes64(b.qs + 64 * kChunk);
+    }
+};
+
 // Block i of a Q4_K or Q5_K row: four chunks of 64 values, chunk c the low (group 2c) then the
 // high (group 2c + 1) nibbles of qs[32 c .. 32 c + 31], Q5_K's fifth bit of value l of group g
 // being bit g of qh[l]; scales and minimums in int16 lanes (group g in lane g).
 template <typename BlockT>
-struct Q45KWeights {
+struct Q45KWeights : InOrderActivations {
     using Block = BlockT;
     static constexpr bool kFifthBit = std::is_same<BlockT, BlockQ5_K>::value;
     const Block* w;
@@ -521,10 +530,6 @@ struct Q45KWeights {
             return {{vreinterpretq_s8_u8(vandq_u8(q0, low)), vreinterpretq_s8_u8(vandq_u8(q1, low)),
                      vreinterpretq_s8_u8(vshrq_n_u8(q0, 4)), vreinterpretq_s8_u8(vshrq_n_u8(q1, 4))}};
         }
-    }
-    template <int kChunk>
-    static Bytes64 activations(const BlockQ8_K& b, Index<kChunk>) {
-        return bytes64(b.qs + 64 * kChunk);
     }
     // sum + the chunk's two groups' dots times their scales. A group's 32 products go four to
     // an int16 lane (values 0..15, Q5_K's 0..31: within dot32_small's bound).
@@ -635,7 +640,7 @@ SI_NEON_INLINE uint8x16_t shift_right(uint8x16_t v) {
 // Q3_K's signed (-32..31), its values u = 0..7 unsigned and the -4 of w = d scale (u - 4)
 // through bsums, as Q6_K's -32.
 template <bool kQ3>
-struct Q23KWeights {
+struct Q23KWeights : InOrderActivations {
     using Block = std::conditional_t<kQ3, BlockQ3_K, BlockQ2_K>;
     const Block* w;
     int16x8_t scales[2];
@@ -689,10 +694,6 @@ struct Q23KWeights {
         }
         return out;
     }
-    template <int kChunk>
-    static Bytes64 activations(const BlockQ8_K& b, Index<kChunk>) {
-        return bytes64(b.qs + 64 * kChunk);
-    }
     // sum + the chunk's four groups' dots times their scales. A group's 16 products go two to
     // an int16 lane (values 0..7: at most 2 * 7 * 128 in magnitude).
     template <int kChunk>
@@ -727,7 +728,7 @@ using Q3KWeights = Q23KWeights<true>;
 // g's 32 values the levels (TBL) of the low then the high nibbles of qs[16 g .. 16 g + 15];
 // the signed scales (-32..31) in int16 lanes (group g in lane g). The levels are signed
 // (-127..113), so a group's products go two to an int16 lane.
-struct IQ4XSWeights {
+struct IQ4XSWeights : InOrderActivations {
     using Block = BlockIQ4_XS;
     const BlockIQ4_XS* w;
     int16x8_t scales;
@@ -754,10 +755,6 @@ struct IQ4XSWeights {
             out.v[2 * k + 1] = vqtbl1q_s8(levels, hi);
         }
         return out;
-    }
-    template <int kChunk>
-    static Bytes64 activations(const BlockQ8_K& b, Index<kChunk>) {
-        return bytes64(b.qs + 64 * kChunk);
     }
     // sum + the chunk's two groups' dots times their scales, each group's pair sums (at most
     // 2 * 127 * 128) widened and scaled in two halves of 16 products.

@@ -401,7 +401,6 @@ void Session::gpu_feed_forward(int il, int64_t n) {
 
 bool Session::cold_feed_forward(int layer, int64_t n, const uint8_t* is_hot) {
     // The GPU left the predictor's scores in up_ and the normed input in xn_.
-    const ModelConfig& c = model_->config();
     const LayerWeights& l = model_->layers()[static_cast<size_t>(layer)];
     select_active_neurons(up_.data(), n, is_hot);
     int64_t computed = 0;

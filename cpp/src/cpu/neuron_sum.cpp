@@ -23,6 +23,9 @@ struct NeuronSum::Rows {
         } else {
             for (int k = 0; k < count; ++k) rows[k] = m.gate.row(ids_in[k]);
             gate_dot(n_embd, rows, count, gate_act, g);
+            if (m.gate_bias != nullptr) {
+                for (int k = 0; k < count; ++k) g[k] += m.gate_bias[ids_in[k]];
+            }
         }
         int open = 0;  // relu(g) = 0 needs no up row: keep the others
         for (int k = 0; k < count; ++k) {
@@ -31,7 +34,14 @@ struct NeuronSum::Rows {
             g[open++] = g[k];
         }
         if (open == 0) return 0;
-        for (int k = 0; k < open; ++k) rows[k] = m.up.row(ids[k]);
+        if (m.up == nullptr) {  // h = relu(g), and every g left is positive
+            for (int k = 0; k < open; ++k) {
+                h_out[ids[k]] = g[k];
+                h[k] = g[k];
+            }
+            return open;
+        }
+        for (int k = 0; k < open; ++k) rows[k] = m.up->row(ids[k]);
         up_dot(n_embd, rows, open, up_act, u);
         int live = 0;
         for (int k = 0; k < open; ++k) {
@@ -56,10 +66,15 @@ void NeuronSum::run(ThreadPool& pool, const KernelTable& kernels, ActivationSlot
                     const float* x, const float* known_gates, float* h, float* out) {
     const int64_t n_ff = neurons.gate.rows;
     std::fill(h, h + n * n_ff, 0.0f);
-    const bool same_format = activation_format(neurons.gate.type) == activation_format(neurons.up.type);
     const ActivationSlots::Prepared gate_in = slots.prepare(kernels, neurons.gate, x, n, 0, known_gates == nullptr);
-    const ActivationSlots::Prepared up_in = slots.prepare(kernels, neurons.up, x, n, same_format ? 0 : 1, !same_format);
-    const Rows rows{neurons, gather_dot(kernels, neurons.gate.type), gather_dot(kernels, neurons.up.type)};
+    ActivationSlots::Prepared up_in = gate_in;  // unread without an up matrix
+    GatherDotFn up_dot = nullptr;
+    if (neurons.up != nullptr) {
+        const bool same_format = activation_format(neurons.gate.type) == activation_format(neurons.up->type);
+        up_in = slots.prepare(kernels, *neurons.up, x, n, same_format ? 0 : 1, !same_format);
+        up_dot = gather_dot(kernels, neurons.up->type);
+    }
+    const Rows rows{neurons, gather_dot(kernels, neurons.gate.type), up_dot};
     if (n == 1) {
         one_token(pool, kernels, rows, listed[0], known_gates, gate_in.data, up_in.data, h, out);
     } else {

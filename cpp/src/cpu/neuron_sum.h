@@ -2,7 +2,8 @@
 // lists: how it is cut up and shared among a pool's threads, next to the kernels it calls
 // (kernels.h). The forward pass (session/) decides which neurons a token lists.
 //
-// h_j = relu(gate_j . x) * up_j . x (relu on up too where asked), out = sum_j h_j down_t[j],
+// h_j = relu(gate_j . x + b_j) * up_j . x (relu on up too where asked; without an up matrix
+// h_j = relu(gate_j . x + b_j), b_j the gate's bias where it has one), out = sum_j h_j down_t[j],
 // computed the same way for every caller:
 //   - up is read only when the gate is positive, and down_t[j] only when h_j is not zero;
 //   - the neurons are cut into kNeuronRanges fixed ranges of ids; each range's sum over its
@@ -26,10 +27,11 @@ namespace si {
 
 // A layer's neurons: row j of gate, up and down_t is neuron j's.
 struct NeuronMatrices {
-    const Matrix& gate;
-    const Matrix& up;
+    const Matrix& gate;  // the projection the ReLU reads: ffn_gate, or ffn_up without a gate
+    const Matrix* up;    // null: no second factor (Falcon's and OPT's FFN, whose `gate` is up)
     const Matrix& down_t;
-    bool relu_up;  // relu(up_j . x) (bamboo) rather than up_j . x
+    bool relu_up;             // relu(up_j . x) (bamboo) rather than up_j . x
+    const float* gate_bias;  // n_ff values added to the gate's dot products (OPT's up bias), or null
 };
 
 class NeuronSum {
@@ -47,8 +49,8 @@ public:
     // For the n tokens of x (n rows of n_embd), each with its ascending list of neurons
     // listed[t]: h[t][j] for the listed neurons (zero elsewhere; n rows of n_ff) and out[t] =
     // sum_j h[t][j] down_t[j] (n rows of n_embd; out may be x). known_gates: every neuron's gate
-    // per token (n rows of n_ff) from a matmul of `gate` over x just before, whose prepared
-    // input in slot 0 is reused, or null to compute the listed ones'.
+    // per token (n rows of n_ff), its bias added, from a matmul of `gate` over x just before,
+    // whose prepared input in slot 0 is reused, or null to compute the listed ones'.
     void run(ThreadPool& pool, const KernelTable& kernels, ActivationSlots& slots, const NeuronMatrices& neurons,
              const std::vector<std::vector<int32_t>>& listed, int64_t n, const float* x, const float* known_gates,
              float* h, float* out);

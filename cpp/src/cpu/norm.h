@@ -1,4 +1,4 @@
-// RMSNorm and RoPE over rows of floats, for the CPU's forward pass.
+// RMSNorm, LayerNorm and RoPE over rows of floats, for the CPU's forward pass.
 #pragma once
 
 #include <cmath>
@@ -16,6 +16,23 @@ inline void rms_norm_rows(const float* x, const float* weight, int64_t rows, int
         for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(xr[i]) * xr[i];
         const float scale = static_cast<float>(1.0 / std::sqrt(sum / static_cast<double>(n) + eps));
         for (int64_t i = 0; i < n; ++i) out[t * n + i] = xr[i] * scale * weight[i];
+    }
+}
+
+// out[t] = (x[t] - mean) / sqrt(var + eps) * weight + bias (LayerNorm, variance over n as
+// PyTorch's and GGML's), for `rows` rows of n values; mean and variance in double.
+inline void layer_norm_rows(const float* x, const float* weight, const float* bias, int64_t rows, int64_t n,
+                            float eps, float* out) {
+    for (int64_t t = 0; t < rows; ++t) {
+        const float* xr = x + t * n;
+        double sum = 0.0;
+        for (int64_t i = 0; i < n; ++i) sum += xr[i];
+        const double mean = sum / static_cast<double>(n);
+        double squares = 0.0;
+        for (int64_t i = 0; i < n; ++i) squares += (xr[i] - mean) * (xr[i] - mean);
+        const float scale = static_cast<float>(1.0 / std::sqrt(squares / static_cast<double>(n) + eps));
+        const float shift = static_cast<float>(mean);
+        for (int64_t i = 0; i < n; ++i) out[t * n + i] = (xr[i] - shift) * scale * weight[i] + bias[i];
     }
 }
 

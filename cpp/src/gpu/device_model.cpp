@@ -24,7 +24,12 @@ std::string blocks_the_gpu_lacks(const ModelConfig& c) {
     lack(b.embedding_scale != 1.0f || b.residual_scale != 1.0f || b.logit_scale != 1.0f,
          "embedding, residual and logit scales");
     lack(c.q_dim() != c.n_embd, "heads wider or narrower than n_embd / n_head");
-    lack(b.gate_activation != Activation::silu, "a GELU FFN");
+    lack(b.ffn == FeedForwardKind::dense && b.ffn_activation != Activation::silu, "an FFN activation other than SiLU");
+    lack(!b.ffn_gate, "an FFN without a gate");
+    lack(b.norm != NormKind::rms, "LayerNorm");
+    lack(b.parallel_blocks, "parallel attention and FFN");
+    lack(b.output_bias || b.ffn_bias, "biases on the attention output and the FFN");
+    lack(c.learned_positions, "learned position embeddings");
     lack(b.post_norms, "norms after attention and FFN");
     lack(b.attention_scale != 0.0f, "a query scale of its own");
     lack(!c.sliding_layers.empty(), "sliding-window attention");

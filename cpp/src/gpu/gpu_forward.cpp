@@ -112,7 +112,7 @@ void GpuForward::attention(int64_t il) {
     float* xn = xn_.f32();
     // x += Wo * attention(rope(Wq xn), rope(Wk xn), Wv xn)
     ctx_.run("rms_norm", api.si_cuda_rms_norm, static_cast<const float*>(xd), l.attn_norm.as<const float>(), n,
-             c.n_embd, c.rms_eps, xn);
+             c.n_embd, c.norm_eps, xn);
     matmul(l.wq, xn, n, q_.f32());
     matmul(l.wk, xn, n, k_.f32());
     matmul(l.wv, xn, n, v_.f32());
@@ -135,7 +135,7 @@ void GpuForward::dense_ffn(int64_t il) {
     float* xd = x_.f32();
     float* xn = xn_.f32();
     ctx_.run("rms_norm", api.si_cuda_rms_norm, static_cast<const float*>(xd), l.ffn_norm.as<const float>(), n,
-             c.n_embd, c.rms_eps, xn);
+             c.n_embd, c.norm_eps, xn);
     if (!c.has_predictors()) {
         // x += W_down (silu(W_gate xn) * W_up xn)
         matmul(l.ffn_gate, xn, n, gate_.f32());
@@ -174,7 +174,7 @@ void GpuForward::sparse_ffn(int64_t il, float* scores, float* xn_host) {
              l.fc1.rows, c.n_embd, l.fc2.type, static_cast<const void*>(l.fc2.data.data()), c.n_ff,
              static_cast<const float*>(xd), n, predictor_hidden_.f32(), score_rows);
     ctx_.run("rms_norm", api.si_cuda_rms_norm, static_cast<const float*>(xd), l.ffn_norm.as<const float>(), n,
-             c.n_embd, c.rms_eps, xn);
+             c.n_embd, c.norm_eps, xn);
     if (split) {  // one copy (one wait for the device) for both
         host_handoff_.resize(static_cast<size_t>(xn_offset + n * c.n_embd));
         ctx_.download(host_handoff_.data(), score_rows, floats(xn_offset + n * c.n_embd));
@@ -221,7 +221,7 @@ void GpuForward::output(int64_t first_kept, float* logits) {
     const int64_t kept = n_ - first_kept;
     if (kept == 0) return;
     ctx_.run("rms_norm", ctx_.api().si_cuda_rms_norm, static_cast<const float*>(x_.f32() + first_kept * c.n_embd),
-             weights_->output_norm().as<const float>(), kept, c.n_embd, c.rms_eps, xn_.f32());
+             weights_->output_norm().as<const float>(), kept, c.n_embd, c.norm_eps, xn_.f32());
     matmul(weights_->output(), xn_.f32(), kept, logits_.f32());
     ctx_.download(logits, logits_.data(), floats(kept * c.n_vocab));
 }

@@ -16,7 +16,8 @@ constexpr int64_t kMaxDimension = 1 << 20;
 constexpr int64_t kMaxLayers = 4096;
 
 // The architectures there are (model/architectures/).
-const Architecture* const kArchitectures[] = {&kLlama, &kBamboo, &kMiniCpm, &kQwen2, &kQwen3, &kGemma3};
+const Architecture* const kArchitectures[] = {&kLlama, &kBamboo, &kMiniCpm, &kQwen2, &kQwen3, &kGemma3,
+                                               &kFalcon, &kOpt};
 
 std::string number_text(double x) {
     std::ostringstream text;
@@ -127,12 +128,12 @@ void read_common_config(const GgufFile& f, ModelConfig& c) {
                                      " does not fit head size " + std::to_string(c.head_dim)));
     }
     c.rope_base = static_cast<float>(f.get_float(p + "rope.freq_base", 10000.0));
-    c.rms_eps = static_cast<float>(f.get_float(p + "attention.layer_norm_rms_epsilon", 1e-5));
+    c.norm_eps = static_cast<float>(f.get_float(p + "attention.layer_norm_norm_epsilon", 1e-5));
     if (!(c.rope_base > 0.0f) || !std::isfinite(c.rope_base)) {
         throw FormatError(f.describe("rope.freq_base must be a positive number"));
     }
-    if (!(c.rms_eps > 0.0f) || !std::isfinite(c.rms_eps)) {
-        throw FormatError(f.describe("attention.layer_norm_rms_epsilon must be a positive number"));
+    if (!(c.norm_eps > 0.0f) || !std::isfinite(c.norm_eps)) {
+        throw FormatError(f.describe("attention.layer_norm_norm_epsilon must be a positive number"));
     }
     c.rope_scaling = read_rope_scaling(f, p, c.n_ctx_train);
     // Biases on Q, K and V where the file has them (Qwen2's; llama.cpp reads them wherever present).
@@ -142,6 +143,24 @@ void read_common_config(const GgufFile& f, ModelConfig& c) {
         throw FormatError(f.describe("tensor 'token_embd.weight' is missing or not 2-D"));
     }
     c.n_vocab = embd->shape[1];
+}
+
+double positive_number(const GgufFile& file, const std::string& key, std::optional<double> fallback) {
+    if (!file.find(key)) {
+        if (!fallback) throw FormatError(file.describe("metadata key '" + key + "' is missing"));
+        return *fallback;
+    }
+    const double value = file.get_float(key, 0.0);
+    // Read as a double and used as a float: a value beyond the float range is as absurd as 0.
+    if (!(value > 0.0) || !std::isfinite(static_cast<float>(value))) {
+        throw FormatError(file.describe(key + " must be a finite number > 0, got " + number_text(value)));
+    }
+    return value;
+}
+
+Matrix output_or_tied(WeightSource& source, const ModelConfig& c, const Matrix& token_embd) {
+    if (!source.file().find_tensor("output.weight")) return token_embd;
+    return source.weight("output.weight", c.n_embd, c.n_vocab);
 }
 
 std::vector<float> read_rope_freq_factors(WeightSource& source, const std::string& name, int64_t n) {

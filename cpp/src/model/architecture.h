@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -45,8 +46,15 @@ const Architecture& find_architecture(const GgufFile& file);
 // embedding_length, block_count, attention.head_count(_kv), attention.key_length /
 // value_length, feed_forward_length, context_length, rope.dimension_count, rope.freq_base,
 // rope.scaling.* (linear and YaRN; UnsupportedError for another type),
-// attention.layer_norm_rms_epsilon; n_vocab from token_embd.weight.
+// attention.layer_norm_norm_epsilon; n_vocab from token_embd.weight.
 void read_common_config(const GgufFile& file, ModelConfig& config);
+
+// The metadata value `key` as a finite number > 0 (FormatError naming the key otherwise); when
+// the file lacks the key, `fallback`, or FormatError where there is none (a required key).
+double positive_number(const GgufFile& file, const std::string& key, std::optional<double> fallback);
+
+// output.weight, or token_embd where the file has none (tied embeddings).
+Matrix output_or_tied(WeightSource& source, const ModelConfig& config, const Matrix& token_embd);
 
 // RoPE's per-pair frequency factors from the tensor `name` (n = rope_dim / 2 values), for
 // ModelWeights::rope_freq_factors: none when the file has no such tensor, FormatError naming

@@ -43,7 +43,9 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
     model->interleave_matrices();
     if (model->config_.has_predictors()) {
         model->bundle_neurons();
-        for (const LayerWeights& l : model->weights_.layers) model->dense_gates_.push_back(l.ffn_gate);
+        for (const LayerWeights& l : model->weights_.layers) {
+            model->dense_gates_.push_back(relu_projection(model->config_, l));
+        }
     }
     return model;
 }
@@ -246,7 +248,7 @@ void Model::interleave_matrices() {
     // Only matrices that are read whole, by matrix products: a PowerInfer file's gate and up
     // rows are also gathered one by one (the sparse FFN), so they stay as stored.
     auto interleave = [this](Matrix& m) {
-        if (!interleaves(m) || m.interleaved != nullptr) return;
+        if (m.data == nullptr || !interleaves(m) || m.interleaved != nullptr) return;  // absent: no gate
         uint8_t* dst = owned_copy(static_cast<uint64_t>(m.rows) * m.row_bytes,
                                   "interleaved copies of its quantised matrices for the CPU kernels");
         interleave_into(m, dst);
@@ -265,7 +267,8 @@ void Model::interleave_matrices() {
 void Model::bundle_neurons() {
     const int64_t n_ff = config_.n_ff;
     for (LayerWeights& l : weights_.layers) {
-        Matrix* parts[] = {&l.ffn_gate, &l.ffn_up, &l.ffn_down_t};
+        std::vector<Matrix*> parts = {&l.ffn_up, &l.ffn_down_t};
+        if (config_.block.ffn_gate) parts.insert(parts.begin(), &l.ffn_gate);
         size_t stride = 0;
         for (const Matrix* m : parts) stride += m->row_bytes;
         stride = (stride + 63) / 64 * 64;  // each bundle starts on a cache line

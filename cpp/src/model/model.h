@@ -60,7 +60,9 @@ public:
     std::shared_ptr<const Tokenizer> shared_tokenizer() const { return tokenizer_; }
 
     const Matrix& token_embd() const { return weights_.token_embd; }
+    const Matrix& position_embd() const { return weights_.position_embd; }  // ModelConfig::learned_positions
     const std::vector<float>& output_norm() const { return weights_.output_norm; }
+    const std::vector<float>& output_norm_bias() const { return weights_.output_norm_b; }  // of a LayerNorm
     const Matrix& output() const { return weights_.output; }  // token_embd when tied
     const std::vector<float>& rope_freq_factors() const { return weights_.rope_freq_factors; }  // may be empty
     const std::vector<LayerWeights>& layers() const { return weights_.layers; }
@@ -70,11 +72,12 @@ public:
     // The dense mode of a PowerInfer file computes every neuron's gate in one matrix product
     // (a third of the FFN's bytes, streamed) and gathers only the up and down rows of the
     // neurons whose gate is positive: gathered 4-bit rows cost more to compute than they take
-    // to read. dense_gate(il) is layer il's gate matrix for that product: the bundled rows,
-    // with an interleaved copy where the kernels have an eight-row product for its type. The
-    // copies cost memory only a dense session uses, so they are made by
-    // prepare_dense_gates(n_layers), which a dense session calls for its CPU layers
-    // [0, n_layers) before reading them (thread-safe; a layer is copied once).
+    // to read. dense_gate(il) is layer il's gate matrix for that product (its up matrix where
+    // the FFN has no gate: relu_projection): the bundled rows, with an interleaved copy where
+    // the kernels have an eight-row product for its type. The copies cost memory only a dense
+    // session uses, so they are made by prepare_dense_gates(n_layers), which a dense session
+    // calls for its CPU layers [0, n_layers) before reading them (thread-safe; a layer is
+    // copied once).
     void prepare_dense_gates(int64_t n_layers) const;
     const Matrix& dense_gate(int64_t il) const { return dense_gates_[static_cast<size_t>(il)]; }
 
@@ -93,7 +96,8 @@ private:
     void requantize_predictors(PredictorQ8 mode);
     // Interleaved copies of the quantised matrices that only matrix products read (cpu/kernels.h).
     void interleave_matrices();
-    // PowerInfer files: each layer's ffn_gate, ffn_up and ffn_down_t rows bundled per neuron.
+    // PowerInfer files: each layer's ffn_gate (where it has one), ffn_up and ffn_down_t rows
+    // bundled per neuron.
     void bundle_neurons();
     uint8_t* owned_copy(uint64_t bytes, const std::string& what);
     // Drops the mapped pages of m's stored rows once a copy replaces them: without this the

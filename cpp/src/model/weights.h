@@ -25,12 +25,21 @@ enum class Activation {
 };
 
 enum class FeedForwardKind {
-    // down (gate_activation(gate x) * (up x)) over every neuron, the matrices as stored.
-    gated,
-    // PowerInfer's (files of magic PWRI): relu(gate x) * up_activation(up x), the down
-    // projection stored transposed (ffn_down_t: a row per neuron), and a predictor per layer
-    // (fc1, fc2) whose scores mark the neurons a sparse session computes.
+    // Every neuron, the matrices as stored: down (ffn_activation(gate x) * (up x)), or without
+    // a gate down (ffn_activation(up x)).
+    dense,
+    // PowerInfer's (files of magic PWRI): h_j = relu(gate_j x) * up_activation(up_j x), or
+    // without a gate relu(up_j x); the down projection stored transposed (ffn_down_t: a row per
+    // neuron), and a predictor per layer (fc1, fc2) whose scores mark the neurons a sparse
+    // session computes.
     relu_predicted,
+};
+
+// How the blocks normalise (every norm but the per-head Q/K norms and the post-norms, which are
+// RMS norms wherever a BlockSpec has them).
+enum class NormKind {
+    rms,    // x / sqrt(mean(x^2) + eps) * w
+    layer,  // (x - mean(x)) / sqrt(var(x) + eps) * w + b: LayerNorm with a bias (Falcon, OPT)
 };
 
 // Which values of a head RoPE turns together (llama.cpp's rope types).
@@ -40,11 +49,22 @@ enum class RopeLayout {
 };
 
 struct BlockSpec {
-    FeedForwardKind ffn = FeedForwardKind::gated;
-    Activation gate_activation = Activation::silu;    // of gated: gelu_tanh for Gemma 3
-    Activation up_activation = Activation::identity;  // of relu_predicted: relu for bamboo
+    FeedForwardKind ffn = FeedForwardKind::dense;
+    // Whether the FFN has a gate projection (ffn_gate); without one (Falcon, OPT) the activation
+    // applies to up's output.
+    bool ffn_gate = true;
+    // Of a dense FFN: gelu_tanh for Gemma 3 and llama.cpp's Falcon, relu for a dense OPT file.
+    Activation ffn_activation = Activation::silu;
+    Activation up_activation = Activation::identity;  // of a gated relu_predicted FFN: relu for bamboo
+    NormKind norm = NormKind::rms;
+    // Attention and FFN both read the layer's input, and both outputs join it:
+    // x += attention(x) + FFN(x) (Falcon). Otherwise the FFN reads x after attention joined it.
+    bool parallel_blocks = false;
     RopeLayout rope_layout = RopeLayout::adjacent_pairs;
     bool qkv_bias = false;  // attn_q/k/v.bias added to Q, K and V (Qwen2; any file that has them)
+    // attn_output.bias, ffn_up.bias and the down projection's bias (OPT).
+    bool output_bias = false;
+    bool ffn_bias = false;
     // Each head of Q and of K RMS-normed (attn_q_norm, attn_k_norm: head_dim weights) before
     // RoPE (Qwen3).
     bool qk_norm = false;
@@ -98,8 +118,13 @@ struct ModelConfig {
     int64_t rope_dim = 0;  // leading dimensions of each head that RoPE rotates
     float rope_base = 10000.0f;
     RopeScaling rope_scaling;
-    float rms_eps = 1e-5f;
+    float norm_eps = 1e-5f;  // of the BlockSpec's norm, RMS or LayerNorm
     BlockSpec block;
+    // Learned absolute positions (OPT): position p adds row p + position_offset of position_embd
+    // to the token's embedding, and no RoPE turns (rope_dim 0). n_ctx_train is then at most the
+    // rows past the offset, and a session refuses a longer context.
+    bool learned_positions = false;
+    int64_t position_offset = 0;
     // Sliding-window attention (Gemma 3): a layer whose flag is set attends to the last
     // sliding_window positions, its own included (llama.cpp's LLAMA_SWA_TYPE_STANDARD), and
     // turns RoPE by local_rope_base; the others attend to every position with rope_base.
@@ -122,26 +147,39 @@ struct ModelConfig {
 };
 
 struct LayerWeights {
-    std::vector<float> attn_norm;
+    // The biases of a LayerNorm (NormKind::layer) and of a BlockSpec with output_bias or
+    // ffn_bias sit next to their weights; empty where the BlockSpec has none.
+    std::vector<float> attn_norm, attn_norm_b;
     Matrix wq, wk, wv, wo;
     std::vector<float> bq, bk, bv;      // BlockSpec::qkv_bias
     std::vector<float> q_norm, k_norm;  // BlockSpec::qk_norm: head_dim each
     std::vector<float> attn_post_norm, ffn_post_norm;  // BlockSpec::post_norms
-    std::vector<float> ffn_norm;
+    std::vector<float> bo;
+    std::vector<float> ffn_norm, ffn_norm_b;
     // PowerInfer files keep neuron j's gate row, up row and ffn_down_t row side by side in a
     // copy made at load (row j of each of the three matrices lies in one block of their common
     // stride), so that an active neuron is one contiguous read ("row-column bundling", LLM in
     // a Flash); dense files keep the matrices as stored.
-    Matrix ffn_gate, ffn_up;
-    Matrix ffn_down;    // gated: n_embd rows of n_ff
+    Matrix ffn_gate, ffn_up;  // ffn_gate empty where the BlockSpec has no gate
+    std::vector<float> ffn_up_b, ffn_down_b;
+    Matrix ffn_down;    // dense: n_embd rows of n_ff
     Matrix ffn_down_t;  // relu_predicted: n_ff rows of n_embd, row j = neuron j's output
-    Matrix fc1, fc2;    // relu_predicted's predictor: score = fc2 relu(fc1 x), x before ffn_norm
+    // relu_predicted's predictor: score = fc2 relu(fc1 x), x the FFN's input before its norm (the
+    // layer's input where the blocks are parallel)
+    Matrix fc1, fc2;
 };
+
+// The projection whose ReLU decides whether a PowerInfer FFN's neuron j fires: ffn_gate, or
+// ffn_up where the FFN has no gate (relu(up_j x + b_j)).
+inline const Matrix& relu_projection(const ModelConfig& c, const LayerWeights& l) {
+    return c.block.ffn_gate ? l.ffn_gate : l.ffn_up;
+}
 
 // Every weight a model's forward pass reads.
 struct ModelWeights {
     Matrix token_embd;
-    std::vector<float> output_norm;
+    Matrix position_embd;  // ModelConfig::learned_positions: a row per position
+    std::vector<float> output_norm, output_norm_b;
     Matrix output;  // token_embd when tied
     // Per RoPE pair (rope_dim / 2 values), the factor its frequency is divided by (Llama 3.x
     // files); empty when the file has none.

@@ -24,6 +24,31 @@ float gelu_tanh(float x) {
     return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x)));
 }
 
+// values[i] = act(values[i]), times factor[i] where factors are given (a gated FFN's up).
+void activate(Activation act, float* values, const float* factor, int64_t n) {
+    auto each = [&](auto f) {
+        if (factor == nullptr) {
+            for (int64_t i = 0; i < n; ++i) values[i] = f(values[i]);
+        } else {
+            for (int64_t i = 0; i < n; ++i) values[i] = f(values[i]) * factor[i];
+        }
+    };
+    switch (act) {
+        case Activation::identity: each([](float x) { return x; }); break;
+        case Activation::relu: each([](float x) { return std::max(x, 0.0f); }); break;
+        case Activation::silu: each([](float x) { return x / (1.0f + std::exp(-x)); }); break;
+        case Activation::gelu_tanh: each(gelu_tanh); break;
+    }
+}
+
+// rows[t] += bias for n rows of bias.size() values.
+void add_bias(float* rows, const std::vector<float>& bias, int64_t n) {
+    const int64_t width = static_cast<int64_t>(bias.size());
+    for (int64_t t = 0; t < n; ++t) {
+        for (int64_t i = 0; i < width; ++i) rows[t * width + i] += bias[static_cast<size_t>(i)];
+    }
+}
+
 // Bound on a session's context: far above any model here, it stops absurd requests.
 constexpr int64_t kMaxContext = 1 << 20;
 
@@ -47,6 +72,11 @@ Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_thread
     if (n_ctx <= 0 || n_ctx > kMaxContext) {
         throw ArgumentError("n_ctx must be between 1 and " + std::to_string(kMaxContext) +
                             ", got " + std::to_string(n_ctx));
+    }
+    if (c.learned_positions && n_ctx > c.n_ctx_train) {
+        throw ArgumentError(model_->file().describe(
+            "n_ctx " + std::to_string(n_ctx) + " is beyond the " + std::to_string(c.n_ctx_train) +
+            " positions its learned position embeddings (position_embd.weight) cover"));
     }
     first_gpu_layer_ = c.n_layer;
     if (device) {
@@ -78,11 +108,11 @@ void Session::ensure_batch_capacity(int64_t n) {
     const int64_t attention_floats =
         static_cast<int64_t>(pool_.size()) * attention_scratch_floats(kv_cache_.positions());
     // Dimensions are at most 2^20 and n at most kMaxBatch, so these sums cannot overflow.
-    // Per token: x, xn; q, attn_out; k, v; gate, up and the active list (n_ff int32s); the
-    // predictor's hidden layer and the rotation angles (two sets with sliding layers). Per thread:
-    // attention scores.
+    // Per token: x, xn and the layer's input (parallel blocks); q, attn_out; k, v; gate, up and
+    // the active list (n_ff int32s); the predictor's hidden layer and the rotation angles (two sets
+    // with sliding layers). Per thread: attention scores.
     const uint64_t floats = static_cast<uint64_t>(n) *
-        (2 * c.n_embd + 2 * c.q_dim() + 2 * c.kv_dim() + 3 * c.n_ff + max_rank_ + 2 * c.rope_dim) +
+        (3 * c.n_embd + 2 * c.q_dim() + 2 * c.kv_dim() + 3 * c.n_ff + max_rank_ + 2 * c.rope_dim) +
         static_cast<uint64_t>(attention_floats) +
         NeuronSum::scratch_floats(c.n_embd, pool_.size());
     require_memory("scratch buffers for a batch of " + std::to_string(n) + " tokens",
@@ -90,6 +120,7 @@ void Session::ensure_batch_capacity(int64_t n) {
     auto sized = [](std::vector<float>& v, int64_t count) { v.assign(static_cast<size_t>(count), 0.0f); };
     sized(x_, n * c.n_embd);
     sized(xn_, n * c.n_embd);
+    if (c.block.parallel_blocks) sized(layer_input_, n * c.n_embd);
     sized(q_, n * c.q_dim());
     sized(k_, n * c.kv_dim());
     sized(v_, n * c.kv_dim());
@@ -170,6 +201,14 @@ void Session::forward(const std::vector<int32_t>& tokens, bool all_logits) {
                                     x_.data() + t * c.n_embd, c.n_embd);
         }
         for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] *= c.block.embedding_scale;
+        if (c.learned_positions) {  // n_ctx <= n_ctx_train keeps every row inside the table
+            const Matrix& positions = model_->position_embd();
+            for (int64_t t = 0; t < n; ++t) {
+                float* row = xn_.data() + t * c.n_embd;
+                kernels_.dequantize_row(positions.type, positions.row(n_past_ + t + c.position_offset), row, c.n_embd);
+                for (int64_t i = 0; i < c.n_embd; ++i) x_[t * c.n_embd + i] += row[i];
+            }
+        }
 
         // The rotation angles depend on the position alone: compute them once per token,
         // theta_i = pos * rope_inv_freq_[i] (base^(-2i / rope_dim) unscaled), in double for
@@ -196,8 +235,14 @@ void Session::forward(const std::vector<int32_t>& tokens, bool all_logits) {
             throw_if_cancelled();  // a long prompt stops within one layer's work
             if (il < first_gpu_layer_) {
                 const CoreShare cores(pool_);  // taken anew each layer, as other sessions come and go
+                // Parallel blocks: the FFN reads the layer's input, kept before attention joins it.
+                const float* ffn_input = x_.data();
+                if (c.block.parallel_blocks) {
+                    std::copy(x_.begin(), x_.begin() + n * c.n_embd, layer_input_.begin());
+                    ffn_input = layer_input_.data();
+                }
                 cpu_attention(static_cast<int>(il), n);
-                feed_forward(static_cast<int>(il), n);
+                feed_forward(static_cast<int>(il), n, ffn_input);
                 continue;
             }
             if (il == first_gpu_layer_) gpu_->upload_hidden(x_.data());
@@ -215,8 +260,8 @@ void Session::forward(const std::vector<int32_t>& tokens, bool all_logits) {
             gpu_->add_hot_active_counts(layer_active_);
         } else if (keep) {
             const CoreShare cores(pool_);
-            rms_norm_rows(x_.data() + first_kept * c.n_embd, model_->output_norm().data(),
-                          n - first_kept, c.n_embd, c.rms_eps, xn_.data());
+            normalize(x_.data() + first_kept * c.n_embd, model_->output_norm(), model_->output_norm_bias(),
+                      n - first_kept, xn_.data());
             matmul({{&model_->output(), dst}}, xn_.data(), n - first_kept);
             const float inverse_logit_scale = 1.0f / c.block.logit_scale;  // as llama.cpp scales them
             for (int64_t i = 0; i < (n - first_kept) * c.n_vocab; ++i) dst[i] *= inverse_logit_scale;
@@ -229,14 +274,15 @@ void Session::forward(const std::vector<int32_t>& tokens, bool all_logits) {
 }
 
 void Session::cpu_attention(int il, int64_t n) {
-    // x += residual_scale * Wo attention(rope(norm(Wq xn + bq)), rope(norm(Wk xn + bk)), Wv xn + bv),
-    // K and V stored at n_past.. (the biases and the per-head norms where the BlockSpec has them)
+    // x += residual_scale * (Wo attention(rope(norm(Wq xn + bq)), rope(norm(Wk xn + bk)), Wv xn + bv)
+    // + bo), K and V stored at n_past.. (the biases and the per-head norms where the BlockSpec has
+    // them)
     const ModelConfig& c = model_->config();
     const BlockSpec& block = c.block;
     const LayerWeights& l = model_->layers()[static_cast<size_t>(il)];
     const int64_t q_dim = c.q_dim(), kv_dim = c.kv_dim(), half_rope = c.rope_dim / 2;
     const bool halves = block.rope_layout == RopeLayout::halves, local = c.slides(il);
-    rms_norm_rows(x_.data(), l.attn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
+    normalize(x_.data(), l.attn_norm, l.attn_norm_b, n, xn_.data());
     matmul({{&l.wq, q_.data()}, {&l.wk, k_.data()}, {&l.wv, v_.data()}}, xn_.data(), n);
     for (int64_t t = 0; t < n; ++t) {
         float* q = q_.data() + t * q_dim;
@@ -248,8 +294,8 @@ void Session::cpu_attention(int il, int64_t n) {
             for (int64_t i = 0; i < kv_dim; ++i) v[i] += l.bv[static_cast<size_t>(i)];
         }
         if (block.qk_norm) {
-            rms_norm_rows(q, l.q_norm.data(), c.n_head, c.head_dim, c.rms_eps, q);
-            rms_norm_rows(k, l.k_norm.data(), c.n_head_kv, c.head_dim, c.rms_eps, k);
+            rms_norm_rows(q, l.q_norm.data(), c.n_head, c.head_dim, c.norm_eps, q);
+            rms_norm_rows(k, l.k_norm.data(), c.n_head_kv, c.head_dim, c.norm_eps, k);
         }
         const float* cos = (local ? local_rope_cos_ : rope_cos_).data() + t * half_rope;
         const float* sin = (local ? local_rope_sin_ : rope_sin_).data() + t * half_rope;
@@ -263,56 +309,71 @@ void Session::cpu_attention(int il, int64_t n) {
     attention(pool_, kernels_, kv_cache_, il, shape, q_.data(), n, n_past_, attention_scratch_.data(),
               attn_out_.data());
     matmul({{&l.wo, xn_.data()}}, attn_out_.data(), n);
+    if (block.output_bias) add_bias(xn_.data(), l.bo, n);
     add_residual(n, l.attn_post_norm);
+}
+
+void Session::normalize(const float* x, const std::vector<float>& weight, const std::vector<float>& bias, int64_t n,
+                        float* out) const {
+    const ModelConfig& c = model_->config();
+    if (c.block.norm == NormKind::layer) {
+        layer_norm_rows(x, weight.data(), bias.data(), n, c.n_embd, c.norm_eps, out);
+    } else {
+        rms_norm_rows(x, weight.data(), n, c.n_embd, c.norm_eps, out);
+    }
 }
 
 void Session::add_residual(int64_t n, const std::vector<float>& post_norm) {
     const ModelConfig& c = model_->config();
-    if (c.block.post_norms) rms_norm_rows(xn_.data(), post_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
+    if (c.block.post_norms) rms_norm_rows(xn_.data(), post_norm.data(), n, c.n_embd, c.norm_eps, xn_.data());
     const float scale = c.block.residual_scale;
     for (int64_t i = 0; i < n * c.n_embd; ++i) x_[i] += scale * xn_[i];
 }
 
-// The feed-forward block of a layer, in its forms (BlockSpec::ffn):
-//   gated:           x += W_down (act(W_gate xn) * W_up xn), act = SiLU or GELU (tanh)
-//                    (BlockSpec::gate_activation; the sum post-normed and scaled where the
-//                    BlockSpec says so, as for every block: add_residual)
-//   relu_predicted:  h_j = relu(gate_j . xn) * up_j . xn (relu on up too for bamboo),
-//                    x += sum_j h_j down_t[j] (cpu/neuron_sum.h), over
+// The feed-forward block of a layer, in its forms (BlockSpec::ffn), xn the norm of its input:
+//   dense:           x += W_down (act(W_gate xn) * W_up xn), act = SiLU, GELU (tanh) or ReLU
+//                    (BlockSpec::ffn_activation), or without a gate W_down act(W_up xn + b_up)
+//                    + b_down (the biases where the BlockSpec has them; the sum post-normed and
+//                    scaled where it says so, as for every block: add_residual)
+//   relu_predicted:  h_j = relu(gate_j . xn) * up_j . xn (relu on up too for bamboo; without a
+//                    gate relu(up_j . xn + b_up_j)), x += sum_j h_j down_t[j] + b_down
+//                    (cpu/neuron_sum.h), over
 //     - dense: every neuron; where the kernels have an eight-row product for the gate's
 //       type, every gate in one matrix product (Model::dense_gate), and the neurons with a
 //       positive one go on as the sparse form's active ones;
 //     - sparse: the neurons the predictor marks active, score = fc2 relu(fc1 x) >= threshold,
-//       x taken before ffn_norm; gate and up rows of the others are never read;
+//       x the input before ffn_norm; gate and up rows of the others are never read;
 //     - a GPU layer: the GPU computes the predictor and its hot neurons, the CPU the active
 //       cold ones (cold_feed_forward), whose partial sum is added on the GPU.
 // (FACTS.md: PowerInfer's llm_build_ffn_sparse and its CPU kernels.)
-void Session::feed_forward(int layer, int64_t n) {
+void Session::feed_forward(int layer, int64_t n, const float* input) {
     const ModelConfig& c = model_->config();
+    const BlockSpec& block = c.block;
     const LayerWeights& l = model_->layers()[static_cast<size_t>(layer)];
     const int64_t hidden = n * c.n_ff;
 
     if (!c.has_predictors()) {
-        rms_norm_rows(x_.data(), l.ffn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
-        matmul({{&l.ffn_gate, gate_.data()}, {&l.ffn_up, up_.data()}}, xn_.data(), n);
-        if (c.block.gate_activation == Activation::gelu_tanh) {
-            for (int64_t i = 0; i < hidden; ++i) gate_[i] = gelu_tanh(gate_[i]) * up_[i];
+        normalize(input, l.ffn_norm, l.ffn_norm_b, n, xn_.data());
+        if (block.ffn_gate) {
+            matmul({{&l.ffn_gate, gate_.data()}, {&l.ffn_up, up_.data()}}, xn_.data(), n);
+            activate(block.ffn_activation, gate_.data(), up_.data(), hidden);
         } else {
-            for (int64_t i = 0; i < hidden; ++i) {
-                const float g = gate_[i];
-                gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];  // SiLU(g) * up
-            }
+            matmul({{&l.ffn_up, gate_.data()}}, xn_.data(), n);
+            if (block.ffn_bias) add_bias(gate_.data(), l.ffn_up_b, n);
+            activate(block.ffn_activation, gate_.data(), nullptr, hidden);
         }
         matmul({{&l.ffn_down, xn_.data()}}, gate_.data(), n);
+        if (block.ffn_bias) add_bias(xn_.data(), l.ffn_down_b, n);
         add_residual(n, l.ffn_post_norm);
         layer_active_[static_cast<size_t>(layer)] += hidden;
         return;
     }
 
-    // The predictor reads x before the norm, so it runs first.
-    if (sparse_) predict_active_neurons(l, n);
-    rms_norm_rows(x_.data(), l.ffn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
+    // The predictor reads the input before the norm, so it runs first.
+    if (sparse_) predict_active_neurons(l, n, input);
+    normalize(input, l.ffn_norm, l.ffn_norm_b, n, xn_.data());
     neuron_sum(l, n, sparse_ ? nullptr : list_dense_neurons(layer, n));
+    if (block.ffn_bias) add_bias(xn_.data(), l.ffn_down_b, n);
     if (sparse_) {
         for (int64_t t = 0; t < n; ++t) {
             layer_active_[static_cast<size_t>(layer)] += static_cast<int64_t>(active_[static_cast<size_t>(t)].size());
@@ -324,10 +385,10 @@ void Session::feed_forward(int layer, int64_t n) {
     add_residual(n, l.ffn_post_norm);
 }
 
-void Session::predict_active_neurons(const LayerWeights& l, int64_t n) {
+void Session::predict_active_neurons(const LayerWeights& l, int64_t n, const float* input) {
     // score = fc2 relu(fc1 x); up_ is free until gate/up run, so the scores land there.
     const int64_t rank = l.fc1.rows;
-    matmul({{&l.fc1, predictor_hidden_.data()}}, x_.data(), n);
+    matmul({{&l.fc1, predictor_hidden_.data()}}, input, n);
     for (int64_t i = 0; i < n * rank; ++i) predictor_hidden_[i] = std::max(predictor_hidden_[i], 0.0f);
     matmul({{&l.fc2, up_.data()}}, predictor_hidden_.data(), n);
     select_active_neurons(up_.data(), n, nullptr);
@@ -361,9 +422,15 @@ const float* Session::list_dense_neurons(int layer, int64_t n) {
         }
         return nullptr;
     }
-    // up_ is free until the up rows are read: the gates land there, and each token's neurons
-    // with relu(gate) > 0 (the only ones whose up and down rows matter) become its list.
+    // up_ is free until the up rows are read: the gates land there, their bias added, and each
+    // token's neurons with relu(gate) > 0 (the only ones whose up and down rows matter) become its
+    // list.
     matmul({{&gates, up_.data()}}, xn_.data(), n);
+    if (const float* bias = relu_bias(model_->layers()[static_cast<size_t>(layer)])) {
+        for (int64_t t = 0; t < n; ++t) {
+            for (int64_t j = 0; j < n_ff; ++j) up_[t * n_ff + j] += bias[j];
+        }
+    }
     for (int64_t t = 0; t < n; ++t) {
         std::vector<int32_t>& positive = active_[static_cast<size_t>(t)];
         positive.clear();
@@ -376,10 +443,15 @@ const float* Session::list_dense_neurons(int layer, int64_t n) {
 }
 
 void Session::neuron_sum(const LayerWeights& l, int64_t n, const float* known_gates) {
-    const NeuronMatrices neurons{l.ffn_gate, l.ffn_up, l.ffn_down_t,
-                                 model_->config().block.up_activation == Activation::relu};
+    const ModelConfig& c = model_->config();
+    const NeuronMatrices neurons{relu_projection(c, l), c.block.ffn_gate ? &l.ffn_up : nullptr, l.ffn_down_t,
+                                 c.block.up_activation == Activation::relu, relu_bias(l)};
     neuron_sum_.run(pool_, kernels_, activations_, neurons, active_, n, xn_.data(), known_gates, gate_.data(),
                     xn_.data());
+}
+
+const float* Session::relu_bias(const LayerWeights& l) const {
+    return model_->config().block.ffn_gate || l.ffn_up_b.empty() ? nullptr : l.ffn_up_b.data();
 }
 
 void Session::gpu_feed_forward(int il, int64_t n) {

@@ -73,19 +73,25 @@ private:
     void matmul(std::initializer_list<MatmulOutput> outputs, const float* x, int64_t n) {
         si::matmul(pool_, kernels_, activations_, outputs, x, n);
     }
-    // The blocks of a CPU layer: x += attention(x), x += FFN(x) for the batch (dense SiLU,
-    // dense ReLU, or the sparse PowerInfer path).
+    // The blocks of a CPU layer for the batch: x += attention(x), then x += FFN(input), input x
+    // itself or, for parallel blocks, the layer's input kept before attention (dense, or
+    // PowerInfer's dense or sparse path).
     void cpu_attention(int layer, int64_t n_tokens);
+    // The BlockSpec's norm (RMS, or LayerNorm with its bias) of n_tokens rows of n_embd.
+    void normalize(const float* x, const std::vector<float>& weight, const std::vector<float>& bias, int64_t n_tokens,
+                   float* out) const;
     // x_ += residual_scale * xn_: a block's output (in xn_) joins the residual stream, RMS-normed
     // by post_norm first where the BlockSpec has post_norms.
     void add_residual(int64_t n_tokens, const std::vector<float>& post_norm);
-    void feed_forward(int layer, int64_t n_tokens);
+    void feed_forward(int layer, int64_t n_tokens, const float* input);
     // The FFN of a GPU layer, with the CPU's share of a sparse one.
     void gpu_feed_forward(int layer, int64_t n_tokens);
     // The active cold neurons of a GPU layer (is_hot: n_ff flags) from the scores and xn the
     // GPU left in up_ and xn_; their sum to xn_. False when none is active.
     bool cold_feed_forward(int layer, int64_t n_tokens, const uint8_t* is_hot);
-    void predict_active_neurons(const LayerWeights& l, int64_t n_tokens);
+    void predict_active_neurons(const LayerWeights& l, int64_t n_tokens, const float* input);
+    // The bias of the projection a PowerInfer FFN's ReLU reads (OPT's up bias), or null.
+    const float* relu_bias(const LayerWeights& l) const;
     // active_[t] = the neurons j with scores[t][j] >= threshold, skipping those with skip[j].
     void select_active_neurons(const float* scores, int64_t n_tokens, const uint8_t* skip);
 
@@ -110,6 +116,7 @@ private:
     // Scratch for a batch of up to batch_capacity_ tokens.
     int64_t batch_capacity_ = 0;
     std::vector<float> x_, xn_, q_, k_, v_, attn_out_, gate_, up_;
+    std::vector<float> layer_input_;  // BlockSpec::parallel_blocks: the FFN's input
     std::vector<float> attention_scratch_;  // per thread of the pool
     std::vector<float> rope_cos_, rope_sin_;  // per token of the batch, rope_dim / 2 each
     std::vector<double> rope_inv_freq_;       // base^(-2i / rope_dim), as the RoPE scaling changes it

@@ -29,4 +29,15 @@ struct Matrix {
     const void* row(int64_t i) const { return data + static_cast<size_t>(i) * stride; }
 };
 
+// Rows [first, first + count) of m as a matrix of their own over the same storage (the parts
+// of a fused tensor: Falcon's attn_qkv), before any interleaved copy exists.
+inline Matrix row_range(const Matrix& m, int64_t first, int64_t count, const std::string& name) {
+    Matrix part = m;
+    part.rows = count;
+    part.data = m.data + static_cast<size_t>(first) * m.stride;
+    part.interleaved = nullptr;
+    part.name = name;
+    return part;
+}
+
 }  // namespace si

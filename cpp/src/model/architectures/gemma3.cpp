@@ -37,20 +37,13 @@ void read_gemma3_config(const GgufFile& file, ModelConfig& config) {
     block.rope_layout = RopeLayout::halves;
     block.qk_norm = true;
     block.post_norms = true;
-    block.gate_activation = Activation::gelu_tanh;
+    block.ffn_activation = Activation::gelu_tanh;
     block.embedding_scale = std::sqrt(static_cast<float>(config.n_embd));
     const int64_t query_width = config.n_layer == kLayersOf27B ? config.n_embd / config.n_head : config.head_dim;
     block.attention_scale = 1.0f / std::sqrt(static_cast<float>(query_width));
 
-    auto positive = [&](const std::string& key, double fallback) {
-        const double value = file.get_float(key, fallback);
-        if (!(value > 0.0) || !std::isfinite(value)) {
-            throw FormatError(file.describe(key + " must be a positive number"));
-        }
-        return value;
-    };
     if (file.find("gemma3.final_logit_softcapping")) {
-        block.final_logit_softcap = static_cast<float>(positive("gemma3.final_logit_softcapping", 0.0));
+        block.final_logit_softcap = static_cast<float>(positive_number(file, "gemma3.final_logit_softcapping", {}));
     }
     config.sliding_window = file.get_int("gemma3.attention.sliding_window", 0);
     if (config.sliding_window < 0) {
@@ -63,7 +56,7 @@ void read_gemma3_config(const GgufFile& file, ModelConfig& config) {
     for (int64_t il = 0; il < config.n_layer; ++il) {
         config.sliding_layers[static_cast<size_t>(il)] = il % pattern < pattern - 1;
     }
-    config.local_rope_base = static_cast<float>(positive("gemma3.rope.freq_base_swa", kLocalRopeBase));
+    config.local_rope_base = static_cast<float>(positive_number(file, "gemma3.rope.freq_base_swa", kLocalRopeBase));
 }
 
 }  // namespace

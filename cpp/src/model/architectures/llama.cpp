@@ -33,15 +33,13 @@ void require_dense_file(const GgufFile& file) {
     if (!file.is_powerinfer()) return;
     throw UnsupportedError(file.describe("a PowerInfer file (magic PWRI) of architecture '" +
                                          file.get_string("general.architecture", "") +
-                                         "' is not supported: sparse files run for llama and bamboo"));
+                                         "' is not supported: sparse files run for llama, bamboo, falcon and opt"));
 }
 
 void bind_llama_weights(WeightSource& source, const ModelConfig& c, ModelWeights& w) {
     w.token_embd = source.weight("token_embd.weight", c.n_embd, c.n_vocab);
     w.output_norm = source.vector("output_norm.weight", c.n_embd);
-    // Models with tied embeddings (SmolLM2, ...) have no output.weight and reuse token_embd.
-    w.output = source.file().find_tensor("output.weight") ? source.weight("output.weight", c.n_embd, c.n_vocab)
-                                                          : w.token_embd;
+    w.output = output_or_tied(source, c, w.token_embd);  // SmolLM2's, Gemma's, ... are tied
     // Llama 3.x files carry RoPE frequency factors, one tensor every layer shares (llama.cpp's
     // LLM_TENSOR_ROPE_FREQS, optional, rope_dim / 2 values).
     w.rope_freq_factors = read_rope_freq_factors(source, "rope_freqs.weight", c.rope_dim / 2);
@@ -70,20 +68,27 @@ void bind_llama_weights(WeightSource& source, const ModelConfig& c, ModelWeights
         }
         l.ffn_gate = source.weight(b + "ffn_gate.weight", c.n_embd, c.n_ff);
         l.ffn_up = source.weight(b + "ffn_up.weight", c.n_embd, c.n_ff);
-        if (!c.has_predictors()) {
-            l.ffn_down = source.weight(b + "ffn_down.weight", c.n_ff, c.n_embd);
-            continue;
-        }
-        l.ffn_down_t = source.weight(b + "ffn_down_t.weight", c.n_embd, c.n_ff);
-        // The predictor's rank is whatever fc1 says, and may differ from layer to layer.
-        const GgufTensor* fc1 = source.file().find_tensor(b + "fc1.weight");
-        if (!fc1 || fc1->shape.size() != 2) {
-            throw FormatError(source.file().describe("tensor '" + b + "fc1.weight' is missing or not 2-D"));
-        }
-        const int64_t rank = fc1->shape[1];
-        l.fc1 = source.weight(b + "fc1.weight", c.n_embd, rank);
-        l.fc2 = source.weight(b + "fc2.weight", rank, c.n_ff);
+        bind_down_projection(source, c, b, l);
     }
+}
+
+void bind_down_projection(WeightSource& source, const ModelConfig& c, const std::string& b, LayerWeights& l) {
+    if (!c.has_predictors()) {
+        l.ffn_down = source.weight(b + "ffn_down.weight", c.n_ff, c.n_embd);
+        if (c.block.ffn_bias) l.ffn_down_b = source.vector(b + "ffn_down.bias", c.n_embd);
+        return;
+    }
+    l.ffn_down_t = source.weight(b + "ffn_down_t.weight", c.n_embd, c.n_ff);
+    // PowerInfer's converter keeps the bias's name with the transposed weight's (OPT).
+    if (c.block.ffn_bias) l.ffn_down_b = source.vector(b + "ffn_down_t.bias", c.n_embd);
+    // The predictor's rank is whatever fc1 says, and may differ from layer to layer.
+    const GgufTensor* fc1 = source.file().find_tensor(b + "fc1.weight");
+    if (!fc1 || fc1->shape.size() != 2) {
+        throw FormatError(source.file().describe("tensor '" + b + "fc1.weight' is missing or not 2-D"));
+    }
+    const int64_t rank = fc1->shape[1];
+    l.fc1 = source.weight(b + "fc1.weight", c.n_embd, rank);
+    l.fc2 = source.weight(b + "fc2.weight", rank, c.n_ff);
 }
 
 const Architecture kLlama = {"llama", read_llama_config, bind_llama_weights};

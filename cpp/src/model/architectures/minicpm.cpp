@@ -14,7 +14,6 @@
 #include <cmath>
 #include <string>
 
-#include "common/errors.h"
 #include "model/architectures/architectures.h"
 
 namespace si {
@@ -27,11 +26,7 @@ void read_minicpm_config(const GgufFile& file, ModelConfig& config) {
     require_dense_file(file);
     read_common_config(file, config);
     auto scale = [&](const std::string& key, double fallback) {
-        const double value = file.get_float("minicpm." + key, fallback);
-        if (!(value > 0.0) || !std::isfinite(value)) {
-            throw FormatError(file.describe("minicpm." + key + " must be a positive number"));
-        }
-        return static_cast<float>(value);
+        return static_cast<float>(positive_number(file, "minicpm." + key, fallback));
     };
     const double n_layer = static_cast<double>(config.n_layer), n_embd = static_cast<double>(config.n_embd);
     config.block.embedding_scale = scale("embedding_scale", kScaleEmb);

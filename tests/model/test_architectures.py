@@ -238,11 +238,11 @@ def test_prompt_in_chunks_equals_whole(tmp_path):
     ("missing q norm", dict(architecture="qwen3", skip_tensors=["blk.0.attn_q_norm.weight"]),
      errors.ModelFormatError, "tensor 'blk.0.attn_q_norm.weight' is missing"),
     ("bad scale", dict(architecture="minicpm", minicpm_scales=dict(residual_scale=-1.0)), errors.ModelFormatError,
-     "minicpm.residual_scale must be a positive number"),
+     "minicpm.residual_scale must be a finite number > 0"),
     ("value heads", dict(architecture="qwen3", head_dim=16, extra_kv={"qwen3.attention.value_length": 8}),
      errors.UnsupportedModelError, "attention.value_length 8 differs from key_length 16"),
     ("bad softcap", dict(architecture="gemma3", extra_kv={"gemma3.final_logit_softcapping": -3.0}),
-     errors.ModelFormatError, "gemma3.final_logit_softcapping must be a positive number"),
+     errors.ModelFormatError, "gemma3.final_logit_softcapping must be a finite number > 0"),
     ("no post norm", dict(architecture="gemma3", skip_tensors=["blk.0.post_ffw_norm.weight"]),
      errors.ModelFormatError, "tensor 'blk.0.post_ffw_norm.weight' is missing"),
 ])

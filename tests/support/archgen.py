@@ -68,7 +68,7 @@ def _orthogonal_to_rows(draw: RandomWeights, a: np.ndarray, std: float) -> np.nd
 
 
 def _predictor(draw: RandomWeights, raw: dict, p: str, *, kind: str, n_embd: int, n_ff: int, rank: int,
-               norm: str, pred_offset: float) -> None:
+               norm: str) -> None:
     """blk.N.fc1/fc2 and ffn_up into raw; for the exact predictor also the bias of the norm
     `norm` (whose weight is already in raw) in front of ffn_up (see the module docstring)."""
     if kind == "exact":
@@ -83,13 +83,12 @@ def _predictor(draw: RandomWeights, raw: dict, p: str, *, kind: str, n_embd: int
         raw[p + norm + ".bias"] = draw.vector(n_embd, 0.2)
         raw[p + "ffn_up.weight"] = draw.matrix(n_ff, n_embd, 1.0 / np.sqrt(n_embd))
         raw[p + "fc1.weight"] = draw.matrix(rank, n_embd, 1.0 / np.sqrt(n_embd))
-        fc2 = draw.matrix(n_ff, rank, 1.0 / np.sqrt(rank)) - np.float32(pred_offset / np.sqrt(rank))
-        raw[p + "fc2.weight"] = fc2.astype(np.float32)
+        raw[p + "fc2.weight"] = draw.matrix(n_ff, rank, 1.0 / np.sqrt(rank))
 
 
 def falcon_weights(*, n_vocab: int = 320, n_embd: int = 64, n_layer: int = 2, n_head: int = 4,
                    n_head_kv: int = 2, n_ff: int = 128, flavour: str = "gguf", predictor: str = "random",
-                   rank: int = 32, pred_offset: float = 0.0, attn_norm_2: bool = False,
+                   rank: int = 32, attn_norm_2: bool = False,
                    tie_embeddings: bool = False, logit_scale: float = 3.0, seed: int = 0) -> dict[str, np.ndarray]:
     """Float32 weights of a random falcon model (before any type round trip)."""
     _check(flavour, predictor, n_embd, n_head, n_head_kv)
@@ -108,8 +107,7 @@ def falcon_weights(*, n_vocab: int = 320, n_embd: int = 64, n_layer: int = 2, n_
             draw.matrix(kv_dim, n_embd, 1.0 / np.sqrt(n_embd))])
         raw[p + "attn_output.weight"] = draw.matrix(n_embd, n_embd, 0.7 / np.sqrt(n_embd))
         if flavour == "pwri":
-            _predictor(draw, raw, p, kind=predictor, n_embd=n_embd, n_ff=n_ff, rank=rank, norm="attn_norm",
-                       pred_offset=pred_offset)
+            _predictor(draw, raw, p, kind=predictor, n_embd=n_embd, n_ff=n_ff, rank=rank, norm="attn_norm")
             raw[p + "ffn_down_t.weight"] = draw.matrix(n_ff, n_embd, 1.5 / np.sqrt(n_ff))
         else:
             raw[p + "attn_norm.bias"] = draw.vector(n_embd, 0.2)
@@ -121,7 +119,7 @@ def falcon_weights(*, n_vocab: int = 320, n_embd: int = 64, n_layer: int = 2, n_
 
 def opt_weights(*, n_vocab: int = 320, n_embd: int = 64, n_layer: int = 2, n_head: int = 4, n_ff: int = 128,
                 n_ctx: int = 128, flavour: str = "gguf", predictor: str = "random", rank: int = 32,
-                pred_offset: float = 0.0, logit_scale: float = 3.0, seed: int = 0) -> dict[str, np.ndarray]:
+                logit_scale: float = 3.0, seed: int = 0) -> dict[str, np.ndarray]:
     """Float32 weights of a random opt model (before any type round trip); position_embd has
     n_ctx + 2 rows (OPT's learned positions start at row 2)."""
     _check(flavour, predictor, n_embd, n_head, n_head)
@@ -140,8 +138,7 @@ def opt_weights(*, n_vocab: int = 320, n_embd: int = 64, n_layer: int = 2, n_hea
         raw[p + "ffn_norm.weight"] = draw.norm(n_embd)
         down = "ffn_down_t" if flavour == "pwri" else "ffn_down"
         if flavour == "pwri":
-            _predictor(draw, raw, p, kind=predictor, n_embd=n_embd, n_ff=n_ff, rank=rank, norm="ffn_norm",
-                       pred_offset=pred_offset)
+            _predictor(draw, raw, p, kind=predictor, n_embd=n_embd, n_ff=n_ff, rank=rank, norm="ffn_norm")
         else:
             raw[p + "ffn_norm.bias"] = draw.vector(n_embd, 0.2)
             raw[p + "ffn_up.weight"] = draw.matrix(n_ff, n_embd, 1.0 / np.sqrt(n_embd))
@@ -182,23 +179,21 @@ def write_falcon_model(
     path: Union[str, os.PathLike], *, n_vocab: int = 320, n_embd: int = 64, n_layer: int = 2, n_head: int = 4,
     n_head_kv: int = 2, n_ff: int = 128, n_ctx: int = 128, rope_base: Optional[float] = None,
     ln_eps: float = 1e-5, weight_type: str = "F32", pred_type: Optional[str] = None, flavour: str = "gguf",
-    predictor: str = "random", rank: int = 32, pred_offset: float = 0.0, threshold: Optional[float] = None,
-    attn_norm_2: bool = False, tie_embeddings: bool = False, seed: int = 0, raw: Optional[dict] = None,
+    predictor: str = "random", rank: int = 32, threshold: Optional[float] = None,
+    attn_norm_2: bool = False, tie_embeddings: bool = False, seed: int = 0,
     skip_keys: Iterable[str] = (), skip_tensors: Iterable[str] = (), reshape_tensors: Optional[dict] = None,
 ) -> ModelWeights:
     """Writes a random tiny falcon model: flavour "gguf" (magic GGUF, upstream llama.cpp's
     dense GELU falcon) or "pwri" (magic PWRI, PowerInfer's sparse ReLU falcon).
 
     rope_base None leaves falcon.rope.freq_base out (llama.cpp's default 10000 applies).
-    threshold None leaves powerinfer.sparse_threshold out (PWRI only). `raw` reuses weights
-    from falcon_weights (the shape arguments must then match it). For broken-file tests:
+    threshold None leaves powerinfer.sparse_threshold out (PWRI only). For broken-file tests:
     skip_keys / skip_tensors are left out, reshape_tensors maps a name to a numpy shape
     (same element count) written instead.
     """
-    if raw is None:
-        raw = falcon_weights(n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv,
-                             n_ff=n_ff, flavour=flavour, predictor=predictor, rank=rank, pred_offset=pred_offset,
-                             attn_norm_2=attn_norm_2, tie_embeddings=tie_embeddings, seed=seed)
+    raw = falcon_weights(n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv,
+                         n_ff=n_ff, flavour=flavour, predictor=predictor, rank=rank, attn_norm_2=attn_norm_2,
+                         tie_embeddings=tie_embeddings, seed=seed)
     keys = _common_keys(n_ctx, n_embd, n_layer, n_ff, n_head)
     keys["attention.head_count_kv"] = n_head_kv
     keys["attention.layer_norm_epsilon"] = float(ln_eps)
@@ -215,16 +210,15 @@ def write_opt_model(
     path: Union[str, os.PathLike], *, n_vocab: int = 320, n_embd: int = 64, n_layer: int = 2, n_head: int = 4,
     n_ff: int = 128, n_ctx: int = 128, ln_eps: Optional[float] = None, weight_type: str = "F32",
     pred_type: Optional[str] = None, flavour: str = "gguf", predictor: str = "random", rank: int = 32,
-    pred_offset: float = 0.0, threshold: Optional[float] = None, seed: int = 0, raw: Optional[dict] = None,
+    threshold: Optional[float] = None, seed: int = 0,
     skip_keys: Iterable[str] = (), skip_tensors: Iterable[str] = (), reshape_tensors: Optional[dict] = None,
 ) -> ModelWeights:
     """Writes a random tiny opt model (flavour "gguf": dense, ffn_down; "pwri": PowerInfer's
     sparse file). ln_eps None leaves opt.attention.layer_norm_epsilon out, as PowerInfer's
     converter does (the engine's default 1e-5 applies); n_ctx is opt.context_length, and
     position_embd has n_ctx + 2 rows. Other arguments as write_falcon_model's."""
-    if raw is None:
-        raw = opt_weights(n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_ff=n_ff, n_ctx=n_ctx,
-                          flavour=flavour, predictor=predictor, rank=rank, pred_offset=pred_offset, seed=seed)
+    raw = opt_weights(n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_ff=n_ff, n_ctx=n_ctx,
+                      flavour=flavour, predictor=predictor, rank=rank, seed=seed)
     keys = _common_keys(n_ctx, n_embd, n_layer, n_ff, n_head)
     if ln_eps is not None:
         keys["attention.layer_norm_epsilon"] = float(ln_eps)
@@ -250,8 +244,8 @@ def _write(path, arch: str, keys: dict, raw: dict, *, flavour: str, weight_type:
     for t in (weight_type, pred_type):
         if t not in ggufgen.WEIGHT_TYPES + ggufgen.STORAGE_TYPES:
             raise ValueError(f"unknown weight type {t!r}")
-    if flavour == "gguf" and any(k.endswith("fc1.weight") for k in raw):
-        raise ValueError("predictor weights in a GGUF-flavour file: write it with flavour='pwri'")
+    if flavour == "gguf" and (threshold is not None or any(k.endswith("fc1.weight") for k in raw)):
+        raise ValueError("a threshold or predictor weights in a GGUF-flavour file: write it with flavour='pwri'")
     skip_keys, skip_tensors = set(skip_keys), set(skip_tensors)
     reshape_tensors = dict(reshape_tensors or {})
     n_vocab, n_embd = raw["token_embd.weight"].shape
@@ -287,9 +281,8 @@ def _write(path, arch: str, keys: dict, raw: dict, *, flavour: str, weight_type:
     w.hparams = dict(
         arch=arch, flavour=flavour, n_vocab=int(n_vocab), n_embd=int(n_embd), n_layer=n_layer,
         n_head=keys["attention.head_count"], n_ff=keys["feed_forward_length"], n_ctx=keys["context_length"],
-        weight_type=weight_type, pred_type=pred_type, tensor_types=types,
+        weight_type=weight_type, tensor_types=types,
         threshold=float(np.float32(0.0 if threshold is None else threshold)),
-        ranks=[raw[f"blk.{i}.fc1.weight"].shape[0] for i in range(n_layer) if f"blk.{i}.fc1.weight" in raw],
     )
     w.path = str(path)
     w.vocab = list(vocab)

@@ -53,12 +53,12 @@ FALCON_VARIANTS = {
 }
 
 
-def write(tmp_path, arch, flavour, name="m", **kw):
+def write(tmp_path, arch, flavour, **kw):
     """A file of the architecture and flavour; K-quant rows need 256 values, so those files
     are wider (and keep their predictors, whose fc2 rows are the rank long, in F16)."""
     if kw.get("weight_type", "F32").endswith("_K"):
         kw = dict(kw, n_embd=256, n_ff=256, pred_type="F16")
-    return WRITERS[arch](tmp_path / f"{name}-{arch}-{flavour}.gguf", flavour=flavour, **kw)
+    return WRITERS[arch](tmp_path / f"{arch}-{flavour}.gguf", flavour=flavour, **kw)
 
 
 def run_engine(path, tokens, *, sparse="auto", n_ctx=N_CTX):

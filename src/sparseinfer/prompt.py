@@ -8,6 +8,7 @@ Built-in templates (formats from the models' cards and published chat templates)
 - llama-2:  [INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST] {assistant} </s><s>[INST] ...
 - llama-3:  <|start_header_id|>{role}<|end_header_id|>\\n\\n{content}<|eot_id|> ...
 - zephyr:   <|{role}|>\\n{content}</s>\\n ... <|assistant|>\\n
+- gemma:    <start_of_turn>user\\n{system}\\n\\n{user}<end_of_turn>\\n<start_of_turn>model\\n ...
 
 A built-in template leaves the first BOS token to the tokenizer (Model.generate and
 Model.chat add it when the model's file asks for one). A model's own template
@@ -32,7 +33,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from .errors import TemplateError
 
-BUILTIN_TEMPLATES = ("minicpm", "chatml", "llama-2", "llama-3", "zephyr")
+BUILTIN_TEMPLATES = ("minicpm", "chatml", "llama-2", "llama-3", "zephyr", "gemma")
 _ALIASES = {"llama2": "llama-2", "llama3": "llama-3"}
 
 Message = Mapping[str, Any]
@@ -82,9 +83,9 @@ def format_prompt(
         text_or_messages: a str (one user message) or a list of {"role": "system" | "user"
             | "assistant", "content": str} dicts, oldest first.
         template: "auto" (the model's own tokenizer.chat_template; without one, "minicpm"
-            for MiniCPM files and "chatml" otherwise), "gguf" (the model's own template, which
-            must exist), a built-in name (minicpm, chatml, llama-2, llama-3, zephyr), or
-            Jinja2 source (rendered in the sandbox).
+            for MiniCPM files, "gemma" for Gemma files and "chatml" otherwise), "gguf" (the
+            model's own template, which must exist), a built-in name (minicpm, chatml, llama-2,
+            llama-3, zephyr, gemma), or Jinja2 source (rendered in the sandbox).
         model: a sparseinfer.Model, or a GGUF metadata dict (Model.metadata,
             read_gguf_info()["metadata"]); it supplies the template, the BOS/EOS texts and
             the family. Needed for "auto" and "gguf".
@@ -114,7 +115,7 @@ def resolve_template(template: str, model: Any = None) -> ChatTemplate:
                 f"template={template!r} needs a model whose GGUF file has a "
                 f"tokenizer.chat_template" + ("" if model is not None else "; pass model=...")
                 + f"; or name a built-in template: {', '.join(BUILTIN_TEMPLATES)}")
-        name = "minicpm" if _is_minicpm(metadata) else "chatml"
+        name = "minicpm" if _is_minicpm(metadata) else "gemma" if _is_gemma(metadata) else "chatml"
     if name in _BUILTINS:
         return _BUILTINS[name](bos or "<s>", eos or "</s>")
     if "{{" in template or "{%" in template:
@@ -155,6 +156,16 @@ def _is_minicpm(metadata: Mapping[str, Any]) -> bool:
             return True
     tokens = metadata.get("tokenizer.ggml.tokens")
     return isinstance(tokens, (list, tuple)) and "<用户>" in tokens
+
+
+def _is_gemma(metadata: Mapping[str, Any]) -> bool:
+    """Gemma files: the architecture says so (gemma, gemma2, gemma3, ...), or the vocabulary
+    has Gemma's turn token <start_of_turn>."""
+    architecture = metadata.get("general.architecture")
+    if isinstance(architecture, str) and architecture.lower().startswith("gemma"):
+        return True
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    return isinstance(tokens, (list, tuple)) and "<start_of_turn>" in tokens
 
 
 # ---- messages ---------------------------------------------------------------------------------
@@ -233,9 +244,25 @@ def _zephyr(bos: str, eos: str) -> ChatTemplate:
     return ChatTemplate("zephyr", (eos,), render)
 
 
+def _gemma(bos: str, eos: str) -> ChatTemplate:
+    def render(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        # As Gemma 3's published template: a leading system message goes, with a blank line,
+        # in front of the first turn's text; "assistant" is "model"; the text of every turn
+        # trimmed (llama.cpp's built-in gemma format writes the same).
+        prefix = ""
+        if messages and messages[0]["role"] == "system":
+            prefix, messages = messages[0]["content"] + "\n\n", messages[1:]
+        text = ""
+        for i, m in enumerate(messages):
+            role = "model" if m["role"] == "assistant" else m["role"]
+            text += f"<start_of_turn>{role}\n{prefix if i == 0 else ''}{m['content'].strip()}<end_of_turn>\n"
+        return text + ("<start_of_turn>model\n" if add_generation_prompt else "")
+    return ChatTemplate("gemma", ("<end_of_turn>", eos), render)
+
+
 _BUILTINS: dict[str, Callable[[str, str], ChatTemplate]] = {
     "minicpm": _minicpm, "chatml": _chatml, "llama-2": _llama2, "llama-3": _llama3,
-    "zephyr": _zephyr,
+    "zephyr": _zephyr, "gemma": _gemma,
 }
 
 

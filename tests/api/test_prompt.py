@@ -60,10 +60,15 @@ EXPECTED = {
               "<|assistant|>\nHi there</s>\n<|user|>\nWho are you</s>\n"
               "<|assistant|>\n   I am an assistant   </s>\n<|user|>\nAnother question</s>\n"
               "<|assistant|>\n",
+    "gemma": "<start_of_turn>user\nYou are a helpful assistant\n\nHello<end_of_turn>\n"
+             "<start_of_turn>model\nHi there<end_of_turn>\n<start_of_turn>user\nWho are you<end_of_turn>\n"
+             "<start_of_turn>model\nI am an assistant<end_of_turn>\n"
+             "<start_of_turn>user\nAnother question<end_of_turn>\n<start_of_turn>model\n",
 }
 
 # The models' own published chat templates (tokenizer_config.json of MiniCPM-2B-sft,
-# OpenHermes-2.5 (ChatML), Llama-2-7b-chat, Meta-Llama-3-8B-Instruct and zephyr-7b-beta).
+# OpenHermes-2.5 (ChatML), Llama-2-7b-chat, Meta-Llama-3-8B-Instruct, zephyr-7b-beta and
+# gemma-3-it, the last without its branch for image content, which text messages never take).
 PUBLISHED = {
     "minicpm": "{% for message in messages %}{% if message['role'] == 'user' %}{{'<用户>' + "
                "message['content'].strip() + '<AI>'}}{% else %}{{message['content'].strip()}}"
@@ -94,8 +99,21 @@ PUBLISHED = {
               "'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
               "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n"
               "{% endif %}\n{% endfor %}",
+    "gemma": "{{ bos_token }}\n{%- if messages[0]['role'] == 'system' -%}\n    {%- if messages[0]['content'] is "
+             "string -%}\n        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}\n    {%- else -%}\n"
+             "        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}\n    {%- endif -%}\n"
+             "    {%- set loop_messages = messages[1:] -%}\n{%- else -%}\n    {%- set first_user_prefix = \"\" -%}\n"
+             "    {%- set loop_messages = messages -%}\n{%- endif -%}\n{%- for message in loop_messages -%}\n"
+             "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n        {{ raise_exception("
+             "\"Conversation roles must alternate user/assistant/user/assistant/...\") }}\n    {%- endif -%}\n"
+             "    {%- if (message['role'] == 'assistant') -%}\n        {%- set role = \"model\" -%}\n    {%- else -%}\n"
+             "        {%- set role = message['role'] -%}\n    {%- endif -%}\n    {{ '<start_of_turn>' + role + '\n' + "
+             "(first_user_prefix if loop.first else \"\") }}\n    {%- if message['content'] is string -%}\n"
+             "        {{ message['content'] | trim }}\n    {%- else -%}\n        {{ raise_exception(\"Invalid content "
+             "type\") }}\n    {%- endif -%}\n    {{ '<end_of_turn>\n' }}\n{%- endfor -%}\n{%- if add_generation_prompt "
+             "-%}\n    {{'<start_of_turn>model\n'}}\n{%- endif -%}\n",
 }
-BOS = {"llama-3": "<|begin_of_text|>"}
+BOS = {"llama-3": "<|begin_of_text|>", "gemma": "<bos>"}
 
 
 def plain_render(source: str, messages, *, bos="<s>", eos="</s>", add_generation_prompt=True):
@@ -151,7 +169,7 @@ def test_a_string_is_one_user_message_and_aliases_work():
     assert si.format_prompt("Hi", "LLAMA3") == si.format_prompt("Hi", "llama-3")
 
 
-def test_auto_picks_the_files_template_then_minicpm_then_chatml():
+def test_auto_picks_the_files_template_then_minicpm_or_gemma_then_chatml():
     gguf_template = "{% for m in messages %}[{{ m['role'] }}:{{ m['content'] }}]{% endfor %}"
     assert si.format_prompt("Hi", model={"tokenizer.chat_template": gguf_template,
                                          "general.name": "MiniCPM"}) == "[user:Hi]"
@@ -159,6 +177,10 @@ def test_auto_picks_the_files_template_then_minicpm_then_chatml():
                     {"tokenizer.ggml.tokens": ["<unk>", "<s>", "</s>", "<用户>", "<AI>"]}):
         assert si.format_prompt("Hi", model=minicpm) == "<用户>Hi<AI>"
         assert resolve_template("auto", minicpm).end_of_turn == ("<用户>", "</s>")
+    for gemma in ({"general.architecture": "gemma3"},
+                  {"tokenizer.ggml.tokens": ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"]}):
+        assert si.format_prompt("Hi", model=gemma) == "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+        assert resolve_template("auto", gemma).end_of_turn[0] == "<end_of_turn>"
     assert si.format_prompt("Hi", model={"general.name": "llama"}) == \
         "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     with pytest.raises(TemplateError, match="model"):

@@ -194,6 +194,20 @@ void bind_model(py::module_& m) {
              })
         .def_property_readonly("neuron_count_tokens", &Session::neuron_count_tokens)
         .def("reset_neuron_counts", &Session::reset_neuron_counts)
+        // The predictor against the neurons that fire (sparseinfer's quality reports).
+        .def("set_predictor_audit", &Session::set_predictor_audit, py::arg("on"))
+        .def_property_readonly("predictor_auditing", &Session::predictor_auditing)
+        .def("predictor_audit",
+             [](const Session& self) {
+                 const std::vector<std::array<int64_t, 3>> audit = self.predictor_audit();
+                 py::array_t<int64_t> out({self.model().n_layer(), int64_t{3}});
+                 std::fill(out.mutable_data(), out.mutable_data() + out.size(), 0);
+                 for (size_t il = 0; il < audit.size(); ++il) {
+                     std::memcpy(out.mutable_data(static_cast<py::ssize_t>(il)), audit[il].data(), 3 * sizeof(int64_t));
+                 }
+                 return out;
+             })
+        .def("reset_predictor_audit", &Session::reset_predictor_audit)
         .def_property_readonly("n_ctx", &Session::n_ctx)
         .def_property_readonly("n_past", &Session::n_past)
         .def("eval",

@@ -96,6 +96,16 @@ class Session:
         """int64 (n_layer, n_ff): per neuron, the tokens for which its activation was nonzero
         (on the sparse path: predicted active and nonzero)."""
     def reset_neuron_counts(self) -> None: ...
+    # The predictor against the neurons that fire (quality reports): PowerInfer files, dense
+    # sessions, off by default.
+    predictor_auditing: bool
+    def set_predictor_audit(self, on: bool) -> None:
+        """Raises UnsupportedModelError for a file without predictors, ValueError for a sparse
+        session (which never computes the neurons it leaves out)."""
+    def predictor_audit(self) -> np.ndarray:
+        """int64 (n_layer, 3): per layer, the neurons predicted active, those that fired
+        (activation nonzero) and both, summed over the tokens since the last reset."""
+    def reset_predictor_audit(self) -> None: ...
     def logits(self) -> np.ndarray:
         """float32 copy of the last eval's logits: (len(tokens), n_vocab) if all_logits else (1, n_vocab)."""
     def sample(self, sampler: "Sampler") -> int:

@@ -19,6 +19,7 @@
 // Failures throw sparseinfer::Error subclasses (errors.h) with a message naming the cause.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -329,6 +330,18 @@ public:
     const std::vector<int64_t>& neuron_counts() const;
     int64_t neuron_count_tokens() const;  // tokens counted since the last reset
     void reset_neuron_counts();
+
+    // The predictor against the neurons that fire, for quality reports: off by default. While
+    // on, each evaluated token also runs every layer's predictor and counts the neurons it
+    // predicts active, those whose computed activation is nonzero, and both. A dense session
+    // (sparse=false: ArgumentError otherwise) of a PowerInfer file (UnsupportedError otherwise),
+    // on the CPU only.
+    void set_predictor_audit(bool on);
+    bool predictor_auditing() const;
+    // Per layer {predicted, fired, predicted_and_fired}, summed since the last reset (empty
+    // until the audit was first turned on).
+    std::vector<std::array<int64_t, 3>> predictor_audit() const;
+    void reset_predictor_audit();
 
     const Model& model() const { return *model_; }
 

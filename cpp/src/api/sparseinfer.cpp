@@ -303,6 +303,16 @@ bool Session::neuron_counting() const { return impl_->engine.neuron_counting(); 
 const std::vector<int64_t>& Session::neuron_counts() const { return impl_->engine.neuron_counts(); }
 int64_t Session::neuron_count_tokens() const { return impl_->engine.neuron_count_tokens(); }
 void Session::reset_neuron_counts() { impl_->engine.reset_neuron_counts(); }
+void Session::set_predictor_audit(bool on) { impl_->engine.set_predictor_audit(on); }
+bool Session::predictor_auditing() const { return impl_->engine.predictor_auditing(); }
+std::vector<std::array<int64_t, 3>> Session::predictor_audit() const {
+    std::vector<std::array<int64_t, 3>> out;
+    for (const si::Session::PredictorAudit& a : impl_->engine.predictor_audit()) {
+        out.push_back({a.predicted, a.fired, a.predicted_and_fired});
+    }
+    return out;
+}
+void Session::reset_predictor_audit() { impl_->engine.reset_predictor_audit(); }
 
 // ---- generation ---------------------------------------------------------------------------
 

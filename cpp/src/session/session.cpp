@@ -164,9 +164,9 @@ void Session::eval(const std::vector<int32_t>& tokens, bool all_logits) {
                                 std::to_string(c.n_vocab - 1) + ")");
         }
     }
-    if (gpu_ && count_neurons_) {
-        throw UnsupportedError("neuron counting runs on the CPU only in this version: use a "
-                               "session with device='cpu' to profile");
+    if (gpu_ && (count_neurons_ || audit_predictor_)) {
+        throw UnsupportedError(std::string(count_neurons_ ? "neuron counting" : "the predictor audit") +
+                               " runs on the CPU only in this version: use a session with device='cpu'");
     }
     throw_if_cancelled();
     const int64_t n_past_before = n_past_;
@@ -382,16 +382,20 @@ void Session::feed_forward(int layer, int64_t n, const float* input) {
         layer_active_[static_cast<size_t>(layer)] += hidden;
     }
     if (count_neurons_) count_fired_neurons(layer, n);
+    if (audit_predictor_) audit_predictor(layer, n, input);
     add_residual(n, l.ffn_post_norm);
 }
 
 void Session::predict_active_neurons(const LayerWeights& l, int64_t n, const float* input) {
-    // score = fc2 relu(fc1 x); up_ is free until gate/up run, so the scores land there.
+    predictor_scores(l, n, input, up_.data());  // up_ is free until gate and up run
+    select_active_neurons(up_.data(), n, nullptr);
+}
+
+void Session::predictor_scores(const LayerWeights& l, int64_t n, const float* input, float* scores) {
     const int64_t rank = l.fc1.rows;
     matmul({{&l.fc1, predictor_hidden_.data()}}, input, n);
     for (int64_t i = 0; i < n * rank; ++i) predictor_hidden_[i] = std::max(predictor_hidden_[i], 0.0f);
-    matmul({{&l.fc2, up_.data()}}, predictor_hidden_.data(), n);
-    select_active_neurons(up_.data(), n, nullptr);
+    matmul({{&l.fc2, scores}}, predictor_hidden_.data(), n);
 }
 
 void Session::select_active_neurons(const float* scores, int64_t n, const uint8_t* skip) {
@@ -515,6 +519,50 @@ void Session::set_neuron_counting(bool on) {
 void Session::reset_neuron_counts() {
     std::fill(neuron_counts_.begin(), neuron_counts_.end(), 0);
     neuron_count_tokens_ = 0;
+}
+
+void Session::set_predictor_audit(bool on) {
+    if (on && !model_->config().has_predictors()) {
+        throw UnsupportedError(model_->file().describe(
+            "the predictor audit needs a PowerInfer file with activation predictors (magic PWRI)"));
+    }
+    if (on && sparse_) {
+        throw ArgumentError("the predictor audit needs a dense session (sparse=False): a sparse one never "
+                            "computes the neurons its predictor leaves out, so it cannot see which of them fire");
+    }
+    if (on && predictor_audit_.empty()) {
+        predictor_audit_.assign(static_cast<size_t>(model_->config().n_layer), PredictorAudit{});
+    }
+    audit_predictor_ = on;
+}
+
+void Session::reset_predictor_audit() {
+    std::fill(predictor_audit_.begin(), predictor_audit_.end(), PredictorAudit{});
+}
+
+void Session::audit_predictor(int layer, int64_t n, const float* input) {
+    // input is still the FFN's input (x_ before add_residual, or the kept layer input), and
+    // gate_ holds each token's h; the predictor's scores go to a buffer of their own.
+    const ModelConfig& c = model_->config();
+    const LayerWeights& l = model_->layers()[static_cast<size_t>(layer)];
+    audit_scores_.resize(static_cast<size_t>(n * c.n_ff));
+    predictor_scores(l, n, input, audit_scores_.data());
+    if (layer == 0) batch_predictor_audit_.assign(static_cast<size_t>(c.n_layer), {});
+    PredictorAudit& counts = batch_predictor_audit_[static_cast<size_t>(layer)];
+    for (int64_t i = 0; i < n * c.n_ff; ++i) {
+        const bool predicted = audit_scores_[static_cast<size_t>(i)] >= c.sparse_threshold;
+        const bool fired = gate_[static_cast<size_t>(i)] != 0.0f;
+        counts.predicted += predicted;
+        counts.fired += fired;
+        counts.predicted_and_fired += predicted && fired;
+    }
+    if (layer == c.n_layer - 1) {  // the batch went through every layer: commit it
+        for (size_t il = 0; il < predictor_audit_.size(); ++il) {
+            predictor_audit_[il].predicted += batch_predictor_audit_[il].predicted;
+            predictor_audit_[il].fired += batch_predictor_audit_[il].fired;
+            predictor_audit_[il].predicted_and_fired += batch_predictor_audit_[il].predicted_and_fired;
+        }
+    }
 }
 
 void Session::count_fired_neurons(int layer, int64_t n) {

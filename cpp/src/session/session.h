@@ -90,6 +90,8 @@ private:
     // GPU left in up_ and xn_; their sum to xn_. False when none is active.
     bool cold_feed_forward(int layer, int64_t n_tokens, const uint8_t* is_hot);
     void predict_active_neurons(const LayerWeights& l, int64_t n_tokens, const float* input);
+    // The predictor's scores fc2 relu(fc1 input) for n_tokens rows, n_ff each.
+    void predictor_scores(const LayerWeights& l, int64_t n_tokens, const float* input, float* scores);
     // The bias of the projection a PowerInfer FFN's ReLU reads (OPT's up bias), or null.
     const float* relu_bias(const LayerWeights& l) const;
     // active_[t] = the neurons j with scores[t][j] >= threshold, skipping those with skip[j].
@@ -171,6 +173,32 @@ private:
     bool count_neurons_ = false;
     std::vector<int64_t> neuron_counts_, batch_neuron_counts_;
     int64_t neuron_count_tokens_ = 0;
+
+    // ---- The predictor against the neurons that fire, for quality reports ----
+public:
+    struct PredictorAudit {
+        int64_t predicted = 0;            // neurons the predictor marks active (score >= threshold)
+        int64_t fired = 0;                // neurons whose computed activation is nonzero
+        int64_t predicted_and_fired = 0;  // both: recall = this / fired, precision = this / predicted
+    };
+    // Off by default. While on, every evaluated token also runs each layer's predictor and
+    // counts, per layer, the neurons it predicts against those that fire (as counted for
+    // set_neuron_counting), summed over tokens. It needs every neuron computed: a dense session
+    // (ArgumentError for a sparse one) of a PowerInfer file (UnsupportedError for another) on
+    // the CPU (a GPU session's eval throws UnsupportedError while it is on). A batch is
+    // committed once its last layer ran, as the neuron counts are. Turning it off keeps the
+    // counts.
+    void set_predictor_audit(bool on);
+    bool predictor_auditing() const { return audit_predictor_; }
+    const std::vector<PredictorAudit>& predictor_audit() const { return predictor_audit_; }  // per layer
+    void reset_predictor_audit();
+
+private:
+    // After a dense PowerInfer FFN: its predictor's scores for the same input against h in gate_.
+    void audit_predictor(int layer, int64_t n_tokens, const float* input);
+    bool audit_predictor_ = false;
+    std::vector<PredictorAudit> predictor_audit_, batch_predictor_audit_;
+    std::vector<float> audit_scores_;
 };
 
 }  // namespace si

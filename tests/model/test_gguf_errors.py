@@ -436,7 +436,7 @@ def test_nested_arrays_valid(tmp_path):
 
 
 @pytest.mark.parametrize("arch, message", [
-    ("gpt-17", "architecture 'gpt-17' is not supported (supported: llama, bamboo, minicpm, qwen2, qwen3, gemma3)"),
+    ("gpt-17", "architecture 'gpt-17' is not supported (supported: llama, bamboo, minicpm, qwen2, qwen3, gemma3, falcon, opt)"),
     ("bamboo", "architecture 'bamboo' runs from PowerInfer files (magic PWRI) only, and this file is not one"),
 ])
 def test_an_architecture_the_engine_cannot_run_is_named(tmp_path, arch, message):

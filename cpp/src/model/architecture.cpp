@@ -128,13 +128,10 @@ void read_common_config(const GgufFile& f, ModelConfig& c) {
                                      " does not fit head size " + std::to_string(c.head_dim)));
     }
     c.rope_base = static_cast<float>(f.get_float(p + "rope.freq_base", 10000.0));
-    c.norm_eps = static_cast<float>(f.get_float(p + "attention.layer_norm_norm_epsilon", 1e-5));
     if (!(c.rope_base > 0.0f) || !std::isfinite(c.rope_base)) {
         throw FormatError(f.describe("rope.freq_base must be a positive number"));
     }
-    if (!(c.norm_eps > 0.0f) || !std::isfinite(c.norm_eps)) {
-        throw FormatError(f.describe("attention.layer_norm_norm_epsilon must be a positive number"));
-    }
+    c.norm_eps = static_cast<float>(positive_number(f, p + "attention.layer_norm_rms_epsilon", 1e-5));
     c.rope_scaling = read_rope_scaling(f, p, c.n_ctx_train);
     // Biases on Q, K and V where the file has them (Qwen2's; llama.cpp reads them wherever present).
     c.block.qkv_bias = f.find_tensor("blk.0.attn_q.bias") != nullptr;

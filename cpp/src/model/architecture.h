@@ -46,7 +46,8 @@ const Architecture& find_architecture(const GgufFile& file);
 // embedding_length, block_count, attention.head_count(_kv), attention.key_length /
 // value_length, feed_forward_length, context_length, rope.dimension_count, rope.freq_base,
 // rope.scaling.* (linear and YaRN; UnsupportedError for another type),
-// attention.layer_norm_norm_epsilon; n_vocab from token_embd.weight.
+// attention.layer_norm_rms_epsilon (an architecture with LayerNorms reads its own epsilon after);
+// n_vocab from token_embd.weight.
 void read_common_config(const GgufFile& file, ModelConfig& config);
 
 // The metadata value `key` as a finite number > 0 (FormatError naming the key otherwise); when

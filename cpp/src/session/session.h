@@ -77,6 +77,8 @@ private:
     // itself or, for parallel blocks, the layer's input kept before attention (dense, or
     // PowerInfer's dense or sparse path).
     void cpu_attention(int layer, int64_t n_tokens);
+    // values[i] = act(values[i]) (times factor[i] where given), a batch's on the pool's threads.
+    void activate_on_pool(Activation act, float* values, const float* factor, int64_t n);
     // The BlockSpec's norm (RMS, or LayerNorm with its bias) of n_tokens rows of n_embd.
     void normalize(const float* x, const std::vector<float>& weight, const std::vector<float>& bias, int64_t n_tokens,
                    float* out) const;

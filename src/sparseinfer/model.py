@@ -8,7 +8,7 @@ import threading
 import time
 import warnings
 import weakref
-from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from . import _sequence as _seq
 from . import fetch as _fetch
 from . import placement as _placement
 from . import prompt as _prompt
+from . import quality as _quality
 from .errors import CancelledError, ContextLengthWarning, ContextOverflowError, UnsupportedModelError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -62,6 +63,88 @@ class _Inference:
             out = session.logits()
         stats.prompt_seconds = time.perf_counter() - started
         return out
+
+    def perplexity(self, text: str, n_ctx: int = 512, *, n_batch: int = 512, max_windows: Optional[int] = None,
+                   progress: Optional[Callable[[int, int], None]] = None) -> _quality.PerplexityResult:
+        """Perplexity of the model on `text`, as llama.cpp's llama-perplexity computes it.
+
+        >>> r = model.perplexity(open("wiki.test.raw").read(), n_ctx=512)
+        >>> print(f"{r.perplexity:.4f} +/- {r.standard_error:.5f}")
+
+        The text's tokens (BOS first where the file adds one) are cut into windows of n_ctx
+        tokens (a partial last one is dropped; max_windows takes the first ones only), each a
+        fresh sequence starting with BOS; the second half of each window is scored, each
+        token given every one before it in the window. The model runs as it was opened
+        (sparse or dense, predictor_q8, sparse_threshold). n_batch tokens are evaluated per
+        call (it bounds the logits held at once, n_batch x n_vocab floats, and changes no
+        result); progress(windows_done, n_windows) is called after each window.
+        Returns a sparseinfer.quality.PerplexityResult (perplexity, standard_error,
+        n_tokens, window_perplexities, tokens_per_second, ...). ValueError for an empty
+        text or one shorter than a window; ContextOverflowError when n_ctx exceeds this
+        context window.
+        """
+        return _quality.perplexity(self._sequence(), self._loaded(), text, n_ctx=n_ctx, n_batch=n_batch,
+                                   max_windows=max_windows, progress=progress)
+
+    def kl_divergence(self, text: str, base: Union[str, "_Inference"] = "dense", *, n_ctx: int = 512,
+                      n_batch: int = 512, max_windows: Optional[int] = None,
+                      progress: Optional[Callable[[int, int], None]] = None) -> _quality.KLDivergenceResult:
+        """How far this model's next-token distributions are from a base's on `text`: the
+        windows and scored tokens of perplexity(), KL(base || this) at each scored token.
+
+        >>> sparse = si.Model("model.powerinfer.gguf")
+        >>> r = sparse.kl_divergence(text)                  # against every neuron computed
+        >>> r.mean_kl, r.kl_percentile(99), r.top1_agreement, r.predictor.recall
+        >>> r = si.Model("q4_k.gguf").kl_divergence(text, base=si.Model("f16.gguf"))
+
+        base: "dense", this PowerInfer model computing every neuron of its FFN (a dense
+        session over the same weights, with the same predictor and threshold), which also
+        counts the predictor's decisions against the neurons that fire (result.predictor:
+        recall and precision per layer); or another Model or Session of the same model (the
+        same vocabulary; ValueError otherwise), run as it was opened. Returns a
+        sparseinfer.quality.KLDivergenceResult: per-token KL, its mean, percentiles and
+        maximum, top-1 agreement, and both perplexities. Other arguments as in perplexity().
+        """
+        seq, model = self._sequence(), self._loaded()
+        if isinstance(base, _Inference):
+            base_seq = base._sequence()
+            if base_seq is seq:
+                raise ValueError("base is this same context window: open another Model or a session")
+            return _quality.kl_divergence(seq, model, base_seq, base._loaded(), text, n_ctx=n_ctx,
+                                          n_batch=n_batch, max_windows=max_windows, progress=progress,
+                                          audit=False)
+        if not (isinstance(base, str) and base == "dense"):
+            raise ValueError(f"base must be 'dense', a Model or a Session, got {base!r}")
+        if not model._native.is_powerinfer:
+            raise UnsupportedModelError(
+                f"{model.path}: base='dense' compares a PowerInfer file's sparse run with its dense one, and "
+                f"this file has no predictors; compare it with another file of the model instead")
+        if not seq.sparse:
+            raise ValueError(f"base='dense' compares the sparse run with the dense one, and {seq.owner} runs "
+                             f"dense (sparse=False)")
+        n_ctx = _args.require_int("n_ctx", n_ctx, minimum=3)
+        dense = model._open_sequence(n_ctx, seq.n_threads, f"the dense run of {model.path}", sparse=False)
+        try:
+            return _quality.kl_divergence(seq, model, dense, model, text, n_ctx=n_ctx, n_batch=n_batch,
+                                          max_windows=max_windows, progress=progress, audit=True)
+        finally:
+            dense.close()
+
+    def score(self, context: str, continuations: Sequence[str]) -> list[_quality.Score]:
+        """The log-likelihood of each continuation of `context`, for multiple-choice tasks.
+
+        >>> a, b = model.score("The capital of France is", [" Paris", " Rome"])
+        >>> a.logprob > b.logprob
+
+        Each continuation's tokens are those of context + continuation after the tokens it
+        shares with the context alone (BOS first where the file adds one); each is scored
+        given all before it. The context is evaluated once and stays in the KV cache for
+        every continuation (a later call with the same context reuses it too); the numbers
+        are the same as scoring each continuation alone. Returns one
+        sparseinfer.quality.Score per continuation: logprob (summed, natural log),
+        mean_logprob (per token), n_tokens, tokens, is_greedy.
+        """
+        return _quality.score(self._sequence(), self._loaded(), context, continuations)
 
     def generate(
         self,
@@ -450,11 +533,13 @@ class Model(_Inference):
                           f"trained for: text past them may lose coherence", ContextLengthWarning,
                           stacklevel=_stack_level_outside_package())
 
-    def _open_sequence(self, n_ctx: int, n_threads: int, owner: str) -> _seq.Sequence:
+    def _open_sequence(self, n_ctx: int, n_threads: int, owner: str, *,
+                       sparse: Optional[bool] = None) -> _seq.Sequence:
         with self._sessions_lock:
             self._check_open()
-            seq = _seq.Sequence(self._native, n_ctx=n_ctx, n_threads=n_threads, sparse=self._sparse,
-                            owner=owner, device=self._device_model)
+            seq = _seq.Sequence(self._native, n_ctx=n_ctx, n_threads=n_threads,
+                                sparse=self._sparse if sparse is None else sparse, owner=owner,
+                                device=self._device_model)
             self._sessions.add(seq)
             return seq
 

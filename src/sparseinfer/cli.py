@@ -1,4 +1,4 @@
-"""Command line: `python -m sparseinfer generate | chat | fetch | profile | info ...`.
+"""Command line: `python -m sparseinfer generate | chat | perplexity | choose | fetch | profile | info ...`.
 
 The generate flags follow PowerInfer's (llama.cpp's) `main` program where they fit.
 """
@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import math
+import os
 import sys
+import time
 import warnings
 from typing import Any, Optional, Sequence, TextIO
 
 from . import _core
 from ._cuda import cuda_info
 from .errors import ContextOverflowError, SparseInferError
-from .fetch import SOURCES, fetch_model
+from .fetch import SOURCES, fetch_model, is_model_reference
 from .model import Model
 from .profile import (ProfileError, StaleProfileError, default_profile_path, load_profile,
                       powerinfer_activation_dir, profile_model)
 from .prompt import resolve_template
+from .quality import KLDivergenceResult, PerplexityResult, evaluate_choices, read_choices
 
 _PROGRAM = "sparseinfer"
 
@@ -94,6 +98,40 @@ def _parser() -> argparse.ArgumentParser:
                       help="never drop earlier turns: a message that does not fit the context is "
                            "refused (by default the oldest turns go, the system message stays)")
 
+    perplexity = commands.add_parser(
+        "perplexity", help="perplexity of a model on a text, or its KL divergence from a base run",
+        description="Perplexity of a model on a UTF-8 text as llama.cpp's llama-perplexity computes it: "
+                    "windows of -c tokens, each a fresh sequence starting with BOS, the second half of "
+                    "each scored. With --kl-base, also the KL divergence of the model's next-token "
+                    "distributions from a base run on the same windows.")
+    perplexity.set_defaults(run=_perplexity)
+    _add_model_arguments(perplexity, n_ctx=512, n_ctx_help="window length in tokens (default: %(default)s)")
+    perplexity.add_argument("-f", "--file", required=True, metavar="TEXT", help="the text (a UTF-8 file)")
+    perplexity.add_argument("-b", "--batch-size", type=int, default=512, metavar="N",
+                            help="tokens per evaluation call; bounds the logits held at once and changes no "
+                                 "result (default: %(default)s)")
+    perplexity.add_argument("--chunks", type=int, default=None, metavar="N",
+                            help="score the first N windows only (default: every whole window)")
+    perplexity.add_argument("--kl-base", default=None, metavar="BASE",
+                            help="'dense': compare a PowerInfer file's sparse run with the same file computing "
+                                 "every neuron (also reports the predictor's recall and precision per layer); "
+                                 "or another GGUF file of the same model (e.g. F16 against a K-quant), run "
+                                 "with its defaults")
+    perplexity.add_argument("--json", action="store_true", help="print the results as one JSON object")
+
+    choose = commands.add_parser(
+        "choose", help="multiple-choice accuracy: pick each item's most likely option",
+        description="Score each option of multiple-choice items by its log-likelihood after the context "
+                    "and report accuracies: acc (highest summed log-likelihood), acc_norm (highest per "
+                    "character of the option, lm-eval-harness's acc_norm) and acc_per_token (highest mean "
+                    "per token). FILE holds one JSON object per line: "
+                    "{\"context\": str, \"options\": [str, ...], \"answer\": index}.")
+    choose.set_defaults(run=_choose)
+    _add_model_arguments(choose)
+    choose.add_argument("-f", "--file", required=True, metavar="FILE", help="the items, JSON lines (UTF-8)")
+    choose.add_argument("--json", action="store_true",
+                        help="print the results as one JSON object (with each item's pick)")
+
     fetch = commands.add_parser(
         "fetch", help="download a model file into the local cache and print its path",
         description="Download a model file from Hugging Face (or ModelScope) into the local "
@@ -139,15 +177,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_model_arguments(parser: argparse.ArgumentParser, *, n_ctx: Optional[int] = None,
+                         n_ctx_help: str = "context window in tokens (default: the length the model was "
+                                           "trained for, at most 4096)") -> None:
     parser.add_argument("-m", "--model", required=True,
                         help="GGUF model file, or a repository id (org/name) or short name "
                              "(minicpm-s-1b) to fetch")
     parser.add_argument("-t", "--threads", type=int, default=None, metavar="N",
                         help="CPU threads (default: the physical cores, at most 16)")
-    parser.add_argument("-c", "--ctx-size", type=int, default=None, metavar="N",
-                        help="context window in tokens (default: the length the model was trained for, "
-                             "at most 4096)")
+    parser.add_argument("-c", "--ctx-size", type=int, default=n_ctx, metavar="N", help=n_ctx_help)
     parser.add_argument("--sparse", choices=["auto", "on", "off"], default="auto",
                         help="sparse FFN: auto (when the file has predictors), on, or off "
                              "(default: %(default)s)")
@@ -391,6 +429,165 @@ def _read_message(interactive: bool) -> Optional[str]:
             continue
         lines.append(line)
         return "\n".join(lines)
+
+
+# ---- perplexity -----------------------------------------------------------------------------
+
+class _Progress:
+    """A progress line redrawn in place on a terminal (nothing when stderr is a file or a
+    pipe, whose readers want the results only): done/total, elapsed time and what is left."""
+
+    def __init__(self, what: str, stream: TextIO) -> None:
+        self.what, self.stream = what, stream
+        self.active = stream.isatty()
+        self.started = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.active:
+            return
+        elapsed = time.perf_counter() - self.started
+        left = elapsed / done * (total - done)
+        width = 24
+        bar = "#" * (width * done // total) + "." * (width - width * done // total)
+        self.stream.write(f"\r{self.what} [{bar}] {done}/{total}, {elapsed:.0f} s, {left:.0f} s left ")
+        if done == total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _perplexity(args: argparse.Namespace) -> None:
+    if args.ctx_size < 3:
+        raise ValueError(f"-c/--ctx-size must be at least 3 (context, a scored token and the last), "
+                         f"got {args.ctx_size}")
+    if args.batch_size < 1:
+        raise ValueError(f"-b/--batch-size must be at least 1, got {args.batch_size}")
+    if args.chunks is not None and args.chunks < 1:
+        raise ValueError(f"--chunks must be at least 1, got {args.chunks}")
+    kl_base = args.kl_base
+    if kl_base not in (None, "dense") and not os.path.exists(kl_base) and not is_model_reference(kl_base):
+        raise ValueError(f"--kl-base must be 'dense', a GGUF file or a repository to fetch; {kl_base!r} is "
+                         f"none of them")
+    text = _read_text_file(args.file)
+    options = {"n_ctx": args.ctx_size, "n_batch": args.batch_size, "max_windows": args.chunks}
+    out = _utf8(sys.stdout)
+    with _open_model(args) as model:
+        if kl_base is None:
+            result = model.perplexity(text, progress=_Progress("windows", sys.stderr), **options)
+            _print_perplexity(out, args, model, result)
+            return
+        if kl_base == "dense":
+            kl = model.kl_divergence(text, "dense", progress=_Progress("windows", sys.stderr), **options)
+            _print_kl(out, args, model, kl, "dense")
+            return
+        with Model(kl_base, n_ctx=args.ctx_size, n_threads=args.threads, device=args.device) as base:
+            kl = model.kl_divergence(text, base, progress=_Progress("windows", sys.stderr), **options)
+            _print_kl(out, args, model, kl, base.path)
+
+
+def _run_description(model: Model, *, active: bool = True) -> dict[str, Any]:
+    """How the model ran: what the sparse options chose, and with `active`, the share of FFN
+    neurons its last call computed."""
+    described: dict[str, Any] = {"model": model.path, "sparse": model.is_sparse}
+    if model.sparse_threshold is not None:
+        described["sparse_threshold"] = model.sparse_threshold
+        described["predictor_q8_layers"] = sum(model.predictor_q8_layers)
+    if model.is_sparse and active:
+        described["active_fraction"] = model.stats()["active_fraction"]
+    return described
+
+
+def _perplexity_fields(r: PerplexityResult) -> dict[str, Any]:
+    return {"perplexity": r.perplexity, "standard_error": r.standard_error, "mean_nll": r.mean_nll,
+            "n_tokens": r.n_tokens, "n_windows": r.n_windows, "n_ctx": r.n_ctx,
+            "window_perplexities": list(r.window_perplexities), "seconds": r.seconds,
+            "tokens_per_second": r.tokens_per_second}
+
+
+def _describe_run(model: Model, *, active: bool = True) -> str:
+    run = _run_description(model, active=active)
+    if not run["sparse"]:
+        return "dense"
+    return (f"sparse, threshold {run['sparse_threshold']:g}, {run['predictor_q8_layers']} of "
+            f"{len(model.predictor_q8_layers)} predictors 8-bit"
+            + (f", {run['active_fraction']:.1%} of FFN neurons computed" if active else ""))
+
+
+def _print_perplexity(out: TextIO, args: argparse.Namespace, model: Model, r: PerplexityResult) -> None:
+    if args.json:
+        out.write(json.dumps({**_run_description(model), **_perplexity_fields(r)}) + "\n")
+        return
+    out.write(f"perplexity: {r.perplexity:.4f} +/- {r.standard_error:.5f} ({r.n_windows} windows of {r.n_ctx} "
+              f"tokens, {r.n_tokens} tokens scored; {model.path}, {_describe_run(model)})\n")
+    out.write(f"speed:      {r.tokens_per_second:.1f} tokens/s ({r.n_windows * (r.n_ctx - 1)} tokens in "
+              f"{r.seconds:.2f} s)\n")
+
+
+_KL_PERCENTILES = (("median", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
+
+
+def _print_kl(out: TextIO, args: argparse.Namespace, model: Model, r: KLDivergenceResult, base: str) -> None:
+    """base: "dense" (the model's own file computing every neuron) or the base file's path."""
+    audit = r.predictor
+    if args.json:
+        fields = {**_run_description(model), "base": base, "perplexity": _perplexity_fields(r.perplexity),
+                  "base_perplexity": _perplexity_fields(r.base_perplexity),
+                  "kl": {"mean": r.mean_kl, "standard_error": r.kl_standard_error, "max": r.max_kl,
+                         **{name: r.kl_percentile(q) for name, q in _KL_PERCENTILES}},
+                  "top1_agreement": r.top1_agreement}
+        if audit is not None:
+            fields["predictor"] = {
+                "n_tokens": audit.n_tokens,
+                "layers": [{"predicted": int(p), "fired": int(f), "both": int(b),
+                            "recall": None if math.isnan(rc) else float(rc),
+                            "precision": None if math.isnan(pr) else float(pr)}
+                           for p, f, b, rc, pr in zip(audit.predicted, audit.fired, audit.both,
+                                                      audit.recall, audit.precision)]}
+        out.write(json.dumps(fields) + "\n")
+        return
+    ppl, base_ppl = r.perplexity, r.base_perplexity
+    out.write(f"model:  PPL {ppl.perplexity:.4f} +/- {ppl.standard_error:.5f} ({model.path}, "
+              f"{_describe_run(model)})\n")
+    described = f"{model.path}, every neuron computed" if base == "dense" else base
+    out.write(f"base:   PPL {base_ppl.perplexity:.4f} +/- {base_ppl.standard_error:.5f} ({described})\n")
+    out.write(f"tokens: {ppl.n_tokens} scored in {ppl.n_windows} windows of {ppl.n_ctx}; model "
+              f"{ppl.tokens_per_second:.1f} tokens/s, base {base_ppl.tokens_per_second:.1f} tokens/s\n")
+    out.write(f"KL divergence (base || model, nats per token): mean {r.mean_kl:.6f} +/- {r.kl_standard_error:.6f}, "
+              + ", ".join(f"{name} {r.kl_percentile(q):.6f}" for name, q in _KL_PERCENTILES)
+              + f", max {r.max_kl:.6f}\n")
+    top1_error = math.sqrt(r.top1_agreement * (1 - r.top1_agreement) / max(len(r.kl) - 1, 1))
+    out.write(f"top-1 agreement: {r.top1_agreement:.3%} +/- {top1_error:.3%}\n")
+    if audit is not None:
+        out.write(f"predictor, per layer over {audit.n_tokens} tokens of the dense run (recall: of the neurons "
+                  f"that fired, the share predicted; precision: of those predicted, the share that fired):\n")
+        out.write("layer   recall  precision  fired/token  predicted/token\n")
+        for il, (rc, pr, f, p) in enumerate(zip(audit.recall, audit.precision, audit.fired, audit.predicted)):
+            out.write(f"{il:5d}  {rc:7.2%}  {pr:9.2%}  {f / audit.n_tokens:11.1f}  {p / audit.n_tokens:15.1f}\n")
+        recall, precision = (float(audit.both.sum() / d) if d else math.nan
+                             for d in (audit.fired.sum(), audit.predicted.sum()))
+        out.write(f"  all  {recall:7.2%}  {precision:9.2%}\n")
+
+
+# ---- choose ---------------------------------------------------------------------------------
+
+def _choose(args: argparse.Namespace) -> None:
+    items = read_choices(args.file)
+    out = _utf8(sys.stdout)
+    with _open_model(args) as model:
+        r = evaluate_choices(model, items, progress=_Progress("items", sys.stderr))
+        metrics = (("acc", r.acc, "the option with the highest summed log-likelihood"),
+                   ("acc_norm", r.acc_norm, "the highest log-likelihood per character of the option "
+                                            "(lm-eval-harness's acc_norm)"),
+                   ("acc_per_token", r.acc_per_token, "the highest mean log-likelihood per token"))
+        if args.json:
+            # Each item is a call of its own: the model's stats hold the last one only.
+            out.write(json.dumps({**_run_description(model, active=False), "n_items": r.n_items,
+                                  **{name: value for name, value, _ in metrics},
+                                  **{f"{name}_stderr": r.standard_error(value) for name, value, _ in metrics},
+                                  "predictions": list(r.predictions)}) + "\n")
+            return
+        out.write(f"items: {r.n_items} ({model.path}, {_describe_run(model, active=False)})\n")
+        for name, value, meaning in metrics:
+            out.write(f"{name + ':':<15}{value:.4f} +/- {r.standard_error(value):.4f}  ({meaning})\n")
 
 
 # ---- fetch ----------------------------------------------------------------------------------

@@ -235,10 +235,11 @@ class _Inference:
         return pieces if stream else "".join(pieces)
 
     def cancel(self) -> None:
-        """Ends the generate(), chat() or logits() in progress, from any thread: a prompt
-        being evaluated stops within one layer, a generation before its next token. generate()
-        and chat() then return (or their stream yields) the text so far; logits() raises
-        CancelledError. Nothing else is affected: the next call runs normally.
+        """Ends the generate(), chat(), logits(), perplexity(), kl_divergence() or score() in
+        progress, from any thread: a prompt being evaluated stops within one layer, a
+        generation before its next token. generate() and chat() then return (or their stream
+        yields) the text so far; the others raise CancelledError. Nothing else is affected:
+        the next call runs normally.
         """
         self._sequence().cancel()
 

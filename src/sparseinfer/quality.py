@@ -342,10 +342,11 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 # ---- scoring continuations -----------------------------------------------------------------
 
 def score(seq: _seq.Sequence, model: "Model", context: str, continuations: Sequence[str]) -> list[Score]:
-    """See Model.score. Each continuation is scored on the tokens of context + continuation after
-    their longest common prefix with the context's tokens (lm-eval-harness's split, which moves a
-    context's trailing spaces into the continuation, falls out of it, and so does a word cut in
-    two); that prefix stays in the KV cache from one continuation to the next."""
+    """See Model.score. As lm-eval-harness does, white space at the end of the context moves to
+    the start of each continuation (a tokenizer joins a space to the word after it). Each
+    continuation is then scored on the tokens of context + continuation after their longest
+    common prefix with the context's own tokens (a word cut in two by the split is scored
+    whole); that prefix stays in the KV cache from one continuation to the next."""
     if not isinstance(context, str):
         raise TypeError(f"context must be a str, got {type(context).__name__}")
     if isinstance(continuations, (str, bytes)) or not isinstance(continuations, Iterable):
@@ -353,7 +354,7 @@ def score(seq: _seq.Sequence, model: "Model", context: str, continuations: Seque
     continuations = list(continuations)
     if not continuations:
         raise ValueError("continuations must not be empty")
-    context_ids = model.tokenize(context)
+    context_ids = model.tokenize(context.rstrip())
     plans = []
     for i, continuation in enumerate(continuations):
         if not isinstance(continuation, str):

@@ -36,7 +36,7 @@ import sys
 import threading
 from typing import Any, Optional
 
-ABI_VERSION = 3  # SI_CUDA_ABI_VERSION in cpp/src/cuda_abi/plugin_api.h
+ABI_VERSION = 4  # SI_CUDA_ABI_VERSION in cpp/src/cuda_abi/plugin_api.h
 PLUGIN_PACKAGES = ("sparseinfer_cuda13", "sparseinfer_cuda12")
 ENV_PLUGIN = "SPARSEINFER_CUDA_PLUGIN"
 INSTALL_HINT = ("CUDA does not exist on macOS" if sys.platform == "darwin"
@@ -61,6 +61,10 @@ _keep: list[Any] = []  # runtime libraries and DLL directory handles that must s
 
 # ggml's ids of the weight types the plugin's kernels read (SI_CUDA_TYPE_* in plugin_api.h).
 WEIGHT_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8}
+
+# si_cuda_rope's layouts (SI_CUDA_ROPE_* in plugin_api.h): which values of a head turn together.
+ROPE_ADJACENT_PAIRS = 0
+ROPE_HALVES = 1
 
 # Statuses of the plugin's own (CUDA's error codes are positive).
 ERROR_ARGUMENT = -2
@@ -97,11 +101,14 @@ PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "si_cuda_matmul_rows": (_int, [_ptr, _int, _ptr, _i64, _i64, _ptr, _ptr, _i64, _ptr, _i64, _ptr] + _ERR),
     # ctx, x, weight, n_rows, n, eps, out
     "si_cuda_rms_norm": (_int, [_ptr, _ptr, _ptr, _i64, _i64, ctypes.c_float, _ptr] + _ERR),
-    # ctx, x, n_tokens, n_heads, head_dim, rope_dim, positions, base
-    "si_cuda_rope": (_int, [_ptr, _ptr, _i64, _i64, _i64, _i64, _ptr, ctypes.c_float] + _ERR),
+    # ctx, y, bias, n_rows, n
+    "si_cuda_add_bias": (_int, [_ptr, _ptr, _ptr, _i64, _i64] + _ERR),
+    # ctx, x, n_tokens, n_heads, head_dim, rope_dim, positions, base, layout
+    "si_cuda_rope": (_int, [_ptr, _ptr, _i64, _i64, _i64, _i64, _ptr, ctypes.c_float, _int] + _ERR),
     # ctx, q, k, v, k_cache, v_cache, n_ctx, n_past, n_tokens, n_head, n_head_kv, head_dim, out
     "si_cuda_attention": (_int, [_ptr] + [_ptr] * 5 + [_i64] * 6 + [_ptr] + _ERR),
-    "si_cuda_add": (_int, [_ptr, _ptr, _ptr, _i64] + _ERR),
+    # ctx, y, x, n, scale
+    "si_cuda_add": (_int, [_ptr, _ptr, _ptr, _i64, ctypes.c_float] + _ERR),
     "si_cuda_silu_mul": (_int, [_ptr, _ptr, _ptr, _i64] + _ERR),
     # ctx, fc1_type, fc1, rank, n_embd, fc2_type, fc2, n_ff, x, n_tokens, hidden, scores
     "si_cuda_ffn_predict": (_int, [_ptr, _int, _ptr, _i64, _i64, _int, _ptr, _i64, _ptr, _i64, _ptr, _ptr] + _ERR),

@@ -320,20 +320,45 @@ def test_rms_norm(gpu, n):
     assert_within(gpu.get(xd, x.shape, np.float32), want, bound, "rms_norm in place")
 
 
+def test_per_head_rms_norm(gpu):
+    # Qwen3's Q and K norms: each head of each token a row of head_dim values, one weight vector.
+    rng = rng_for("head norm")
+    n_tokens, n_heads, head_dim = 3, 6, 32
+    x = (rng.standard_normal((n_tokens, n_heads, head_dim)) * 3).astype(np.float32)
+    weight = rng.standard_normal(head_dim).astype(np.float32)
+    want = reference.rms_norm(x.astype(np.float64), weight.astype(np.float64), 1e-6)
+    xd = gpu.put(x)
+    gpu.run("si_cuda_rms_norm", xd, gpu.put(weight), n_tokens * n_heads, head_dim, 1e-6, xd)
+    assert_within(gpu.get(xd, x.shape, np.float32), want, 1e-5 * np.abs(want) + 1e-30, "per-head rms_norm")
+
+
+@pytest.mark.parametrize("layout", ["adjacent pairs", "halves"])
 @pytest.mark.parametrize("rope_dim", [64, 32])
-def test_rope(gpu, rope_dim):
-    rng = rng_for("rope", rope_dim)
+def test_rope(gpu, rope_dim, layout):
+    rng = rng_for("rope", rope_dim, layout)
     n_tokens, n_heads, head_dim, base = 6, 4, 64, 10000.0
     positions = np.array([0, 1, 2, 17, 1000, 4095], np.int32)
     x = rng.standard_normal((n_tokens, n_heads, head_dim)).astype(np.float32)
     xd = gpu.put(x)
-    gpu.run("si_cuda_rope", xd, n_tokens, n_heads, head_dim, rope_dim, gpu.put(positions), base)
+    halves = layout == "halves"
+    gpu.run("si_cuda_rope", xd, n_tokens, n_heads, head_dim, rope_dim, gpu.put(positions), base,
+            _cuda.ROPE_HALVES if halves else _cuda.ROPE_ADJACENT_PAIRS)
     got = gpu.get(xd, x.shape, np.float32)
-    want = reference.rope_normal(x.astype(np.float64), positions, rope_dim, base)
-    # cos and sin rounded to float, then two products and a sum in float32.
-    bound = 4 * U * (np.abs(x) + np.abs(np.roll(x, 1, axis=2)) + np.abs(np.roll(x, -1, axis=2))) * 2
+    want = (reference.rope_neox if halves else reference.rope_normal)(x.astype(np.float64), positions, rope_dim,
+                                                                       base)
+    # cos and sin rounded to float, then two products and a sum in float32; a value's partner
+    # is its neighbour (adjacent pairs) or the value rope_dim / 2 away (halves).
+    partners = (rope_dim // 2,) if halves else (1, -1)
+    bound = 4 * U * (np.abs(x) + sum(np.abs(np.roll(x, p, axis=2)) for p in partners)) * 2
     assert_within(got, want, bound, "rope")
     np.testing.assert_array_equal(got[:, :, rope_dim:], x[:, :, rope_dim:])  # passed through
+
+
+def test_rope_refuses_an_unknown_layout(gpu):
+    buf = gpu.alloc(4096)
+    with pytest.raises(_cuda.CudaError, match="layout 2") as info:
+        gpu.run("si_cuda_rope", buf, 1, 1, 8, 8, buf, 10000.0, 2)
+    assert info.value.status == _cuda.ERROR_ARGUMENT
 
 
 def attention_reference(q, k_cache, v_cache, n_past, n_head, n_head_kv, head_dim):
@@ -409,13 +434,29 @@ def test_attention_rejects_overflow_and_wide_heads(gpu):
         gpu.run("si_cuda_attention", buf, None, None, buf, buf, 4, 0, 1, 6, 4, 8, buf)
 
 
+def test_add_bias(gpu):
+    rng = rng_for("bias")
+    y = rng.standard_normal((5, 96)).astype(np.float32)
+    bias = rng.standard_normal(96).astype(np.float32)
+    yd = gpu.put(y)
+    gpu.run("si_cuda_add_bias", yd, gpu.put(bias), 5, 96)
+    np.testing.assert_array_equal(gpu.get(yd, y.shape, np.float32), y + bias)  # one rounding each, as NumPy's
+    with pytest.raises(_cuda.CudaError, match="rows") as info:
+        gpu.run("si_cuda_add_bias", yd, gpu.put(bias), 5, 0)
+    assert info.value.status == _cuda.ERROR_ARGUMENT
+
+
 def test_add_and_silu_mul(gpu):
     rng = rng_for("elementwise")
     a = rng.standard_normal(3001).astype(np.float32)
     b = rng.standard_normal(3001).astype(np.float32)
     ad, bd = gpu.put(a), gpu.put(b)
-    gpu.run("si_cuda_add", ad, bd, a.size)
-    np.testing.assert_array_equal(gpu.get(ad, a.shape, np.float32), a + b)
+    gpu.run("si_cuda_add", ad, bd, a.size, 1.0)
+    np.testing.assert_array_equal(gpu.get(ad, a.shape, np.float32), a + b)  # a scale of 1 adds b exactly
+    scaled = gpu.put(a)
+    gpu.run("si_cuda_add", scaled, bd, a.size, 0.75)
+    want = a.astype(np.float64) + 0.75 * b.astype(np.float64)
+    assert_within(gpu.get(scaled, a.shape, np.float32), want, 2 * U * (np.abs(a) + np.abs(b)), "scaled add")
     gpu.run("si_cuda_silu_mul", ad, bd, a.size)
     s = (a + b).astype(np.float64)
     want = s / (1 + np.exp(-s)) * b

@@ -165,6 +165,8 @@ def test_loader_prototypes_match_the_header():
                                   if k.startswith("SI_CUDA_TYPE_")}
     assert (_cuda.ERROR_ARGUMENT, _cuda.ERROR_INDEX) == (defines["SI_CUDA_ERROR_ARGUMENT"],
                                                          defines["SI_CUDA_ERROR_INDEX"])
+    assert (_cuda.ROPE_ADJACENT_PAIRS, _cuda.ROPE_HALVES) == (defines["SI_CUDA_ROPE_ADJACENT_PAIRS"],
+                                                              defines["SI_CUDA_ROPE_HALVES"])
 
 
 def test_no_plugin_is_a_clean_cpu_fallback(tiny_llama_path):

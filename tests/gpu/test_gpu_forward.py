@@ -388,6 +388,71 @@ def test_dense_model_with_some_layers_on_the_cpu(tmp_path):
             assert_close(m.logits(ids), want)
 
 
+# Architectures of llama's block with BlockSpec fields the GPU computes: qwen2 (Q, K, V biases,
+# NeoX RoPE), qwen3 (per-head Q and K norms, NeoX RoPE, heads 32 wide where n_embd / n_head is
+# 16) and minicpm (embedding, residual and logit scales). GQA in each.
+ARCHITECTURES = {
+    "qwen2": dict(architecture="qwen2", n_head_kv=2),
+    "qwen3": dict(architecture="qwen3", n_head_kv=2, head_dim=32),
+    "minicpm": dict(architecture="minicpm", n_head_kv=2,
+                    minicpm_scales=dict(embedding_scale=12.0, residual_scale=0.99, logit_scale=0.5)),
+}
+
+
+@in_child
+@pytest.mark.parametrize("weight_type", ["F32", "Q8_0"])
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_architectures_match_the_reference_and_the_cpu(tmp_path, arch, weight_type):
+    """Every layer on the GPU, and (F32, whose CPU layers compute without rounding the
+    activations) the first layers on the CPU: the reference's tolerances as for llama, and the
+    CPU engine's logits of the same file as close as the reference's where the CPU keeps
+    float32 activations. (Not seed 31: its qwen2 file is one where the CPU engine itself sits
+    2e-4 * std from the reference, a file whose logits hang on the rounding of a value.)"""
+    path = tmp_path / f"{arch}.gguf"
+    w = ggufgen.write_llama_model(path, weight_type=weight_type, n_layer=3, seed=1, **ARCHITECTURES[arch])
+    ids = ggufgen.random_tokens(9, seed=31)
+    want = reference.forward(w, ids, kv_f16=True)
+    with sparseinfer.Model(str(path), device="cpu", n_ctx=128, n_threads=1) as m:
+        on_the_cpu = m.logits(ids)
+    for n_gpu_layers in (-1, 2, 1) if weight_type == "F32" else (-1,):
+        with gpu_model(path, n_gpu_layers=n_gpu_layers) as m:
+            assert m.placement.n_gpu_layers == (3 if n_gpu_layers == -1 else n_gpu_layers)
+            got = m.logits(ids)
+        assert_close(got, want)
+        if weight_type == "F32":
+            assert_close(got, on_the_cpu.astype(np.float64))
+
+
+@in_child
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_architectures_token_by_token_equal_the_prompt_at_once(tmp_path, arch):
+    """The KV cache of the GPU layers (heads of head_dim, not n_embd / n_head) read back as the
+    prompt wrote it: decoding token by token gives the prompt's logits."""
+    path = tmp_path / f"{arch}.gguf"
+    ggufgen.write_llama_model(path, weight_type="Q8_0", seed=32, **ARCHITECTURES[arch])
+    ids = ggufgen.random_tokens(7, seed=32)
+    with gpu_model(path) as m:
+        native = m._sequence().native
+        at_once = logits_in_chunks(native, ids, [7])
+        native.reset()
+        by_token = logits_in_chunks(native, ids, [1] * 7)
+    np.testing.assert_array_equal(by_token, at_once)
+
+
+@in_child
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_the_priced_weights_of_the_new_blocks_are_what_the_model_uploads(tmp_path, arch):
+    # The biases and the per-head norms go up with each GPU layer and are priced with it.
+    path = tmp_path / f"{arch}.gguf"
+    ggufgen.write_llama_model(path, weight_type="Q8_0", **ARCHITECTURES[arch])
+    n_ctx = 64
+    costs = sparseinfer.model_costs(path, n_ctx=n_ctx)
+    kv = costs.fixed_bytes[0] - sparseinfer.model_costs(path, n_ctx=n_ctx - 1).fixed_bytes[0]
+    with gpu_model(path, n_ctx=n_ctx) as m:
+        plan = m.placement
+        assert m.gpu_weight_bytes == plan.planned_bytes - costs.batch_bytes - plan.n_gpu_layers * n_ctx * kv
+
+
 def as_uploaded(w, plan):
     """The weights w (of a file in a type the plugin does not read) as a Model placed by
     `plan` computes with them: on the GPU, Q8_0 rows made from the file's values (the GPU

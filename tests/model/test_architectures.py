@@ -253,10 +253,23 @@ def test_bad_files_are_named(tmp_path, case, kw, error, message):
         _core.Model(str(path))
 
 
-@pytest.mark.parametrize("arch", sorted(SHAPES))
-def test_gpu_layers_refuse_blocks_they_cannot_compute(tmp_path, arch):
-    """The GPU path runs llama's plain block: another architecture is refused by name, before
-    any plugin is loaded (this one does not exist), rather than computed wrongly."""
-    path, _ = write(tmp_path, arch, seed=28)
-    with pytest.raises(errors.UnsupportedModelError, match=f"architecture '{arch}' runs on the CPU only"):
+def test_gpu_layers_refuse_blocks_they_cannot_compute(tmp_path):
+    """The GPU path runs llama's block with qwen2's, qwen3's and MiniCPM's fields: gemma3's
+    is refused by name, before any plugin is loaded (this one does not exist), rather than
+    computed wrongly."""
+    path, _ = write(tmp_path, "gemma3", seed=28)
+    lacking = ("an FFN activation other than SiLU", "norms after attention and FFN",
+               "a query scale of its own", "sliding-window attention")
+    with pytest.raises(errors.UnsupportedModelError, match="architecture 'gemma3' runs on the CPU only") as refused:
         _core.DeviceModel(_core.Model(str(path)), str(tmp_path / "no-such-plugin.so"))
+    for what in lacking:
+        assert what in str(refused.value)
+
+
+@pytest.mark.parametrize("arch", ["minicpm", "qwen2", "qwen3"])
+def test_gpu_layers_take_the_blocks_they_compute(tmp_path, arch):
+    """Past the check of the blocks: what stops these is the missing plugin itself."""
+    path, _ = write(tmp_path, arch, seed=28)
+    with pytest.raises(errors.UnsupportedModelError, match="no-such-plugin") as refused:
+        _core.DeviceModel(_core.Model(str(path)), str(tmp_path / "no-such-plugin.so"))
+    assert "runs on the CPU only" not in str(refused.value)

@@ -357,6 +357,25 @@ def test_info_names_the_architecture(tmp_path, arch, flavour):
     assert fields["runs"] == "yes"
 
 
+# What each architecture's blocks need that the GPU layers lack, as blocks_the_gpu_lacks names it.
+GPU_LACKS = {
+    "falcon": ("an FFN without a gate", "LayerNorm", "parallel attention and FFN"),
+    "opt": ("an FFN without a gate", "LayerNorm", "biases on the attention output and the FFN",
+            "learned position embeddings"),
+}
+
+
+@pytest.mark.parametrize("flavour", archgen.FLAVOURS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gpu_layers_refuse_the_blocks_by_name(tmp_path, arch, flavour):
+    """Refused before any plugin loads (this one does not exist), naming what the GPU lacks."""
+    w = write(tmp_path, arch, flavour, seed=20)
+    with pytest.raises(errors.UnsupportedModelError, match=f"architecture '{arch}' runs on the CPU only") as refused:
+        _core.DeviceModel(_core.Model(w.path), str(tmp_path / "no-such-plugin.so"))
+    for what in GPU_LACKS[arch]:
+        assert what in str(refused.value)
+
+
 @pytest.mark.parametrize("arch, flavour, kw, name", [
     ("falcon", "gguf", dict(skip_tensors=["blk.0.attn_norm.bias"]), "blk.0.attn_norm.bias"),
     ("falcon", "pwri", dict(skip_tensors=["blk.1.attn_norm.bias"]), "blk.1.attn_norm.bias"),

@@ -1,5 +1,5 @@
-// RMSNorm and RoPE (GGML's "normal" mode), as cpp/src/cpu/norm.h computes
-// them on the CPU; and the two element-wise steps of a layer (the residual add, SiLU * up).
+// RMSNorm and RoPE (GGML's "normal" and NeoX modes), as cpp/src/cpu/norm.h computes
+// them on the CPU; and the element-wise steps of a layer (a bias, the residual add, SiLU * up).
 #include <cuda_runtime.h>
 
 #include "device_common.cuh"
@@ -43,7 +43,7 @@ rms_norm_kernel(const float* x, const float* weight, int64_t n, float eps, float
 // looping over the heads took 9 us per call on an H200: one head's load after another.)
 __global__ void __launch_bounds__(kRopeThreads)
 rope_kernel(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t rope_dim,
-            const int32_t* positions, double base) {
+            const int32_t* positions, double base, bool halves) {
     const int64_t half = rope_dim / 2;
     const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (index >= n_tokens * n_heads * half) return;
@@ -54,16 +54,25 @@ rope_kernel(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64
     double s, c;
     sincos(theta, &s, &c);
     const float sin_f = static_cast<float>(s), cos_f = static_cast<float>(c);
-    float* pair = x + head * head_dim + 2 * i;
-    const float x0 = pair[0], x1 = pair[1];
-    pair[0] = x0 * cos_f - x1 * sin_f;
-    pair[1] = x0 * sin_f + x1 * cos_f;
+    // Pair i: (2i, 2i + 1) in the normal mode, (i, i + half) in NeoX's.
+    float* first = x + head * head_dim + (halves ? i : 2 * i);
+    const int64_t partner = halves ? half : 1;
+    const float x0 = first[0], x1 = first[partner];
+    first[0] = x0 * cos_f - x1 * sin_f;
+    first[partner] = x0 * sin_f + x1 * cos_f;
 }
 
-__global__ void add_kernel(float* y, const float* x, int64_t n) {
+__global__ void add_bias_kernel(float* y, const float* bias, int64_t n_rows, int64_t n) {
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n_rows * n;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        y[i] += bias[i % n];
+    }
+}
+
+__global__ void add_kernel(float* y, const float* x, int64_t n, float scale) {
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
          i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-        y[i] += x[i];
+        y[i] += scale * x[i];
     }
 }
 
@@ -103,7 +112,8 @@ SI_CUDA_API int si_cuda_rms_norm(si_cuda_context* ctx, const float* x, const flo
 }
 
 SI_CUDA_API int si_cuda_rope(si_cuda_context* ctx, float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim,
-                             int64_t rope_dim, const int32_t* positions, float base, char* err, size_t err_len) {
+                             int64_t rope_dim, const int32_t* positions, float base, int layout, char* err,
+                             size_t err_len) {
     const char* what = "si_cuda_rope";
     int rc = enter(ctx, err, err_len);
     if (rc == 0) rc = check_tokens(what, n_tokens, err, err_len);
@@ -113,21 +123,41 @@ SI_CUDA_API int si_cuda_rope(si_cuda_context* ctx, float* x, int64_t n_tokens, i
                        static_cast<long long>(n_heads), static_cast<long long>(head_dim),
                        static_cast<long long>(rope_dim));
     }
+    if (layout != SI_CUDA_ROPE_ADJACENT_PAIRS && layout != SI_CUDA_ROPE_HALVES) {
+        return invalid(err, err_len, "%s: layout %d (SI_CUDA_ROPE_ADJACENT_PAIRS or SI_CUDA_ROPE_HALVES)", what,
+                       layout);
+    }
     if (x == nullptr || positions == nullptr) return invalid(err, err_len, "%s: x and positions must not be null", what);
     const int64_t pairs = n_tokens * n_heads * (rope_dim / 2);
     if (pairs == 0) return 0;
     rope_kernel<<<blocks_for(pairs, kRopeThreads), kRopeThreads, 0, ctx->stream>>>(
-        x, n_tokens, n_heads, head_dim, rope_dim, positions, static_cast<double>(base));
+        x, n_tokens, n_heads, head_dim, rope_dim, positions, static_cast<double>(base), layout == SI_CUDA_ROPE_HALVES);
     return launched(what, err, err_len);
 }
 
-SI_CUDA_API int si_cuda_add(si_cuda_context* ctx, float* y, const float* x, int64_t n, char* err, size_t err_len) {
+SI_CUDA_API int si_cuda_add_bias(si_cuda_context* ctx, float* y, const float* bias, int64_t n_rows, int64_t n,
+                                 char* err, size_t err_len) {
+    const char* what = "si_cuda_add_bias";
+    int rc = enter(ctx, err, err_len);
+    if (rc != 0) return rc;
+    if (n_rows < 0 || n <= 0) {
+        return invalid(err, err_len, "%s: %lld rows of %lld values", what, static_cast<long long>(n_rows),
+                       static_cast<long long>(n));
+    }
+    if (n_rows == 0) return 0;
+    if (y == nullptr || bias == nullptr) return invalid(err, err_len, "%s: a null buffer", what);
+    add_bias_kernel<<<element_blocks(n_rows * n), kElementThreads, 0, ctx->stream>>>(y, bias, n_rows, n);
+    return launched(what, err, err_len);
+}
+
+SI_CUDA_API int si_cuda_add(si_cuda_context* ctx, float* y, const float* x, int64_t n, float scale, char* err,
+                            size_t err_len) {
     int rc = enter(ctx, err, err_len);
     if (rc != 0) return rc;
     if (n < 0) return invalid(err, err_len, "si_cuda_add: n = %lld", static_cast<long long>(n));
     if (n == 0) return 0;
     if (y == nullptr || x == nullptr) return invalid(err, err_len, "si_cuda_add: a null buffer");
-    add_kernel<<<element_blocks(n), kElementThreads, 0, ctx->stream>>>(y, x, n);
+    add_kernel<<<element_blocks(n), kElementThreads, 0, ctx->stream>>>(y, x, n, scale);
     return launched("si_cuda_add", err, err_len);
 }
 

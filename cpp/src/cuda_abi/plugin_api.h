@@ -39,7 +39,7 @@
 #define SI_CUDA_API __attribute__((visibility("default")))
 #endif
 
-#define SI_CUDA_ABI_VERSION 3
+#define SI_CUDA_ABI_VERSION 4
 
 // Sizes of the plugin's own device scratch (si_cuda_ffn_down).
 #define SI_CUDA_DOWN_SLICE_ROWS 256
@@ -55,6 +55,10 @@
 // Statuses of our own (CUDA's error codes are positive).
 #define SI_CUDA_ERROR_ARGUMENT (-2)  // a size, pointer, type or alignment the call cannot take
 #define SI_CUDA_ERROR_INDEX (-3)     // a kernel met a row id, candidate id or count out of range
+
+// Which values of a head si_cuda_rope turns together (since ABI 4).
+#define SI_CUDA_ROPE_ADJACENT_PAIRS 0  // (x[2i], x[2i+1]): GGML's "normal" mode (llama)
+#define SI_CUDA_ROPE_HALVES 1          // (x[i], x[i + rope_dim/2]): GGML's NeoX mode (Qwen2, Qwen3)
 
 #ifdef __cplusplus
 extern "C" {
@@ -140,15 +144,23 @@ SI_CUDA_API int si_cuda_matmul_rows(si_cuda_context* ctx, int type, const void* 
 // ---- attention block ---------------------------------------------------------------------
 
 // out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight for n_rows rows of n values; out may be x.
+// Per-head Q and K norms are this call over n_tokens * n_heads rows of head_dim values.
 SI_CUDA_API int si_cuda_rms_norm(si_cuda_context* ctx, const float* x, const float* weight,
                                  int64_t n_rows, int64_t n, float eps, float* out, char* err,
                                  size_t err_len);
-// RoPE, GGML's "normal" mode, in place: x holds n_tokens rows of n_heads heads of head_dim
-// values; in each head the adjacent pairs (2i, 2i+1), i < rope_dim / 2, turn by
-// theta = positions[t] * base^(-2i / rope_dim) (positions: device, one per token).
+// y[r * n + i] += bias[i] for r < n_rows, i < n: a projection's bias on each token's row
+// (since ABI 4; Q, K and V biases).
+SI_CUDA_API int si_cuda_add_bias(si_cuda_context* ctx, float* y, const float* bias,
+                                 int64_t n_rows, int64_t n, char* err, size_t err_len);
+// RoPE in place: x holds n_tokens rows of n_heads heads of head_dim values; in each head the
+// pairs i < rope_dim / 2 of `layout` (SI_CUDA_ROPE_ADJACENT_PAIRS: (2i, 2i+1);
+// SI_CUDA_ROPE_HALVES: (i, i + rope_dim / 2); since ABI 4) turn by
+// theta = positions[t] * base^(-2i / rope_dim) (positions: device, one per token). The values
+// past rope_dim pass through.
 SI_CUDA_API int si_cuda_rope(si_cuda_context* ctx, float* x, int64_t n_tokens,
                              int64_t n_heads, int64_t head_dim, int64_t rope_dim,
-                             const int32_t* positions, float base, char* err, size_t err_len);
+                             const int32_t* positions, float base, int layout, char* err,
+                             size_t err_len);
 // Causal attention of n_tokens new tokens at positions n_past.. over one layer's F16 cache
 // (k_cache, v_cache: n_ctx rows of n_head_kv * head_dim halves). When k and v (n_tokens rows
 // of n_head_kv * head_dim floats, K already rotated) are not null they are first stored,
@@ -161,9 +173,10 @@ SI_CUDA_API int si_cuda_attention(si_cuda_context* ctx, const float* q, const fl
                                   int64_t n_ctx, int64_t n_past, int64_t n_tokens,
                                   int64_t n_head, int64_t n_head_kv, int64_t head_dim,
                                   float* out, char* err, size_t err_len);
-// y[i] += x[i] for i < n (the residual).
+// y[i] += scale * x[i] for i < n (the residual; scale since ABI 4, MiniCPM's residual scale,
+// 1 adds x exactly).
 SI_CUDA_API int si_cuda_add(si_cuda_context* ctx, float* y, const float* x, int64_t n,
-                            char* err, size_t err_len);
+                            float scale, char* err, size_t err_len);
 // gate[i] = silu(gate[i]) * up[i] for i < n (the dense llama FFN).
 SI_CUDA_API int si_cuda_silu_mul(si_cuda_context* ctx, float* gate, const float* up, int64_t n,
                                  char* err, size_t err_len);

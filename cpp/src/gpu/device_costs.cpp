@@ -27,6 +27,7 @@ DeviceCosts device_costs(const Model& model, int64_t n_ctx) {
         const uint64_t id_bytes = c.has_predictors() ? sizeof(int32_t) : 0;
         costs.neuron_bytes.push_back(ffn / static_cast<uint64_t>(c.n_ff) + id_bytes);
         uint64_t fixed = floats(l.attn_norm) + floats(l.ffn_norm) + kv;
+        for (const std::vector<float>* v : {&l.bq, &l.bk, &l.bv, &l.q_norm, &l.k_norm}) fixed += floats(*v);
         for (const Matrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.fc1, &l.fc2}) fixed += priced_bytes(*m);
         costs.fixed_bytes.push_back(fixed);
     }

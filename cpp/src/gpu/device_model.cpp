@@ -11,19 +11,17 @@ namespace si::gpu {
 namespace {
 
 // What of the model's blocks the GPU layers cannot compute yet ("" when nothing): they run
-// llama's block as it stood before the BlockSpec grew (gpu_forward.cpp, cuda/).
+// llama's block with qwen2's and qwen3's attention (Q, K, V biases, per-head Q and K norms,
+// NeoX RoPE, heads of any width) and MiniCPM's scales (gpu_forward.cpp, cuda/).
 std::string blocks_the_gpu_lacks(const ModelConfig& c) {
     const BlockSpec& b = c.block;
     std::string lacking;
     auto lack = [&](bool missing, const char* what) {
         if (missing) lacking += std::string(lacking.empty() ? "" : ", ") + what;
     };
-    lack(b.rope_layout != RopeLayout::adjacent_pairs, "RoPE on the halves of each head");
-    lack(b.qkv_bias, "Q, K and V biases");
-    lack(b.qk_norm, "per-head Q and K norms");
-    lack(b.embedding_scale != 1.0f || b.residual_scale != 1.0f || b.logit_scale != 1.0f,
-         "embedding, residual and logit scales");
-    lack(c.q_dim() != c.n_embd, "heads wider or narrower than n_embd / n_head");
+    // A PowerInfer FFN on the GPU adds its neurons' sum straight into the residual (si_cuda_ffn_down),
+    // with no room for a factor.
+    lack(c.has_predictors() && b.residual_scale != 1.0f, "a residual scale with a PowerInfer FFN");
     lack(b.ffn == FeedForwardKind::dense && b.ffn_activation != Activation::silu, "an FFN activation other than SiLU");
     lack(!b.ffn_gate, "an FFN without a gate");
     lack(b.norm != NormKind::rms, "LayerNorm");
@@ -100,6 +98,15 @@ DeviceModel::DeviceModel(std::shared_ptr<const Model> model, const std::string& 
         d.wk = upload_matrix(l.wk);
         d.wv = upload_matrix(l.wv);
         d.wo = upload_matrix(l.wo);
+        if (c.block.qkv_bias) {
+            d.bq = upload_bytes(l.bq.data(), l.bq.size() * sizeof(float), "attn_q.bias");
+            d.bk = upload_bytes(l.bk.data(), l.bk.size() * sizeof(float), "attn_k.bias");
+            d.bv = upload_bytes(l.bv.data(), l.bv.size() * sizeof(float), "attn_v.bias");
+        }
+        if (c.block.qk_norm) {
+            d.q_norm = upload_bytes(l.q_norm.data(), l.q_norm.size() * sizeof(float), "attn_q_norm");
+            d.k_norm = upload_bytes(l.k_norm.data(), l.k_norm.size() * sizeof(float), "attn_k_norm");
+        }
         d.ffn_norm = upload_bytes(l.ffn_norm.data(), l.ffn_norm.size() * sizeof(float), "ffn_norm");
         if (!c.has_predictors()) {
             d.ffn_gate = upload_matrix(l.ffn_gate);

@@ -41,6 +41,8 @@ public:
     struct Layer {
         Buffer attn_norm, ffn_norm;
         Matrix wq, wk, wv, wo;
+        Buffer bq, bk, bv;      // BlockSpec::qkv_bias
+        Buffer q_norm, k_norm;  // BlockSpec::qk_norm: head_dim each
         Matrix fc1, fc2;  // PowerInfer predictor
         // Dense files: the whole FFN (ffn_down of n_embd rows). PowerInfer files: the hot
         // neurons' rows (ffn_down_t layout), row k holding neuron hot_ids[k].

@@ -33,17 +33,17 @@ GpuForward::GpuForward(std::shared_ptr<const DeviceModel> weights, int64_t n_ctx
 
 std::vector<GpuForward::BatchBuffer> GpuForward::batch_buffers(const Model& model, int64_t n) {
     const ModelConfig& c = model.config();
-    const int64_t kv_dim = c.n_head_kv * c.head_dim;
     const size_t hidden = floats(n * c.n_embd);
+    const size_t heads = floats(n * c.q_dim());  // Q and the attention's output: n_embd wide or not
     // PowerInfer files: room in up_ after the scores for the normed input (handoff_offset).
     const size_t up = floats(c.has_predictors() ? handoff_offset(n, c.n_ff) + n * c.n_embd : n * c.n_ff);
     std::vector<BatchBuffer> b = {
         {&GpuForward::x_, hidden, "activations"},
         {&GpuForward::xn_, hidden, "activations"},
-        {&GpuForward::q_, hidden, "activations"},
-        {&GpuForward::attn_out_, hidden, "activations"},
-        {&GpuForward::k_, floats(n * kv_dim), "activations"},
-        {&GpuForward::v_, floats(n * kv_dim), "activations"},
+        {&GpuForward::q_, heads, "activations"},
+        {&GpuForward::attn_out_, std::max(heads, hidden), "activations"},  // also add_to_hidden's upload
+        {&GpuForward::k_, floats(n * c.kv_dim()), "activations"},
+        {&GpuForward::v_, floats(n * c.kv_dim()), "activations"},
         {&GpuForward::gate_, floats(n * c.n_ff), "activations"},
         {&GpuForward::up_, up, "activations"},
         {&GpuForward::logits_, floats(n * c.n_vocab), "logits"},
@@ -66,7 +66,7 @@ std::vector<GpuForward::BatchBuffer> GpuForward::batch_buffers(const Model& mode
 }
 
 uint64_t GpuForward::kv_cache_bytes(const ModelConfig& c, int64_t n_ctx) {
-    return 2 * static_cast<uint64_t>(n_ctx) * static_cast<uint64_t>(c.n_head_kv * c.head_dim) * 2;  // K and V halves
+    return 2 * static_cast<uint64_t>(n_ctx) * static_cast<uint64_t>(c.kv_dim()) * 2;  // K and V halves
 }
 
 uint64_t GpuForward::batch_bytes(const Model& model, int64_t n) {
@@ -110,21 +110,34 @@ void GpuForward::attention(int64_t il) {
     const int64_t n = n_;
     float* xd = x_.f32();
     float* xn = xn_.f32();
-    // x += Wo * attention(rope(Wq xn), rope(Wk xn), Wv xn)
+    // x += residual_scale * Wo attention(rope(norm(Wq xn + bq)), rope(norm(Wk xn + bk)), Wv xn + bv), the
+    // biases and the per-head norms where the BlockSpec has them (Session::cpu_attention)
     ctx_.run("rms_norm", api.si_cuda_rms_norm, static_cast<const float*>(xd), l.attn_norm.as<const float>(), n,
              c.n_embd, c.norm_eps, xn);
     matmul(l.wq, xn, n, q_.f32());
     matmul(l.wk, xn, n, k_.f32());
     matmul(l.wv, xn, n, v_.f32());
+    if (c.block.qkv_bias) {
+        ctx_.run("add_bias", api.si_cuda_add_bias, q_.f32(), l.bq.as<const float>(), n, c.q_dim());
+        ctx_.run("add_bias", api.si_cuda_add_bias, k_.f32(), l.bk.as<const float>(), n, c.kv_dim());
+        ctx_.run("add_bias", api.si_cuda_add_bias, v_.f32(), l.bv.as<const float>(), n, c.kv_dim());
+    }
+    if (c.block.qk_norm) {  // each head a row of head_dim values
+        ctx_.run("rms_norm", api.si_cuda_rms_norm, static_cast<const float*>(q_.f32()), l.q_norm.as<const float>(),
+                 n * c.n_head, c.head_dim, c.norm_eps, q_.f32());
+        ctx_.run("rms_norm", api.si_cuda_rms_norm, static_cast<const float*>(k_.f32()), l.k_norm.as<const float>(),
+                 n * c.n_head_kv, c.head_dim, c.norm_eps, k_.f32());
+    }
+    const int layout = c.block.rope_layout == RopeLayout::halves ? SI_CUDA_ROPE_HALVES : SI_CUDA_ROPE_ADJACENT_PAIRS;
     ctx_.run("rope", api.si_cuda_rope, q_.f32(), n, c.n_head, c.head_dim, c.rope_dim,
-             positions_.as<const int32_t>(), c.rope_base);
+             positions_.as<const int32_t>(), c.rope_base, layout);
     ctx_.run("rope", api.si_cuda_rope, k_.f32(), n, c.n_head_kv, c.head_dim, c.rope_dim,
-             positions_.as<const int32_t>(), c.rope_base);
+             positions_.as<const int32_t>(), c.rope_base, layout);
     ctx_.run("attention", api.si_cuda_attention, static_cast<const float*>(q_.f32()),
              static_cast<const float*>(k_.f32()), static_cast<const float*>(v_.f32()), cache.k.as<uint16_t>(),
              cache.v.as<uint16_t>(), n_ctx_, n_past_, n, c.n_head, c.n_head_kv, c.head_dim, attn_out_.f32());
     matmul(l.wo, attn_out_.f32(), n, xn);
-    ctx_.run("add", api.si_cuda_add, xd, static_cast<const float*>(xn), n * c.n_embd);
+    ctx_.run("add", api.si_cuda_add, xd, static_cast<const float*>(xn), n * c.n_embd, c.block.residual_scale);
 }
 
 void GpuForward::dense_ffn(int64_t il) {
@@ -142,7 +155,7 @@ void GpuForward::dense_ffn(int64_t il) {
         matmul(l.ffn_up, xn, n, up_.f32());
         ctx_.run("silu_mul", api.si_cuda_silu_mul, gate_.f32(), static_cast<const float*>(up_.f32()), n * c.n_ff);
         matmul(l.ffn_down, gate_.f32(), n, xn);
-        ctx_.run("add", api.si_cuda_add, xd, static_cast<const float*>(xn), n * c.n_embd);
+        ctx_.run("add", api.si_cuda_add, xd, static_cast<const float*>(xn), n * c.n_embd, c.block.residual_scale);
         return;
     }
     if (l.n_hot != c.n_ff) {
@@ -203,7 +216,8 @@ void GpuForward::sparse_ffn(int64_t il, float* scores, float* xn_host) {
 void GpuForward::add_to_hidden(const float* y) {
     const int64_t values = n_ * weights_->model().config().n_embd;
     ctx_.upload(attn_out_.data(), y, floats(values));  // attn_out_ is free between layers
-    ctx_.run("add", ctx_.api().si_cuda_add, x_.f32(), static_cast<const float*>(attn_out_.f32()), values);
+    // Only PowerInfer layers hand a part over, and their residual scale is 1 (blocks_the_gpu_lacks).
+    ctx_.run("add", ctx_.api().si_cuda_add, x_.f32(), static_cast<const float*>(attn_out_.f32()), values, 1.0f);
 }
 
 void GpuForward::add_hot_active_counts(std::vector<int64_t>& active) {
@@ -224,6 +238,11 @@ void GpuForward::output(int64_t first_kept, float* logits) {
              weights_->output_norm().as<const float>(), kept, c.n_embd, c.norm_eps, xn_.f32());
     matmul(weights_->output(), xn_.f32(), kept, logits_.f32());
     ctx_.download(logits, logits_.data(), floats(kept * c.n_vocab));
+    // MiniCPM's logits are divided by its logit scale, on the host as the CPU path does (Session).
+    if (c.block.logit_scale != 1.0f) {
+        const float inverse_logit_scale = 1.0f / c.block.logit_scale;
+        for (int64_t i = 0; i < kept * c.n_vocab; ++i) logits[i] *= inverse_logit_scale;
+    }
 }
 
 }  // namespace si::gpu

@@ -36,10 +36,12 @@ public:
 
     // Starts a batch of n tokens at positions n_past..n_past + n - 1.
     void begin_batch(int64_t n, int64_t n_past);
-    // The hidden state of the batch (n rows of n_embd) goes up.
+    // The hidden state of the batch (n rows of n_embd) goes up: the CPU's embeddings (times
+    // MiniCPM's embedding scale) or the output of its layers.
     void upload_hidden(const float* x);
 
-    // Attention block of GPU layer il: x += Wo attention(...), the K and V rows stored.
+    // Attention block of GPU layer il: x += residual_scale * Wo attention(...), the K and V
+    // rows stored (Session::cpu_attention's block, of the BlockSpec fields the GPU computes).
     void attention(int64_t il);
     // FFN of GPU layer il over every neuron: dense files (SiLU), or a PowerInfer layer whose
     // neurons are all on the GPU, computed densely (ReLU).
@@ -55,7 +57,8 @@ public:
     // into active (n_layer entries; CPU layers and dense layers get nothing here).
     void add_hot_active_counts(std::vector<int64_t>& active);
 
-    // Output head for rows first_kept..n - 1 of the batch: their logits to `logits`.
+    // Output head for rows first_kept..n - 1 of the batch: their logits (divided by MiniCPM's
+    // logit scale) to `logits`.
     void output(int64_t first_kept, float* logits);
 
 private:

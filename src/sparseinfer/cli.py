@@ -575,8 +575,8 @@ def _choose(args: argparse.Namespace) -> None:
     with _open_model(args) as model:
         r = evaluate_choices(model, items, progress=_Progress("items", sys.stderr))
         metrics = (("acc", r.acc, "the option with the highest summed log-likelihood"),
-                   ("acc_norm", r.acc_norm, "the highest log-likelihood per character of the option "
-                                            "(lm-eval-harness's acc_norm)"),
+                   ("acc_norm", r.acc_norm, "the highest log-likelihood per character of the option, "
+                                            "lm-eval-harness's acc_norm"),
                    ("acc_per_token", r.acc_per_token, "the highest mean log-likelihood per token"))
         if args.json:
             # Each item is a call of its own: the model's stats hold the last one only.

@@ -162,7 +162,7 @@ def kl_divergence(seq: _seq.Sequence, model: "Model", base_seq: _seq.Sequence, b
     """The model's run in `seq` against the base's in `base_seq`, window by window and batch
     by batch in turn (so that only a batch of each side's logits is held); with audit, the
     base (a dense session of a PowerInfer file) counts its predictor's decisions."""
-    check_same_vocabulary(model, base_model)
+    _check_same_vocabulary(model, base_model)
     windows = _windows(seq, model, text, n_ctx, n_batch, max_windows)
     _check_fits(base_seq, n_ctx)
     run = _Run(seq, "kl_divergence()", windows, n_batch)
@@ -198,7 +198,7 @@ def kl_divergence(seq: _seq.Sequence, model: "Model", base_seq: _seq.Sequence, b
         base_perplexity=_perplexity_result(base_nlls, n_ctx, base_run.seconds), predictor=predictor)
 
 
-def check_same_vocabulary(model: "Model", base: "Model") -> None:
+def _check_same_vocabulary(model: "Model", base: "Model") -> None:
     """ValueError unless the two files have the same vocabulary (token texts and ids): their
     logits are compared entry by entry, for the model's own token ids of the text."""
     if model.n_vocab != base.n_vocab:

@@ -20,7 +20,7 @@ import pytest
 
 import ggufgen
 import reference
-from logit_checks import assert_close, mean_kl
+from logit_checks import assert_close, llama_cpp_logits, mean_kl
 
 import sparseinfer
 from sparseinfer import _core, errors
@@ -52,17 +52,6 @@ def write(tmp_path, arch, **kw):
 
 def engine_logits(path, tokens, n_ctx=128):
     return sparseinfer.Model(str(path), n_ctx=n_ctx, n_threads=N_THREADS).logits(tokens)
-
-
-def llama_cpp_logits(path, tokens, f32_kv, n_ctx=128):
-    llama_cpp = pytest.importorskip("llama_cpp")
-    kv = dict(type_k=0, type_v=0) if f32_kv else {}  # GGML_TYPE_F32, else llama.cpp's F16 default
-    llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=N_THREADS, logits_all=True, verbose=False, **kv)
-    try:
-        llm.eval(tokens)
-        return np.array(llm.scores[: len(tokens)], dtype=np.float64)
-    finally:
-        llm.close()
 
 
 @pytest.mark.parametrize("weight_type", ["F32", "F16", "Q8_0", "Q4_0", "Q4_K"])

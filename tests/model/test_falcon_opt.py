@@ -27,7 +27,7 @@ import arch_reference
 import ggufgen
 import reference
 from arch_reference import ArchReference
-from logit_checks import DENSE_TOLERANCES, assert_close, mean_kl
+from logit_checks import DENSE_TOLERANCES, assert_close, llama_cpp_logits, mean_kl
 
 import sparseinfer
 from sparseinfer import _core, errors
@@ -90,17 +90,6 @@ def check_against_reference(w, tokens, *, sparse=None, what=""):
     assert_close(got, want, weight_type, what, tolerances=TOLERANCES[flavour])
     assert_fractions(stats, ref, weight_type, what)
     return ref
-
-
-def llama_cpp_logits(path, tokens, f32_kv, n_ctx=128):
-    llama_cpp = pytest.importorskip("llama_cpp")
-    kv = dict(type_k=0, type_v=0) if f32_kv else {}  # GGML_TYPE_F32, else llama.cpp's F16 default
-    llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=N_THREADS, logits_all=True, verbose=False, **kv)
-    try:
-        llm.eval(tokens)
-        return np.array(llm.scores[: len(tokens)], dtype=np.float64)
-    finally:
-        llm.close()
 
 
 # ---- the builders and the reference on their own (no engine) ----------------------------

@@ -49,7 +49,7 @@ import gguf
 
 import ggufgen
 from ggufgen import ModelWeights, RandomWeights, add_tensor, default_vocab, write_file
-from sparsegen import GGUF_MAGIC, PWRI_MAGIC, set_magic
+from sparsegen import GGUF_MAGIC, PWRI_MAGIC, set_magic, stored_type
 
 FLAVOURS = ("gguf", "pwri")
 PREDICTORS = ("random", "exact")
@@ -271,7 +271,7 @@ def _write(path, arch: str, keys: dict, raw: dict, *, flavour: str, weight_type:
             continue
         if name in reshape_tensors:
             arr = arr.reshape(reshape_tensors[name])
-        t = "F32" if arr.ndim == 1 else pred_type if name.endswith(("fc1.weight", "fc2.weight")) else weight_type
+        t = stored_type(name, arr, weight_type, pred_type)
         w[name] = add_tensor(writer, name, arr, t)
         types[name] = t
     write_file(writer)

@@ -4,6 +4,7 @@ that how a prompt is split changes nothing)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 # The dense forward pass's tolerances (tests/model/test_forward.py says how they were set):
 # weight type -> (max |diff| / std, mean |diff| / std)
@@ -64,3 +65,16 @@ def mean_kl(p_logits, q_logits):
     llama.cpp, next to its own KV-cache noise."""
     lp, lq = log_softmax(p_logits), log_softmax(q_logits)
     return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=-1)))
+
+
+def llama_cpp_logits(path, tokens, f32_kv, n_ctx=128, n_threads=2):
+    """llama-cpp-python's logits at every position of `tokens` on the file at path (skips the
+    test where it is not installed), with an F32 KV cache or llama.cpp's default F16 one."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    kv = dict(type_k=0, type_v=0) if f32_kv else {}  # GGML_TYPE_F32, else llama.cpp's F16 default
+    llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=n_threads, logits_all=True, verbose=False, **kv)
+    try:
+        llm.eval(tokens)
+        return np.array(llm.scores[: len(tokens)], dtype=np.float64)
+    finally:
+        llm.close()

@@ -60,6 +60,14 @@ def read_magic(path: Union[str, os.PathLike]) -> bytes:
         return f.read(4)
 
 
+def stored_type(name: str, arr: np.ndarray, weight_type: str, pred_type: str) -> str:
+    """The type a PowerInfer file stores a tensor in: vectors F32, the predictor (fc1, fc2)
+    pred_type, every other matrix weight_type."""
+    if arr.ndim == 1:
+        return "F32"
+    return pred_type if name.endswith(("fc1.weight", "fc2.weight")) else weight_type
+
+
 def _ranks(rank: Union[int, Sequence[int]], n_layer: int) -> list[int]:
     if isinstance(rank, (int, np.integer)):
         return [int(rank)] * n_layer
@@ -194,10 +202,7 @@ def write_pwri_model(
     w = ModelWeights()
     types: dict[str, str] = {}
     for name, arr in raw.items():
-        if arr.ndim == 1:
-            t = "F32"
-        else:
-            t = pred_type if name.endswith(("fc1.weight", "fc2.weight")) else weight_type
+        t = stored_type(name, arr, weight_type, pred_type)
         w[name] = add_tensor(writer, name, arr, t)
         types[name] = t
     write_file(writer)

@@ -290,15 +290,15 @@ void Session::cpu_attention(int il, int64_t n) {
     const bool halves = block.rope_layout == RopeLayout::halves, local = c.slides(il);
     normalize(x_.data(), l.attn_norm, l.attn_norm_b, n, xn_.data());
     matmul({{&l.wq, q_.data()}, {&l.wk, k_.data()}, {&l.wv, v_.data()}}, xn_.data(), n);
+    if (block.qkv_bias) {
+        add_bias(q_.data(), l.bq, n);
+        add_bias(k_.data(), l.bk, n);
+        add_bias(v_.data(), l.bv, n);
+    }
     for (int64_t t = 0; t < n; ++t) {
         float* q = q_.data() + t * q_dim;
         float* k = k_.data() + t * kv_dim;
         float* v = v_.data() + t * kv_dim;
-        if (block.qkv_bias) {
-            for (int64_t i = 0; i < q_dim; ++i) q[i] += l.bq[static_cast<size_t>(i)];
-            for (int64_t i = 0; i < kv_dim; ++i) k[i] += l.bk[static_cast<size_t>(i)];
-            for (int64_t i = 0; i < kv_dim; ++i) v[i] += l.bv[static_cast<size_t>(i)];
-        }
         if (block.qk_norm) {
             rms_norm_rows(q, l.q_norm.data(), c.n_head, c.head_dim, c.norm_eps, q);
             rms_norm_rows(k, l.k_norm.data(), c.n_head_kv, c.head_dim, c.norm_eps, k);
@@ -448,11 +448,8 @@ const float* Session::list_dense_neurons(int layer, int64_t n) {
     // token's neurons with relu(gate) > 0 (the only ones whose up and down rows matter) become its
     // list.
     matmul({{&gates, up_.data()}}, xn_.data(), n);
-    if (const float* bias = relu_bias(model_->layers()[static_cast<size_t>(layer)])) {
-        for (int64_t t = 0; t < n; ++t) {
-            for (int64_t j = 0; j < n_ff; ++j) up_[t * n_ff + j] += bias[j];
-        }
-    }
+    const LayerWeights& l = model_->layers()[static_cast<size_t>(layer)];
+    if (relu_bias(l) != nullptr) add_bias(up_.data(), l.ffn_up_b, n);
     for (int64_t t = 0; t < n; ++t) {
         std::vector<int32_t>& positive = active_[static_cast<size_t>(t)];
         positive.clear();

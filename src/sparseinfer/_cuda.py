@@ -36,7 +36,7 @@ import sys
 import threading
 from typing import Any, Optional
 
-ABI_VERSION = 4  # SI_CUDA_ABI_VERSION in cpp/src/cuda_abi/plugin_api.h
+ABI_VERSION = 5  # SI_CUDA_ABI_VERSION in cpp/src/cuda_abi/plugin_api.h
 PLUGIN_PACKAGES = ("sparseinfer_cuda13", "sparseinfer_cuda12")
 ENV_PLUGIN = "SPARSEINFER_CUDA_PLUGIN"
 INSTALL_HINT = ("CUDA does not exist on macOS" if sys.platform == "darwin"
@@ -66,6 +66,9 @@ WEIGHT_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8}
 ROPE_ADJACENT_PAIRS = 0
 ROPE_HALVES = 1
 
+# si_cuda_activate's activations (SI_CUDA_ACTIVATION_* in plugin_api.h).
+ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "relu": 2}
+
 # Statuses of the plugin's own (CUDA's error codes are positive).
 ERROR_ARGUMENT = -2
 ERROR_INDEX = -3
@@ -93,6 +96,7 @@ PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "si_cuda_alloc": (_int, [_ptr, _size, ctypes.POINTER(_ptr)] + _ERR),
     "si_cuda_free": (_int, [_ptr, _ptr] + _ERR),
     "si_cuda_upload": (_int, [_ptr, _ptr, _ptr, _size] + _ERR),
+    "si_cuda_copy": (_int, [_ptr, _ptr, _ptr, _size] + _ERR),
     "si_cuda_download": (_int, [_ptr, _ptr, _ptr, _size] + _ERR),
     "si_cuda_memset": (_int, [_ptr, _ptr, _int, _size] + _ERR),
     # ctx, type, w, rows, cols, x, n_tokens, y
@@ -101,22 +105,26 @@ PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "si_cuda_matmul_rows": (_int, [_ptr, _int, _ptr, _i64, _i64, _ptr, _ptr, _i64, _ptr, _i64, _ptr] + _ERR),
     # ctx, x, weight, n_rows, n, eps, out
     "si_cuda_rms_norm": (_int, [_ptr, _ptr, _ptr, _i64, _i64, ctypes.c_float, _ptr] + _ERR),
+    # ctx, x, weight, bias, n_rows, n, eps, out
+    "si_cuda_layer_norm": (_int, [_ptr, _ptr, _ptr, _ptr, _i64, _i64, ctypes.c_float, _ptr] + _ERR),
     # ctx, y, bias, n_rows, n
     "si_cuda_add_bias": (_int, [_ptr, _ptr, _ptr, _i64, _i64] + _ERR),
-    # ctx, x, n_tokens, n_heads, head_dim, rope_dim, positions, base, layout
-    "si_cuda_rope": (_int, [_ptr, _ptr, _i64, _i64, _i64, _i64, _ptr, ctypes.c_float, _int] + _ERR),
-    # ctx, q, k, v, k_cache, v_cache, n_ctx, n_past, n_tokens, n_head, n_head_kv, head_dim, out
-    "si_cuda_attention": (_int, [_ptr] + [_ptr] * 5 + [_i64] * 6 + [_ptr] + _ERR),
+    # ctx, x, n_tokens, n_heads, head_dim, rope_dim, positions, inverse_frequencies, magnitude, layout
+    "si_cuda_rope": (_int, [_ptr, _ptr, _i64, _i64, _i64, _i64, _ptr, _ptr, ctypes.c_double, _int] + _ERR),
+    # ctx, q, k, v, k_cache, v_cache, n_ctx, n_past, n_tokens, n_head, n_head_kv, head_dim, scale,
+    # window, out
+    "si_cuda_attention": (_int, [_ptr] + [_ptr] * 5 + [_i64] * 6 + [ctypes.c_float, _i64, _ptr] + _ERR),
     # ctx, y, x, n, scale
     "si_cuda_add": (_int, [_ptr, _ptr, _ptr, _i64, ctypes.c_float] + _ERR),
-    "si_cuda_silu_mul": (_int, [_ptr, _ptr, _ptr, _i64] + _ERR),
+    # ctx, activation, x, factor, n
+    "si_cuda_activate": (_int, [_ptr, _int, _ptr, _ptr, _i64] + _ERR),
     # ctx, fc1_type, fc1, rank, n_embd, fc2_type, fc2, n_ff, x, n_tokens, hidden, scores
     "si_cuda_ffn_predict": (_int, [_ptr, _int, _ptr, _i64, _i64, _int, _ptr, _i64, _ptr, _i64, _ptr, _ptr] + _ERR),
     # ctx, scores, n_tokens, n_ff, threshold, candidates, n_candidates, rows, count, mask
     "si_cuda_ffn_select": (_int, [_ptr, _ptr, _i64, _i64, ctypes.c_float, _ptr, _i64, _ptr, _ptr, _ptr, _ptr] + _ERR),
-    # ctx, gate_type, gate, up_type, up, n_rows, n_embd, rows, count, max_count, mask, x,
+    # ctx, gate_type, gate, relu_bias, up_type, up, n_rows, n_embd, rows, count, max_count, mask, x,
     # n_tokens, relu_up, h
-    "si_cuda_ffn_gate_up": (_int, [_ptr, _int, _ptr, _int, _ptr, _i64, _i64, _ptr, _ptr, _i64, _ptr, _ptr,
+    "si_cuda_ffn_gate_up": (_int, [_ptr, _int, _ptr, _ptr, _int, _ptr, _i64, _i64, _ptr, _ptr, _i64, _ptr, _ptr,
                                    _i64, _int, _ptr] + _ERR),
     # ctx, down_type, down_t, n_rows, n_embd, rows, count, max_count, h, n_tokens, y
     "si_cuda_ffn_down": (_int, [_ptr, _int, _ptr, _i64, _i64, _ptr, _ptr, _i64, _ptr, _i64, _ptr] + _ERR),

@@ -186,6 +186,9 @@ def test_upload_download_memset(gpu):
     want = data.copy()
     want[100:200] = 0
     np.testing.assert_array_equal(gpu.get(address, data.shape, np.float32), want)
+    copy = gpu.alloc(data.nbytes)
+    gpu.run("si_cuda_copy", copy + 40, address + 40, 800)  # device to device, at offsets
+    np.testing.assert_array_equal(gpu.get(copy, data.shape, np.float32)[10:210], want[10:210])
     assert gpu.ctx.alloc(0) == 0
     free, total = gpu.ctx.memory_info()
     assert 0 < free <= total
@@ -332,65 +335,127 @@ def test_per_head_rms_norm(gpu):
     assert_within(gpu.get(xd, x.shape, np.float32), want, 1e-5 * np.abs(want) + 1e-30, "per-head rms_norm")
 
 
+@pytest.mark.parametrize("n", [1000, 4096, 7])
+def test_layer_norm(gpu, n):
+    rng = rng_for("layer norm", n)
+    rows = 5
+    x = (rng.standard_normal((rows, n)) * 3 + 2).astype(np.float32)  # a mean far from 0
+    weight = rng.standard_normal(n).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    x64 = x.astype(np.float64)
+    centred = x64 - x64.mean(axis=1, keepdims=True)
+    normed = centred / np.sqrt((centred ** 2).mean(axis=1, keepdims=True) + 1e-5)
+    want = normed * weight + bias
+    xd, out = gpu.put(x), gpu.alloc(x.nbytes)
+    gpu.run("si_cuda_layer_norm", xd, gpu.put(weight), gpu.put(bias), rows, n, 1e-5, out)
+    # The mean and the scale in float32: each normed value within ~1e-5 of its size (and of the
+    # row's, where x sits near the mean), then one product and one sum.
+    bound = 1e-5 * (np.abs(normed) + 1) * np.abs(weight) + 2 * U * np.abs(want) + 1e-30
+    assert_within(gpu.get(out, x.shape, np.float32), want, bound, "layer_norm")
+    gpu.run("si_cuda_layer_norm", xd, gpu.put(weight), gpu.put(bias), rows, n, 1e-5, xd)  # in place
+    assert_within(gpu.get(xd, x.shape, np.float32), want, bound, "layer_norm in place")
+    with pytest.raises(_cuda.CudaError, match="must not be null") as info:
+        gpu.run("si_cuda_layer_norm", xd, gpu.put(weight), None, rows, n, 1e-5, xd)
+    assert info.value.status == _cuda.ERROR_ARGUMENT
+
+
+def rope_reference(x, positions, inverse_frequencies, magnitude, rope_dim, halves):
+    """RoPE in float64 with any speeds: pair i of a head turns by positions[t] * inverse[i],
+    cos and sin times magnitude (model/rope.h's scaled RoPE)."""
+    half = rope_dim // 2
+    theta = positions[:, None].astype(np.float64) * inverse_frequencies[None, :]  # (tokens, half)
+    cos, sin = (np.cos(theta) * magnitude)[:, None, :], (np.sin(theta) * magnitude)[:, None, :]
+    out = x.astype(np.float64).copy()
+    first = np.arange(half) if halves else 2 * np.arange(half)
+    second = first + (half if halves else 1)
+    x0, x1 = out[:, :, first].copy(), out[:, :, second].copy()
+    out[:, :, first] = x0 * cos - x1 * sin
+    out[:, :, second] = x0 * sin + x1 * cos
+    return out
+
+
 @pytest.mark.parametrize("layout", ["adjacent pairs", "halves"])
 @pytest.mark.parametrize("rope_dim", [64, 32])
-def test_rope(gpu, rope_dim, layout):
-    rng = rng_for("rope", rope_dim, layout)
+@pytest.mark.parametrize("scaled", [False, True])
+def test_rope(gpu, rope_dim, layout, scaled):
+    """Unscaled speeds against the reference's RoPE; scaled ones (per-pair factors, a magnitude
+    as YaRN's) against the same rotation with those speeds."""
+    rng = rng_for("rope", rope_dim, layout, scaled)
     n_tokens, n_heads, head_dim, base = 6, 4, 64, 10000.0
     positions = np.array([0, 1, 2, 17, 1000, 4095], np.int32)
     x = rng.standard_normal((n_tokens, n_heads, head_dim)).astype(np.float32)
     xd = gpu.put(x)
     halves = layout == "halves"
-    gpu.run("si_cuda_rope", xd, n_tokens, n_heads, head_dim, rope_dim, gpu.put(positions), base,
-            _cuda.ROPE_HALVES if halves else _cuda.ROPE_ADJACENT_PAIRS)
+    inverse = base ** (-2.0 * np.arange(rope_dim // 2) / rope_dim)
+    magnitude = 1.0
+    if scaled:
+        inverse = inverse / np.linspace(1.0, 8.0, rope_dim // 2)
+        magnitude = 1.1386
+    gpu.run("si_cuda_rope", xd, n_tokens, n_heads, head_dim, rope_dim, gpu.put(positions), gpu.put(inverse),
+            magnitude, _cuda.ROPE_HALVES if halves else _cuda.ROPE_ADJACENT_PAIRS)
     got = gpu.get(xd, x.shape, np.float32)
-    want = (reference.rope_neox if halves else reference.rope_normal)(x.astype(np.float64), positions, rope_dim,
-                                                                       base)
+    if scaled:
+        want = rope_reference(x, positions, inverse, magnitude, rope_dim, halves)
+    else:
+        want = (reference.rope_neox if halves else reference.rope_normal)(x.astype(np.float64), positions,
+                                                                           rope_dim, base)
     # cos and sin rounded to float, then two products and a sum in float32; a value's partner
     # is its neighbour (adjacent pairs) or the value rope_dim / 2 away (halves).
     partners = (rope_dim // 2,) if halves else (1, -1)
-    bound = 4 * U * (np.abs(x) + sum(np.abs(np.roll(x, p, axis=2)) for p in partners)) * 2
+    bound = 4 * U * magnitude * (np.abs(x) + sum(np.abs(np.roll(x, p, axis=2)) for p in partners)) * 2
     assert_within(got, want, bound, "rope")
     np.testing.assert_array_equal(got[:, :, rope_dim:], x[:, :, rope_dim:])  # passed through
 
 
-def test_rope_refuses_an_unknown_layout(gpu):
+def test_rope_refuses_an_unknown_layout_and_no_frequencies(gpu):
     buf = gpu.alloc(4096)
     with pytest.raises(_cuda.CudaError, match="layout 2") as info:
-        gpu.run("si_cuda_rope", buf, 1, 1, 8, 8, buf, 10000.0, 2)
+        gpu.run("si_cuda_rope", buf, 1, 1, 8, 8, buf, buf, 1.0, 2)
+    assert info.value.status == _cuda.ERROR_ARGUMENT
+    with pytest.raises(_cuda.CudaError, match="inverse_frequencies") as info:
+        gpu.run("si_cuda_rope", buf, 1, 1, 8, 8, buf, None, 1.0, _cuda.ROPE_HALVES)
     assert info.value.status == _cuda.ERROR_ARGUMENT
 
 
-def attention_reference(q, k_cache, v_cache, n_past, n_head, n_head_kv, head_dim):
-    """(out, bound): Session::attention in float64 over the (half-rounded) cache. Bound: a
+def attention_reference(q, k_cache, v_cache, n_past, n_head, n_head_kv, head_dim, scale=None, window=0):
+    """(out, bound): Session::attention in float64 over the (half-rounded) cache, each token
+    seeing the last `window` positions (all for 0), scores times scale (1 / sqrt(head_dim) for
+    None). Bound: a
     score off by at most e moves each softmax weight by a factor within exp(+-2e), so the
     output by at most ~2e * sum p|v| (doubled here); plus the float32 sums of the weighted
     values (a warp sums n_keys / 8 of them, then 8 warps merge)."""
     n_tokens = q.shape[0]
     group = n_head // n_head_kv
+    scale = 1 / np.sqrt(head_dim) if scale is None else scale
     out = np.zeros((n_tokens, n_head, head_dim))
     bound = np.zeros_like(out)
     for t in range(n_tokens):
         n_keys = n_past + t + 1
+        first = max(0, n_keys - window) if window else 0
         for h in range(n_head):
             kv = h // group
-            keys = k_cache[:n_keys, kv].astype(np.float64)
-            values = v_cache[:n_keys, kv].astype(np.float64)
+            keys = k_cache[first:n_keys, kv].astype(np.float64)
+            values = v_cache[first:n_keys, kv].astype(np.float64)
             qh = q[t, h].astype(np.float64)
-            scores = keys @ qh / np.sqrt(head_dim)
+            scores = keys @ qh * scale
             p = np.exp(scores - scores.max())
             p /= p.sum()
             out[t, h] = p @ values
-            score_err = (4 * U * (head_dim / 32 + 8) * (np.abs(keys) @ np.abs(qh)) / np.sqrt(head_dim)).max()
+            score_err = (4 * U * (head_dim / 32 + 8) * (np.abs(keys) @ np.abs(qh)) * scale).max()
             bound[t, h] = (4 * score_err + 4 * U * (n_keys / 8 + 16)) * (p @ np.abs(values) + np.abs(out[t, h]))
     return out, bound
 
 
-@pytest.mark.parametrize("n_head,n_head_kv,head_dim", [(8, 2, 64), (4, 4, 128), (6, 1, 100), (2, 1, 256)])
-def test_attention(gpu, n_head, n_head_kv, head_dim):
+@pytest.mark.parametrize("n_head,n_head_kv,head_dim,scale,window", [
+    (8, 2, 64, None, 0), (4, 4, 128, None, 0), (6, 1, 100, None, 0), (2, 1, 256, None, 0),
+    # Gemma 3's local layers: a query scale of their own, a window the second call runs past
+    (8, 2, 64, 0.0625, 4), (4, 1, 32, None, 6),
+])
+def test_attention(gpu, n_head, n_head_kv, head_dim, scale, window):
     """Three calls as a session makes them: a prompt of 5, one token, then 3 more; K and V
     stored as halves at their positions, causal, grouped heads."""
-    rng = rng_for("attention", n_head, n_head_kv, head_dim)
+    rng = rng_for("attention", n_head, n_head_kv, head_dim, scale, window)
+    kernel_scale = 1 / np.sqrt(np.float32(head_dim)) if scale is None else scale
     n_ctx = 40
     kv_shape = (n_ctx, n_head_kv, head_dim)
     untouched = np.float16(7.0)
@@ -407,9 +472,9 @@ def test_attention(gpu, n_head, n_head_kv, head_dim):
         v_all[n_past:n_past + n_tokens] = v.astype(np.float16)
         out = gpu.alloc(q.nbytes)
         gpu.run("si_cuda_attention", gpu.put(q), gpu.put(k), gpu.put(v), k_cache, v_cache, n_ctx, n_past,
-                n_tokens, n_head, n_head_kv, head_dim, out)
+                n_tokens, n_head, n_head_kv, head_dim, kernel_scale, window, out)
         got = gpu.get(out, q.shape, np.float32)
-        want, bound = attention_reference(q, k_all, v_all, n_past, n_head, n_head_kv, head_dim)
+        want, bound = attention_reference(q, k_all, v_all, n_past, n_head, n_head_kv, head_dim, scale, window)
         assert_within(got, want, bound, f"attention at n_past={n_past}")
         n_past += n_tokens
         cache = gpu.get(k_cache, kv_shape, np.float16)
@@ -420,18 +485,20 @@ def test_attention(gpu, n_head, n_head_kv, head_dim):
     # Without new K and V: attention over what the cache holds (the last 3 tokens again).
     out = gpu.alloc(q.nbytes)
     gpu.run("si_cuda_attention", gpu.put(q), None, None, k_cache, v_cache, n_ctx, n_past - 3, 3, n_head,
-            n_head_kv, head_dim, out)
+            n_head_kv, head_dim, kernel_scale, window, out)
     np.testing.assert_array_equal(gpu.get(out, q.shape, np.float32), got)
 
 
-def test_attention_rejects_overflow_and_wide_heads(gpu):
+def test_attention_rejects_overflow_wide_heads_and_a_negative_window(gpu):
     buf = gpu.alloc(4096)
     with pytest.raises(_cuda.CudaError, match="n_ctx"):
-        gpu.run("si_cuda_attention", buf, None, None, buf, buf, 4, 3, 2, 1, 1, 8, buf)
+        gpu.run("si_cuda_attention", buf, None, None, buf, buf, 4, 3, 2, 1, 1, 8, 0.5, 0, buf)
     with pytest.raises(_cuda.CudaError, match="head_dim"):
-        gpu.run("si_cuda_attention", buf, None, None, buf, buf, 4, 0, 1, 1, 1, 512, buf)
+        gpu.run("si_cuda_attention", buf, None, None, buf, buf, 4, 0, 1, 1, 1, 512, 0.5, 0, buf)
     with pytest.raises(_cuda.CudaError, match="KV heads"):
-        gpu.run("si_cuda_attention", buf, None, None, buf, buf, 4, 0, 1, 6, 4, 8, buf)
+        gpu.run("si_cuda_attention", buf, None, None, buf, buf, 4, 0, 1, 6, 4, 8, 0.5, 0, buf)
+    with pytest.raises(_cuda.CudaError, match="window -1"):
+        gpu.run("si_cuda_attention", buf, None, None, buf, buf, 4, 0, 1, 1, 1, 8, 0.5, -1, buf)
 
 
 def test_add_bias(gpu):
@@ -446,7 +513,7 @@ def test_add_bias(gpu):
     assert info.value.status == _cuda.ERROR_ARGUMENT
 
 
-def test_add_and_silu_mul(gpu):
+def test_add_and_activate(gpu):
     rng = rng_for("elementwise")
     a = rng.standard_normal(3001).astype(np.float32)
     b = rng.standard_normal(3001).astype(np.float32)
@@ -457,10 +524,21 @@ def test_add_and_silu_mul(gpu):
     gpu.run("si_cuda_add", scaled, bd, a.size, 0.75)
     want = a.astype(np.float64) + 0.75 * b.astype(np.float64)
     assert_within(gpu.get(scaled, a.shape, np.float32), want, 2 * U * (np.abs(a) + np.abs(b)), "scaled add")
-    gpu.run("si_cuda_silu_mul", ad, bd, a.size)
-    s = (a + b).astype(np.float64)
-    want = s / (1 + np.exp(-s)) * b
-    assert_within(gpu.get(ad, a.shape, np.float32), want, 8 * U * np.abs(want), "silu_mul")
+    s = gpu.get(ad, a.shape, np.float32).astype(np.float64)  # a + b
+    gelu = 0.5 * s * (1 + np.tanh(np.sqrt(2 / np.pi) * (s + 0.044715 * s ** 3)))
+    for name, factor, want in [("silu", bd, s / (1 + np.exp(-s)) * b), ("gelu_tanh", bd, gelu * b),
+                               ("gelu_tanh", None, gelu), ("relu", None, np.maximum(s, 0))]:
+        x = gpu.put(s.astype(np.float32))
+        gpu.run("si_cuda_activate", _cuda.ACTIVATIONS[name], x, factor, a.size)
+        # a few roundings of the value; GELU (as x sigmoid(2u)) also of u, whose error reaches
+        # the result through the sigmoid's slope, at most |x| / 4 per unit of u
+        bound = 16 * U * np.abs(want)
+        if name == "gelu_tanh":
+            bound += 16 * U * np.abs(s) * (np.abs(s) + 0.1 * np.abs(s) ** 3) * (np.abs(b) if factor else 1)
+        assert_within(gpu.get(x, a.shape, np.float32), want, bound, f"{name} {'* up' if factor else 'alone'}")
+    with pytest.raises(_cuda.CudaError, match="activation 3") as info:
+        gpu.run("si_cuda_activate", 3, ad, None, a.size)
+    assert info.value.status == _cuda.ERROR_ARGUMENT
 
 
 # ---- the sparse FFN --------------------------------------------------------------------------
@@ -534,11 +612,19 @@ def test_ffn_select_threshold_zero_and_bad_candidate(gpu):
     assert info.value.status == _cuda.ERROR_INDEX
 
 
-def gate_up_reference(gate, up, x, rows, mask, relu_up):
-    """(h, bound): feed_forward.cpp's h = relu(g) * u (relu(u) for bamboo), masked."""
+def gate_up_reference(gate, up, x, rows, mask, relu_up, relu_bias=None):
+    """(h, bound): feed_forward.cpp's h = relu(g) * u (relu(u) for bamboo), masked; without an up
+    (None) relu(g), g with its bias where there is one (the gate-less FFN: g is up's)."""
     x64 = x.astype(np.float64)
-    g, u = x64 @ gate[rows].T, x64 @ up[rows].T
-    g_bound, u_bound = dot_bound(gate[rows], x64), dot_bound(up[rows], x64)
+    g = x64 @ gate[rows].T
+    g_bound = dot_bound(gate[rows], x64)
+    if relu_bias is not None:
+        g = g + relu_bias[rows]
+        g_bound = g_bound + 2 * U * np.abs(g)
+    if up is None:
+        u, u_bound = np.ones_like(g), np.zeros_like(g)
+    else:
+        u, u_bound = x64 @ up[rows].T, dot_bound(up[rows], x64)
     u_act = np.maximum(u, 0) if relu_up else u
     h = np.where(mask & (g > 0), g * u_act, 0.0)
     # Where g is within its error of 0 the kernel may or may not zero h: both are within
@@ -559,7 +645,7 @@ def test_ffn_gate_up(gpu, gate_type, up_type, n_tokens, relu_up):
     rows = np.sort(rng.choice(n_rows, capacity, replace=False)).astype(np.int32)
     mask = (rng.random((n_tokens, capacity)) < 0.7).astype(np.uint8)
     h = gpu.alloc(n_tokens * capacity * 4)
-    gpu.run("si_cuda_ffn_gate_up", TYPE_ID[gate_type], gpu.put(gate_raw), TYPE_ID[up_type], gpu.put(up_raw),
+    gpu.run("si_cuda_ffn_gate_up", TYPE_ID[gate_type], gpu.put(gate_raw), None, TYPE_ID[up_type], gpu.put(up_raw),
             n_rows, n_embd, gpu.put(rows), gpu.put(np.array([count], np.int32)), capacity, gpu.put(mask),
             gpu.put(x), n_tokens, relu_up, h)
     got = gpu.get(h, (n_tokens, capacity), np.float32)[:, :count]
@@ -569,10 +655,33 @@ def test_ffn_gate_up(gpu, gate_type, up_type, n_tokens, relu_up):
 
     # No list, no count, no mask: every row, every token (the dense ReLU FFN).
     h_all = gpu.alloc(n_tokens * n_rows * 4)
-    gpu.run("si_cuda_ffn_gate_up", TYPE_ID[gate_type], gpu.put(gate_raw), TYPE_ID[up_type], gpu.put(up_raw),
+    gpu.run("si_cuda_ffn_gate_up", TYPE_ID[gate_type], gpu.put(gate_raw), None, TYPE_ID[up_type], gpu.put(up_raw),
             n_rows, n_embd, None, None, n_rows, None, gpu.put(x), n_tokens, relu_up, h_all)
     want, bound = gate_up_reference(gate, up, x, np.arange(n_rows), np.ones((n_tokens, n_rows), bool), relu_up)
     assert_within(gpu.get(h_all, (n_tokens, n_rows), np.float32), want, bound, "gate/up, all rows")
+
+
+@pytest.mark.parametrize("n_tokens", [1, 3, 11])
+@pytest.mark.parametrize("weight_type", ["F16", "Q8_0"])
+def test_ffn_gate_up_without_a_gate(gpu, weight_type, n_tokens):
+    """Falcon's and OPT's FFN: h = relu(up . x + b) of the listed rows (the matrix and bias in
+    the gate's place, no up), masked."""
+    rng = rng_for("gate-less", weight_type, n_tokens)
+    n_rows, n_embd, capacity, count = 300, 256, 90, 77
+    up_raw, up = encode(rng.standard_normal((n_rows, n_embd)) * 0.1, weight_type)
+    bias = (rng.standard_normal(n_rows) * 0.5).astype(np.float32)
+    x = rng.standard_normal((n_tokens, n_embd)).astype(np.float32)
+    rows = np.sort(rng.choice(n_rows, capacity, replace=False)).astype(np.int32)
+    mask = (rng.random((n_tokens, capacity)) < 0.7).astype(np.uint8)
+    h = gpu.alloc(n_tokens * capacity * 4)
+    gpu.run("si_cuda_ffn_gate_up", TYPE_ID[weight_type], gpu.put(up_raw), gpu.put(bias), TYPE_ID["F32"], None,
+            n_rows, n_embd, gpu.put(rows), gpu.put(np.array([count], np.int32)), capacity, gpu.put(mask),
+            gpu.put(x), n_tokens, 0, h)
+    got = gpu.get(h, (n_tokens, capacity), np.float32)[:, :count]
+    want, bound = gate_up_reference(up, None, x, rows[:count], mask[:, :count].astype(bool), 0,
+                                    bias.astype(np.float64))
+    assert_within(got, want, bound, f"relu(up x + b) {weight_type}")
+    assert 0 < (got > 0).sum() < got.size  # the bias moved some neurons across 0 either way
 
 
 def down_reference(y0, h, down, rows):
@@ -634,7 +743,7 @@ def test_sparse_ffn_on_hot_neurons(gpu, weight_type, relu_up):
     gpu.run("si_cuda_ffn_select", scores, n_tokens, n_ff, threshold, gpu.put(hot), hot.size, rows, count, mask,
             None)
     h = gpu.alloc(n_tokens * hot.size * 4)
-    gpu.run("si_cuda_ffn_gate_up", TYPE_ID[weight_type], gpu.put(gate_raw[hot]), TYPE_ID[weight_type],
+    gpu.run("si_cuda_ffn_gate_up", TYPE_ID[weight_type], gpu.put(gate_raw[hot]), None, TYPE_ID[weight_type],
             gpu.put(up_raw[hot]), hot.size, n_embd, rows, count, hot.size, mask, gpu.put(xn), n_tokens, relu_up, h)
     y = gpu.put(x)
     gpu.run("si_cuda_ffn_down", TYPE_ID[weight_type], gpu.put(down_raw[hot]), hot.size, n_embd, rows, count,

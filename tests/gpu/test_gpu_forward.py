@@ -1,5 +1,7 @@
 """The whole forward pass on a GPU (cpp/src/gpu: the plugin loader and GpuForward) against the
-NumPy float64 references, through Model(device="cuda").
+NumPy float64 references, through Model(device="cuda"); for the architectures of other blocks
+(qwen2, qwen3, minicpm, gemma3, falcon, opt) and scaled RoPE also against the CPU engine's
+logits of the same F32 file.
 
 The GPU tests run in a child process whose sparseinfer loads a given plugin library (the
 SPARSEINFER_CUDA_PLUGIN variable of src/sparseinfer/_cuda.py; a plugin, once loaded, stays
@@ -31,11 +33,14 @@ import threading
 import numpy as np
 import pytest
 
+import archgen
 import cuda_build
 import ggufgen
 import reference
+import rope_cases
 import sparse_reference
 import sparsegen
+from arch_reference import ArchReference
 from logit_checks import logits_in_chunks
 
 import sparseinfer
@@ -70,6 +75,13 @@ def gpu_model(path, **kw):
     kw.setdefault("n_ctx", 128)
     kw.setdefault("n_threads", 1)
     return sparseinfer.Model(str(path), device="cuda", predictor_q8=False, **kw)
+
+
+def cpu_logits(path, ids, **kw):
+    """The CPU engine's logits (float64) and stats for the file; F32 weights keep its
+    activations in float32, as the GPU's."""
+    with sparseinfer.Model(str(path), device="cpu", n_ctx=128, n_threads=1, predictor_q8=False, **kw) as m:
+        return m.logits(ids).astype(np.float64), m.stats()
 
 
 # ---- the parent: children over each plugin ---------------------------------------------
@@ -390,13 +402,30 @@ def test_dense_model_with_some_layers_on_the_cpu(tmp_path):
 
 # Architectures of llama's block with BlockSpec fields the GPU computes: qwen2 (Q, K, V biases,
 # NeoX RoPE), qwen3 (per-head Q and K norms, NeoX RoPE, heads 32 wide where n_embd / n_head is
-# 16) and minicpm (embedding, residual and logit scales). GQA in each.
+# 16), minicpm (embedding, residual and logit scales) and gemma3 (qwen3's attention with a query
+# scale of 1/sqrt(head_dim), norms after attention and FFN, a GELU-tanh FFN, the embedding
+# scale, a logit softcap, and every other layer attending through a window of 4 positions, which
+# the prompts below run past, with a RoPE base of its own). GQA in each.
+GEMMA3_KEYS = {"gemma3.attention.sliding_window_pattern": 2, "gemma3.rope.freq_base_swa": 500.0,
+               "gemma3.final_logit_softcapping": 10.0}
 ARCHITECTURES = {
     "qwen2": dict(architecture="qwen2", n_head_kv=2),
     "qwen3": dict(architecture="qwen3", n_head_kv=2, head_dim=32),
     "minicpm": dict(architecture="minicpm", n_head_kv=2,
                     minicpm_scales=dict(embedding_scale=12.0, residual_scale=0.99, logit_scale=0.5)),
+    "gemma3": dict(architecture="gemma3", n_head_kv=1, head_dim=32, sliding_window=4, rope_base=1e6,
+                   extra_kv=GEMMA3_KEYS),
 }
+
+
+def write_architecture(path, arch, **kw):
+    """A file of ARCHITECTURES[arch]; its weights' hparams hold what the reference needs of
+    the keys ggufgen writes as given (gemma3's window pattern, local base and softcap)."""
+    w = ggufgen.write_llama_model(path, **ARCHITECTURES[arch], **kw)
+    if arch == "gemma3":
+        w.hparams.update(sliding_layers=[il % 2 == 0 for il in range(w.hparams["n_layer"])],
+                         local_rope_base=500.0, final_logit_softcap=10.0)
+    return w
 
 
 @in_child
@@ -409,7 +438,7 @@ def test_architectures_match_the_reference_and_the_cpu(tmp_path, arch, weight_ty
     float32 activations. (Not seed 31: its qwen2 file is one where the CPU engine itself sits
     2e-4 * std from the reference, a file whose logits hang on the rounding of a value.)"""
     path = tmp_path / f"{arch}.gguf"
-    w = ggufgen.write_llama_model(path, weight_type=weight_type, n_layer=3, seed=1, **ARCHITECTURES[arch])
+    w = write_architecture(path, arch, weight_type=weight_type, n_layer=3, seed=1)
     ids = ggufgen.random_tokens(9, seed=31)
     want = reference.forward(w, ids, kv_f16=True)
     with sparseinfer.Model(str(path), device="cpu", n_ctx=128, n_threads=1) as m:
@@ -426,10 +455,11 @@ def test_architectures_match_the_reference_and_the_cpu(tmp_path, arch, weight_ty
 @in_child
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_architectures_token_by_token_equal_the_prompt_at_once(tmp_path, arch):
-    """The KV cache of the GPU layers (heads of head_dim, not n_embd / n_head) read back as the
-    prompt wrote it: decoding token by token gives the prompt's logits."""
+    """The KV cache of the GPU layers (heads of head_dim, not n_embd / n_head; gemma3's windows
+    over it) read back as the prompt wrote it: decoding token by token gives the prompt's
+    logits."""
     path = tmp_path / f"{arch}.gguf"
-    ggufgen.write_llama_model(path, weight_type="Q8_0", seed=32, **ARCHITECTURES[arch])
+    write_architecture(path, arch, weight_type="Q8_0", seed=32)
     ids = ggufgen.random_tokens(7, seed=32)
     with gpu_model(path) as m:
         native = m._sequence().native
@@ -440,17 +470,176 @@ def test_architectures_token_by_token_equal_the_prompt_at_once(tmp_path, arch):
 
 
 @in_child
-@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_gemma3_27b_query_scale(tmp_path):
+    """Gemma 3 27B (62 layers) scales its queries by 1/sqrt(n_embd / n_head), not
+    1/sqrt(head_dim): the GPU's layer takes the model's scale, as the CPU's. Against the CPU
+    engine (62 layers of K and V halves put the float64 reference 5e-4 std from both engines;
+    the other scale moves the logits by 0.7 std)."""
+    path = tmp_path / "gemma3-27b.gguf"
+    w = write_architecture(path, "gemma3", n_layer=62, seed=3)
+    ids = ggufgen.random_tokens(6, seed=3)
+    on_the_cpu, _ = cpu_logits(path, ids)
+    want = reference.forward(w, ids, dict(w.hparams, attention_scale=1 / np.sqrt(64 / 4)), kv_f16=True)
+    other_scale = reference.forward(w, ids, kv_f16=True)  # 1/sqrt(head_dim 32)
+    assert np.abs(on_the_cpu - want).max() < 2e-3 * want.std()
+    assert np.abs(on_the_cpu - other_scale).max() > 0.1 * want.std()
+    with gpu_model(path, n_gpu_layers=1) as m:  # one layer on the GPU: the emulator's time
+        got = m.logits(ids)
+    assert_close(got, on_the_cpu)
+
+
+# falcon and opt (tests/support/archgen.py, checked by tests/support/arch_reference.py):
+# LayerNorm with biases and a gate-less FFN (falcon's files: GELU-tanh, PowerInfer's: ReLU);
+# falcon's parallel attention and FFN from one fused QKV projection, NeoX RoPE (the second
+# variant with Falcon-40B's second norm, one KV head, the output tied to token_embd and a RoPE
+# base of its own); opt's biases on Q, K, V, the attention output and the FFN's up and down, and
+# its learned positions (added to the embeddings on the CPU).
+FALCON_OPT = {
+    "falcon": (archgen.write_falcon_model, dict(n_head_kv=2)),
+    "falcon-two-norms": (archgen.write_falcon_model,
+                         dict(n_head_kv=1, attn_norm_2=True, tie_embeddings=True, rope_base=5000.0)),
+    "opt": (archgen.write_opt_model, {}),
+}
+
+
+def write_falcon_opt(tmp_path, variant, flavour, **kw):
+    """An F32 (unless kw says otherwise) file of FALCON_OPT[variant], 2 layers of 128 neurons.
+    The seeds below give files where no K or V value sits within float32 noise (1.3e-7 of
+    itself) of the midpoint between two halves: such a value rounds to the other half on one
+    side and moves the logits by up to 1e-4 std (seed 11's falcon-two-norms file, one KV head)."""
+    writer, shape = FALCON_OPT[variant]
+    return writer(tmp_path / f"{variant}-{flavour}.gguf", flavour=flavour, **shape, **kw)
+
+
+@in_child
+@pytest.mark.parametrize("variant", sorted(FALCON_OPT))
+def test_falcon_and_opt_match_the_reference_and_the_cpu(tmp_path, variant):
+    """Dense files, every layer on the GPU (and opt's layer 0 on the CPU): the float64 reference
+    (F32 weights: K and V rounded to half, nothing else) and the CPU engine's logits."""
+    w = write_falcon_opt(tmp_path, variant, "gguf", seed=19)
+    ids = ggufgen.random_tokens(8, seed=19)
+    want = ArchReference(w).eval(ids)
+    on_the_cpu, _ = cpu_logits(w.path, ids)
+    for n_gpu_layers in (-1, 1) if variant == "opt" else (-1,):
+        with gpu_model(w.path, n_gpu_layers=n_gpu_layers) as m:
+            assert m.placement.n_gpu_layers == (2 if n_gpu_layers == -1 else 1)
+            got = m.logits(ids)
+        assert_close(got, want)
+        assert_close(got, on_the_cpu)
+
+
+@in_child
+@pytest.mark.parametrize("arch", ["falcon", "opt"])
+def test_falcon_and_opt_powerinfer_files_run_densely(tmp_path, arch):
+    # sparse=False: every neuron of the ReLU FFN (opt's with its biases) on the GPU
+    w = write_falcon_opt(tmp_path, arch, "pwri", threshold=0.15, seed=27)
+    ids = ggufgen.random_tokens(8, seed=27)
+    want = ArchReference(w, sparse=False).eval(ids)
+    on_the_cpu, _ = cpu_logits(w.path, ids, sparse=False)
+    with gpu_model(w.path, sparse=False) as m:
+        assert not m.is_sparse and m.placement.hot is None and m.placement.n_gpu_layers == 2
+        got = m.logits(ids)
+        assert m.stats()["active_fraction"] == 1.0
+    assert_close(got, want)
+    assert_close(got, on_the_cpu)
+
+
+@in_child
+@pytest.mark.parametrize("arch, predictor, hot_share, n_gpu_layers", [
+    ("falcon", "random", 0.5, 2),
+    ("falcon", "exact", 0.3, 1),  # layer 0 on the CPU, layer 1 split
+    ("opt", "random", 0.5, 1),
+    ("opt", "exact", 0.7, 2),     # opt's exact predictor marks neurons whose ReLU gives 0 too
+])
+def test_falcon_and_opt_hybrid_sparse_match_the_cpu_and_the_reference(tmp_path, arch, predictor, hot_share,
+                                                                       n_gpu_layers):
+    """PowerInfer's split: the hot neurons on the GPU (with opt's up biases, in hot order), the
+    cold ones on the CPU. The CPU engine runs the same file sparse: the same predictor picks the
+    same neurons (no score within float32 noise of the threshold), so both give the sparse
+    reference's logits, and the GPU counts each token's active neurons as the reference."""
+    w = write_falcon_opt(tmp_path, arch, "pwri", predictor=predictor, seed=27,
+                         threshold=0.15 if predictor == "random" else None)
+    budget = budget_for(w.path, hot_share, n_gpu_layers)
+    ids = ggufgen.random_tokens(8, seed=27)
+    ref = ArchReference(w)
+    want = ref.eval(ids)
+    assert ref.threshold_margin() > 1e-5
+    on_the_cpu, _ = cpu_logits(w.path, ids, sparse=True)
+    with gpu_model(w.path, sparse=True, n_gpu_layers=n_gpu_layers, vram_budget=f"{budget}B") as m:
+        plan = m.placement
+        assert m.is_sparse and plan.n_gpu_layers == n_gpu_layers
+        gpu_layers = range(2 - n_gpu_layers, 2)
+        assert abs(sum(plan.n_hot[l] for l in gpu_layers) / (128 * n_gpu_layers) - hot_share) < 0.02, plan.n_hot
+        assert all(0 < plan.n_hot[l] < 128 for l in gpu_layers)
+        got = m.logits(ids)
+        fractions = m.stats()["layers"]
+    assert_close(got, want)
+    assert_close(got, on_the_cpu)
+    np.testing.assert_allclose(fractions, ref.layer_fractions(), atol=1e-12)
+
+
+@in_child
+@pytest.mark.parametrize("arch", ["falcon", "opt"])
+def test_falcon_and_opt_token_by_token_equal_the_prompt_at_once(tmp_path, arch):
+    # Hybrid, both layers split: each token's RoPE angles (falcon) or position row (opt)
+    # continue where the last eval stopped, and the same bits come out.
+    w = write_falcon_opt(tmp_path, arch, "pwri", threshold=0.15, seed=14)
+    budget = budget_for(w.path, 0.5, 2)
+    ids = ggufgen.random_tokens(6, seed=14)
+    with gpu_model(w.path, sparse=True, n_gpu_layers=2, vram_budget=f"{budget}B") as m:
+        assert all(0 < n < 128 for n in m.placement.n_hot)
+        native = m._sequence().native
+        at_once = logits_in_chunks(native, ids, [6])
+        native.reset()
+        by_token = logits_in_chunks(native, ids, [1] * 6)
+    np.testing.assert_array_equal(by_token, at_once)
+
+
+@in_child
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "gemma3", "falcon", "falcon-two-norms", "opt", "opt-pwri"])
 def test_the_priced_weights_of_the_new_blocks_are_what_the_model_uploads(tmp_path, arch):
-    # The biases and the per-head norms go up with each GPU layer and are priced with it.
+    # The biases and the norms go up with each GPU layer and are priced with it (gemma3: with
+    # its sliding layers' RoPE frequencies; a PowerInfer file: with its hot neurons' up biases).
     path = tmp_path / f"{arch}.gguf"
-    ggufgen.write_llama_model(path, weight_type="Q8_0", **ARCHITECTURES[arch])
+    args = {}
+    if arch == "opt-pwri":
+        path = write_falcon_opt(tmp_path, "opt", "pwri", weight_type="Q8_0").path
+        args = dict(sparse=True, vram_budget=f"{budget_for(path, 0.5, 2, n_ctx=64)}B")
+    elif arch in FALCON_OPT:
+        path = write_falcon_opt(tmp_path, arch, "gguf", weight_type="Q8_0").path
+    else:
+        write_architecture(path, arch, weight_type="Q8_0")
     n_ctx = 64
     costs = sparseinfer.model_costs(path, n_ctx=n_ctx)
     kv = costs.fixed_bytes[0] - sparseinfer.model_costs(path, n_ctx=n_ctx - 1).fixed_bytes[0]
-    with gpu_model(path, n_ctx=n_ctx) as m:
+    with gpu_model(path, n_ctx=n_ctx, **args) as m:
         plan = m.placement
+        assert plan.hot is None or 0 < plan.n_hot[1] < 128
         assert m.gpu_weight_bytes == plan.planned_bytes - costs.batch_bytes - plan.n_gpu_layers * n_ctx * kv
+
+
+# Scaled RoPE (tests/support/rope_cases.py) turns on the GPU by the CPU's frequencies and
+# magnitude: linear with an attn_factor; YaRN's ramp with frequency factors; YaRN with an
+# attn_factor in NeoX pairs (qwen2).
+ROPE_CASES = [("linear_attn_factor", "llama"), ("yarn_freq_factors", "llama"), ("yarn_attn_factor", "qwen2")]
+
+
+@in_child
+@pytest.mark.parametrize("name, architecture", ROPE_CASES)
+def test_scaled_rope_matches_the_cpu_and_the_reference(tmp_path, name, architecture):
+    # 16 tokens (the emulator's time; the K and V halves of longer prompts flip apart in the
+    # CPU's and GPU's float32 sums, test_rope_scaling.py), far enough for the scaling to show
+    path, w, hparams = rope_cases.write_cases(tmp_path, [name], architecture=architecture)[name]
+    ids = ggufgen.random_tokens(16, seed=1)
+    want = reference.forward(w, ids, hparams, kv_f16=True)
+    unscaled = reference.forward({k: v for k, v in w.items() if k != "rope_freqs.weight"}, ids,
+                                 dict(hparams, rope_scaling=None), kv_f16=True)
+    assert np.abs(unscaled - want).max() > 0.05 * want.std()
+    on_the_cpu, _ = cpu_logits(path, ids)
+    with gpu_model(path, n_ctx=rope_cases.CTX) as m:
+        got = m.logits(ids)
+    assert_close(got, want)
+    assert_close(got, on_the_cpu)
 
 
 def as_uploaded(w, plan):

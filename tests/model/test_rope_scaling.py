@@ -18,7 +18,8 @@ Oracles:
   (a scaling read and then ignored fails), and the YaRN configuration is checked to put pairs
   on both sides of its ramp and on it;
 - bad values give a ModelFormatError naming the key or tensor, another type an
-  UnsupportedModelError naming it; a GPU placement is refused naming the scaling.
+  UnsupportedModelError naming it. GPU layers take every scaling (their logits:
+  tests/gpu/test_gpu_forward.py).
 """
 
 from __future__ import annotations
@@ -30,53 +31,21 @@ import pytest
 
 import ggufgen
 import reference
+import rope_cases
 from logit_checks import assert_close
+from rope_cases import CASES, CTX, FREQ_FACTORS, ORIGINAL, ROPE_DIM, YARN, write
 
 import sparseinfer
 from sparseinfer import _core, errors
 
 N_THREADS = 2
-CTX = 128  # context_length: the extended context
-ORIGINAL = 32  # rope.scaling.original_context_length
 N_TOKENS = 48
-ROPE_DIM = 16  # ggufgen's default head size (n_embd 64, 4 heads)
-# Llama 3's pattern: the fast pairs keep their frequency, the slow ones are divided by 8.
-FREQ_FACTORS = np.array([1.0, 1.0, 1.0, 1.5, 2.5, 4.0, 8.0, 8.0], dtype=np.float32)
-
-YARN = {"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0,
-        "llama.rope.scaling.original_context_length": ORIGINAL}
-# name: (metadata, the reference's scaling, frequency factors)
-CASES = {
-    "linear": ({"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0},
-               {"type": "linear", "factor": 4.0}, None),
-    # no type: llama.cpp's default is "linear"; rope.scale_linear is the factor's older key
-    "old_linear_key": ({"llama.rope.scale_linear": 2.0}, {"type": "linear", "factor": 2.0}, None),
-    "linear_attn_factor": ({"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 2.0,
-                            "llama.rope.scaling.attn_factor": 1.25},
-                           {"type": "linear", "factor": 2.0, "attn_factor": 1.25}, None),
-    "yarn": (YARN, {"type": "yarn", "factor": 4.0, "original_context": ORIGINAL}, None),
-    "yarn_attn_factor": (dict(YARN, **{"llama.rope.scaling.attn_factor": 0.8}),
-                         {"type": "yarn", "factor": 4.0, "original_context": ORIGINAL, "attn_factor": 0.8}, None),
-    # as Llama 3.1 files are converted: frequency factors and no scaling keys
-    "freq_factors": ({}, None, FREQ_FACTORS),
-    "yarn_freq_factors": (YARN, {"type": "yarn", "factor": 4.0, "original_context": ORIGINAL}, FREQ_FACTORS),
-}
-
-
-def write(path, kv=None, freq_factors=None, **kw):
-    extra_tensors = None if freq_factors is None else {"rope_freqs.weight": freq_factors}
-    return ggufgen.write_llama_model(path, n_ctx=CTX, seed=1, extra_kv=kv, extra_tensors=extra_tensors, **kw)
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """name -> (path, weights, the reference's hparams) for CASES and the unscaled model."""
-    out = {}
-    for name, (kv, scaling, freq_factors) in dict(CASES, plain=({}, None, None)).items():
-        path = tmp_path_factory.mktemp("rope") / f"{name}.gguf"
-        w = write(path, kv, freq_factors)
-        out[name] = (str(path), w, dict(w.hparams, rope_scaling=scaling))
-    return out
+    return rope_cases.write_cases(tmp_path_factory.mktemp("rope"))
 
 
 @pytest.fixture(scope="module")
@@ -202,17 +171,13 @@ def test_bad_scaling_is_refused_naming_the_key(tmp_path, name):
         _core.Model(str(path))
 
 
-@pytest.mark.parametrize("name, scaling", [
-    ("yarn_freq_factors", f"YaRN scaling x4 from {ORIGINAL} positions, frequency factors"),
-    ("linear_attn_factor", "linear scaling x2, attn_factor 1.25"),
-])
-def test_a_gpu_placement_is_refused_naming_the_scaling(files, tmp_path, name, scaling):
-    # Refused before the plugin is loaded, so no GPU (nor plugin) is needed to see it.
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_gpu_layers_take_scaled_rope(files, tmp_path, name):
+    # The GPU turns by the CPU's frequencies (tests/gpu/test_gpu_forward.py checks its logits):
+    # no scaling is refused before the plugin loads, so what stops these is the missing plugin.
     model = _core.Model(files[name][0])
     missing_plugin = str(tmp_path / "no-plugin.so")
-    with pytest.raises(errors.UnsupportedModelError,
-                       match=re.escape(f"RoPE with {scaling} runs on the CPU only in this version")):
-        _core.DeviceModel(model, missing_plugin)
-    # no GPU layer, nothing to refuse: what stops it then is the missing plugin
-    with pytest.raises(errors.UnsupportedModelError, match="could not be loaded"):
-        _core.DeviceModel(model, missing_plugin, n_gpu_layers=0)
+    for n_gpu_layers in (-1, 0):
+        with pytest.raises(errors.UnsupportedModelError, match="could not be loaded") as refused:
+            _core.DeviceModel(model, missing_plugin, n_gpu_layers=n_gpu_layers)
+        assert missing_plugin in str(refused.value) and "runs on the CPU only" not in str(refused.value)

@@ -1,7 +1,8 @@
 // Causal grouped-query attention of a batch of new tokens over an F16 KV cache, with the
 // semantics of the CPU's attention (cpp/src/cpu/attention.cpp): token t at position
-// n_past + t sees the cache rows 0..n_past + t; query head h reads KV head
-// h / (n_head / n_head_kv); scores are q . k / sqrt(head_dim), softmaxed in float.
+// n_past + t sees the cache rows 0..n_past + t (or, in a sliding window of w positions, the
+// last w of them); query head h reads KV head h / (n_head / n_head_kv); scores are
+// scale * q . k, softmaxed in float.
 #include <cuda_runtime.h>
 
 #include "device_common.cuh"
@@ -32,10 +33,10 @@ __global__ void store_kv_kernel(const float* k, const float* v, uint16_t* k_cach
 // online softmax (a running maximum m, a running sum l of exp(score - m) and the output
 // accumulator rescaled whenever m grows), so the scores need no buffer of the context's
 // length; lane j holds head values j, j + 32, ... Then the warps' (m, l, acc) are merged in
-// warp order. Warp 0 always has key 0, so the merged maximum is finite.
+// warp order. Warp 0 always has the first key the token sees, so the merged maximum is finite.
 __global__ void __launch_bounds__(kAttentionWarps * kWarp)
 attention_kernel(const float* q, const uint16_t* k_cache, const uint16_t* v_cache, int64_t n_past, int n_head,
-                 int n_head_kv, int head_dim, float scale, float* out) {
+                 int n_head_kv, int head_dim, float scale, int64_t window, float* out) {
     __shared__ float warp_max_s[kAttentionWarps];
     __shared__ float warp_sum_s[kAttentionWarps];
     __shared__ float warp_acc[kAttentionWarps][kMaxHeadDim];
@@ -55,7 +56,8 @@ attention_kernel(const float* q, const uint16_t* k_cache, const uint16_t* v_cach
     }
     float m = minus_infinity(), l = 0.0f;
     const int64_t n_keys = n_past + t + 1;  // causal: up to this token's own position
-    for (int64_t p = warp; p < n_keys; p += kAttentionWarps) {
+    const int64_t first_key = window > 0 && n_keys > window ? n_keys - window : 0;
+    for (int64_t p = first_key + warp; p < n_keys; p += kAttentionWarps) {
         const uint16_t* k_row = k_cache + p * kv_dim + static_cast<int64_t>(kv_head) * head_dim;
         const uint16_t* v_row = v_cache + p * kv_dim + static_cast<int64_t>(kv_head) * head_dim;
         float dot = 0.0f;
@@ -107,7 +109,7 @@ extern "C" {
 SI_CUDA_API int si_cuda_attention(si_cuda_context* ctx, const float* q, const float* k, const float* v,
                                   uint16_t* k_cache, uint16_t* v_cache, int64_t n_ctx, int64_t n_past,
                                   int64_t n_tokens, int64_t n_head, int64_t n_head_kv, int64_t head_dim,
-                                  float* out, char* err, size_t err_len) {
+                                  float scale, int64_t window, float* out, char* err, size_t err_len) {
     const char* what = "si_cuda_attention";
     int rc = enter(ctx, err, err_len);
     if (rc == 0) rc = check_tokens(what, n_tokens, err, err_len);
@@ -120,6 +122,7 @@ SI_CUDA_API int si_cuda_attention(si_cuda_context* ctx, const float* q, const fl
         return invalid(err, err_len, "%s: head_dim %lld (the kernel takes 1..%d)", what,
                        static_cast<long long>(head_dim), kMaxHeadDim);
     }
+    if (window < 0) return invalid(err, err_len, "%s: window %lld", what, static_cast<long long>(window));
     if (n_past < 0 || n_tokens > 65535 || n_past + n_tokens > n_ctx) {
         return invalid(err, err_len, "%s: %lld cached + %lld new tokens do not fit n_ctx %lld", what,
                        static_cast<long long>(n_past), static_cast<long long>(n_tokens),
@@ -139,11 +142,10 @@ SI_CUDA_API int si_cuda_attention(si_cuda_context* ctx, const float* q, const fl
         store_kv_kernel<<<blocks_for(n_values, kStoreThreads), kStoreThreads, 0, ctx->stream>>>(
             k, v, k_cache, v_cache, n_past * kv_dim, n_values);
     }
-    const float scale = 1.0f / sqrtf(static_cast<float>(head_dim));
     const dim3 grid(static_cast<unsigned int>(n_head), static_cast<unsigned int>(n_tokens));
     attention_kernel<<<grid, kAttentionWarps * kWarp, 0, ctx->stream>>>(
         q, k_cache, v_cache, n_past, static_cast<int>(n_head), static_cast<int>(n_head_kv),
-        static_cast<int>(head_dim), scale, out);
+        static_cast<int>(head_dim), scale, window, out);
     return launched(what, err, err_len);
 }
 

@@ -145,6 +145,16 @@ SI_CUDA_API int si_cuda_upload(si_cuda_context* ctx, void* dst, const void* src,
     return 0;
 }
 
+SI_CUDA_API int si_cuda_copy(si_cuda_context* ctx, void* dst, const void* src, size_t bytes, char* err,
+                             size_t err_len) {
+    int rc = enter(ctx, err, err_len);
+    if (rc != 0 || bytes == 0) return rc;
+    if (dst == nullptr || src == nullptr) return invalid(err, err_len, "si_cuda_copy: a null buffer");
+    cudaError_t status = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ctx->stream);
+    if (status != cudaSuccess) return fail(status, "si_cuda_copy", err, err_len);
+    return 0;
+}
+
 SI_CUDA_API int si_cuda_download(si_cuda_context* ctx, void* dst, const void* src, size_t bytes, char* err,
                                  size_t err_len) {
     int rc = enter(ctx, err, err_len);

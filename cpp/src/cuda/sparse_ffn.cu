@@ -95,11 +95,12 @@ select_kernel(const float* scores, int n_tokens, int64_t n_ff, float threshold, 
     }
 }
 
-// One warp per listed neuron: g = gate row . x[t], u = up row . x[t] for every token, then
-// h = relu(g) * u (or * relu(u)); the CPU skips up when g <= 0, which gives the same 0.
+// One warp per listed neuron: g = gate row . x[t] (+ its bias), u = up row . x[t] for every
+// token, then h = relu(g) * u (or * relu(u)), or relu(g) without an up; the CPU skips up when
+// g <= 0, which gives the same 0.
 __global__ void __launch_bounds__(kGateUpRowsPerBlock * kWarp)
-gate_up_kernel(int gate_type, const uint8_t* gate, size_t gate_row_bytes, bool gate_vec, int up_type,
-               const uint8_t* up, size_t up_row_bytes, bool up_vec, int64_t n_rows, int64_t n_embd,
+gate_up_kernel(int gate_type, const uint8_t* gate, size_t gate_row_bytes, bool gate_vec, const float* relu_bias,
+               int up_type, const uint8_t* up, size_t up_row_bytes, bool up_vec, int64_t n_rows, int64_t n_embd,
                const int32_t* ids, const int32_t* count, int64_t capacity, const uint8_t* mask,
                const float* x, int n_tokens, bool relu_up, float* h, int* flags) {
     const int64_t k = static_cast<int64_t>(blockIdx.x) * kGateUpRowsPerBlock + threadIdx.x / kWarp;
@@ -114,12 +115,13 @@ gate_up_kernel(int gate_type, const uint8_t* gate, size_t gate_row_bytes, bool g
 #pragma unroll
     for (int t = 0; t < kMaxTokens; ++t) g[t] = u[t] = 0.0f;
     row_dot(gate_type, gate + r * gate_row_bytes, n_embd, x, n_tokens, gate_vec, g);
-    row_dot(up_type, up + r * up_row_bytes, n_embd, x, n_tokens, up_vec, u);
+    if (up != nullptr) row_dot(up_type, up + r * up_row_bytes, n_embd, x, n_tokens, up_vec, u);
+    const float bias = relu_bias != nullptr ? relu_bias[r] : 0.0f;
 #pragma unroll
     for (int t = 0; t < kMaxTokens; ++t) {
         if (t < n_tokens) {
-            const float gs = warp_sum(g[t]);
-            float us = warp_sum(u[t]);
+            const float gs = relu_bias != nullptr ? warp_sum(g[t]) + bias : warp_sum(g[t]);
+            float us = up != nullptr ? warp_sum(u[t]) : 1.0f;
             if (relu_up && us < 0.0f) us = 0.0f;
             const bool active = mask == nullptr || mask[t * capacity + k] != 0;
             if (lane == 0) h[t * capacity + k] = active && gs > 0.0f ? gs * us : 0.0f;
@@ -259,8 +261,8 @@ SI_CUDA_API int si_cuda_ffn_select(si_cuda_context* ctx, const float* scores, in
     return launched(what, err, err_len);
 }
 
-SI_CUDA_API int si_cuda_ffn_gate_up(si_cuda_context* ctx, int gate_type, const void* gate, int up_type,
-                                    const void* up, int64_t n_rows, int64_t n_embd, const int32_t* rows,
+SI_CUDA_API int si_cuda_ffn_gate_up(si_cuda_context* ctx, int gate_type, const void* gate, const float* relu_bias,
+                                    int up_type, const void* up, int64_t n_rows, int64_t n_embd, const int32_t* rows,
                                     const int32_t* count, int64_t max_count, const uint8_t* mask,
                                     const float* x, int64_t n_tokens, int relu_up, float* h, char* err,
                                     size_t err_len) {
@@ -268,9 +270,11 @@ SI_CUDA_API int si_cuda_ffn_gate_up(si_cuda_context* ctx, int gate_type, const v
     size_t gate_row_bytes = 0, up_row_bytes = 0;
     int rc = enter(ctx, err, err_len);
     if (rc == 0) rc = check_matrix("si_cuda_ffn_gate_up (gate)", gate_type, gate, n_rows, n_embd, &gate_row_bytes, err, err_len);
-    if (rc == 0) rc = check_matrix("si_cuda_ffn_gate_up (up)", up_type, up, n_rows, n_embd, &up_row_bytes, err, err_len);
+    if (rc == 0 && up != nullptr) {
+        rc = check_matrix("si_cuda_ffn_gate_up (up)", up_type, up, n_rows, n_embd, &up_row_bytes, err, err_len);
+    }
     if (rc == 0) rc = check_input(what, gate_type, x, err, err_len);
-    if (rc == 0) rc = check_input(what, up_type, x, err, err_len);
+    if (rc == 0 && up != nullptr) rc = check_input(what, up_type, x, err, err_len);
     if (rc == 0) rc = check_tokens(what, n_tokens, err, err_len);
     if (rc == 0) rc = check_list(what, max_count, err, err_len);
     if (rc == 0 && h == nullptr) rc = invalid(err, err_len, "%s: the output is null", what);
@@ -280,7 +284,8 @@ SI_CUDA_API int si_cuda_ffn_gate_up(si_cuda_context* ctx, int gate_type, const v
         const float* xt = x + t0 * n_embd;
         gate_up_kernel<<<blocks_for(max_count, kGateUpRowsPerBlock), kGateUpRowsPerBlock * kWarp, 0, ctx->stream>>>(
             gate_type, static_cast<const uint8_t*>(gate), gate_row_bytes, vector_loads(gate_type, gate, n_embd, xt),
-            up_type, static_cast<const uint8_t*>(up), up_row_bytes, vector_loads(up_type, up, n_embd, xt), n_rows,
+            relu_bias, up_type, static_cast<const uint8_t*>(up), up_row_bytes,
+            up != nullptr && vector_loads(up_type, up, n_embd, xt), n_rows,
             n_embd, rows, count, max_count, mask != nullptr ? mask + t0 * max_count : nullptr, xt, nt,
             relu_up != 0, h + t0 * max_count, ctx->flags);
     }

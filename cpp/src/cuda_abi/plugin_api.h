@@ -39,7 +39,7 @@
 #define SI_CUDA_API __attribute__((visibility("default")))
 #endif
 
-#define SI_CUDA_ABI_VERSION 4
+#define SI_CUDA_ABI_VERSION 5
 
 // Sizes of the plugin's own device scratch (si_cuda_ffn_down).
 #define SI_CUDA_DOWN_SLICE_ROWS 256
@@ -59,6 +59,11 @@
 // Which values of a head si_cuda_rope turns together (since ABI 4).
 #define SI_CUDA_ROPE_ADJACENT_PAIRS 0  // (x[2i], x[2i+1]): GGML's "normal" mode (llama)
 #define SI_CUDA_ROPE_HALVES 1          // (x[i], x[i + rope_dim/2]): GGML's NeoX mode (Qwen2, Qwen3)
+
+// The activations of si_cuda_activate (since ABI 5).
+#define SI_CUDA_ACTIVATION_SILU 0
+#define SI_CUDA_ACTIVATION_GELU_TANH 1  // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+#define SI_CUDA_ACTIVATION_RELU 2
 
 #ifdef __cplusplus
 extern "C" {
@@ -116,6 +121,9 @@ SI_CUDA_API int si_cuda_free(si_cuda_context* ctx, void* ptr, char* err, size_t 
 // Copies host -> device; returns when the host buffer may be reused.
 SI_CUDA_API int si_cuda_upload(si_cuda_context* ctx, void* dst, const void* src, size_t bytes,
                                char* err, size_t err_len);
+// Copies device -> device after the context's earlier work (since ABI 5); enqueued.
+SI_CUDA_API int si_cuda_copy(si_cuda_context* ctx, void* dst, const void* src, size_t bytes,
+                             char* err, size_t err_len);
 // Copies device -> host after the context's earlier work; returns when dst holds the data.
 SI_CUDA_API int si_cuda_download(si_cuda_context* ctx, void* dst, const void* src,
                                  size_t bytes, char* err, size_t err_len);
@@ -148,38 +156,48 @@ SI_CUDA_API int si_cuda_matmul_rows(si_cuda_context* ctx, int type, const void* 
 SI_CUDA_API int si_cuda_rms_norm(si_cuda_context* ctx, const float* x, const float* weight,
                                  int64_t n_rows, int64_t n, float eps, float* out, char* err,
                                  size_t err_len);
+// out[t] = (x[t] - mean) / sqrt(var + eps) * weight + bias (LayerNorm; the variance over n)
+// for n_rows rows of n values; out may be x (since ABI 5).
+SI_CUDA_API int si_cuda_layer_norm(si_cuda_context* ctx, const float* x, const float* weight,
+                                   const float* bias, int64_t n_rows, int64_t n, float eps,
+                                   float* out, char* err, size_t err_len);
 // y[r * n + i] += bias[i] for r < n_rows, i < n: a projection's bias on each token's row
-// (since ABI 4; Q, K and V biases).
+// (since ABI 4).
 SI_CUDA_API int si_cuda_add_bias(si_cuda_context* ctx, float* y, const float* bias,
                                  int64_t n_rows, int64_t n, char* err, size_t err_len);
 // RoPE in place: x holds n_tokens rows of n_heads heads of head_dim values; in each head the
 // pairs i < rope_dim / 2 of `layout` (SI_CUDA_ROPE_ADJACENT_PAIRS: (2i, 2i+1);
 // SI_CUDA_ROPE_HALVES: (i, i + rope_dim / 2); since ABI 4) turn by
-// theta = positions[t] * base^(-2i / rope_dim) (positions: device, one per token). The values
-// past rope_dim pass through.
+// theta = positions[t] * inverse_frequencies[i], cos and sin computed in double and times
+// magnitude (positions: device, one per token; inverse_frequencies: device, rope_dim / 2
+// doubles, the host's scaled or unscaled speeds; since ABI 5). The values past rope_dim pass
+// through.
 SI_CUDA_API int si_cuda_rope(si_cuda_context* ctx, float* x, int64_t n_tokens,
                              int64_t n_heads, int64_t head_dim, int64_t rope_dim,
-                             const int32_t* positions, float base, int layout, char* err,
-                             size_t err_len);
+                             const int32_t* positions, const double* inverse_frequencies,
+                             double magnitude, int layout, char* err, size_t err_len);
 // Causal attention of n_tokens new tokens at positions n_past.. over one layer's F16 cache
 // (k_cache, v_cache: n_ctx rows of n_head_kv * head_dim halves). When k and v (n_tokens rows
 // of n_head_kv * head_dim floats, K already rotated) are not null they are first stored,
 // rounded to half, at rows n_past..n_past + n_tokens - 1. Then for token t and query head h
 // (q, out: n_tokens rows of n_head * head_dim floats; query head h reads KV head
-// h / (n_head / n_head_kv)): out = softmax(q . K[p] / sqrt(head_dim)) . V over p <= n_past + t.
-// head_dim <= 256.
+// h / (n_head / n_head_kv)): out = softmax(scale * q . K[p]) . V over the positions p the
+// token sees: n_past + t - window < p <= n_past + t, or every p <= n_past + t for window 0
+// (scale and window since ABI 5). head_dim <= 256.
 SI_CUDA_API int si_cuda_attention(si_cuda_context* ctx, const float* q, const float* k,
                                   const float* v, uint16_t* k_cache, uint16_t* v_cache,
                                   int64_t n_ctx, int64_t n_past, int64_t n_tokens,
                                   int64_t n_head, int64_t n_head_kv, int64_t head_dim,
-                                  float* out, char* err, size_t err_len);
+                                  float scale, int64_t window, float* out, char* err,
+                                  size_t err_len);
 // y[i] += scale * x[i] for i < n (the residual; scale since ABI 4, MiniCPM's residual scale,
 // 1 adds x exactly).
 SI_CUDA_API int si_cuda_add(si_cuda_context* ctx, float* y, const float* x, int64_t n,
                             float scale, char* err, size_t err_len);
-// gate[i] = silu(gate[i]) * up[i] for i < n (the dense llama FFN).
-SI_CUDA_API int si_cuda_silu_mul(si_cuda_context* ctx, float* gate, const float* up, int64_t n,
-                                 char* err, size_t err_len);
+// x[i] = act(x[i]) * factor[i] for i < n, or act(x[i]) where factor is null: a dense FFN's
+// activation, with or without a gate (activation: SI_CUDA_ACTIVATION_*; since ABI 5).
+SI_CUDA_API int si_cuda_activate(si_cuda_context* ctx, int activation, float* x,
+                                 const float* factor, int64_t n, char* err, size_t err_len);
 
 // ---- the sparse FFN (PowerInfer; cpp/src/session/session.cpp) -------------------------
 // A neuron list is a device array of row indices with a device count and a host capacity
@@ -207,18 +225,20 @@ SI_CUDA_API int si_cuda_ffn_select(si_cuda_context* ctx, const float* scores, in
                                    int64_t n_candidates, int32_t* rows, int32_t* count,
                                    uint8_t* mask, int32_t* n_active, char* err, size_t err_len);
 // Gate and up of the listed neurons: for k < *count and r = rows[k] (row k when rows is
-// null; count null means max_count), g = gate row r . x[t], u = up row r . x[t], and
-// h[t * max_count + k] = g > 0 ? g * (relu_up ? max(u, 0) : u) : 0, or 0 where mask (as
-// si_cuda_ffn_select writes it, [t * max_count + k], so max_count = n_candidates there;
-// null: every entry) says inactive.
-// relu(gate) * up is PowerInfer's llama FFN; relu_up = 1 gives bamboo's relu(gate) * relu(up).
-// gate and up have n_rows rows of n_embd.
+// null; count null means max_count), g = gate row r . x[t] + relu_bias[r] (relu_bias: device,
+// n_rows floats, or null for none), u = up row r . x[t], and
+// h[t * max_count + k] = g > 0 ? g * (relu_up ? max(u, 0) : u) : 0, or g > 0 ? g : 0 when up is
+// null, or 0 where mask (as si_cuda_ffn_select writes it, [t * max_count + k], so max_count =
+// n_candidates there; null: every entry) says inactive.
+// relu(gate) * up is PowerInfer's llama FFN; relu_up = 1 gives bamboo's relu(gate) * relu(up);
+// a null up with `gate` the up projection and its bias gives relu(up x + b), the gate-less FFN
+// of Falcon and OPT (since ABI 5). gate and up have n_rows rows of n_embd.
 SI_CUDA_API int si_cuda_ffn_gate_up(si_cuda_context* ctx, int gate_type, const void* gate,
-                                    int up_type, const void* up, int64_t n_rows,
-                                    int64_t n_embd, const int32_t* rows, const int32_t* count,
-                                    int64_t max_count, const uint8_t* mask, const float* x,
-                                    int64_t n_tokens, int relu_up, float* h, char* err,
-                                    size_t err_len);
+                                    const float* relu_bias, int up_type, const void* up,
+                                    int64_t n_rows, int64_t n_embd, const int32_t* rows,
+                                    const int32_t* count, int64_t max_count,
+                                    const uint8_t* mask, const float* x, int64_t n_tokens,
+                                    int relu_up, float* h, char* err, size_t err_len);
 // The down projection over the listed neurons: y[t] += the sum over k < *count of
 // h[t * max_count + k] * down_t row rows[k] (rows, count as in si_cuda_ffn_gate_up; zero
 // h entries are skipped, as the CPU does). down_t: n_rows rows of n_embd (the ffn_down_t

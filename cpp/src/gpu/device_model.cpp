@@ -10,28 +10,18 @@ namespace si::gpu {
 
 namespace {
 
-// What of the model's blocks the GPU layers cannot compute yet ("" when nothing): they run
-// llama's block with qwen2's and qwen3's attention (Q, K, V biases, per-head Q and K norms,
-// NeoX RoPE, heads of any width) and MiniCPM's scales (gpu_forward.cpp, cuda/).
+// What of the model's blocks the GPU layers cannot compute yet ("" when nothing). They run every
+// BlockSpec field (gpu_forward.cpp, cuda/) but two that only a PowerInfer FFN would meet, whose
+// neurons' sum goes straight into the residual (si_cuda_ffn_down) with no room for a factor or a
+// norm; no published file has either.
 std::string blocks_the_gpu_lacks(const ModelConfig& c) {
     const BlockSpec& b = c.block;
     std::string lacking;
     auto lack = [&](bool missing, const char* what) {
         if (missing) lacking += std::string(lacking.empty() ? "" : ", ") + what;
     };
-    // A PowerInfer FFN on the GPU adds its neurons' sum straight into the residual (si_cuda_ffn_down),
-    // with no room for a factor.
     lack(c.has_predictors() && b.residual_scale != 1.0f, "a residual scale with a PowerInfer FFN");
-    lack(b.ffn == FeedForwardKind::dense && b.ffn_activation != Activation::silu, "an FFN activation other than SiLU");
-    lack(!b.ffn_gate, "an FFN without a gate");
-    lack(b.norm != NormKind::rms, "LayerNorm");
-    lack(b.parallel_blocks, "parallel attention and FFN");
-    lack(b.output_bias || b.ffn_bias, "biases on the attention output and the FFN");
-    lack(c.learned_positions, "learned position embeddings");
-    lack(b.post_norms, "norms after attention and FFN");
-    lack(b.attention_scale != 0.0f, "a query scale of its own");
-    lack(!c.sliding_layers.empty(), "sliding-window attention");
-    lack(b.final_logit_softcap > 0.0f, "a logit softcap");
+    lack(c.has_predictors() && b.post_norms, "a norm after a PowerInfer FFN");
     return lacking;
 }
 
@@ -48,10 +38,7 @@ int plugin_type(DType t) {
 }
 
 // The model, once it is known to be one whose layers the GPU can run where the placement puts
-// any there (checked before the plugin loads, so that the reason is the message). Besides the
-// blocks, si_cuda_rope turns by pos * base^(-2i / rope_dim) alone, so a scaled RoPE (linear,
-// YaRN, frequency factors, attn_factor) is refused; lifting that means handing the kernel the
-// CPU's inverse frequencies and magnitude (model/rope.h) through a new plugin ABI.
+// any there (checked before the plugin loads, so that the reason is the message).
 std::shared_ptr<const Model> runs_on_gpu(std::shared_ptr<const Model> model, const Placement& placement) {
     if (!model->prepared()) throw ArgumentError("a model loaded with prepare_weights=False cannot go to a GPU");
     if (placement.n_gpu_layers == 0) return model;
@@ -60,12 +47,6 @@ std::shared_ptr<const Model> runs_on_gpu(std::shared_ptr<const Model> model, con
         throw UnsupportedError(model->file().describe("architecture '" + model->config().arch +
                                                       "' runs on the CPU only in this version (the GPU path lacks " +
                                                       lacking + "); use device='cpu'"));
-    }
-    const std::string scaling = describe_rope_scaling(model->config(), model->rope_freq_factors());
-    if (!scaling.empty()) {
-        throw UnsupportedError(model->file().describe("RoPE with " + scaling + " runs on the CPU only in this "
-                                                      "version (the GPU plugin computes unscaled RoPE); use "
-                                                      "device='cpu'"));
     }
     return model;
 }
@@ -93,24 +74,28 @@ DeviceModel::DeviceModel(std::shared_ptr<const Model> model, const std::string& 
     for (int64_t il = first_gpu_layer_; il < c.n_layer; ++il) {
         const LayerWeights& l = model_->layers()[static_cast<size_t>(il)];
         Layer d;
-        d.attn_norm = upload_bytes(l.attn_norm.data(), l.attn_norm.size() * sizeof(float), "attn_norm");
+        // The vectors a BlockSpec lacks are empty in the model, and so on the device.
+        d.attn_norm = upload_vector(l.attn_norm, "attn_norm");
+        d.attn_norm_b = upload_vector(l.attn_norm_b, "attn_norm.bias");
         d.wq = upload_matrix(l.wq);
         d.wk = upload_matrix(l.wk);
         d.wv = upload_matrix(l.wv);
         d.wo = upload_matrix(l.wo);
-        if (c.block.qkv_bias) {
-            d.bq = upload_bytes(l.bq.data(), l.bq.size() * sizeof(float), "attn_q.bias");
-            d.bk = upload_bytes(l.bk.data(), l.bk.size() * sizeof(float), "attn_k.bias");
-            d.bv = upload_bytes(l.bv.data(), l.bv.size() * sizeof(float), "attn_v.bias");
-        }
-        if (c.block.qk_norm) {
-            d.q_norm = upload_bytes(l.q_norm.data(), l.q_norm.size() * sizeof(float), "attn_q_norm");
-            d.k_norm = upload_bytes(l.k_norm.data(), l.k_norm.size() * sizeof(float), "attn_k_norm");
-        }
-        d.ffn_norm = upload_bytes(l.ffn_norm.data(), l.ffn_norm.size() * sizeof(float), "ffn_norm");
+        d.bq = upload_vector(l.bq, "attn_q.bias");
+        d.bk = upload_vector(l.bk, "attn_k.bias");
+        d.bv = upload_vector(l.bv, "attn_v.bias");
+        d.bo = upload_vector(l.bo, "attn_output.bias");
+        d.q_norm = upload_vector(l.q_norm, "attn_q_norm");
+        d.k_norm = upload_vector(l.k_norm, "attn_k_norm");
+        d.attn_post_norm = upload_vector(l.attn_post_norm, "post_attention_norm");
+        d.ffn_post_norm = upload_vector(l.ffn_post_norm, "post_ffw_norm");
+        d.ffn_norm = upload_vector(l.ffn_norm, "ffn_norm");
+        d.ffn_norm_b = upload_vector(l.ffn_norm_b, "ffn_norm.bias");
+        d.ffn_down_b = upload_vector(l.ffn_down_b, "ffn_down.bias");
         if (!c.has_predictors()) {
-            d.ffn_gate = upload_matrix(l.ffn_gate);
+            if (c.block.ffn_gate) d.ffn_gate = upload_matrix(l.ffn_gate);
             d.ffn_up = upload_matrix(l.ffn_up);
+            d.ffn_up_b = upload_vector(l.ffn_up_b, "ffn_up.bias");
             d.ffn_down = upload_matrix(l.ffn_down);
             d.n_hot = c.n_ff;
             layers_.push_back(std::move(d));
@@ -136,14 +121,20 @@ DeviceModel::DeviceModel(std::shared_ptr<const Model> model, const std::string& 
             d.is_hot[static_cast<size_t>(j)] = 1;
         }
         d.n_hot = static_cast<int64_t>(ids.size());
+        const si::Matrix& relu_input = relu_projection(c, l);
         if (d.n_hot == c.n_ff) {  // every neuron: the matrices as stored
-            d.ffn_gate = upload_matrix(l.ffn_gate);
-            d.ffn_up = upload_matrix(l.ffn_up);
+            d.ffn_gate = upload_matrix(relu_input);
+            if (c.block.ffn_gate) d.ffn_up = upload_matrix(l.ffn_up);
             d.ffn_down = upload_matrix(l.ffn_down_t);
         } else if (d.n_hot > 0) {
-            d.ffn_gate = upload_rows(l.ffn_gate, ids);
-            d.ffn_up = upload_rows(l.ffn_up, ids);
+            d.ffn_gate = upload_rows(relu_input, ids);
+            if (c.block.ffn_gate) d.ffn_up = upload_rows(l.ffn_up, ids);
             d.ffn_down = upload_rows(l.ffn_down_t, ids);
+        }
+        if (!l.ffn_up_b.empty() && d.n_hot > 0) {  // the hot neurons' biases, in their rows' order
+            std::vector<float> hot_bias(ids.size());
+            for (size_t k = 0; k < ids.size(); ++k) hot_bias[k] = l.ffn_up_b[static_cast<size_t>(ids[k])];
+            d.ffn_up_b = upload_vector(hot_bias, "ffn_up.bias");
         }
         if (d.n_hot > 0) d.hot_ids = upload_bytes(ids.data(), ids.size() * sizeof(int32_t), "hot neuron ids");
         layers_.push_back(std::move(d));
@@ -155,9 +146,18 @@ DeviceModel::DeviceModel(std::shared_ptr<const Model> model, const std::string& 
         }
     }
     if (any_on_gpu()) {
-        const std::vector<float>& norm = model_->output_norm();
-        output_norm_ = upload_bytes(norm.data(), norm.size() * sizeof(float), "output_norm");
+        output_norm_ = upload_vector(model_->output_norm(), "output_norm");
+        output_norm_b_ = upload_vector(model_->output_norm_bias(), "output_norm.bias");
         output_ = upload_matrix(model_->output());
+        const RopeFrequencies rope = rope_frequencies(c, model_->rope_freq_factors());
+        rope_inverse_frequencies_ = upload_bytes(rope.inverse.data(), rope.inverse.size() * sizeof(double),
+                                                 "RoPE frequencies");
+        rope_magnitude_ = rope.magnitude;
+        if (!c.sliding_layers.empty()) {
+            const std::vector<double> local = unscaled_rope_frequencies(c.local_rope_base, c.rope_dim);
+            local_rope_inverse_frequencies_ = upload_bytes(local.data(), local.size() * sizeof(double),
+                                                           "RoPE frequencies");
+        }
     }
     ctx_.synchronize();  // the sessions' streams read these weights
 }
@@ -221,6 +221,10 @@ DeviceModel::Matrix DeviceModel::upload_typed(const si::Matrix& m, int64_t rows,
     ctx_.upload(d.data.data(), data, bytes);
     weight_bytes_ += bytes;
     return d;
+}
+
+Buffer DeviceModel::upload_vector(const std::vector<float>& v, const char* what) {
+    return upload_bytes(v.data(), v.size() * sizeof(float), what);
 }
 
 Buffer DeviceModel::upload_bytes(const void* data, size_t bytes, const char* what) {

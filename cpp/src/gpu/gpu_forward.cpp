@@ -1,6 +1,7 @@
 #include "gpu/gpu_forward.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "common/errors.h"
@@ -49,6 +50,8 @@ std::vector<GpuForward::BatchBuffer> GpuForward::batch_buffers(const Model& mode
         {&GpuForward::logits_, floats(n * c.n_vocab), "logits"},
         {&GpuForward::positions_, static_cast<size_t>(n) * sizeof(int32_t), "positions"},
     };
+    // Parallel blocks: the FFN reads the layer's input, kept before attention joins it.
+    if (c.block.parallel_blocks) b.push_back({&GpuForward::layer_input_, hidden, "activations"});
     if (c.has_predictors()) {
         int64_t max_rank = 0;
         for (const LayerWeights& l : model.layers()) max_rank = std::max(max_rank, l.fc1.rows);
@@ -102,6 +105,38 @@ void GpuForward::upload_hidden(const float* x) {
     ctx_.upload(x_.data(), x, floats(n_ * weights_->model().config().n_embd));
 }
 
+void GpuForward::normalize(const float* x, const Buffer& weight, const Buffer& bias, int64_t rows, float* out) {
+    const ModelConfig& c = weights_->model().config();
+    if (c.block.norm == NormKind::layer) {
+        ctx_.run("layer_norm", ctx_.api().si_cuda_layer_norm, x, weight.as<const float>(), bias.as<const float>(),
+                 rows, c.n_embd, c.norm_eps, out);
+    } else {
+        ctx_.run("rms_norm", ctx_.api().si_cuda_rms_norm, x, weight.as<const float>(), rows, c.n_embd, c.norm_eps,
+                 out);
+    }
+}
+
+void GpuForward::add_bias(float* rows, const Buffer& bias, int64_t width) {
+    if (bias.data() == nullptr) return;  // the model has none
+    ctx_.run("add_bias", ctx_.api().si_cuda_add_bias, rows, bias.as<const float>(), n_, width);
+}
+
+void GpuForward::add_residual(const Buffer& post_norm) {
+    // x += residual_scale * post_norm(xn), the block's output in xn_ (Session::add_residual)
+    const ModelConfig& c = weights_->model().config();
+    const PluginApi& api = ctx_.api();
+    float* xn = xn_.f32();
+    if (c.block.post_norms) {
+        ctx_.run("rms_norm", api.si_cuda_rms_norm, static_cast<const float*>(xn), post_norm.as<const float>(), n_,
+                 c.n_embd, c.norm_eps, xn);
+    }
+    ctx_.run("add", api.si_cuda_add, x_.f32(), static_cast<const float*>(xn), n_ * c.n_embd, c.block.residual_scale);
+}
+
+const float* GpuForward::ffn_input() const {
+    return weights_->model().config().block.parallel_blocks ? layer_input_.f32() : x_.f32();
+}
+
 void GpuForward::attention(int64_t il) {
     const ModelConfig& c = weights_->model().config();
     const PluginApi& api = ctx_.api();
@@ -110,35 +145,57 @@ void GpuForward::attention(int64_t il) {
     const int64_t n = n_;
     float* xd = x_.f32();
     float* xn = xn_.f32();
-    // x += residual_scale * Wo attention(rope(norm(Wq xn + bq)), rope(norm(Wk xn + bk)), Wv xn + bv), the
-    // biases and the per-head norms where the BlockSpec has them (Session::cpu_attention)
-    ctx_.run("rms_norm", api.si_cuda_rms_norm, static_cast<const float*>(xd), l.attn_norm.as<const float>(), n,
-             c.n_embd, c.norm_eps, xn);
+    if (c.block.parallel_blocks) {
+        ctx_.run("copy", api.si_cuda_copy, static_cast<void*>(layer_input_.data()), static_cast<const void*>(xd),
+                 floats(n * c.n_embd));
+    }
+    // x += residual_scale * post_norm(Wo attention(rope(norm(Wq xn + bq)), rope(norm(Wk xn + bk)), Wv xn + bv)
+    // + bo), the biases and norms where the BlockSpec has them (Session::cpu_attention)
+    normalize(xd, l.attn_norm, l.attn_norm_b, n, xn);
     matmul(l.wq, xn, n, q_.f32());
     matmul(l.wk, xn, n, k_.f32());
     matmul(l.wv, xn, n, v_.f32());
-    if (c.block.qkv_bias) {
-        ctx_.run("add_bias", api.si_cuda_add_bias, q_.f32(), l.bq.as<const float>(), n, c.q_dim());
-        ctx_.run("add_bias", api.si_cuda_add_bias, k_.f32(), l.bk.as<const float>(), n, c.kv_dim());
-        ctx_.run("add_bias", api.si_cuda_add_bias, v_.f32(), l.bv.as<const float>(), n, c.kv_dim());
-    }
+    add_bias(q_.f32(), l.bq, c.q_dim());
+    add_bias(k_.f32(), l.bk, c.kv_dim());
+    add_bias(v_.f32(), l.bv, c.kv_dim());
     if (c.block.qk_norm) {  // each head a row of head_dim values
         ctx_.run("rms_norm", api.si_cuda_rms_norm, static_cast<const float*>(q_.f32()), l.q_norm.as<const float>(),
                  n * c.n_head, c.head_dim, c.norm_eps, q_.f32());
         ctx_.run("rms_norm", api.si_cuda_rms_norm, static_cast<const float*>(k_.f32()), l.k_norm.as<const float>(),
                  n * c.n_head_kv, c.head_dim, c.norm_eps, k_.f32());
     }
+    // A sliding-window layer turns by its own unscaled base and sees the last sliding_window positions.
+    const bool local = c.slides(il);
+    const double* frequencies = (local ? weights_->local_rope_inverse_frequencies()
+                                       : weights_->rope_inverse_frequencies()).as<const double>();
+    const double magnitude = local ? 1.0 : weights_->rope_magnitude();
     const int layout = c.block.rope_layout == RopeLayout::halves ? SI_CUDA_ROPE_HALVES : SI_CUDA_ROPE_ADJACENT_PAIRS;
     ctx_.run("rope", api.si_cuda_rope, q_.f32(), n, c.n_head, c.head_dim, c.rope_dim,
-             positions_.as<const int32_t>(), c.rope_base, layout);
+             positions_.as<const int32_t>(), frequencies, magnitude, layout);
     ctx_.run("rope", api.si_cuda_rope, k_.f32(), n, c.n_head_kv, c.head_dim, c.rope_dim,
-             positions_.as<const int32_t>(), c.rope_base, layout);
+             positions_.as<const int32_t>(), frequencies, magnitude, layout);
+    const float scale = c.block.attention_scale > 0.0f ? c.block.attention_scale
+                                                       : 1.0f / std::sqrt(static_cast<float>(c.head_dim));
     ctx_.run("attention", api.si_cuda_attention, static_cast<const float*>(q_.f32()),
              static_cast<const float*>(k_.f32()), static_cast<const float*>(v_.f32()), cache.k.as<uint16_t>(),
-             cache.v.as<uint16_t>(), n_ctx_, n_past_, n, c.n_head, c.n_head_kv, c.head_dim, attn_out_.f32());
+             cache.v.as<uint16_t>(), n_ctx_, n_past_, n, c.n_head, c.n_head_kv, c.head_dim, scale,
+             local ? c.sliding_window : int64_t{0}, attn_out_.f32());
     matmul(l.wo, attn_out_.f32(), n, xn);
-    ctx_.run("add", api.si_cuda_add, xd, static_cast<const float*>(xn), n * c.n_embd, c.block.residual_scale);
+    add_bias(xn, l.bo, c.n_embd);
+    add_residual(l.attn_post_norm);
 }
+
+namespace {
+
+int plugin_activation(Activation a) {
+    switch (a) {
+        case Activation::silu: return SI_CUDA_ACTIVATION_SILU;
+        case Activation::gelu_tanh: return SI_CUDA_ACTIVATION_GELU_TANH;
+        default: return SI_CUDA_ACTIVATION_RELU;  // the loader gives a dense FFN no other (identity is up's)
+    }
+}
+
+}  // namespace
 
 void GpuForward::dense_ffn(int64_t il) {
     const ModelConfig& c = weights_->model().config();
@@ -147,29 +204,49 @@ void GpuForward::dense_ffn(int64_t il) {
     const int64_t n = n_;
     float* xd = x_.f32();
     float* xn = xn_.f32();
-    ctx_.run("rms_norm", api.si_cuda_rms_norm, static_cast<const float*>(xd), l.ffn_norm.as<const float>(), n,
-             c.n_embd, c.norm_eps, xn);
+    normalize(ffn_input(), l.ffn_norm, l.ffn_norm_b, n, xn);
     if (!c.has_predictors()) {
-        // x += W_down (silu(W_gate xn) * W_up xn)
-        matmul(l.ffn_gate, xn, n, gate_.f32());
-        matmul(l.ffn_up, xn, n, up_.f32());
-        ctx_.run("silu_mul", api.si_cuda_silu_mul, gate_.f32(), static_cast<const float*>(up_.f32()), n * c.n_ff);
+        // x += residual_scale * post_norm(W_down (act(W_gate xn) * W_up xn) + b_down), or without a
+        // gate W_down act(W_up xn + b_up) + b_down (Session::feed_forward)
+        const int activation = plugin_activation(c.block.ffn_activation);
+        if (c.block.ffn_gate) {
+            matmul(l.ffn_gate, xn, n, gate_.f32());
+            matmul(l.ffn_up, xn, n, up_.f32());
+            ctx_.run("activate", api.si_cuda_activate, activation, gate_.f32(), static_cast<const float*>(up_.f32()),
+                     n * c.n_ff);
+        } else {
+            matmul(l.ffn_up, xn, n, gate_.f32());
+            add_bias(gate_.f32(), l.ffn_up_b, c.n_ff);
+            ctx_.run("activate", api.si_cuda_activate, activation, gate_.f32(), static_cast<const float*>(nullptr),
+                     n * c.n_ff);
+        }
         matmul(l.ffn_down, gate_.f32(), n, xn);
-        ctx_.run("add", api.si_cuda_add, xd, static_cast<const float*>(xn), n * c.n_embd, c.block.residual_scale);
+        add_bias(xn, l.ffn_down_b, c.n_embd);
+        add_residual(l.ffn_post_norm);
         return;
     }
     if (l.n_hot != c.n_ff) {
         throw ArgumentError("a dense FFN on the GPU needs every neuron of layer " + std::to_string(il) +
                             " there; the placement keeps " + std::to_string(c.n_ff - l.n_hot) + " on the CPU");
     }
-    // Every neuron j: h_j = relu(gate_j . xn) * up_j . xn (relu(up) for bamboo), then
-    // x += sum_j h_j down_t[j], added by ffn_down straight into the residual.
+    // Every neuron j: h_j = relu(gate_j . xn) * up_j . xn (relu(up) for bamboo; relu(up_j . xn + b_j)
+    // without a gate), then x += sum_j h_j down_t[j] + b_down, the sum added by ffn_down straight
+    // into the residual.
     const int32_t* all = nullptr;  // no row list and no count: every row, in order
-    ctx_.run("ffn_gate_up", api.si_cuda_ffn_gate_up, l.ffn_gate.type, static_cast<const void*>(l.ffn_gate.data.data()),
-             l.ffn_up.type, static_cast<const void*>(l.ffn_up.data.data()), c.n_ff, c.n_embd, all, all, c.n_ff,
-             static_cast<const uint8_t*>(nullptr), static_cast<const float*>(xn), n, c.block.up_activation == Activation::relu ? 1 : 0, gate_.f32());
+    gate_up(l, all, all, c.n_ff, nullptr, xn);
     ctx_.run("ffn_down", api.si_cuda_ffn_down, l.ffn_down.type, static_cast<const void*>(l.ffn_down.data.data()),
              c.n_ff, c.n_embd, all, all, c.n_ff, static_cast<const float*>(gate_.f32()), n, xd);
+    add_bias(xd, l.ffn_down_b, c.n_embd);
+}
+
+void GpuForward::gate_up(const DeviceModel::Layer& l, const int32_t* rows, const int32_t* count, int64_t max_count,
+                         const uint8_t* mask, const float* xn) {
+    const ModelConfig& c = weights_->model().config();
+    // Without a gate, ffn_gate holds up's rows (the ReLU's projection) and there is no second one.
+    ctx_.run("ffn_gate_up", ctx_.api().si_cuda_ffn_gate_up, l.ffn_gate.type,
+             static_cast<const void*>(l.ffn_gate.data.data()), l.ffn_up_b.as<const float>(), l.ffn_up.type,
+             static_cast<const void*>(l.ffn_up.data.data()), l.n_hot, c.n_embd, rows, count, max_count, mask, xn, n_,
+             c.block.up_activation == Activation::relu ? 1 : 0, gate_.f32());
 }
 
 void GpuForward::sparse_ffn(int64_t il, float* scores, float* xn_host) {
@@ -178,22 +255,23 @@ void GpuForward::sparse_ffn(int64_t il, float* scores, float* xn_host) {
     const DeviceModel::Layer& l = weights_->layer(il);
     const int64_t n = n_;
     float* xd = x_.f32();
+    const float* input = ffn_input();
     const bool split = l.n_hot < c.n_ff;  // the CPU's cold neurons need the scores and xn
     const int64_t xn_offset = handoff_offset(n, c.n_ff);
     float* score_rows = up_.f32();
     float* xn = split ? up_.f32() + xn_offset : xn_.f32();
-    // The predictor reads x before the norm: score = fc2 relu(fc1 x).
+    // The predictor reads the FFN's input before the norm: score = fc2 relu(fc1 input).
     ctx_.run("ffn_predict", api.si_cuda_ffn_predict, l.fc1.type, static_cast<const void*>(l.fc1.data.data()),
-             l.fc1.rows, c.n_embd, l.fc2.type, static_cast<const void*>(l.fc2.data.data()), c.n_ff,
-             static_cast<const float*>(xd), n, predictor_hidden_.f32(), score_rows);
-    ctx_.run("rms_norm", api.si_cuda_rms_norm, static_cast<const float*>(xd), l.ffn_norm.as<const float>(), n,
-             c.n_embd, c.norm_eps, xn);
+             l.fc1.rows, c.n_embd, l.fc2.type, static_cast<const void*>(l.fc2.data.data()), c.n_ff, input, n,
+             predictor_hidden_.f32(), score_rows);
+    normalize(input, l.ffn_norm, l.ffn_norm_b, n, xn);
     if (split) {  // one copy (one wait for the device) for both
         host_handoff_.resize(static_cast<size_t>(xn_offset + n * c.n_embd));
         ctx_.download(host_handoff_.data(), score_rows, floats(xn_offset + n * c.n_embd));
         std::memcpy(scores, host_handoff_.data(), floats(n * c.n_ff));
         std::memcpy(xn_host, host_handoff_.data() + xn_offset, floats(n * c.n_embd));
     }
+    add_bias(xd, l.ffn_down_b, c.n_embd);  // once, whichever neurons fire where
     if (l.n_hot == 0) return;
     // The hot neurons active for any token of the batch, as positions in the hot list (the
     // rows of the layer's hot matrices), with a mask of the tokens each is active for.
@@ -203,10 +281,7 @@ void GpuForward::sparse_ffn(int64_t il, float* scores, float* xn_host) {
     ctx_.run("ffn_select", api.si_cuda_ffn_select, static_cast<const float*>(score_rows), n, c.n_ff,
              c.sparse_threshold, l.hot_ids.as<const int32_t>(), l.n_hot, rows, count, mask,
              active_counts_.as<int32_t>() + il);
-    ctx_.run("ffn_gate_up", api.si_cuda_ffn_gate_up, l.ffn_gate.type, static_cast<const void*>(l.ffn_gate.data.data()),
-             l.ffn_up.type, static_cast<const void*>(l.ffn_up.data.data()), l.n_hot, c.n_embd,
-             static_cast<const int32_t*>(rows), static_cast<const int32_t*>(count), l.n_hot,
-             static_cast<const uint8_t*>(mask), static_cast<const float*>(xn), n, c.block.up_activation == Activation::relu ? 1 : 0, gate_.f32());
+    gate_up(l, rows, count, l.n_hot, mask, xn);
     ctx_.run("ffn_down", api.si_cuda_ffn_down, l.ffn_down.type, static_cast<const void*>(l.ffn_down.data.data()),
              l.n_hot, c.n_embd, static_cast<const int32_t*>(rows), static_cast<const int32_t*>(count), l.n_hot,
              static_cast<const float*>(gate_.f32()), n, xd);
@@ -234,14 +309,17 @@ void GpuForward::output(int64_t first_kept, float* logits) {
     const ModelConfig& c = weights_->model().config();
     const int64_t kept = n_ - first_kept;
     if (kept == 0) return;
-    ctx_.run("rms_norm", ctx_.api().si_cuda_rms_norm, static_cast<const float*>(x_.f32() + first_kept * c.n_embd),
-             weights_->output_norm().as<const float>(), kept, c.n_embd, c.norm_eps, xn_.f32());
+    normalize(x_.f32() + first_kept * c.n_embd, weights_->output_norm(), weights_->output_norm_b(), kept,
+              xn_.f32());
     matmul(weights_->output(), xn_.f32(), kept, logits_.f32());
     ctx_.download(logits, logits_.data(), floats(kept * c.n_vocab));
-    // MiniCPM's logits are divided by its logit scale, on the host as the CPU path does (Session).
+    // MiniCPM's logit scale and Gemma's softcap, on the host as the CPU path applies them (Session).
     if (c.block.logit_scale != 1.0f) {
         const float inverse_logit_scale = 1.0f / c.block.logit_scale;
         for (int64_t i = 0; i < kept * c.n_vocab; ++i) logits[i] *= inverse_logit_scale;
+    }
+    if (const float cap = c.block.final_logit_softcap; cap > 0.0f) {
+        for (int64_t i = 0; i < kept * c.n_vocab; ++i) logits[i] = cap * std::tanh(logits[i] / cap);
     }
 }
 

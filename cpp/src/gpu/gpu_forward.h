@@ -41,10 +41,11 @@ public:
     void upload_hidden(const float* x);
 
     // Attention block of GPU layer il: x += residual_scale * Wo attention(...), the K and V
-    // rows stored (Session::cpu_attention's block, of the BlockSpec fields the GPU computes).
+    // rows stored (Session::cpu_attention's block). With parallel blocks the layer's input is
+    // kept first, for the FFN.
     void attention(int64_t il);
-    // FFN of GPU layer il over every neuron: dense files (SiLU), or a PowerInfer layer whose
-    // neurons are all on the GPU, computed densely (ReLU).
+    // FFN of GPU layer il over every neuron: dense files (Session::feed_forward's forms), or a
+    // PowerInfer layer whose neurons are all on the GPU, computed densely (ReLU).
     void dense_ffn(int64_t il);
     // Sparse FFN of a PowerInfer GPU layer: the predictor, then the active hot neurons' sum
     // added to x, enqueued so that it runs while the host computes the cold part. When the
@@ -72,6 +73,17 @@ private:
     };
     static std::vector<BatchBuffer> batch_buffers(const Model& model, int64_t n);
     void matmul(const DeviceModel::Matrix& w, const float* x, int64_t n, float* y);
+    // The BlockSpec's norm (RMS, or LayerNorm with its bias) of `rows` rows of n_embd.
+    void normalize(const float* x, const Buffer& weight, const Buffer& bias, int64_t rows, float* out);
+    // rows[t] += bias for the batch's rows of `width` values; nothing for a bias the model lacks.
+    void add_bias(float* rows, const Buffer& bias, int64_t width);
+    // x += residual_scale * post_norm(xn): a block's output, in xn_, joins the residual stream.
+    void add_residual(const Buffer& post_norm);
+    // What the FFN reads: x, or with parallel blocks the layer's input.
+    const float* ffn_input() const;
+    // h (gate_) of the listed neurons of a PowerInfer layer's GPU rows (si_cuda_ffn_gate_up).
+    void gate_up(const DeviceModel::Layer& l, const int32_t* rows, const int32_t* count, int64_t max_count,
+                 const uint8_t* mask, const float* xn);
     void ensure_batch_capacity(int64_t n);
     struct Cache {
         Buffer k, v;
@@ -87,6 +99,7 @@ private:
     // Activations of a batch of up to batch_capacity_ tokens.
     int64_t batch_capacity_ = 0;
     Buffer x_, xn_, q_, k_, v_, attn_out_, gate_, up_, logits_, positions_;
+    Buffer layer_input_;  // BlockSpec::parallel_blocks
     Buffer predictor_hidden_, rows_, rows_count_, mask_;
     Buffer active_counts_;  // int32 per layer: active (token, hot neuron) pairs of the batch
     std::vector<int32_t> host_positions_;

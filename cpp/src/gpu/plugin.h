@@ -29,10 +29,11 @@ struct DeviceError : Error {
     X(si_cuda_device_count) X(si_cuda_device_name) X(si_cuda_device_props)               \
     X(si_cuda_self_test) X(si_cuda_context_create) X(si_cuda_context_destroy)            \
     X(si_cuda_synchronize) X(si_cuda_memory_info) X(si_cuda_alloc) X(si_cuda_free)       \
-    X(si_cuda_upload) X(si_cuda_download) X(si_cuda_memset) X(si_cuda_matmul)            \
-    X(si_cuda_matmul_rows) X(si_cuda_rms_norm) X(si_cuda_add_bias) X(si_cuda_rope)       \
-    X(si_cuda_attention) X(si_cuda_add) X(si_cuda_silu_mul) X(si_cuda_ffn_predict) X(si_cuda_ffn_select)      \
-    X(si_cuda_ffn_gate_up) X(si_cuda_ffn_down)
+    X(si_cuda_upload) X(si_cuda_copy) X(si_cuda_download) X(si_cuda_memset)               \
+    X(si_cuda_matmul) X(si_cuda_matmul_rows) X(si_cuda_rms_norm) X(si_cuda_layer_norm)    \
+    X(si_cuda_add_bias) X(si_cuda_rope) X(si_cuda_attention) X(si_cuda_add)               \
+    X(si_cuda_activate) X(si_cuda_ffn_predict) X(si_cuda_ffn_select) X(si_cuda_ffn_gate_up) \
+    X(si_cuda_ffn_down)
 
 struct PluginApi {
 #define SI_GPU_POINTER(name) decltype(&::name) name = nullptr;

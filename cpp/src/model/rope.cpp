@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <sstream>
 
 namespace si {
 
@@ -61,18 +60,6 @@ RopeFrequencies rope_frequencies(const ModelConfig& c, const std::vector<float>&
     r.magnitude = s.attn_factor;
     if (yarn && s.factor > 1.0f) r.magnitude *= 1.0 + 0.1 * std::log(static_cast<double>(s.factor));
     return r;
-}
-
-std::string describe_rope_scaling(const ModelConfig& c, const std::vector<float>& freq_factors) {
-    const RopeScaling& s = c.rope_scaling;
-    std::ostringstream text;
-    if (s.type == RopeScalingType::linear) text << "linear scaling x" << s.factor;
-    if (s.type == RopeScalingType::yarn) {
-        text << "YaRN scaling x" << s.factor << " from " << s.original_context << " positions";
-    }
-    if (!freq_factors.empty()) text << (text.tellp() > 0 ? ", " : "") << "frequency factors";
-    if (s.attn_factor != 1.0f) text << (text.tellp() > 0 ? ", " : "") << "attn_factor " << s.attn_factor;
-    return text.str();
 }
 
 }  // namespace si

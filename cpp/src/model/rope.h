@@ -5,7 +5,6 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
 #include <vector>
 
 #include "model/weights.h"
@@ -26,9 +25,5 @@ std::vector<double> unscaled_rope_frequencies(double base, int64_t rope_dim);
 
 // In double, as the engine computes the angles (ggml: float).
 RopeFrequencies rope_frequencies(const ModelConfig& config, const std::vector<float>& freq_factors);
-
-// What makes a model's RoPE other than the unscaled rotation ("YaRN scaling x4 from 4096
-// positions, frequency factors"), or "" when nothing does.
-std::string describe_rope_scaling(const ModelConfig& config, const std::vector<float>& freq_factors);
 
 }  // namespace si

@@ -71,6 +71,14 @@ class Float32Reference(sparse_reference.SparseReference):
         return x @ self.w[name].T
 
 
+def assert_token_by_token_equals_at_once(model, ids):
+    """Decoding ids one by one gives, bit for bit, the logits of the prompt at once."""
+    native = model._sequence().native
+    at_once = logits_in_chunks(native, ids, [len(ids)])
+    native.reset()
+    np.testing.assert_array_equal(logits_in_chunks(native, ids, [1] * len(ids)), at_once)
+
+
 def gpu_model(path, **kw):
     kw.setdefault("n_ctx", 128)
     kw.setdefault("n_threads", 1)
@@ -460,13 +468,8 @@ def test_architectures_token_by_token_equal_the_prompt_at_once(tmp_path, arch):
     logits."""
     path = tmp_path / f"{arch}.gguf"
     write_architecture(path, arch, weight_type="Q8_0", seed=32)
-    ids = ggufgen.random_tokens(7, seed=32)
     with gpu_model(path) as m:
-        native = m._sequence().native
-        at_once = logits_in_chunks(native, ids, [7])
-        native.reset()
-        by_token = logits_in_chunks(native, ids, [1] * 7)
-    np.testing.assert_array_equal(by_token, at_once)
+        assert_token_by_token_equals_at_once(m, ggufgen.random_tokens(7, seed=32))
 
 
 @in_child
@@ -585,14 +588,9 @@ def test_falcon_and_opt_token_by_token_equal_the_prompt_at_once(tmp_path, arch):
     # continue where the last eval stopped, and the same bits come out.
     w = write_falcon_opt(tmp_path, arch, "pwri", threshold=0.15, seed=14)
     budget = budget_for(w.path, 0.5, 2)
-    ids = ggufgen.random_tokens(6, seed=14)
     with gpu_model(w.path, sparse=True, n_gpu_layers=2, vram_budget=f"{budget}B") as m:
         assert all(0 < n < 128 for n in m.placement.n_hot)
-        native = m._sequence().native
-        at_once = logits_in_chunks(native, ids, [6])
-        native.reset()
-        by_token = logits_in_chunks(native, ids, [1] * 6)
-    np.testing.assert_array_equal(by_token, at_once)
+        assert_token_by_token_equals_at_once(m, ggufgen.random_tokens(6, seed=14))
 
 
 @in_child
